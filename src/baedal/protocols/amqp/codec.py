@@ -1,0 +1,474 @@
+"""Sans-IO AMQP 0-9-1 framing: bytes in, events out; events in, bytes out.
+
+Theory of operation
+-------------------
+``FrameReader.feed(data)`` parses every complete frame in ``data`` (plus what was left
+over from the previous call) and returns a list of events:
+
+* ``ProtocolHeader`` – the 8-byte preamble (only as the first event of a connection);
+* ``MethodFrame`` – a method without content;
+* ``ContentFrame`` – a content-bearing method (``basic.publish``...) with its properties
+  block and its body, assembled from the method → header → body* frame sequence;
+* ``Heartbeat``.
+
+Content assembly is a per-channel state machine (AWAITING_METHOD → AWAITING_HEADER →
+AWAITING_BODY); any frame that is not legal in the current state is an
+``UNEXPECTED_FRAME`` (505), exactly as RabbitMQ's command assembler does.  Malformed
+frames are ``FRAME_ERROR`` (501).  Errors are raised as ``ConnectionFault`` (hard,
+connection.close) or ``ChannelFault`` (soft, channel.close) carrying the reply code,
+text and the class/method ids for the close method.  Once the reader has raised a
+connection fault it stays failed: a broken stream has no trustworthy frame boundary.
+
+Bounds: the reader holds at most one partial frame, and a frame may not exceed the
+negotiated ``frame_max`` (501 otherwise), so its buffer is bounded by ``frame_max + 8``.
+A content body may not exceed ``max_message_size`` (406 on the channel, as RabbitMQ).
+
+Nothing here touches a socket, a clock or the event loop.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from ...core.properties import DecodeError
+from . import spec
+
+FRAME_METHOD = 1
+FRAME_HEADER = 2
+FRAME_BODY = 3
+FRAME_HEARTBEAT = 8
+FRAME_END = 0xCE
+FRAME_END_BYTE = b"\xce"
+FRAME_MIN_SIZE = 8192
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+_FRAME_HEADER = struct.Struct(">BHI")
+_METHOD_INDEX = struct.Struct(">I")
+_CONTENT_HEADER = struct.Struct(">HHQ")
+_HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+# Reply codes (spec JSON constants).
+REPLY_SUCCESS = 200
+CONTENT_TOO_LARGE = 311
+NO_ROUTE = 312
+NO_CONSUMERS = 313
+CONNECTION_FORCED = 320
+INVALID_PATH = 402
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+RESOURCE_LOCKED = 405
+PRECONDITION_FAILED = 406
+FRAME_ERROR = 501
+SYNTAX_ERROR = 502
+COMMAND_INVALID = 503
+CHANNEL_ERROR = 504
+UNEXPECTED_FRAME = 505
+RESOURCE_ERROR = 506
+NOT_ALLOWED = 530
+NOT_IMPLEMENTED = 540
+INTERNAL_ERROR = 541
+
+REPLY_NAMES = {
+    200: "REPLY_SUCCESS",
+    311: "CONTENT_TOO_LARGE",
+    312: "NO_ROUTE",
+    313: "NO_CONSUMERS",
+    320: "CONNECTION_FORCED",
+    402: "INVALID_PATH",
+    403: "ACCESS_REFUSED",
+    404: "NOT_FOUND",
+    405: "RESOURCE_LOCKED",
+    406: "PRECONDITION_FAILED",
+    501: "FRAME_ERROR",
+    502: "SYNTAX_ERROR",
+    503: "COMMAND_INVALID",
+    504: "CHANNEL_ERROR",
+    505: "UNEXPECTED_FRAME",
+    506: "RESOURCE_ERROR",
+    530: "NOT_ALLOWED",
+    540: "NOT_IMPLEMENTED",
+    541: "INTERNAL_ERROR",
+}
+HARD_ERRORS = frozenset({320, 402, 501, 502, 503, 504, 505, 506, 530, 540, 541})
+
+
+class AMQPFault(Exception):
+    """An error that has its AMQP answer: reply code, text, and the offending method."""
+
+    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        super().__init__(f"{REPLY_NAMES.get(code, code)} - {text}")
+        self.code = code
+        self.text = text
+        self.class_id = class_id
+        self.method_id = method_id
+
+    @property
+    def reply_text(self) -> str:
+        """RabbitMQ's style: ``NOT_FOUND - no queue 'x' in vhost '/'`` (max 255 bytes)."""
+        return f"{REPLY_NAMES.get(self.code, str(self.code))} - {self.text}"[:255]
+
+
+class ConnectionFault(AMQPFault):
+    """A hard error: the whole connection is closed."""
+
+
+class ChannelFault(AMQPFault):
+    """A soft error: only the channel is closed."""
+
+    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0, channel: int = 0) -> None:
+        super().__init__(code, text, class_id, method_id)
+        self.channel = channel
+
+
+def fault(code: int, text: str, method: spec.Method | None = None) -> AMQPFault:
+    """The right fault family for a reply code (hard codes close the connection)."""
+    class_id = method.CLASS_ID if method is not None else 0
+    method_id = method.METHOD_ID if method is not None else 0
+    if code in HARD_ERRORS:
+        return ConnectionFault(code, text, class_id, method_id)
+    return ChannelFault(code, text, class_id, method_id)
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+class ProtocolHeader:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<ProtocolHeader {self.data!r}>"
+
+
+class MethodFrame:
+    __slots__ = ("channel", "method")
+
+    def __init__(self, channel: int, method: spec.Method) -> None:
+        self.channel = channel
+        self.method = method
+
+    def __repr__(self) -> str:
+        return f"<MethodFrame ch={self.channel} {self.method!r}>"
+
+
+class ContentFrame:
+    """A content-bearing method with its assembled properties block and body."""
+
+    __slots__ = ("channel", "method", "properties", "body")
+
+    def __init__(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:
+        self.channel = channel
+        self.method = method
+        self.properties = properties
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<ContentFrame ch={self.channel} {self.method!r} {len(self.body)}B>"
+
+
+class Heartbeat:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<Heartbeat>"
+
+
+HEARTBEAT_EVENT = Heartbeat()
+
+
+class _Assembly:
+    """Content being assembled on one channel (AWAITING_HEADER / AWAITING_BODY)."""
+
+    __slots__ = ("method", "properties", "body_size", "parts", "received")
+
+    def __init__(self, method: spec.Method) -> None:
+        self.method = method
+        self.properties: bytes | None = None  # None while AWAITING_HEADER
+        self.body_size = 0
+        self.parts: list[bytes] = []
+        self.received = 0
+
+
+def _decode_publish(payload: bytes) -> spec.BasicPublish:
+    """Hand-specialised basic.publish decode: the hottest method on the wire."""
+    n = payload[6]
+    pos = 7 + n
+    exchange = payload[7:pos].decode("utf-8", "surrogateescape") if n else ""
+    m = payload[pos]
+    end = pos + 1 + m
+    routing_key = payload[pos + 1 : end].decode("utf-8", "surrogateescape")
+    if end + 1 != len(payload):
+        raise DecodeError("basic.publish arguments have the wrong length")
+    bits = payload[end]
+    method = spec.BasicPublish.__new__(spec.BasicPublish)
+    method.ticket = 0
+    method.exchange = exchange
+    method.routing_key = routing_key
+    method.mandatory = bool(bits & 1)
+    method.immediate = bool(bits & 2)
+    return method
+
+
+_PUBLISH_INDEX = spec.BasicPublish.INDEX
+_METHODS = spec.METHODS
+
+
+class FrameReader:
+    """Server-side frame parser and content assembler (see module docstring)."""
+
+    def __init__(self, frame_max: int = 131072, max_message_size: int = 128 * 1024 * 1024) -> None:
+        self.frame_max = frame_max
+        self.max_message_size = max_message_size
+        self._leftover = b""
+        self._need_protocol_header = True
+        self._assemblies: dict[int, _Assembly] = {}
+        self._discarding: set[int] = set()
+        self.failed: AMQPFault | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._leftover)
+
+    def discard_channel(self, channel: int) -> None:
+        """Drop every frame for ``channel`` except channel.close / close-ok (it is closing)."""
+        self._assemblies.pop(channel, None)
+        self._discarding.add(channel)
+
+    def channel_reset(self, channel: int) -> None:
+        """The channel is closed (or reopened): frames for it are parsed normally again."""
+        self._assemblies.pop(channel, None)
+        self._discarding.discard(channel)
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self.failed is not None:
+            raise self.failed
+        buf = self._leftover + data if self._leftover else data
+        events: list[Any] = []
+        pos = 0
+        end_of_data = len(buf)
+        try:
+            if self._need_protocol_header:
+                if end_of_data < 8:
+                    # A wrong header is answered as soon as it cannot be a valid one.
+                    if PROTOCOL_HEADER.startswith(bytes(buf)) or b"AMQP".startswith(bytes(buf[:4])):
+                        self._leftover = bytes(buf)
+                        return events
+                self._need_protocol_header = False
+                events.append(ProtocolHeader(bytes(buf[:8])))
+                pos = 8
+            frame_max = self.frame_max
+            while end_of_data - pos >= 7:
+                frame_type, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+                if size > frame_max - 8 and frame_max:
+                    raise ConnectionFault(
+                        FRAME_ERROR, f"type {frame_type}, frame size {size + 8} larger than frame_max {frame_max}"
+                    )
+                frame_end = pos + 7 + size
+                if frame_end >= end_of_data:
+                    break
+                if buf[frame_end] != FRAME_END:
+                    raise ConnectionFault(FRAME_ERROR, f"type {frame_type}, bad frame end byte {buf[frame_end]:#x}")
+                payload = buf[pos + 7 : frame_end]
+                pos = frame_end + 1
+                if channel in self._discarding:
+                    self._discarded_frame(frame_type, channel, payload, events)
+                    continue
+                if frame_type == FRAME_METHOD:
+                    self._method(channel, payload, events)
+                elif frame_type == FRAME_BODY:
+                    assembly = self._assemblies.get(channel)
+                    if assembly is None or assembly.properties is None:
+                        raise ConnectionFault(
+                            UNEXPECTED_FRAME,
+                            "expected content header for class 60, got non content header frame instead"
+                            if assembly is not None
+                            else "expected method frame, got non method frame instead",
+                        )
+                    assembly.received += len(payload)
+                    if assembly.received > assembly.body_size:
+                        raise ConnectionFault(
+                            FRAME_ERROR,
+                            f"content body larger than the {assembly.body_size} bytes announced in its header",
+                        )
+                    if assembly.received == assembly.body_size:
+                        del self._assemblies[channel]
+                        if assembly.parts:
+                            assembly.parts.append(payload)
+                            body = b"".join(assembly.parts)
+                        else:
+                            body = bytes(payload)
+                        events.append(ContentFrame(channel, assembly.method, assembly.properties, body))
+                    else:
+                        assembly.parts.append(bytes(payload))
+                elif frame_type == FRAME_HEADER:
+                    self._content_header(channel, payload, events)
+                elif frame_type == FRAME_HEARTBEAT:
+                    if channel != 0:
+                        raise ConnectionFault(FRAME_ERROR, f"heartbeat frame on channel {channel}")
+                    events.append(HEARTBEAT_EVENT)
+                else:
+                    raise ConnectionFault(FRAME_ERROR, f"unknown frame type {frame_type}")
+        except ChannelFault as exc:
+            # Soft errors raised mid-buffer: keep what follows for the next feed() call
+            # (the caller marks the channel as discarding first).
+            self._leftover = bytes(buf[pos:])
+            exc.events = events  # type: ignore[attr-defined]
+            raise
+        except AMQPFault as exc:
+            self.failed = exc
+            exc.events = events  # type: ignore[attr-defined]
+            raise
+        self._leftover = bytes(buf[pos:]) if pos < end_of_data else b""
+        return events
+
+    def _method(self, channel: int, payload: bytes, events: list[Any]) -> None:
+        if channel in self._assemblies:
+            assembly = self._assemblies[channel]
+            raise ConnectionFault(
+                UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead"
+                if assembly.properties is None
+                else "expected content body, got non content body frame instead",
+            )
+        if len(payload) < 4:
+            raise ConnectionFault(FRAME_ERROR, "method frame shorter than its class and method ids")
+        (index,) = _METHOD_INDEX.unpack_from(payload, 0)
+        try:
+            if index == _PUBLISH_INDEX:
+                method = _decode_publish(payload)
+            else:
+                cls = _METHODS.get(index)
+                if cls is None:
+                    raise ConnectionFault(
+                        COMMAND_INVALID if (index >> 16) in _KNOWN_CLASSES else NOT_IMPLEMENTED,
+                        f"unknown method, class {index >> 16}, method {index & 0xFFFF}",
+                        index >> 16,
+                        index & 0xFFFF,
+                    )
+                method = cls.decode(memoryview(payload)[4:])
+        except (DecodeError, struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise ConnectionFault(
+                FRAME_ERROR,
+                f"cannot decode method class {index >> 16}, method {index & 0xFFFF}: {exc}",
+                index >> 16,
+                index & 0xFFFF,
+            ) from None
+        if method.HAS_CONTENT:
+            self._assemblies[channel] = _Assembly(method)
+        else:
+            events.append(MethodFrame(channel, method))
+
+    def _content_header(self, channel: int, payload: bytes, events: list[Any]) -> None:
+        assembly = self._assemblies.get(channel)
+        if assembly is None:
+            raise ConnectionFault(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+        if assembly.properties is not None:
+            raise ConnectionFault(UNEXPECTED_FRAME, "expected content body, got non content body frame instead")
+        if len(payload) < 14:
+            raise ConnectionFault(FRAME_ERROR, "content header shorter than 14 bytes")
+        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
+        if class_id != assembly.method.CLASS_ID:
+            raise ConnectionFault(
+                UNEXPECTED_FRAME,
+                f"expected content header for class {assembly.method.CLASS_ID}, got one for class {class_id} instead",
+            )
+        if body_size > self.max_message_size:
+            del self._assemblies[channel]
+            raise ChannelFault(
+                PRECONDITION_FAILED,
+                f"message size {body_size} is larger than configured max size {self.max_message_size}",
+                assembly.method.CLASS_ID,
+                assembly.method.METHOD_ID,
+                channel,
+            )
+        assembly.properties = bytes(payload[12:])
+        assembly.body_size = body_size
+        if body_size == 0:
+            del self._assemblies[channel]
+            events.append(ContentFrame(channel, assembly.method, assembly.properties, b""))
+
+    def _discarded_frame(self, frame_type: int, channel: int, payload: bytes, events: list[Any]) -> None:
+        """A closing channel: RabbitMQ ignores everything but close / close-ok (spec 4.2.6)."""
+        if frame_type != FRAME_METHOD or len(payload) < 4:
+            return
+        (index,) = _METHOD_INDEX.unpack_from(payload, 0)
+        if index in (spec.ChannelClose.INDEX, spec.ChannelCloseOk.INDEX):
+            try:
+                method = _METHODS[index].decode(memoryview(payload)[4:])
+            except (DecodeError, struct.error, IndexError):
+                return
+            events.append(MethodFrame(channel, method))
+
+
+_KNOWN_CLASSES = frozenset(cls.CLASS_ID for cls in spec.METHODS.values())
+
+
+# --- encoding ----------------------------------------------------------------------------
+
+
+def method_frame(channel: int, method: spec.Method) -> bytes:
+    payload = method.encode()
+    return _FRAME_HEADER.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def heartbeat_frame() -> bytes:
+    return _HEARTBEAT
+
+
+def content_frames(
+    channel: int, method_payload: bytes, properties: bytes, body: bytes, frame_max: int, class_id: int = 60
+) -> list[bytes]:
+    """Frames for a content-bearing method, the body split to fit ``frame_max``.
+
+    Small messages come back as one joined ``bytes`` so the transport gets fewer pieces.
+    """
+    head = (
+        _FRAME_HEADER.pack(FRAME_METHOD, channel, len(method_payload))
+        + method_payload
+        + FRAME_END_BYTE
+        + _FRAME_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties))
+        + _CONTENT_HEADER.pack(class_id, 0, len(body))
+        + properties
+        + FRAME_END_BYTE
+    )
+    if not body:
+        return [head]
+    chunk = frame_max - 8 if frame_max else len(body)
+    if len(body) <= chunk:
+        if len(body) <= 4096:
+            return [head + _FRAME_HEADER.pack(FRAME_BODY, channel, len(body)) + body + FRAME_END_BYTE]
+        return [head, _FRAME_HEADER.pack(FRAME_BODY, channel, len(body)), body, FRAME_END_BYTE]
+    frames = [head]
+    view = memoryview(body)
+    for start in range(0, len(body), chunk):
+        piece = view[start : start + chunk]
+        frames.append(_FRAME_HEADER.pack(FRAME_BODY, channel, len(piece)))
+        frames.append(piece)  # type: ignore[arg-type]
+        frames.append(FRAME_END_BYTE)
+    return frames
+
+
+_DELIVER_PREFIX = _METHOD_INDEX.pack(spec.BasicDeliver.INDEX)
+_DELIVER_TAIL = struct.Struct(">QB")
+
+
+def encode_short_string(value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    if len(raw) > 255:
+        raise ValueError("short string longer than 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
+def deliver_payload(consumer_tag: bytes, delivery_tag: int, redelivered: bool, exchange: bytes, routing_key: bytes) -> bytes:
+    """basic.deliver arguments from pre-encoded short strings (hot path)."""
+    return (
+        _DELIVER_PREFIX
+        + consumer_tag
+        + _DELIVER_TAIL.pack(delivery_tag, 1 if redelivered else 0)
+        + exchange
+        + routing_key
+    )
