@@ -1,0 +1,953 @@
+"""``SegmentStore``: a durable queue's ``MessageStore`` on the segment log, in bounded memory.
+
+Theory of operation
+-------------------
+A store owns one directory of segment files (``NNNNNNNNNN.seg``) and their ack files
+(``NNNNNNNNNN.ack``).  Every appended message becomes one record in the current writer
+segment; its queue position is ``segment_id << 32 | offset``, so positions strictly
+increase in publish order and are the records' addresses.
+
+Memory holds only:
+
+* the **window** (``_ready``): up to ``read_ahead`` entries / ``read_ahead_bytes`` of
+  loaded, ready entries, contiguous in position order, at the head of the queue;
+* the **requeued** heap: delivered entries put back (bounded by the consumers' unacked
+  limits, not by queue depth);
+* the **cursor**: (segment, offset) of the first ready record *not* in the window, plus
+  ``_unloaded``, how many ready records lie from there to the tail;
+* per segment a few counters (records, settled), its ack file while it takes acks, and,
+  only for recovered segments, a sorted ``array`` of offsets to skip.
+
+An append goes straight into the window while nothing is unloaded and the window has
+room (a short queue never reads the disk back).  Otherwise it only bumps ``_unloaded``:
+the message lives on disk alone.  When the window runs dry ``shift``/``peek`` reload the
+next ``read_ahead`` records sequentially from the cursor (one ``pread`` per 256 KiB).
+So queue depth drives disk use, never memory: 10 million 1 KB messages cost the
+window plus ~100 bytes per 8 MiB segment.
+
+Invariants:
+
+* Records before the cursor were loaded (delivered, requeued or in the window) or are
+  to be skipped; records from the cursor on are ready unless in a segment's skip array
+  or a damaged span.
+* ``segment.records - segment.settled`` is how many records of a segment are not done;
+  a sealed segment reaching zero is deleted with its ack file (LavinMQ's rule).  The
+  writer segment is never deleted.
+* ``ready_count`` = len(requeued) + len(window) + ``_unloaded``.
+
+Durability: a persistent append marks the writer dirty in the ``Syncer``; a settle
+writes an 8-byte ack entry (persistent records only: transient ones are dropped on
+recovery anyway) and marks the ack file dirty.  The broker confirms a publish with
+``syncer.after_sync(callback)`` after ``append``.
+
+Recovery (construction): every segment is scanned and every CRC checked.  A torn tail
+is truncated; a damaged record in the middle is skipped by scanning forward for the
+next offset where a record's length and CRC check out, so every intact record after it
+survives.  Acked and transient records are skipped.  All of it is logged on
+``baedal.storage`` (file, offset, count, reason).  After an unclean shutdown every
+recovered entry comes back with ``delivery_count = 1`` (it may have been delivered
+before the crash); ``close()`` writes ``clean-shutdown.json`` listing the entries that
+really were delivered, and a clean restart flags only those.  The marker is deleted
+(and the deletion synced) as the store opens, so a later crash is seen as unclean.
+
+Write failures (ENOSPC, EIO) are sticky: ``append`` raises ``StorageError`` until the
+broker calls ``reset_failed_writer()``, which cuts the failed segment back to its last
+whole write, forgets the records that were lost with the buffer, and lets the next
+append start a fresh segment.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import json
+import logging
+import os
+import struct
+from array import array
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from baedal.core.message import Message, QueueEntry
+
+from .ackfile import AckFile, ack_path, load_acks
+from .segment import (
+    DEFAULT_SEGMENT_BYTES,
+    RECORD_HEADER,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    SEGMENT_VERSION,
+    Segment,
+    StorageError,
+    record_crc,
+    segment_path,
+)
+from .syncer import Syncer
+
+__all__ = ["KIND_PERSISTENT", "KIND_TRANSIENT", "SegmentStore", "decode_record", "encode_record"]
+
+log = logging.getLogger("baedal.storage")
+
+KIND_PERSISTENT = 1
+KIND_TRANSIENT = 2
+_VALID_KINDS = (KIND_PERSISTENT, KIND_TRANSIENT)
+
+# Record payload: meta | exchange | routing_key | properties | body
+# flags:u8 priority:u8 exchange_len:u16 routing_key_len:u16 properties_len:u32
+# expiration_ms:u64 published_at:f64 expires_at:f64
+_META = struct.Struct("<BBHHIQdd")
+_META_SIZE = _META.size
+_FLAG_PERSISTENT = 1
+_FLAG_EXPIRATION = 2
+_FLAG_EXPIRES_AT = 4
+_RECORD_HEADER_SIZE = RECORD_HEADER.size
+
+CLEAN_MARKER = "clean-shutdown.json"
+DEFAULT_READ_AHEAD = 1024
+DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
+def encode_record(message: Message, expires_at: float | None) -> bytes:
+    """The record payload for ``message`` (one struct pack, one join)."""
+    exchange = message.exchange.encode()
+    routing_key = message.routing_key.encode()
+    properties = message.properties
+    expiration = message.expiration_ms
+    flags = (
+        (_FLAG_PERSISTENT if message.persistent else 0)
+        | (0 if expiration is None else _FLAG_EXPIRATION)
+        | (0 if expires_at is None else _FLAG_EXPIRES_AT)
+    )
+    meta = _META.pack(
+        flags,
+        message.priority,
+        len(exchange),
+        len(routing_key),
+        len(properties),
+        expiration or 0,
+        message.published_at,
+        expires_at or 0.0,
+    )
+    return b"".join((meta, exchange, routing_key, properties, message.body))
+
+
+def decode_record(payload: bytes) -> tuple[Message, float | None]:
+    """Inverse of ``encode_record``: (message, expires_at)."""
+    flags, priority, exchange_len, key_len, props_len, expiration, published_at, expires_at = (
+        _META.unpack_from(payload)
+    )
+    pos = _META_SIZE
+    exchange = payload[pos : pos + exchange_len].decode()
+    pos += exchange_len
+    routing_key = payload[pos : pos + key_len].decode()
+    pos += key_len
+    properties = payload[pos : pos + props_len]
+    pos += props_len
+    message = Message(
+        exchange,
+        routing_key,
+        properties,
+        payload[pos:],
+        flags & _FLAG_PERSISTENT != 0,
+        priority,
+        expiration if flags & _FLAG_EXPIRATION else None,
+        published_at,
+    )
+    return message, (expires_at if flags & _FLAG_EXPIRES_AT else None)
+
+
+def _body_size(payload: bytes | memoryview, start: int = 0) -> int:
+    _flags, _prio, exchange_len, key_len, props_len, _e, _p, _x = _META.unpack_from(payload, start)
+    return len(payload) - start - _META_SIZE - exchange_len - key_len - props_len
+
+
+class _SegmentInfo:
+    """What the store remembers about one segment file."""
+
+    __slots__ = ("segment", "ack", "records", "settled", "skip", "damaged")
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.ack: AckFile | None = None
+        self.records = 0  # intact records in the file
+        self.settled = 0  # of which done for good (acked, purged, or dropped on recovery)
+        # Recovered segments only: sorted offsets of records that are not ready (acked
+        # or transient before the restart), and damaged byte spans (start, resume).
+        self.skip: array | None = None
+        self.damaged: list[tuple[int, int]] | None = None
+
+
+class _Directory:
+    """The store directory as a sync target: creating/deleting files needs its fsync."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class SegmentStore:
+    """A durable queue's messages on the segment log (see the module docstring)."""
+
+    durable = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        syncer: Syncer,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        read_ahead: int = DEFAULT_READ_AHEAD,
+        read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+    ) -> None:
+        """Open the store in ``directory``, recovering whatever is there (see ``open``)."""
+        if not SEGMENT_HEADER_SIZE < segment_bytes < 1 << 32:
+            raise ValueError("segment_bytes must fit a u32 offset")
+        if read_ahead < 1:
+            raise ValueError("read_ahead must be at least 1")
+        self.directory = Path(directory)
+        self.syncer = syncer
+        self.segment_bytes = segment_bytes
+        self.read_ahead = read_ahead
+        self.read_ahead_bytes = read_ahead_bytes
+        self.ready_count = 0
+        self.ready_bytes = 0
+        self._segments: dict[int, _SegmentInfo] = {}
+        self._writer: Segment | None = None
+        self._writer_info: _SegmentInfo | None = None
+        self._next_segment_id = 1
+        self._ready: deque[QueueEntry] = deque()
+        self._window_bytes = 0
+        self._requeued: list[QueueEntry] = []
+        self._unloaded = 0
+        self._cursor_segment = 0
+        self._cursor_offset = SEGMENT_HEADER_SIZE
+        self._redelivered_below = 0
+        self._redelivered: set[int] = set()
+        self._closed = False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._dir = _Directory(os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY))
+        self._recover()
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        syncer: Syncer,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        read_ahead: int = DEFAULT_READ_AHEAD,
+        read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+    ) -> SegmentStore:
+        """Open (creating or recovering) the store in ``directory``.
+
+        Blocking: recovery reads every segment.  The broker runs it at startup, or in a
+        thread for many queues (each store touches only its own directory).
+        """
+        return cls(
+            directory,
+            syncer,
+            segment_bytes=segment_bytes,
+            read_ahead=read_ahead,
+            read_ahead_bytes=read_ahead_bytes,
+        )
+
+    # -- the MessageStore contract ------------------------------------------------------
+
+    def append(self, message: Message, expires_at: float | None) -> QueueEntry:
+        """Write ``message`` at the tail.  Raises ``StorageError`` if the writer failed.
+
+        For a message past the read-ahead window the returned entry is not the object
+        ``shift()`` hands out later (that one is re-read from disk); identity is the
+        position.
+        """
+        payload = encode_record(message, expires_at)
+        writer = self._writer
+        if writer is None or not writer.has_room(len(payload)):
+            writer = self._roll()
+        persistent = message.persistent
+        offset = writer.append(KIND_PERSISTENT if persistent else KIND_TRANSIENT, payload)
+        self._writer_info.records += 1  # type: ignore[union-attr]
+        if persistent:
+            self.syncer.mark_dirty(writer)
+        size = len(message.body)
+        entry = QueueEntry(writer.segment_id << 32 | offset, message, size, expires_at)
+        self.ready_count += 1
+        self.ready_bytes += size
+        if (
+            not self._unloaded
+            and len(self._ready) < self.read_ahead
+            and self._window_bytes < self.read_ahead_bytes
+        ):
+            self._ready.append(entry)
+            self._window_bytes += size
+            self._cursor_segment = writer.segment_id
+            self._cursor_offset = writer.size
+        else:
+            self._unloaded += 1
+        return entry
+
+    def shift(self) -> QueueEntry | None:
+        if self._requeued:
+            entry = heapq.heappop(self._requeued)
+            if entry.message is None:
+                self._reload(entry)
+        else:
+            ready = self._ready
+            if not ready:
+                if not self._unloaded:
+                    return None
+                self._fill()
+                if not ready:
+                    return None
+            entry = ready.popleft()
+            self._window_bytes -= entry.size
+        self.ready_count -= 1
+        self.ready_bytes -= entry.size
+        return entry
+
+    def peek(self) -> QueueEntry | None:
+        if self._requeued:
+            entry = self._requeued[0]
+            if entry.message is None:
+                self._reload(entry)
+            return entry
+        if not self._ready:
+            if not self._unloaded:
+                return None
+            self._fill()
+            if not self._ready:
+                return None
+        return self._ready[0]
+
+    def requeue(self, entries: list[QueueEntry]) -> None:
+        requeued = self._requeued
+        for entry in entries:
+            heapq.heappush(requeued, entry)
+            self.ready_count += 1
+            self.ready_bytes += entry.size
+
+    def settle(self, entry: QueueEntry) -> None:
+        """Mark ``entry`` done for good: an ack entry on disk, the segment freed when empty.
+
+        The in-memory state is updated first, so if the ack write fails (the raised
+        ``StorageError``) the queue is still consistent; only the on-disk ack is missing,
+        which at worst redelivers the message after a crash.
+        """
+        message = entry.message
+        entry.message = None
+        position = entry.position
+        info = self._segments.get(position >> 32)
+        if info is None:
+            return
+        offset = position & 0xFFFFFFFF
+        segment = info.segment
+        if offset >= segment.size:
+            return  # the record was lost with a failed write (see reset_failed_writer)
+        info.settled += 1
+        if info.settled >= info.records and segment is not self._writer:
+            self._delete_segment(info)  # the whole file goes: no need to write the ack
+            return
+        if message is None or message.persistent:
+            ack = info.ack
+            if ack is None:
+                ack = info.ack = AckFile.open(ack_path(self.directory, segment.segment_id))
+                self.syncer.mark_dirty(self._dir)
+            ack.mark(offset)
+            self.syncer.mark_dirty(ack)
+
+    def purge(self) -> int:
+        """Settle every ready entry; whole unread segments are deleted without acks."""
+        count = self.ready_count
+        for entry in self._requeued:
+            self.settle(entry)
+        self._requeued.clear()
+        for entry in self._ready:
+            self.settle(entry)
+        self._ready.clear()
+        self._window_bytes = 0
+        while self._unloaded > 0:
+            info = self._cursor_info()
+            if info is None:
+                break
+            segment = info.segment
+            if self._cursor_offset == SEGMENT_HEADER_SIZE and segment is not self._writer:
+                # Nothing of this segment was ever loaded: everything not settled in it
+                # is ready, and all of it goes.
+                self._unloaded -= info.records - info.settled
+                info.settled = info.records
+                self._delete_segment(info)
+                continue
+            for _offset, next_offset, kind, _payload in self._records_from(
+                info, self._cursor_offset
+            ):
+                self._cursor_offset = next_offset
+                self._unloaded -= 1
+                info.settled += 1
+                if kind == KIND_PERSISTENT:
+                    if info.ack is None:
+                        info.ack = AckFile.open(ack_path(self.directory, segment.segment_id))
+                    info.ack.mark(_offset)
+            if info.ack is not None:
+                self.syncer.mark_dirty(info.ack)
+            self._cursor_offset = segment.size
+            if info.settled >= info.records and segment is not self._writer:
+                self._delete_segment(info)
+        if self._unloaded:
+            log.error(
+                "store %s: purge left %d ready records unaccounted for",
+                self.directory,
+                self._unloaded,
+            )
+        self._unloaded = 0
+        self._move_cursor_to_tail()
+        self.ready_count = 0
+        self.ready_bytes = 0
+        return count
+
+    def close(self) -> None:
+        """Sync everything and write the clean-shutdown marker.
+
+        Blocking (fsyncs on the calling thread): meant for shutdown.  Entries delivered
+        and not yet acked should be requeued by the broker first so the marker can name
+        them as redelivered.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        files: list[Segment | AckFile] = []
+        for info in self._segments.values():
+            if info.segment.fileno() >= 0:  # a writer, or a sealed one not yet retired
+                files.append(info.segment)
+            if info.ack is not None:
+                files.append(info.ack)
+        clean = True
+        for file in files:
+            try:
+                file.flush()
+                if file.fileno() >= 0:
+                    os.fsync(file.fileno())
+            except OSError as exc:
+                clean = False
+                log.error(
+                    "store %s: could not sync %s at close: %s", self.directory, file.path, exc
+                )
+        if clean:
+            try:
+                self._write_clean_marker()
+            except OSError as exc:
+                log.error(
+                    "store %s: could not write clean-shutdown marker: %s", self.directory, exc
+                )
+        self._release_files()
+
+    def delete(self) -> None:
+        """Close and remove every file of this store (the queue was deleted)."""
+        self._closed = True
+        self._release_files()
+        for path in self.directory.iterdir():
+            if path.suffix in (".seg", ".ack", ".json", ".tmp"):
+                path.unlink(missing_ok=True)
+        try:
+            self.directory.rmdir()
+        except OSError:
+            pass  # someone else's file in there: leave the directory
+
+    # -- failure handling ---------------------------------------------------------------
+
+    @property
+    def failure(self) -> StorageError | None:
+        """The sticky write failure, if any (writer first, then ack files)."""
+        if self._writer is not None and self._writer.failure is not None:
+            return self._writer.failure
+        for info in self._segments.values():
+            if info.ack is not None and info.ack.failure is not None:
+                return info.ack.failure
+        return None
+
+    def reset_failed_writer(self) -> int:
+        """Recover from a failed write once the cause (a full disk) is gone.
+
+        The failed segment is truncated to its last whole write and sealed; the records
+        that were only in its lost buffer are forgotten (their publishes were never
+        confirmed: their ``after_sync`` ``on_error`` ran or their ``append`` raised); the
+        next append opens a fresh segment.  Failed ack files re-append their lost acks.
+        Entries already delivered from the lost records stay with their consumers; their
+        settle is ignored.  Returns how many records were forgotten.  Raises
+        ``StorageError`` if the truncation itself fails (the disk is still broken).
+        """
+        forgotten = 0
+        writer = self._writer
+        info = self._writer_info
+        if writer is not None and info is not None and writer.failure is not None:
+            lost = writer.lost_bytes()
+            writer.truncate_to_last_good()
+            sizes = _lost_record_sizes(lost)
+            forgotten = len(sizes)
+            first_lost = writer.segment_id << 32 | writer.written
+            info.records -= forgotten
+            # The lost records are the newest: the unloaded tail first, then the window's.
+            from_disk = min(forgotten, self._unloaded)
+            self._unloaded -= from_disk
+            self.ready_count -= from_disk
+            self.ready_bytes -= sum(sizes[forgotten - from_disk :])
+            ready = self._ready
+            while ready and ready[-1].position >= first_lost:
+                entry = ready.pop()
+                self._window_bytes -= entry.size
+                self.ready_count -= 1
+                self.ready_bytes -= entry.size
+            if not self._unloaded:
+                self._cursor_segment = writer.segment_id
+                self._cursor_offset = writer.size
+            writer.writable = False
+            self._writer = None
+            self._writer_info = None
+            self.syncer.retire(writer, writer.close_writer)
+            if info.settled >= info.records:
+                self._delete_segment(info)
+            if forgotten:
+                log.warning(
+                    "store %s: segment %s: forgot %d records lost by the failed write at offset %d",
+                    self.directory,
+                    writer.path.name,
+                    forgotten,
+                    writer.written,
+                )
+        for other in self._segments.values():
+            if other.ack is not None and other.ack.failure is not None:
+                other.ack.retry_lost()
+                self.syncer.mark_dirty(other.ack)
+        return forgotten
+
+    # -- internals: writing -------------------------------------------------------------
+
+    def _roll(self) -> Segment:
+        old = self._writer
+        if old is not None:
+            old.seal()  # may raise the sticky StorageError: the writer stays failed
+            self._writer = None
+            old_info = self._writer_info
+            self._writer_info = None
+            self.syncer.retire(old, old.close_writer)
+            if old_info is not None and old_info.settled >= old_info.records:
+                self._delete_segment(old_info)
+        segment_id = self._next_segment_id
+        segment = Segment.create(self.directory, segment_id, self.segment_bytes)
+        self._next_segment_id = segment_id + 1
+        info = _SegmentInfo(segment)
+        self._segments[segment_id] = info
+        self._writer = segment
+        self._writer_info = info
+        if not self._unloaded:
+            self._cursor_segment = segment_id
+            self._cursor_offset = SEGMENT_HEADER_SIZE
+        self.syncer.mark_dirty(segment)
+        self.syncer.mark_dirty(self._dir)
+        return segment
+
+    def _delete_segment(self, info: _SegmentInfo) -> None:
+        segment = info.segment
+        segment_id = segment.segment_id
+        del self._segments[segment_id]
+        segment.path.unlink(missing_ok=True)
+        ack_path(self.directory, segment_id).unlink(missing_ok=True)
+        segment.release_reader()
+        self.syncer.retire(segment, segment.close)
+        if info.ack is not None:
+            self.syncer.retire(info.ack, info.ack.close)
+
+    # -- internals: reading -------------------------------------------------------------
+
+    def _cursor_info(self) -> _SegmentInfo | None:
+        """The segment at the cursor, moving the cursor on past finished/missing ones."""
+        while True:
+            info = self._segments.get(self._cursor_segment)
+            if info is not None and self._cursor_offset < info.segment.size:
+                return info
+            if info is not None and info.segment is not self._writer:
+                info.segment.release_reader()
+            later = [
+                segment_id for segment_id in self._segments if segment_id > self._cursor_segment
+            ]
+            if not later:
+                return None
+            self._cursor_segment = min(later)
+            self._cursor_offset = SEGMENT_HEADER_SIZE
+
+    def _records_from(
+        self, info: _SegmentInfo, offset: int
+    ) -> Iterator[tuple[int, int, int, bytes]]:
+        """Ready records of ``info`` from ``offset``: (offset, next offset, kind, payload).
+
+        Skips recovered acked/transient records and damaged spans.
+        """
+        segment = info.segment
+        end = segment.size
+        skip = info.skip
+        damaged = info.damaged
+        while offset < end:
+            stop = end
+            if damaged:
+                jumped = False
+                for start, resume in damaged:
+                    if start == offset:
+                        offset = resume
+                        jumped = True
+                        break
+                    if start > offset:
+                        stop = start
+                        break
+                if jumped:
+                    continue
+            for record_offset, kind, payload in segment.iter_records(offset, stop):
+                next_offset = record_offset + _RECORD_HEADER_SIZE + len(payload)
+                offset = next_offset
+                if skip is not None:
+                    index = bisect.bisect_left(skip, record_offset)
+                    if index < len(skip) and skip[index] == record_offset:
+                        continue
+                yield record_offset, next_offset, kind, payload
+            offset = max(offset, stop)
+
+    def _fill(self) -> None:
+        """Load up to ``read_ahead`` ready records from the cursor into the window."""
+        ready = self._ready
+        want = self.read_ahead
+        budget = self.read_ahead_bytes
+        loaded_bytes = 0
+        below = self._redelivered_below
+        redelivered = self._redelivered
+        while want > 0 and self._unloaded > 0 and loaded_bytes < budget:
+            info = self._cursor_info()
+            if info is None:
+                log.error(
+                    "store %s: %d ready records missing from the log",
+                    self.directory,
+                    self._unloaded,
+                )
+                self.ready_count -= self._unloaded
+                self._unloaded = 0
+                break
+            base = info.segment.segment_id << 32
+            for offset, next_offset, _kind, payload in self._records_from(
+                info, self._cursor_offset
+            ):
+                self._cursor_offset = next_offset
+                message, expires_at = decode_record(payload)
+                position = base | offset
+                size = len(message.body)
+                entry = QueueEntry(position, message, size, expires_at)
+                if position < below or (redelivered and position in redelivered):
+                    entry.delivery_count = 1
+                    redelivered.discard(position)
+                ready.append(entry)
+                self._window_bytes += size
+                loaded_bytes += size
+                self._unloaded -= 1
+                want -= 1
+                if want == 0 or loaded_bytes >= budget or not self._unloaded:
+                    break
+            else:
+                self._cursor_offset = info.segment.size
+
+    def _reload(self, entry: QueueEntry) -> None:
+        """Read a requeued entry's message back (the broker dropped it to save memory)."""
+        info = self._segments.get(entry.position >> 32)
+        if info is None:
+            raise StorageError(
+                None, f"message at position {entry.position:#x} is no longer stored", self.directory
+            )
+        _kind, payload = info.segment.read(entry.position & 0xFFFFFFFF)
+        entry.message, _expires = decode_record(payload)
+
+    def _move_cursor_to_tail(self) -> None:
+        if self._writer is not None:
+            self._cursor_segment = self._writer.segment_id
+            self._cursor_offset = self._writer.size
+        elif self._segments:
+            last = max(self._segments)
+            self._cursor_segment = last
+            self._cursor_offset = self._segments[last].segment.size
+
+    # -- internals: open / close --------------------------------------------------------
+
+    def _recover(self) -> None:
+        marker = self.directory / CLEAN_MARKER
+        clean_state: dict | None = None
+        if marker.exists():
+            try:
+                clean_state = json.loads(marker.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "store %s: unreadable clean-shutdown marker (%s), treating as unclean",
+                    self.directory,
+                    exc,
+                )
+            # From here on, a crash must be seen as unclean.
+            marker.unlink()
+            os.fsync(self._dir.fd)
+        seg_ids: list[int] = []
+        for path in self.directory.glob("*.seg"):
+            try:
+                seg_ids.append(int(path.stem))
+            except ValueError:
+                log.warning("store %s: ignoring unexpected file %s", self.directory, path.name)
+        seg_ids.sort()
+        ready_total = 0
+        bytes_total = 0
+        skipped_total = 0
+        for segment_id in seg_ids:
+            info, ready, ready_bytes, skipped = self._recover_segment(segment_id)
+            skipped_total += skipped
+            if info is not None:
+                self._segments[segment_id] = info
+                ready_total += ready
+                bytes_total += ready_bytes
+        live = set(self._segments)
+        for path in self.directory.glob("*.ack"):
+            try:
+                orphan = int(path.stem) not in live
+            except ValueError:
+                continue
+            if orphan:
+                path.unlink()
+        if seg_ids:
+            self._next_segment_id = seg_ids[-1] + 1
+        if clean_state is not None:
+            self._next_segment_id = max(
+                self._next_segment_id, int(clean_state.get("next_segment_id", 1))
+            )
+            self._redelivered_below = int(clean_state.get("redelivered_below", 0))
+            self._redelivered = {int(p) for p in clean_state.get("redelivered", ())}
+        else:
+            # Unclean: any recovered entry may have been delivered before the crash.
+            self._redelivered_below = self._next_segment_id << 32
+        self.ready_count = ready_total
+        self.ready_bytes = bytes_total
+        self._unloaded = ready_total
+        if self._segments:
+            self._cursor_segment = min(self._segments)
+        else:
+            self._cursor_segment = self._next_segment_id
+        self._cursor_offset = SEGMENT_HEADER_SIZE
+        if seg_ids:
+            log.info(
+                "store %s: recovered %d ready messages (%d bytes) from %d segments, %d records skipped (acked or transient), %s shutdown",
+                self.directory,
+                ready_total,
+                bytes_total,
+                len(self._segments),
+                skipped_total,
+                "clean" if clean_state is not None else "unclean",
+            )
+
+    def _recover_segment(self, segment_id: int) -> tuple[_SegmentInfo | None, int, int, int]:
+        """Scan one segment: (info or None if nothing left in it, ready, ready bytes, skipped)."""
+        path = segment_path(self.directory, segment_id)
+        data = path.read_bytes()
+        if len(data) < SEGMENT_HEADER_SIZE or SEGMENT_HEADER.unpack_from(data)[:2] != (
+            SEGMENT_MAGIC,
+            SEGMENT_VERSION,
+        ):
+            log.error(
+                "%s: bad segment header, dropping the whole file (%d bytes) at offset 0",
+                path,
+                len(data),
+            )
+            path.unlink()
+            ack_path(self.directory, segment_id).unlink(missing_ok=True)
+            return None, 0, 0, 0
+        acked = load_acks(ack_path(self.directory, segment_id))
+        scan = _scan_records(path, data)
+        if scan.valid_size < len(data):
+            with open(path, "r+b") as file:
+                file.truncate(scan.valid_size)
+                os.fsync(file.fileno())
+        acked_persistent = [offset for offset in scan.persistent if offset in acked]
+        skip = scan.transient + acked_persistent
+        ready = len(scan.persistent) - len(acked_persistent)
+        records = len(scan.persistent) + len(scan.transient)
+        if ready == 0:
+            path.unlink()
+            ack_path(self.directory, segment_id).unlink(missing_ok=True)
+            return None, 0, 0, records
+        ready_bytes = sum(scan.persistent.values()) - sum(
+            scan.persistent[offset] for offset in acked_persistent
+        )
+        info = _SegmentInfo(Segment.open_sealed(path, segment_id, scan.valid_size))
+        info.records = records
+        info.settled = len(skip)
+        if skip:
+            skip.sort()
+            info.skip = array("I", skip)
+        if scan.damaged:
+            info.damaged = scan.damaged
+        return info, ready, ready_bytes, len(skip)
+
+    def _write_clean_marker(self) -> None:
+        redelivered = [entry.position for entry in self._requeued if entry.delivery_count > 0]
+        redelivered.extend(entry.position for entry in self._ready if entry.delivery_count > 0)
+        redelivered.extend(self._redelivered)
+        cursor = self._cursor_segment << 32 | self._cursor_offset
+        state = {
+            "version": 1,
+            "next_segment_id": self._next_segment_id,
+            # Recovered-after-crash entries not yet loaded keep their flag.
+            "redelivered_below": self._redelivered_below
+            if self._unloaded and cursor < self._redelivered_below
+            else 0,
+            "redelivered": sorted(redelivered),
+        }
+        tmp = self.directory / (CLEAN_MARKER + ".tmp")
+        with open(tmp, "w") as file:
+            json.dump(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.directory / CLEAN_MARKER)
+        os.fsync(self._dir.fd)
+
+    def _release_files(self) -> None:
+        for info in self._segments.values():
+            info.segment.release_reader()
+            for file in (info.segment, info.ack):
+                if file is None:
+                    continue
+                self.syncer.forget(file)
+                self.syncer.retire(file, file.close)
+        self.syncer.forget(self._dir)
+        fd = self._dir.fd
+        self.syncer.retire(self._dir, lambda: os.close(fd))
+        self._segments.clear()
+        self._writer = None
+        self._writer_info = None
+        self._ready.clear()
+        self._requeued.clear()
+
+    def __repr__(self) -> str:
+        return f"<SegmentStore {self.directory} ready={self.ready_count} segments={len(self._segments)}>"
+
+
+class _ScanResult:
+    __slots__ = ("persistent", "transient", "damaged", "valid_size")
+
+    def __init__(self) -> None:
+        self.persistent: dict[int, int] = {}  # offset -> body size
+        self.transient: list[int] = []
+        self.damaged: list[tuple[int, int]] = []
+        self.valid_size = SEGMENT_HEADER_SIZE
+
+
+def _record_ok(data: bytes, view: memoryview, pos: int, size: int) -> int:
+    """The end of a valid record at ``pos``, or -1."""
+    if pos + _RECORD_HEADER_SIZE > size:
+        return -1
+    length, crc, kind = RECORD_HEADER.unpack_from(data, pos)
+    end = pos + _RECORD_HEADER_SIZE + length
+    if kind not in _VALID_KINDS or end > size or length < _META_SIZE:
+        return -1
+    if record_crc(kind, view[pos + _RECORD_HEADER_SIZE : end]) != crc:
+        return -1
+    return end
+
+
+_KIND_BYTES = tuple(bytes([kind]) for kind in _VALID_KINDS)
+
+
+def _resync(data: bytes, view: memoryview, start: int, size: int) -> int:
+    """The first offset >= ``start`` where an intact record begins, or -1.
+
+    Only offsets whose kind byte is valid are tried (``bytes.find`` jumps between them),
+    which keeps a scan over garbage fast.
+    """
+    search = start + 8  # the kind byte sits 8 bytes into a record
+    while True:
+        candidates = [
+            found for found in (data.find(kind, search) for kind in _KIND_BYTES) if found >= 0
+        ]
+        if not candidates:
+            return -1
+        kind_at = min(candidates)
+        pos = kind_at - 8
+        if _record_ok(data, view, pos, size) >= 0:
+            return pos
+        search = kind_at + 1
+
+
+def _scan_records(path: Path, data: bytes) -> _ScanResult:
+    """Walk a segment's records, verifying each; log and step over damage."""
+    result = _ScanResult()
+    size = len(data)
+    view = memoryview(data)
+    pos = SEGMENT_HEADER_SIZE
+    unpack_from = RECORD_HEADER.unpack_from
+    persistent = result.persistent
+    transient = result.transient
+    while pos < size:
+        if pos + _RECORD_HEADER_SIZE <= size:
+            length, crc, kind = unpack_from(data, pos)
+            end = pos + _RECORD_HEADER_SIZE + length
+            if end <= size and kind in _VALID_KINDS and length >= _META_SIZE:
+                payload = view[pos + _RECORD_HEADER_SIZE : end]
+                if record_crc(kind, payload) == crc:
+                    if kind == KIND_PERSISTENT:
+                        persistent[pos] = _body_size(payload)
+                    else:
+                        transient.append(pos)
+                    pos = end
+                    continue
+                reason = "CRC mismatch"
+            elif end > size:
+                reason = f"record claims {length} bytes but only {size - pos - _RECORD_HEADER_SIZE} remain"
+            else:
+                reason = f"invalid record header (kind {kind}, length {length})"
+        else:
+            reason = f"partial record header ({size - pos} bytes)"
+        resume = _resync(data, view, pos + 1, size)
+        if resume < 0:
+            log.warning(
+                "%s: truncating torn tail at offset %d: dropped %d bytes (at most 1 record): %s",
+                path,
+                pos,
+                size - pos,
+                reason,
+            )
+            break
+        log.warning(
+            "%s: dropped damaged data at offset %d: %d bytes (1 damaged record%s) up to the next intact record at %d: %s",
+            path,
+            pos,
+            resume - pos,
+            "" if _fits_one_record(data, pos, resume) else " or more",
+            resume,
+            reason,
+        )
+        result.damaged.append((pos, resume))
+        pos = resume
+    result.valid_size = pos
+    return result
+
+
+def _fits_one_record(data: bytes, pos: int, resume: int) -> bool:
+    if pos + _RECORD_HEADER_SIZE > len(data):
+        return True
+    length = RECORD_HEADER.unpack_from(data, pos)[0]
+    return pos + _RECORD_HEADER_SIZE + length == resume
+
+
+def _lost_record_sizes(lost: bytes) -> list[int]:
+    """Body sizes of the whole records in a failed write buffer, in order."""
+    sizes = []
+    pos = 0
+    view = memoryview(lost)
+    while pos + _RECORD_HEADER_SIZE <= len(lost):
+        length = RECORD_HEADER.unpack_from(lost, pos)[0]
+        start = pos + _RECORD_HEADER_SIZE
+        sizes.append(_body_size(view[start : start + length]))
+        pos = start + length
+    return sizes

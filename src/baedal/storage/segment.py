@@ -1,0 +1,395 @@
+"""Append-only segment files: the log that holds a durable queue's messages.
+
+Theory of operation
+-------------------
+A segment is one file: a 16-byte header (magic, version) followed by records::
+
+    length:u32 | crc32c:u32 | kind:u8 | payload[length]
+
+``length`` counts the payload only; the CRC covers ``kind + payload`` so a flipped kind
+byte is caught too.  A record's offset in its file is its address (together with the
+segment id it forms the queue position, see ``queue_store``).
+
+Writes go to a user-space buffer (``bytearray``) and reach the kernel with ``os.write``
+on the event-loop thread when the buffer passes ``flush_bytes`` or when the syncer
+starts an fsync job (``flush()``).  Nothing here calls fsync: the ``Syncer`` does, in a
+worker thread, for every file marked dirty.  Reads use ``os.pread`` on a separate
+read-only descriptor so they never move the writer's file position; a read that reaches
+into bytes still in the buffer flushes first.
+
+A failed write is sticky (the nats-server rule): after an ``OSError`` the file refuses
+every later write with the same ``StorageError`` (carrying the original errno) until the
+owner calls ``truncate_to_last_good()``, which cuts the file back to the last byte that
+is known to have been written whole.  What was in the buffer at the failure is handed
+back by ``lost_bytes()`` so the owner can undo its bookkeeping for those records.
+
+``AppendOnlyFile`` holds that buffered, sticky-failing writer; ``Segment`` adds the
+record format and reads, ``ackfile.AckFile`` adds the ack format.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import crc32c
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "RECORD_HEADER",
+    "SEGMENT_HEADER_SIZE",
+    "AppendOnlyFile",
+    "Segment",
+    "StorageError",
+    "record_crc",
+    "segment_path",
+]
+
+DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
+# 64 KiB: big enough that a burst of small publishes costs one write syscall per ~2500
+# records, small enough that the bytes at risk before a flush stay trivial.
+DEFAULT_FLUSH_BYTES = 64 * 1024
+
+SEGMENT_MAGIC = b"BAEDALSG"
+SEGMENT_VERSION = 1
+# magic(8) | version:u32 | reserved:u32
+SEGMENT_HEADER = struct.Struct("<8sII")
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
+RECORD_HEADER = struct.Struct("<IIB")  # length, crc32c, kind
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 9
+# A record may not claim more than this; anything larger is corruption, not data.
+MAX_RECORD_BYTES = 1 << 30
+
+# CRC of the kind byte alone, per kind: the payload CRC continues from it, so a record
+# costs one crc32c call over the payload and no concatenation.
+_KIND_SEED = tuple(crc32c.crc32c(bytes([kind])) for kind in range(256))
+
+# The one seam for fault injection: tests replace these to simulate ENOSPC / EIO.
+_write_fd = os.write
+_truncate_fd = os.ftruncate
+
+
+def record_crc(kind: int, payload: bytes | memoryview) -> int:
+    """crc32c over ``kind + payload`` (without building that concatenation)."""
+    return crc32c.crc32c(payload, _KIND_SEED[kind])
+
+
+def segment_path(directory: Path, segment_id: int) -> Path:
+    return directory / f"{segment_id:010d}.seg"
+
+
+class StorageError(OSError):
+    """A storage operation failed; ``errno`` is the original OS error number.
+
+    It subclasses ``OSError`` so ``err.errno == errno.ENOSPC`` reads naturally, and so
+    callers that already handle OSError keep working.
+    """
+
+    def __init__(
+        self, errno: int | None, message: str, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        super().__init__(errno if errno is not None else errno_module.EIO, message)
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        name = errno_module.errorcode.get(self.errno or 0, str(self.errno))
+        where = f" ({self.path})" if self.path else ""
+        return f"[{name}] {self.strerror}{where}"
+
+
+class AppendOnlyFile:
+    """A buffered, append-only file whose first write failure is permanent.
+
+    ``written`` is the number of bytes known to be in the kernel (the file size at a
+    record boundary); ``size`` adds what is still buffered.
+    """
+
+    __slots__ = ("path", "_fd", "_buffer", "written", "flush_bytes", "failure", "_lost", "closed")
+
+    def __init__(
+        self, path: Path, fd: int, written: int, flush_bytes: int = DEFAULT_FLUSH_BYTES
+    ) -> None:
+        self.path = path
+        self._fd = fd
+        self._buffer = bytearray()
+        self.written = written
+        self.flush_bytes = flush_bytes
+        self.failure: StorageError | None = None
+        self._lost = b""
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return self.written + len(self._buffer)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _append(self, data: bytes) -> None:
+        # Flush *before* adding when the record would overflow the buffer: if that flush
+        # fails, this record was never accepted, and the lost buffer holds only records
+        # the caller already counted (so it can undo exactly those).
+        if self.failure is not None:
+            raise self.failure
+        buffer = self._buffer
+        if len(buffer) + len(data) > self.flush_bytes and buffer:
+            self.flush()
+        buffer += data
+
+    def _append_pair(self, head: bytes, payload: bytes) -> None:
+        if self.failure is not None:
+            raise self.failure
+        buffer = self._buffer
+        if len(buffer) + len(head) + len(payload) > self.flush_bytes and buffer:
+            self.flush()
+        buffer += head
+        buffer += payload
+
+    def flush(self) -> None:
+        """Hand the buffer to the kernel (no fsync).  Raises the sticky StorageError."""
+        if self.failure is not None:
+            raise self.failure
+        if self.closed:
+            raise StorageError(errno_module.EBADF, "write to a closed file", self.path)
+        buffer = self._buffer
+        if not buffer:
+            return
+        view = memoryview(buffer)
+        done = 0
+        try:
+            while done < len(view):
+                done += _write_fd(self._fd, view[done:])
+        except OSError as exc:
+            view.release()
+            self.failure = StorageError(
+                exc.errno, f"write failed: {exc.strerror or exc}", self.path
+            )
+            # Bytes that may be half on disk: the owner truncates back to `written`.
+            self._lost = bytes(buffer)
+            buffer.clear()
+            raise self.failure from exc
+        view.release()
+        self.written += done
+        buffer.clear()
+
+    def lost_bytes(self) -> bytes:
+        """The buffered bytes that a failed flush did not (fully) write."""
+        return self._lost
+
+    def truncate_to_last_good(self) -> None:
+        """Cut the file back to the last whole write and clear the sticky failure.
+
+        Only after this may the file (or, for a segment, its successor) take writes again.
+        """
+        try:
+            _truncate_fd(self._fd, self.written)
+            os.lseek(self._fd, self.written, os.SEEK_SET)
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"truncate failed: {exc.strerror or exc}", self.path
+            ) from exc
+        self.failure = None
+        self._lost = b""
+
+    def close(self) -> None:
+        """Flush (unless already failed) and close the descriptor.
+
+        Callers that may have the descriptor queued in the ``Syncer`` hand this method
+        to ``Syncer.retire`` instead of calling it, so an fsync in flight never meets a
+        closed (or worse, reused) descriptor number.
+        """
+        if self.closed:
+            return
+        try:
+            if self.failure is None and self._fd >= 0:
+                self.flush()
+        finally:
+            self.closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class Segment(AppendOnlyFile):
+    """One segment file: appends while it is the writer, reads by offset always."""
+
+    __slots__ = ("segment_id", "capacity", "_read_fd", "writable")
+
+    def __init__(
+        self,
+        path: Path,
+        segment_id: int,
+        fd: int,
+        written: int,
+        capacity: int,
+        writable: bool,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
+    ) -> None:
+        super().__init__(path, fd, written, flush_bytes)
+        self.segment_id = segment_id
+        self.capacity = capacity
+        self.writable = writable
+        self._read_fd = -1
+
+    # -- creation --------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        segment_id: int,
+        capacity: int = DEFAULT_SEGMENT_BYTES,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
+    ) -> Segment:
+        """Create a new, empty segment; the header is written (not synced) at once."""
+        path = segment_path(directory, segment_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot create segment: {exc.strerror}", path) from exc
+        header = SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, 0)
+        try:
+            written = _write_fd(fd, header)
+            if written != len(header):
+                raise OSError(errno_module.ENOSPC, "short write of segment header")
+        except OSError as exc:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise StorageError(
+                exc.errno, f"cannot write segment header: {exc.strerror or exc}", path
+            ) from exc
+        return cls(path, segment_id, fd, SEGMENT_HEADER_SIZE, capacity, True, flush_bytes)
+
+    @classmethod
+    def open_sealed(cls, path: Path, segment_id: int, size: int) -> Segment:
+        """Open an existing segment read-only (recovered segments never take appends)."""
+        # No write descriptor: a recovered segment costs a file descriptor only while
+        # something reads it (see ``_reader``), so thousands of segments stay cheap.
+        return cls(path, segment_id, -1, size, size, False)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def has_room(self, payload_length: int) -> bool:
+        """Whether a record of this payload fits; an empty segment takes any record."""
+        size = self.size
+        return (
+            size + RECORD_HEADER_SIZE + payload_length <= self.capacity
+            or size == SEGMENT_HEADER_SIZE
+        )
+
+    def append(self, kind: int, payload: bytes) -> int:
+        """Buffer one record; return its offset.  Raises the sticky StorageError."""
+        offset = self.written + len(self._buffer)
+        self._append_pair(
+            RECORD_HEADER.pack(len(payload), crc32c.crc32c(payload, _KIND_SEED[kind]), kind),
+            payload,
+        )
+        return offset
+
+    def seal(self) -> None:
+        """Stop taking appends (flushes the buffer).  The write fd stays open until
+        ``close_writer`` (normally run by ``Syncer.retire`` after the covering fsync)."""
+        if self.writable:
+            self.writable = False
+            self.flush()
+
+    def close_writer(self) -> None:
+        """Close the write descriptor of a sealed segment; reads keep working."""
+        if self._fd >= 0:
+            if self.failure is None:
+                self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _reader(self) -> int:
+        if self._read_fd < 0:
+            self._read_fd = os.open(self.path, os.O_RDONLY)
+        return self._read_fd
+
+    def release_reader(self) -> None:
+        """Close the read descriptor (re-opened on demand) so idle segments hold no fds."""
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Raw bytes at ``offset``; flushes first if they are still buffered."""
+        if offset + length > self.written and self._buffer:
+            self.flush()
+        try:
+            return os.pread(self._reader(), length, offset)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
+
+    def read(self, offset: int) -> tuple[int, bytes]:
+        """The record at ``offset`` as (kind, payload), CRC-checked."""
+        head = self.pread(offset, RECORD_HEADER_SIZE)
+        if len(head) < RECORD_HEADER_SIZE:
+            raise StorageError(errno_module.EIO, f"no record at offset {offset}", self.path)
+        length, crc, kind = RECORD_HEADER.unpack(head)
+        payload = self.pread(offset + RECORD_HEADER_SIZE, length)
+        if len(payload) != length or crc32c.crc32c(payload, _KIND_SEED[kind]) != crc:
+            raise StorageError(errno_module.EIO, f"damaged record at offset {offset}", self.path)
+        return kind, payload
+
+    def iter_records(
+        self, offset: int, end: int | None = None, chunk_bytes: int = 256 * 1024
+    ) -> Iterator[tuple[int, int, bytes]]:
+        """Yield (offset, kind, payload) sequentially from ``offset`` up to ``end``.
+
+        Reads ``chunk_bytes`` at a time (one pread per chunk, not per record) and checks
+        every CRC; a damaged record raises StorageError.
+        """
+        if end is None:
+            end = self.size
+        unpack_from = RECORD_HEADER.unpack_from
+        seeds = _KIND_SEED
+        compute = crc32c.crc32c
+        while offset < end:
+            chunk = self.pread(offset, max(chunk_bytes, RECORD_HEADER_SIZE))
+            view = memoryview(chunk)
+            pos = 0
+            available = len(chunk)
+            while offset < end:
+                if pos + RECORD_HEADER_SIZE > available:
+                    break
+                length, crc, kind = unpack_from(chunk, pos)
+                stop = pos + RECORD_HEADER_SIZE + length
+                if stop > available:
+                    if pos == 0:
+                        # A record larger than the chunk: read it whole.
+                        kind, payload = self.read(offset)
+                        yield offset, kind, payload
+                        offset += RECORD_HEADER_SIZE + length
+                    break
+                payload = view[pos + RECORD_HEADER_SIZE : stop]
+                if compute(payload, seeds[kind]) != crc:
+                    raise StorageError(
+                        errno_module.EIO, f"damaged record at offset {offset}", self.path
+                    )
+                yield offset, kind, bytes(payload)
+                offset += stop - pos
+                pos = stop
+            if available == 0:
+                raise StorageError(
+                    errno_module.EIO, f"unexpected end of segment at {offset}", self.path
+                )
+
+    def close(self) -> None:
+        self.release_reader()
+        super().close()
+
+    def is_closed_for_writes(self) -> bool:
+        return self._fd < 0
+
+    def __repr__(self) -> str:
+        state = "writer" if self.writable else "sealed"
+        return f"<Segment {self.segment_id} {state} {self.size}B>"

@@ -1,0 +1,302 @@
+"""Group commit: one fsync job at a time, covering everything written before it started.
+
+Theory of operation
+-------------------
+Writers (segments, ack files, the data directory) call ``mark_dirty(file)`` after they
+buffer a write; whoever needs durability (publisher confirms) calls
+``after_sync(callback)``.  The first of these in a loop turn schedules a job with
+``call_soon`` so every publish handled in the same turn joins it.  A job:
+
+1. on the loop thread, takes the whole dirty set and the callback list, and ``flush()``es
+   each file (user-space buffer -> kernel; a plain write, cheap);
+2. in a dedicated worker thread, fsyncs those descriptors;
+3. back on the loop thread, runs the callbacks it took.  If anything was marked dirty or
+   requested while it ran, the next job starts at once.
+
+So the number of fsyncs adapts to load with no timer: one publisher gets one fsync per
+message, a thousand concurrent ones share each fsync (LavinMQ, nats-server and
+PostgreSQL's group commit work the same way).
+
+Failure rules:
+
+* A failed **fsync** is fatal.  After a failed fsync the kernel may have dropped the dirty
+  pages and cleared the error ("fsyncgate", PostgreSQL 2018), so retrying could report
+  success for data that is gone.  The syncer calls ``on_fatal(exc)`` (the broker
+  stops), drops every callback, and refuses to run any later one: a confirm is never
+  sent for data that may not be on disk.
+* A failed **flush** (a buffered write hitting ENOSPC, say) is not fatal: the file
+  itself is now failed (sticky) and its owner reports that.  The callbacks of that job
+  cannot be honoured, so each one's ``on_error(exc)`` runs instead (the broker nacks).
+
+Without a running event loop (unit tests, tools, shutdown) nothing is scheduled;
+``sync_now()`` does a whole job synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from .segment import StorageError
+
+__all__ = ["Syncer", "SyncTarget"]
+
+log = logging.getLogger("baedal.storage")
+
+
+class SyncTarget(Protocol):
+    """Anything with a descriptor; ``flush()`` (optional) pushes user-space buffers."""
+
+    def fileno(self) -> int: ...
+
+
+Callback = Callable[[], Any]
+ErrorCallback = Callable[[BaseException], Any]
+
+
+def _fsync_all(fds: Iterable[int]) -> None:
+    fsync = os.fsync  # looked up per job so tests can monkeypatch os.fsync
+    for fd in fds:
+        fsync(fd)
+
+
+class Syncer:
+    """The one place that calls fsync.  All methods run on the event-loop thread."""
+
+    def __init__(
+        self,
+        *,
+        on_fatal: Callable[[BaseException], Any] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.on_fatal = on_fatal
+        self._loop = loop
+        self._dirty: dict[int, Any] = {}  # id(target) -> target; insertion-ordered
+        self._callbacks: list[tuple[Callback, ErrorCallback | None]] = []
+        self._in_flight: dict[int, Any] = {}
+        self._retired: list[tuple[Any, Callable[[], Any]]] = []
+        self._scheduled = False
+        self._running = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.failure: BaseException | None = None
+        # Counters for tests, metrics and benchmarks.
+        self.fsync_jobs = 0
+        self.callbacks_run = 0
+
+    # -- requests ----------------------------------------------------------------------
+
+    def mark_dirty(self, target: Any) -> None:
+        """``target`` (file object with fileno()/flush(), or an int fd) has unsynced writes."""
+        key = id(target)
+        if key not in self._dirty:
+            self._dirty[key] = target
+            if not self._scheduled and not self._running:
+                self._kick()
+
+    def after_sync(self, callback: Callback, on_error: ErrorCallback | None = None) -> None:
+        """Run ``callback()`` on the loop once an fsync covering every earlier write is done.
+
+        If that cannot happen because a buffered write failed, ``on_error(exc)`` runs
+        instead.  After a fatal fsync failure neither ever runs.
+        """
+        if self.failure is not None:
+            return
+        self._callbacks.append((callback, on_error))
+        if not self._scheduled and not self._running:
+            self._kick()
+
+    def forget(self, target: Any) -> None:
+        """Drop ``target`` from the dirty set: its owner has synced it itself (close)."""
+        self._dirty.pop(id(target), None)
+
+    def retire(self, target: Any, close: Callable[[], Any]) -> None:
+        """Call ``close()`` once ``target`` is neither dirty nor being fsynced.
+
+        Closing a descriptor that a worker thread is about to fsync could fsync an
+        unrelated file that reused the number; this defers the close past that job.
+        """
+        key = id(target)
+        if key in self._dirty or key in self._in_flight:
+            self._retired.append((target, close))
+        else:
+            close()
+
+    @property
+    def busy(self) -> bool:
+        return self._running or bool(self._dirty) or bool(self._callbacks)
+
+    def synced(self) -> asyncio.Future[None]:
+        """A future that resolves after the next covering fsync (convenience for awaiters)."""
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def failed(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        self.after_sync(done, failed)
+        return future
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self.failure is not None:
+            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop: the caller drives sync_now()
+        self._scheduled = True
+        loop.call_soon(self._start_job, loop)
+
+    def _take_batch(
+        self,
+    ) -> tuple[
+        dict[int, Any], list[tuple[Callback, ErrorCallback | None]], list[int], StorageError | None
+    ]:
+        targets = self._dirty
+        self._dirty = {}
+        callbacks = self._callbacks
+        self._callbacks = []
+        fds: list[int] = []
+        flush_error: StorageError | None = None
+        for target in targets.values():
+            if isinstance(target, int):
+                fds.append(target)
+                continue
+            flush = getattr(target, "flush", None)
+            if flush is not None:
+                try:
+                    flush()
+                except StorageError as exc:
+                    # The file is now failed (sticky); its owner reports the error on
+                    # the next write.  Only the confirms are affected here.
+                    flush_error = exc
+                    continue
+            fd = target.fileno()
+            if fd >= 0:
+                fds.append(fd)
+        return targets, callbacks, fds, flush_error
+
+    def _start_job(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self._running or self.failure is not None:
+            return
+        if not self._dirty and not self._callbacks:
+            self._close_retired()
+            return
+        targets, callbacks, fds, flush_error = self._take_batch()
+        self._running = True
+        self._in_flight = targets
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baedal-fsync")
+        future = loop.run_in_executor(self._executor, _fsync_all, fds)
+        future.add_done_callback(lambda done: self._job_done(done, loop, callbacks, flush_error))
+
+    def _job_done(
+        self,
+        done: asyncio.Future[None],
+        loop: asyncio.AbstractEventLoop,
+        callbacks: list[tuple[Callback, ErrorCallback | None]],
+        flush_error: StorageError | None,
+    ) -> None:
+        self._running = False
+        self._in_flight = {}
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            self._fatal(exc)
+            return
+        self.fsync_jobs += 1
+        self._close_retired()
+        self._run_callbacks(callbacks, flush_error)
+        if (self._dirty or self._callbacks) and self.failure is None:
+            self._start_job(loop)
+
+    def _run_callbacks(
+        self,
+        callbacks: list[tuple[Callback, ErrorCallback | None]],
+        flush_error: StorageError | None,
+    ) -> None:
+        for callback, on_error in callbacks:
+            try:
+                if flush_error is None:
+                    callback()
+                    self.callbacks_run += 1
+                elif on_error is not None:
+                    on_error(flush_error)
+            except Exception:  # one bad callback must not starve the others
+                log.exception("sync callback %r failed", callback)
+        if flush_error is not None and callbacks:
+            log.error(
+                "write failed before fsync, %d durability callbacks failed: %s",
+                len(callbacks),
+                flush_error,
+            )
+
+    def _close_retired(self) -> None:
+        if not self._retired:
+            return
+        keep = []
+        for target, close in self._retired:
+            key = id(target)
+            if key in self._dirty or key in self._in_flight:
+                keep.append((target, close))
+            else:
+                try:
+                    close()
+                except OSError:
+                    log.exception("closing retired file %r failed", target)
+        self._retired = keep
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.failure = exc
+        dropped = len(self._callbacks)
+        self._callbacks.clear()
+        self._dirty.clear()
+        log.critical(
+            "fsync failed, storage can no longer promise durability (%d callbacks dropped): %s",
+            dropped,
+            exc,
+        )
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    # -- synchronous use ---------------------------------------------------------------
+
+    def sync_now(self) -> None:
+        """Flush and fsync everything dirty, then run the waiting callbacks, right here.
+
+        For tests, tools and shutdown.  A failed fsync calls ``on_fatal`` and raises
+        ``StorageError``.
+        """
+        if self.failure is not None:
+            raise StorageError(
+                getattr(self.failure, "errno", None), f"syncer failed earlier: {self.failure}"
+            )
+        if self._running:
+            raise RuntimeError("sync_now() while an fsync job is running")
+        _targets, callbacks, fds, flush_error = self._take_batch()
+        try:
+            _fsync_all(fds)
+        except OSError as exc:
+            self._fatal(exc)
+            raise StorageError(exc.errno, f"fsync failed: {exc.strerror or exc}") from exc
+        self.fsync_jobs += 1
+        self._close_retired()
+        self._run_callbacks(callbacks, flush_error)
+
+    def close(self) -> None:
+        """Stop the worker thread (after the job in flight, if any)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
