@@ -27,6 +27,7 @@ class Message:
         "expiration_ms",
         "published_at",
         "_decoded",
+        "wire_names",
     )
 
     def __init__(
@@ -49,6 +50,9 @@ class Message:
         self.expiration_ms = expiration_ms
         self.published_at = published_at
         self._decoded: BasicProperties | None = None
+        # Opaque per-protocol cache: the AMQP adapter keeps exchange + routing key
+        # pre-encoded as short strings here so fan-out encodes them once.
+        self.wire_names: bytes | None = None
 
     @property
     def size(self) -> int:

@@ -137,6 +137,7 @@ class AppendOnlyFile:
         buffer = self._buffer
         if len(buffer) + len(data) > self.flush_bytes and buffer:
             self.flush()
+            buffer = self._buffer
         buffer += data
 
     def _append_pair(self, head: bytes, payload: bytes) -> None:
@@ -145,6 +146,7 @@ class AppendOnlyFile:
         buffer = self._buffer
         if len(buffer) + len(head) + len(payload) > self.flush_bytes and buffer:
             self.flush()
+            buffer = self._buffer
         buffer += head
         buffer += payload
 
@@ -169,7 +171,9 @@ class AppendOnlyFile:
             )
             # Bytes that may be half on disk: the owner truncates back to `written`.
             self._lost = bytes(buffer)
-            buffer.clear()
+            # A new buffer rather than clear(): the traceback may still hold a slice
+            # of the old one, and an exported bytearray cannot be resized.
+            self._buffer = bytearray()
             raise self.failure from exc
         view.release()
         self.written += done

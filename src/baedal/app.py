@@ -1,0 +1,235 @@
+"""The whole broker in one object: core + storage + protocol listeners.
+
+Embedded use (the in-process mode people know from ZeroMQ and ActiveMQ's ``vm://``)::
+
+    async with Broker(port=0) as broker:        # inside asyncio
+        url = broker.amqp_url
+
+    with Broker(port=0) as broker:              # synchronous code: runs in a thread
+        url = broker.amqp_url
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .core.broker import BrokerCore, BrokerConfig
+from .protocols.amqp.server import AMQPServer
+
+log = logging.getLogger("baedal")
+
+
+class Broker:
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        if settings is None:
+            settings = Settings(**{"http_port": None, **overrides}) if overrides else Settings(http_port=None)
+        elif overrides:
+            settings = Settings(**{**settings.__dict__, **overrides})
+        if not isinstance(settings.data_dir, Path):
+            settings.data_dir = Path(settings.data_dir)
+        self.settings = settings
+        self.core: BrokerCore | None = None
+        self.amqp: AMQPServer | None = None
+        self.http: Any = None
+        self.storage: Any = None
+        self.port: int = settings.port
+        self.tls_port: int | None = None
+        self.http_port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    # --- addresses ---------------------------------------------------------------------
+
+    @property
+    def amqp_url(self) -> str:
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"amqp://{self.settings.default_user}:{self.settings.default_pass}@{host}:{self.port}/"
+
+    @property
+    def http_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        host = self.settings.http_host if self.settings.http_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.http_port}"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = asyncio.Event()
+        config = BrokerConfig(
+            data_dir=s.data_dir,
+            max_message_size=s.max_message_size,
+            frame_max=s.frame_max,
+            channel_max=s.channel_max,
+            heartbeat=s.heartbeat,
+            handshake_timeout=s.handshake_timeout,
+            default_user=s.default_user,
+            default_pass=s.default_pass,
+            loopback_users=tuple(s.loopback_users),
+            memory_high_watermark=s.memory_high_watermark,
+            disk_free_limit=s.disk_free_limit,
+            durable_store=s.durable_store,
+            segment_bytes=s.segment_bytes,
+        )
+        self.core = core = BrokerCore(config, loop)
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if s.durable_store:
+            self.storage = _open_storage(core, s)
+        self.amqp = AMQPServer(core)
+        self.port = await self.amqp.listen(s.host, s.port)
+        if s.tls_cert and s.tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+            self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
+        if s.http_port is not None:
+            self.http = _open_http(self)
+            if self.http is not None:
+                self.http_port = await self.http.start(s.http_host, s.http_port)
+        self._monitor = loop.create_task(self._watch_resources())
+        log.info("baedal listening on amqp://%s:%d", s.host, self.port)
+
+    async def _watch_resources(self) -> None:
+        try:
+            from .storage import memory
+        except ImportError:
+            return
+        s = self.settings
+        core = self.core
+        assert core is not None
+        watermark = s.memory_high_watermark
+        limit = int(watermark * memory.total_memory_bytes()) if watermark <= 1 else int(watermark)
+        while True:
+            try:
+                core.set_alarm("memory", memory.rss_bytes() > limit)
+                core.set_alarm("disk", memory.disk_free_bytes(s.data_dir) < s.disk_free_limit)
+            except OSError:
+                log.exception("resource check failed")
+            await asyncio.sleep(s.alarm_check_interval)
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        if self.amqp is not None:
+            await self.amqp.close()
+            self.amqp = None
+        if self.storage is not None:
+            await self.storage.close()
+            self.storage = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- thread-backed mode ------------------------------------------------------------
+
+    def start_in_thread(self, timeout: float = 30.0) -> Broker:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = _new_loop(self.settings.use_uvloop)
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                try:
+                    await self.start()
+                except BaseException as exc:
+                    failure.append(exc)
+                    started.set()
+                    return
+                started.set()
+                await self.serve_forever()
+
+            try:
+                loop.run_until_complete(main())
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="baedal-broker", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise TimeoutError("broker did not start in time")
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop_thread(self, timeout: float = 30.0) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.stop(), self._loop)
+        future.result(timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the broker's loop thread and return its result (tests, tools)."""
+        assert self._loop is not None
+        if self._thread is None:
+            return fn(*args)
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+
+    def __enter__(self) -> Broker:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
+
+
+def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def _open_storage(core: BrokerCore, settings: Settings) -> Any:
+    try:
+        from .storage.engine import StorageEngine
+    except ImportError:
+        log.warning("durable storage engine not available; durable queues are kept in memory")
+        return None
+    engine = StorageEngine(core, settings)
+    engine.open()
+    core.storage = engine
+    return engine
+
+
+def _open_http(broker: Broker) -> Any:
+    try:
+        from .protocols.http.server import HTTPServer
+    except ImportError:
+        log.warning("HTTP side not available")
+        return None
+    return HTTPServer(broker)

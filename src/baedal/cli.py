@@ -1,0 +1,119 @@
+"""Command line: ``baedal serve``, ``baedal perf``, ``baedal ctl``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from . import __version__
+from .config import load_settings
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level,
+        "http_port": args.http_port,
+        "http_host": args.http_host,
+    }
+    settings = load_settings(args.config, flags)
+    setup_logging(settings.log_level, settings.log_format)
+    from .app import Broker, _new_loop
+
+    broker = Broker(settings)
+    loop = _new_loop(settings.use_uvloop)
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        started = time.monotonic()
+        await broker.start()
+        print(f"baedal {__version__} listening on amqp://{settings.host}:{broker.port}", flush=True)
+        if broker.tls_port:
+            print(f"baedal listening on amqps://{settings.host}:{broker.tls_port}", flush=True)
+        if broker.http_url:
+            print(f"baedal HTTP on {broker.http_url}", flush=True)
+        print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("baedal").info("shutting down")
+        await broker.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baedal", description="Baedal message broker")
+    parser.add_argument("--version", action="version", version=f"baedal {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; env BAEDAL_HOST)")
+    serve.add_argument("--port", type=int, help="AMQP port (default 5672; env BAEDAL_PORT)")
+    serve.add_argument("--data-dir", help="data directory (default ./baedal-data; env BAEDAL_DATA_DIR)")
+    serve.add_argument("--config", help="TOML configuration file (env BAEDAL_CONFIG)")
+    serve.add_argument("--log-level", help="debug, info, warning, error (env BAEDAL_LOG_LEVEL)")
+    serve.add_argument("--http-port", help="HTTP port for the management API and console (default 15672, 'off' disables)")
+    serve.add_argument("--http-host", help="HTTP address (default 127.0.0.1)")
+    serve.set_defaults(func=_serve)
+    sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)
+    sub.add_parser("ctl", help="operate a running broker over HTTP (baedal ctl --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "perf":
+        from .perf import main as perf_main
+
+        return perf_main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from .ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        args = parser.parse_args(["serve", *argv])
+    result: Any = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

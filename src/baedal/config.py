@@ -1,0 +1,82 @@
+"""Settings: defaults < TOML file < environment (BAEDAL_*) < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5672
+    data_dir: Path = Path("./baedal-data")
+    log_level: str = "info"
+    log_format: str = "text"  # text | json
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 15672  # None disables the HTTP side
+    tls_port: int = 5671
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_size: int = 128 * 1024 * 1024
+    frame_max: int = 131072
+    channel_max: int = 2047
+    heartbeat: int = 60
+    handshake_timeout: float = 10.0
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    loopback_users: list[str] = field(default_factory=lambda: ["guest"])
+    memory_high_watermark: float = 0.4
+    disk_free_limit: int = 50 * 1024 * 1024
+    alarm_check_interval: float = 1.0
+    durable_store: bool = True
+    segment_bytes: int = 8 * 1024 * 1024
+    use_uvloop: bool = True
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = getattr(Settings(), name)
+    if value is None:
+        return None
+    if name == "data_dir":
+        return Path(value)
+    if name in ("http_port",) and str(value).lower() in ("", "none", "off", "0", "false"):
+        return None
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int) or name in ("http_port",):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, list):
+        return value if isinstance(value, list) else [v for v in str(value).split(",") if v]
+    return value
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("BAEDAL_CONFIG")
+    if config_file:
+        with open(config_file, "rb") as fh:
+            data = tomllib.load(fh)
+        data = {**data.get("baedal", {}), **{k: v for k, v in data.items() if k != "baedal"}}
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in _FIELDS:
+                raise ValueError(f"{config_file}: unknown setting '{key}'")
+            values[key] = _coerce(key, value)
+    for name in _FIELDS:
+        env = environ.get("BAEDAL_" + name.upper())
+        if env is not None:
+            values[name] = _coerce(name, env)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    return Settings(**values)

@@ -1,0 +1,243 @@
+"""The broker core: virtual hosts, users and permissions, stores, alarms.
+
+The core never awaits a socket; protocol adapters call into it and it calls back into
+them through the ``Consumer`` protocol.  Timers go through ``call_later`` / ``call_soon``
+on the broker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .store import MemoryStore
+from .vhost import CoreError, VirtualHost
+
+log = logging.getLogger("baedal.core")
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 format, so definitions move both ways."""
+    salt = salt if salt is not None else os.urandom(4)
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+def check_password(password: str, password_hash: str) -> bool:
+    try:
+        raw = base64.b64decode(password_hash)
+    except ValueError:
+        return False
+    if len(raw) != 36:
+        return False
+    return hashlib.sha256(raw[:4] + password.encode("utf-8")).digest() == raw[4:]
+
+
+@dataclass
+class User:
+    name: str
+    password_hash: str
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Permission:
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+
+    def __post_init__(self) -> None:
+        self._compiled = {k: re.compile(getattr(self, k)) for k in ("configure", "write", "read")}
+
+    def allows(self, kind: str, resource: str) -> bool:
+        pattern = getattr(self, kind)
+        if pattern == ".*":
+            return True
+        if pattern == "":
+            return False
+        # RabbitMQ runs an unanchored regex search (re:run), so anchors are the user's job.
+        return self._compiled[kind].search(resource) is not None
+
+
+@dataclass
+class BrokerConfig:
+    data_dir: Path = Path("./baedal-data")
+    max_message_size: int = 128 * 1024 * 1024
+    frame_max: int = 131072
+    channel_max: int = 2047
+    heartbeat: int = 60
+    handshake_timeout: float = 10.0
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    loopback_users: tuple[str, ...] = ("guest",)
+    memory_high_watermark: float = 0.4  # fraction of total memory (or absolute bytes if > 1)
+    disk_free_limit: int = 50 * 1024 * 1024
+    durable_store: bool = True  # durable queues on the segment log (False: memory only)
+    segment_bytes: int = 8 * 1024 * 1024
+
+
+class BrokerCore:
+    """The protocol-neutral broker core; one per process (or per embedded instance)."""
+
+    product = "RabbitMQ"  # what clients sniff for feature decisions (see reference §9.2)
+    version = "3.13.7"
+
+    def __init__(self, config: BrokerConfig | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config or BrokerConfig()
+        self.loop = loop
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.users: dict[str, User] = {}
+        self.permissions: dict[tuple[str, str], Permission] = {}
+        self.connections: dict[int, Any] = {}
+        self.alarms: set[str] = set()
+        self.alarm_listeners: list[Callable[[set[str]], None]] = []
+        self.storage: Any = None  # baedal.storage wiring (durable stores, definitions, syncer)
+        self.started_at = time.time()
+        self.counters: dict[str, int] = {
+            "published": 0,
+            "delivered": 0,
+            "acked": 0,
+            "confirmed": 0,
+            "returned": 0,
+            "unroutable": 0,
+            "redelivered": 0,
+            "connections_opened": 0,
+            "connections_closed": 0,
+            "channels_opened": 0,
+            "channels_closed": 0,
+        }
+        self.add_vhost("/")
+        self.add_user(self.config.default_user, self.config.default_pass, ["administrator"])
+        self.set_permission(self.config.default_user, "/")
+
+    # --- clock and scheduling ----------------------------------------------------------
+
+    def now(self) -> float:
+        loop = self.loop
+        return loop.time() if loop is not None else time.monotonic()
+
+    def call_soon(self, callback: Callable[[], None]) -> Any:
+        assert self.loop is not None
+        return self.loop.call_soon(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        if self.loop is None:
+            self.loop = asyncio.get_event_loop()
+        return self.loop.call_later(delay, callback)
+
+    # --- vhosts, users, permissions -----------------------------------------------------
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = self.vhosts[name] = VirtualHost(self, name)
+            self.definitions_changed("vhost", vhost, None)
+        return vhost
+
+    def delete_vhost(self, name: str) -> None:
+        vhost = self.vhosts.pop(name, None)
+        if vhost is None:
+            raise CoreError("not_found", f"no vhost '{name}'")
+        for queue in list(vhost.queues.values()):
+            vhost.delete_queue(queue)
+        for key in [k for k in self.permissions if k[1] == name]:
+            del self.permissions[key]
+        for conn in list(self.connections.values()):
+            if getattr(conn, "vhost", None) is vhost:
+                conn.force_close(f"vhost '{name}' is deleted")
+        self.definitions_changed("vhost-deleted", vhost, None)
+
+    def add_user(self, name: str, password: str | None, tags: list[str] | None = None, *, password_hash: str | None = None) -> User:
+        if password_hash is None:
+            password_hash = hash_password(password) if password is not None else ""
+        user = User(name, password_hash, list(tags or []))
+        self.users[name] = user
+        self.definitions_changed("user", None, user)
+        return user
+
+    def delete_user(self, name: str) -> None:
+        if self.users.pop(name, None) is None:
+            raise CoreError("not_found", f"no user '{name}'")
+        for key in [k for k in self.permissions if k[0] == name]:
+            del self.permissions[key]
+        self.definitions_changed("user-deleted", None, name)
+
+    def set_permission(self, user: str, vhost: str, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
+        self.permissions[(user, vhost)] = Permission(configure, write, read)
+        self.definitions_changed("permission", None, (user, vhost, configure, write, read))
+
+    def clear_permission(self, user: str, vhost: str) -> None:
+        self.permissions.pop((user, vhost), None)
+        self.definitions_changed("permission-deleted", None, (user, vhost))
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        user = self.users.get(username)
+        if user is None or not user.password_hash or not check_password(password, user.password_hash):
+            return None
+        return user
+
+    def permission(self, user: str, vhost: str) -> Permission | None:
+        return self.permissions.get((user, vhost))
+
+    # --- stores and persistence ----------------------------------------------------------
+
+    def make_store(self, vhost: str, queue: str, durable: bool, arguments: dict[str, Any]) -> Any:
+        from .queue import PriorityStore, QueueSettings
+
+        settings = QueueSettings(arguments)  # validates before touching the disk
+        storage = self.storage
+        if durable and storage is not None:
+            maker = lambda level: storage.queue_store(vhost, queue, level)  # noqa: E731
+        else:
+            maker = lambda level: MemoryStore()  # noqa: E731
+        if settings.max_priority:
+            return PriorityStore([maker(i) for i in range(settings.max_priority + 1)], settings.max_priority)
+        return maker(None)
+
+    def definitions_changed(self, kind: str, vhost: VirtualHost | None, obj: Any) -> None:
+        if self.storage is not None:
+            self.storage.definitions_changed(kind, vhost, obj)
+
+    def request_sync(self) -> None:
+        if self.storage is not None:
+            self.storage.request_sync()
+
+    def after_sync(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` after the next fsync covering every write so far.
+
+        Returns False when there is no disk store (the caller may act at once).
+        """
+        if self.storage is None:
+            return False
+        self.storage.after_sync(callback)
+        return True
+
+    # --- alarms ------------------------------------------------------------------------
+
+    def set_alarm(self, name: str, active: bool) -> None:
+        before = set(self.alarms)
+        if active:
+            self.alarms.add(name)
+        else:
+            self.alarms.discard(name)
+        if before != self.alarms:
+            log.warning("resource alarm %s %s; active alarms: %s", name, "set" if active else "cleared", sorted(self.alarms) or "none")
+            for listener in list(self.alarm_listeners):
+                listener(set(self.alarms))
+
+    @property
+    def alarm_reason(self) -> str:
+        mem = "memory" in self.alarms
+        disk = "disk" in self.alarms
+        if mem and disk:
+            return "low on memory & disk"
+        return "low on memory" if mem else "low on disk"

@@ -1,0 +1,872 @@
+"""AMQP channels: translate channel-level methods into core operations.
+
+Errors: core ``CoreError`` kinds map to soft reply codes (channel.close); protocol
+misuse raises ``ConnectionFault`` (connection.close).  The connection owns the socket
+and the output buffer; the channel only appends frames to it.
+
+Publisher confirms (theory of operation): every publish in confirm mode takes the next
+sequence number.  A message is *decided* when routed; a persistent message that reached
+a durable queue is additionally *unsynced* until the storage syncer's next fsync covers
+it.  Confirms are emitted in sequence order as cumulative ``basic.ack multiple=true``
+up to the first unsynced number, with ``basic.nack`` for refused publishes interleaved
+in order; they are flushed once per read batch and once per completed fsync, never per
+message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ...core.exchange import Exchange
+from ...core.message import Message, QueueEntry, parse_expiration
+from ...core.properties import DecodeError, scan_properties
+from ...core.queue import Queue
+from ...core.vhost import REPLY_TO, REPLY_TO_PREFIX, CoreError
+from . import spec
+from .codec import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
+    ChannelFault,
+    ConnectionFault,
+    content_frames,
+    deliver_payload,
+    encode_short_string,
+    method_frame,
+)
+
+if TYPE_CHECKING:
+    from .connection import AMQPConnection
+
+_CORE_CODES = {
+    "not_found": NOT_FOUND,
+    "precondition_failed": PRECONDITION_FAILED,
+    "access_refused": ACCESS_REFUSED,
+    "resource_locked": RESOURCE_LOCKED,
+    "command_invalid": COMMAND_INVALID,
+    "not_allowed": NOT_ALLOWED,
+}
+
+_USER_ID_BIT = 1 << 4
+_REPLY_TO_BIT = 1 << 9
+_HEADERS_BIT = 1 << 13
+
+
+def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
+    return ChannelFault(code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0)
+
+
+def _hard(code: int, text: str, method: spec.Method | None) -> ConnectionFault:
+    return ConnectionFault(code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0)
+
+
+class AMQPConsumer:
+    """A basic.consume subscription: the core's Consumer for one channel and queue."""
+
+    __slots__ = ("tag", "tag_wire", "queue", "channel", "no_ack", "exclusive", "priority", "prefetch", "unacked", "owner", "arguments")
+
+    def __init__(self, tag: str, queue: Queue, channel: Channel, no_ack: bool, exclusive: bool, priority: int, prefetch: int, arguments: dict[str, Any]) -> None:
+        self.tag = tag
+        self.tag_wire = encode_short_string(tag)
+        self.queue = queue
+        self.channel = channel
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.priority = priority
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.owner = channel.connection
+        self.arguments = arguments
+
+    def can_deliver(self) -> bool:
+        channel = self.channel
+        if not channel.can_send:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        limit = channel.global_prefetch
+        return not limit or channel.unacked_count < limit
+
+    def deliver(self, queue: Queue, entry: QueueEntry) -> None:
+        self.channel.send_delivery(self, queue, entry)
+
+    def cancelled_by_server(self, queue: Queue) -> None:
+        self.channel.server_cancel(self)
+
+
+class _Unacked:
+    __slots__ = ("queue", "entry", "consumer")
+
+    def __init__(self, queue: Queue, entry: QueueEntry, consumer: AMQPConsumer | None) -> None:
+        self.queue = queue
+        self.entry = entry
+        self.consumer = consumer
+
+
+class Channel:
+    def __init__(self, connection: AMQPConnection, number: int) -> None:
+        self.connection = connection
+        self.number = number
+        self.broker = connection.broker
+        self.vhost = connection.vhost
+        self.consumers: dict[str, AMQPConsumer] = {}
+        self.unacked: dict[int, _Unacked] = {}
+        self.unacked_count = 0
+        self.next_delivery_tag = 1
+        self.prefetch_count = 0  # per consumer, for consumers created afterwards
+        self.global_prefetch = 0  # shared by the channel's consumers (RabbitMQ's global=true)
+        self.flow_active = True
+        self.closing = False
+        self.last_queue: str | None = None
+        # confirms
+        self.confirm_mode = False
+        self.publish_seq = 0
+        self._confirmed_upto = 0
+        self._first_unsynced = 0
+        self._sync_requested_upto = 0
+        self._nacked: list[int] = []
+        # transactions
+        self.tx_mode = False
+        self._tx_publishes: list[tuple[spec.BasicPublish, Exchange, Message, list[str] | None]] = []
+        self._tx_settles: list[tuple[str, int, bool, bool]] = []
+        self.reply_to_consumer: AMQPConsumer | None = None
+        self.reply_token: str | None = None
+        self.publish_count = 0
+        self._exchange_write_ok: dict[str, bool] = {}
+
+    @property
+    def can_send(self) -> bool:
+        return self.flow_active and not self.closing and not self.connection.write_paused
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def handle(self, method: spec.Method) -> None:
+        handler = _HANDLERS.get(method.INDEX)
+        if handler is None:
+            raise _hard(COMMAND_INVALID, f"unexpected method {method.NAME} on a channel", method)
+        handler(self, method)
+
+    def reply(self, method: spec.Method) -> None:
+        self.connection.write(method_frame(self.number, method))
+
+    def _core(self, exc: CoreError, method: spec.Method) -> ChannelFault | ConnectionFault:
+        code = _CORE_CODES.get(exc.kind, PRECONDITION_FAILED)
+        if code in (COMMAND_INVALID, NOT_ALLOWED):
+            return _hard(code, exc.text, method)
+        return _soft(code, exc.text, method)
+
+    # --- permissions -------------------------------------------------------------------
+
+    def _check(self, kind: str, resource: str, method: spec.Method, what: str = "queue") -> None:
+        perm = self.connection.permission
+        name = resource or "amq.default"
+        if perm is None or not perm.allows(kind, name):
+            raise _soft(
+                ACCESS_REFUSED,
+                f"access to {what} '{name}' in vhost '{self.vhost.name}' refused for user '{self.connection.username}'",
+                method,
+            )
+
+    def _queue(self, name: str, method: spec.Method) -> Queue:
+        if not name:
+            if self.last_queue is None:
+                raise _soft(NOT_FOUND, "no previously declared queue", method)
+            name = self.last_queue
+        try:
+            queue = self.vhost.get_queue(name)
+            self.vhost.check_exclusive(queue, self.connection)
+        except CoreError as exc:
+            raise self._core(exc, method) from None
+        return queue
+
+    # --- channel class -----------------------------------------------------------------
+
+    def on_flow(self, method: spec.ChannelFlow) -> None:
+        self.flow_active = bool(method.active)
+        self.reply(spec.ChannelFlowOk(active=method.active))
+        if self.flow_active:
+            self.drain_consumers()
+
+    # --- exchange class ----------------------------------------------------------------
+
+    def on_exchange_declare(self, method: spec.ExchangeDeclare) -> None:
+        name = method.exchange
+        vhost = self.vhost
+        if method.passive:
+            if name not in vhost.exchanges:
+                raise _soft(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'", method)
+        else:
+            if name.startswith("amq."):
+                raise _soft(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method)
+            if not name:
+                raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
+            self._check("configure", name, method, "exchange")
+            alternate = method.arguments.get("alternate-exchange")
+            if alternate is not None:
+                self._check("write", alternate, method, "exchange")
+                self._check("read", name, method, "exchange")
+            try:
+                vhost.declare_exchange(
+                    name,
+                    method.type,
+                    durable=method.durable,
+                    auto_delete=method.auto_delete,
+                    internal=method.internal,
+                    arguments=method.arguments,
+                )
+            except CoreError as exc:
+                raise self._core(exc, method) from None
+        if not method.nowait:
+            self.reply(spec.ExchangeDeclareOk())
+
+    def on_exchange_delete(self, method: spec.ExchangeDelete) -> None:
+        name = method.exchange
+        if not name:
+            raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
+        if name.startswith("amq."):
+            raise _soft(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method)
+        self._check("configure", name, method, "exchange")
+        if name in self.vhost.exchanges:
+            try:
+                self.vhost.delete_exchange(name, method.if_unused)
+            except CoreError as exc:
+                raise self._core(exc, method) from None
+        if not method.nowait:
+            self.reply(spec.ExchangeDeleteOk())
+
+    def _exchange_binding(self, method: Any, bind: bool) -> None:
+        vhost = self.vhost
+        if not method.source or not method.destination:
+            raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
+        self._check("write", method.destination, method, "exchange")
+        self._check("read", method.source, method, "exchange")
+        try:
+            destination = vhost.get_exchange(method.destination)
+            vhost.get_exchange(method.source)
+            if bind:
+                vhost.bind(method.source, destination, method.routing_key, method.arguments)
+            else:
+                vhost.unbind(method.source, destination, method.routing_key, method.arguments)
+        except CoreError as exc:
+            raise self._core(exc, method) from None
+        if not method.nowait:
+            self.reply(spec.ExchangeBindOk() if bind else spec.ExchangeUnbindOk())
+
+    def on_exchange_bind(self, method: spec.ExchangeBind) -> None:
+        self._exchange_binding(method, True)
+
+    def on_exchange_unbind(self, method: spec.ExchangeUnbind) -> None:
+        self._exchange_binding(method, False)
+
+    # --- queue class -------------------------------------------------------------------
+
+    def on_queue_declare(self, method: spec.QueueDeclare) -> None:
+        vhost = self.vhost
+        name = method.queue
+        if method.passive:
+            if name.startswith(REPLY_TO_PREFIX):
+                if not self.connection.server.reply_to_alive(name[len(REPLY_TO_PREFIX) :]):
+                    raise _soft(NOT_FOUND, f"no queue '{name}' in vhost '{vhost.name}'", method)
+                self.reply(spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=1))
+                return
+            if not name:
+                name = self.last_queue or ""
+            queue = self._queue(name, method)
+        else:
+            if name.startswith("amq."):
+                raise _soft(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'", method)
+            if name:
+                self._check("configure", name, method)
+            dlx = method.arguments.get("x-dead-letter-exchange")
+            if isinstance(dlx, str):
+                self._check("write", dlx, method, "exchange")
+                if name:
+                    self._check("read", name, method)
+            try:
+                queue, _created = vhost.declare_queue(
+                    name,
+                    durable=method.durable,
+                    exclusive_owner=self.connection if method.exclusive else None,
+                    auto_delete=method.auto_delete,
+                    arguments=method.arguments,
+                )
+            except CoreError as exc:
+                raise self._core(exc, method) from None
+            except OSError as exc:
+                raise _hard(541, f"cannot create queue storage: {exc}", method) from None
+        self.last_queue = queue.name
+        if not method.nowait:
+            self.reply(spec.QueueDeclareOk(queue=queue.name, message_count=queue.message_count, consumer_count=len(queue.consumers)))
+
+    def on_queue_bind(self, method: spec.QueueBind) -> None:
+        self._queue_binding(method, True)
+
+    def on_queue_unbind(self, method: spec.QueueUnbind) -> None:
+        self._queue_binding(method, False)
+
+    def _queue_binding(self, method: Any, bind: bool) -> None:
+        queue = self._queue(method.queue, method)
+        self._check("write", queue.name, method)
+        self._check("read", method.exchange, method, "exchange")
+        try:
+            if bind:
+                self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
+            else:
+                self.vhost.get_exchange(method.exchange)
+                self.vhost.unbind(method.exchange, queue, method.routing_key, method.arguments)
+        except CoreError as exc:
+            raise self._core(exc, method) from None
+        if bind and not method.nowait:
+            self.reply(spec.QueueBindOk())
+        elif not bind:
+            self.reply(spec.QueueUnbindOk())
+
+    def on_queue_purge(self, method: spec.QueuePurge) -> None:
+        queue = self._queue(method.queue, method)
+        self._check("read", queue.name, method)
+        count = queue.purge()
+        if not method.nowait:
+            self.reply(spec.QueuePurgeOk(message_count=count))
+
+    def on_queue_delete(self, method: spec.QueueDelete) -> None:
+        name = method.queue or self.last_queue or ""
+        queue = self.vhost.queues.get(name)
+        if queue is None:
+            # RabbitMQ: deleting a queue that is not there is not an error.
+            if not method.nowait:
+                self.reply(spec.QueueDeleteOk(message_count=0))
+            return
+        try:
+            self.vhost.check_exclusive(queue, self.connection)
+        except CoreError as exc:
+            raise self._core(exc, method) from None
+        self._check("configure", name, method)
+        try:
+            count = self.vhost.delete_queue(queue, method.if_unused, method.if_empty)
+        except CoreError as exc:
+            raise self._core(exc, method) from None
+        if not method.nowait:
+            self.reply(spec.QueueDeleteOk(message_count=count))
+
+    # --- basic: qos, consume, cancel ---------------------------------------------------
+
+    def on_basic_qos(self, method: spec.BasicQos) -> None:
+        if method.prefetch_size:
+            raise _hard(NOT_IMPLEMENTED, f"prefetch_size!={method.prefetch_size}", method)
+        if method.global_:
+            self.global_prefetch = method.prefetch_count
+        else:
+            self.prefetch_count = method.prefetch_count
+        self.reply(spec.BasicQosOk())
+        self.drain_consumers()
+
+    def on_basic_consume(self, method: spec.BasicConsume) -> None:
+        tag = method.consumer_tag
+        if tag in self.consumers:
+            raise _hard(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", method)
+        if method.queue == REPLY_TO:
+            self._consume_reply_to(method)
+            return
+        queue = self._queue(method.queue, method)
+        self._check("read", queue.name, method)
+        if not tag:
+            tag = "amq.ctag-" + os.urandom(16).hex()[:22]
+        if queue.consumers and (method.exclusive or any(c.exclusive for c in queue.consumers)):
+            raise _soft(ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use", method)
+        if method.exclusive and queue.settings.single_active_consumer:
+            raise _soft(
+                RESOURCE_LOCKED,
+                f"cannot obtain exclusive access to queue '{queue.name}' in vhost '{self.vhost.name}': single active consumer enabled",
+                method,
+            )
+        priority = method.arguments.get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise _soft(PRECONDITION_FAILED, f"invalid x-priority {priority!r}", method)
+        consumer = AMQPConsumer(tag, queue, self, method.no_ack, method.exclusive, priority, self.prefetch_count, method.arguments)
+        self.consumers[tag] = consumer
+        if not method.nowait:
+            self.reply(spec.BasicConsumeOk(consumer_tag=tag))
+        queue.add_consumer(consumer)
+
+    def _consume_reply_to(self, method: spec.BasicConsume) -> None:
+        if not method.no_ack:
+            raise _soft(PRECONDITION_FAILED, "reply consumer cannot acknowledge", method)
+        if self.reply_to_consumer is not None:
+            raise _soft(PRECONDITION_FAILED, "reply consumer already set", method)
+        tag = method.consumer_tag or "amq.ctag-" + os.urandom(16).hex()[:22]
+        consumer = AMQPConsumer(tag, None, self, True, False, 0, 0, {})  # type: ignore[arg-type]
+        self.consumers[tag] = consumer
+        self.reply_to_consumer = consumer
+        self.reply_token = self.connection.server.register_reply_to(self)
+        if not method.nowait:
+            self.reply(spec.BasicConsumeOk(consumer_tag=tag))
+
+    def on_basic_cancel(self, method: spec.BasicCancel) -> None:
+        consumer = self.consumers.pop(method.consumer_tag, None)
+        if consumer is not None:
+            self._remove_consumer(consumer)
+        if not method.nowait:
+            self.reply(spec.BasicCancelOk(consumer_tag=method.consumer_tag))
+
+    def _remove_consumer(self, consumer: AMQPConsumer) -> None:
+        if consumer is self.reply_to_consumer:
+            self.reply_to_consumer = None
+            self.connection.server.unregister_reply_to(self.reply_token)
+            self.reply_token = None
+            return
+        consumer.queue.remove_consumer(consumer)
+
+    def server_cancel(self, consumer: AMQPConsumer) -> None:
+        """The queue went away: tell the client if it understands server-sent cancels."""
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        if self.connection.client_capability("consumer_cancel_notify") and not self.closing:
+            self.reply(spec.BasicCancel(consumer_tag=consumer.tag, nowait=True))
+
+    # --- basic: delivery ----------------------------------------------------------------
+
+    def send_delivery(self, consumer: AMQPConsumer, queue: Queue, entry: QueueEntry) -> None:
+        """Hot path: one basic.deliver + header + body into the connection's buffer."""
+        message = entry.message
+        assert message is not None
+        tag = self.next_delivery_tag
+        self.next_delivery_tag = tag + 1
+        names = message.wire_names
+        if names is None:
+            names = message.wire_names = encode_short_string(message.exchange) + encode_short_string(message.routing_key)
+        redelivered = entry.delivery_count > 0
+        entry.delivery_count += 1
+        payload = deliver_payload(consumer.tag_wire, tag, redelivered, names, b"")
+        connection = self.connection
+        connection.write_many(content_frames(self.number, payload, message.properties, message.body, connection.frame_max))
+        if consumer.no_ack:
+            queue.settle_delivered(entry)
+        else:
+            self.unacked[tag] = _Unacked(queue, entry, consumer)
+            consumer.unacked += 1
+            self.unacked_count += 1
+
+    def on_basic_get(self, method: spec.BasicGet) -> None:
+        queue = self._queue(method.queue, method)
+        self._check("read", queue.name, method)
+        entry = queue.get(method.no_ack)
+        if entry is None:
+            self.reply(spec.BasicGetEmpty())
+            return
+        message = entry.message
+        assert message is not None
+        tag = self.next_delivery_tag
+        self.next_delivery_tag = tag + 1
+        redelivered = entry.delivery_count > 0
+        entry.delivery_count += 1
+        payload = spec.BasicGetOk(
+            delivery_tag=tag,
+            redelivered=redelivered,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            message_count=queue.message_count,
+        ).encode()
+        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+        if method.no_ack:
+            queue.settle_delivered(entry)
+        else:
+            self.unacked[tag] = _Unacked(queue, entry, None)
+            self.unacked_count += 1
+
+    # --- basic: settlement -------------------------------------------------------------
+
+    def _take_unacked(self, tag: int, multiple: bool, method: spec.Method) -> list[_Unacked]:
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            tags = []
+            for t in unacked:
+                if t > tag:
+                    break
+                tags.append(t)
+            if not tags and tag >= self.next_delivery_tag:
+                raise _soft(PRECONDITION_FAILED, f"unknown delivery tag {tag}", method)
+            return [unacked.pop(t) for t in tags]
+        record = unacked.pop(tag, None)
+        if record is None:
+            raise _soft(PRECONDITION_FAILED, f"unknown delivery tag {tag}", method)
+        return [record]
+
+    def on_basic_ack(self, method: spec.BasicAck) -> None:
+        if self.tx_mode:
+            self._validate_tags(method.delivery_tag, method.multiple, method)
+            self._tx_settles.append(("ack", method.delivery_tag, method.multiple, False))
+            return
+        self._settle(self._take_unacked(method.delivery_tag, method.multiple, method), "ack", False)
+
+    def on_basic_nack(self, method: spec.BasicNack) -> None:
+        if self.tx_mode:
+            self._validate_tags(method.delivery_tag, method.multiple, method)
+            self._tx_settles.append(("reject", method.delivery_tag, method.multiple, method.requeue))
+            return
+        self._settle(self._take_unacked(method.delivery_tag, method.multiple, method), "reject", method.requeue)
+
+    def on_basic_reject(self, method: spec.BasicReject) -> None:
+        if self.tx_mode:
+            self._validate_tags(method.delivery_tag, False, method)
+            self._tx_settles.append(("reject", method.delivery_tag, False, method.requeue))
+            return
+        self._settle(self._take_unacked(method.delivery_tag, False, method), "reject", method.requeue)
+
+    def _validate_tags(self, tag: int, multiple: bool, method: spec.Method) -> None:
+        if multiple:
+            if tag and tag >= self.next_delivery_tag:
+                raise _soft(PRECONDITION_FAILED, f"unknown delivery tag {tag}", method)
+        elif tag not in self.unacked or any(s[1] == tag and not s[2] for s in self._tx_settles):
+            raise _soft(PRECONDITION_FAILED, f"unknown delivery tag {tag}", method)
+
+    def _settle(self, records: list[_Unacked], how: str, requeue: bool) -> None:
+        touched: list[Queue] = []
+        if how == "reject" and requeue:
+            # requeue preserves original order: group per queue
+            by_queue: dict[int, tuple[Queue, list[QueueEntry]]] = {}
+            for record in records:
+                self._release(record)
+                by_queue.setdefault(id(record.queue), (record.queue, []))[1].append(record.entry)
+            for queue, entries in by_queue.values():
+                queue.requeue(entries)
+            return
+        for record in records:
+            self._release(record)
+            queue = record.queue
+            if how == "ack":
+                queue.ack(record.entry)
+            else:
+                queue.reject(record.entry, False)
+            if record.consumer is not None and queue not in touched:
+                touched.append(queue)
+        if self.global_prefetch:
+            self.drain_consumers()
+        else:
+            for queue in touched:
+                if queue.consumers:
+                    queue.drain()
+
+    def _release(self, record: _Unacked) -> None:
+        self.unacked_count -= 1
+        consumer = record.consumer
+        if consumer is not None:
+            consumer.unacked -= 1
+
+    def on_basic_recover(self, method: spec.BasicRecover) -> None:
+        if not method.requeue:
+            raise _hard(NOT_IMPLEMENTED, "requeue=false", method)
+        self.requeue_all(only_consumed=True)
+        self.reply(spec.BasicRecoverOk())
+
+    def on_basic_recover_async(self, method: spec.BasicRecoverAsync) -> None:
+        if not method.requeue:
+            raise _hard(NOT_IMPLEMENTED, "requeue=false", method)
+        self.requeue_all(only_consumed=True)
+
+    def requeue_all(self, only_consumed: bool = False) -> None:
+        """Return unacked deliveries to their queues in their original order."""
+        records = list(self.unacked.values())
+        if only_consumed:
+            records = [r for r in records if r.consumer is not None]  # errata §2: not basic.get ones
+            for tag in [t for t, r in self.unacked.items() if r.consumer is not None]:
+                del self.unacked[tag]
+        else:
+            self.unacked.clear()
+        if records:
+            self._settle(records, "reject", True)
+
+    def drain_consumers(self) -> None:
+        for consumer in list(self.consumers.values()):
+            if consumer.queue is not None and not consumer.queue.deleted:
+                consumer.queue.drain()
+
+    # --- basic: publish ----------------------------------------------------------------
+
+    def on_publish(self, method: spec.BasicPublish, properties: bytes, body: bytes) -> None:
+        """basic.publish with its content (the hot path)."""
+        if method.immediate:
+            raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
+        name = method.exchange
+        vhost = self.vhost
+        exchange = vhost.exchanges.get(name)
+        if exchange is None:
+            raise _soft(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'", method)
+        allowed = self._exchange_write_ok.get(name)
+        if allowed is None:
+            self._check("write", name, method, "exchange")
+            self._exchange_write_ok[name] = True
+        if exchange.internal:
+            raise _soft(ACCESS_REFUSED, f"cannot publish to internal exchange '{name}' in vhost '{vhost.name}'", method)
+        try:
+            delivery_mode, priority, expiration = scan_properties(properties)
+        except DecodeError as exc:
+            raise _hard(FRAME_ERROR, f"cannot decode content header properties: {exc}", method) from None
+        expiration_ms = None
+        if expiration is not None:
+            try:
+                expiration_ms = parse_expiration(expiration)
+            except ValueError:
+                raise _soft(PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method) from None
+        message = Message(name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms)
+        extra_keys = None
+        flags = (properties[0] << 8) | properties[1]
+        if flags & (_USER_ID_BIT | _REPLY_TO_BIT | _HEADERS_BIT):
+            message, extra_keys = self._inspect_properties(message, flags, method)
+        self.publish_count += 1
+        if self.tx_mode:
+            self._tx_publishes.append((method, exchange, message, extra_keys))
+            return
+        self._route(method, exchange, message, extra_keys)
+
+    def _inspect_properties(self, message: Message, flags: int, method: spec.Method) -> tuple[Message, list[str] | None]:
+        try:
+            props = message.decoded_properties()
+        except DecodeError as exc:
+            raise _hard(FRAME_ERROR, f"cannot decode content header properties: {exc}", method) from None
+        if props.user_id is not None and props.user_id != self.connection.username:
+            user = self.broker.users.get(self.connection.username)
+            if user is None or "impersonator" not in user.tags:
+                raise _soft(
+                    PRECONDITION_FAILED,
+                    f"user_id property set to '{props.user_id}' but authenticated user was '{self.connection.username}'",
+                    method,
+                )
+        extra_keys = None
+        changed = None
+        if props.headers:
+            cc = props.headers.get("CC")
+            bcc = props.headers.get("BCC")
+            if isinstance(cc, list) or isinstance(bcc, list):
+                extra_keys = [k for k in (cc or []) + (bcc or []) if isinstance(k, str)]
+                if bcc is not None:
+                    headers = dict(props.headers)
+                    del headers["BCC"]
+                    changed = replace(props, headers=headers)
+        if props.reply_to == REPLY_TO:
+            if self.reply_token is None:
+                raise _soft(PRECONDITION_FAILED, "fast reply consumer does not exist", method)
+            changed = replace(changed or props, reply_to=REPLY_TO_PREFIX + self.reply_token)
+        if changed is not None:
+            message = message.with_properties(changed)
+        return message, extra_keys
+
+    def _route(self, method: spec.BasicPublish, exchange: Exchange, message: Message, extra_keys: list[str] | None) -> None:
+        routing_key = method.routing_key
+        if not exchange.name and routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_reply(method, message)
+            return
+        queues = self.vhost.route(exchange, message, extra_keys)
+        exchange.publish_count += 1
+        seq = 0
+        if self.confirm_mode:
+            seq = self.publish_seq = self.publish_seq + 1
+        if not queues:
+            self.broker.counters["unroutable"] += 1
+            if method.mandatory:
+                self._return(message, NO_ROUTE, "NO_ROUTE")
+            if seq:
+                self.connection.confirms_dirty(self)
+            return
+        needs_sync = False
+        refused = False
+        persistent = message.persistent
+        for queue in queues:
+            if queue.publish(message):
+                if persistent and queue.durable:
+                    needs_sync = True
+            else:
+                refused = True
+        if seq:
+            if refused:
+                self._nacked.append(seq)
+            if needs_sync:
+                if not self._first_unsynced:
+                    self._first_unsynced = seq
+                self._last_unsynced = seq
+            self.connection.confirms_dirty(self)
+        elif needs_sync:
+            self.connection.sync_wanted = True
+
+    def _publish_reply(self, method: spec.BasicPublish, message: Message) -> None:
+        token = method.routing_key[len(REPLY_TO_PREFIX) :]
+        target = self.connection.server.reply_to_channel(token)
+        if self.confirm_mode:
+            self.publish_seq += 1
+            self.connection.confirms_dirty(self)
+        if target is None or target.reply_to_consumer is None:
+            return  # at-most-once: the requester is gone
+        consumer = target.reply_to_consumer
+        if not target.can_send:
+            return
+        entry = QueueEntry(0, message, len(message.body))
+        target.send_reply(consumer, entry)
+
+    def send_reply(self, consumer: AMQPConsumer, entry: QueueEntry) -> None:
+        message = entry.message
+        assert message is not None
+        tag = self.next_delivery_tag
+        self.next_delivery_tag = tag + 1
+        names = encode_short_string(message.exchange) + encode_short_string(message.routing_key)
+        payload = deliver_payload(consumer.tag_wire, tag, False, names, b"")
+        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+
+    def _return(self, message: Message, code: int, text: str) -> None:
+        self.broker.counters["returned"] += 1
+        payload = spec.BasicReturn(reply_code=code, reply_text=text, exchange=message.exchange, routing_key=message.routing_key).encode()
+        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+
+    # --- confirms ----------------------------------------------------------------------
+
+    _last_unsynced = 0
+
+    def on_confirm_select(self, method: spec.ConfirmSelect) -> None:
+        if self.tx_mode:
+            raise _soft(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", method)
+        self.confirm_mode = True
+        if not method.nowait:
+            self.reply(spec.ConfirmSelectOk())
+
+    def flush_confirms(self) -> None:
+        """Emit every confirm that is decided and covered by fsync (in sequence order)."""
+        if self.closing:
+            return
+        if self._first_unsynced and self._sync_requested_upto < self._last_unsynced:
+            target = self._last_unsynced
+            self._sync_requested_upto = target
+            if not self.broker.after_sync(lambda: self._synced(target)):
+                self._synced(target)
+                return
+        upto = self.publish_seq if not self._first_unsynced else self._first_unsynced - 1
+        confirmed = self._confirmed_upto
+        if upto <= confirmed:
+            return
+        write = self.connection.write
+        nacked = self._nacked
+        while nacked and nacked[0] <= upto:
+            seq = nacked.pop(0)
+            if seq - 1 > confirmed:
+                write(method_frame(self.number, spec.BasicAck(delivery_tag=seq - 1, multiple=True)))
+            write(method_frame(self.number, spec.BasicNack(delivery_tag=seq, multiple=False, requeue=False)))
+            confirmed = seq
+        if upto > confirmed:
+            write(method_frame(self.number, spec.BasicAck(delivery_tag=upto, multiple=upto - confirmed > 1)))
+            confirmed = upto
+        self.broker.counters["confirmed"] += confirmed - self._confirmed_upto
+        self._confirmed_upto = confirmed
+
+    def _synced(self, upto: int) -> None:
+        if self.closing:
+            return
+        if self._last_unsynced <= upto:
+            self._first_unsynced = 0
+        elif self._first_unsynced <= upto:
+            self._first_unsynced = upto + 1
+        self.flush_confirms()
+        self.connection.flush()
+
+    # --- transactions ------------------------------------------------------------------
+
+    def on_tx_select(self, method: spec.TxSelect) -> None:
+        if self.confirm_mode:
+            raise _soft(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", method)
+        self.tx_mode = True
+        self.reply(spec.TxSelectOk())
+
+    def on_tx_commit(self, method: spec.TxCommit) -> None:
+        if not self.tx_mode:
+            raise _soft(PRECONDITION_FAILED, "channel is not transactional", method)
+        publishes, self._tx_publishes = self._tx_publishes, []
+        settles, self._tx_settles = self._tx_settles, []
+        self.tx_mode = False  # route for real, then back to tx mode
+        try:
+            for pub_method, exchange, message, extra in publishes:
+                if not exchange.deleted:
+                    self._route(pub_method, exchange, message, extra)
+            for how, tag, multiple, requeue in settles:
+                try:
+                    records = self._take_unacked(tag, multiple, method)
+                except ChannelFault:
+                    continue
+                self._settle(records, how, requeue)
+        finally:
+            self.tx_mode = True
+        if not self.broker.after_sync(lambda: self._commit_ok()):
+            self._commit_ok()
+        else:
+            self.connection.sync_wanted = True
+
+    def _commit_ok(self) -> None:
+        if not self.closing:
+            self.reply(spec.TxCommitOk())
+            self.connection.flush()
+
+    def on_tx_rollback(self, method: spec.TxRollback) -> None:
+        if not self.tx_mode:
+            raise _soft(PRECONDITION_FAILED, "channel is not transactional", method)
+        self._tx_publishes.clear()
+        self._tx_settles.clear()
+        self.reply(spec.TxRollbackOk())
+
+    # --- teardown ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Channel closed (either side) or connection gone: requeue and unsubscribe."""
+        if self.closing and not self.consumers and not self.unacked:
+            self.closing = True
+            return
+        self.closing = True
+        for consumer in list(self.consumers.values()):
+            self._remove_consumer(consumer)
+        self.consumers.clear()
+        self.requeue_all()
+        self._tx_publishes.clear()
+
+    def live_consumers(self) -> Iterable[AMQPConsumer]:
+        return self.consumers.values()
+
+
+_HANDLERS = {
+    spec.ChannelFlow.INDEX: Channel.on_flow,
+    spec.ExchangeDeclare.INDEX: Channel.on_exchange_declare,
+    spec.ExchangeDelete.INDEX: Channel.on_exchange_delete,
+    spec.ExchangeBind.INDEX: Channel.on_exchange_bind,
+    spec.ExchangeUnbind.INDEX: Channel.on_exchange_unbind,
+    spec.QueueDeclare.INDEX: Channel.on_queue_declare,
+    spec.QueueBind.INDEX: Channel.on_queue_bind,
+    spec.QueueUnbind.INDEX: Channel.on_queue_unbind,
+    spec.QueuePurge.INDEX: Channel.on_queue_purge,
+    spec.QueueDelete.INDEX: Channel.on_queue_delete,
+    spec.BasicQos.INDEX: Channel.on_basic_qos,
+    spec.BasicConsume.INDEX: Channel.on_basic_consume,
+    spec.BasicCancel.INDEX: Channel.on_basic_cancel,
+    spec.BasicGet.INDEX: Channel.on_basic_get,
+    spec.BasicAck.INDEX: Channel.on_basic_ack,
+    spec.BasicNack.INDEX: Channel.on_basic_nack,
+    spec.BasicReject.INDEX: Channel.on_basic_reject,
+    spec.BasicRecover.INDEX: Channel.on_basic_recover,
+    spec.BasicRecoverAsync.INDEX: Channel.on_basic_recover_async,
+    spec.ConfirmSelect.INDEX: Channel.on_confirm_select,
+    spec.TxSelect.INDEX: Channel.on_tx_select,
+    spec.TxCommit.INDEX: Channel.on_tx_commit,
+    spec.TxRollback.INDEX: Channel.on_tx_rollback,
+}
+
+# Methods a client may not send (server-to-client only) are answered as COMMAND_INVALID
+# by Channel.handle's fallback; CHANNEL_ERROR is used by the connection for bad channel use.
+__all__ = ["Channel", "AMQPConsumer", "CHANNEL_ERROR"]
