@@ -918,12 +918,15 @@ def _scan_records(path: Path, data: bytes) -> _ScanResult:
                 reason,
             )
             break
+        damaged_records = _count_span_records(data, pos, resume)
         log.warning(
-            "%s: dropped damaged data at offset %d: %d bytes (1 damaged record%s) up to the next intact record at %d: %s",
+            "%s: dropped damaged data at offset %d: %d bytes, %s, resuming at the next intact record at %d: %s",
             path,
             pos,
             resume - pos,
-            "" if _fits_one_record(data, pos, resume) else " or more",
+            f"{damaged_records} damaged record(s)"
+            if damaged_records
+            else "1 or more damaged records",
             resume,
             reason,
         )
@@ -933,11 +936,16 @@ def _scan_records(path: Path, data: bytes) -> _ScanResult:
     return result
 
 
-def _fits_one_record(data: bytes, pos: int, resume: int) -> bool:
-    if pos + _RECORD_HEADER_SIZE > len(data):
-        return True
-    length = RECORD_HEADER.unpack_from(data, pos)[0]
-    return pos + _RECORD_HEADER_SIZE + length == resume
+def _count_span_records(data: bytes, pos: int, resume: int) -> int:
+    """How many records a damaged span held, if their length fields still chain exactly
+    from ``pos`` to ``resume``; 0 when they do not (the count is then unknown)."""
+    count = 0
+    while pos < resume:
+        if pos + _RECORD_HEADER_SIZE > resume:
+            return 0
+        pos += _RECORD_HEADER_SIZE + RECORD_HEADER.unpack_from(data, pos)[0]
+        count += 1
+    return count if pos == resume else 0
 
 
 def _lost_record_sizes(lost: bytes) -> list[int]:

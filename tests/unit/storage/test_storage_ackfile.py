@@ -38,7 +38,9 @@ def test_a_torn_tail_is_tolerated_and_reopening_realigns(tmp_path: Path) -> None
     assert load_acks(path) == {16, 32, 48}
 
 
-def test_a_damaged_entry_is_dropped_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_entry_is_dropped_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "1.ack"
     ack = AckFile.open(path)
     for offset in (16, 32, 48):

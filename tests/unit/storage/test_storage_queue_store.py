@@ -14,7 +14,9 @@ from baedal.storage.syncer import Syncer
 
 def message(i: int, persistent: bool = True, size: int = 0) -> Message:
     body = f"m{i}".encode().ljust(size, b".")
-    return Message("ex", f"key.{i}", b"\x00\x00", body, persistent=persistent, published_at=float(i))
+    return Message(
+        "ex", f"key.{i}", b"\x00\x00", body, persistent=persistent, published_at=float(i)
+    )
 
 
 def open_store(path: Path, syncer: Syncer | None = None, **options: int) -> SegmentStore:
@@ -39,10 +41,29 @@ def bodies(entries: list[QueueEntry]) -> list[bytes]:
 
 
 def test_record_encoding_round_trips_every_message_field() -> None:
-    original = Message("amq.topic", "a.b.c", b"\x80\x00\x02", b"body" * 100, persistent=True, priority=7, expiration_ms=1500, published_at=1234.5)
+    original = Message(
+        "amq.topic",
+        "a.b.c",
+        b"\x80\x00\x02",
+        b"body" * 100,
+        persistent=True,
+        priority=7,
+        expiration_ms=1500,
+        published_at=1234.5,
+    )
     decoded, expires_at = decode_record(encode_record(original, 99.25))
-    assert (decoded.exchange, decoded.routing_key, decoded.properties, decoded.body) == ("amq.topic", "a.b.c", b"\x80\x00\x02", b"body" * 100)
-    assert (decoded.persistent, decoded.priority, decoded.expiration_ms, decoded.published_at) == (True, 7, 1500, 1234.5)
+    assert (decoded.exchange, decoded.routing_key, decoded.properties, decoded.body) == (
+        "amq.topic",
+        "a.b.c",
+        b"\x80\x00\x02",
+        b"body" * 100,
+    )
+    assert (decoded.persistent, decoded.priority, decoded.expiration_ms, decoded.published_at) == (
+        True,
+        7,
+        1500,
+        1234.5,
+    )
     assert expires_at == 99.25
     plain, none = decode_record(encode_record(Message("", "", b"", b""), None))
     assert plain.expiration_ms is None and none is None and not plain.persistent
@@ -148,7 +169,9 @@ def test_a_requeued_entry_whose_message_was_dropped_is_read_back(tmp_path: Path)
     assert again is entry and entry.message is not None and entry.message.body == b"m0"
 
 
-def test_clean_restart_keeps_unacked_persistent_messages_and_flags_only_delivered_ones(tmp_path: Path) -> None:
+def test_clean_restart_keeps_unacked_persistent_messages_and_flags_only_delivered_ones(
+    tmp_path: Path,
+) -> None:
     syncer = Syncer()
     store = open_store(tmp_path, syncer)
     for i in range(100):
@@ -166,7 +189,9 @@ def test_clean_restart_keeps_unacked_persistent_messages_and_flags_only_delivere
     reopened = open_store(tmp_path)
     entries = drain(reopened)
     expected = [i for i in range(5, 100) if i % 2 == 0]
-    assert [entry.message.body.rstrip(b".") for entry in entries] == [f"m{i}".encode() for i in expected]  # type: ignore[union-attr]
+    assert [entry.message.body.rstrip(b".") for entry in entries] == [
+        f"m{i}".encode() for i in expected
+    ]  # type: ignore[union-attr]
     flagged = {entry.message.body.rstrip(b".") for entry in entries if entry.redelivered}  # type: ignore[union-attr]
     assert flagged == {b"m6", b"m8"}  # delivered-but-unacked persistent ones only
     assert reopened.ready_count == 0
@@ -200,7 +225,9 @@ def test_transient_messages_do_not_survive_a_restart(tmp_path: Path) -> None:
     assert bodies(drain(reopened)) == [f"m{i}".encode() for i in range(0, 60, 3)]
 
 
-def test_a_second_clean_restart_remembers_crash_redelivery_flags_not_yet_delivered(tmp_path: Path) -> None:
+def test_a_second_clean_restart_remembers_crash_redelivery_flags_not_yet_delivered(
+    tmp_path: Path,
+) -> None:
     syncer = Syncer()
     store = open_store(tmp_path, syncer, read_ahead=2)
     for i in range(10):
@@ -217,7 +244,9 @@ def test_a_second_clean_restart_remembers_crash_redelivery_flags_not_yet_deliver
     assert len(entries) == 9 and all(entry.redelivered for entry in entries)
 
 
-def test_appends_after_recovery_go_to_a_new_segment_after_the_recovered_ones(tmp_path: Path) -> None:
+def test_appends_after_recovery_go_to_a_new_segment_after_the_recovered_ones(
+    tmp_path: Path,
+) -> None:
     syncer = Syncer()
     store = open_store(tmp_path, syncer)
     old = [store.append(message(i), None).position for i in range(20)]
@@ -237,7 +266,9 @@ def test_delete_removes_the_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("read_ahead", [1, 3, 1000])
-def test_interleaved_publish_and_consume_match_the_memory_store(tmp_path: Path, read_ahead: int) -> None:
+def test_interleaved_publish_and_consume_match_the_memory_store(
+    tmp_path: Path, read_ahead: int
+) -> None:
     store = open_store(tmp_path, read_ahead=read_ahead, segment_bytes=1024)
     reference = MemoryStore()
     counter = 0

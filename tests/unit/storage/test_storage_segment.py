@@ -25,7 +25,10 @@ def test_iter_records_walks_the_file_in_order_across_chunks(tmp_path: Path) -> N
     payloads = [bytes([i % 256]) * (i * 37 % 5000 + 1) for i in range(300)]
     for payload in payloads:
         segment.append(2, payload)
-    got = [payload for _offset, _kind, payload in segment.iter_records(SEGMENT_HEADER_SIZE, chunk_bytes=4096)]
+    got = [
+        payload
+        for _offset, _kind, payload in segment.iter_records(SEGMENT_HEADER_SIZE, chunk_bytes=4096)
+    ]
     assert got == payloads
     segment.close()
 
@@ -59,7 +62,9 @@ def test_a_flipped_byte_is_caught_by_the_crc(tmp_path: Path) -> None:
     segment.close()
 
 
-def test_a_failed_write_is_sticky_and_carries_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_is_sticky_and_carries_the_errno(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     segment = Segment.create(tmp_path, 1)
     segment.append(1, b"a" * 100)
     segment.flush()
@@ -85,7 +90,9 @@ def test_a_failed_write_is_sticky_and_carries_the_errno(tmp_path: Path, monkeypa
     segment.close()
 
 
-def test_a_partial_write_is_truncated_back_to_the_last_whole_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_partial_write_is_truncated_back_to_the_last_whole_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     segment = Segment.create(tmp_path, 1)
     segment.append(1, b"a" * 100)
     segment.flush()

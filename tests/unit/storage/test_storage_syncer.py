@@ -34,7 +34,9 @@ class CountingFsync:
             raise self.fail
 
 
-async def test_many_after_sync_requests_are_covered_by_few_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_many_after_sync_requests_are_covered_by_few_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fsync = CountingFsync(delay=0.02)
     monkeypatch.setattr(os, "fsync", fsync)
     syncer = Syncer()
@@ -55,7 +57,9 @@ async def test_many_after_sync_requests_are_covered_by_few_fsyncs(tmp_path: Path
     segment.close()
 
 
-async def test_callbacks_wait_for_the_fsync_that_covers_their_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_callbacks_wait_for_the_fsync_that_covers_their_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fsync = CountingFsync(delay=0.05)
     monkeypatch.setattr(os, "fsync", fsync)
     syncer = Syncer()
@@ -77,7 +81,9 @@ async def test_callbacks_wait_for_the_fsync_that_covers_their_writes(tmp_path: P
     segment.close()
 
 
-async def test_a_failed_fsync_is_fatal_and_never_confirms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_fsync_is_fatal_and_never_confirms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(os, "fsync", CountingFsync(fail=OSError(errno.EIO, "Input/output error")))
     fatal: list[BaseException] = []
     syncer = Syncer(on_fatal=fatal.append)
@@ -99,7 +105,9 @@ async def test_a_failed_fsync_is_fatal_and_never_confirms(tmp_path: Path, monkey
     segment.close()
 
 
-def test_sync_now_works_without_an_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_now_works_without_an_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fsync = CountingFsync()
     monkeypatch.setattr(os, "fsync", fsync)
     syncer = Syncer()
@@ -116,7 +124,9 @@ def test_sync_now_works_without_an_event_loop(tmp_path: Path, monkeypatch: pytes
     segment.close()
 
 
-def test_sync_now_with_a_failing_fsync_calls_on_fatal_and_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_now_with_a_failing_fsync_calls_on_fatal_and_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(os, "fsync", CountingFsync(fail=OSError(errno.EIO, "Input/output error")))
     fatal: list[BaseException] = []
     syncer = Syncer(on_fatal=fatal.append)
@@ -128,7 +138,9 @@ def test_sync_now_with_a_failing_fsync_calls_on_fatal_and_raises(tmp_path: Path,
     assert fatal and done == []
 
 
-def test_a_failed_flush_runs_on_error_instead_of_the_callback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_flush_runs_on_error_instead_of_the_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     syncer = Syncer()
     segment = Segment.create(tmp_path, 1)
     segment.append(1, b"data")
@@ -141,7 +153,11 @@ def test_a_failed_flush_runs_on_error_instead_of_the_callback(tmp_path: Path, mo
 
     monkeypatch.setattr(segment_module, "_write_fd", full_disk)
     syncer.sync_now()
-    assert len(outcome) == 1 and isinstance(outcome[0], StorageError) and outcome[0].errno == errno.ENOSPC
+    assert (
+        len(outcome) == 1
+        and isinstance(outcome[0], StorageError)
+        and outcome[0].errno == errno.ENOSPC
+    )
     assert syncer.failure is None  # not fatal: the segment is failed, not the syncer
     segment.truncate_to_last_good()
     segment.close()
