@@ -142,14 +142,15 @@ async def test_rpc_over_direct_reply_to(connection, unique):
 
     await reply_queue.consume(on_reply, no_ack=True)
     loop = asyncio.get_running_loop()
+    futures = []
     for n in (3, 7, 12):
         cid = f"call-{n}"
-        pending[cid] = loop.create_future()
+        pending[cid] = fut = loop.create_future()
+        futures.append(fut)
         await client_channel.default_exchange.publish(
             Message(str(n).encode(), correlation_id=cid, reply_to="amq.rabbitmq.reply-to"),
             rpc_queue.name,
         )
-    futures = list(pending.values())
     results = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
     assert results == [b"9", b"49", b"144"]
 
