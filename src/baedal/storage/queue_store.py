@@ -293,6 +293,11 @@ class SegmentStore:
         return entry
 
     def shift(self) -> QueueEntry | None:
+        """The next ready entry, message loaded (read back from disk past the window).
+
+        A reload that reaches records still in the writer's buffer flushes it first, so
+        this can raise the writer's sticky ``StorageError``; so can a damaged record.
+        """
         if self._requeued:
             entry = heapq.heappop(self._requeued)
             if entry.message is None:
