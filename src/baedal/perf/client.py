@@ -184,7 +184,11 @@ _ACK_PREFIX = _FRAME_HEADER.pack(FRAME_METHOD, 1, 13) + _METHOD_INDEX.pack(spec.
 
 def ack_frame(delivery_tag: int, multiple: bool, channel: int = 1) -> bytes:
     """basic.ack as one frame (hot path of manual-ack consumers)."""
-    prefix = _ACK_PREFIX if channel == 1 else _FRAME_HEADER.pack(FRAME_METHOD, channel, 13) + _ACK_PREFIX[7:]
+    prefix = (
+        _ACK_PREFIX
+        if channel == 1
+        else _FRAME_HEADER.pack(FRAME_METHOD, channel, 13) + _ACK_PREFIX[7:]
+    )
     return prefix + _UINT64.pack(delivery_tag) + (b"\x01\xce" if multiple else b"\x00\xce")
 
 
@@ -262,28 +266,37 @@ class ClientFrameReader:
         pos = 0
         end = len(data)
         try:
-            while end - pos >= 8:
+            while end - pos >= 7:
                 frame_type, channel, size = unpack_header(data, pos)
                 if size > limit:
                     raise ConnectionFault(
-                        FRAME_ERROR, f"type {frame_type}, frame size {size + 8} larger than frame_max {self.frame_max}"
+                        FRAME_ERROR,
+                        f"type {frame_type}, frame size {size + 8} larger than frame_max {self.frame_max}",
                     )
                 frame_end = pos + 7 + size
                 if frame_end >= end:
                     break
                 if data[frame_end] != FRAME_END:
-                    raise ConnectionFault(FRAME_ERROR, f"type {frame_type}, bad frame end byte {data[frame_end]:#x}")
+                    raise ConnectionFault(
+                        FRAME_ERROR, f"type {frame_type}, bad frame end byte {data[frame_end]:#x}"
+                    )
                 if frame_type == FRAME_METHOD:
                     if state != AWAITING_METHOD:
-                        raise ConnectionFault(UNEXPECTED_FRAME, "expected content frame, got a method frame")
+                        raise ConnectionFault(
+                            UNEXPECTED_FRAME, "expected content frame, got a method frame"
+                        )
                     if size < 4:
-                        raise ConnectionFault(FRAME_ERROR, "method frame shorter than its class and method ids")
+                        raise ConnectionFault(
+                            FRAME_ERROR, "method frame shorter than its class and method ids"
+                        )
                     (index,) = unpack_index(data, pos + 7)
                     if index == _DELIVER_INDEX:
                         # basic.deliver: consumer-tag (shortstr), delivery-tag, redelivered, ...
                         tag_end = pos + 12 + data[pos + 11]
                         if tag_end + 9 > frame_end:
-                            raise ConnectionFault(FRAME_ERROR, "basic.deliver arguments run past the frame")
+                            raise ConnectionFault(
+                                FRAME_ERROR, "basic.deliver arguments run past the frame"
+                            )
                         (delivery_tag,) = unpack_u64(data, tag_end)
                         redelivered += data[tag_end + 8] & 1
                         is_delivery = True
@@ -315,7 +328,9 @@ class ClientFrameReader:
                             last_tag = delivery_tag
                             unstamped += 1
                         else:
-                            events.append(ContentFrame(channel, self._method, self._properties, b""))  # type: ignore[arg-type]
+                            events.append(
+                                ContentFrame(channel, self._method, self._properties, b"")
+                            )  # type: ignore[arg-type]
                     else:
                         state = AWAITING_BODY
                 elif frame_type == FRAME_BODY:
@@ -323,7 +338,9 @@ class ClientFrameReader:
                         raise ConnectionFault(UNEXPECTED_FRAME, "unexpected content body frame")
                     remaining -= size
                     if remaining < 0:
-                        raise ConnectionFault(FRAME_ERROR, "content body larger than announced in its header")
+                        raise ConnectionFault(
+                            FRAME_ERROR, "content body larger than announced in its header"
+                        )
                     if is_delivery:
                         if first_body:
                             first_body = False
@@ -341,7 +358,9 @@ class ClientFrameReader:
                             state = AWAITING_METHOD
                             body = b"".join(self._parts)
                             self._parts = []
-                            events.append(ContentFrame(channel, self._method, self._properties, body))  # type: ignore[arg-type]
+                            events.append(
+                                ContentFrame(channel, self._method, self._properties, body)
+                            )  # type: ignore[arg-type]
                 elif frame_type == FRAME_HEARTBEAT:
                     events.append(HEARTBEAT_EVENT)
                 else:
@@ -364,12 +383,15 @@ class ClientFrameReader:
     def _decode_method(index: int, data: bytes, start: int, stop: int) -> spec.Method:
         cls = _METHODS.get(index)
         if cls is None:
-            raise ConnectionFault(FRAME_ERROR, f"unknown method, class {index >> 16}, method {index & 0xFFFF}")
+            raise ConnectionFault(
+                FRAME_ERROR, f"unknown method, class {index >> 16}, method {index & 0xFFFF}"
+            )
         try:
             return cls.decode(memoryview(data)[start:stop])
         except (DecodeError, struct.error, IndexError, UnicodeDecodeError) as exc:
             raise ConnectionFault(
-                FRAME_ERROR, f"cannot decode method class {index >> 16}, method {index & 0xFFFF}: {exc}"
+                FRAME_ERROR,
+                f"cannot decode method class {index >> 16}, method {index & 0xFFFF}: {exc}",
             ) from None
 
 
@@ -408,7 +430,9 @@ class Connection(asyncio.Protocol):
         self.on_method: Callable[[int, spec.Method], None] | None = None
         self.blocked = False
         self.error: AMQPError | None = None
-        self._waiters: list[tuple[int, tuple[type[spec.Method], ...], asyncio.Future[spec.Method]]] = []
+        self._waiters: list[
+            tuple[int, tuple[type[spec.Method], ...], asyncio.Future[spec.Method]]
+        ] = []
         self._closed: asyncio.Future[None] | None = None
         self._can_write: asyncio.Future[None] | None = None
         self._delivered_seen = 0
@@ -486,17 +510,29 @@ class Connection(asyncio.Protocol):
         if isinstance(method, spec.ChannelClose):
             self.write(codec.method_frame(channel, spec.ChannelCloseOk()))
             self._fail(
-                AMQPError(f"{self.name}: broker closed channel {channel}: {method.reply_code} {method.reply_text}", method.reply_code)
+                AMQPError(
+                    f"{self.name}: broker closed channel {channel}: {method.reply_code} {method.reply_text}",
+                    method.reply_code,
+                )
             )
         elif isinstance(method, spec.ConnectionClose):
             self.write(codec.method_frame(0, spec.ConnectionCloseOk()))
-            self._fail(AMQPError(f"{self.name}: broker closed connection: {method.reply_code} {method.reply_text}", method.reply_code))
+            self._fail(
+                AMQPError(
+                    f"{self.name}: broker closed connection: {method.reply_code} {method.reply_text}",
+                    method.reply_code,
+                )
+            )
         elif isinstance(method, spec.ConnectionBlocked):
             self.blocked = True
         elif isinstance(method, spec.ConnectionUnblocked):
             self.blocked = False
         elif isinstance(method, spec.BasicCancel):
-            self._fail(AMQPError(f"{self.name}: broker cancelled consumer {method.consumer_tag!r} (queue deleted?)"))
+            self._fail(
+                AMQPError(
+                    f"{self.name}: broker cancelled consumer {method.consumer_tag!r} (queue deleted?)"
+                )
+            )
         if self.on_method is not None:
             self.on_method(channel, method)
 
@@ -518,7 +554,13 @@ class Connection(asyncio.Protocol):
         self._waiters.append((channel, types, future))
         return future
 
-    async def call(self, method: spec.Method, *reply: type[spec.Method], channel: int = 1, timeout: float = 30.0) -> spec.Method:
+    async def call(
+        self,
+        method: spec.Method,
+        *reply: type[spec.Method],
+        channel: int = 1,
+        timeout: float = 30.0,
+    ) -> spec.Method:
         """Send a synchronous method and await its reply (set-up path only)."""
         future = self.expect(channel, *reply, spec.ChannelClose) if reply else None
         self.write(codec.method_frame(channel, method))
@@ -527,7 +569,9 @@ class Connection(asyncio.Protocol):
         result = await asyncio.wait_for(future, timeout)
         if isinstance(result, spec.ChannelClose):
             self.write(codec.method_frame(channel, spec.ChannelCloseOk()))
-            raise AMQPError(f"{method.NAME} refused: {result.reply_code} {result.reply_text}", result.reply_code)
+            raise AMQPError(
+                f"{method.NAME} refused: {result.reply_code} {result.reply_text}", result.reply_code
+            )
         return result
 
     # -- life cycle ---------------------------------------------------------------------
@@ -547,19 +591,27 @@ class Connection(asyncio.Protocol):
         if not isinstance(start, spec.ConnectionStart):
             raise AMQPError(f"broker refused the connection: {start!r}")
         self.server_properties = start.server_properties
-        mechanisms = start.mechanisms.split() if isinstance(start.mechanisms, str) else bytes(start.mechanisms).decode().split()
+        mechanisms = (
+            start.mechanisms.split()
+            if isinstance(start.mechanisms, str)
+            else bytes(start.mechanisms).decode().split()
+        )
         if "PLAIN" not in mechanisms:
             raise AMQPError(f"broker offers no PLAIN authentication (offers {mechanisms})")
         response = b"\x00" + address.username.encode() + b"\x00" + address.password.encode()
         tune = await self.call(
-            spec.ConnectionStartOk(client_properties=CLIENT_PROPERTIES, mechanism="PLAIN", response=response),
+            spec.ConnectionStartOk(
+                client_properties=CLIENT_PROPERTIES, mechanism="PLAIN", response=response
+            ),
             spec.ConnectionTune,
             spec.ConnectionClose,
             channel=0,
             timeout=timeout,
         )
         if isinstance(tune, spec.ConnectionClose):
-            raise AMQPError(f"broker refused the login: {tune.reply_code} {tune.reply_text}", tune.reply_code)
+            raise AMQPError(
+                f"broker refused the login: {tune.reply_code} {tune.reply_text}", tune.reply_code
+            )
         assert isinstance(tune, spec.ConnectionTune)
         frame_max = min(tune.frame_max or DEFAULT_FRAME_MAX, DEFAULT_FRAME_MAX)
         self.frame_max = self.reader.frame_max = frame_max
@@ -573,7 +625,10 @@ class Connection(asyncio.Protocol):
             timeout=timeout,
         )
         if isinstance(opened, spec.ConnectionClose):
-            raise AMQPError(f"broker refused vhost {address.virtual_host!r}: {opened.reply_code} {opened.reply_text}", opened.reply_code)
+            raise AMQPError(
+                f"broker refused vhost {address.virtual_host!r}: {opened.reply_code} {opened.reply_text}",
+                opened.reply_code,
+            )
         await self.call(spec.ChannelOpen(), spec.ChannelOpenOk, channel=1, timeout=timeout)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -586,12 +641,12 @@ class Connection(asyncio.Protocol):
                 waiter = self.expect(0, spec.ConnectionCloseOk)
                 self.write(codec.method_frame(0, spec.ConnectionClose(200, "perf run finished")))
                 await asyncio.wait_for(waiter, timeout)
-        except (AMQPError, TimeoutError, asyncio.TimeoutError):
+        except (AMQPError, TimeoutError):
             pass
         finally:
             transport.close()
             if self._closed is not None:
                 try:
                     await asyncio.wait_for(asyncio.shield(self._closed), timeout)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     transport.abort()

@@ -23,7 +23,14 @@ EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 # The matrix (same parameters as run-amqp-bench.sh, so results compare with amqp-load).
 SCENARIOS: dict[str, dict[str, Any]] = {
     "S1": {"producers": 1, "consumers": 1, "size": 16, "auto_ack": True, "time": 10.0},
-    "S2": {"producers": 1, "consumers": 1, "size": 16, "prefetch": 1000, "multi_ack_every": 100, "time": 10.0},
+    "S2": {
+        "producers": 1,
+        "consumers": 1,
+        "size": 16,
+        "prefetch": 1000,
+        "multi_ack_every": 100,
+        "time": 10.0,
+    },
     "S3": {
         "producers": 1,
         "consumers": 1,
@@ -36,9 +43,33 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "time": 10.0,
     },
     # S4 runs in two phases (publish with no consumer, then drain); see runner.run_scenario_s4.
-    "S4": {"producers": 1, "consumers": 0, "size": 16, "pmessages": 1_000_000, "prefetch": 1000, "multi_ack_every": 100, "idle": 10.0},
-    "S5": {"producers": 1, "consumers": 4, "queues": 4, "exchange_type": "fanout", "size": 16, "auto_ack": True, "time": 10.0},
-    "S6": {"producers": 1, "consumers": 1, "size": 16, "rate": 5000.0, "prefetch": 1000, "multi_ack_every": 100, "time": 10.0},
+    "S4": {
+        "producers": 1,
+        "consumers": 0,
+        "size": 16,
+        "pmessages": 1_000_000,
+        "prefetch": 1000,
+        "multi_ack_every": 100,
+        "idle": 10.0,
+    },
+    "S5": {
+        "producers": 1,
+        "consumers": 4,
+        "queues": 4,
+        "exchange_type": "fanout",
+        "size": 16,
+        "auto_ack": True,
+        "time": 10.0,
+    },
+    "S6": {
+        "producers": 1,
+        "consumers": 1,
+        "size": 16,
+        "rate": 5000.0,
+        "prefetch": 1000,
+        "multi_ack_every": 100,
+        "time": 10.0,
+    },
 }
 
 SCENARIO_DESCRIPTIONS = {
@@ -133,33 +164,101 @@ def build_parser() -> argparse.ArgumentParser:
     # Every option defaults to None so a scenario preset can fill what was not given.
     add = parser.add_argument
     add("--uri", help="broker URI (amqp://guest:guest@127.0.0.1:5672/)")
-    add("--scenario", type=str.upper, choices=sorted(SCENARIOS), help="preset one row of the standard matrix")
+    add(
+        "--scenario",
+        type=str.upper,
+        choices=sorted(SCENARIOS),
+        help="preset one row of the standard matrix",
+    )
     add("-x", "--producers", type=_positive_int, help="producer connections (1)")
     add("-y", "--consumers", type=_positive_int, help="consumer connections (1)")
-    add("--processes", type=_positive_int, help="worker processes (default: one per connection up to the CPU count; 0 = run in this process)")
-    add("-s", "--size", type=_positive_int, help="body size in bytes (16; >= 16 carries a send timestamp and id, >= 8 the timestamp)")
+    add(
+        "--processes",
+        type=_positive_int,
+        help="worker processes (default: one per connection up to the CPU count; 0 = run in this process)",
+    )
+    add(
+        "-s",
+        "--size",
+        type=_positive_int,
+        help="body size in bytes (16; >= 16 carries a send timestamp and id, >= 8 the timestamp)",
+    )
     add("-r", "--rate", type=float, help="publish rate limit per producer, msg/s (0 = unlimited)")
     add("-z", "--time", type=float, help="seconds to publish (10 when no message count is given)")
     add("-C", "--pmessages", type=_positive_int, help="messages to publish, per producer")
     add("-D", "--cmessages", type=_positive_int, help="messages to consume, per consumer")
-    add("-f", "--persistent", action="store_true", default=None, help="publish with delivery_mode 2")
-    add("-c", "--confirm", type=_positive_int, help="publisher confirms with at most N unconfirmed messages (0 = off)")
+    add(
+        "-f", "--persistent", action="store_true", default=None, help="publish with delivery_mode 2"
+    )
+    add(
+        "-c",
+        "--confirm",
+        type=_positive_int,
+        help="publisher confirms with at most N unconfirmed messages (0 = off)",
+    )
     add("-a", "--auto-ack", action="store_true", default=None, help="consume with no-ack")
-    add("-q", "--prefetch", type=_positive_int, help="basic.qos prefetch count for manual ack (0 = unlimited)")
-    add("-A", "--multi-ack-every", type=_positive_int, help="manual ack with multiple=true every N messages (1 = ack each one)")
-    add("-t", "--exchange-type", choices=EXCHANGE_TYPES, help="publish to an exchange of this type (default: the default exchange for one queue, fanout for several)")
+    add(
+        "-q",
+        "--prefetch",
+        type=_positive_int,
+        help="basic.qos prefetch count for manual ack (0 = unlimited)",
+    )
+    add(
+        "-A",
+        "--multi-ack-every",
+        type=_positive_int,
+        help="manual ack with multiple=true every N messages (1 = ack each one)",
+    )
+    add(
+        "-t",
+        "--exchange-type",
+        choices=EXCHANGE_TYPES,
+        help="publish to an exchange of this type (default: the default exchange for one queue, fanout for several)",
+    )
     add("-e", "--exchange", help="exchange name (baedal-perf.<type>)")
     add("-u", "--queue", help="queue name (baedal-perf); with --queues N: NAME.0 .. NAME.N-1")
-    add("--queues", type=_positive_int, help="N queues, each bound to the exchange and each with its own consumer(s)")
-    add("--queue-args", type=_json_table, help='queue.declare arguments as JSON, e.g. \'{"x-queue-type": "quorum"}\'')
-    add("--durable-queue", action="store_true", default=None, help="declare durable queues (and exchange)")
-    add("--predeclared", action="store_true", default=None, help="do not declare, delete or bind anything: the topology exists")
-    add("--keep-queues", action="store_true", default=None, help="do not delete the queues at the end")
+    add(
+        "--queues",
+        type=_positive_int,
+        help="N queues, each bound to the exchange and each with its own consumer(s)",
+    )
+    add(
+        "--queue-args",
+        type=_json_table,
+        help='queue.declare arguments as JSON, e.g. \'{"x-queue-type": "quorum"}\'',
+    )
+    add(
+        "--durable-queue",
+        action="store_true",
+        default=None,
+        help="declare durable queues (and exchange)",
+    )
+    add(
+        "--predeclared",
+        action="store_true",
+        default=None,
+        help="do not declare, delete or bind anything: the topology exists",
+    )
+    add(
+        "--keep-queues",
+        action="store_true",
+        default=None,
+        help="do not delete the queues at the end",
+    )
     add("--batch", type=_positive_int, help="messages per socket write when unlimited (200)")
-    add("--idle", type=float, help="stop consuming this many seconds after the last delivery once producers are done (5)")
+    add(
+        "--idle",
+        type=float,
+        help="stop consuming this many seconds after the last delivery once producers are done (5)",
+    )
     add("--timeout", type=float, help="hard limit for the run in seconds (time + 60, or 300)")
     add("--heartbeat", type=_positive_int, help="heartbeat seconds to negotiate (0 = off)")
-    add("--json", action="store_true", default=None, help="print the result as one JSON line on stdout (the table goes to stderr)")
+    add(
+        "--json",
+        action="store_true",
+        default=None,
+        help="print the result as one JSON line on stdout (the table goes to stderr)",
+    )
     add("--quiet", action="store_true", default=None, help="no per-second progress line")
     add("--label", help="copied into the JSON result")
     return parser
@@ -192,7 +291,9 @@ def validate(settings: Settings) -> None:
     if settings.queues < 1:
         raise UsageError("--queues must be at least 1")
     if settings.consumers and settings.consumers < settings.queues:
-        raise UsageError(f"{settings.queues} queues need at least {settings.queues} consumers (one per queue)")
+        raise UsageError(
+            f"{settings.queues} queues need at least {settings.queues} consumers (one per queue)"
+        )
     if settings.rate < 0:
         raise UsageError("--rate must be >= 0")
     if settings.time is not None and settings.time <= 0:

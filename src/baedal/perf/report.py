@@ -37,7 +37,9 @@ class LatencyStats:
     def summary(self) -> dict[str, float] | None:
         if self.total.get_total_count() == 0:
             return None
-        out: dict[str, float] = {name: float(self.total.get_value_at_percentile(p)) for name, p in PERCENTILES}
+        out: dict[str, float] = {
+            name: float(self.total.get_value_at_percentile(p)) for name, p in PERCENTILES
+        }
         out["max"] = float(self.total.get_max_value())
         out["min"] = float(self.total.get_min_value())
         out["mean"] = round(self.total.get_mean_value(), 1)
@@ -71,7 +73,12 @@ def format_us(value: float | None) -> str:
 
 
 def progress_line(
-    elapsed: float, publish_rate: float, consume_rate: float, p50: int | None, p99: int | None, backlog: int | None
+    elapsed: float,
+    publish_rate: float,
+    consume_rate: float,
+    p50: int | None,
+    p99: int | None,
+    backlog: int | None,
 ) -> str:
     line = f"{elapsed:6.0f}s  publish {publish_rate:>10,.0f} msg/s  consume {consume_rate:>10,.0f} msg/s"
     if p50 is not None:
@@ -111,7 +118,9 @@ def print_summary(result: dict[str, Any], stream: TextIO | None = None) -> None:
     add("consume msg/s", "recv_rate")
     add("lost", "lost")
     for name, _ in (*PERCENTILES, ("max", 100.0)):
-        table.add_row(f"latency {name}", *(format_us((r.get("lat_us") or {}).get(name)) for _, r in rows))
+        table.add_row(
+            f"latency {name}", *(format_us((r.get("lat_us") or {}).get(name)) for _, r in rows)
+        )
     add("tool CPU %", "tool_cpu_pct", lambda v: f"{v:.0f}" if isinstance(v, int | float) else "-")
     add("wall s", "wall_s", lambda v: f"{v:.1f}" if isinstance(v, int | float) else "-")
     console.print(table)

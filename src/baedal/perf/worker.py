@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,7 +40,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocols.amqp import spec
-from .client import STAMP, AMQPError, ClientFrameReader, Connection, PublishTemplate, ack_frame, parse_uri
+from .client import (
+    STAMP,
+    AMQPError,
+    ClientFrameReader,
+    Connection,
+    PublishTemplate,
+    ack_frame,
+    parse_uri,
+)
 from .options import Settings
 
 # Per-role slots in the shared counter array.
@@ -105,7 +114,12 @@ class Producer:
             await connection.call(spec.ConfirmSelect(), spec.ConfirmSelectOk)
         connection.on_method = self._on_method
         self.template = PublishTemplate(
-            1, self.plan.exchange, self.plan.routing_key, self.plan.properties, settings.size, connection.frame_max
+            1,
+            self.plan.exchange,
+            self.plan.routing_key,
+            self.plan.properties,
+            settings.size,
+            connection.frame_max,
         )
 
     # -- confirms -----------------------------------------------------------------------
@@ -205,8 +219,9 @@ class Producer:
                     now = clock()
                     due = int((now - t0) * rate / 1e9) + 1 - seq
                     if due <= 0:
-                        # uvloop timers have 1 ms resolution: what became due meanwhile goes in one write
-                        await sleep((t0 + (seq * 1e9) / rate - now) / 1e9)
+                        # Sleep at least 1 ms: shorter sleeps spin (uvloop rounds timers to ms),
+                        # the same trade as amqp-load's --tick-us.
+                        await sleep(max(0.001, (t0 + (seq * 1e9) / rate - now) / 1e9))
                         if deadline and clock() >= deadline:
                             break
                         continue
@@ -251,9 +266,14 @@ class Producer:
         # A synchronous method on the same channel is answered only after every earlier
         # publish on that channel was handled (what amqp-load does too).
         if self.plan.exchange:
-            await connection.call(spec.ExchangeDeclare(exchange=self.plan.exchange, passive=True), spec.ExchangeDeclareOk)
+            await connection.call(
+                spec.ExchangeDeclare(exchange=self.plan.exchange, passive=True),
+                spec.ExchangeDeclareOk,
+            )
         elif self.role.queue:
-            await connection.call(spec.QueueDeclare(queue=self.role.queue, passive=True), spec.QueueDeclareOk)
+            await connection.call(
+                spec.QueueDeclare(queue=self.role.queue, passive=True), spec.QueueDeclareOk
+            )
 
     def result(self) -> dict[str, Any]:
         return {
@@ -266,7 +286,8 @@ class Producer:
             "t_start": self.t_start,
             "t_end": self.t_end,
             "t_last_sent": self.t_last_sent,
-            "error": self.error or (str(self.connection.error) if self.connection.error and not self.t_end else None),
+            "error": self.error
+            or (str(self.connection.error) if self.connection.error and not self.t_end else None),
         }
 
 
@@ -295,7 +316,11 @@ class Consumer:
             await connection.call(spec.BasicQos(prefetch_count=settings.prefetch), spec.BasicQosOk)
         connection.on_deliveries = self._on_deliveries
         await connection.call(
-            spec.BasicConsume(queue=self.role.queue, consumer_tag=f"baedal-perf-{self.role.index}", no_ack=settings.auto_ack),
+            spec.BasicConsume(
+                queue=self.role.queue,
+                consumer_tag=f"baedal-perf-{self.role.index}",
+                no_ack=settings.auto_ack,
+            ),
             spec.BasicConsumeOk,
         )
         self.t_start = _clock()
@@ -332,7 +357,11 @@ class Consumer:
     async def finish(self) -> None:
         """Ack what is held (so closing does not requeue it), then close."""
         reader = self.connection.reader
-        if self.manual_ack and reader.last_delivery_tag > self.acked_tag and self.connection.error is None:
+        if (
+            self.manual_ack
+            and reader.last_delivery_tag > self.acked_tag
+            and self.connection.error is None
+        ):
             self.connection.write(ack_frame(reader.last_delivery_tag, True))
             self.acked_tag = reader.last_delivery_tag
         self.counters[self.base + DONE] = 1
@@ -353,6 +382,19 @@ class Consumer:
         }
 
 
+def coarsen(counts: Counter[int]) -> dict[int, int]:
+    """Round latencies (µs) down to 3 significant binary digits' worth (as HdrHistogram keeps
+    them: 1/2048 relative precision), so a second of deliveries is a few thousand keys."""
+    out: dict[int, int] = {}
+    get = out.get
+    for value, count in counts.items():
+        if value >= 2048:
+            shift = value.bit_length() - 11
+            value = (value >> shift) << shift
+        out[value] = get(value, 0) + count
+    return out
+
+
 class Control:
     """The worker's side of the supervisor protocol (see the module docstring)."""
 
@@ -371,15 +413,19 @@ class Control:
             self.stop.set()
 
 
-async def run_worker(worker_id: int, plan: Plan, roles: Sequence[Role], counters: Any, control: Control) -> None:
+async def run_worker(
+    worker_id: int, plan: Plan, roles: Sequence[Role], counters: Any, control: Control
+) -> None:
     producers = [Producer(plan, r, counters) for r in roles if r.kind == "producer"]
     consumers = [Consumer(plan, r, counters) for r in roles if r.kind == "consumer"]
     everyone: list[Producer | Consumer] = [*producers, *consumers]
     try:
         await asyncio.gather(*(role.setup() for role in everyone))
-    except (AMQPError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (AMQPError, OSError, TimeoutError) as exc:
         control.report(("failed", worker_id, f"set-up: {exc or type(exc).__name__}"))
-        await asyncio.gather(*(role.connection.close() for role in everyone), return_exceptions=True)
+        await asyncio.gather(
+            *(role.connection.close() for role in everyone), return_exceptions=True
+        )
         return
     control.report(("ready", worker_id))
     await control.go.wait()
@@ -390,11 +436,14 @@ async def run_worker(worker_id: int, plan: Plan, roles: Sequence[Role], counters
         for consumer in consumers:
             merged += consumer.take_latencies()
         if merged:
-            control.report(("latency", worker_id, dict(Counter(merged))))
+            control.report(("latency", worker_id, coarsen(Counter(merged))))
 
     async def watch_consumers() -> None:
+        # Report just before each whole second after "go", when the supervisor prints.
+        tick = control.t_go + 900_000_000
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(max(0.0, (tick - _clock()) / 1e9))
+            tick += 1_000_000_000
             send_latencies()
             for consumer in consumers:
                 if consumer.connection.error is not None and consumer.error is None:
@@ -427,27 +476,34 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def process_main(worker_id: int, plan: Plan, roles: Sequence[Role], counters: Any, pipe: Any) -> None:
-    """Entry point of a worker process (multiprocessing, spawn context)."""
+def process_main(
+    worker_id: int, plan: Plan, roles: Sequence[Role], counters: Any, pipe: Any
+) -> None:
+    """Entry point of a worker process (multiprocessing, spawn context).
+
+    The pipe is read by a thread with blocking ``recv``: handing its fd to the event
+    loop (``add_reader``) would make it non-blocking, and a ``Connection.send`` of a
+    message bigger than the pipe buffer then fails half-way with EAGAIN.
+    """
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         control = Control(pipe.send)
 
-        def on_message() -> None:
-            try:
-                while pipe.poll():
-                    control.receive(pipe.recv())
-            except (EOFError, OSError):
-                # The supervisor is gone: stop rather than publish forever.
-                control.receive(("stop",))
-                loop.remove_reader(pipe.fileno())
+        def read_pipe() -> None:
+            while True:
+                try:
+                    message = pipe.recv()
+                except (EOFError, OSError):
+                    # The supervisor is gone: stop rather than publish forever.
+                    loop.call_soon_threadsafe(control.receive, ("stop",))
+                    return
+                loop.call_soon_threadsafe(control.receive, message)
+                if message[0] == "stop":
+                    return
 
-        loop.add_reader(pipe.fileno(), on_message)
-        try:
-            await run_worker(worker_id, plan, roles, counters, control)
-        finally:
-            loop.remove_reader(pipe.fileno())
+        threading.Thread(target=read_pipe, name="perf-control", daemon=True).start()
+        await run_worker(worker_id, plan, roles, counters, control)
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
