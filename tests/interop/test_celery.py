@@ -35,6 +35,9 @@ def make_app(amqp_url: str, queue: str) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
+        # rpc:// reply queues get x-expires from this; the worker thread's own reply
+        # queue (declared when a task publishes a retry/next step) expires on its own
+        result_expires=30,
     )
 
     @app.task(name="t.add")
@@ -77,6 +80,7 @@ def app(amqp_url, unique):
     res = Resources(amqp_url)
     res.queue(queue)
     res.exchange(queue)
+    res.queue(app.backend.binding.name)  # the rpc:// reply queue (x-expires is a day)
     res.cleanup()
     with contextlib.suppress(Exception):
         app.close()

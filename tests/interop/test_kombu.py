@@ -88,10 +88,11 @@ def test_producer_and_consumer_round_trip_json(conn, unique, cleanup):
 
 
 def test_simple_queue_put_get_and_empty(conn, unique, cleanup):
-    queues, _ = cleanup
+    queues, exchanges = cleanup
     name = unique("simple")
     sq = conn.SimpleQueue(name)
     queues.append(sq.queue)
+    exchanges.append(sq.queue.exchange)
     try:
         for i in range(3):
             sq.put({"n": i})
@@ -168,10 +169,11 @@ def test_drain_events_times_out_when_nothing_arrives(conn, unique, cleanup):
 
 
 def test_reject_discards_and_requeue_redelivers(conn, unique, cleanup):
-    queues, _ = cleanup
+    queues, exchanges = cleanup
     name = unique("rr")
     sq = conn.SimpleQueue(name)
     queues.append(sq.queue)
+    exchanges.append(sq.queue.exchange)
     try:
         sq.put("to-reject")
         sq.put("to-requeue")
@@ -216,7 +218,7 @@ def test_consumer_qos_prefetch_limits_deliveries(conn, unique, cleanup):
 
 
 def test_blocked_callbacks_registered_and_connection_works(amqp_url, unique, cleanup):
-    queues, _ = cleanup
+    queues, exchanges = cleanup
     events = []
     with Connection(
         amqp_url,
@@ -229,6 +231,7 @@ def test_blocked_callbacks_registered_and_connection_works(amqp_url, unique, cle
         assert c.connection.client_properties["capabilities"]["connection.blocked"] is True
         sq = c.SimpleQueue(unique("blk"))
         queues.append(sq.queue)
+        exchanges.append(sq.queue.exchange)
         try:
             sq.put("hello")
             m = sq.get(timeout=WAIT)

@@ -731,7 +731,7 @@ def test_per_message_expiration_zero_is_expired_unless_delivered_at_once(conn, r
 def test_queue_with_x_expires_is_deleted_after_being_unused(conn, res, unique):
     q = res.queue(unique("exp"))
     ch = confirmed_channel(conn)
-    ch.queue_declare(q, arguments={"x-expires": 150})
+    ch.queue_declare(q, arguments={"x-expires": 1000})
 
     def gone() -> bool:
         # publishing is not "use" (a passive declare would renew the lease in RabbitMQ),
