@@ -85,7 +85,7 @@ class Broker:
         self.core = core = BrokerCore(config, loop)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if s.durable_store:
-            self.storage = _open_storage(core, s)
+            self.storage = _open_storage(core, s, self._storage_fatal)
         self.amqp = AMQPServer(core)
         self.port = await self.amqp.listen(s.host, s.port)
         if s.tls_cert and s.tls_key:
@@ -98,6 +98,11 @@ class Broker:
                 self.http_port = await self.http.start(s.http_host, s.http_port)
         self._monitor = loop.create_task(self._watch_resources())
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
+
+    def _storage_fatal(self, exc: BaseException) -> None:
+        log.critical("stopping: storage failure %s", exc)
+        if self._loop is not None:
+            self._loop.create_task(self.stop())
 
     async def _watch_resources(self) -> None:
         try:
@@ -214,13 +219,13 @@ def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _open_storage(core: BrokerCore, settings: Settings) -> Any:
+def _open_storage(core: BrokerCore, settings: Settings, on_fatal: Any) -> Any:
     try:
         from .storage.engine import StorageEngine
     except ImportError:
         log.warning("durable storage engine not available; durable queues are kept in memory")
         return None
-    engine = StorageEngine(core, settings)
+    engine = StorageEngine(core, settings, on_fatal)
     engine.open()
     core.storage = engine
     return engine

@@ -211,15 +211,22 @@ class BrokerCore:
         if self.storage is not None:
             self.storage.request_sync()
 
-    def after_sync(self, callback: Callable[[], None]) -> bool:
+    def after_sync(self, callback: Callable[[], None], on_error: Callable[[BaseException], None] | None = None) -> bool:
         """Run ``callback`` after the next fsync covering every write so far.
 
         Returns False when there is no disk store (the caller may act at once).
         """
         if self.storage is None:
             return False
-        self.storage.after_sync(callback)
+        self.storage.after_sync(callback, on_error)
         return True
+
+    def write_failed(self, store: Any, exc: BaseException) -> None:
+        """A store could not write (full disk, I/O error): alarm and let storage recover."""
+        if self.storage is not None:
+            self.storage.write_failed(store, exc)
+        else:
+            self.set_alarm("disk", True)
 
     # --- alarms ------------------------------------------------------------------------
 

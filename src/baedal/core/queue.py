@@ -424,7 +424,10 @@ class Queue:
         self.unacked_count -= 1
         self.ack_count += 1
         if not self.deleted:
-            self.store.settle(entry)
+            try:
+                self.store.settle(entry)
+            except OSError as exc:  # the store keeps its memory state; the ack is retried
+                self.vhost.broker.write_failed(self.store, exc)
 
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1

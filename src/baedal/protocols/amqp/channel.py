@@ -687,7 +687,12 @@ class Channel:
         refused = False
         persistent = message.persistent
         for queue in queues:
-            if queue.publish(message):
+            try:
+                accepted = queue.publish(message)
+            except OSError as exc:  # StorageError: full disk or I/O error, sticky until reset
+                self.broker.write_failed(queue.store, exc)
+                accepted = False
+            if accepted:
                 if persistent and queue.durable:
                     needs_sync = True
             else:
@@ -749,7 +754,7 @@ class Channel:
         if self._first_unsynced and self._sync_requested_upto < self._last_unsynced:
             target = self._last_unsynced
             self._sync_requested_upto = target
-            if not self.broker.after_sync(lambda: self._synced(target)):
+            if not self.broker.after_sync(lambda: self._synced(target), lambda exc: self._sync_failed(target)):
                 self._synced(target)
                 return
         upto = self.publish_seq if not self._first_unsynced else self._first_unsynced - 1
@@ -769,6 +774,23 @@ class Channel:
             confirmed = upto
         self.broker.counters["confirmed"] += confirmed - self._confirmed_upto
         self._confirmed_upto = confirmed
+
+    def _sync_failed(self, upto: int) -> None:
+        """A buffered write failed before its fsync: nack everything not yet confirmed up
+        to ``upto`` (a few may in fact be safe; a nack only makes the publisher resend,
+        whereas an ack would be a lie)."""
+        if self.closing:
+            return
+        if upto > self._confirmed_upto:
+            self.connection.write(method_frame(self.number, spec.BasicNack(delivery_tag=upto, multiple=True, requeue=False)))
+            self._confirmed_upto = upto
+            self._nacked = [n for n in self._nacked if n > upto]
+        if self._last_unsynced <= upto:
+            self._first_unsynced = 0
+        else:
+            self._first_unsynced = upto + 1
+        self.flush_confirms()
+        self.connection.flush()
 
     def _synced(self, upto: int) -> None:
         if self.closing:

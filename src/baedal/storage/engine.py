@@ -1,0 +1,276 @@
+"""Wires the storage layer into the broker core.
+
+* one ``Syncer`` per broker (group commit for every durable queue and ack file);
+* one ``SegmentStore`` per durable queue (per priority level) under
+  ``<data_dir>/queues/<digest of vhost and name>``;
+* the ``DefinitionsStore`` (SQLite) for vhosts, users, permissions and durable
+  exchanges, queues and bindings, loaded at start-up before any listener opens;
+* write-failure handling: a failed append raises the disk alarm (publishers are
+  blocked, the failed publish is nacked), and the store's writer is reset once free
+  space is back; a failed fsync is fatal and stops the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .definitions import DefinitionsStore
+from .memory import disk_free_bytes
+from .queue_store import SegmentStore
+from .segment import StorageError
+from .syncer import Syncer
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..core.broker import BrokerCore
+
+log = logging.getLogger("baedal.storage")
+
+
+def queue_directory_name(vhost: str, queue: str) -> str:
+    return hashlib.sha256(f"{vhost}\x00{queue}".encode()).hexdigest()[:32]
+
+
+class StorageEngine:
+    def __init__(self, core: BrokerCore, settings: Settings, on_fatal: Any = None) -> None:
+        self.core = core
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.queues_dir = self.data_dir / "queues"
+        self.syncer: Syncer | None = None
+        self.definitions: DefinitionsStore | None = None
+        self.stores: dict[tuple[str, str, int | None], SegmentStore] = {}
+        self.failed_stores: set[SegmentStore] = set()
+        self._loading = False
+        self._on_fatal = on_fatal
+        self._retry_handle: Any = None
+        self.recovery_seconds = 0.0
+        self.recovered_messages = 0
+
+    # --- start-up ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.queues_dir.mkdir(parents=True, exist_ok=True)
+        self.syncer = Syncer(on_fatal=self._fatal, loop=self.core.loop)
+        self.definitions = DefinitionsStore(self.data_dir / "definitions.sqlite3")
+        started = time.monotonic()
+        self.core.storage = self
+        self._loading = True
+        try:
+            self._load()
+        finally:
+            self._loading = False
+        self._remove_orphans()
+        self.recovery_seconds = time.monotonic() - started
+        log.info(
+            "storage ready in %.2fs: %d durable queue store(s), %d message(s) recovered",
+            self.recovery_seconds,
+            len(self.stores),
+            self.recovered_messages,
+        )
+
+    def _load(self) -> None:
+        core = self.core
+        defs = self.definitions
+        assert defs is not None
+        data = defs.load()
+        if not data["vhosts"] and not data["users"]:
+            # First start: persist the defaults the core created.
+            with defs.transaction():
+                for vhost in core.vhosts:
+                    defs.put_vhost(vhost)
+                for user in core.users.values():
+                    defs.put_user(user.name, user.password_hash, user.tags)
+                for (user, vhost), perm in core.permissions.items():
+                    defs.put_permission(user, vhost, perm.configure, perm.write, perm.read)
+            return
+        core.users.clear()
+        core.permissions.clear()
+        for item in data["vhosts"]:
+            core.add_vhost(item["name"])
+        for name in [v for v in core.vhosts if v not in {i["name"] for i in data["vhosts"]}]:
+            del core.vhosts[name]
+        for item in data["users"]:
+            core.add_user(item["name"], None, item["tags"], password_hash=item["password_hash"])
+        for item in data["permissions"]:
+            core.set_permission(item["user"], item["vhost"], item["configure"], item["write"], item["read"])
+        for item in data["exchanges"]:
+            vhost = core.vhosts.get(item["vhost"])
+            if vhost is None or item["name"] in vhost.exchanges:
+                continue
+            vhost.declare_exchange(
+                item["name"],
+                item["type"],
+                durable=True,
+                auto_delete=item["auto_delete"],
+                internal=item["internal"],
+                arguments=item["arguments"],
+            )
+        for item in data["queues"]:
+            vhost = core.vhosts.get(item["vhost"])
+            if vhost is None:
+                continue
+            queue, _ = vhost.declare_queue(item["name"], durable=True, auto_delete=item["auto_delete"], arguments=item["arguments"])
+            self.recovered_messages += queue.message_count
+        for item in data["bindings"]:
+            vhost = core.vhosts.get(item["vhost"])
+            if vhost is None:
+                continue
+            if item["destination_kind"] == "queue":
+                destination: Any = vhost.queues.get(item["destination"])
+            else:
+                destination = vhost.exchanges.get(item["destination"])
+            if destination is None or item["source"] not in vhost.exchanges:
+                continue
+            vhost.bind(item["source"], destination, item["routing_key"], item["arguments"])
+
+    def _remove_orphans(self) -> None:
+        """Stores of queues that no longer exist (exclusive or deleted while down)."""
+        known = {queue_directory_name(k[0], k[1]) for k in self.stores}
+        for path in self.queues_dir.iterdir():
+            if path.name not in known:
+                log.info("removing store %s of a queue that no longer exists", path.name)
+                shutil.rmtree(path, ignore_errors=True)
+
+    # --- stores ------------------------------------------------------------------------
+
+    def queue_store(self, vhost: str, queue: str, level: int | None) -> SegmentStore:
+        assert self.syncer is not None
+        directory = self.queues_dir / queue_directory_name(vhost, queue)
+        if level is not None:
+            directory = directory / f"priority-{level}"
+        store = SegmentStore.open(directory, self.syncer, segment_bytes=self.settings.segment_bytes)
+        self.stores[(vhost, queue, level)] = store
+        return store
+
+    def store_deleted(self, vhost: str, queue: str) -> None:
+        for key in [k for k in self.stores if k[0] == vhost and k[1] == queue]:
+            store = self.stores.pop(key)
+            self.failed_stores.discard(store)
+        directory = self.queues_dir / queue_directory_name(vhost, queue)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    # --- definitions -------------------------------------------------------------------
+
+    def definitions_changed(self, kind: str, vhost: Any, obj: Any) -> None:
+        if self._loading and kind not in ("queue-deleted",):
+            return
+        defs = self.definitions
+        if defs is None:
+            return
+        if kind == "vhost":
+            defs.put_vhost(vhost.name)
+        elif kind == "vhost-deleted":
+            defs.delete_vhost(vhost.name)
+            for key in [k for k in self.stores if k[0] == vhost.name]:
+                self.store_deleted(key[0], key[1])
+        elif kind == "user":
+            defs.put_user(obj.name, obj.password_hash, obj.tags)
+        elif kind == "user-deleted":
+            defs.delete_user(obj)
+        elif kind == "permission":
+            user, vhost_name, configure, write, read = obj
+            if user in self.core.users and vhost_name in self.core.vhosts:
+                defs.put_permission(user, vhost_name, configure, write, read)
+        elif kind == "permission-deleted":
+            defs.delete_permission(*obj)
+        elif kind == "exchange":
+            defs.put_exchange(vhost.name, obj.name, obj.type, obj.durable, obj.auto_delete, obj.internal, obj.arguments)
+        elif kind == "exchange-deleted":
+            defs.delete_exchange(vhost.name, obj.name)
+        elif kind == "queue":
+            if not obj.exclusive:
+                defs.put_queue(vhost.name, obj.name, True, obj.auto_delete, obj.arguments)
+        elif kind == "queue-deleted":
+            defs.delete_queue(vhost.name, obj.name)
+            self.store_deleted(vhost.name, obj.name)
+        elif kind in ("binding", "binding-deleted"):
+            source, destination, routing_key, arguments = obj
+            if getattr(destination, "exclusive", False):
+                return
+            dest_kind = "queue" if destination.is_queue else "exchange"
+            if kind == "binding":
+                defs.put_binding(vhost.name, source.name, destination.name, dest_kind, routing_key, arguments)
+            else:
+                defs.delete_binding(vhost.name, source.name, destination.name, dest_kind, routing_key, arguments)
+
+    # --- sync --------------------------------------------------------------------------
+
+    def after_sync(self, callback: Any, on_error: Any = None) -> None:
+        assert self.syncer is not None
+        self.syncer.after_sync(callback, on_error)
+
+    def request_sync(self) -> None:
+        assert self.syncer is not None
+        self.syncer.after_sync(_noop)
+
+    # --- failures ----------------------------------------------------------------------
+
+    def write_failed(self, store: Any, exc: BaseException) -> None:
+        """An append failed (ENOSPC, EIO): block publishers until the store recovers."""
+        if isinstance(store, SegmentStore):
+            if store not in self.failed_stores:
+                log.error("write to %s failed: %s; publishers blocked until it recovers", store.directory, exc)
+            self.failed_stores.add(store)
+        self.core.set_alarm("disk", True)
+        if self._retry_handle is None:
+            self._retry_handle = self.core.call_later(1.0, self._retry_failed)
+
+    def _retry_failed(self) -> None:
+        self._retry_handle = None
+        if disk_free_bytes(self.data_dir) < self.settings.disk_free_limit:
+            self._retry_handle = self.core.call_later(1.0, self._retry_failed)
+            return
+        for store in list(self.failed_stores):
+            try:
+                lost = store.reset_failed_writer()
+            except (OSError, StorageError) as exc:
+                log.warning("store %s not recovered yet: %s", store.directory, exc)
+                continue
+            if lost:
+                log.warning("store %s: %d unconfirmed record(s) lost with the failed write", store.directory, lost)
+            self.failed_stores.discard(store)
+        if self.failed_stores:
+            self._retry_handle = self.core.call_later(1.0, self._retry_failed)
+        else:
+            log.info("storage recovered; publishers unblocked")
+            self.core.set_alarm("disk", False)
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("fsync failed (%s): stopping the broker rather than confirm unsynced data", exc)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+        else:
+            for conn in list(self.core.connections.values()):
+                conn.force_close("storage failure: fsync failed")
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        for store in list(self.stores.values()):
+            try:
+                store.close()
+            except OSError as exc:
+                log.error("closing store %s: %s", store.directory, exc)
+        self.stores.clear()
+        if self.syncer is not None:
+            # let a job in flight finish
+            for _ in range(100):
+                if not self.syncer.busy:
+                    break
+                await asyncio.sleep(0.01)
+            self.syncer.close()
+        if self.definitions is not None:
+            self.definitions.close()
+
+
+def _noop() -> None:
+    pass
