@@ -8,6 +8,8 @@ in-process Baedal.
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,15 +37,47 @@ def open_blocking(url: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(params)
 
 
+def _socket_of(conn: pika.BlockingConnection) -> socket.socket | None:
+    transport = getattr(conn._impl, "_transport", None)
+    return getattr(transport, "_sock", None)
+
+
+@contextlib.contextmanager
+def watchdog(conn: pika.BlockingConnection, timeout: float) -> Iterator[None]:
+    """Shut the connection's socket down if the block takes longer than timeout.
+
+    pika's blocking calls (close() in particular) wait for the broker forever; in
+    fixture teardown a hung broker would hang the whole run, past pytest-timeout.
+    """
+    sock = _socket_of(conn)
+
+    def kill() -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def close_quietly(conn: pika.BlockingConnection, timeout: float = 5.0) -> None:
+    if conn.is_open:
+        with watchdog(conn, timeout), contextlib.suppress(Exception):
+            conn.close()
+
+
 @contextlib.contextmanager
 def blocking_connection(url: str) -> Iterator[pika.BlockingConnection]:
     conn = open_blocking(url)
     try:
         yield conn
     finally:
-        if conn.is_open:
-            with contextlib.suppress(Exception):
-                conn.close()
+        close_quietly(conn)
 
 
 def pump_until(
@@ -84,21 +118,24 @@ class Resources:
         except Exception:
             return
         try:
-            ch = conn.channel()
-            for kind, names in (("q", self.queues), ("x", self.exchanges)):
-                for name in names:
-                    try:
-                        if kind == "q":
-                            ch.queue_delete(name)
-                        else:
-                            ch.exchange_delete(name)
-                    except pika.exceptions.ChannelClosed:
-                        ch = conn.channel()
-                    except Exception:
-                        return
+            with watchdog(conn, 10.0):
+                self._delete_all(conn)
+        except Exception:
+            pass
         finally:
-            with contextlib.suppress(Exception):
-                conn.close()
+            close_quietly(conn)
+
+    def _delete_all(self, conn: pika.BlockingConnection) -> None:
+        ch = conn.channel()
+        for kind, names in (("q", self.queues), ("x", self.exchanges)):
+            for name in names:
+                try:
+                    if kind == "q":
+                        ch.queue_delete(name)
+                    else:
+                        ch.exchange_delete(name)
+                except pika.exceptions.ChannelClosed:
+                    ch = conn.channel()
 
 
 def queue_exists(url: str, name: str) -> bool:

@@ -20,7 +20,7 @@ async def connection(amqp_url):
     conn = await aio_pika.connect_robust(amqp_url, reconnect_interval=0.2)
     yield conn
     with contextlib.suppress(Exception):
-        await conn.close()
+        await asyncio.wait_for(conn.close(), WAIT)
 
 
 @pytest.fixture
@@ -280,6 +280,7 @@ async def test_robust_connection_reconnects_and_restores_its_consumer(amqp_url, 
     finally:
         with contextlib.suppress(Exception):
             ch = await conn.channel()
-            await ch.queue_delete(name)
-        await conn.close()
+            await asyncio.wait_for(ch.queue_delete(name), WAIT)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), WAIT)
         await proxy.stop()

@@ -12,12 +12,17 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 pytestmark = pytest.mark.timeout(30)
 
 WAIT = 5
+# bound py-amqp socket reads/writes so a broker that stops answering fails a test
+# instead of hanging it (e.g. in connection close during teardown)
+IO_TIMEOUTS = {"read_timeout": 10, "write_timeout": 10}
 
 
 @pytest.fixture
 def conn(amqp_url):
     # confirm_publish makes each publish wait for the broker's ack, so later reads see it
-    c = Connection(amqp_url, connect_timeout=5, transport_options={"confirm_publish": True})
+    c = Connection(
+        amqp_url, connect_timeout=5, transport_options={"confirm_publish": True, **IO_TIMEOUTS}
+    )
     c.connect()
     yield c
     c.release()
@@ -29,7 +34,7 @@ def cleanup(conn):
     queues: list[Queue] = []
     exchanges: list[Exchange] = []
     yield queues, exchanges
-    with Connection(conn.as_uri(include_password=True)) as c:
+    with Connection(conn.as_uri(include_password=True), transport_options=IO_TIMEOUTS) as c:
         ch = c.channel()
         for q in queues:
             with contextlib.suppress(Exception):
@@ -225,6 +230,7 @@ def test_blocked_callbacks_registered_and_connection_works(amqp_url, unique, cle
         transport_options={
             "on_blocked": lambda reason: events.append(("blocked", reason)),
             "on_unblocked": lambda: events.append(("unblocked",)),
+            **IO_TIMEOUTS,
         },
     ) as c:
         c.connect()
@@ -250,7 +256,7 @@ def test_confirm_publish_raises_when_broker_nacks(amqp_url, unique, cleanup):
         queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
     )
     queues.append(q)
-    with Connection(amqp_url, transport_options={"confirm_publish": True}) as c:
+    with Connection(amqp_url, transport_options={"confirm_publish": True, **IO_TIMEOUTS}) as c:
         producer = Producer(c.channel(), serializer="json")
         producer.publish("first", routing_key=q.name, declare=[q])
         with pytest.raises(amqp.exceptions.MessageNacked):

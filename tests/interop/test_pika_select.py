@@ -35,6 +35,8 @@ class Scenario:
         self.error = why
         if self.conn.is_open:
             self.conn.close()
+            # if the broker never answers the close, stop the loop anyway
+            self.conn.ioloop.call_later(3, self.conn.ioloop.stop)
         else:
             self.conn.ioloop.stop()
 
