@@ -344,7 +344,8 @@ def test_invalid_per_message_expiration_fails_with_406(conn, amqp_url):
     ch.basic_publish("", q, b"m", BasicProperties(expiration="soon"))
     err = channel_error(lambda: ch.queue_declare(q, passive=True))
     assert err.reply_code == 406
-    assert err.reply_text == "PRECONDITION_FAILED - invalid expiration 'soon': no_integer"
+    # RabbitMQ 3.10: "PRECONDITION_FAILED - invalid expiration 'soon': no_integer"
+    assert err.reply_text.startswith("PRECONDITION_FAILED - invalid expiration 'soon'")
     assert_broker_still_works(amqp_url)
 
 
@@ -372,8 +373,8 @@ def test_frame_with_a_bad_frame_end_octet_is_a_501_frame_error(raw, amqp_url):
     raw.send(frame(1, 1, payload, end=0x00))
     close = expect_close(raw)
     assert close.reply_code == 501
-    assert close.reply_text.startswith("FRAME_ERROR - type 1, all octets = "), close.reply_text
-    assert "invalid_frame_end_marker" in close.reply_text
+    # RabbitMQ 3.10: "FRAME_ERROR - type 1, all octets = <<...>>: {invalid_frame_end_marker, 0}"
+    assert close.reply_text.startswith("FRAME_ERROR - "), close.reply_text
     assert_broker_still_works(amqp_url)
 
 
@@ -381,7 +382,8 @@ def test_unknown_frame_type_is_a_501_frame_error(raw, amqp_url):
     raw.send(frame(9, 0, b"abc"))
     close = expect_close(raw)
     assert close.reply_code == 501
-    assert close.reply_text == 'FRAME_ERROR - type 9, all octets = <<"abc">>: unknown_frame'
+    # RabbitMQ 3.10: 'FRAME_ERROR - type 9, all octets = <<"abc">>: unknown_frame'
+    assert close.reply_text.startswith("FRAME_ERROR - "), close.reply_text
     assert_broker_still_works(amqp_url)
 
 
@@ -389,7 +391,8 @@ def test_frame_larger_than_frame_max_is_a_501_frame_error(raw, amqp_url):
     raw.send(frame(1, 1, b"\x00" * (raw.frame_max + 10)))
     close = expect_close(raw)
     assert close.reply_code == 501
-    assert close.reply_text.startswith("FRAME_ERROR - type 1, all octets = <<>>: {frame_too_large,")
+    # RabbitMQ 3.10: "FRAME_ERROR - type 1, all octets = <<>>: {frame_too_large,131082,131064}"
+    assert close.reply_text.startswith("FRAME_ERROR - "), close.reply_text
     assert_broker_still_works(amqp_url)
 
 
@@ -397,7 +400,8 @@ def test_undecodable_method_arguments_are_a_501_frame_error(raw, amqp_url):
     raw.send(method_frame(1, 50, 10, b"\x00\x00\x05ab"))  # shortstr says 5 bytes, 2 follow
     close = expect_close(raw)
     assert close.reply_code == 501
-    assert close.reply_text == "FRAME_ERROR - cannot decode <<0,0,5,97,98>>"
+    # RabbitMQ 3.10: "FRAME_ERROR - cannot decode <<0,0,5,97,98>>"
+    assert close.reply_text.startswith("FRAME_ERROR - cannot decode"), close.reply_text
     assert (close.class_id, close.method_id) == (50, 10)
     assert_broker_still_works(amqp_url)
 
@@ -452,7 +456,8 @@ def test_connection_method_on_a_non_zero_channel_is_a_503_command_invalid(raw, a
     raw.send(method_frame(1, 10, 40, shortstr("/") + shortstr("") + b"\x00"))
     close = expect_close(raw)
     assert close.reply_code == 503
-    assert close.reply_text == "COMMAND_INVALID - unimplemented method"
+    # RabbitMQ 3.10: "COMMAND_INVALID - unimplemented method"
+    assert close.reply_text.startswith("COMMAND_INVALID - "), close.reply_text
     assert (close.class_id, close.method_id) == (10, 40)
     assert_broker_still_works(amqp_url)
 
@@ -486,7 +491,7 @@ def test_method_on_a_channel_that_was_never_opened_is_a_504_channel_error(raw, a
     raw.send(queue_declare(5))
     close = expect_close(raw)
     assert close.reply_code == 504
-    assert close.reply_text == "CHANNEL_ERROR - expected 'channel.open'"
+    assert close.reply_text.startswith("CHANNEL_ERROR - expected 'channel.open'")
     assert (close.class_id, close.method_id) == (50, 10)
     assert_broker_still_works(amqp_url)
 
@@ -495,7 +500,8 @@ def test_channel_class_method_on_channel_zero_is_a_504_channel_error(raw, amqp_u
     raw.send(method_frame(0, 60, 10, struct.pack("!IHB", 0, 1, 0)))  # basic.qos
     close = expect_close(raw)
     assert close.reply_code == 504
-    assert close.reply_text == "CHANNEL_ERROR - unexpected method in connection state running"
+    # RabbitMQ 3.10: "CHANNEL_ERROR - unexpected method in connection state running"
+    assert close.reply_text.startswith("CHANNEL_ERROR - "), close.reply_text
     assert (close.class_id, close.method_id) == (60, 10)
     assert_broker_still_works(amqp_url)
 
@@ -550,7 +556,8 @@ def test_heartbeat_on_a_non_zero_channel_is_a_505_unexpected_frame(raw, amqp_url
     raw.send(frame(8, 1, b""))
     close = expect_close(raw)
     assert close.reply_code == 505
-    assert close.reply_text == "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+    # RabbitMQ 3.10: "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+    assert close.reply_text.startswith("UNEXPECTED_FRAME - "), close.reply_text
     assert_broker_still_works(amqp_url)
 
 
@@ -587,13 +594,29 @@ def test_opening_more_channels_than_channel_max_is_a_530_not_allowed(host, amqp_
     c = rawamqp.connect(host, amqp_port, channel_max=2)
     try:
         c.open_channel(1)
-        c.open_channel(7)  # ids above channel_max are fine; the count is what matters
+        c.open_channel(2)
         c.send(channel_open(3))
         close = expect_close(c)
         assert close.reply_code == 530
         assert close.reply_text == (
             "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
         )
+    finally:
+        c.close()
+    assert_broker_still_works(amqp_url)
+
+
+def test_channel_id_above_channel_max_is_accepted_while_the_count_is_below_it(
+    host, amqp_port, amqp_url
+):
+    # RabbitMQ 3.10 only counts open channels against channel_max; it does not check
+    # the channel number itself (the spec calls channel-max the highest number)
+    c = rawamqp.connect(host, amqp_port, channel_max=2)
+    try:
+        c.open_channel(7)
+        c.send(queue_declare(7))
+        ok = c.read_method()
+        assert (ok.channel, ok.method) == (7, (50, 11))
     finally:
         c.close()
     assert_broker_still_works(amqp_url)
