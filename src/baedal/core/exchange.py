@@ -156,6 +156,11 @@ class _TrieNode:
         self.destinations: list[Any] = []
 
 
+def _words(key: str) -> list[str]:
+    """An empty key has zero words (so ``*`` does not match it), as in RabbitMQ."""
+    return key.split(".") if key else []
+
+
 class TopicTrie:
     """Binding patterns as a trie of words; ``match`` walks it with ``*`` and ``#``."""
 
@@ -164,13 +169,13 @@ class TopicTrie:
 
     def add(self, pattern: str, destination: Any) -> None:
         node = self.root
-        for word in pattern.split("."):
+        for word in _words(pattern):
             node = node.children.setdefault(word, _TrieNode())
         node.destinations.append(destination)
 
     def remove(self, pattern: str, destination: Any) -> None:
         path = [self.root]
-        words = pattern.split(".")
+        words = _words(pattern)
         node = self.root
         for word in words:
             node = node.children[word]
@@ -184,7 +189,7 @@ class TopicTrie:
             del path[i].children[words[i]]
 
     def match(self, routing_key: str) -> list[Any]:
-        words = routing_key.split(".")
+        words = _words(routing_key)
         found: list[Any] = []
         seen: set[int] = set()
         self._walk(self.root, words, 0, found, seen)

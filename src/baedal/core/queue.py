@@ -203,6 +203,7 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.settings = QueueSettings(self.arguments)
+        self._quorum = self.settings.queue_type == "quorum"
         self.store: Any = store if store is not None else MemoryStore()
         self.consumers: list[Consumer] = []
         self.unacked_count = 0
@@ -379,6 +380,8 @@ class Queue:
                     continue
             if entry.delivery_count:
                 self.redeliver_count += 1
+                if self._quorum and self._over_delivery_limit(entry):
+                    continue
             self.deliver_count += 1
             if not consumer.no_ack:
                 self.unacked_count += 1
@@ -389,6 +392,23 @@ class Queue:
                     self._drain_scheduled = True
                     self.vhost.broker.call_soon(self._scheduled_drain)
                 return
+
+    def _over_delivery_limit(self, entry: QueueEntry) -> bool:
+        """Quorum-queue semantics: ``x-delivery-count`` header on redeliveries, and the
+        message is dead-lettered (reason ``delivery_limit``) past ``x-delivery-limit``."""
+        limit = self.settings.delivery_limit
+        if limit is not None and limit >= 0 and entry.delivery_count > limit:
+            self._dead_letter_entry(entry, "delivery_limit")
+            return True
+        message = entry.message
+        assert message is not None
+        props = message.decoded_properties()
+        headers = dict(props.headers or {})
+        headers["x-delivery-count"] = entry.delivery_count
+        from dataclasses import replace
+
+        entry.message = message.with_properties(replace(props, headers=headers))
+        return False
 
     def _scheduled_drain(self) -> None:
         self._drain_scheduled = False
@@ -409,6 +429,8 @@ class Queue:
                 continue
             if entry.delivery_count:
                 self.redeliver_count += 1
+                if self._quorum and self._over_delivery_limit(entry):
+                    continue
             self.deliver_count += 1
             if not no_ack:
                 self.unacked_count += 1

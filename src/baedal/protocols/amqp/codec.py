@@ -401,6 +401,10 @@ class FrameReader:
                 method = _METHODS[index].decode(memoryview(payload)[4:])
             except (DecodeError, struct.error, IndexError):
                 return
+            if index == spec.ChannelCloseOk.INDEX:
+                # The close handshake ends here: frames after it in this same buffer
+                # (typically a channel.open reusing the number) are parsed normally.
+                self._discarding.discard(channel)
             events.append(MethodFrame(channel, method))
 
 
