@@ -281,12 +281,14 @@ class FrameReader:
                     self._method(channel, payload, events)
                 elif frame_type == FRAME_BODY:
                     assembly = self._assemblies.get(channel)
-                    if assembly is None or assembly.properties is None:
+                    if assembly is None:
+                        raise ConnectionFault(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+                    if assembly.properties is None:
                         raise ConnectionFault(
                             UNEXPECTED_FRAME,
-                            "expected content header for class 60, got non content header frame instead"
-                            if assembly is not None
-                            else "expected method frame, got non method frame instead",
+                            "expected content header for class 60, got non content header frame instead",
+                            assembly.method.CLASS_ID,
+                            assembly.method.METHOD_ID,
                         )
                     assembly.received += len(payload)
                     if assembly.received > assembly.body_size:
@@ -308,7 +310,8 @@ class FrameReader:
                     self._content_header(channel, payload, events)
                 elif frame_type == FRAME_HEARTBEAT:
                     if channel != 0:
-                        raise ConnectionFault(FRAME_ERROR, f"heartbeat frame on channel {channel}")
+                        # RabbitMQ: "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+                        raise ConnectionFault(UNEXPECTED_FRAME, f"type 8, heartbeat on channel {channel}")
                     events.append(HEARTBEAT_EVENT)
                 else:
                     raise ConnectionFault(FRAME_ERROR, f"unknown frame type {frame_type}")
@@ -333,6 +336,8 @@ class FrameReader:
                 "expected content header for class 60, got non content header frame instead"
                 if assembly.properties is None
                 else "expected content body, got non content body frame instead",
+                assembly.method.CLASS_ID,
+                assembly.method.METHOD_ID,
             )
         if len(payload) < 4:
             raise ConnectionFault(FRAME_ERROR, "method frame shorter than its class and method ids")

@@ -36,6 +36,7 @@ from .codec import (
     FRAME_MIN_SIZE,
     NOT_ALLOWED,
     PROTOCOL_HEADER,
+    SYNTAX_ERROR,
     AMQPFault,
     ChannelFault,
     ConnectionFault,
@@ -291,7 +292,7 @@ class AMQPConnection:
         if mechanism == "PLAIN":
             parts = response.split(b"\x00")
             if len(parts) != 3:
-                raise ConnectionFault(ACCESS_REFUSED, "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.", 10, 11)
+                raise ConnectionFault(SYNTAX_ERROR, f"response {response[:64]!r} invalid", 10, 11)
             username, password = parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
         elif mechanism == "AMQPLAIN":
             try:
@@ -401,7 +402,7 @@ class AMQPConnection:
         state = self.state
         if channel_number == 0:
             if method.CLASS_ID != 10:
-                raise ConnectionFault(COMMAND_INVALID, f"{method.NAME} is not allowed on channel 0", method.CLASS_ID, method.METHOD_ID)
+                raise ConnectionFault(CHANNEL_ERROR, f"unexpected method {method.NAME} on channel 0 in connection state {state}", method.CLASS_ID, method.METHOD_ID)
             legal = _LEGAL.get(state, ())
             if method.INDEX not in legal:
                 if state == CLOSING:
@@ -427,8 +428,14 @@ class AMQPConnection:
         if index == spec.ChannelOpen.INDEX:
             if channel is not None:
                 raise ConnectionFault(CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
-            if channel_number > self.channel_max:
-                raise ConnectionFault(NOT_ALLOWED, f"channel number {channel_number} exceeds the negotiated channel_max ({self.channel_max})", 20, 10)
+            if self.channel_max and len(self.channels) >= self.channel_max:
+                # RabbitMQ counts open channels against channel_max, not channel numbers.
+                raise ConnectionFault(
+                    NOT_ALLOWED,
+                    f"number of channels opened ({len(self.channels)}) has reached the negotiated channel_max ({self.channel_max})",
+                    20,
+                    10,
+                )
             self.channels[channel_number] = Channel(self, channel_number)
             self.reader.channel_reset(channel_number)
             self.broker.counters["channels_opened"] += 1
