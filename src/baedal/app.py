@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .core.broker import BrokerCore, BrokerConfig
+from .core.broker import BrokerConfig, BrokerCore
 from .protocols.amqp.server import AMQPServer
 
 log = logging.getLogger("baedal")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -212,7 +212,7 @@ def _encode_value(out: bytearray, value: Any) -> None:
         out += _DECIMAL.pack(scale, unscaled)
     elif isinstance(value, datetime):
         out += b"T"
-        out += _UINT64.pack(int(value.replace(tzinfo=value.tzinfo or timezone.utc).timestamp()))
+        out += _UINT64.pack(int(value.replace(tzinfo=value.tzinfo or UTC).timestamp()))
     else:
         raise ValueError(f"cannot encode {type(value).__name__} in a field table")
 

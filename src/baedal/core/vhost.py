@@ -126,7 +126,7 @@ class VirtualHost:
         exchange.deleted = True
         self.exchanges.pop(exchange.name, None)
         for other in list(self.exchanges.values()):
-            for binding in other.remove_destination(exchange):
+            if other.remove_destination(exchange):
                 self._maybe_auto_delete(other)
         exchange.bindings.clear()
         if exchange.durable:

@@ -50,7 +50,8 @@ from .codec import (
 )
 
 if TYPE_CHECKING:
-    from ...core.broker import BrokerCore as Broker, Permission
+    from ...core.broker import BrokerCore as Broker
+    from ...core.broker import Permission
     from .server import AMQPServer
 
 log = logging.getLogger("baedal.amqp")

@@ -53,7 +53,7 @@ class AMQPServer:
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
         # Give clients a moment to answer close-ok, then drop what is left.
         for _ in range(20):
