@@ -64,23 +64,26 @@ class Exchange:
         self.bindings: dict[tuple[int, str, Any], Binding] = {}
         self.publish_count = 0
         self.deleted = False
+        self.exchange_destinations = 0  # e2e bindings; 0 lets routing take the fast path
+        alternate = self.arguments.get("alternate-exchange")
+        self.alternate_exchange: str | None = alternate if isinstance(alternate, str) else None
 
-    @property
-    def alternate_exchange(self) -> str | None:
-        value = self.arguments.get("alternate-exchange")
-        return value if isinstance(value, str) else None
 
     def add_binding(self, binding: Binding) -> bool:
         key = binding.key
         if key in self.bindings:
             return False
         self.bindings[key] = binding
+        if not binding.destination.is_queue:
+            self.exchange_destinations += 1
         self._added(binding)
         return True
 
     def remove_binding(self, destination: Any, routing_key: str, arguments: dict[str, Any]) -> Binding | None:
         binding = self.bindings.pop((id(destination), routing_key, _freeze(arguments)), None)
         if binding is not None:
+            if not destination.is_queue:
+                self.exchange_destinations -= 1
             self._removed(binding)
         return binding
 
@@ -88,6 +91,8 @@ class Exchange:
         gone = [b for b in self.bindings.values() if b.destination is destination]
         for binding in gone:
             del self.bindings[binding.key]
+            if not destination.is_queue:
+                self.exchange_destinations -= 1
             self._removed(binding)
         return gone
 
@@ -113,14 +118,19 @@ class DirectExchange(Exchange):
         self._table: dict[str, list[Any]] = {}
 
     def _added(self, binding: Binding) -> None:
-        self._table.setdefault(binding.routing_key, []).append(binding.destination)
+        dests = self._table.setdefault(binding.routing_key, [])
+        if binding.destination not in dests:  # same key bound twice with other arguments
+            dests.append(binding.destination)
 
     def _removed(self, binding: Binding) -> None:
         dests = self._table.get(binding.routing_key)
-        if dests is not None:
-            dests.remove(binding.destination)
-            if not dests:
-                del self._table[binding.routing_key]
+        if dests is None:
+            return
+        if any(b.destination is binding.destination and b.routing_key == binding.routing_key for b in self.bindings.values()):
+            return
+        dests.remove(binding.destination)
+        if not dests:
+            del self._table[binding.routing_key]
 
     def route(self, routing_key: str, message: Any) -> list[Any]:
         return self._table.get(routing_key, _EMPTY)

@@ -210,6 +210,7 @@ class Queue:
         self.deleted = False
         self._had_consumer = False
         self._drain_scheduled = False
+        self.throttled_publishers: set[Any] = set()  # adapters' flow control (see channel.py)
         self._expiry_timer: Any = None
         self._expires_timer: Any = None
         # counters for management / metrics
@@ -324,6 +325,7 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        self.release_publishers()
         self.last_used = time.monotonic()
         if not self.consumers:
             if self.auto_delete and self._had_consumer:
@@ -587,7 +589,15 @@ class Queue:
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def release_publishers(self) -> None:
+        """Publishers paused for this queue's sake may read again."""
+        if self.throttled_publishers:
+            publishers, self.throttled_publishers = self.throttled_publishers, set()
+            for publisher in publishers:
+                publisher.unthrottle(self)
+
     def cancel_timers(self) -> None:
+        self.release_publishers()
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None

@@ -261,11 +261,12 @@ class VirtualHost:
 
     def route(self, exchange: Exchange, message: Message, extra_keys: list[str] | None = None) -> list[Queue]:
         """Queues a message goes to: e2e bindings followed, alternate exchange applied."""
-        if extra_keys is None:
+        if extra_keys is None and not exchange.exchange_destinations:
+            # Fast path: no exchange-to-exchange bindings; each type's route() already
+            # returns every queue once.  The alternate exchange only matters when empty.
             first = exchange.route(message.routing_key, message)
-            # fast path: only queues, no e2e, no alternate exchange needed
-            if first and all(d.is_queue for d in first):
-                return first if len(first) == 1 else list(dict.fromkeys(first))
+            if first or exchange.alternate_exchange is None:
+                return first
         keys = [message.routing_key] + (extra_keys or [])
         result: list[Queue] = []
         seen_queues: set[int] = set()

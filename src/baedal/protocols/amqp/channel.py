@@ -40,6 +40,7 @@ from .codec import (
     ChannelFault,
     ConnectionFault,
     content_frames,
+    deliver_frames,
     deliver_payload,
     encode_short_string,
     method_frame,
@@ -56,6 +57,12 @@ _CORE_CODES = {
     "command_invalid": COMMAND_INVALID,
     "not_allowed": NOT_ALLOWED,
 }
+
+# Flow control (RabbitMQ's credit flow, simplified for one event loop): a publisher is
+# paused when a queue it feeds has more than this many ready messages *and* the queue's
+# consumers are held back by their sockets, so one fast publisher cannot starve its own
+# consumers of loop time; it resumes when those sockets drain.
+FLOW_HIGH_WATER = 2000
 
 _USER_ID_BIT = 1 << 4
 _REPLY_TO_BIT = 1 << 9
@@ -448,9 +455,12 @@ class Channel:
             names = message.wire_names = encode_short_string(message.exchange) + encode_short_string(message.routing_key)
         redelivered = entry.delivery_count > 0
         entry.delivery_count += 1
-        payload = deliver_payload(consumer.tag_wire, tag, redelivered, names, b"")
         connection = self.connection
-        connection.write_many(content_frames(self.number, payload, message.properties, message.body, connection.frame_max))
+        frames = deliver_frames(self.number, consumer.tag_wire, tag, redelivered, names, message.properties, message.body, connection.frame_max)
+        if type(frames) is bytes:
+            connection.write(frames)
+        else:
+            connection.write_many(frames)
         if consumer.no_ack:
             queue.settle_delivered(entry)
         else:
@@ -695,6 +705,8 @@ class Channel:
             if accepted:
                 if persistent and queue.durable:
                     needs_sync = True
+                if queue.store.ready_count > FLOW_HIGH_WATER and queue.consumers:
+                    self.connection.maybe_throttle(queue)
             else:
                 refused = True
         if seq:

@@ -214,6 +214,7 @@ def _decode_publish(payload: bytes) -> spec.BasicPublish:
 
 
 _PUBLISH_INDEX = spec.BasicPublish.INDEX
+_PUBLISH_PREFIX = _METHOD_INDEX.pack(_PUBLISH_INDEX)
 _METHODS = spec.METHODS
 
 
@@ -278,6 +279,20 @@ class FrameReader:
                     self._discarded_frame(frame_type, channel, payload, events)
                     continue
                 if frame_type == FRAME_METHOD:
+                    if (
+                        size > 10
+                        and payload[:4] == _PUBLISH_PREFIX
+                        and channel not in self._assemblies
+                        and end_of_data - pos >= 30
+                    ):
+                        # Fast path: basic.publish + header + one body frame all in the
+                        # buffer (the common case) are assembled without the per-channel
+                        # state machine.  Anything unusual falls back to it, so the checks
+                        # and error answers stay in one place.
+                        done = self._publish_fast(buf, pos, end_of_data, channel, payload, events)
+                        if done:
+                            pos = done
+                            continue
                     self._method(channel, payload, events)
                 elif frame_type == FRAME_BODY:
                     assembly = self._assemblies.get(channel)
@@ -327,6 +342,37 @@ class FrameReader:
             raise
         self._leftover = bytes(buf[pos:]) if pos < end_of_data else b""
         return events
+
+    def _publish_fast(self, buf: bytes, pos: int, end: int, channel: int, payload: bytes, events: list[Any]) -> int:
+        """Returns the position after the body frame, or 0 to take the general path."""
+        htype, hchannel, hsize = _FRAME_HEADER.unpack_from(buf, pos)
+        if htype != FRAME_HEADER or hchannel != channel or hsize < 14 or hsize > self.frame_max - 8:
+            return 0
+        hend = pos + 7 + hsize
+        if hend >= end or buf[hend] != FRAME_END:
+            return 0
+        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(buf, pos + 7)
+        if class_id != 60 or body_size > self.max_message_size:
+            return 0
+        properties = buf[pos + 19 : hend]
+        if body_size == 0:
+            events.append(ContentFrame(channel, _decode_publish(payload), properties, b""))
+            return hend + 1
+        bpos = hend + 1
+        if end - bpos < 8:
+            return 0
+        btype, bchannel, bsize = _FRAME_HEADER.unpack_from(buf, bpos)
+        if btype != FRAME_BODY or bchannel != channel or bsize != body_size:
+            return 0
+        bend = bpos + 7 + bsize
+        if bend >= end or buf[bend] != FRAME_END:
+            return 0
+        try:
+            method = _decode_publish(payload)
+        except (DecodeError, IndexError, UnicodeDecodeError):
+            return 0
+        events.append(ContentFrame(channel, method, properties, buf[bpos + 7 : bend]))
+        return bend + 1
 
     def _method(self, channel: int, payload: bytes, events: list[Any]) -> None:
         if channel in self._assemblies:
@@ -470,6 +516,57 @@ def encode_short_string(value: str) -> bytes:
     if len(raw) > 255:
         raise ValueError("short string longer than 255 bytes")
     return bytes((len(raw),)) + raw
+
+
+_PACK_FRAME = _FRAME_HEADER.pack
+_PACK_CONTENT_HEADER = _CONTENT_HEADER.pack
+_PACK_DELIVER_TAIL = _DELIVER_TAIL.pack
+
+
+def deliver_frames(
+    channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool, names: bytes, properties: bytes, body: bytes, frame_max: int
+) -> bytes | list[bytes]:
+    """basic.deliver + content header + body as one bytes object (hot path).
+
+    ``consumer_tag`` and ``names`` (exchange + routing key) are pre-encoded short strings.
+    Bodies larger than one frame, or large enough that joining would copy a lot, go
+    through ``content_frames``.
+    """
+    body_size = len(body)
+    if body_size > 65536 or (frame_max and body_size > frame_max - 8):
+        return content_frames(
+            channel, deliver_payload(consumer_tag, delivery_tag, redelivered, names, b""), properties, body, frame_max
+        )
+    return b"".join(
+        (
+            _PACK_FRAME(FRAME_METHOD, channel, 13 + len(consumer_tag) + len(names)),
+            _DELIVER_PREFIX,
+            consumer_tag,
+            _PACK_DELIVER_TAIL(delivery_tag, 1 if redelivered else 0),
+            names,
+            FRAME_END_BYTE,
+            _PACK_FRAME(FRAME_HEADER, channel, 12 + len(properties)),
+            _PACK_CONTENT_HEADER(60, 0, body_size),
+            properties,
+            FRAME_END_BYTE,
+            _PACK_FRAME(FRAME_BODY, channel, body_size),
+            body,
+            FRAME_END_BYTE,
+        )
+        if body_size
+        else (
+            _PACK_FRAME(FRAME_METHOD, channel, 13 + len(consumer_tag) + len(names)),
+            _DELIVER_PREFIX,
+            consumer_tag,
+            _PACK_DELIVER_TAIL(delivery_tag, 1 if redelivered else 0),
+            names,
+            FRAME_END_BYTE,
+            _PACK_FRAME(FRAME_HEADER, channel, 12 + len(properties)),
+            _PACK_CONTENT_HEADER(60, 0, 0),
+            properties,
+            FRAME_END_BYTE,
+        )
+    )
 
 
 def deliver_payload(consumer_tag: bytes, delivery_tag: int, redelivered: bool, exchange: bytes, routing_key: bytes) -> bytes:

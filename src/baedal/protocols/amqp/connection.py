@@ -86,6 +86,10 @@ SERVER_CAPABILITIES = {
 }
 
 _CLOSE_OK_TIMEOUT = 5.0
+# Work cap per loop callback: frames parsed from one read beyond this are handled in later
+# callbacks (reading paused meanwhile), so a publisher's 256 KiB read cannot hold the loop
+# while consumers' acks wait: the fairness RabbitMQ gets from credit flow.
+EVENTS_PER_CALLBACK = 512
 
 
 class AMQPConnection:
@@ -126,6 +130,8 @@ class AMQPConnection:
         self.blocked = False
         self.is_publisher = False
         self._reading_paused = False
+        self._throttled_by: set[Any] = set()
+        self._pending_events: list[Any] = []
         self.connected_at = 0.0
         self.recv_bytes = 0
         self.send_bytes = 0
@@ -162,10 +168,37 @@ class AMQPConnection:
             except ConnectionFault as exc:
                 self._handle_events(exc.events)  # type: ignore[attr-defined]
                 raise
+            if len(events) > EVENTS_PER_CALLBACK:
+                self._pending_events = events[EVENTS_PER_CALLBACK:]
+                events = events[:EVENTS_PER_CALLBACK]
+                self.broker.call_soon(self._continue_events)
             self._handle_events(events)
         except ConnectionFault as exc:
             self.close_with_error(exc)
         except Exception as exc:  # an internal bug must not take the broker down
+            log.exception("internal error on connection %s", self.name)
+            self.close_with_error(ConnectionFault(541, f"internal error: {type(exc).__name__}"))
+        finally:
+            self._in_read = False
+            self._end_of_batch()
+
+    def _continue_events(self) -> None:
+        """Handle the next slice of frames parsed by an earlier read (work cap)."""
+        events = self._pending_events
+        if not events or self.state == CLOSED:
+            self._pending_events = []
+            return
+        self._in_read = True
+        try:
+            self._pending_events = events[EVENTS_PER_CALLBACK:]
+            if self._pending_events:
+                self.broker.call_soon(self._continue_events)
+            self._handle_events(events[:EVENTS_PER_CALLBACK])
+        except ConnectionFault as exc:
+            self._pending_events = []
+            self.close_with_error(exc)
+        except Exception as exc:
+            self._pending_events = []
             log.exception("internal error on connection %s", self.name)
             self.close_with_error(ConnectionFault(541, f"internal error: {type(exc).__name__}"))
         finally:
@@ -195,9 +228,7 @@ class AMQPConnection:
             self.sync_wanted = False
             self.broker.request_sync()
         self.flush()
-        if self.blocked and self.is_publisher and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._update_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -210,9 +241,46 @@ class AMQPConnection:
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        queues = []
         for channel in list(self.channels.values()):
-            channel.drain_consumers()
+            for consumer in list(channel.consumers.values()):
+                queue = consumer.queue
+                if queue is not None and not queue.deleted and queue not in queues:
+                    queues.append(queue)
+        for queue in queues:
+            queue.drain()
+            queue.release_publishers()
         self.flush()
+
+    # --- flow control ------------------------------------------------------------------
+
+    def maybe_throttle(self, queue: Any) -> None:
+        """Pause reading from this publisher while ``queue``'s consumers are socket-bound."""
+        if queue in self._throttled_by:
+            return
+        if not all(c.owner.write_paused for c in queue.consumers if hasattr(c.owner, "write_paused")):
+            return
+        queue.throttled_publishers.add(self)
+        self._throttled_by.add(queue)
+        self._update_reading()
+
+    def unthrottle(self, queue: Any) -> None:
+        self._throttled_by.discard(queue)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """One place decides whether this socket is read: not while the connection is a
+        blocked publisher (alarm), is throttled for a queue's sake, or still has parsed
+        frames waiting from its last read (work cap per callback)."""
+        if self.transport is None or self.state == CLOSED:
+            return
+        want_pause = bool((self.blocked and self.is_publisher) or self._throttled_by or self._pending_events)
+        if want_pause != self._reading_paused:
+            self._reading_paused = want_pause
+            if want_pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # --- output ------------------------------------------------------------------------
 
@@ -386,16 +454,12 @@ class AMQPConnection:
             self.blocked = True
             if self.client_capability("connection.blocked"):
                 self.write(method_frame(0, spec.ConnectionBlocked(reason=self.broker.alarm_reason)))
-            if self.is_publisher and not self._reading_paused and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            self._update_reading()
         elif not alarms and self.blocked:
             self.blocked = False
             if self.client_capability("connection.blocked"):
                 self.write(method_frame(0, spec.ConnectionUnblocked()))
-            if self._reading_paused and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            self._update_reading()
 
     # --- dispatch ----------------------------------------------------------------------
 
@@ -562,6 +626,9 @@ class AMQPConnection:
         del self.broker.connections[self.id]
         self.broker.counters["connections_closed"] += 1
         self._teardown_channels()
+        for queue in list(self._throttled_by):
+            queue.throttled_publishers.discard(self)
+        self._throttled_by.clear()
         if self.vhost is not None:
             self.vhost.owner_closed(self)
         for handle in (self._heartbeat_handle, self._handshake_handle, self._close_handle):

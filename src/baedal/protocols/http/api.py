@@ -1,0 +1,1030 @@
+"""The management API: RabbitMQ's ``/api`` paths, verbs and field names.
+
+Tools written for RabbitMQ's management plugin (rabbitmqadmin, monitoring agents,
+Terraform providers) read these fields, so names and shapes follow RabbitMQ 3.x.
+Vhost names are URL-encoded in paths (``/`` is ``%2F``); aiohttp decodes them into
+``match_info``.  Every handler runs on the broker's event loop and calls the core
+directly; every core failure becomes a JSON 4xx through ``errors.from_core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import resource
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ...core.broker import hash_password
+from ...core.exchange import EXCHANGE_TYPES
+from ...core.message import QueueEntry
+from ...core.vhost import CoreError
+from .auth import can_see_vhost, check_permission, visible_vhosts
+from .convert import (
+    check_name,
+    check_table,
+    decode_payload,
+    encode_payload,
+    make_message,
+    properties_from_json,
+    properties_to_json,
+)
+from .errors import HTTPError, bad_request, from_core, not_found, require_type
+from .routes import no_content, query_bool, read_object, reply, server_of
+
+if TYPE_CHECKING:
+    from ...core.broker import BrokerCore, User
+    from ...core.exchange import Exchange
+    from ...core.queue import Queue
+    from ...core.vhost import VirtualHost
+    from .server import HTTPServer
+
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+
+
+def node_name() -> str:
+    return f"baedal@{socket.gethostname()}"
+
+
+# --- lookups ---------------------------------------------------------------------------
+
+
+def _core(request: web.Request) -> BrokerCore:
+    return server_of(request).core
+
+
+def _user(request: web.Request) -> User | None:
+    return request.get("user")
+
+
+def _vhost(request: web.Request) -> VirtualHost:
+    name = request.match_info["vhost"]
+    vhost = _core(request).vhosts.get(name)
+    if vhost is None:
+        raise not_found(f"no vhost '{name}'")
+    return vhost
+
+
+def _exchange_name(raw: str) -> str:
+    return "" if raw == "amq.default" else raw
+
+
+def _queue(request: web.Request, vhost: VirtualHost, key: str = "name") -> Queue:
+    name = request.match_info[key]
+    queue = vhost.queues.get(name)
+    if queue is None:
+        raise not_found(f"no queue '{name}' in vhost '{vhost.name}'")
+    return queue
+
+
+def _exchange(request: web.Request, vhost: VirtualHost, key: str = "name") -> Exchange:
+    name = _exchange_name(request.match_info[key])
+    exchange = vhost.exchanges.get(name)
+    if exchange is None:
+        raise not_found(f"no exchange '{name}' in vhost '{vhost.name}'")
+    return exchange
+
+
+def _vhosts_in_scope(request: web.Request) -> list[VirtualHost]:
+    core = _core(request)
+    if "vhost" in request.match_info:
+        return [_vhost(request)]
+    return [core.vhosts[name] for name in visible_vhosts(core, _user(request)) if name in core.vhosts]
+
+
+def _details(value: int, rate: float) -> tuple[int, dict[str, float]]:
+    return value, {"rate": round(rate, 2)}
+
+
+# --- overview and nodes ----------------------------------------------------------------
+
+
+async def overview(request: web.Request) -> web.Response:
+    server = server_of(request)
+    core = server.core
+    sampler = server.sampler
+    totals = sampler.totals()
+    rates = sampler.total_rates
+    message_stats: dict[str, Any] = {}
+    for key in ("publish", "deliver_get", "ack", "confirm", "redeliver", "return_unroutable", "drop_unroutable"):
+        message_stats[key] = totals[key]
+        message_stats[f"{key}_details"] = {"rate": round(rates.get(key, 0.0), 2)}
+    ready, unacked = sampler.depths()
+    depth_rates = sampler.queue_totals_rates
+    channels = sum(len(getattr(c, "channels", {})) for c in core.connections.values())
+    visible = [core.vhosts[n] for n in visible_vhosts(core, _user(request)) if n in core.vhosts]
+    listeners = [{"node": node_name(), "protocol": "amqp", "ip_address": server.broker.settings.host, "port": server.broker.port}]
+    if server.port is not None:
+        listeners.append({"node": node_name(), "protocol": "http", "ip_address": server.host, "port": server.port})
+    return reply(
+        {
+            "management_version": core.version,
+            "rabbitmq_version": core.version,
+            "product_name": "Baedal",
+            "product_version": _baedal_version(),
+            "erlang_version": "none",
+            "cluster_name": node_name(),
+            "node": node_name(),
+            "statistics_db_event_queue": 0,
+            "rates_mode": "basic",
+            "sample_interval": server.sampler.interval,
+            "message_stats": message_stats,
+            "queue_totals": {
+                "messages": ready + unacked,
+                "messages_details": {"rate": round(depth_rates["messages"], 2)},
+                "messages_ready": ready,
+                "messages_ready_details": {"rate": round(depth_rates["messages_ready"], 2)},
+                "messages_unacknowledged": unacked,
+                "messages_unacknowledged_details": {"rate": round(depth_rates["messages_unacknowledged"], 2)},
+            },
+            "object_totals": {
+                "connections": len(core.connections),
+                "channels": channels,
+                "exchanges": sum(len(v.exchanges) for v in visible),
+                "queues": sum(len(v.queues) for v in visible),
+                "consumers": sum(len(q.consumers) for v in visible for q in v.queues.values()),
+            },
+            "alarms": sorted(core.alarms),
+            "listeners": listeners,
+            "contexts": [{"node": node_name(), "description": "Baedal Management", "path": "/", "port": str(server.port)}],
+        }
+    )
+
+
+def _baedal_version() -> str:
+    from ... import __version__
+
+    return __version__
+
+
+def node_info(server: HTTPServer) -> dict[str, Any]:
+    core = server.core
+    resources = server.resources()
+    try:
+        fd_used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fd_used = -1
+    soft_fds, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "name": node_name(),
+        "type": "disc",
+        "running": True,
+        "os_pid": str(os.getpid()),
+        "mem_used": resources["mem_used"],
+        "mem_limit": resources["mem_limit"],
+        "mem_alarm": "memory" in core.alarms,
+        "disk_free": resources["disk_free"],
+        "disk_free_limit": core.config.disk_free_limit,
+        "disk_free_alarm": "disk" in core.alarms,
+        "fd_used": fd_used,
+        "fd_total": soft_fds,
+        "sockets_used": len(core.connections),
+        "proc_used": len(asyncio.all_tasks()),
+        "processors": os.cpu_count() or 1,
+        "uptime": int((time.time() - core.started_at) * 1000),
+        "run_queue": 0,
+        "partitions": [],
+        "applications": [{"name": "baedal", "description": "Baedal message broker", "version": _baedal_version()}],
+    }
+
+
+async def nodes(request: web.Request) -> web.Response:
+    return reply([node_info(server_of(request))])
+
+
+async def node(request: web.Request) -> web.Response:
+    if request.match_info["node"] != node_name():
+        raise not_found(f"no node '{request.match_info['node']}'")
+    return reply(node_info(server_of(request)))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    user = _user(request)
+    assert user is not None
+    return reply({"name": user.name, "tags": list(user.tags)})
+
+
+async def health_alarms(request: web.Request) -> web.Response:
+    alarms = sorted(_core(request).alarms)
+    if alarms:
+        return reply({"status": "failed", "reason": f"resource alarm(s) in effect: {', '.join(alarms)}", "alarms": alarms}, 503)
+    return reply({"status": "ok"})
+
+
+# --- vhosts ----------------------------------------------------------------------------
+
+
+def vhost_info(vhost: VirtualHost) -> dict[str, Any]:
+    ready = sum(q.message_count for q in vhost.queues.values())
+    unacked = sum(q.unacked_count for q in vhost.queues.values())
+    return {
+        "name": vhost.name,
+        "description": "",
+        "tags": [],
+        "metadata": {"description": "", "tags": []},
+        "default_queue_type": "classic",
+        "tracing": False,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "cluster_state": {node_name(): "running"},
+    }
+
+
+async def list_vhosts(request: web.Request) -> web.Response:
+    core = _core(request)
+    return reply([vhost_info(core.vhosts[n]) for n in visible_vhosts(core, _user(request)) if n in core.vhosts])
+
+
+async def get_vhost(request: web.Request) -> web.Response:
+    return reply(vhost_info(_vhost(request)))
+
+
+async def put_vhost(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["vhost"], "vhost")
+    await read_object(request, required=False)  # description/tags are accepted and ignored
+    core = _core(request)
+    existed = name in core.vhosts
+    core.add_vhost(name)
+    return no_content() if existed else web.Response(status=201)
+
+
+async def delete_vhost(request: web.Request) -> web.Response:
+    name = request.match_info["vhost"]
+    try:
+        _core(request).delete_vhost(name)
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return no_content()
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+def user_info(user: User) -> dict[str, Any]:
+    return {"name": user.name, "password_hash": user.password_hash, "hashing_algorithm": HASHING_ALGORITHM, "tags": list(user.tags), "limits": {}}
+
+
+def _parse_tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return [t.strip() for t in value if t.strip()]
+    raise bad_request("tags must be a comma-separated string or an array of strings")
+
+
+async def list_users(request: web.Request) -> web.Response:
+    return reply([user_info(u) for u in _core(request).users.values()])
+
+
+async def get_user(request: web.Request) -> web.Response:
+    user = _core(request).users.get(request.match_info["user"])
+    if user is None:
+        raise not_found(f"no user '{request.match_info['user']}'")
+    return reply(user_info(user))
+
+
+def _apply_user(core: BrokerCore, name: str, body: dict[str, Any]) -> bool:
+    check_name(name, "user")
+    tags = _parse_tags(body.get("tags"))
+    password = body.get("password")
+    password_hash = body.get("password_hash")
+    if password is not None:
+        require_type(password, str, "password")
+        password_hash = hash_password(password)
+    elif password_hash is not None:
+        require_type(password_hash, str, "password_hash")
+        algorithm = body.get("hashing_algorithm", HASHING_ALGORITHM)
+        if algorithm != HASHING_ALGORITHM:
+            raise bad_request(f"unsupported hashing_algorithm '{algorithm}' (only {HASHING_ALGORITHM})")
+        if password_hash and not _valid_hash(password_hash):
+            raise bad_request("password_hash must be base64 of a 4-byte salt and a SHA-256 digest")
+    existing = core.users.get(name)
+    if password_hash is None:
+        password_hash = existing.password_hash if existing is not None else ""
+    core.add_user(name, None, tags, password_hash=password_hash)
+    return existing is None
+
+
+def _valid_hash(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(value, validate=True)) == 36
+    except (binascii.Error, ValueError):
+        return False
+
+
+async def put_user(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    created = _apply_user(_core(request), request.match_info["user"], body)
+    return web.Response(status=201) if created else no_content()
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    try:
+        _core(request).delete_user(request.match_info["user"])
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return no_content()
+
+
+# --- permissions -----------------------------------------------------------------------
+
+
+def permission_info(user: str, vhost: str, permission: Any) -> dict[str, Any]:
+    return {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write, "read": permission.read}
+
+
+async def list_permissions(request: web.Request) -> web.Response:
+    core = _core(request)
+    user = request.match_info.get("user")
+    vhost = request.match_info.get("vhost")
+    if user is not None and user not in core.users:
+        raise not_found(f"no user '{user}'")
+    if vhost is not None and vhost not in core.vhosts:
+        raise not_found(f"no vhost '{vhost}'")
+    return reply(
+        [
+            permission_info(u, v, p)
+            for (u, v), p in core.permissions.items()
+            if (user is None or u == user) and (vhost is None or v == vhost)
+        ]
+    )
+
+
+async def get_permission(request: web.Request) -> web.Response:
+    core = _core(request)
+    key = (request.match_info["user"], request.match_info["vhost"])
+    permission = core.permissions.get(key)
+    if permission is None:
+        raise not_found(f"no permission for user '{key[0]}' in vhost '{key[1]}'")
+    return reply(permission_info(key[0], key[1], permission))
+
+
+def _apply_permission(core: BrokerCore, user: str, vhost: str, body: dict[str, Any]) -> None:
+    if user not in core.users:
+        raise not_found(f"no user '{user}'")
+    if vhost not in core.vhosts:
+        raise not_found(f"no vhost '{vhost}'")
+    patterns = []
+    for kind in ("configure", "write", "read"):
+        pattern = body.get(kind, "")
+        require_type(pattern, str, kind)
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise bad_request(f"invalid regular expression for '{kind}': {exc}") from None
+        patterns.append(pattern)
+    core.set_permission(user, vhost, *patterns)
+
+
+async def put_permission(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    core = _core(request)
+    key = (request.match_info["user"], request.match_info["vhost"])
+    existed = key in core.permissions
+    _apply_permission(core, key[0], key[1], body)
+    return no_content() if existed else web.Response(status=201)
+
+
+async def delete_permission(request: web.Request) -> web.Response:
+    core = _core(request)
+    key = (request.match_info["user"], request.match_info["vhost"])
+    if key not in core.permissions:
+        raise not_found(f"no permission for user '{key[0]}' in vhost '{key[1]}'")
+    core.clear_permission(*key)
+    return no_content()
+
+
+# --- exchanges -------------------------------------------------------------------------
+
+
+def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
+    return {
+        "name": exchange.name,
+        "vhost": vhost.name,
+        "type": exchange.type,
+        "durable": exchange.durable,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": exchange.arguments,
+        "user_who_performed_action": "",
+        "policy": None,
+        "message_stats": {"publish_in": exchange.publish_count, "publish_in_details": {"rate": 0.0}},
+    }
+
+
+async def list_exchanges(request: web.Request) -> web.Response:
+    server = server_of(request)
+    return reply([exchange_info(server, v, e) for v in _vhosts_in_scope(request) for e in v.exchanges.values()])
+
+
+async def get_exchange(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    return reply(exchange_info(server_of(request), vhost, _exchange(request, vhost)))
+
+
+def _bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    return require_type(value, bool, key)
+
+
+def declare_exchange(core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]) -> bool:
+    check_name(name, "exchange")
+    if name.startswith("amq."):
+        raise HTTPError(403, f"exchange name '{name}' contains reserved prefix 'amq.*'", "access_refused")
+    type_ = body.get("type", "direct")
+    require_type(type_, str, "type")
+    if type_ not in EXCHANGE_TYPES:
+        raise bad_request(f"unknown exchange type '{type_}'")
+    durable = _bool_field(body, "durable", True)
+    auto_delete = _bool_field(body, "auto_delete", False)
+    internal = _bool_field(body, "internal", False)
+    arguments = check_table(body.get("arguments"), "arguments")
+    check_permission(core, user, vhost.name, "configure", name)
+    try:
+        _exchange, created = vhost.declare_exchange(name, type_, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return created
+
+
+async def put_exchange(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    body = await read_object(request, required=False)
+    name = _exchange_name(request.match_info["name"])
+    if not name:
+        raise HTTPError(403, "operation not permitted on the default exchange", "access_refused")
+    created = declare_exchange(_core(request), _user(request), vhost, name, body)
+    return web.Response(status=201) if created else no_content()
+
+
+async def delete_exchange(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    exchange = _exchange(request, vhost)
+    if not exchange.name or exchange.name.startswith("amq."):
+        raise HTTPError(403, f"operation not permitted on exchange '{exchange.name or 'amq.default'}'", "access_refused")
+    check_permission(_core(request), _user(request), vhost.name, "configure", exchange.name)
+    try:
+        vhost.delete_exchange(exchange.name, if_unused=query_bool(request, "if-unused"))
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return no_content()
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /api/exchanges/{vhost}/{name}/publish: RabbitMQ's test-publish, {routed}."""
+    server = server_of(request)
+    vhost = _vhost(request)
+    exchange = _exchange(request, vhost)
+    body = await read_object(request)
+    routing_key = body.get("routing_key", "")
+    require_type(routing_key, str, "routing_key")
+    check_name(routing_key, "routing key", allow_empty=True)
+    props = properties_from_json(body.get("properties", {}))
+    payload = decode_payload(body.get("payload", ""), body.get("payload_encoding", "string"))
+    if len(payload) > server.core.config.max_message_size:
+        raise HTTPError(413, f"message size {len(payload)} is larger than max size {server.core.config.max_message_size}")
+    check_permission(server.core, _user(request), vhost.name, "write", exchange.name)
+    if exchange.internal:
+        raise HTTPError(403, f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'", "access_refused")
+    message = make_message(exchange.name, routing_key, props, payload)
+    routed = server.route_message(vhost, exchange, message)
+    await server.wait_for_sync(message, routed)
+    return reply({"routed": bool(routed)})
+
+
+# --- queues ----------------------------------------------------------------------------
+
+
+def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str, Any]:
+    ready = queue.message_count
+    unacked = queue.unacked_count
+    rates = server.sampler.queue_rates(queue)
+    stats: dict[str, Any] = {}
+    for key, value, rate in zip(
+        ("publish", "deliver_get", "ack", "redeliver"),
+        (queue.publish_count, queue.deliver_count, queue.ack_count, queue.redeliver_count),
+        rates,
+        strict=True,
+    ):
+        stats[key] = value
+        stats[f"{key}_details"] = {"rate": round(rate, 2)}
+    return {
+        "name": queue.name,
+        "vhost": vhost.name,
+        "type": queue.settings.queue_type,
+        "durable": queue.durable,
+        "auto_delete": queue.auto_delete,
+        "exclusive": queue.exclusive,
+        "owner_pid_details": _owner(queue),
+        "arguments": queue.arguments,
+        "node": node_name(),
+        "state": "running",
+        "policy": None,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "message_bytes_ready": queue.store.ready_bytes,
+        "consumers": len(queue.consumers),
+        "consumer_capacity": 1.0 if queue.consumers else 0.0,
+        "consumer_utilisation": 1.0 if queue.consumers else 0.0,
+        "single_active_consumer_tag": getattr(queue.consumers[0], "tag", None) if queue.consumers and queue.settings.single_active_consumer else None,
+        "message_stats": stats,
+    }
+
+
+def _owner(queue: Queue) -> dict[str, Any] | None:
+    owner = queue.exclusive_owner
+    if owner is None:
+        return None
+    peer = getattr(owner, "peer", None) or ("", 0)
+    return {"name": getattr(owner, "name", ""), "peer_host": peer[0], "peer_port": peer[1]}
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    server = server_of(request)
+    return reply([queue_info(server, v, q) for v in _vhosts_in_scope(request) for q in v.queues.values()])
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    return reply(queue_info(server_of(request), vhost, _queue(request, vhost)))
+
+
+def declare_queue(core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]) -> bool:
+    check_name(name, "queue")
+    if name.startswith("amq."):
+        raise HTTPError(403, f"queue name '{name}' contains reserved prefix 'amq.*'", "access_refused")
+    durable = _bool_field(body, "durable", True)
+    auto_delete = _bool_field(body, "auto_delete", False)
+    if body.get("exclusive", False) is not False:
+        raise bad_request("exclusive queues belong to a connection and cannot be declared over HTTP")
+    arguments = check_table(body.get("arguments"), "arguments")
+    check_permission(core, user, vhost.name, "configure", name)
+    existing = vhost.queues.get(name)
+    try:
+        vhost.declare_queue(name, durable=durable, auto_delete=auto_delete, arguments=arguments)
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return existing is None
+
+
+async def put_queue(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    body = await read_object(request, required=False)
+    created = declare_queue(_core(request), _user(request), vhost, request.match_info["name"], body)
+    return web.Response(status=201) if created else no_content()
+
+
+async def delete_queue(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    queue = _queue(request, vhost)
+    check_permission(_core(request), _user(request), vhost.name, "configure", queue.name)
+    try:
+        vhost.delete_queue(queue, if_unused=query_bool(request, "if-unused"), if_empty=query_bool(request, "if-empty"))
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return no_content()
+
+
+async def purge_queue(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    queue = _queue(request, vhost)
+    check_permission(_core(request), _user(request), vhost.name, "read", queue.name)
+    queue.purge()
+    return no_content()
+
+
+_ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    """POST /api/queues/{vhost}/{name}/get: RabbitMQ's "Get messages" (basic.get)."""
+    vhost = _vhost(request)
+    queue = _queue(request, vhost)
+    body = await read_object(request)
+    count = body.get("count", 1)
+    require_type(count, int, "count")
+    if not 1 <= count <= 1000:
+        raise bad_request("count must be between 1 and 1000")
+    ackmode = body.get("ackmode", body.get("requeue") is False and "ack_requeue_false" or "ack_requeue_true")
+    if ackmode not in _ACK_MODES:
+        raise bad_request(f"ackmode must be one of {', '.join(_ACK_MODES)}")
+    encoding = body.get("encoding", "auto")
+    if encoding not in ("auto", "base64"):
+        raise bad_request("encoding must be 'auto' or 'base64'")
+    truncate = body.get("truncate")
+    if truncate is not None:
+        require_type(truncate, int, "truncate")
+        if truncate < 0:
+            raise bad_request("truncate must not be negative")
+    check_permission(_core(request), _user(request), vhost.name, "read", queue.name)
+    if queue.exclusive:
+        raise HTTPError(409, f"queue '{queue.name}' in vhost '{vhost.name}' is exclusive to a connection", "resource_locked")
+    taken: list[QueueEntry] = []
+    result = []
+    for _ in range(count):
+        entry = queue.get(no_ack=False)
+        if entry is None:
+            break
+        message = entry.message
+        assert message is not None
+        redelivered = entry.delivery_count > 0
+        entry.delivery_count += 1
+        taken.append(entry)
+        item = encode_payload(message.body, encoding, truncate)
+        item.update(
+            {
+                "redelivered": redelivered,
+                "exchange": message.exchange,
+                "routing_key": message.routing_key,
+                "message_count": queue.message_count,
+                "properties": properties_to_json(message.decoded_properties()),
+            }
+        )
+        result.append(item)
+    if ackmode in ("ack_requeue_true", "reject_requeue_true"):
+        queue.requeue(taken)
+    elif ackmode == "ack_requeue_false":
+        for entry in taken:
+            queue.ack(entry)
+    else:
+        for entry in taken:
+            queue.reject(entry, False)
+    return reply(result)
+
+
+# --- bindings --------------------------------------------------------------------------
+
+
+def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
+    """RabbitMQ's binding ``properties_key``: the routing key, or ``~`` when empty, plus a
+    hash of the arguments when there are any."""
+    if not arguments:
+        return routing_key or "~"
+    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:22]
+    return f"{routing_key}~{digest}"
+
+
+def binding_info(vhost: VirtualHost, binding: Any) -> dict[str, Any]:
+    destination = binding.destination
+    return {
+        "source": binding.source,
+        "vhost": vhost.name,
+        "destination": destination.name,
+        "destination_type": "queue" if destination.is_queue else "exchange",
+        "routing_key": binding.routing_key,
+        "arguments": binding.arguments,
+        "properties_key": properties_key(binding.routing_key, binding.arguments),
+    }
+
+
+async def list_bindings(request: web.Request) -> web.Response:
+    return reply([binding_info(v, b) for v in _vhosts_in_scope(request) for b in v.bindings()])
+
+
+def _binding_ends(request: web.Request) -> tuple[VirtualHost, Exchange, Any]:
+    vhost = _vhost(request)
+    source = _exchange(request, vhost, "source")
+    if request.match_info["kind"] == "q":
+        destination: Any = _queue(request, vhost, "destination")
+    else:
+        destination = _exchange(request, vhost, "destination")
+    return vhost, source, destination
+
+
+async def list_bindings_between(request: web.Request) -> web.Response:
+    vhost, source, destination = _binding_ends(request)
+    return reply([binding_info(vhost, b) for b in source.bindings.values() if b.destination is destination])
+
+
+async def list_queue_bindings(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    queue = _queue(request, vhost)
+    return reply([binding_info(vhost, b) for b in vhost.bindings() if b.destination is queue])
+
+
+async def list_exchange_bindings(request: web.Request) -> web.Response:
+    vhost = _vhost(request)
+    exchange = _exchange(request, vhost)
+    if request.match_info["direction"] == "source":
+        found = list(exchange.bindings.values())
+    else:
+        found = [b for b in vhost.bindings() if b.destination is exchange]
+    return reply([binding_info(vhost, b) for b in found])
+
+
+def bind(core: BrokerCore, user: User | None, vhost: VirtualHost, source: Exchange, destination: Any, body: dict[str, Any]) -> str:
+    routing_key = body.get("routing_key", "")
+    require_type(routing_key, str, "routing_key")
+    check_name(routing_key, "routing key", allow_empty=True)
+    arguments = check_table(body.get("arguments"), "arguments")
+    check_permission(core, user, vhost.name, "write", destination.name)
+    check_permission(core, user, vhost.name, "read", source.name)
+    try:
+        vhost.bind(source.name, destination, routing_key, arguments)
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return properties_key(routing_key, arguments)
+
+
+async def post_binding(request: web.Request) -> web.Response:
+    vhost, source, destination = _binding_ends(request)
+    body = await read_object(request, required=False)
+    key = bind(_core(request), _user(request), vhost, source, destination, body)
+    location = f"{request.path_qs.rstrip('/')}/{quote(key, safe='')}"
+    return web.Response(status=201, headers={"Location": location})
+
+
+def _find_binding(request: web.Request) -> tuple[VirtualHost, Exchange, Any, Any]:
+    vhost, source, destination = _binding_ends(request)
+    props = request.match_info["props"]
+    for binding in source.bindings.values():
+        if binding.destination is destination and properties_key(binding.routing_key, binding.arguments) == props:
+            return vhost, source, destination, binding
+    raise not_found(f"no binding '{props}' from '{source.name}' to '{destination.name}'")
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    vhost, _source, _destination, binding = _find_binding(request)
+    return reply(binding_info(vhost, binding))
+
+
+async def delete_binding(request: web.Request) -> web.Response:
+    vhost, source, destination, binding = _find_binding(request)
+    core = _core(request)
+    check_permission(core, _user(request), vhost.name, "write", destination.name)
+    check_permission(core, _user(request), vhost.name, "read", source.name)
+    try:
+        vhost.unbind(source.name, destination, binding.routing_key, binding.arguments)
+    except CoreError as exc:
+        raise from_core(exc) from None
+    return no_content()
+
+
+# --- connections, channels, consumers --------------------------------------------------
+
+
+def connection_info(connection: Any) -> dict[str, Any]:
+    peer = connection.peer or ("", 0)
+    sock = connection.transport.get_extra_info("sockname") if connection.transport is not None else None
+    vhost = connection.vhost.name if connection.vhost is not None else None
+    return {
+        "name": connection.name,
+        "node": node_name(),
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "peer_host": peer[0],
+        "peer_port": peer[1],
+        "host": sock[0] if sock else "",
+        "port": sock[1] if sock else 0,
+        "user": connection.username,
+        "vhost": vhost,
+        "channels": len(connection.channels),
+        "channel_max": connection.channel_max,
+        "frame_max": connection.frame_max,
+        "timeout": connection.heartbeat,
+        "state": "blocked" if connection.blocked else ("running" if connection.state == "open" else connection.state),
+        "client_properties": connection.client_properties,
+        "recv_oct": connection.recv_bytes,
+        "send_oct": connection.send_bytes,
+        "connected_at": int((time.time() - (connection.broker.now() - connection.connected_at)) * 1000),
+        "ssl": connection.transport is not None and connection.transport.get_extra_info("sslcontext") is not None,
+        "auth_mechanism": "PLAIN",
+    }
+
+
+def _visible_connections(request: web.Request) -> list[Any]:
+    core = _core(request)
+    user = _user(request)
+    found = []
+    for connection in list(core.connections.values()):
+        if getattr(connection, "vhost", None) is None and user is not None and "administrator" not in user.tags:
+            continue
+        vhost_name = connection.vhost.name if connection.vhost is not None else None
+        if "vhost" in request.match_info and vhost_name != request.match_info["vhost"]:
+            continue
+        if user is not None and vhost_name is not None and not can_see_vhost(core, user, vhost_name):
+            continue
+        if user is not None and not set(user.tags) & {"administrator", "monitoring"} and connection.username != user.name:
+            continue
+        found.append(connection)
+    return found
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    if "vhost" in request.match_info:
+        _vhost(request)
+    return reply([connection_info(c) for c in _visible_connections(request)])
+
+
+def _connection(request: web.Request) -> Any:
+    name = request.match_info["connection"]
+    for connection in _visible_connections(request):
+        if connection.name == name:
+            return connection
+    raise not_found(f"no connection '{name}'")
+
+
+async def get_connection(request: web.Request) -> web.Response:
+    return reply(connection_info(_connection(request)))
+
+
+async def delete_connection(request: web.Request) -> web.Response:
+    connection = _connection(request)
+    reason = request.headers.get("X-Reason", "Closed via management plugin")
+    connection.force_close(reason[:200])
+    return no_content()
+
+
+def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
+    peer = connection.peer or ("", 0)
+    return {
+        "name": f"{connection.name} ({channel.number})",
+        "number": channel.number,
+        "node": node_name(),
+        "connection_details": {"name": connection.name, "peer_host": peer[0], "peer_port": peer[1]},
+        "vhost": connection.vhost.name if connection.vhost is not None else None,
+        "user": connection.username,
+        "consumer_count": len(channel.consumers),
+        "messages_unacknowledged": channel.unacked_count,
+        "prefetch_count": channel.prefetch_count,
+        "global_prefetch_count": channel.global_prefetch,
+        "confirm": channel.confirm_mode,
+        "transactional": channel.tx_mode,
+        "state": "closing" if channel.closing else ("flow" if not channel.flow_active else "running"),
+        "message_stats": {"publish": channel.publish_count, "publish_details": {"rate": 0.0}},
+    }
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    if "vhost" in request.match_info:
+        _vhost(request)
+    return reply([channel_info(c, ch) for c in _visible_connections(request) for ch in list(c.channels.values())])
+
+
+async def list_connection_channels(request: web.Request) -> web.Response:
+    connection = _connection(request)
+    return reply([channel_info(connection, ch) for ch in list(connection.channels.values())])
+
+
+def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, Any]:
+    channel = getattr(consumer, "channel", None)
+    info: dict[str, Any] = {
+        "consumer_tag": consumer.tag,
+        "queue": {"name": queue.name, "vhost": vhost.name},
+        "ack_required": not consumer.no_ack,
+        "exclusive": consumer.exclusive,
+        "prefetch_count": getattr(consumer, "prefetch", 0),
+        "priority": consumer.priority,
+        "active": True,
+        "activity_status": "up",
+        "arguments": getattr(consumer, "arguments", {}) or {},
+    }
+    connection = getattr(channel, "connection", None)
+    if channel is not None and hasattr(channel, "number") and connection is not None:
+        peer = connection.peer or ("", 0)
+        info["channel_details"] = {
+            "name": f"{connection.name} ({channel.number})",
+            "number": channel.number,
+            "connection_name": connection.name,
+            "peer_host": peer[0],
+            "peer_port": peer[1],
+            "user": connection.username,
+        }
+    else:
+        info["channel_details"] = {"name": getattr(consumer, "description", "http"), "connection_name": "http"}
+    return info
+
+
+async def list_consumers(request: web.Request) -> web.Response:
+    return reply(
+        [consumer_info(v, q, c) for v in _vhosts_in_scope(request) for q in list(v.queues.values()) for c in list(q.consumers)]
+    )
+
+
+# --- definitions -----------------------------------------------------------------------
+
+
+def export_definitions(core: BrokerCore) -> dict[str, Any]:
+    queues, exchanges, bindings = [], [], []
+    for vhost in core.vhosts.values():
+        for queue in vhost.queues.values():
+            if queue.durable and not queue.exclusive:
+                queues.append({"name": queue.name, "vhost": vhost.name, "durable": True, "auto_delete": queue.auto_delete, "arguments": queue.arguments})
+        for exchange in vhost.exchanges.values():
+            if exchange.durable and exchange.name and not exchange.name.startswith("amq."):
+                exchanges.append(
+                    {
+                        "name": exchange.name,
+                        "vhost": vhost.name,
+                        "type": exchange.type,
+                        "durable": True,
+                        "auto_delete": exchange.auto_delete,
+                        "internal": exchange.internal,
+                        "arguments": exchange.arguments,
+                    }
+                )
+        for binding in vhost.bindings():
+            source = vhost.exchanges.get(binding.source)
+            if binding.source and source is not None and source.durable and binding.destination.durable:
+                info = binding_info(vhost, binding)
+                info.pop("properties_key")
+                bindings.append(info)
+    return {
+        "rabbit_version": core.version,
+        "rabbitmq_version": core.version,
+        "product_name": "Baedal",
+        "product_version": _baedal_version(),
+        "users": [{k: v for k, v in user_info(u).items() if k != "limits"} for u in core.users.values()],
+        "vhosts": [{"name": name, "limits": [], "metadata": {"description": "", "tags": []}} for name in core.vhosts],
+        "permissions": [permission_info(u, v, p) for (u, v), p in core.permissions.items()],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }
+
+
+async def get_definitions(request: web.Request) -> web.Response:
+    return reply(export_definitions(_core(request)))
+
+
+def _list_of_objects(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = body.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise bad_request(f"'{key}' must be an array of objects")
+    return items
+
+
+def _field(item: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    if key not in item:
+        raise bad_request(f"{what} is missing '{key}'")
+    return require_type(item[key], kind, f"{what}.{key}")
+
+
+def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
+    """Apply a RabbitMQ definitions document; validated entirely before anything changes
+    where the shape allows it, then applied in dependency order."""
+    sections = {key: _list_of_objects(body, key) for key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")}
+    for item in sections["vhosts"]:
+        check_name(_field(item, "name", str, "vhost"), "vhost")
+    for item in sections["users"]:
+        check_name(_field(item, "name", str, "user"), "user")
+    for item in sections["queues"] + sections["exchanges"]:
+        check_name(_field(item, "name", str, "queue/exchange"), "queue/exchange", allow_empty=False)
+        _field(item, "vhost", str, "queue/exchange")
+    for item in sections["bindings"]:
+        for key in ("source", "vhost", "destination", "destination_type"):
+            _field(item, key, str, "binding")
+        if item["destination_type"] not in ("queue", "exchange"):
+            raise bad_request("binding.destination_type must be 'queue' or 'exchange'")
+    for item in sections["permissions"]:
+        for key in ("user", "vhost"):
+            _field(item, key, str, "permission")
+    known_vhosts = set(core.vhosts) | {i["name"] for i in sections["vhosts"]}
+    for item in sections["queues"] + sections["exchanges"] + sections["bindings"] + sections["permissions"]:
+        if item["vhost"] not in known_vhosts:
+            raise bad_request(f"vhost '{item['vhost']}' is neither defined nor in the document")
+
+    for item in sections["vhosts"]:
+        core.add_vhost(item["name"])
+    for item in sections["users"]:
+        _apply_user(core, item["name"], item)
+    for item in sections["permissions"]:
+        _apply_permission(core, item["user"], item["vhost"], item)
+    for item in sections["exchanges"]:
+        declare_exchange(core, None, core.vhosts[item["vhost"]], item["name"], {k: v for k, v in item.items() if k in ("type", "durable", "auto_delete", "internal", "arguments")})
+    for item in sections["queues"]:
+        declare_queue(core, None, core.vhosts[item["vhost"]], item["name"], {k: v for k, v in item.items() if k in ("durable", "auto_delete", "arguments")})
+    for item in sections["bindings"]:
+        vhost = core.vhosts[item["vhost"]]
+        source = vhost.exchanges.get(item["source"])
+        if source is None:
+            raise bad_request(f"binding source exchange '{item['source']}' does not exist in vhost '{vhost.name}'")
+        pool: dict[str, Any] = vhost.queues if item["destination_type"] == "queue" else vhost.exchanges  # type: ignore[assignment]
+        destination = pool.get(item["destination"])
+        if destination is None:
+            raise bad_request(f"binding destination '{item['destination']}' does not exist in vhost '{vhost.name}'")
+        bind(core, None, vhost, source, destination, item)
+
+
+async def post_definitions(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    import_definitions(_core(request), body)
+    return no_content()
