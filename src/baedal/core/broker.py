@@ -195,10 +195,12 @@ class BrokerCore:
 
         settings = QueueSettings(arguments)  # validates before touching the disk
         storage = self.storage
-        if durable and storage is not None:
+        if storage is None:
+            maker = lambda level: MemoryStore()  # noqa: E731
+        elif durable:
             maker = lambda level: storage.queue_store(vhost, queue, level)  # noqa: E731
         else:
-            maker = lambda level: MemoryStore()  # noqa: E731
+            maker = lambda level: storage.transient_store(vhost, queue, level)  # noqa: E731
         if settings.max_priority:
             return PriorityStore([maker(i) for i in range(settings.max_priority + 1)], settings.max_priority)
         return maker(None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .definitions import DefinitionsStore
 from .memory import disk_free_bytes
+from .paged_store import PagedStore
 from .queue_store import SegmentStore
 from .segment import StorageError
 from .syncer import Syncer
@@ -43,6 +44,8 @@ class StorageEngine:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.queues_dir = self.data_dir / "queues"
+        self.transient_dir = self.data_dir / "transient"
+        self._transient_counter = 0
         self.syncer: Syncer | None = None
         self.definitions: DefinitionsStore | None = None
         self.stores: dict[tuple[str, str, int | None], SegmentStore] = {}
@@ -57,6 +60,8 @@ class StorageEngine:
 
     def open(self) -> None:
         self.queues_dir.mkdir(parents=True, exist_ok=True)
+        # Paged-out transient messages do not survive a restart (as in RabbitMQ).
+        shutil.rmtree(self.transient_dir, ignore_errors=True)
         self.syncer = Syncer(on_fatal=self._fatal, loop=self.core.loop)
         self.definitions = DefinitionsStore(self.data_dir / "definitions.sqlite3")
         started = time.monotonic()
@@ -148,6 +153,20 @@ class StorageEngine:
         store = SegmentStore.open(directory, self.syncer, segment_bytes=self.settings.segment_bytes)
         self.stores[(vhost, queue, level)] = store
         return store
+
+    def transient_store(self, vhost: str, queue: str, level: int | None) -> PagedStore:
+        """A non-durable queue's store: memory first, paged out to disk past a budget."""
+        self._transient_counter += 1
+        directory = self.transient_dir / f"{queue_directory_name(vhost, queue)}-{self._transient_counter}"
+        if level is not None:
+            directory = directory / f"priority-{level}"
+        syncer = self.syncer
+        segment_bytes = self.settings.segment_bytes
+
+        def open_paged(path: Path) -> SegmentStore:
+            return SegmentStore.open(path, syncer, segment_bytes=segment_bytes)  # type: ignore[arg-type]
+
+        return PagedStore(directory, open_paged)
 
     def store_deleted(self, vhost: str, queue: str) -> None:
         for key in [k for k in self.stores if k[0] == vhost and k[1] == queue]:
@@ -270,6 +289,7 @@ class StorageEngine:
             self.syncer.close()
         if self.definitions is not None:
             self.definitions.close()
+        shutil.rmtree(self.transient_dir, ignore_errors=True)
 
 
 def _noop() -> None:

@@ -1,0 +1,124 @@
+"""GET /metrics: Prometheus text format, read from the core at scrape time.
+
+A custom collector (no per-message instrumentation): every scrape walks the vhosts and
+queues once and reads the plain counters the core already keeps, so the hot path pays
+nothing for metrics.  Each HTTP server has its own ``CollectorRegistry`` so several
+embedded brokers in one process do not collide.  No authentication by default, as with
+RabbitMQ's ``rabbitmq_prometheus`` plugin; put it behind the network policy you use for
+other exporters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .routes import server_of
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .server import HTTPServer
+
+
+class BrokerCollector(Collector):
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        core = server.core
+        labels = ["vhost", "queue"]
+        ready = GaugeMetricFamily("baedal_queue_messages_ready", "Messages ready for delivery", labels=labels)
+        unacked = GaugeMetricFamily("baedal_queue_messages_unacked", "Messages delivered and not yet acknowledged", labels=labels)
+        consumers = GaugeMetricFamily("baedal_queue_consumers", "Consumers on the queue", labels=labels)
+        ready_bytes = GaugeMetricFamily("baedal_queue_messages_ready_bytes", "Body bytes of ready messages", labels=labels)
+        published = CounterMetricFamily("baedal_queue_messages_published", "Messages enqueued", labels=labels)
+        delivered = CounterMetricFamily("baedal_queue_messages_delivered", "Messages delivered (consume and get)", labels=labels)
+        acked = CounterMetricFamily("baedal_queue_messages_acked", "Messages acknowledged", labels=labels)
+        redelivered = CounterMetricFamily("baedal_queue_messages_redelivered", "Messages delivered again", labels=labels)
+        queue_count = exchange_count = consumer_total = 0
+        for vhost in list(core.vhosts.values()):
+            exchange_count += len(vhost.exchanges)
+            for queue in list(vhost.queues.values()):
+                queue_count += 1
+                consumer_total += len(queue.consumers)
+                values = [vhost.name, queue.name]
+                ready.add_metric(values, queue.message_count)
+                unacked.add_metric(values, queue.unacked_count)
+                consumers.add_metric(values, len(queue.consumers))
+                ready_bytes.add_metric(values, queue.store.ready_bytes)
+                published.add_metric(values, queue.publish_count)
+                delivered.add_metric(values, queue.deliver_count)
+                acked.add_metric(values, queue.ack_count)
+                redelivered.add_metric(values, queue.redeliver_count)
+        yield from (ready, unacked, consumers, ready_bytes, published, delivered, acked, redelivered)
+
+        channels = sum(len(getattr(c, "channels", {})) for c in list(core.connections.values()))
+        yield _gauge("baedal_connections", "Open client connections", len(core.connections))
+        yield _gauge("baedal_channels", "Open channels", channels)
+        yield _gauge("baedal_consumers", "Consumers on all queues", consumer_total)
+        yield _gauge("baedal_queues", "Queues", queue_count)
+        yield _gauge("baedal_exchanges", "Exchanges", exchange_count)
+        yield _gauge("baedal_vhosts", "Virtual hosts", len(core.vhosts))
+        yield _gauge("baedal_rest_leases", "Messages leased to REST and WebSocket clients", len(server.leases.leases))
+
+        totals = server.sampler.totals()
+        counters = core.counters
+        for name, help_text, value in (
+            ("baedal_messages_published", "Messages published to exchanges", totals["publish"]),
+            ("baedal_messages_delivered", "Messages delivered (consume and get)", totals["deliver_get"]),
+            ("baedal_messages_acked", "Messages acknowledged", totals["ack"]),
+            ("baedal_messages_redelivered", "Messages delivered again", totals["redeliver"]),
+            ("baedal_messages_confirmed", "Publisher confirms sent", counters.get("confirmed", 0)),
+            ("baedal_messages_returned", "Mandatory messages returned as unroutable", counters.get("returned", 0)),
+            ("baedal_messages_unroutable", "Messages that matched no queue", counters.get("unroutable", 0)),
+            ("baedal_connections_opened", "Connections opened", counters.get("connections_opened", 0)),
+            ("baedal_connections_closed", "Connections closed", counters.get("connections_closed", 0)),
+            ("baedal_channels_opened", "Channels opened", counters.get("channels_opened", 0)),
+            ("baedal_channels_closed", "Channels closed", counters.get("channels_closed", 0)),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+
+        resources = server.resources()
+        yield _gauge("baedal_process_resident_memory_bytes", "Resident set size of the broker process", resources["mem_used"])
+        yield _gauge("baedal_memory_limit_bytes", "Memory high watermark in bytes", resources["mem_limit"])
+        yield _gauge("baedal_disk_free_bytes", "Free disk space where the data directory lives", resources["disk_free"])
+        yield _gauge("baedal_disk_free_limit_bytes", "Disk free limit that raises the disk alarm", core.config.disk_free_limit)
+        alarm = GaugeMetricFamily("baedal_alarm", "1 while a resource alarm blocks publishers", labels=["resource"])
+        for resource in ("memory", "disk"):
+            alarm.add_metric([resource], 1 if resource in core.alarms else 0)
+        yield alarm
+        yield _gauge("baedal_uptime_seconds", "Seconds since the broker started", _uptime(core))
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _uptime(core: object) -> float:
+    import time
+
+    return time.time() - getattr(core, "started_at", time.time())
+
+
+def registry_for(server: HTTPServer) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(server))
+    return registry
+
+
+async def metrics(request: web.Request) -> web.Response:
+    server = server_of(request)
+    registry = getattr(server, "_metrics_registry", None)
+    if registry is None:
+        registry = server._metrics_registry = registry_for(server)  # type: ignore[attr-defined]
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
