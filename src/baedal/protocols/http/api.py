@@ -96,7 +96,9 @@ def _vhosts_in_scope(request: web.Request) -> list[VirtualHost]:
     core = _core(request)
     if "vhost" in request.match_info:
         return [_vhost(request)]
-    return [core.vhosts[name] for name in visible_vhosts(core, _user(request)) if name in core.vhosts]
+    return [
+        core.vhosts[name] for name in visible_vhosts(core, _user(request)) if name in core.vhosts
+    ]
 
 
 def _details(value: int, rate: float) -> tuple[int, dict[str, float]]:
@@ -113,16 +115,38 @@ async def overview(request: web.Request) -> web.Response:
     totals = sampler.totals()
     rates = sampler.total_rates
     message_stats: dict[str, Any] = {}
-    for key in ("publish", "deliver_get", "ack", "confirm", "redeliver", "return_unroutable", "drop_unroutable"):
+    for key in (
+        "publish",
+        "deliver_get",
+        "ack",
+        "confirm",
+        "redeliver",
+        "return_unroutable",
+        "drop_unroutable",
+    ):
         message_stats[key] = totals[key]
         message_stats[f"{key}_details"] = {"rate": round(rates.get(key, 0.0), 2)}
     ready, unacked = sampler.depths()
     depth_rates = sampler.queue_totals_rates
     channels = sum(len(getattr(c, "channels", {})) for c in core.connections.values())
     visible = [core.vhosts[n] for n in visible_vhosts(core, _user(request)) if n in core.vhosts]
-    listeners = [{"node": node_name(), "protocol": "amqp", "ip_address": server.broker.settings.host, "port": server.broker.port}]
+    listeners = [
+        {
+            "node": node_name(),
+            "protocol": "amqp",
+            "ip_address": server.broker.settings.host,
+            "port": server.broker.port,
+        }
+    ]
     if server.port is not None:
-        listeners.append({"node": node_name(), "protocol": "http", "ip_address": server.host, "port": server.port})
+        listeners.append(
+            {
+                "node": node_name(),
+                "protocol": "http",
+                "ip_address": server.host,
+                "port": server.port,
+            }
+        )
     return reply(
         {
             "management_version": core.version,
@@ -142,7 +166,9 @@ async def overview(request: web.Request) -> web.Response:
                 "messages_ready": ready,
                 "messages_ready_details": {"rate": round(depth_rates["messages_ready"], 2)},
                 "messages_unacknowledged": unacked,
-                "messages_unacknowledged_details": {"rate": round(depth_rates["messages_unacknowledged"], 2)},
+                "messages_unacknowledged_details": {
+                    "rate": round(depth_rates["messages_unacknowledged"], 2)
+                },
             },
             "object_totals": {
                 "connections": len(core.connections),
@@ -153,7 +179,14 @@ async def overview(request: web.Request) -> web.Response:
             },
             "alarms": sorted(core.alarms),
             "listeners": listeners,
-            "contexts": [{"node": node_name(), "description": "Baedal Management", "path": "/", "port": str(server.port)}],
+            "contexts": [
+                {
+                    "node": node_name(),
+                    "description": "Baedal Management",
+                    "path": "/",
+                    "port": str(server.port),
+                }
+            ],
         }
     )
 
@@ -191,7 +224,9 @@ def node_info(server: HTTPServer) -> dict[str, Any]:
         "uptime": int((time.time() - core.started_at) * 1000),
         "run_queue": 0,
         "partitions": [],
-        "applications": [{"name": "baedal", "description": "Baedal message broker", "version": _baedal_version()}],
+        "applications": [
+            {"name": "baedal", "description": "Baedal message broker", "version": _baedal_version()}
+        ],
     }
 
 
@@ -214,7 +249,14 @@ async def whoami(request: web.Request) -> web.Response:
 async def health_alarms(request: web.Request) -> web.Response:
     alarms = sorted(_core(request).alarms)
     if alarms:
-        return reply({"status": "failed", "reason": f"resource alarm(s) in effect: {', '.join(alarms)}", "alarms": alarms}, 503)
+        return reply(
+            {
+                "status": "failed",
+                "reason": f"resource alarm(s) in effect: {', '.join(alarms)}",
+                "alarms": alarms,
+            },
+            503,
+        )
     return reply({"status": "ok"})
 
 
@@ -240,7 +282,13 @@ def vhost_info(vhost: VirtualHost) -> dict[str, Any]:
 
 async def list_vhosts(request: web.Request) -> web.Response:
     core = _core(request)
-    return reply([vhost_info(core.vhosts[n]) for n in visible_vhosts(core, _user(request)) if n in core.vhosts])
+    return reply(
+        [
+            vhost_info(core.vhosts[n])
+            for n in visible_vhosts(core, _user(request))
+            if n in core.vhosts
+        ]
+    )
 
 
 async def get_vhost(request: web.Request) -> web.Response:
@@ -269,7 +317,13 @@ async def delete_vhost(request: web.Request) -> web.Response:
 
 
 def user_info(user: User) -> dict[str, Any]:
-    return {"name": user.name, "password_hash": user.password_hash, "hashing_algorithm": HASHING_ALGORITHM, "tags": list(user.tags), "limits": {}}
+    return {
+        "name": user.name,
+        "password_hash": user.password_hash,
+        "hashing_algorithm": HASHING_ALGORITHM,
+        "tags": list(user.tags),
+        "limits": {},
+    }
 
 
 def _parse_tags(value: Any) -> list[str]:
@@ -305,7 +359,9 @@ def _apply_user(core: BrokerCore, name: str, body: dict[str, Any]) -> bool:
         require_type(password_hash, str, "password_hash")
         algorithm = body.get("hashing_algorithm", HASHING_ALGORITHM)
         if algorithm != HASHING_ALGORITHM:
-            raise bad_request(f"unsupported hashing_algorithm '{algorithm}' (only {HASHING_ALGORITHM})")
+            raise bad_request(
+                f"unsupported hashing_algorithm '{algorithm}' (only {HASHING_ALGORITHM})"
+            )
         if password_hash and not _valid_hash(password_hash):
             raise bad_request("password_hash must be base64 of a 4-byte salt and a SHA-256 digest")
     existing = core.users.get(name)
@@ -343,7 +399,13 @@ async def delete_user(request: web.Request) -> web.Response:
 
 
 def permission_info(user: str, vhost: str, permission: Any) -> dict[str, Any]:
-    return {"user": user, "vhost": vhost, "configure": permission.configure, "write": permission.write, "read": permission.read}
+    return {
+        "user": user,
+        "vhost": vhost,
+        "configure": permission.configure,
+        "write": permission.write,
+        "read": permission.read,
+    }
 
 
 async def list_permissions(request: web.Request) -> web.Response:
@@ -421,13 +483,22 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "arguments": exchange.arguments,
         "user_who_performed_action": "",
         "policy": None,
-        "message_stats": {"publish_in": exchange.publish_count, "publish_in_details": {"rate": 0.0}},
+        "message_stats": {
+            "publish_in": exchange.publish_count,
+            "publish_in_details": {"rate": 0.0},
+        },
     }
 
 
 async def list_exchanges(request: web.Request) -> web.Response:
     server = server_of(request)
-    return reply([exchange_info(server, v, e) for v in _vhosts_in_scope(request) for e in v.exchanges.values()])
+    return reply(
+        [
+            exchange_info(server, v, e)
+            for v in _vhosts_in_scope(request)
+            for e in v.exchanges.values()
+        ]
+    )
 
 
 async def get_exchange(request: web.Request) -> web.Response:
@@ -440,10 +511,14 @@ def _bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
     return require_type(value, bool, key)
 
 
-def declare_exchange(core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]) -> bool:
+def declare_exchange(
+    core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]
+) -> bool:
     check_name(name, "exchange")
     if name.startswith("amq."):
-        raise HTTPError(403, f"exchange name '{name}' contains reserved prefix 'amq.*'", "access_refused")
+        raise HTTPError(
+            403, f"exchange name '{name}' contains reserved prefix 'amq.*'", "access_refused"
+        )
     type_ = body.get("type", "direct")
     require_type(type_, str, "type")
     if type_ not in EXCHANGE_TYPES:
@@ -454,7 +529,14 @@ def declare_exchange(core: BrokerCore, user: User | None, vhost: VirtualHost, na
     arguments = check_table(body.get("arguments"), "arguments")
     check_permission(core, user, vhost.name, "configure", name)
     try:
-        _exchange, created = vhost.declare_exchange(name, type_, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+        _exchange, created = vhost.declare_exchange(
+            name,
+            type_,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
     except CoreError as exc:
         raise from_core(exc) from None
     return created
@@ -474,7 +556,11 @@ async def delete_exchange(request: web.Request) -> web.Response:
     vhost = _vhost(request)
     exchange = _exchange(request, vhost)
     if not exchange.name or exchange.name.startswith("amq."):
-        raise HTTPError(403, f"operation not permitted on exchange '{exchange.name or 'amq.default'}'", "access_refused")
+        raise HTTPError(
+            403,
+            f"operation not permitted on exchange '{exchange.name or 'amq.default'}'",
+            "access_refused",
+        )
     check_permission(_core(request), _user(request), vhost.name, "configure", exchange.name)
     try:
         vhost.delete_exchange(exchange.name, if_unused=query_bool(request, "if-unused"))
@@ -495,10 +581,17 @@ async def publish(request: web.Request) -> web.Response:
     props = properties_from_json(body.get("properties", {}))
     payload = decode_payload(body.get("payload", ""), body.get("payload_encoding", "string"))
     if len(payload) > server.core.config.max_message_size:
-        raise HTTPError(413, f"message size {len(payload)} is larger than max size {server.core.config.max_message_size}")
+        raise HTTPError(
+            413,
+            f"message size {len(payload)} is larger than max size {server.core.config.max_message_size}",
+        )
     check_permission(server.core, _user(request), vhost.name, "write", exchange.name)
     if exchange.internal:
-        raise HTTPError(403, f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'", "access_refused")
+        raise HTTPError(
+            403,
+            f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'",
+            "access_refused",
+        )
     message = make_message(exchange.name, routing_key, props, payload)
     routed = server.route_message(vhost, exchange, message)
     await server.wait_for_sync(message, routed)
@@ -540,7 +633,9 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "consumers": len(queue.consumers),
         "consumer_capacity": 1.0 if queue.consumers else 0.0,
         "consumer_utilisation": 1.0 if queue.consumers else 0.0,
-        "single_active_consumer_tag": getattr(queue.consumers[0], "tag", None) if queue.consumers and queue.settings.single_active_consumer else None,
+        "single_active_consumer_tag": getattr(queue.consumers[0], "tag", None)
+        if queue.consumers and queue.settings.single_active_consumer
+        else None,
         "message_stats": stats,
     }
 
@@ -555,7 +650,9 @@ def _owner(queue: Queue) -> dict[str, Any] | None:
 
 async def list_queues(request: web.Request) -> web.Response:
     server = server_of(request)
-    return reply([queue_info(server, v, q) for v in _vhosts_in_scope(request) for q in v.queues.values()])
+    return reply(
+        [queue_info(server, v, q) for v in _vhosts_in_scope(request) for q in v.queues.values()]
+    )
 
 
 async def get_queue(request: web.Request) -> web.Response:
@@ -563,14 +660,20 @@ async def get_queue(request: web.Request) -> web.Response:
     return reply(queue_info(server_of(request), vhost, _queue(request, vhost)))
 
 
-def declare_queue(core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]) -> bool:
+def declare_queue(
+    core: BrokerCore, user: User | None, vhost: VirtualHost, name: str, body: dict[str, Any]
+) -> bool:
     check_name(name, "queue")
     if name.startswith("amq."):
-        raise HTTPError(403, f"queue name '{name}' contains reserved prefix 'amq.*'", "access_refused")
+        raise HTTPError(
+            403, f"queue name '{name}' contains reserved prefix 'amq.*'", "access_refused"
+        )
     durable = _bool_field(body, "durable", True)
     auto_delete = _bool_field(body, "auto_delete", False)
     if body.get("exclusive", False) is not False:
-        raise bad_request("exclusive queues belong to a connection and cannot be declared over HTTP")
+        raise bad_request(
+            "exclusive queues belong to a connection and cannot be declared over HTTP"
+        )
     arguments = check_table(body.get("arguments"), "arguments")
     check_permission(core, user, vhost.name, "configure", name)
     existing = vhost.queues.get(name)
@@ -593,7 +696,11 @@ async def delete_queue(request: web.Request) -> web.Response:
     queue = _queue(request, vhost)
     check_permission(_core(request), _user(request), vhost.name, "configure", queue.name)
     try:
-        vhost.delete_queue(queue, if_unused=query_bool(request, "if-unused"), if_empty=query_bool(request, "if-empty"))
+        vhost.delete_queue(
+            queue,
+            if_unused=query_bool(request, "if-unused"),
+            if_empty=query_bool(request, "if-empty"),
+        )
     except CoreError as exc:
         raise from_core(exc) from None
     return no_content()
@@ -607,7 +714,12 @@ async def purge_queue(request: web.Request) -> web.Response:
     return no_content()
 
 
-_ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
+_ACK_MODES = (
+    "ack_requeue_true",
+    "ack_requeue_false",
+    "reject_requeue_true",
+    "reject_requeue_false",
+)
 
 
 async def get_messages(request: web.Request) -> web.Response:
@@ -619,7 +731,9 @@ async def get_messages(request: web.Request) -> web.Response:
     require_type(count, int, "count")
     if not 1 <= count <= 1000:
         raise bad_request("count must be between 1 and 1000")
-    ackmode = body.get("ackmode", body.get("requeue") is False and "ack_requeue_false" or "ack_requeue_true")
+    ackmode = body.get(
+        "ackmode", body.get("requeue") is False and "ack_requeue_false" or "ack_requeue_true"
+    )
     if ackmode not in _ACK_MODES:
         raise bad_request(f"ackmode must be one of {', '.join(_ACK_MODES)}")
     encoding = body.get("encoding", "auto")
@@ -632,7 +746,11 @@ async def get_messages(request: web.Request) -> web.Response:
             raise bad_request("truncate must not be negative")
     check_permission(_core(request), _user(request), vhost.name, "read", queue.name)
     if queue.exclusive:
-        raise HTTPError(409, f"queue '{queue.name}' in vhost '{vhost.name}' is exclusive to a connection", "resource_locked")
+        raise HTTPError(
+            409,
+            f"queue '{queue.name}' in vhost '{vhost.name}' is exclusive to a connection",
+            "resource_locked",
+        )
     taken: list[QueueEntry] = []
     result = []
     for _ in range(count):
@@ -674,7 +792,9 @@ def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
     hash of the arguments when there are any."""
     if not arguments:
         return routing_key or "~"
-    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:22]
+    digest = hashlib.sha256(
+        json.dumps(arguments, sort_keys=True, default=str).encode()
+    ).hexdigest()[:22]
     return f"{routing_key}~{digest}"
 
 
@@ -707,7 +827,9 @@ def _binding_ends(request: web.Request) -> tuple[VirtualHost, Exchange, Any]:
 
 async def list_bindings_between(request: web.Request) -> web.Response:
     vhost, source, destination = _binding_ends(request)
-    return reply([binding_info(vhost, b) for b in source.bindings.values() if b.destination is destination])
+    return reply(
+        [binding_info(vhost, b) for b in source.bindings.values() if b.destination is destination]
+    )
 
 
 async def list_queue_bindings(request: web.Request) -> web.Response:
@@ -726,7 +848,14 @@ async def list_exchange_bindings(request: web.Request) -> web.Response:
     return reply([binding_info(vhost, b) for b in found])
 
 
-def bind(core: BrokerCore, user: User | None, vhost: VirtualHost, source: Exchange, destination: Any, body: dict[str, Any]) -> str:
+def bind(
+    core: BrokerCore,
+    user: User | None,
+    vhost: VirtualHost,
+    source: Exchange,
+    destination: Any,
+    body: dict[str, Any],
+) -> str:
     routing_key = body.get("routing_key", "")
     require_type(routing_key, str, "routing_key")
     check_name(routing_key, "routing key", allow_empty=True)
@@ -752,7 +881,10 @@ def _find_binding(request: web.Request) -> tuple[VirtualHost, Exchange, Any, Any
     vhost, source, destination = _binding_ends(request)
     props = request.match_info["props"]
     for binding in source.bindings.values():
-        if binding.destination is destination and properties_key(binding.routing_key, binding.arguments) == props:
+        if (
+            binding.destination is destination
+            and properties_key(binding.routing_key, binding.arguments) == props
+        ):
             return vhost, source, destination, binding
     raise not_found(f"no binding '{props}' from '{source.name}' to '{destination.name}'")
 
@@ -779,7 +911,11 @@ async def delete_binding(request: web.Request) -> web.Response:
 
 def connection_info(connection: Any) -> dict[str, Any]:
     peer = connection.peer or ("", 0)
-    sock = connection.transport.get_extra_info("sockname") if connection.transport is not None else None
+    sock = (
+        connection.transport.get_extra_info("sockname")
+        if connection.transport is not None
+        else None
+    )
     vhost = connection.vhost.name if connection.vhost is not None else None
     return {
         "name": connection.name,
@@ -796,12 +932,17 @@ def connection_info(connection: Any) -> dict[str, Any]:
         "channel_max": connection.channel_max,
         "frame_max": connection.frame_max,
         "timeout": connection.heartbeat,
-        "state": "blocked" if connection.blocked else ("running" if connection.state == "open" else connection.state),
+        "state": "blocked"
+        if connection.blocked
+        else ("running" if connection.state == "open" else connection.state),
         "client_properties": connection.client_properties,
         "recv_oct": connection.recv_bytes,
         "send_oct": connection.send_bytes,
-        "connected_at": int((time.time() - (connection.broker.now() - connection.connected_at)) * 1000),
-        "ssl": connection.transport is not None and connection.transport.get_extra_info("sslcontext") is not None,
+        "connected_at": int(
+            (time.time() - (connection.broker.now() - connection.connected_at)) * 1000
+        ),
+        "ssl": connection.transport is not None
+        and connection.transport.get_extra_info("sslcontext") is not None,
         "auth_mechanism": "PLAIN",
     }
 
@@ -811,14 +952,26 @@ def _visible_connections(request: web.Request) -> list[Any]:
     user = _user(request)
     found = []
     for connection in list(core.connections.values()):
-        if getattr(connection, "vhost", None) is None and user is not None and "administrator" not in user.tags:
+        if (
+            getattr(connection, "vhost", None) is None
+            and user is not None
+            and "administrator" not in user.tags
+        ):
             continue
         vhost_name = connection.vhost.name if connection.vhost is not None else None
         if "vhost" in request.match_info and vhost_name != request.match_info["vhost"]:
             continue
-        if user is not None and vhost_name is not None and not can_see_vhost(core, user, vhost_name):
+        if (
+            user is not None
+            and vhost_name is not None
+            and not can_see_vhost(core, user, vhost_name)
+        ):
             continue
-        if user is not None and not set(user.tags) & {"administrator", "monitoring"} and connection.username != user.name:
+        if (
+            user is not None
+            and not set(user.tags) & {"administrator", "monitoring"}
+            and connection.username != user.name
+        ):
             continue
         found.append(connection)
     return found
@@ -864,7 +1017,9 @@ def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
         "global_prefetch_count": channel.global_prefetch,
         "confirm": channel.confirm_mode,
         "transactional": channel.tx_mode,
-        "state": "closing" if channel.closing else ("flow" if not channel.flow_active else "running"),
+        "state": "closing"
+        if channel.closing
+        else ("flow" if not channel.flow_active else "running"),
         "message_stats": {"publish": channel.publish_count, "publish_details": {"rate": 0.0}},
     }
 
@@ -872,7 +1027,13 @@ def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
 async def list_channels(request: web.Request) -> web.Response:
     if "vhost" in request.match_info:
         _vhost(request)
-    return reply([channel_info(c, ch) for c in _visible_connections(request) for ch in list(c.channels.values())])
+    return reply(
+        [
+            channel_info(c, ch)
+            for c in _visible_connections(request)
+            for ch in list(c.channels.values())
+        ]
+    )
 
 
 async def list_connection_channels(request: web.Request) -> web.Response:
@@ -905,13 +1066,21 @@ def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, 
             "user": connection.username,
         }
     else:
-        info["channel_details"] = {"name": getattr(consumer, "description", "http"), "connection_name": "http"}
+        info["channel_details"] = {
+            "name": getattr(consumer, "description", "http"),
+            "connection_name": "http",
+        }
     return info
 
 
 async def list_consumers(request: web.Request) -> web.Response:
     return reply(
-        [consumer_info(v, q, c) for v in _vhosts_in_scope(request) for q in list(v.queues.values()) for c in list(q.consumers)]
+        [
+            consumer_info(v, q, c)
+            for v in _vhosts_in_scope(request)
+            for q in list(v.queues.values())
+            for c in list(q.consumers)
+        ]
     )
 
 
@@ -923,7 +1092,15 @@ def export_definitions(core: BrokerCore) -> dict[str, Any]:
     for vhost in core.vhosts.values():
         for queue in vhost.queues.values():
             if queue.durable and not queue.exclusive:
-                queues.append({"name": queue.name, "vhost": vhost.name, "durable": True, "auto_delete": queue.auto_delete, "arguments": queue.arguments})
+                queues.append(
+                    {
+                        "name": queue.name,
+                        "vhost": vhost.name,
+                        "durable": True,
+                        "auto_delete": queue.auto_delete,
+                        "arguments": queue.arguments,
+                    }
+                )
         for exchange in vhost.exchanges.values():
             if exchange.durable and exchange.name and not exchange.name.startswith("amq."):
                 exchanges.append(
@@ -939,7 +1116,12 @@ def export_definitions(core: BrokerCore) -> dict[str, Any]:
                 )
         for binding in vhost.bindings():
             source = vhost.exchanges.get(binding.source)
-            if binding.source and source is not None and source.durable and binding.destination.durable:
+            if (
+                binding.source
+                and source is not None
+                and source.durable
+                and binding.destination.durable
+            ):
                 info = binding_info(vhost, binding)
                 info.pop("properties_key")
                 bindings.append(info)
@@ -948,8 +1130,13 @@ def export_definitions(core: BrokerCore) -> dict[str, Any]:
         "rabbitmq_version": core.version,
         "product_name": "Baedal",
         "product_version": _baedal_version(),
-        "users": [{k: v for k, v in user_info(u).items() if k != "limits"} for u in core.users.values()],
-        "vhosts": [{"name": name, "limits": [], "metadata": {"description": "", "tags": []}} for name in core.vhosts],
+        "users": [
+            {k: v for k, v in user_info(u).items() if k != "limits"} for u in core.users.values()
+        ],
+        "vhosts": [
+            {"name": name, "limits": [], "metadata": {"description": "", "tags": []}}
+            for name in core.vhosts
+        ],
         "permissions": [permission_info(u, v, p) for (u, v), p in core.permissions.items()],
         "topic_permissions": [],
         "parameters": [],
@@ -981,7 +1168,10 @@ def _field(item: dict[str, Any], key: str, kind: type, what: str) -> Any:
 def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
     """Apply a RabbitMQ definitions document; validated entirely before anything changes
     where the shape allows it, then applied in dependency order."""
-    sections = {key: _list_of_objects(body, key) for key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")}
+    sections = {
+        key: _list_of_objects(body, key)
+        for key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")
+    }
     for item in sections["vhosts"]:
         check_name(_field(item, "name", str, "vhost"), "vhost")
     for item in sections["users"]:
@@ -998,7 +1188,9 @@ def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
         for key in ("user", "vhost"):
             _field(item, key, str, "permission")
     known_vhosts = set(core.vhosts) | {i["name"] for i in sections["vhosts"]}
-    for item in sections["queues"] + sections["exchanges"] + sections["bindings"] + sections["permissions"]:
+    for item in (
+        sections["queues"] + sections["exchanges"] + sections["bindings"] + sections["permissions"]
+    ):
         if item["vhost"] not in known_vhosts:
             raise bad_request(f"vhost '{item['vhost']}' is neither defined nor in the document")
 
@@ -1009,18 +1201,40 @@ def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
     for item in sections["permissions"]:
         _apply_permission(core, item["user"], item["vhost"], item)
     for item in sections["exchanges"]:
-        declare_exchange(core, None, core.vhosts[item["vhost"]], item["name"], {k: v for k, v in item.items() if k in ("type", "durable", "auto_delete", "internal", "arguments")})
+        declare_exchange(
+            core,
+            None,
+            core.vhosts[item["vhost"]],
+            item["name"],
+            {
+                k: v
+                for k, v in item.items()
+                if k in ("type", "durable", "auto_delete", "internal", "arguments")
+            },
+        )
     for item in sections["queues"]:
-        declare_queue(core, None, core.vhosts[item["vhost"]], item["name"], {k: v for k, v in item.items() if k in ("durable", "auto_delete", "arguments")})
+        declare_queue(
+            core,
+            None,
+            core.vhosts[item["vhost"]],
+            item["name"],
+            {k: v for k, v in item.items() if k in ("durable", "auto_delete", "arguments")},
+        )
     for item in sections["bindings"]:
         vhost = core.vhosts[item["vhost"]]
         source = vhost.exchanges.get(item["source"])
         if source is None:
-            raise bad_request(f"binding source exchange '{item['source']}' does not exist in vhost '{vhost.name}'")
-        pool: dict[str, Any] = vhost.queues if item["destination_type"] == "queue" else vhost.exchanges  # type: ignore[assignment]
+            raise bad_request(
+                f"binding source exchange '{item['source']}' does not exist in vhost '{vhost.name}'"
+            )
+        pool: dict[str, Any] = (
+            vhost.queues if item["destination_type"] == "queue" else vhost.exchanges
+        )  # type: ignore[assignment]
         destination = pool.get(item["destination"])
         if destination is None:
-            raise bad_request(f"binding destination '{item['destination']}' does not exist in vhost '{vhost.name}'")
+            raise bad_request(
+                f"binding destination '{item['destination']}' does not exist in vhost '{vhost.name}'"
+            )
         bind(core, None, vhost, source, destination, item)
 
 

@@ -83,8 +83,14 @@ def authorize(core: BrokerCore, request: web.Request, access: Access) -> User | 
     if access is Access.ADMIN and "administrator" not in tags:
         raise HTTPError(403, f"user '{user.name}' is not an administrator", "not_authorised")
     vhost = request.match_info.get("vhost")
-    if vhost is not None and access in (Access.READ, Access.MANAGE) and not can_see_vhost(core, user, vhost):
-        raise HTTPError(403, f"access to vhost '{vhost}' refused for user '{user.name}'", "not_authorised")
+    if (
+        vhost is not None
+        and access in (Access.READ, Access.MANAGE)
+        and not can_see_vhost(core, user, vhost)
+    ):
+        raise HTTPError(
+            403, f"access to vhost '{vhost}' refused for user '{user.name}'", "not_authorised"
+        )
     return user
 
 
@@ -100,7 +106,9 @@ def visible_vhosts(core: BrokerCore, user: User | None) -> list[str]:
     return [name for name in core.vhosts if (user.name, name) in core.permissions]
 
 
-def check_permission(core: BrokerCore, user: User | None, vhost: str, kind: str, resource: str) -> None:
+def check_permission(
+    core: BrokerCore, user: User | None, vhost: str, kind: str, resource: str
+) -> None:
     """A resource permission (configure / write / read) as AMQP checks it.
 
     Administrators pass (they manage every vhost from the API); everybody else needs a
@@ -111,7 +119,11 @@ def check_permission(core: BrokerCore, user: User | None, vhost: str, kind: str,
     permission = core.permission(user.name, vhost)
     name = resource or "amq.default"
     if permission is None or not permission.allows(kind, name):
-        raise HTTPError(403, f"{kind} access to '{name}' in vhost '{vhost}' refused for user '{user.name}'", "access_refused")
+        raise HTTPError(
+            403,
+            f"{kind} access to '{name}' in vhost '{vhost}' refused for user '{user.name}'",
+            "access_refused",
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -19,11 +19,17 @@ STRING: dict[str, Any] = {"type": "string"}
 INTEGER: dict[str, Any] = {"type": "integer"}
 BOOLEAN: dict[str, Any] = {"type": "boolean"}
 TABLE: dict[str, Any] = {"type": "object", "description": "AMQP field table (arguments or headers)"}
-RATE: dict[str, Any] = {"type": "object", "properties": {"rate": {"type": "number"}}, "required": ["rate"]}
+RATE: dict[str, Any] = {
+    "type": "object",
+    "properties": {"rate": {"type": "number"}},
+    "required": ["rate"],
+}
 NAME: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
-def obj(properties: dict[str, Any], required: tuple[str, ...] = (), additional: bool = True) -> dict[str, Any]:
+def obj(
+    properties: dict[str, Any], required: tuple[str, ...] = (), additional: bool = True
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = list(required)
@@ -53,19 +59,41 @@ OVERVIEW = obj(
         "product_version": STRING,
         "node": STRING,
         "cluster_name": STRING,
-        "message_stats": stats("publish", "deliver_get", "ack", "confirm", "redeliver", "return_unroutable", "drop_unroutable"),
+        "message_stats": stats(
+            "publish",
+            "deliver_get",
+            "ack",
+            "confirm",
+            "redeliver",
+            "return_unroutable",
+            "drop_unroutable",
+        ),
         "queue_totals": obj(
             {"messages": INTEGER, "messages_ready": INTEGER, "messages_unacknowledged": INTEGER},
             ("messages", "messages_ready", "messages_unacknowledged"),
         ),
         "object_totals": obj(
-            {"connections": INTEGER, "channels": INTEGER, "exchanges": INTEGER, "queues": INTEGER, "consumers": INTEGER},
+            {
+                "connections": INTEGER,
+                "channels": INTEGER,
+                "exchanges": INTEGER,
+                "queues": INTEGER,
+                "consumers": INTEGER,
+            },
             ("connections", "channels", "exchanges", "queues", "consumers"),
         ),
         "alarms": array(STRING),
         "listeners": array(obj({"protocol": STRING, "port": INTEGER})),
     },
-    ("rabbitmq_version", "product_name", "node", "message_stats", "queue_totals", "object_totals", "alarms"),
+    (
+        "rabbitmq_version",
+        "product_name",
+        "node",
+        "message_stats",
+        "queue_totals",
+        "object_totals",
+        "alarms",
+    ),
 )
 NODE = obj(
     {
@@ -81,13 +109,35 @@ NODE = obj(
         "fd_total": INTEGER,
         "running": BOOLEAN,
     },
-    ("name", "mem_used", "mem_limit", "mem_alarm", "disk_free", "disk_free_limit", "disk_free_alarm", "uptime", "fd_used"),
+    (
+        "name",
+        "mem_used",
+        "mem_limit",
+        "mem_alarm",
+        "disk_free",
+        "disk_free_limit",
+        "disk_free_alarm",
+        "uptime",
+        "fd_used",
+    ),
 )
 VHOST = obj(
-    {"name": STRING, "messages": INTEGER, "messages_ready": INTEGER, "messages_unacknowledged": INTEGER, "tracing": BOOLEAN},
+    {
+        "name": STRING,
+        "messages": INTEGER,
+        "messages_ready": INTEGER,
+        "messages_unacknowledged": INTEGER,
+        "tracing": BOOLEAN,
+    },
     ("name", "messages", "messages_ready", "messages_unacknowledged"),
 )
-VHOST_PUT = obj({"description": STRING, "tags": {"oneOf": [STRING, array(STRING)]}, "default_queue_type": STRING})
+VHOST_PUT = obj(
+    {
+        "description": STRING,
+        "tags": {"oneOf": [STRING, array(STRING)]},
+        "default_queue_type": STRING,
+    }
+)
 USER = obj(
     {"name": STRING, "password_hash": STRING, "hashing_algorithm": STRING, "tags": array(STRING)},
     ("name", "password_hash", "hashing_algorithm", "tags"),
@@ -96,7 +146,10 @@ TAGS = {"oneOf": [{"type": "string", "description": "comma-separated"}, array(ST
 USER_PUT = obj(
     {
         "password": STRING,
-        "password_hash": {"type": "string", "description": "base64(4-byte salt + SHA-256(salt + password)); empty disables password login"},
+        "password_hash": {
+            "type": "string",
+            "description": "base64(4-byte salt + SHA-256(salt + password)); empty disables password login",
+        },
         "hashing_algorithm": {"type": "string", "enum": ["rabbit_password_hashing_sha256"]},
         "tags": TAGS,
     }
@@ -108,10 +161,26 @@ PERMISSION = obj(
 PERMISSION_PUT = obj({"configure": STRING, "write": STRING, "read": STRING})
 EXCHANGE_TYPE = {"type": "string", "enum": ["direct", "fanout", "topic", "headers"]}
 EXCHANGE = obj(
-    {"name": STRING, "vhost": STRING, "type": STRING, "durable": BOOLEAN, "auto_delete": BOOLEAN, "internal": BOOLEAN, "arguments": TABLE},
+    {
+        "name": STRING,
+        "vhost": STRING,
+        "type": STRING,
+        "durable": BOOLEAN,
+        "auto_delete": BOOLEAN,
+        "internal": BOOLEAN,
+        "arguments": TABLE,
+    },
     ("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"),
 )
-EXCHANGE_PUT = obj({"type": EXCHANGE_TYPE, "durable": BOOLEAN, "auto_delete": BOOLEAN, "internal": BOOLEAN, "arguments": TABLE})
+EXCHANGE_PUT = obj(
+    {
+        "type": EXCHANGE_TYPE,
+        "durable": BOOLEAN,
+        "auto_delete": BOOLEAN,
+        "internal": BOOLEAN,
+        "arguments": TABLE,
+    }
+)
 QUEUE = obj(
     {
         "name": STRING,
@@ -142,7 +211,14 @@ QUEUE = obj(
         "message_stats",
     ),
 )
-QUEUE_PUT = obj({"durable": BOOLEAN, "auto_delete": BOOLEAN, "exclusive": {"type": "boolean", "enum": [False]}, "arguments": TABLE})
+QUEUE_PUT = obj(
+    {
+        "durable": BOOLEAN,
+        "auto_delete": BOOLEAN,
+        "exclusive": {"type": "boolean", "enum": [False]},
+        "arguments": TABLE,
+    }
+)
 BINDING = obj(
     {
         "source": STRING,
@@ -153,7 +229,15 @@ BINDING = obj(
         "arguments": TABLE,
         "properties_key": STRING,
     },
-    ("source", "vhost", "destination", "destination_type", "routing_key", "arguments", "properties_key"),
+    (
+        "source",
+        "vhost",
+        "destination",
+        "destination_type",
+        "routing_key",
+        "arguments",
+        "properties_key",
+    ),
 )
 BINDING_POST = obj({"routing_key": {"type": "string", "maxLength": 255}, "arguments": TABLE})
 CONNECTION = obj(
@@ -169,14 +253,37 @@ CONNECTION = obj(
         "recv_oct": INTEGER,
         "send_oct": INTEGER,
     },
-    ("name", "peer_host", "peer_port", "user", "vhost", "channels", "state", "client_properties", "recv_oct", "send_oct"),
+    (
+        "name",
+        "peer_host",
+        "peer_port",
+        "user",
+        "vhost",
+        "channels",
+        "state",
+        "client_properties",
+        "recv_oct",
+        "send_oct",
+    ),
 )
 CHANNEL = obj(
-    {"name": STRING, "number": INTEGER, "connection_details": {"type": "object"}, "consumer_count": INTEGER, "messages_unacknowledged": INTEGER},
+    {
+        "name": STRING,
+        "number": INTEGER,
+        "connection_details": {"type": "object"},
+        "consumer_count": INTEGER,
+        "messages_unacknowledged": INTEGER,
+    },
     ("name", "number", "connection_details", "consumer_count", "messages_unacknowledged"),
 )
 CONSUMER = obj(
-    {"consumer_tag": STRING, "queue": obj({"name": STRING, "vhost": STRING}), "ack_required": BOOLEAN, "prefetch_count": INTEGER, "channel_details": {"type": "object"}},
+    {
+        "consumer_tag": STRING,
+        "queue": obj({"name": STRING, "vhost": STRING}),
+        "ack_required": BOOLEAN,
+        "prefetch_count": INTEGER,
+        "channel_details": {"type": "object"},
+    },
     ("consumer_tag", "queue", "ack_required", "channel_details"),
 )
 PROPERTIES = obj(
@@ -201,7 +308,15 @@ PROPERTIES = obj(
 GET_REQUEST = obj(
     {
         "count": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "ackmode": {"type": "string", "enum": ["ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false"]},
+        "ackmode": {
+            "type": "string",
+            "enum": [
+                "ack_requeue_true",
+                "ack_requeue_false",
+                "reject_requeue_true",
+                "reject_requeue_false",
+            ],
+        },
         "encoding": {"type": "string", "enum": ["auto", "base64"]},
         "truncate": {"type": "integer", "minimum": 0},
     }
@@ -217,109 +332,642 @@ GOT_MESSAGE = obj(
         "message_count": INTEGER,
         "properties": PROPERTIES,
     },
-    ("payload", "payload_bytes", "payload_encoding", "redelivered", "exchange", "routing_key", "message_count", "properties"),
+    (
+        "payload",
+        "payload_bytes",
+        "payload_encoding",
+        "redelivered",
+        "exchange",
+        "routing_key",
+        "message_count",
+        "properties",
+    ),
 )
 PAYLOAD_ENCODING = {"type": "string", "enum": ["string", "base64"]}
 PUBLISH_REQUEST = obj(
-    {"properties": PROPERTIES, "routing_key": {"type": "string", "maxLength": 255}, "payload": STRING, "payload_encoding": PAYLOAD_ENCODING}
+    {
+        "properties": PROPERTIES,
+        "routing_key": {"type": "string", "maxLength": 255},
+        "payload": STRING,
+        "payload_encoding": PAYLOAD_ENCODING,
+    }
 )
 DEFINITIONS = obj(
     {
         "rabbit_version": STRING,
         "users": array(obj({**USER_PUT["properties"], "name": STRING}, ("name",))),
         "vhosts": array(obj({"name": STRING}, ("name",))),
-        "permissions": array(obj({**PERMISSION_PUT["properties"], "user": STRING, "vhost": STRING}, ("user", "vhost"))),
-        "queues": array(obj({"name": STRING, "vhost": STRING, **QUEUE_PUT["properties"]}, ("name", "vhost"))),
-        "exchanges": array(obj({"name": STRING, "vhost": STRING, **EXCHANGE_PUT["properties"]}, ("name", "vhost"))),
+        "permissions": array(
+            obj(
+                {**PERMISSION_PUT["properties"], "user": STRING, "vhost": STRING}, ("user", "vhost")
+            )
+        ),
+        "queues": array(
+            obj({"name": STRING, "vhost": STRING, **QUEUE_PUT["properties"]}, ("name", "vhost"))
+        ),
+        "exchanges": array(
+            obj({"name": STRING, "vhost": STRING, **EXCHANGE_PUT["properties"]}, ("name", "vhost"))
+        ),
         "bindings": array(
             obj(
-                {"source": STRING, "vhost": STRING, "destination": STRING, "destination_type": {"type": "string", "enum": ["queue", "exchange"]}, **BINDING_POST["properties"]},
+                {
+                    "source": STRING,
+                    "vhost": STRING,
+                    "destination": STRING,
+                    "destination_type": {"type": "string", "enum": ["queue", "exchange"]},
+                    **BINDING_POST["properties"],
+                },
                 ("source", "vhost", "destination", "destination_type"),
             )
         ),
     }
 )
-ENVELOPE = obj({"payload": STRING, "payload_encoding": PAYLOAD_ENCODING, "properties": PROPERTIES, "headers": TABLE})
+ENVELOPE = obj(
+    {
+        "payload": STRING,
+        "payload_encoding": PAYLOAD_ENCODING,
+        "properties": PROPERTIES,
+        "headers": TABLE,
+    }
+)
 PUBLISHED = obj(
-    {"message_id": STRING, "vhost": STRING, "queue": STRING, "persistent": BOOLEAN, "location": STRING},
+    {
+        "message_id": STRING,
+        "vhost": STRING,
+        "queue": STRING,
+        "persistent": BOOLEAN,
+        "location": STRING,
+    },
     ("message_id", "vhost", "queue", "persistent"),
 )
 SETTLED = obj(
-    {"lease_id": STRING, "outcome": {"type": "string", "enum": ["ack", "requeue", "reject"]}, "replayed": BOOLEAN},
+    {
+        "lease_id": STRING,
+        "outcome": {"type": "string", "enum": ["ack", "requeue", "reject"]},
+        "replayed": BOOLEAN,
+    },
     ("lease_id", "outcome", "replayed"),
 )
 WHOAMI = obj({"name": STRING, "tags": array(STRING)}, ("name", "tags"))
 HEALTH = obj({"status": STRING}, ("status",))
 
-IF_UNUSED = Param("if-unused", {"type": "string", "enum": ["true", "false"]}, "Only delete when unused")
-IF_EMPTY = Param("if-empty", {"type": "string", "enum": ["true", "false"]}, "Only delete when empty")
+IF_UNUSED = Param(
+    "if-unused", {"type": "string", "enum": ["true", "false"]}, "Only delete when unused"
+)
+IF_EMPTY = Param(
+    "if-empty", {"type": "string", "enum": ["true", "false"]}, "Only delete when empty"
+)
 X_REASON = Param("X-Reason", STRING, "Close reason sent to the client", where="header")
-WAIT = Param("wait", {"type": "number", "minimum": 0, "maximum": rest.MAX_WAIT}, "Seconds to wait for a message (long poll)")
-LEASE = Param("lease", {"type": "number", "minimum": 1, "maximum": rest.MAX_LEASE}, "Seconds the message stays leased")
-REQUEUE = Param("requeue", {"type": "string", "enum": ["true", "false"]}, "Requeue (default) or dead-letter/drop")
-PREFETCH = Param("prefetch", {"type": "integer", "minimum": 1, "maximum": rest.MAX_PREFETCH}, "Credit: leases outstanding at once")
-IDEMPOTENCY_KEY = Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255}, "Replays within 10 minutes return the first answer", where="header")
-CLIENT_ID = Param("X-Baedal-Client-Id", {"type": "string", "maxLength": 128}, "Distinguishes clients of one user for lease bounds", where="header")
+WAIT = Param(
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": rest.MAX_WAIT},
+    "Seconds to wait for a message (long poll)",
+)
+LEASE = Param(
+    "lease",
+    {"type": "number", "minimum": 1, "maximum": rest.MAX_LEASE},
+    "Seconds the message stays leased",
+)
+REQUEUE = Param(
+    "requeue",
+    {"type": "string", "enum": ["true", "false"]},
+    "Requeue (default) or dead-letter/drop",
+)
+PREFETCH = Param(
+    "prefetch",
+    {"type": "integer", "minimum": 1, "maximum": rest.MAX_PREFETCH},
+    "Credit: leases outstanding at once",
+)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "Replays within 10 minutes return the first answer",
+    where="header",
+)
+CLIENT_ID = Param(
+    "X-Baedal-Client-Id",
+    {"type": "string", "maxLength": 128},
+    "Distinguishes clients of one user for lease bounds",
+    where="header",
+)
 
 R, M, A, P, X = Access.READ, Access.MANAGE, Access.ADMIN, Access.PUBLIC, Access.MESSAGING
 
 ROUTES: list[Route] = [
-    Route("GET", "/api/overview", api.overview, R, "Broker overview: versions, totals, rates, alarms", "overview", response=OVERVIEW),
-    Route("GET", "/api/whoami", api.whoami, R, "The authenticated user", "overview", response=WHOAMI),
-    Route("GET", "/api/health/checks/alarms", api.health_alarms, R, "200 when no resource alarm is in effect, else 503", "overview", response=HEALTH, other_statuses=(503,)),
-    Route("GET", "/api/nodes", api.nodes, R, "The node (Baedal runs one)", "nodes", response=array(NODE)),
+    Route(
+        "GET",
+        "/api/overview",
+        api.overview,
+        R,
+        "Broker overview: versions, totals, rates, alarms",
+        "overview",
+        response=OVERVIEW,
+    ),
+    Route(
+        "GET", "/api/whoami", api.whoami, R, "The authenticated user", "overview", response=WHOAMI
+    ),
+    Route(
+        "GET",
+        "/api/health/checks/alarms",
+        api.health_alarms,
+        R,
+        "200 when no resource alarm is in effect, else 503",
+        "overview",
+        response=HEALTH,
+        other_statuses=(503,),
+    ),
+    Route(
+        "GET",
+        "/api/nodes",
+        api.nodes,
+        R,
+        "The node (Baedal runs one)",
+        "nodes",
+        response=array(NODE),
+    ),
     Route("GET", "/api/nodes/{node}", api.node, R, "One node", "nodes", response=NODE),
-    Route("GET", "/api/vhosts", api.list_vhosts, R, "Virtual hosts", "vhosts", response=array(VHOST)),
-    Route("GET", "/api/vhosts/{vhost}", api.get_vhost, R, "One virtual host", "vhosts", response=VHOST),
-    Route("PUT", "/api/vhosts/{vhost}", api.put_vhost, A, "Create a virtual host", "vhosts", request=VHOST_PUT, request_required=False, status=201, other_statuses=(204,)),
-    Route("DELETE", "/api/vhosts/{vhost}", api.delete_vhost, A, "Delete a virtual host and everything in it", "vhosts", status=204),
-    Route("GET", "/api/vhosts/{vhost}/permissions", api.list_permissions, A, "Permissions in a virtual host", "permissions", response=array(PERMISSION)),
-    Route("GET", "/api/users", api.list_users, A, "Users (password hashes only)", "users", response=array(USER)),
+    Route(
+        "GET", "/api/vhosts", api.list_vhosts, R, "Virtual hosts", "vhosts", response=array(VHOST)
+    ),
+    Route(
+        "GET", "/api/vhosts/{vhost}", api.get_vhost, R, "One virtual host", "vhosts", response=VHOST
+    ),
+    Route(
+        "PUT",
+        "/api/vhosts/{vhost}",
+        api.put_vhost,
+        A,
+        "Create a virtual host",
+        "vhosts",
+        request=VHOST_PUT,
+        request_required=False,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/vhosts/{vhost}",
+        api.delete_vhost,
+        A,
+        "Delete a virtual host and everything in it",
+        "vhosts",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/api/vhosts/{vhost}/permissions",
+        api.list_permissions,
+        A,
+        "Permissions in a virtual host",
+        "permissions",
+        response=array(PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/users",
+        api.list_users,
+        A,
+        "Users (password hashes only)",
+        "users",
+        response=array(USER),
+    ),
     Route("GET", "/api/users/{user}", api.get_user, A, "One user", "users", response=USER),
-    Route("PUT", "/api/users/{user}", api.put_user, A, "Create or update a user", "users", request=USER_PUT, status=201, other_statuses=(204,)),
+    Route(
+        "PUT",
+        "/api/users/{user}",
+        api.put_user,
+        A,
+        "Create or update a user",
+        "users",
+        request=USER_PUT,
+        status=201,
+        other_statuses=(204,),
+    ),
     Route("DELETE", "/api/users/{user}", api.delete_user, A, "Delete a user", "users", status=204),
-    Route("GET", "/api/users/{user}/permissions", api.list_permissions, A, "A user's permissions", "permissions", response=array(PERMISSION)),
-    Route("GET", "/api/permissions", api.list_permissions, A, "All permissions", "permissions", response=array(PERMISSION)),
-    Route("GET", "/api/permissions/{vhost}/{user}", api.get_permission, A, "One permission", "permissions", response=PERMISSION),
-    Route("PUT", "/api/permissions/{vhost}/{user}", api.put_permission, A, "Grant a permission (regular expressions)", "permissions", request=PERMISSION_PUT, status=201, other_statuses=(204,)),
-    Route("DELETE", "/api/permissions/{vhost}/{user}", api.delete_permission, A, "Revoke a permission", "permissions", status=204),
-    Route("GET", "/api/exchanges", api.list_exchanges, R, "Exchanges in all visible vhosts", "exchanges", response=array(EXCHANGE)),
-    Route("GET", "/api/exchanges/{vhost}", api.list_exchanges, R, "Exchanges in a vhost", "exchanges", response=array(EXCHANGE)),
-    Route("GET", "/api/exchanges/{vhost}/{name}", api.get_exchange, R, "One exchange (amq.default is the default exchange)", "exchanges", response=EXCHANGE),
-    Route("PUT", "/api/exchanges/{vhost}/{name}", api.put_exchange, M, "Declare an exchange", "exchanges", request=EXCHANGE_PUT, request_required=False, status=201, other_statuses=(204,)),
-    Route("DELETE", "/api/exchanges/{vhost}/{name}", api.delete_exchange, M, "Delete an exchange", "exchanges", status=204, params=(IF_UNUSED,)),
-    Route("GET", "/api/exchanges/{vhost}/{name}/bindings/{direction}", api.list_exchange_bindings, R, "Bindings where the exchange is the source or destination", "bindings", response=array(BINDING), extra={"direction": ["source", "destination"]}),
-    Route("POST", "/api/exchanges/{vhost}/{name}/publish", api.publish, M, "Publish one message (testing); answers whether it was routed", "exchanges", request=PUBLISH_REQUEST, response=obj({"routed": BOOLEAN}, ("routed",))),
-    Route("GET", "/api/queues", api.list_queues, R, "Queues in all visible vhosts", "queues", response=array(QUEUE)),
-    Route("GET", "/api/queues/{vhost}", api.list_queues, R, "Queues in a vhost", "queues", response=array(QUEUE)),
-    Route("GET", "/api/queues/{vhost}/{name}", api.get_queue, R, "One queue", "queues", response=QUEUE),
-    Route("PUT", "/api/queues/{vhost}/{name}", api.put_queue, M, "Declare a queue", "queues", request=QUEUE_PUT, request_required=False, status=201, other_statuses=(204,)),
-    Route("DELETE", "/api/queues/{vhost}/{name}", api.delete_queue, M, "Delete a queue", "queues", status=204, params=(IF_EMPTY, IF_UNUSED)),
-    Route("DELETE", "/api/queues/{vhost}/{name}/contents", api.purge_queue, M, "Purge ready messages", "queues", status=204),
-    Route("GET", "/api/queues/{vhost}/{name}/bindings", api.list_queue_bindings, R, "Bindings of a queue", "bindings", response=array(BINDING)),
-    Route("POST", "/api/queues/{vhost}/{name}/get", api.get_messages, M, "Get messages (basic.get), then ack or requeue them", "queues", request=GET_REQUEST, response=array(GOT_MESSAGE)),
-    Route("GET", "/api/bindings", api.list_bindings, R, "Bindings in all visible vhosts", "bindings", response=array(BINDING)),
-    Route("GET", "/api/bindings/{vhost}", api.list_bindings, R, "Bindings in a vhost", "bindings", response=array(BINDING)),
-    Route("GET", "/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.list_bindings_between, R, "Bindings from an exchange to a queue (q) or exchange (e)", "bindings", response=array(BINDING), extra={"kind": ["q", "e"]}),
-    Route("POST", "/api/bindings/{vhost}/e/{source}/{kind}/{destination}", api.post_binding, M, "Create a binding; Location names it by properties_key", "bindings", request=BINDING_POST, request_required=False, status=201, extra={"kind": ["q", "e"]}),
-    Route("GET", "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", api.get_binding, R, "One binding by properties_key", "bindings", response=BINDING, extra={"kind": ["q", "e"]}),
-    Route("DELETE", "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}", api.delete_binding, M, "Delete a binding by properties_key", "bindings", status=204, extra={"kind": ["q", "e"]}),
-    Route("GET", "/api/connections", api.list_connections, R, "Client connections", "connections", response=array(CONNECTION)),
-    Route("GET", "/api/vhosts/{vhost}/connections", api.list_connections, R, "Connections to a vhost", "connections", response=array(CONNECTION)),
-    Route("GET", "/api/connections/{connection}", api.get_connection, R, "One connection", "connections", response=CONNECTION),
-    Route("DELETE", "/api/connections/{connection}", api.delete_connection, A, "Close a connection (320 CONNECTION_FORCED)", "connections", status=204, params=(X_REASON,)),
-    Route("GET", "/api/connections/{connection}/channels", api.list_connection_channels, R, "Channels of a connection", "channels", response=array(CHANNEL)),
-    Route("GET", "/api/channels", api.list_channels, R, "Channels", "channels", response=array(CHANNEL)),
-    Route("GET", "/api/vhosts/{vhost}/channels", api.list_channels, R, "Channels in a vhost", "channels", response=array(CHANNEL)),
-    Route("GET", "/api/consumers", api.list_consumers, R, "Consumers", "consumers", response=array(CONSUMER)),
-    Route("GET", "/api/consumers/{vhost}", api.list_consumers, R, "Consumers in a vhost", "consumers", response=array(CONSUMER)),
-    Route("GET", "/api/definitions", api.get_definitions, A, "Export definitions (RabbitMQ format)", "definitions", response=DEFINITIONS),
-    Route("POST", "/api/definitions", api.post_definitions, A, "Import definitions (RabbitMQ format)", "definitions", request=DEFINITIONS, status=204),
-    Route("POST", "/api/rest/{vhost}/queues/{queue}/messages", rest.publish_message, X, "Publish the request body to a queue; 201 once stored", "rest", request=ENVELOPE, request_content="rest-publish", response=PUBLISHED, status=201, other_statuses=(409, 413, 422, 503), params=(IDEMPOTENCY_KEY,)),
-    Route("GET", "/api/rest/{vhost}/queues/{queue}/messages/next", rest.next_message, X, "Long poll: lease the next message (body = payload), 204 on timeout", "rest", response={"type": "string", "format": "binary"}, response_content="application/octet-stream", other_statuses=(204, 409, 429), params=(WAIT, LEASE, CLIENT_ID), fuzz=False),
-    Route("POST", "/api/rest/{vhost}/queues/{queue}/leases/{lease}/ack", rest.ack_lease, X, "Acknowledge a lease (idempotent)", "rest", response=SETTLED, other_statuses=(409,)),
-    Route("POST", "/api/rest/{vhost}/queues/{queue}/leases/{lease}/nack", rest.nack_lease, X, "Return (requeue=true) or reject a lease (idempotent)", "rest", response=SETTLED, other_statuses=(409,), params=(REQUEUE,)),
-    Route("GET", "/api/rest/{vhost}/queues/{queue}/ws", rest.subscribe, X, "WebSocket subscription with leases and credit", "rest", status=101, params=(PREFETCH, LEASE, CLIENT_ID), fuzz=False),
-    Route("GET", "/metrics", metrics.metrics, P, "Prometheus metrics", "metrics", response=STRING, response_content="text/plain"),
-    Route("GET", "/api/openapi.json", openapi.serve, P, "This document", "meta", response={"type": "object"}),
+    Route(
+        "GET",
+        "/api/users/{user}/permissions",
+        api.list_permissions,
+        A,
+        "A user's permissions",
+        "permissions",
+        response=array(PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/permissions",
+        api.list_permissions,
+        A,
+        "All permissions",
+        "permissions",
+        response=array(PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/permissions/{vhost}/{user}",
+        api.get_permission,
+        A,
+        "One permission",
+        "permissions",
+        response=PERMISSION,
+    ),
+    Route(
+        "PUT",
+        "/api/permissions/{vhost}/{user}",
+        api.put_permission,
+        A,
+        "Grant a permission (regular expressions)",
+        "permissions",
+        request=PERMISSION_PUT,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/permissions/{vhost}/{user}",
+        api.delete_permission,
+        A,
+        "Revoke a permission",
+        "permissions",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/api/exchanges",
+        api.list_exchanges,
+        R,
+        "Exchanges in all visible vhosts",
+        "exchanges",
+        response=array(EXCHANGE),
+    ),
+    Route(
+        "GET",
+        "/api/exchanges/{vhost}",
+        api.list_exchanges,
+        R,
+        "Exchanges in a vhost",
+        "exchanges",
+        response=array(EXCHANGE),
+    ),
+    Route(
+        "GET",
+        "/api/exchanges/{vhost}/{name}",
+        api.get_exchange,
+        R,
+        "One exchange (amq.default is the default exchange)",
+        "exchanges",
+        response=EXCHANGE,
+    ),
+    Route(
+        "PUT",
+        "/api/exchanges/{vhost}/{name}",
+        api.put_exchange,
+        M,
+        "Declare an exchange",
+        "exchanges",
+        request=EXCHANGE_PUT,
+        request_required=False,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/exchanges/{vhost}/{name}",
+        api.delete_exchange,
+        M,
+        "Delete an exchange",
+        "exchanges",
+        status=204,
+        params=(IF_UNUSED,),
+    ),
+    Route(
+        "GET",
+        "/api/exchanges/{vhost}/{name}/bindings/{direction}",
+        api.list_exchange_bindings,
+        R,
+        "Bindings where the exchange is the source or destination",
+        "bindings",
+        response=array(BINDING),
+        extra={"direction": ["source", "destination"]},
+    ),
+    Route(
+        "POST",
+        "/api/exchanges/{vhost}/{name}/publish",
+        api.publish,
+        M,
+        "Publish one message (testing); answers whether it was routed",
+        "exchanges",
+        request=PUBLISH_REQUEST,
+        response=obj({"routed": BOOLEAN}, ("routed",)),
+    ),
+    Route(
+        "GET",
+        "/api/queues",
+        api.list_queues,
+        R,
+        "Queues in all visible vhosts",
+        "queues",
+        response=array(QUEUE),
+    ),
+    Route(
+        "GET",
+        "/api/queues/{vhost}",
+        api.list_queues,
+        R,
+        "Queues in a vhost",
+        "queues",
+        response=array(QUEUE),
+    ),
+    Route(
+        "GET", "/api/queues/{vhost}/{name}", api.get_queue, R, "One queue", "queues", response=QUEUE
+    ),
+    Route(
+        "PUT",
+        "/api/queues/{vhost}/{name}",
+        api.put_queue,
+        M,
+        "Declare a queue",
+        "queues",
+        request=QUEUE_PUT,
+        request_required=False,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/queues/{vhost}/{name}",
+        api.delete_queue,
+        M,
+        "Delete a queue",
+        "queues",
+        status=204,
+        params=(IF_EMPTY, IF_UNUSED),
+    ),
+    Route(
+        "DELETE",
+        "/api/queues/{vhost}/{name}/contents",
+        api.purge_queue,
+        M,
+        "Purge ready messages",
+        "queues",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/api/queues/{vhost}/{name}/bindings",
+        api.list_queue_bindings,
+        R,
+        "Bindings of a queue",
+        "bindings",
+        response=array(BINDING),
+    ),
+    Route(
+        "POST",
+        "/api/queues/{vhost}/{name}/get",
+        api.get_messages,
+        M,
+        "Get messages (basic.get), then ack or requeue them",
+        "queues",
+        request=GET_REQUEST,
+        response=array(GOT_MESSAGE),
+    ),
+    Route(
+        "GET",
+        "/api/bindings",
+        api.list_bindings,
+        R,
+        "Bindings in all visible vhosts",
+        "bindings",
+        response=array(BINDING),
+    ),
+    Route(
+        "GET",
+        "/api/bindings/{vhost}",
+        api.list_bindings,
+        R,
+        "Bindings in a vhost",
+        "bindings",
+        response=array(BINDING),
+    ),
+    Route(
+        "GET",
+        "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+        api.list_bindings_between,
+        R,
+        "Bindings from an exchange to a queue (q) or exchange (e)",
+        "bindings",
+        response=array(BINDING),
+        extra={"kind": ["q", "e"]},
+    ),
+    Route(
+        "POST",
+        "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+        api.post_binding,
+        M,
+        "Create a binding; Location names it by properties_key",
+        "bindings",
+        request=BINDING_POST,
+        request_required=False,
+        status=201,
+        extra={"kind": ["q", "e"]},
+    ),
+    Route(
+        "GET",
+        "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+        api.get_binding,
+        R,
+        "One binding by properties_key",
+        "bindings",
+        response=BINDING,
+        extra={"kind": ["q", "e"]},
+    ),
+    Route(
+        "DELETE",
+        "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+        api.delete_binding,
+        M,
+        "Delete a binding by properties_key",
+        "bindings",
+        status=204,
+        extra={"kind": ["q", "e"]},
+    ),
+    Route(
+        "GET",
+        "/api/connections",
+        api.list_connections,
+        R,
+        "Client connections",
+        "connections",
+        response=array(CONNECTION),
+    ),
+    Route(
+        "GET",
+        "/api/vhosts/{vhost}/connections",
+        api.list_connections,
+        R,
+        "Connections to a vhost",
+        "connections",
+        response=array(CONNECTION),
+    ),
+    Route(
+        "GET",
+        "/api/connections/{connection}",
+        api.get_connection,
+        R,
+        "One connection",
+        "connections",
+        response=CONNECTION,
+    ),
+    Route(
+        "DELETE",
+        "/api/connections/{connection}",
+        api.delete_connection,
+        A,
+        "Close a connection (320 CONNECTION_FORCED)",
+        "connections",
+        status=204,
+        params=(X_REASON,),
+    ),
+    Route(
+        "GET",
+        "/api/connections/{connection}/channels",
+        api.list_connection_channels,
+        R,
+        "Channels of a connection",
+        "channels",
+        response=array(CHANNEL),
+    ),
+    Route(
+        "GET",
+        "/api/channels",
+        api.list_channels,
+        R,
+        "Channels",
+        "channels",
+        response=array(CHANNEL),
+    ),
+    Route(
+        "GET",
+        "/api/vhosts/{vhost}/channels",
+        api.list_channels,
+        R,
+        "Channels in a vhost",
+        "channels",
+        response=array(CHANNEL),
+    ),
+    Route(
+        "GET",
+        "/api/consumers",
+        api.list_consumers,
+        R,
+        "Consumers",
+        "consumers",
+        response=array(CONSUMER),
+    ),
+    Route(
+        "GET",
+        "/api/consumers/{vhost}",
+        api.list_consumers,
+        R,
+        "Consumers in a vhost",
+        "consumers",
+        response=array(CONSUMER),
+    ),
+    Route(
+        "GET",
+        "/api/definitions",
+        api.get_definitions,
+        A,
+        "Export definitions (RabbitMQ format)",
+        "definitions",
+        response=DEFINITIONS,
+    ),
+    Route(
+        "POST",
+        "/api/definitions",
+        api.post_definitions,
+        A,
+        "Import definitions (RabbitMQ format)",
+        "definitions",
+        request=DEFINITIONS,
+        status=204,
+    ),
+    Route(
+        "POST",
+        "/api/rest/{vhost}/queues/{queue}/messages",
+        rest.publish_message,
+        X,
+        "Publish the request body to a queue; 201 once stored",
+        "rest",
+        request=ENVELOPE,
+        request_content="rest-publish",
+        response=PUBLISHED,
+        status=201,
+        other_statuses=(409, 413, 422, 503),
+        params=(IDEMPOTENCY_KEY,),
+    ),
+    Route(
+        "GET",
+        "/api/rest/{vhost}/queues/{queue}/messages/next",
+        rest.next_message,
+        X,
+        "Long poll: lease the next message (body = payload), 204 on timeout",
+        "rest",
+        response={"type": "string", "format": "binary"},
+        response_content="application/octet-stream",
+        other_statuses=(204, 409, 429),
+        params=(WAIT, LEASE, CLIENT_ID),
+        fuzz=False,
+    ),
+    Route(
+        "POST",
+        "/api/rest/{vhost}/queues/{queue}/leases/{lease}/ack",
+        rest.ack_lease,
+        X,
+        "Acknowledge a lease (idempotent)",
+        "rest",
+        response=SETTLED,
+        other_statuses=(409,),
+    ),
+    Route(
+        "POST",
+        "/api/rest/{vhost}/queues/{queue}/leases/{lease}/nack",
+        rest.nack_lease,
+        X,
+        "Return (requeue=true) or reject a lease (idempotent)",
+        "rest",
+        response=SETTLED,
+        other_statuses=(409,),
+        params=(REQUEUE,),
+    ),
+    Route(
+        "GET",
+        "/api/rest/{vhost}/queues/{queue}/ws",
+        rest.subscribe,
+        X,
+        "WebSocket subscription with leases and credit",
+        "rest",
+        status=101,
+        params=(PREFETCH, LEASE, CLIENT_ID),
+        fuzz=False,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics.metrics,
+        P,
+        "Prometheus metrics",
+        "metrics",
+        response=STRING,
+        response_content="text/plain",
+    ),
+    Route(
+        "GET",
+        "/api/openapi.json",
+        openapi.serve,
+        P,
+        "This document",
+        "meta",
+        response={"type": "object"},
+    ),
 ]

@@ -16,7 +16,18 @@ from ...core.properties import PROPERTY_NAMES, BasicProperties, encode_propertie
 from .errors import bad_request
 
 _STRING_PROPERTIES = frozenset(
-    {"content_type", "content_encoding", "correlation_id", "reply_to", "expiration", "message_id", "type", "user_id", "app_id", "cluster_id"}
+    {
+        "content_type",
+        "content_encoding",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "type",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    }
 )
 MAX_NAME_BYTES = 255  # AMQP short string
 
@@ -115,10 +126,18 @@ def encode_payload(body: bytes, mode: str = "auto", truncate: int | None = None)
     shown = body if truncate is None else body[:truncate]
     if mode == "auto":
         try:
-            return {"payload": shown.decode("utf-8"), "payload_bytes": len(body), "payload_encoding": "string"}
+            return {
+                "payload": shown.decode("utf-8"),
+                "payload_bytes": len(body),
+                "payload_encoding": "string",
+            }
         except UnicodeDecodeError:
             pass
-    return {"payload": base64.b64encode(shown).decode("ascii"), "payload_bytes": len(body), "payload_encoding": "base64"}
+    return {
+        "payload": base64.b64encode(shown).decode("ascii"),
+        "payload_bytes": len(body),
+        "payload_encoding": "base64",
+    }
 
 
 def make_message(exchange: str, routing_key: str, props: BasicProperties, body: bytes) -> Message:

@@ -45,7 +45,13 @@ STATUS_SYMBOL = {
 class HTTPError(Exception):
     """A client-visible failure with its status and JSON answer."""
 
-    def __init__(self, status: int, reason: str, error: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        error: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -56,7 +62,9 @@ class HTTPError(Exception):
         return error_response(self.status, self.error, self.reason, self.headers)
 
 
-def error_response(status: int, error: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, error: str, reason: str, headers: dict[str, str] | None = None
+) -> web.Response:
     body = json.dumps({"error": error, "reason": reason})
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
@@ -84,7 +92,14 @@ def require_type(value: Any, kind: type | tuple[type, ...], field: str) -> Any:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object", list: "an array", float: "a number"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        bool: "a boolean",
+        dict: "an object",
+        list: "an array",
+        float: "a number",
+    }
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)

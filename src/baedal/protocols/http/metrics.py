@@ -34,14 +34,32 @@ class BrokerCollector(Collector):
         server = self.server
         core = server.core
         labels = ["vhost", "queue"]
-        ready = GaugeMetricFamily("baedal_queue_messages_ready", "Messages ready for delivery", labels=labels)
-        unacked = GaugeMetricFamily("baedal_queue_messages_unacked", "Messages delivered and not yet acknowledged", labels=labels)
-        consumers = GaugeMetricFamily("baedal_queue_consumers", "Consumers on the queue", labels=labels)
-        ready_bytes = GaugeMetricFamily("baedal_queue_messages_ready_bytes", "Body bytes of ready messages", labels=labels)
-        published = CounterMetricFamily("baedal_queue_messages_published", "Messages enqueued", labels=labels)
-        delivered = CounterMetricFamily("baedal_queue_messages_delivered", "Messages delivered (consume and get)", labels=labels)
-        acked = CounterMetricFamily("baedal_queue_messages_acked", "Messages acknowledged", labels=labels)
-        redelivered = CounterMetricFamily("baedal_queue_messages_redelivered", "Messages delivered again", labels=labels)
+        ready = GaugeMetricFamily(
+            "baedal_queue_messages_ready", "Messages ready for delivery", labels=labels
+        )
+        unacked = GaugeMetricFamily(
+            "baedal_queue_messages_unacked",
+            "Messages delivered and not yet acknowledged",
+            labels=labels,
+        )
+        consumers = GaugeMetricFamily(
+            "baedal_queue_consumers", "Consumers on the queue", labels=labels
+        )
+        ready_bytes = GaugeMetricFamily(
+            "baedal_queue_messages_ready_bytes", "Body bytes of ready messages", labels=labels
+        )
+        published = CounterMetricFamily(
+            "baedal_queue_messages_published", "Messages enqueued", labels=labels
+        )
+        delivered = CounterMetricFamily(
+            "baedal_queue_messages_delivered", "Messages delivered (consume and get)", labels=labels
+        )
+        acked = CounterMetricFamily(
+            "baedal_queue_messages_acked", "Messages acknowledged", labels=labels
+        )
+        redelivered = CounterMetricFamily(
+            "baedal_queue_messages_redelivered", "Messages delivered again", labels=labels
+        )
         queue_count = exchange_count = consumer_total = 0
         for vhost in list(core.vhosts.values()):
             exchange_count += len(vhost.exchanges)
@@ -57,7 +75,16 @@ class BrokerCollector(Collector):
                 delivered.add_metric(values, queue.deliver_count)
                 acked.add_metric(values, queue.ack_count)
                 redelivered.add_metric(values, queue.redeliver_count)
-        yield from (ready, unacked, consumers, ready_bytes, published, delivered, acked, redelivered)
+        yield from (
+            ready,
+            unacked,
+            consumers,
+            ready_bytes,
+            published,
+            delivered,
+            acked,
+            redelivered,
+        )
 
         channels = sum(len(getattr(c, "channels", {})) for c in list(core.connections.values()))
         yield _gauge("baedal_connections", "Open client connections", len(core.connections))
@@ -66,20 +93,44 @@ class BrokerCollector(Collector):
         yield _gauge("baedal_queues", "Queues", queue_count)
         yield _gauge("baedal_exchanges", "Exchanges", exchange_count)
         yield _gauge("baedal_vhosts", "Virtual hosts", len(core.vhosts))
-        yield _gauge("baedal_rest_leases", "Messages leased to REST and WebSocket clients", len(server.leases.leases))
+        yield _gauge(
+            "baedal_rest_leases",
+            "Messages leased to REST and WebSocket clients",
+            len(server.leases.leases),
+        )
 
         totals = server.sampler.totals()
         counters = core.counters
         for name, help_text, value in (
             ("baedal_messages_published", "Messages published to exchanges", totals["publish"]),
-            ("baedal_messages_delivered", "Messages delivered (consume and get)", totals["deliver_get"]),
+            (
+                "baedal_messages_delivered",
+                "Messages delivered (consume and get)",
+                totals["deliver_get"],
+            ),
             ("baedal_messages_acked", "Messages acknowledged", totals["ack"]),
             ("baedal_messages_redelivered", "Messages delivered again", totals["redeliver"]),
             ("baedal_messages_confirmed", "Publisher confirms sent", counters.get("confirmed", 0)),
-            ("baedal_messages_returned", "Mandatory messages returned as unroutable", counters.get("returned", 0)),
-            ("baedal_messages_unroutable", "Messages that matched no queue", counters.get("unroutable", 0)),
-            ("baedal_connections_opened", "Connections opened", counters.get("connections_opened", 0)),
-            ("baedal_connections_closed", "Connections closed", counters.get("connections_closed", 0)),
+            (
+                "baedal_messages_returned",
+                "Mandatory messages returned as unroutable",
+                counters.get("returned", 0),
+            ),
+            (
+                "baedal_messages_unroutable",
+                "Messages that matched no queue",
+                counters.get("unroutable", 0),
+            ),
+            (
+                "baedal_connections_opened",
+                "Connections opened",
+                counters.get("connections_opened", 0),
+            ),
+            (
+                "baedal_connections_closed",
+                "Connections closed",
+                counters.get("connections_closed", 0),
+            ),
             ("baedal_channels_opened", "Channels opened", counters.get("channels_opened", 0)),
             ("baedal_channels_closed", "Channels closed", counters.get("channels_closed", 0)),
         ):
@@ -88,11 +139,27 @@ class BrokerCollector(Collector):
             yield counter
 
         resources = server.resources()
-        yield _gauge("baedal_process_resident_memory_bytes", "Resident set size of the broker process", resources["mem_used"])
-        yield _gauge("baedal_memory_limit_bytes", "Memory high watermark in bytes", resources["mem_limit"])
-        yield _gauge("baedal_disk_free_bytes", "Free disk space where the data directory lives", resources["disk_free"])
-        yield _gauge("baedal_disk_free_limit_bytes", "Disk free limit that raises the disk alarm", core.config.disk_free_limit)
-        alarm = GaugeMetricFamily("baedal_alarm", "1 while a resource alarm blocks publishers", labels=["resource"])
+        yield _gauge(
+            "baedal_process_resident_memory_bytes",
+            "Resident set size of the broker process",
+            resources["mem_used"],
+        )
+        yield _gauge(
+            "baedal_memory_limit_bytes", "Memory high watermark in bytes", resources["mem_limit"]
+        )
+        yield _gauge(
+            "baedal_disk_free_bytes",
+            "Free disk space where the data directory lives",
+            resources["disk_free"],
+        )
+        yield _gauge(
+            "baedal_disk_free_limit_bytes",
+            "Disk free limit that raises the disk alarm",
+            core.config.disk_free_limit,
+        )
+        alarm = GaugeMetricFamily(
+            "baedal_alarm", "1 while a resource alarm blocks publishers", labels=["resource"]
+        )
         for resource in ("memory", "disk"):
             alarm.add_metric([resource], 1 if resource in core.alarms else 0)
         yield alarm

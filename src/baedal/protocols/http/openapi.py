@@ -58,7 +58,13 @@ def build_document(routes: list[Route], server_url: str | None = None) -> dict[s
         "paths": paths,
         "components": {
             "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}, "reason": {"type": "string"}}, "required": ["error", "reason"]}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "reason": {"type": "string"}},
+                    "required": ["error", "reason"],
+                }
+            },
         },
     }
     if server_url:
@@ -81,7 +87,15 @@ def _operation(route: Route) -> dict[str, Any]:
             schema = {"type": "string", "enum": route.extra[name]}
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     for param in route.params:
-        parameters.append({"name": param.name, "in": param.where, "required": param.required, "schema": param.schema, "description": param.description})
+        parameters.append(
+            {
+                "name": param.name,
+                "in": param.where,
+                "required": param.required,
+                "schema": param.schema,
+                "description": param.description,
+            }
+        )
     if parameters:
         operation["parameters"] = parameters
     if route.request is not None:
@@ -110,7 +124,10 @@ def _operation(route: Route) -> dict[str, Any]:
         if status in (204, 201):
             responses[str(status)] = {"description": _DESCRIPTIONS[status]}
             continue
-        responses[str(status)] = {"description": _DESCRIPTIONS.get(status, "Error"), "content": {"application/json": {"schema": _ERROR_REF}}}
+        responses[str(status)] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {"application/json": {"schema": _ERROR_REF}},
+        }
     operation["responses"] = responses
     if route.access is not Access.PUBLIC:
         operation["security"] = [{"basicAuth": []}]

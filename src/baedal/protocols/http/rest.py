@@ -50,7 +50,14 @@ from aiohttp import WSMsgType, web
 
 from ...core.vhost import CoreError
 from .auth import check_permission
-from .convert import check_table, decode_payload, encode_payload, make_message, properties_from_json, properties_to_json
+from .convert import (
+    check_table,
+    decode_payload,
+    encode_payload,
+    make_message,
+    properties_from_json,
+    properties_to_json,
+)
 from .errors import HTTPError, bad_request, from_core, not_found
 from .routes import dumps, query_bool, query_number, reply, server_of
 
@@ -79,7 +86,15 @@ HEADER_PREFIX = "x-baedal-header-"
 class Lease:
     __slots__ = ("id", "queue", "entry", "client", "user", "timer", "session", "expires_at")
 
-    def __init__(self, lease_id: str, queue: Queue, entry: QueueEntry, client: str, user: str, session: SocketSession | None) -> None:
+    def __init__(
+        self,
+        lease_id: str,
+        queue: Queue,
+        entry: QueueEntry,
+        client: str,
+        user: str,
+        session: SocketSession | None,
+    ) -> None:
         self.id = lease_id
         self.queue = queue
         self.entry = entry
@@ -106,9 +121,21 @@ class LeaseManager:
     # --- leases ------------------------------------------------------------------------
 
     def has_room(self, client: str) -> bool:
-        return not self.closed and len(self.leases) < self.max_leases and self.per_client.get(client, 0) < self.leases_per_client
+        return (
+            not self.closed
+            and len(self.leases) < self.max_leases
+            and self.per_client.get(client, 0) < self.leases_per_client
+        )
 
-    def grant(self, queue: Queue, entry: QueueEntry, client: str, user: str, seconds: float | None, session: SocketSession | None = None) -> Lease:
+    def grant(
+        self,
+        queue: Queue,
+        entry: QueueEntry,
+        client: str,
+        user: str,
+        seconds: float | None,
+        session: SocketSession | None = None,
+    ) -> Lease:
         lease_id = secrets.token_urlsafe(18)
         lease = Lease(lease_id, queue, entry, client, user, session)
         if seconds:
@@ -145,7 +172,9 @@ class LeaseManager:
         if lease.session is not None:
             lease.session.credit_returned()
 
-    def settle(self, lease_id: str, user: str, queue: Queue | None, how: str, requeue: bool) -> tuple[str, bool]:
+    def settle(
+        self, lease_id: str, user: str, queue: Queue | None, how: str, requeue: bool
+    ) -> tuple[str, bool]:
         """Ack or nack; returns (outcome, replayed).  Raises 404 / 409 as documented."""
         outcome = "ack" if how == "ack" else ("requeue" if requeue else "reject")
         lease = self.leases.get(lease_id)
@@ -154,9 +183,15 @@ class LeaseManager:
             if previous is None or lease is not None:
                 raise not_found(f"no lease '{lease_id}'")
             if previous == "expired":
-                raise HTTPError(404, f"lease '{lease_id}' expired and its message went back to the queue", "lease_expired")
+                raise HTTPError(
+                    404,
+                    f"lease '{lease_id}' expired and its message went back to the queue",
+                    "lease_expired",
+                )
             if previous != outcome:
-                raise HTTPError(409, f"lease '{lease_id}' was already settled ({previous})", "already_settled")
+                raise HTTPError(
+                    409, f"lease '{lease_id}' was already settled ({previous})", "already_settled"
+                )
             return outcome, True
         self._forget(lease, outcome)
         target = lease.queue
@@ -209,7 +244,9 @@ class PollWaiter:
         self.user = user
         self.owner = None
         self.lease_seconds = lease_seconds
-        self.future: asyncio.Future[tuple[Lease, bool] | None] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[tuple[Lease, bool] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.queue_deleted = False
 
     def can_deliver(self) -> bool:
@@ -242,25 +279,41 @@ class SocketConsumer:
 
     def can_deliver(self) -> bool:
         session = self.session
-        return not session.closing and len(session.leases) < session.prefetch and session.manager.has_room(session.client)
+        return (
+            not session.closing
+            and len(session.leases) < session.prefetch
+            and session.manager.has_room(session.client)
+        )
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         session = self.session
         redelivered = entry.delivery_count > 0
         entry.delivery_count += 1
-        lease = session.manager.grant(queue, entry, session.client, session.user, session.lease_seconds, session)
+        lease = session.manager.grant(
+            queue, entry, session.client, session.user, session.lease_seconds, session
+        )
         session.leases[lease.id] = lease
         session.outbox.append(message_frame(lease, redelivered))
         session.wakeup.set()
 
     def cancelled_by_server(self, queue: Queue) -> None:
-        self.session.outbox.append({"type": "cancelled", "reason": f"queue '{queue.name}' was deleted"})
+        self.session.outbox.append(
+            {"type": "cancelled", "reason": f"queue '{queue.name}' was deleted"}
+        )
         self.session.closing = True
         self.session.wakeup.set()
 
 
 class SocketSession:
-    def __init__(self, manager: LeaseManager, queue: Queue, client: str, user: str, prefetch: int, lease_seconds: float | None) -> None:
+    def __init__(
+        self,
+        manager: LeaseManager,
+        queue: Queue,
+        client: str,
+        user: str,
+        prefetch: int,
+        lease_seconds: float | None,
+    ) -> None:
         self.manager = manager
         self.queue = queue
         self.client = client
@@ -336,7 +389,9 @@ def _consumable(request: web.Request) -> tuple[VirtualHost, Queue, User]:
     except CoreError as exc:
         raise from_core(exc) from None
     if any(c.exclusive for c in queue.consumers):
-        raise HTTPError(409, f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", "resource_locked")
+        raise HTTPError(
+            409, f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", "resource_locked"
+        )
     return vhost, queue, user
 
 
@@ -360,7 +415,9 @@ def _header_value(value: Any) -> str | None:
 class IdempotentPublish:
     __slots__ = ("fingerprint", "created", "done")
 
-    def __init__(self, fingerprint: str, created: float, done: asyncio.Future[dict[str, Any]]) -> None:
+    def __init__(
+        self, fingerprint: str, created: float, done: asyncio.Future[dict[str, Any]]
+    ) -> None:
         self.fingerprint = fingerprint
         self.created = created
         self.done = done
@@ -368,7 +425,9 @@ class IdempotentPublish:
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise HTTPError(413, f"message size {request.content_length} is larger than max size {limit}")
+        raise HTTPError(
+            413, f"message size {request.content_length} is larger than max size {limit}"
+        )
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):
@@ -447,13 +506,20 @@ async def publish_message(request: web.Request) -> web.Response:
     else:
         payload, props_json = body, _plain_properties(request)
     # What makes two requests "the same" for Idempotency-Key: body, properties, persistence.
-    fingerprint = hashlib.sha256(body + b"\x00" + dumps([props_json, persistent]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        body + b"\x00" + dumps([props_json, persistent]).encode()
+    ).hexdigest()
     props_json.setdefault("message_id", uuid.uuid4().hex)
     if persistent:
         props_json.setdefault("delivery_mode", 2)
     props = properties_from_json(props_json)
     if core.alarms:
-        raise HTTPError(503, f"publishing is blocked: {core.alarm_reason}", "resource_alarm", {"Retry-After": "5"})
+        raise HTTPError(
+            503,
+            f"publishing is blocked: {core.alarm_reason}",
+            "resource_alarm",
+            {"Retry-After": "5"},
+        )
 
     manager = server.leases
     idem_key: tuple[str, ...] | None = None
@@ -463,9 +529,15 @@ async def publish_message(request: web.Request) -> web.Response:
         seen = manager.idempotency.get(idem_key)
         if seen is not None:
             if seen.fingerprint != fingerprint:
-                raise HTTPError(422, "Idempotency-Key was already used with a different request", "idempotency_key_reused")
+                raise HTTPError(
+                    422,
+                    "Idempotency-Key was already used with a different request",
+                    "idempotency_key_reused",
+                )
             result = await asyncio.shield(seen.done)
-            return reply(result, 201, {"Idempotent-Replayed": "true", "Location": result["location"]})
+            return reply(
+                result, 201, {"Idempotent-Replayed": "true", "Location": result["location"]}
+            )
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         manager.idempotency[idem_key] = IdempotentPublish(fingerprint, time.monotonic(), done)
         while len(manager.idempotency) > IDEMPOTENCY_MAX:
@@ -474,7 +546,11 @@ async def publish_message(request: web.Request) -> web.Response:
         message = make_message("", queue.name, props, payload)
         accepted = server.route_message(vhost, vhost.default_exchange, message)
         if not accepted:
-            raise HTTPError(409, f"queue '{queue.name}' in vhost '{vhost.name}' refused the message (overflow)", "publish_refused")
+            raise HTTPError(
+                409,
+                f"queue '{queue.name}' in vhost '{vhost.name}' refused the message (overflow)",
+                "publish_refused",
+            )
         await server.wait_for_sync(message, accepted)
     except BaseException as exc:
         if idem_key is not None:
@@ -521,7 +597,12 @@ async def next_message(request: web.Request) -> web.StreamResponse:
     vhost, queue, user = _consumable(request)
     client = _client(request, user)
     if not manager.has_room(client):
-        raise HTTPError(429, f"client holds {manager.per_client.get(client, 0)} leases; ack some first", "too_many_leases", {"Retry-After": "1"})
+        raise HTTPError(
+            429,
+            f"client holds {manager.per_client.get(client, 0)} leases; ack some first",
+            "too_many_leases",
+            {"Retry-After": "1"},
+        )
     waiter = PollWaiter(manager, client, user.name, lease_seconds)
     manager.waiters.add(waiter)
     timer = asyncio.get_running_loop().call_later(wait, waiter.finish, None)
@@ -541,7 +622,9 @@ async def next_message(request: web.Request) -> web.StreamResponse:
     return _lease_response(vhost, queue, lease, redelivered)
 
 
-def _lease_response(vhost: VirtualHost, queue: Queue, lease: Lease, redelivered: bool) -> web.Response:
+def _lease_response(
+    vhost: VirtualHost, queue: Queue, lease: Lease, redelivered: bool
+) -> web.Response:
     message = lease.entry.message
     assert message is not None
     props = message.decoded_properties()
@@ -565,7 +648,11 @@ def _lease_response(vhost: VirtualHost, queue: Queue, lease: Lease, redelivered:
         text = _header_value(value)
         if text is not None and name.isascii() and name.replace("-", "").replace("_", "").isalnum():
             headers["X-Baedal-Header-" + name] = text
-    content_type = props.content_type if props.content_type and _header_value(props.content_type) else "application/octet-stream"
+    content_type = (
+        props.content_type
+        if props.content_type and _header_value(props.content_type)
+        else "application/octet-stream"
+    )
     headers["Content-Type"] = content_type
     return web.Response(status=200, body=message.body, headers=headers)
 
@@ -606,12 +693,23 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise HTTPError(400, "this endpoint needs a WebSocket upgrade", "websocket_required")
     await ws.prepare(request)
-    session = SocketSession(manager, queue, _client(request, user), user.name, prefetch, lease_seconds)
+    session = SocketSession(
+        manager, queue, _client(request, user), user.name, prefetch, lease_seconds
+    )
     consumer = SocketConsumer(session)
     manager.sessions.add(session)
     writer = asyncio.get_running_loop().create_task(_write_frames(ws, session))
     try:
-        await ws.send_str(dumps({"type": "subscribed", "queue": queue.name, "prefetch": prefetch, "consumer_tag": consumer.tag}))
+        await ws.send_str(
+            dumps(
+                {
+                    "type": "subscribed",
+                    "queue": queue.name,
+                    "prefetch": prefetch,
+                    "consumer_tag": consumer.tag,
+                }
+            )
+        )
         queue.add_consumer(consumer)
         async for frame in ws:
             if frame.type != WSMsgType.TEXT:
@@ -657,7 +755,9 @@ def _client_frame(manager: LeaseManager, session: SocketSession, data: str) -> N
         answer({"type": "error", "lease_id": lease_id, "reason": "requeue must be a boolean"})
         return
     try:
-        outcome, replayed = manager.settle(lease_id, session.user, session.queue, doc["type"], requeue)
+        outcome, replayed = manager.settle(
+            lease_id, session.user, session.queue, doc["type"], requeue
+        )
     except HTTPError as exc:
         answer({"type": "error", "lease_id": lease_id, "error": exc.error, "reason": exc.reason})
         return

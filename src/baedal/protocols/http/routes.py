@@ -82,7 +82,9 @@ def dumps(data: Any) -> str:
 
 
 def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=dumps(data), content_type="application/json", headers=headers)
+    return web.Response(
+        status=status, text=dumps(data), content_type="application/json", headers=headers
+    )
 
 
 def no_content() -> web.Response:
@@ -125,7 +127,9 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
     raise bad_request(f"query parameter '{name}' must be true or false")
 
 
-def query_number(request: web.Request, name: str, default: float, minimum: float, maximum: float) -> float:
+def query_number(
+    request: web.Request, name: str, default: float, minimum: float, maximum: float
+) -> float:
     value = request.query.get(name)
     if value is None:
         return default
@@ -134,5 +138,7 @@ def query_number(request: web.Request, name: str, default: float, minimum: float
     except ValueError:
         raise bad_request(f"query parameter '{name}' must be a number") from None
     if not minimum <= number <= maximum:  # also rejects nan
-        raise HTTPError(400, f"query parameter '{name}' must be between {minimum:g} and {maximum:g}")
+        raise HTTPError(
+            400, f"query parameter '{name}' must be between {minimum:g} and {maximum:g}"
+        )
     return number

@@ -103,7 +103,9 @@ class HTTPServer:
     async def start(self, host: str, port: int) -> int:
         # handler_cancellation: a long poll whose client went away is cancelled at once,
         # so its waiter leaves the queue instead of taking a message for nobody.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -143,7 +145,13 @@ class HTTPServer:
             "disk_free": disk_free,
         }
 
-    def route_message(self, vhost: VirtualHost, exchange: Exchange, message: Message, extra_keys: list[str] | None = None) -> list[Queue]:
+    def route_message(
+        self,
+        vhost: VirtualHost,
+        exchange: Exchange,
+        message: Message,
+        extra_keys: list[str] | None = None,
+    ) -> list[Queue]:
         """Publish as an AMQP channel would: route, count, enqueue.  Returns the queues
         that accepted the message (empty when unroutable or refused)."""
         queues = vhost.route(exchange, message, extra_keys)
@@ -209,7 +217,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         symbol = STATUS_SYMBOL.get(exc.status, "error")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        headers = {
+            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")
+        }
         return error_response(exc.status, symbol, exc.text or exc.reason, headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise

@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from ...core.queue import Queue
 
 QUEUE_FIELDS = ("publish", "deliver_get", "ack", "redeliver")
-TOTAL_FIELDS = ("publish", "deliver_get", "ack", "redeliver", "confirm", "return_unroutable", "drop_unroutable")
+TOTAL_FIELDS = (
+    "publish",
+    "deliver_get",
+    "ack",
+    "redeliver",
+    "confirm",
+    "return_unroutable",
+    "drop_unroutable",
+)
 
 
 def queue_counts(queue: Queue) -> tuple[int, int, int, int]:
@@ -45,7 +53,11 @@ class StatsSampler:
         self._previous_totals: dict[str, int] | None = None
         self._previous_at = time.monotonic()
         self.total_rates: dict[str, float] = dict.fromkeys(TOTAL_FIELDS, 0.0)
-        self.queue_totals_rates: dict[str, float] = {"messages": 0.0, "messages_ready": 0.0, "messages_unacknowledged": 0.0}
+        self.queue_totals_rates: dict[str, float] = {
+            "messages": 0.0,
+            "messages_ready": 0.0,
+            "messages_unacknowledged": 0.0,
+        }
         self._previous_depths: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -82,7 +94,9 @@ class StatsSampler:
                 counts = queue_counts(queue)
                 previous = self._queues.get(id(queue))
                 if previous is not None and previous[0] is queue:
-                    rates = tuple(max(0, c - p) / elapsed for c, p in zip(counts, previous[1], strict=True))
+                    rates = tuple(
+                        max(0, c - p) / elapsed for c, p in zip(counts, previous[1], strict=True)
+                    )
                 else:
                     rates = (0.0, 0.0, 0.0, 0.0)
                 seen[id(queue)] = (queue, counts, rates)
@@ -99,7 +113,9 @@ class StatsSampler:
         self._exchanges = seen_exchanges
         totals = self.totals()
         if self._previous_totals is not None:
-            self.total_rates = {k: max(0, totals[k] - self._previous_totals[k]) / elapsed for k in TOTAL_FIELDS}
+            self.total_rates = {
+                k: max(0, totals[k] - self._previous_totals[k]) / elapsed for k in TOTAL_FIELDS
+            }
         self._previous_totals = totals
         ready, unacked = self.depths()
         if self._previous_depths is not None:
