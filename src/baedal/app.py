@@ -112,9 +112,10 @@ class Broker:
         s = self.settings
         core = self.core
         assert core is not None
-        watermark = s.memory_high_watermark
-        limit = int(watermark * memory.total_memory_bytes()) if watermark <= 1 else int(watermark)
+        total = memory.total_memory_bytes()
         while True:
+            watermark = s.memory_high_watermark  # re-read: operators may change it live
+            limit = int(watermark * total) if watermark <= 1 else int(watermark)
             try:
                 core.set_alarm("memory", memory.rss_bytes() > limit)
                 core.set_alarm("disk", memory.disk_free_bytes(s.data_dir) < s.disk_free_limit)
