@@ -101,6 +101,9 @@ class BrokerCore:
         self.alarms: set[str] = set()
         self.alarm_listeners: list[Callable[[set[str]], None]] = []
         self.storage: Any = None  # baedal.storage wiring (durable stores, definitions, syncer)
+        from ..cluster.replicator import LocalReplicator
+
+        self.replicator: Any = LocalReplicator()  # the clustering seam (cluster/replicator.py)
         self.started_at = time.time()
         self.counters: dict[str, int] = {
             "published": 0,

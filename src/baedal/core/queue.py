@@ -258,7 +258,9 @@ class Queue:
             # TTL 0 with nobody to take it now: expires at once (RabbitMQ semantics).
             self._dead_letter_message(message, "expired")
             return True
-        store.append(message, expires_at)
+        entry = store.append(message, expires_at)
+        if self.durable:
+            self.vhost.broker.replicator.appended(self, entry)
         self.publish_count += 1
         if settings.max_length is not None or settings.max_length_bytes is not None:
             self._enforce_drop_head()
@@ -442,12 +444,16 @@ class Queue:
 
     def settle_delivered(self, entry: QueueEntry) -> None:
         """A no-ack delivery went out: the entry is done."""
+        if self.durable:
+            self.vhost.broker.replicator.settled(self, entry)
         self.store.settle(entry)
 
     def ack(self, entry: QueueEntry) -> None:
         self.unacked_count -= 1
         self.ack_count += 1
         if not self.deleted:
+            if self.durable:
+                self.vhost.broker.replicator.settled(self, entry)
             try:
                 self.store.settle(entry)
             except OSError as exc:  # the store keeps its memory state; the ack is retried
@@ -535,6 +541,8 @@ class Queue:
 
     def _dead_letter_entry(self, entry: QueueEntry, reason: str) -> None:
         message = entry.message
+        if self.durable:
+            self.vhost.broker.replicator.settled(self, entry)
         self.store.settle(entry)
         if message is not None:
             self._dead_letter_message(message, reason)
