@@ -8,12 +8,14 @@ may log in from localhost), ``http_broker.amqp_url`` for pika, and
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from httphelpers import poll_until
+
+__all__ = ["poll_until"]
 
 
 def _start(data_dir: Path) -> Any:
@@ -34,15 +36,3 @@ def shared_http_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
     """One broker for a whole module, for tests that only read or use unique names."""
     with _start(tmp_path_factory.mktemp("baedal-http")) as broker:
         yield broker
-
-
-def poll_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Call predicate until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)

@@ -43,6 +43,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -173,9 +174,18 @@ class LeaseManager:
             lease.session.credit_returned()
 
     def settle(
-        self, lease_id: str, user: str, queue: Queue | None, how: str, requeue: bool
+        self,
+        lease_id: str,
+        user: str,
+        queue: Queue | None,
+        how: str,
+        requeue: bool,
+        before_queue: Callable[[str], None] | None = None,
     ) -> tuple[str, bool]:
-        """Ack or nack; returns (outcome, replayed).  Raises 404 / 409 as documented."""
+        """Ack or nack; returns (outcome, replayed).  Raises 404 / 409 as documented.
+
+        ``before_queue(outcome)`` runs after the lease is settled and before the queue
+        acts on it, so a WebSocket's "settled" frame precedes the delivery it frees."""
         outcome = "ack" if how == "ack" else ("requeue" if requeue else "reject")
         lease = self.leases.get(lease_id)
         if lease is None or lease.user != user or (queue is not None and lease.queue is not queue):
@@ -194,6 +204,8 @@ class LeaseManager:
                 )
             return outcome, True
         self._forget(lease, outcome)
+        if before_queue is not None:
+            before_queue(outcome)
         target = lease.queue
         if how == "ack":
             target.ack(lease.entry)
@@ -756,12 +768,20 @@ def _client_frame(manager: LeaseManager, session: SocketSession, data: str) -> N
         return
     try:
         outcome, replayed = manager.settle(
-            lease_id, session.user, session.queue, doc["type"], requeue
+            lease_id,
+            session.user,
+            session.queue,
+            doc["type"],
+            requeue,
+            lambda outcome: answer(
+                {"type": "settled", "lease_id": lease_id, "outcome": outcome, "replayed": False}
+            ),
         )
     except HTTPError as exc:
         answer({"type": "error", "lease_id": lease_id, "error": exc.error, "reason": exc.reason})
         return
-    answer({"type": "settled", "lease_id": lease_id, "outcome": outcome, "replayed": replayed})
+    if replayed:
+        answer({"type": "settled", "lease_id": lease_id, "outcome": outcome, "replayed": True})
 
 
 async def _write_frames(ws: web.WebSocketResponse, session: SocketSession) -> None:
