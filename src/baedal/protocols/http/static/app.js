@@ -6,6 +6,9 @@
  *   console needs is served by the broker from /console/.
  * - Credentials live in sessionStorage (gone when the tab closes) and go out as an
  *   HTTP basic Authorization header on every fetch(); a 401 brings the login form back.
+ *   Every fetch uses credentials: "omit": a 401 carries WWW-Authenticate (as RabbitMQ's
+ *   does), and the Fetch standard lets the browser pop its own password dialog only
+ *   when credentials are included; with "omit" the 401 simply reaches our code.
  * - Hash routing (#/queues, #/queues/%2F/orders, ...).  Each page is an object with
  *   mount(root) once and refresh() on every poll tick; refresh only rebuilds the data
  *   parts (tables, totals), never the forms, so typing is not lost while polling.
@@ -124,7 +127,7 @@
 
   async function api(method, path, body, extraHeaders) {
     const headers = { Authorization: `Basic ${state.auth}`, ...(extraHeaders || {}) };
-    const options = { method, headers, cache: "no-store" };
+    const options = { method, headers, cache: "no-store", credentials: "omit" };
     if (body !== undefined) {
       options.body = JSON.stringify(body);
       headers["Content-Type"] = "application/json";
@@ -1421,7 +1424,7 @@
     // btoa needs Latin-1; encode UTF-8 first so non-ASCII passwords work.
     const token = btoa(String.fromCharCode(...new TextEncoder().encode(`${user}:${password}`)));
     try {
-      const response = await fetch("/api/overview", { headers: { Authorization: `Basic ${token}` }, cache: "no-store" });
+      const response = await fetch("/api/overview", { headers: { Authorization: `Basic ${token}` }, cache: "no-store", credentials: "omit" });
       if (response.status === 401 || response.status === 403) {
         error.textContent = "Login failed: wrong user or password, or this user may not use the management API.";
         error.hidden = false;
