@@ -182,6 +182,7 @@ def recovery(count: int, queues: int = 10) -> dict:
             "recovery.0",
             "-n",
             str(per_queue),
+            "--durable",
             "--autoack",
             "--idle",
             "5",
