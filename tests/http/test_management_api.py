@@ -415,3 +415,19 @@ def test_definitions_import_rejects_bad_documents_without_a_500(api):
         response = api.post("/api/definitions", bad)
         assert response.status_code == 400, (bad, response.text)
         assert response.json()["error"] == "bad_request"
+
+
+def test_rates_come_from_sampled_counters(shared_http_broker, api, name):
+    queue = name()
+    api.put(f"/api/queues/%2F/{enc(queue)}", {"durable": False})
+    sampler = shared_http_broker.http.sampler
+    shared_http_broker.call(sampler.sample)
+    for _ in range(5):
+        api.post(
+            "/api/exchanges/%2F/amq.default/publish",
+            {"routing_key": queue, "payload": "x", "properties": {}},
+        )
+    shared_http_broker.call(sampler.sample)
+    rate = api.json(f"/api/queues/%2F/{enc(queue)}")["message_stats"]["publish_details"]["rate"]
+    assert rate > 0
+    assert api.json("/api/overview")["message_stats"]["publish_details"]["rate"] > 0
