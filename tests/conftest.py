@@ -50,18 +50,11 @@ def unique(request: pytest.FixtureRequest) -> Callable[[str], str]:
     counter = iter(range(1_000_000))
 
     def make(prefix: str = "q") -> str:
-        return f"{prefix}.{request.node.name[:60]}.{os.getpid()}.{next(counter)}.{time.monotonic_ns()}"
+        return (
+            f"{prefix}.{request.node.name[:60]}.{os.getpid()}.{next(counter)}.{time.monotonic_ns()}"
+        )
 
     return make
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> object:
-    """Poll until predicate() is truthy; fail the test if it never is."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
+from baedal_testing import wait_until  # noqa: E402,F401  (re-exported for old imports)

@@ -18,7 +18,7 @@ import pytest
 
 from baedal import Broker
 from baedal.config import load_settings
-from conftest import wait_until
+from baedal_testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,7 @@ from helpers import (
 )
 from pika import BasicProperties
 
-from conftest import wait_until
+from baedal_testing import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
