@@ -183,8 +183,8 @@ def test_client_disconnect_while_waiting_loses_nothing(api, queue):
 def test_client_disconnect_after_the_message_was_sent_returns_it_on_expiry(api, queue):
     api.post(messages_url(queue), data=b"in-flight")
     sock = _raw_get(api.base, messages_url(queue) + "/next?wait=5&lease=1")
-    sock.close()  # the response may or may not have been written: either way nothing is lost
-    poll_until(lambda: depth(api, queue) == (0, 1))
+    poll_until(lambda: depth(api, queue) == (0, 1))  # leased to this client
+    sock.close()  # without reading the response: the lease must bring the message back
     poll_until(lambda: depth(api, queue) == (1, 0), timeout=5)
     again = api.get(messages_url(queue) + "/next?wait=5")
     assert again.content == b"in-flight" and again.headers["X-Baedal-Redelivered"] == "true"
