@@ -252,10 +252,15 @@ def test_connections_page_lists_a_pika_connection_and_closes_it(
         # pika does not expose its socket; the local port tells its row apart.
         local_port = connection._impl._transport._sock.getsockname()[1]
 
+        go_to(console, "overview")
+        expect(console.get_by_test_id("total-connections").locator(".value")).to_have_text("1")
+        expect(console.get_by_test_id("total-consumers").locator(".value")).to_have_text("1")
+        screenshot(console, "08-overview-with-a-client")
+
         go_to(console, "channels")
         expect(console.get_by_test_id("channels-table")).to_contain_text(f":{local_port}")
         expect(console.get_by_test_id("consumers-table")).to_contain_text(queue)
-        screenshot(console, "08-channels")
+        screenshot(console, "09-channels")
 
         go_to(console, "connections")
         row = (
@@ -266,7 +271,7 @@ def test_connections_page_lists_a_pika_connection_and_closes_it(
         expect(row).to_have_count(1)
         expect(row.locator('td[data-field="client"]')).to_contain_text(re.compile("pika", re.I))
         expect(row.locator('td[data-field="user"]')).to_have_text("guest")
-        screenshot(console, "09-connections")
+        screenshot(console, "10-connections")
         row.get_by_test_id("connection-close").click()
 
         # The broker really closed it: pika hears connection.close (and answers close-ok,
@@ -276,7 +281,7 @@ def test_connections_page_lists_a_pika_connection_and_closes_it(
             while time.monotonic() < deadline:
                 connection.process_data_events(time_limit=0.1)
         expect(row).to_have_count(0)
-        screenshot(console, "10-connections-closed")
+        screenshot(console, "11-connections-closed")
     finally:
         if connection.is_open:
             connection.close()

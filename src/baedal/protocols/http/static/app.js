@@ -324,14 +324,14 @@
   function niceMax(value) {
     if (value <= 0) return 1;
     const magnitude = 10 ** Math.floor(Math.log10(value));
-    for (const step of [1, 2, 2.5, 5, 10]) {
+    for (const step of [1, 2, 2.5, 4, 5, 10]) {
       if (value <= step * magnitude) return step * magnitude;
     }
     return 10 * magnitude;
   }
 
   /** A line chart of the last samples; series: [{label, color, values}] aligned with times. */
-  function drawChart(canvas, times, series, formatValue) {
+  function drawChart(canvas, times, series, formatValue, minimumTop = 1) {
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth || 600;
     const height = canvas.clientHeight || 220;
@@ -346,7 +346,7 @@
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const all = series.flatMap((s) => s.values.filter((v) => typeof v === "number"));
-    const top = niceMax(Math.max(0, ...all));
+    const top = niceMax(Math.max(minimumTop, ...all));
     const span = POLL_MS * (HISTORY_SAMPLES - 1);
     const now = times.length ? times[times.length - 1] : Date.now();
     const x = (t) => pad.left + plotW * (1 - (now - t) / span);
@@ -458,8 +458,8 @@
     function draw() {
       const times = state.history.map((s) => s.t);
       const latest = state.history[state.history.length - 1] || {};
-      drawChart(queuedCanvas, times, queuedSeries.map((s) => ({ ...s, values: state.history.map((p) => p[s.key]) })), (v) => fmtNum(Math.round(v)));
-      drawChart(ratesCanvas, times, rateSeries.map((s) => ({ ...s, values: state.history.map((p) => p[s.key]) })), (v) => (v >= 10 ? Math.round(v) : v.toFixed(1)) + "/s");
+      drawChart(queuedCanvas, times, queuedSeries.map((s) => ({ ...s, values: state.history.map((p) => p[s.key]) })), (v) => (Number.isInteger(v) ? fmtNum(v) : v.toFixed(1)), 4);
+      drawChart(ratesCanvas, times, rateSeries.map((s) => ({ ...s, values: state.history.map((p) => p[s.key]) })), (v) => (v >= 10 ? Math.round(v) : v >= 1 ? v.toFixed(1) : v.toFixed(2)) + "/s");
       replace(queuedLegend, legend(queuedSeries, (s) => fmtNum(latest[s.key])));
       replace(ratesLegend, legend(rateSeries, (s) => fmtRate(latest[s.key])));
     }
@@ -1192,6 +1192,13 @@
     };
   }
 
+  // Bytes per second when the broker reports a rate, else the running total.
+  function traffic(connection, counter) {
+    const perSecond = rate(connection, counter);
+    if (perSecond !== undefined) return `${fmtBytes(perSecond)}/s`;
+    return typeof connection[counter] === "number" ? h("span", { title: "total since connected" }, fmtBytes(connection[counter])) : "–";
+  }
+
   function ConnectionsPage() {
     let tableHolder;
     let count;
@@ -1219,8 +1226,8 @@
           { title: "Protocol", field: "protocol", cell: (c) => c.protocol || "AMQP 0-9-1" },
           { title: "Channels", num: true, field: "channels", cell: (c) => fmtNum(c.channels) },
           { title: "State", field: "state", cell: (c) => h("span", { class: `state-${c.state}` }, c.state || "–") },
-          { title: "From client", num: true, field: "recv_rate", cell: (c) => (rate(c, "recv_oct") === undefined ? "–" : `${fmtBytes(rate(c, "recv_oct"))}/s`) },
-          { title: "To client", num: true, field: "send_rate", cell: (c) => (rate(c, "send_oct") === undefined ? "–" : `${fmtBytes(rate(c, "send_oct"))}/s`) },
+          { title: "From client", num: true, field: "recv", cell: (c) => traffic(c, "recv_oct") },
+          { title: "To client", num: true, field: "send", cell: (c) => traffic(c, "send_oct") },
           {
             title: "",
             class: "actions",
