@@ -118,7 +118,11 @@ class Broker:
             limit = int(watermark * total) if watermark <= 1 else int(watermark)
             try:
                 core.set_alarm("memory", memory.rss_bytes() > limit)
-                core.set_alarm("disk", memory.disk_free_bytes(s.data_dir) < s.disk_free_limit)
+                low_disk = memory.disk_free_bytes(s.data_dir) < s.disk_free_limit
+                # A store whose write failed keeps the alarm up until it has recovered,
+                # whatever statvfs says (EDQUOT, EIO, a limit of 0).
+                failing = self.storage is not None and not self.storage.healthy
+                core.set_alarm("disk", low_disk or failing)
             except OSError:
                 log.exception("resource check failed")
             await asyncio.sleep(s.alarm_check_interval)

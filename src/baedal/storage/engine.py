@@ -223,7 +223,28 @@ class StorageEngine:
 
     def after_sync(self, callback: Any, on_error: Any = None) -> None:
         assert self.syncer is not None
-        self.syncer.after_sync(callback, on_error)
+
+        def failed(exc: BaseException) -> None:
+            # A buffered write failed at flush time (the usual ENOSPC case: appends only
+            # buffer).  Find the stores it left sticky-failed so they get the same
+            # alarm-and-recover treatment as a failed append, then let the caller nack.
+            self._flush_failed(exc)
+            if on_error is not None:
+                on_error(exc)
+
+        self.syncer.after_sync(callback, failed)
+
+    def _flush_failed(self, exc: BaseException) -> None:
+        failed = [store for store in self.stores.values() if store.failure is not None]
+        for store in failed:
+            self.write_failed(store, exc)
+        if not failed:
+            self.write_failed(None, exc)
+
+    @property
+    def healthy(self) -> bool:
+        """False while some store cannot write (the disk alarm must stay up)."""
+        return not self.failed_stores
 
     def request_sync(self) -> None:
         assert self.syncer is not None
@@ -233,6 +254,8 @@ class StorageEngine:
 
     def write_failed(self, store: Any, exc: BaseException) -> None:
         """An append failed (ENOSPC, EIO): block publishers until the store recovers."""
+        if isinstance(store, PagedStore):
+            store = store.paged_store
         if isinstance(store, SegmentStore):
             if store not in self.failed_stores:
                 log.error("write to %s failed: %s; publishers blocked until it recovers", store.directory, exc)

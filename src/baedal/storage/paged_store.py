@@ -49,6 +49,10 @@ class PagedStore(MemoryStore):
         self._mem_count = 0  # ready entries held in memory (ready_count covers both)
         self._mem_bytes = 0
 
+    @property
+    def paged_store(self) -> SegmentStore | None:
+        return self._paged
+
     def append(self, message: Message, expires_at: float | None) -> QueueEntry:
         paged = self._paged
         if paged is None or not paged.ready_count:
