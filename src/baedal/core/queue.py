@@ -382,13 +382,8 @@ class Queue:
                 if entry.expires_at <= now:
                     self._dead_letter_entry(entry, "expired")
                     continue
-            if entry.delivery_count:
-                self.redeliver_count += 1
-                if self._quorum and self._over_delivery_limit(entry):
-                    continue
-            self.deliver_count += 1
-            if not consumer.no_ack:
-                self.unacked_count += 1
+            if not self._count_delivery(entry, consumer.no_ack):
+                continue
             consumer.deliver(self, entry)
             budget -= 1
             if budget == 0:
@@ -396,6 +391,17 @@ class Queue:
                     self._drain_scheduled = True
                     self.vhost.broker.call_soon(self._scheduled_drain)
                 return
+
+    def _count_delivery(self, entry: QueueEntry, no_ack: bool) -> bool:
+        """Book an entry about to go out; False if the delivery limit took it instead."""
+        if entry.delivery_count:
+            self.redeliver_count += 1
+            if self._quorum and self._over_delivery_limit(entry):
+                return False
+        self.deliver_count += 1
+        if not no_ack:
+            self.unacked_count += 1
+        return True
 
     def _over_delivery_limit(self, entry: QueueEntry) -> bool:
         """Quorum-queue semantics: ``x-delivery-count`` header on redeliveries, and the
@@ -431,14 +437,8 @@ class Queue:
             if entry.expires_at is not None and entry.expires_at <= self._loop_time():
                 self._dead_letter_entry(entry, "expired")
                 continue
-            if entry.delivery_count:
-                self.redeliver_count += 1
-                if self._quorum and self._over_delivery_limit(entry):
-                    continue
-            self.deliver_count += 1
-            if not no_ack:
-                self.unacked_count += 1
-            return entry
+            if self._count_delivery(entry, no_ack):
+                return entry
 
     # --- settlement --------------------------------------------------------------------
 

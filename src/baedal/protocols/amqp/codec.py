@@ -537,36 +537,21 @@ def deliver_frames(
         return content_frames(
             channel, deliver_payload(consumer_tag, delivery_tag, redelivered, names, b""), properties, body, frame_max
         )
-    return b"".join(
-        (
-            _PACK_FRAME(FRAME_METHOD, channel, 13 + len(consumer_tag) + len(names)),
-            _DELIVER_PREFIX,
-            consumer_tag,
-            _PACK_DELIVER_TAIL(delivery_tag, 1 if redelivered else 0),
-            names,
-            FRAME_END_BYTE,
-            _PACK_FRAME(FRAME_HEADER, channel, 12 + len(properties)),
-            _PACK_CONTENT_HEADER(60, 0, body_size),
-            properties,
-            FRAME_END_BYTE,
-            _PACK_FRAME(FRAME_BODY, channel, body_size),
-            body,
-            FRAME_END_BYTE,
-        )
-        if body_size
-        else (
-            _PACK_FRAME(FRAME_METHOD, channel, 13 + len(consumer_tag) + len(names)),
-            _DELIVER_PREFIX,
-            consumer_tag,
-            _PACK_DELIVER_TAIL(delivery_tag, 1 if redelivered else 0),
-            names,
-            FRAME_END_BYTE,
-            _PACK_FRAME(FRAME_HEADER, channel, 12 + len(properties)),
-            _PACK_CONTENT_HEADER(60, 0, 0),
-            properties,
-            FRAME_END_BYTE,
-        )
-    )
+    parts = [
+        _PACK_FRAME(FRAME_METHOD, channel, 13 + len(consumer_tag) + len(names)),
+        _DELIVER_PREFIX,
+        consumer_tag,
+        _PACK_DELIVER_TAIL(delivery_tag, 1 if redelivered else 0),
+        names,
+        FRAME_END_BYTE,
+        _PACK_FRAME(FRAME_HEADER, channel, 12 + len(properties)),
+        _PACK_CONTENT_HEADER(60, 0, body_size),
+        properties,
+        FRAME_END_BYTE,
+    ]
+    if body_size:
+        parts += (_PACK_FRAME(FRAME_BODY, channel, body_size), body, FRAME_END_BYTE)
+    return b"".join(parts)
 
 
 def deliver_payload(consumer_tag: bytes, delivery_tag: int, redelivered: bool, exchange: bytes, routing_key: bytes) -> bytes:
