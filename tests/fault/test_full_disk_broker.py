@@ -337,15 +337,6 @@ def test_enospc_nacks_the_publish_and_every_confirmed_message_survives_a_restart
     assert len(remaining) == len(set(remaining)), "a message came back twice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker bug: an ENOSPC found by Syncer's flush (the usual case: appends only buffer) "
-        "nacks through Channel._sync_failed but never reaches StorageEngine.write_failed, so "
-        "no disk alarm and the store is not in failed_stores; it stays sticky-failed until "
-        "the next append raises, so the first publish after space is freed is nacked too"
-    ),
-)
 def test_first_publish_after_space_is_freed_is_confirmed(
     tiny_disk: Path, start_broker: Callable[..., Broker]
 ) -> None:
@@ -369,15 +360,6 @@ def test_first_publish_after_space_is_freed_is_confirmed(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker bug: app.Broker._watch_resources sets the 'disk' alarm from statvfs alone "
-        "every alarm_check_interval, so it clears the alarm StorageEngine.write_failed raised "
-        "while the store is still failed (whenever free >= disk_free_limit: limit 0, EDQUOT, "
-        "EIO); publishers are unblocked and nacked until _retry_failed resets the store"
-    ),
-)
 def test_failed_write_keeps_the_disk_alarm_until_the_store_recovers(
     tiny_disk: Path, start_broker: Callable[..., Broker]
 ) -> None:

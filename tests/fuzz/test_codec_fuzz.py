@@ -587,14 +587,6 @@ def _connected(loop: asyncio.AbstractEventLoop) -> tuple[AMQPConnection, FakeTra
     return connection, transport
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker bug: AMQPConnection.data_received calls itself once per ChannelFault raised "
-        "by the reader in one read (`self.data_received(b'')`), so ~1000 oversized-message "
-        "headers in one read exhaust the stack: RecursionError -> 541 INTERNAL_ERROR"
-    ),
-)
 def test_many_channel_faults_in_one_read_are_each_answered_with_channel_close(
     event_loop_for_fuzz: asyncio.AbstractEventLoop,
 ) -> None:

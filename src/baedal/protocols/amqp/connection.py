@@ -157,17 +157,20 @@ class AMQPConnection:
         self._last_received = self.broker.loop.time()  # type: ignore[union-attr]
         self.recv_bytes += len(data)
         try:
-            try:
-                events = self.reader.feed(data)
-            except ChannelFault as exc:
-                self._handle_events(exc.events)  # type: ignore[attr-defined]
-                self._channel_fault(exc, exc.channel)
-                self._in_read = False
-                self.data_received(b"")
-                return
-            except ConnectionFault as exc:
-                self._handle_events(exc.events)  # type: ignore[attr-defined]
-                raise
+            while True:
+                try:
+                    events = self.reader.feed(data)
+                    break
+                except ChannelFault as exc:
+                    # Soft error mid-buffer (an oversized message): answer it, then go on
+                    # with what followed it in the buffer.  A loop, not recursion: a peer
+                    # can pack any number of such frames into one read.
+                    self._handle_events(exc.events)  # type: ignore[attr-defined]
+                    self._channel_fault(exc, exc.channel)
+                    data = b""
+                except ConnectionFault as exc:
+                    self._handle_events(exc.events)  # type: ignore[attr-defined]
+                    raise
             if len(events) > EVENTS_PER_CALLBACK:
                 self._pending_events = events[EVENTS_PER_CALLBACK:]
                 events = events[:EVENTS_PER_CALLBACK]
