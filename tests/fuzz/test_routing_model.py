@@ -248,15 +248,6 @@ def test_headers_exchange_routes_like_the_model(
         assert names(found) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker bug (RabbitMQ divergence): headers_match compares values with Python ==, so "
-        "True matches 1, 1.0 matches 1, Decimal('1') matches 1 and a timestamp matches an int; "
-        "RabbitMQ compares rabbit_misc:type_class first (bool, int, float, decimal, timestamp "
-        "are distinct classes) and routes none of these"
-    ),
-)
 @pytest.mark.parametrize(
     ("bound", "sent"),
     [(True, 1), (1, True), (1.0, 1), (Decimal(1), 1), (Timestamp(5), 5)],

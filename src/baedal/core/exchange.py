@@ -270,6 +270,26 @@ class HeadersExchange(Exchange):
         return found
 
 
+def _type_class(value: Any) -> str:
+    from decimal import Decimal
+
+    from .properties import Timestamp
+
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Timestamp):
+        return "timestamp"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, Decimal):
+        return "decimal"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    return type(value).__name__
+
+
 def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
     """RabbitMQ's rabbit_exchange_type_headers semantics."""
     mode = arguments.get("x-match", "all")
@@ -282,8 +302,11 @@ def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
         if key == "x-match" or (key.startswith("x-") and not with_x):
             continue
         present = key in headers
-        # A binding value of void matches on presence alone.
-        ok = present and (expected is None or headers[key] == expected)
+        # A binding value of void matches on presence alone; otherwise type class and
+        # value must both agree (rabbit_misc:type_class: True does not match 1).
+        ok = present and (
+            expected is None or (_type_class(headers[key]) == _type_class(expected) and headers[key] == expected)
+        )
         if want_all and not ok:
             return False
         if ok:
