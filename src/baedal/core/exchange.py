@@ -13,7 +13,10 @@ virtual host follows exchange destinations and applies the alternate exchange.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
+
+from .properties import Timestamp
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
@@ -271,10 +274,6 @@ class HeadersExchange(Exchange):
 
 
 def _type_class(value: Any) -> str:
-    from decimal import Decimal
-
-    from .properties import Timestamp
-
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, Timestamp):
