@@ -81,7 +81,6 @@ KINDS = {cls: field_kinds(cls) for cls in METHOD_CLASSES}
 # --- field table values ---------------------------------------------------------------
 
 short_text = st.text(max_size=20).filter(lambda s: len(s.encode("utf-8", "surrogateescape")) <= 255)
-table_keys = st.text(max_size=10).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= 255)
 table_keys = st.text(st.characters(exclude_categories=("Cs",)), max_size=10)
 plain_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
 
