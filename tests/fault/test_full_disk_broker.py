@@ -124,8 +124,12 @@ class Publisher(threading.Thread):
     def run(self) -> None:
         try:
             connection = pika.BlockingConnection(pika.URLParameters(self.url))
-            connection.add_on_connection_blocked_callback(self._on_blocked)
-            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            # On the underlying SelectConnection: BlockingConnection only dispatches
+            # connection.blocked in process_data_events, not while basic_publish waits
+            # for a confirm, and a publish in flight when the alarm goes up waits until
+            # the alarm clears.
+            connection._impl.add_on_connection_blocked_callback(self._on_blocked)
+            connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)
             channel = connection.channel()
             channel.queue_declare(QUEUE, durable=True)
             channel.confirm_delivery()
