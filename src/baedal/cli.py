@@ -39,6 +39,18 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+def _raise_fd_limit() -> None:
+    """A broker holds one descriptor per connection: take the hard limit (as rabbitmq-server does)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _serve(args: argparse.Namespace) -> int:
     flags = {
         "host": args.host,
@@ -50,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
+    _raise_fd_limit()
     from .app import Broker, _new_loop
 
     broker = Broker(settings)
