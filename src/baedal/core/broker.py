@@ -105,14 +105,13 @@ class BrokerCore:
 
         self.replicator: Any = LocalReplicator()  # the clustering seam (cluster/replicator.py)
         self.started_at = time.time()
+        # Broker-wide event counters.  Per-message totals (published, delivered, acked,
+        # redelivered) live on each queue and exchange and are summed when read, so the
+        # hot path touches no shared dict.
         self.counters: dict[str, int] = {
-            "published": 0,
-            "delivered": 0,
-            "acked": 0,
             "confirmed": 0,
             "returned": 0,
             "unroutable": 0,
-            "redelivered": 0,
             "connections_opened": 0,
             "connections_closed": 0,
             "channels_opened": 0,

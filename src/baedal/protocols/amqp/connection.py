@@ -143,7 +143,9 @@ class AMQPConnection:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else ("", 0)
-        self.name = f"{self.peer[0]}:{self.peer[1]}"
+        local = transport.get_extra_info("sockname")
+        # RabbitMQ's connection name format, which management tooling shows and passes back.
+        self.name = f"{self.peer[0]}:{self.peer[1]} -> {local[0]}:{local[1]}" if local else f"{self.peer[0]}:{self.peer[1]}"
         broker = self.broker
         self.connected_at = broker.now()
         self._last_received = self.connected_at
