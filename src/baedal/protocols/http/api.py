@@ -485,7 +485,7 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "policy": None,
         "message_stats": {
             "publish_in": exchange.publish_count,
-            "publish_in_details": {"rate": 0.0},
+            "publish_in_details": {"rate": round(server.sampler.exchange_rate(exchange), 2)},
         },
     }
 

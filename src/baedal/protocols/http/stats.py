@@ -49,7 +49,7 @@ class StatsSampler:
         self._queues: dict[int, tuple[Any, tuple[int, ...], tuple[float, ...]]] = {}
         self._retired = [0, 0, 0, 0]
         self._exchange_retired = 0
-        self._exchanges: dict[int, tuple[Any, int]] = {}
+        self._exchanges: dict[int, tuple[Any, int, float]] = {}
         self._previous_totals: dict[str, int] | None = None
         self._previous_at = time.monotonic()
         self.total_rates: dict[str, float] = dict.fromkeys(TOTAL_FIELDS, 0.0)
@@ -88,7 +88,7 @@ class StatsSampler:
         elapsed = max(now - self._previous_at, 1e-6)
         self._previous_at = now
         seen: dict[int, tuple[Any, tuple[int, ...], tuple[float, ...]]] = {}
-        seen_exchanges: dict[int, tuple[Any, int]] = {}
+        seen_exchanges: dict[int, tuple[Any, int, float]] = {}
         for vhost in self.core.vhosts.values():
             for queue in vhost.queues.values():
                 counts = queue_counts(queue)
@@ -101,12 +101,19 @@ class StatsSampler:
                     rates = (0.0, 0.0, 0.0, 0.0)
                 seen[id(queue)] = (queue, counts, rates)
             for exchange in vhost.exchanges.values():
-                seen_exchanges[id(exchange)] = (exchange, exchange.publish_count)
+                count = exchange.publish_count
+                before = self._exchanges.get(id(exchange))
+                rate = (
+                    max(0, count - before[1]) / elapsed
+                    if before is not None and before[0] is exchange
+                    else 0.0
+                )
+                seen_exchanges[id(exchange)] = (exchange, count, rate)
         for key, (queue, counts, _rates) in self._queues.items():
             if key not in seen or seen[key][0] is not queue:
                 for i, value in enumerate(counts):
                     self._retired[i] += value
-        for key, (exchange, count) in self._exchanges.items():
+        for key, (exchange, count, _rate) in self._exchanges.items():
             if key not in seen_exchanges or seen_exchanges[key][0] is not exchange:
                 self._exchange_retired += count
         self._queues = seen
@@ -133,6 +140,13 @@ class StatsSampler:
         sampled = self._queues.get(id(queue))
         if sampled is None or sampled[0] is not queue:
             return (0.0, 0.0, 0.0, 0.0)
+        return sampled[2]
+
+    def exchange_rate(self, exchange: Any) -> float:
+        """Messages published to ``exchange`` per second over the last sample interval."""
+        sampled = self._exchanges.get(id(exchange))
+        if sampled is None or sampled[0] is not exchange:
+            return 0.0
         return sampled[2]
 
     def totals(self) -> dict[str, int]:
