@@ -147,6 +147,9 @@ class PriorityStore:
         entry = self._level(message).append(message, expires_at)
         return entry
 
+    def direct(self, message: Message) -> QueueEntry:
+        return self._level(message).direct(message)
+
     def _top(self) -> MessageStore | None:
         for store in reversed(self.levels):
             if store.ready_count:
@@ -258,6 +261,17 @@ class Queue:
             # TTL 0 with nobody to take it now: expires at once (RabbitMQ semantics).
             self._dead_letter_message(message, "expired")
             return True
+        if not store.ready_count and self.consumers and not store.durable and expires_at is None:
+            # Direct hand-off: an empty in-memory queue and a consumer with credit, so
+            # the message goes straight out without passing through the store (the
+            # common case of a queue consumed as fast as it is fed).
+            consumer = self._next_consumer()
+            if consumer is not None:
+                entry = store.direct(message)
+                self.publish_count += 1
+                self._count_delivery(entry, consumer.no_ack)
+                consumer.deliver(self, entry)
+                return True
         entry = store.append(message, expires_at)
         if self.durable:
             self.vhost.broker.replicator.appended(self, entry)

@@ -8,6 +8,8 @@ Contract (all calls on the event-loop thread, none blocks on I/O for long):
 
 * ``append(message, expires_at) -> QueueEntry`` adds at the tail.  Positions strictly
   increase in append order.
+* ``direct(message) -> QueueEntry`` (non-durable stores only) numbers an entry that goes
+  straight to a consumer without ever being ready in the store.
 * ``shift()`` removes and returns the next ready entry (its ``message`` loaded):
   requeued entries first, lowest position first, then the tail in order.
 * ``peek()`` returns that same entry without removing it (for TTL at the head).
@@ -34,6 +36,7 @@ class MessageStore(Protocol):
     ready_bytes: int
 
     def append(self, message: Message, expires_at: float | None) -> QueueEntry: ...
+    def direct(self, message: Message) -> QueueEntry: ...
     def shift(self) -> QueueEntry | None: ...
     def peek(self) -> QueueEntry | None: ...
     def requeue(self, entries: list[QueueEntry]) -> None: ...
@@ -66,6 +69,12 @@ class MemoryStore:
         self.ready_count += 1
         self.ready_bytes += size
         return entry
+
+    def direct(self, message: Message) -> QueueEntry:
+        """An entry for a message handed straight to a consumer (never ready here)."""
+        position = self._next_position
+        self._next_position = position + 1
+        return QueueEntry(position, message, len(message.body))
 
     def shift(self) -> QueueEntry | None:
         if self._requeued:

@@ -608,7 +608,7 @@ class Channel:
 
     # --- basic: publish ----------------------------------------------------------------
 
-    def on_publish(self, method: spec.BasicPublish, properties: bytes, body: bytes) -> None:
+    def on_publish(self, method: spec.BasicPublish, properties: bytes, body: bytes, wire_names: bytes | None = None) -> None:
         """basic.publish with its content (the hot path)."""
         if method.immediate:
             raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
@@ -634,6 +634,7 @@ class Channel:
             except ValueError:
                 raise _soft(PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method) from None
         message = Message(name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms)
+        message.wire_names = wire_names
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
         if flags & (_USER_ID_BIT | _REPLY_TO_BIT | _HEADERS_BIT):

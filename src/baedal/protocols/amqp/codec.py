@@ -158,13 +158,16 @@ class MethodFrame:
 class ContentFrame:
     """A content-bearing method with its assembled properties block and body."""
 
-    __slots__ = ("channel", "method", "properties", "body")
+    __slots__ = ("channel", "method", "properties", "body", "wire_names")
 
-    def __init__(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:
+    def __init__(self, channel: int, method: spec.Method, properties: bytes, body: bytes, wire_names: bytes | None = None) -> None:
         self.channel = channel
         self.method = method
         self.properties = properties
         self.body = body
+        # basic.publish's exchange + routing key exactly as they came (two short strings):
+        # the same bytes basic.deliver needs, so deliveries never re-encode them.
+        self.wire_names = wire_names
 
     def __repr__(self) -> str:
         return f"<ContentFrame ch={self.channel} {self.method!r} {len(self.body)}B>"
@@ -371,7 +374,7 @@ class FrameReader:
             method = _decode_publish(payload)
         except (DecodeError, IndexError, UnicodeDecodeError):
             return 0
-        events.append(ContentFrame(channel, method, properties, buf[bpos + 7 : bend]))
+        events.append(ContentFrame(channel, method, properties, buf[bpos + 7 : bend], payload[6:-1]))
         return bend + 1
 
     def _method(self, channel: int, payload: bytes, events: list[Any]) -> None:

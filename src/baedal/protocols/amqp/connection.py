@@ -543,7 +543,7 @@ class AMQPConnection:
             raise ConnectionFault(COMMAND_INVALID, f"{method.NAME} may not be sent by a client", method.CLASS_ID, method.METHOD_ID)
         self.is_publisher = True
         try:
-            channel.on_publish(method, event.properties, event.body)
+            channel.on_publish(method, event.properties, event.body, event.wire_names)
         except ChannelFault as exc:
             self._channel_fault(exc, channel_number)
 
