@@ -333,8 +333,6 @@ def encode_properties(props: BasicProperties) -> bytes:
     return bytes(out)
 
 
-EMPTY_PROPERTIES = b"\x00\x00"
-
 _DELIVERY_MODE_BIT = 1 << 12
 _PRIORITY_BIT = 1 << 11
 _EXPIRATION_BIT = 1 << 8

@@ -26,6 +26,7 @@ dead-letter "delay queues" work without consumers.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .message import Message, QueueEntry
@@ -103,7 +104,9 @@ class QueueSettings:
         dlrk = arguments.get("x-dead-letter-routing-key")
         if dlrk is not None:
             if not isinstance(dlrk, str):
-                raise QueueArgumentError("invalid arg 'x-dead-letter-routing-key' for queue: not a string")
+                raise QueueArgumentError(
+                    "invalid arg 'x-dead-letter-routing-key' for queue: not a string"
+                )
             if dlx is None:
                 raise QueueArgumentError(
                     "invalid arg 'x-dead-letter-routing-key' for queue: x-dead-letter-exchange is not set"
@@ -111,17 +114,23 @@ class QueueSettings:
         self.dead_letter_routing_key = dlrk
         max_priority = _int_arg(arguments, "x-max-priority", 0)
         if max_priority is not None and max_priority > 255:
-            raise QueueArgumentError(f"invalid arg 'x-max-priority' for queue: {max_priority} is above 255")
+            raise QueueArgumentError(
+                f"invalid arg 'x-max-priority' for queue: {max_priority} is above 255"
+            )
         self.max_priority = max_priority or None
         sac = arguments.get("x-single-active-consumer", False)
         if not isinstance(sac, bool):
-            raise QueueArgumentError("invalid arg 'x-single-active-consumer' for queue: not a boolean")
+            raise QueueArgumentError(
+                "invalid arg 'x-single-active-consumer' for queue: not a boolean"
+            )
         self.single_active_consumer = sac
         qtype = arguments.get("x-queue-type", "classic")
         if qtype not in ("classic", "quorum", "stream"):
             raise QueueArgumentError(f"invalid arg 'x-queue-type' for queue: {qtype!r}")
         self.queue_type = qtype
-        self.delivery_limit = _int_arg(arguments, "x-delivery-limit", -1) if qtype == "quorum" else None
+        self.delivery_limit = (
+            _int_arg(arguments, "x-delivery-limit", -1) if qtype == "quorum" else None
+        )
 
 
 class PriorityStore:
@@ -221,7 +230,6 @@ class Queue:
         self.deliver_count = 0
         self.ack_count = 0
         self.redeliver_count = 0
-        self.last_used = time.monotonic()
         self._reset_expires()
 
     # --- properties ------------------------------------------------------------------
@@ -256,7 +264,11 @@ class Queue:
                 if settings.overflow == "reject-publish-dlx":
                     self._dead_letter_message(message, "maxlen")
                 return False
-        expires_at = self._entry_expiry(message) if (settings.message_ttl is not None or message.expiration_ms is not None) else None
+        expires_at = (
+            self._entry_expiry(message)
+            if (settings.message_ttl is not None or message.expiration_ms is not None)
+            else None
+        )
         if expires_at is not None and settings.message_ttl == 0 and not self._has_ready_consumer():
             # TTL 0 with nobody to take it now: expires at once (RabbitMQ semantics).
             self._dead_letter_message(message, "expired")
@@ -289,12 +301,17 @@ class Queue:
         store = self.store
         if s.max_length is not None and store.ready_count >= s.max_length:
             return not self._has_ready_consumer()
-        if s.max_length_bytes is not None and store.ready_bytes + len(message.body) > s.max_length_bytes:
+        if (
+            s.max_length_bytes is not None
+            and store.ready_bytes + len(message.body) > s.max_length_bytes
+        ):
             return not self._has_ready_consumer()
         return False
 
     def _has_ready_consumer(self) -> bool:
-        return self.store.ready_count == 0 and any(c.can_deliver() for c in self._eligible_consumers())
+        return self.store.ready_count == 0 and any(
+            c.can_deliver() for c in self._eligible_consumers()
+        )
 
     def _enforce_drop_head(self) -> None:
         s = self.settings
@@ -342,7 +359,6 @@ class Queue:
         except ValueError:
             return
         self.release_publishers()
-        self.last_used = time.monotonic()
         if not self.consumers:
             if self.auto_delete and self._had_consumer:
                 self.vhost.delete_queue(self)
@@ -429,8 +445,6 @@ class Queue:
         props = message.decoded_properties()
         headers = dict(props.headers or {})
         headers["x-delivery-count"] = entry.delivery_count
-        from dataclasses import replace
-
         entry.message = message.with_properties(replace(props, headers=headers))
         return False
 
@@ -441,7 +455,6 @@ class Queue:
 
     def get(self, no_ack: bool) -> QueueEntry | None:
         """basic.get: the next unexpired entry, or None."""
-        self.last_used = time.monotonic()
         self._reset_expires()
         store = self.store
         while True:
@@ -492,9 +505,7 @@ class Queue:
         self._after_requeue()
 
     def _after_requeue(self) -> None:
-        limit = self.settings.delivery_limit
-        if limit is not None and limit >= 0:
-            pass  # enforced at delivery time by the adapter via delivery_count
+        # x-delivery-limit is enforced when the entry is next delivered (_count_delivery).
         if self.consumers:
             self.drain()
 
@@ -598,16 +609,18 @@ class Queue:
         headers["x-last-death-reason"] = reason
         headers["x-last-death-queue"] = self.name
         headers["x-last-death-exchange"] = message.exchange
-        from dataclasses import replace
-
         new_props = replace(props, headers=headers, expiration=None)
         routing_key = self.settings.dead_letter_routing_key
-        dead = message.with_properties(new_props, exchange=dlx, routing_key=routing_key or message.routing_key)
+        dead = message.with_properties(
+            new_props, exchange=dlx, routing_key=routing_key or message.routing_key
+        )
         # Cycle protection (RabbitMQ): a message that would come back to a queue it already
         # died in is dropped, unless a rejection happened along the way.
         rejected_somewhere = any(d.get("reason") == "rejected" for d in deaths)
         keys = [routing_key] if routing_key is not None else routing_keys
-        self.vhost.dead_letter_publish(dead, dlx, keys, None if rejected_somewhere else {d.get("queue") for d in deaths})
+        self.vhost.dead_letter_publish(
+            dead, dlx, keys, None if rejected_somewhere else {d.get("queue") for d in deaths}
+        )
 
     # --- lifecycle ---------------------------------------------------------------------
 

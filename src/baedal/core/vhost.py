@@ -36,10 +36,6 @@ class CoreError(Exception):
         self.text = text
 
 
-def _describe(args: dict[str, Any]) -> str:
-    return repr(args)
-
-
 class VirtualHost:
     def __init__(self, broker: Broker, name: str) -> None:
         self.broker = broker
@@ -49,7 +45,9 @@ class VirtualHost:
         self.default_exchange = EXCHANGE_CLASSES["direct"](name, "", durable=True)
         self.exchanges[""] = self.default_exchange
         for ex_name, ex_type in PREDECLARED:
-            self.exchanges[ex_name] = EXCHANGE_CLASSES[ex_type](name, ex_name, durable=True, internal=ex_name == "amq.rabbitmq.trace")
+            self.exchanges[ex_name] = EXCHANGE_CLASSES[ex_type](
+                name, ex_name, durable=True, internal=ex_name == "amq.rabbitmq.trace"
+            )
 
     # --- exchanges ---------------------------------------------------------------------
 
@@ -79,30 +77,54 @@ class VirtualHost:
                     f"inequivalent arg 'type' for exchange '{name}' in vhost '{self.name}': "
                     f"received '{type_}' but current is '{existing.type}'",
                 )
-            for field, have, want in (
-                ("durable", existing.durable, durable),
-                ("auto_delete", existing.auto_delete, auto_delete),
-                ("internal", existing.internal, internal),
-            ):
-                if have != want:
-                    raise CoreError(
-                        "precondition_failed",
-                        f"inequivalent arg '{field}' for exchange '{name}' in vhost '{self.name}': "
-                        f"received '{str(want).lower()}' but current is '{str(have).lower()}'",
-                    )
-            self._check_equivalent_args("exchange", name, existing.arguments, arguments, ("alternate-exchange",))
+            self._check_equivalent_flags(
+                "exchange",
+                name,
+                (
+                    ("durable", existing.durable, durable),
+                    ("auto_delete", existing.auto_delete, auto_delete),
+                    ("internal", existing.internal, internal),
+                ),
+            )
+            self._check_equivalent_args(
+                "exchange", name, existing.arguments, arguments, ("alternate-exchange",)
+            )
             return existing, False
         cls = EXCHANGE_CLASSES.get(type_)
         if cls is None:
             raise CoreError("command_invalid", f"unknown exchange type '{type_}'")
-        exchange = cls(self.name, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+        exchange = cls(
+            self.name,
+            name,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
         self.exchanges[name] = exchange
         if durable:
             self.broker.definitions_changed("exchange", self, exchange)
         return exchange, True
 
+    def _check_equivalent_flags(
+        self, kind: str, name: str, flags: tuple[tuple[str, bool, bool], ...]
+    ) -> None:
+        """Redeclaring with different flags is 406, in RabbitMQ's words."""
+        for field, have, want in flags:
+            if have != want:
+                raise CoreError(
+                    "precondition_failed",
+                    f"inequivalent arg '{field}' for {kind} '{name}' in vhost '{self.name}': "
+                    f"received '{str(want).lower()}' but current is '{str(have).lower()}'",
+                )
+
     def _check_equivalent_args(
-        self, kind: str, name: str, have: dict[str, Any], want: dict[str, Any], keys: tuple[str, ...] | None
+        self,
+        kind: str,
+        name: str,
+        have: dict[str, Any],
+        want: dict[str, Any],
+        keys: tuple[str, ...] | None,
     ) -> None:
         names = keys if keys is not None else tuple(sorted(set(have) | set(want)))
         for key in names:
@@ -116,11 +138,17 @@ class VirtualHost:
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
         exchange = self.get_exchange(name)
         if if_unused and (exchange.bindings or self._is_binding_destination(exchange)):
-            raise CoreError("precondition_failed", f"exchange '{name}' in vhost '{self.name}' in use")
+            raise CoreError(
+                "precondition_failed", f"exchange '{name}' in vhost '{self.name}' in use"
+            )
         self._remove_exchange(exchange)
 
     def _is_binding_destination(self, exchange: Exchange) -> bool:
-        return any(b.destination is exchange for ex in self.exchanges.values() for b in ex.bindings.values())
+        return any(
+            b.destination is exchange
+            for ex in self.exchanges.values()
+            for b in ex.bindings.values()
+        )
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
@@ -159,17 +187,15 @@ class VirtualHost:
         existing = self.queues.get(name)
         if existing is not None:
             self.check_exclusive(existing, exclusive_owner)
-            for field, have, want in (
-                ("durable", existing.durable, durable),
-                ("exclusive", existing.exclusive, exclusive_owner is not None),
-                ("auto_delete", existing.auto_delete, auto_delete),
-            ):
-                if have != want:
-                    raise CoreError(
-                        "precondition_failed",
-                        f"inequivalent arg '{field}' for queue '{name}' in vhost '{self.name}': "
-                        f"received '{str(want).lower()}' but current is '{str(have).lower()}'",
-                    )
+            self._check_equivalent_flags(
+                "queue",
+                name,
+                (
+                    ("durable", existing.durable, durable),
+                    ("exclusive", existing.exclusive, exclusive_owner is not None),
+                    ("auto_delete", existing.auto_delete, auto_delete),
+                ),
+            )
             self._check_queue_args(existing, arguments)
             existing.touch()
             return existing, False
@@ -194,7 +220,10 @@ class VirtualHost:
     def _check_queue_args(self, queue: Queue, arguments: dict[str, Any]) -> None:
         have = queue.arguments
         for key in sorted(set(have) | set(arguments)):
-            if key == "x-queue-type" and {have.get(key, "classic"), arguments.get(key, "classic")} == {"classic"}:
+            if key == "x-queue-type" and {
+                have.get(key, "classic"),
+                arguments.get(key, "classic"),
+            } == {"classic"}:
                 continue
             if have.get(key) != arguments.get(key):
                 raise CoreError(
@@ -216,9 +245,13 @@ class VirtualHost:
         if queue.deleted:
             return 0
         if if_unused and queue.consumers:
-            raise CoreError("precondition_failed", f"queue '{queue.name}' in vhost '{self.name}' in use")
+            raise CoreError(
+                "precondition_failed", f"queue '{queue.name}' in vhost '{self.name}' in use"
+            )
         if if_empty and queue.message_count:
-            raise CoreError("precondition_failed", f"queue '{queue.name}' in vhost '{self.name}' not empty")
+            raise CoreError(
+                "precondition_failed", f"queue '{queue.name}' in vhost '{self.name}' not empty"
+            )
         count = queue.message_count
         queue.deleted = True
         queue.cancel_timers()
@@ -236,22 +269,38 @@ class VirtualHost:
 
     # --- bindings ----------------------------------------------------------------------
 
-    def bind(self, source_name: str, destination: Queue | Exchange, routing_key: str, arguments: dict[str, Any]) -> None:
+    def bind(
+        self,
+        source_name: str,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
         source = self.get_exchange(source_name)
         if source is self.default_exchange:
             raise CoreError("access_refused", "operation not permitted on the default exchange")
         created = source.add_binding(Binding(source.name, destination, routing_key, arguments))
         if created and source.durable and destination.durable:
-            self.broker.definitions_changed("binding", self, (source, destination, routing_key, arguments))
+            self.broker.definitions_changed(
+                "binding", self, (source, destination, routing_key, arguments)
+            )
 
-    def unbind(self, source_name: str, destination: Queue | Exchange, routing_key: str, arguments: dict[str, Any]) -> None:
+    def unbind(
+        self,
+        source_name: str,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
         source = self.get_exchange(source_name)
         if source is self.default_exchange:
             raise CoreError("access_refused", "operation not permitted on the default exchange")
         removed = source.remove_binding(destination, routing_key, arguments)
         if removed is not None:
             if source.durable and destination.durable:
-                self.broker.definitions_changed("binding-deleted", self, (source, destination, routing_key, arguments))
+                self.broker.definitions_changed(
+                    "binding-deleted", self, (source, destination, routing_key, arguments)
+                )
             self._maybe_auto_delete(source)
 
     def bindings(self) -> list[Binding]:
@@ -259,7 +308,9 @@ class VirtualHost:
 
     # --- routing -----------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, message: Message, extra_keys: list[str] | None = None) -> list[Queue]:
+    def route(
+        self, exchange: Exchange, message: Message, extra_keys: list[str] | None = None
+    ) -> list[Queue]:
         """Queues a message goes to: e2e bindings followed, alternate exchange applied."""
         if extra_keys is None and not exchange.exchange_destinations:
             # Fast path: no exchange-to-exchange bindings; each type's route() already
@@ -302,7 +353,9 @@ class VirtualHost:
                 if target is not None:
                     self._route_into(target, keys, message, result, seen_queues, seen_exchanges)
 
-    def dead_letter_publish(self, message: Message, exchange_name: str, keys: list[str], exclude: set[Any] | None) -> None:
+    def dead_letter_publish(
+        self, message: Message, exchange_name: str, keys: list[str], exclude: set[Any] | None
+    ) -> None:
         exchange = self.exchanges.get(exchange_name)
         if exchange is None:
             return  # RabbitMQ drops dead letters for a missing DLX

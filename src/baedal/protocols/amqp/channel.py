@@ -16,7 +16,6 @@ message.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -862,18 +861,12 @@ class Channel:
 
     def close(self) -> None:
         """Channel closed (either side) or connection gone: requeue and unsubscribe."""
-        if self.closing and not self.consumers and not self.unacked:
-            self.closing = True
-            return
         self.closing = True
         for consumer in list(self.consumers.values()):
             self._remove_consumer(consumer)
         self.consumers.clear()
         self.requeue_all()
         self._tx_publishes.clear()
-
-    def live_consumers(self) -> Iterable[AMQPConsumer]:
-        return self.consumers.values()
 
 
 _HANDLERS = {

@@ -122,15 +122,6 @@ class ChannelFault(AMQPFault):
         self.channel = channel
 
 
-def fault(code: int, text: str, method: spec.Method | None = None) -> AMQPFault:
-    """The right fault family for a reply code (hard codes close the connection)."""
-    class_id = method.CLASS_ID if method is not None else 0
-    method_id = method.METHOD_ID if method is not None else 0
-    if code in HARD_ERRORS:
-        return ConnectionFault(code, text, class_id, method_id)
-    return ChannelFault(code, text, class_id, method_id)
-
-
 # --- events ----------------------------------------------------------------------------
 
 

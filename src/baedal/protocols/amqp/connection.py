@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...core.properties import DecodeError, decode_table
@@ -666,5 +665,3 @@ def _is_loopback(host: str) -> bool:
         address = address.ipv4_mapped
     return address.is_loopback
 
-
-ProtocolFactory = Callable[[], AMQPConnection]

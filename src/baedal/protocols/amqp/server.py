@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .connection import AMQPConnection
 
@@ -63,6 +63,3 @@ class AMQPServer:
         for conn in list(self.broker.connections.values()):
             if isinstance(conn, AMQPConnection) and conn.transport is not None:
                 conn.transport.abort()
-
-    def stats(self) -> dict[str, Any]:
-        return {"reply_to_channels": len(self._reply_channels)}
