@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 
 def wait_until(
-    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "", interval: float = 0.01
 ) -> object:
-    """Poll until predicate() is truthy; fail the test if it never is."""
+    """Poll until predicate() is truthy; fail the test (saying ``what``) if it never is."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+            raise AssertionError(f"not within {timeout}s: {what or predicate}")
         time.sleep(interval)

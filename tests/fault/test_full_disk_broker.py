@@ -34,6 +34,7 @@ import pika.exceptions
 import pytest
 
 from baedal import Broker
+from baedal_testing import wait_until
 
 QUEUE = "full-disk"
 BODY_PADDING = b"x" * 8000
@@ -208,14 +209,6 @@ class Publisher(threading.Thread):
         self.join(10)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.01)
-
-
 def drain(url: str) -> list[int]:
     """Every message id in the queue, in order (acked)."""
     with pika.BlockingConnection(pika.URLParameters(url)) as connection:
@@ -353,13 +346,20 @@ def test_first_publish_after_space_is_freed_is_confirmed(
     failed_stores = broker.call(lambda: len(broker.core.storage.failed_stores))
 
     filler.unlink()
-    time.sleep(1.5)  # StorageEngine retries failed stores every second
+    # StorageEngine retries failed stores every second; wait for that retry to succeed.
+    wait_until(
+        lambda: broker.call(
+            lambda: not broker.core.storage.failed_stores and "disk" not in broker.core.alarms
+        ),
+        10,
+        "the failed store recovered after space was freed",
+    )
     publisher.halt.clear()
     publisher.publish(1)
     nacked = list(publisher.nacked)
     publisher.close()
     assert len(nacked) == 1, (
-        f"nacked {nacked} although the disk had room for 1.5 s "
+        f"nacked {nacked} although the store had recovered "
         f"(failed stores known to the engine after the first nack: {failed_stores})"
     )
 
