@@ -62,6 +62,10 @@ _CORE_CODES = {
 # consumers are held back by their sockets, so one fast publisher cannot starve its own
 # consumers of loop time; it resumes when those sockets drain.
 FLOW_HIGH_WATER = 2000
+# Bound on message bodies held by one uncommitted transaction (publishes are routed at
+# tx.commit); past it the channel is closed with 406.  RabbitMQ sets no such bound and
+# holds them in its channel process; a bound is the honest version of the same.
+MAX_TX_BYTES = 256 * 1024 * 1024
 
 _USER_ID_BIT = 1 << 4
 _REPLY_TO_BIT = 1 << 9
@@ -69,19 +73,45 @@ _HEADERS_BIT = 1 << 13
 
 
 def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
-    return ChannelFault(code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0)
+    return ChannelFault(
+        code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0
+    )
 
 
 def _hard(code: int, text: str, method: spec.Method | None) -> ConnectionFault:
-    return ConnectionFault(code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0)
+    return ConnectionFault(
+        code, text, method.CLASS_ID if method else 0, method.METHOD_ID if method else 0
+    )
 
 
 class AMQPConsumer:
     """A basic.consume subscription: the core's Consumer for one channel and queue."""
 
-    __slots__ = ("tag", "tag_wire", "queue", "channel", "no_ack", "exclusive", "priority", "prefetch", "unacked", "owner", "arguments")
+    __slots__ = (
+        "tag",
+        "tag_wire",
+        "queue",
+        "channel",
+        "no_ack",
+        "exclusive",
+        "priority",
+        "prefetch",
+        "unacked",
+        "owner",
+        "arguments",
+    )
 
-    def __init__(self, tag: str, queue: Queue, channel: Channel, no_ack: bool, exclusive: bool, priority: int, prefetch: int, arguments: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        tag: str,
+        queue: Queue,
+        channel: Channel,
+        no_ack: bool,
+        exclusive: bool,
+        priority: int,
+        prefetch: int,
+        arguments: dict[str, Any],
+    ) -> None:
         self.tag = tag
         self.tag_wire = encode_short_string(tag)
         self.queue = queue
@@ -147,6 +177,7 @@ class Channel:
         self.tx_mode = False
         self._tx_publishes: list[tuple[spec.BasicPublish, Exchange, Message, list[str] | None]] = []
         self._tx_settles: list[tuple[str, int, bool, bool]] = []
+        self._tx_bytes = 0
         self.reply_to_consumer: AMQPConsumer | None = None
         self.reply_token: str | None = None
         self.publish_count = 0
@@ -215,9 +246,15 @@ class Channel:
                 raise _soft(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'", method)
         else:
             if name.startswith("amq."):
-                raise _soft(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method)
+                raise _soft(
+                    ACCESS_REFUSED,
+                    f"exchange name '{name}' contains reserved prefix 'amq.*'",
+                    method,
+                )
             if not name:
-                raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
+                raise _soft(
+                    ACCESS_REFUSED, "operation not permitted on the default exchange", method
+                )
             self._check("configure", name, method, "exchange")
             alternate = method.arguments.get("alternate-exchange")
             if alternate is not None:
@@ -242,7 +279,9 @@ class Channel:
         if not name:
             raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
         if name.startswith("amq."):
-            raise _soft(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method)
+            raise _soft(
+                ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method
+            )
         self._check("configure", name, method, "exchange")
         if name in self.vhost.exchanges:
             try:
@@ -292,7 +331,9 @@ class Channel:
             queue = self._queue(name, method)
         else:
             if name.startswith("amq."):
-                raise _soft(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'", method)
+                raise _soft(
+                    ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'", method
+                )
             if name:
                 self._check("configure", name, method)
             dlx = method.arguments.get("x-dead-letter-exchange")
@@ -314,7 +355,13 @@ class Channel:
                 raise _hard(541, f"cannot create queue storage: {exc}", method) from None
         self.last_queue = queue.name
         if not method.nowait:
-            self.reply(spec.QueueDeclareOk(queue=queue.name, message_count=queue.message_count, consumer_count=len(queue.consumers)))
+            self.reply(
+                spec.QueueDeclareOk(
+                    queue=queue.name,
+                    message_count=queue.message_count,
+                    consumer_count=len(queue.consumers),
+                )
+            )
 
     def on_queue_bind(self, method: spec.QueueBind) -> None:
         self._queue_binding(method, True)
@@ -390,7 +437,11 @@ class Channel:
         if not tag:
             tag = "amq.ctag-" + os.urandom(16).hex()[:22]
         if queue.consumers and (method.exclusive or any(c.exclusive for c in queue.consumers)):
-            raise _soft(ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use", method)
+            raise _soft(
+                ACCESS_REFUSED,
+                f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use",
+                method,
+            )
         if method.exclusive and queue.settings.single_active_consumer:
             raise _soft(
                 RESOURCE_LOCKED,
@@ -400,7 +451,16 @@ class Channel:
         priority = method.arguments.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise _soft(PRECONDITION_FAILED, f"invalid x-priority {priority!r}", method)
-        consumer = AMQPConsumer(tag, queue, self, method.no_ack, method.exclusive, priority, self.prefetch_count, method.arguments)
+        consumer = AMQPConsumer(
+            tag,
+            queue,
+            self,
+            method.no_ack,
+            method.exclusive,
+            priority,
+            self.prefetch_count,
+            method.arguments,
+        )
         self.consumers[tag] = consumer
         if not method.nowait:
             self.reply(spec.BasicConsumeOk(consumer_tag=tag))
@@ -451,11 +511,22 @@ class Channel:
         self.next_delivery_tag = tag + 1
         names = message.wire_names
         if names is None:
-            names = message.wire_names = encode_short_string(message.exchange) + encode_short_string(message.routing_key)
+            names = message.wire_names = encode_short_string(
+                message.exchange
+            ) + encode_short_string(message.routing_key)
         redelivered = entry.delivery_count > 0
         entry.delivery_count += 1
         connection = self.connection
-        frames = deliver_frames(self.number, consumer.tag_wire, tag, redelivered, names, message.properties, message.body, connection.frame_max)
+        frames = deliver_frames(
+            self.number,
+            consumer.tag_wire,
+            tag,
+            redelivered,
+            names,
+            message.properties,
+            message.body,
+            connection.frame_max,
+        )
         if type(frames) is bytes:
             connection.write(frames)
         else:
@@ -487,7 +558,11 @@ class Channel:
             routing_key=message.routing_key,
             message_count=queue.message_count,
         ).encode()
-        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+        self.connection.write_many(
+            content_frames(
+                self.number, payload, message.properties, message.body, self.connection.frame_max
+            )
+        )
         if method.no_ack:
             queue.settle_delivered(entry)
         else:
@@ -526,16 +601,24 @@ class Channel:
     def on_basic_nack(self, method: spec.BasicNack) -> None:
         if self.tx_mode:
             self._validate_tags(method.delivery_tag, method.multiple, method)
-            self._tx_settles.append(("reject", method.delivery_tag, method.multiple, method.requeue))
+            self._tx_settles.append(
+                ("reject", method.delivery_tag, method.multiple, method.requeue)
+            )
             return
-        self._settle(self._take_unacked(method.delivery_tag, method.multiple, method), "reject", method.requeue)
+        self._settle(
+            self._take_unacked(method.delivery_tag, method.multiple, method),
+            "reject",
+            method.requeue,
+        )
 
     def on_basic_reject(self, method: spec.BasicReject) -> None:
         if self.tx_mode:
             self._validate_tags(method.delivery_tag, False, method)
             self._tx_settles.append(("reject", method.delivery_tag, False, method.requeue))
             return
-        self._settle(self._take_unacked(method.delivery_tag, False, method), "reject", method.requeue)
+        self._settle(
+            self._take_unacked(method.delivery_tag, False, method), "reject", method.requeue
+        )
 
     def _validate_tags(self, tag: int, multiple: bool, method: spec.Method) -> None:
         if multiple:
@@ -592,7 +675,9 @@ class Channel:
         """Return unacked deliveries to their queues in their original order."""
         records = list(self.unacked.values())
         if only_consumed:
-            records = [r for r in records if r.consumer is not None]  # errata §2: not basic.get ones
+            records = [
+                r for r in records if r.consumer is not None
+            ]  # errata §2: not basic.get ones
             for tag in [t for t, r in self.unacked.items() if r.consumer is not None]:
                 del self.unacked[tag]
         else:
@@ -607,7 +692,13 @@ class Channel:
 
     # --- basic: publish ----------------------------------------------------------------
 
-    def on_publish(self, method: spec.BasicPublish, properties: bytes, body: bytes, wire_names: bytes | None = None) -> None:
+    def on_publish(
+        self,
+        method: spec.BasicPublish,
+        properties: bytes,
+        body: bytes,
+        wire_names: bytes | None = None,
+    ) -> None:
         """basic.publish with its content (the hot path)."""
         if method.immediate:
             raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
@@ -621,18 +712,28 @@ class Channel:
             self._check("write", name, method, "exchange")
             self._exchange_write_ok[name] = True
         if exchange.internal:
-            raise _soft(ACCESS_REFUSED, f"cannot publish to internal exchange '{name}' in vhost '{vhost.name}'", method)
+            raise _soft(
+                ACCESS_REFUSED,
+                f"cannot publish to internal exchange '{name}' in vhost '{vhost.name}'",
+                method,
+            )
         try:
             delivery_mode, priority, expiration = scan_properties(properties)
         except DecodeError as exc:
-            raise _hard(FRAME_ERROR, f"cannot decode content header properties: {exc}", method) from None
+            raise _hard(
+                FRAME_ERROR, f"cannot decode content header properties: {exc}", method
+            ) from None
         expiration_ms = None
         if expiration is not None:
             try:
                 expiration_ms = parse_expiration(expiration)
             except ValueError:
-                raise _soft(PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method) from None
-        message = Message(name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms)
+                raise _soft(
+                    PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method
+                ) from None
+        message = Message(
+            name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms
+        )
         message.wire_names = wire_names
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
@@ -640,15 +741,30 @@ class Channel:
             message, extra_keys = self._inspect_properties(message, flags, method)
         self.publish_count += 1
         if self.tx_mode:
+            self._tx_bytes += len(body)
+            if self._tx_bytes > MAX_TX_BYTES:
+                # Uncommitted publishes are held in memory: bounded, and refused with 406
+                # on this channel (the transaction is rolled back) rather than exhausting RAM.
+                self._tx_publishes.clear()
+                self._tx_bytes = 0
+                raise _soft(
+                    PRECONDITION_FAILED,
+                    f"transaction holds more than {MAX_TX_BYTES} bytes of uncommitted messages",
+                    method,
+                )
             self._tx_publishes.append((method, exchange, message, extra_keys))
             return
         self._route(method, exchange, message, extra_keys)
 
-    def _inspect_properties(self, message: Message, flags: int, method: spec.Method) -> tuple[Message, list[str] | None]:
+    def _inspect_properties(
+        self, message: Message, flags: int, method: spec.Method
+    ) -> tuple[Message, list[str] | None]:
         try:
             props = message.decoded_properties()
         except DecodeError as exc:
-            raise _hard(FRAME_ERROR, f"cannot decode content header properties: {exc}", method) from None
+            raise _hard(
+                FRAME_ERROR, f"cannot decode content header properties: {exc}", method
+            ) from None
         if props.user_id is not None and props.user_id != self.connection.username:
             user = self.broker.users.get(self.connection.username)
             if user is None or "impersonator" not in user.tags:
@@ -676,7 +792,13 @@ class Channel:
             message = message.with_properties(changed)
         return message, extra_keys
 
-    def _route(self, method: spec.BasicPublish, exchange: Exchange, message: Message, extra_keys: list[str] | None) -> None:
+    def _route(
+        self,
+        method: spec.BasicPublish,
+        exchange: Exchange,
+        message: Message,
+        extra_keys: list[str] | None,
+    ) -> None:
         routing_key = method.routing_key
         if not exchange.name and routing_key.startswith(REPLY_TO_PREFIX):
             self._publish_reply(method, message)
@@ -741,12 +863,25 @@ class Channel:
         self.next_delivery_tag = tag + 1
         names = encode_short_string(message.exchange) + encode_short_string(message.routing_key)
         payload = deliver_payload(consumer.tag_wire, tag, False, names, b"")
-        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+        self.connection.write_many(
+            content_frames(
+                self.number, payload, message.properties, message.body, self.connection.frame_max
+            )
+        )
 
     def _return(self, message: Message, code: int, text: str) -> None:
         self.broker.counters["returned"] += 1
-        payload = spec.BasicReturn(reply_code=code, reply_text=text, exchange=message.exchange, routing_key=message.routing_key).encode()
-        self.connection.write_many(content_frames(self.number, payload, message.properties, message.body, self.connection.frame_max))
+        payload = spec.BasicReturn(
+            reply_code=code,
+            reply_text=text,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+        ).encode()
+        self.connection.write_many(
+            content_frames(
+                self.number, payload, message.properties, message.body, self.connection.frame_max
+            )
+        )
 
     # --- confirms ----------------------------------------------------------------------
 
@@ -766,7 +901,9 @@ class Channel:
         if self._first_unsynced and self._sync_requested_upto < self._last_unsynced:
             target = self._last_unsynced
             self._sync_requested_upto = target
-            if not self.broker.after_sync(lambda: self._synced(target), lambda exc: self._sync_failed(target)):
+            if not self.broker.after_sync(
+                lambda: self._synced(target), lambda exc: self._sync_failed(target)
+            ):
                 self._synced(target)
                 return
         upto = self.publish_seq if not self._first_unsynced else self._first_unsynced - 1
@@ -779,10 +916,18 @@ class Channel:
             seq = nacked.pop(0)
             if seq - 1 > confirmed:
                 write(method_frame(self.number, spec.BasicAck(delivery_tag=seq - 1, multiple=True)))
-            write(method_frame(self.number, spec.BasicNack(delivery_tag=seq, multiple=False, requeue=False)))
+            write(
+                method_frame(
+                    self.number, spec.BasicNack(delivery_tag=seq, multiple=False, requeue=False)
+                )
+            )
             confirmed = seq
         if upto > confirmed:
-            write(method_frame(self.number, spec.BasicAck(delivery_tag=upto, multiple=upto - confirmed > 1)))
+            write(
+                method_frame(
+                    self.number, spec.BasicAck(delivery_tag=upto, multiple=upto - confirmed > 1)
+                )
+            )
             confirmed = upto
         self.broker.counters["confirmed"] += confirmed - self._confirmed_upto
         self._confirmed_upto = confirmed
@@ -794,7 +939,11 @@ class Channel:
         if self.closing:
             return
         if upto > self._confirmed_upto:
-            self.connection.write(method_frame(self.number, spec.BasicNack(delivery_tag=upto, multiple=True, requeue=False)))
+            self.connection.write(
+                method_frame(
+                    self.number, spec.BasicNack(delivery_tag=upto, multiple=True, requeue=False)
+                )
+            )
             self._confirmed_upto = upto
             self._nacked = [n for n in self._nacked if n > upto]
         if self._last_unsynced <= upto:
@@ -826,6 +975,7 @@ class Channel:
         if not self.tx_mode:
             raise _soft(PRECONDITION_FAILED, "channel is not transactional", method)
         publishes, self._tx_publishes = self._tx_publishes, []
+        self._tx_bytes = 0
         settles, self._tx_settles = self._tx_settles, []
         self.tx_mode = False  # route for real, then back to tx mode
         try:
@@ -854,6 +1004,7 @@ class Channel:
         if not self.tx_mode:
             raise _soft(PRECONDITION_FAILED, "channel is not transactional", method)
         self._tx_publishes.clear()
+        self._tx_bytes = 0
         self._tx_settles.clear()
         self.reply(spec.TxRollbackOk())
 
