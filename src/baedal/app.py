@@ -12,9 +12,12 @@ Embedded use (the in-process mode people know from ZeroMQ and ActiveMQ's ``vm://
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,21 @@ from .core.broker import BrokerConfig, BrokerCore
 from .protocols.amqp.server import AMQPServer
 
 log = logging.getLogger("baedal")
+
+# Exit status after a fatal storage failure (a failed fsync): sysexits.h EX_IOERR, "an
+# error occurred while doing I/O on some file".  Any non-zero status makes systemd
+# (Restart=on-failure), Docker (--restart on-failure) or Kubernetes restart the broker;
+# this one also tells an operator reading the status that it was the disk, not a bug
+# (EX_SOFTWARE, 70) or a bad configuration (EX_CONFIG, 78).
+EXIT_STORAGE_FAILURE = 74
+
+# Test-only fault injection, off unless this variable is set.  ``fsync-after:N`` makes
+# the storage syncer's first N fsync calls succeed and every later one fail with EIO, so
+# tests/fault/test_fsync_failure.py can drive the fatal-fsync path in a real broker
+# process (containers offer no device-mapper "error" target to make a disk fail for
+# real).  It is read here, in the wiring, and handed to the syncer; storage code never
+# reads the environment.
+FAULT_INJECT_ENV = "BAEDAL_FAULT_INJECT"
 
 
 class Broker:
@@ -45,6 +63,9 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        # Set when storage failed fatally; the process should exit with exit_status.
+        self.failure: BaseException | None = None
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -86,6 +107,9 @@ class Broker:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if s.durable_store:
             self.storage = _open_storage(core, s, self._storage_fatal)
+            fault = _fault_injection(os.environ.get(FAULT_INJECT_ENV))
+            if fault is not None and self.storage is not None:
+                self.storage.syncer.fsync_function = fault
         self.amqp = AMQPServer(core)
         self.port = await self.amqp.listen(s.host, s.port)
         if s.tls_cert and s.tls_key:
@@ -99,10 +123,22 @@ class Broker:
         self._monitor = loop.create_task(self._watch_resources())
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
 
+    @property
+    def exit_status(self) -> int:
+        """What a process running this broker should exit with once it has stopped."""
+        return EXIT_STORAGE_FAILURE if self.failure is not None else 0
+
     def _storage_fatal(self, exc: BaseException) -> None:
-        log.critical("stopping: storage failure %s", exc)
-        if self._loop is not None:
-            self._loop.create_task(self.stop())
+        if self.failure is not None:
+            return
+        self.failure = exc
+        log.critical(
+            "stopping: storage failure (%s); closing listeners, then exiting with status %d",
+            exc,
+            EXIT_STORAGE_FAILURE,
+        )
+        if self._loop is not None and self._stopping is None:
+            self._stopping = self._loop.create_task(self.stop())
 
     async def _watch_resources(self) -> None:
         try:
@@ -128,6 +164,10 @@ class Broker:
             await asyncio.sleep(s.alarm_check_interval)
 
     async def stop(self) -> None:
+        stopping = self._stopping
+        if stopping is not None and stopping is not asyncio.current_task():
+            await asyncio.shield(stopping)  # the fatal-failure stop is under way
+            return
         if self._monitor is not None:
             self._monitor.cancel()
             self._monitor = None
@@ -135,8 +175,9 @@ class Broker:
             await self.http.stop()
             self.http = None
         if self.amqp is not None:
-            await self.amqp.close()
+            await self.amqp.close("storage failure" if self.failure is not None else "broker shutdown")
             self.amqp = None
+            log.info("listeners closed")
         if self.storage is not None:
             await self.storage.close()
             self.storage = None
@@ -222,6 +263,26 @@ def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
     return asyncio.new_event_loop()
+
+
+def _fault_injection(spec: str | None) -> Callable[[int], None] | None:
+    """The fsync replacement ``BAEDAL_FAULT_INJECT`` asks for (tests only; see above)."""
+    if not spec:
+        return None
+    kind, _, count = spec.partition(":")
+    if kind != "fsync-after" or not count.isdigit():
+        raise ValueError(f"{FAULT_INJECT_ENV}={spec!r}: expected fsync-after:<count>")
+    healthy = [int(count)]
+
+    def fsync(fd: int) -> None:
+        # Runs on the syncer's single worker thread: the counter needs no lock.
+        if healthy[0] <= 0:
+            raise OSError(errno.EIO, f"fsync failed ({FAULT_INJECT_ENV}={spec})")
+        healthy[0] -= 1
+        os.fsync(fd)
+
+    log.warning("%s=%s: fault injection is on (tests only)", FAULT_INJECT_ENV, spec)
+    return fsync
 
 
 def _open_storage(core: BrokerCore, settings: Settings, on_fatal: Any) -> Any:

@@ -78,18 +78,36 @@ def _serve(args: argparse.Namespace) -> int:
         if broker.http_url:
             print(f"baedal HTTP on {broker.http_url}", flush=True)
         print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)
+        report = getattr(broker.storage, "recovery_report", None)
+        if report:
+            print(
+                f"recovered {report['queues']} durable queue(s), {report['messages']} message(s); "
+                f"{report['unclean_stores']} store(s) after an unclean shutdown, "
+                f"{report['lost_bytes']} damaged byte(s) dropped",
+                flush=True,
+            )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        logging.getLogger("baedal").info("shutting down")
+        # Either a signal or the broker stopping itself (a fatal storage failure).
+        signalled = loop.create_task(stop.wait())
+        stopped = loop.create_task(broker.serve_forever())
+        await asyncio.wait((signalled, stopped), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        stopped.cancel()
+        if stop.is_set():
+            logging.getLogger("baedal").info("shutting down")
         await broker.stop()
 
     try:
         loop.run_until_complete(main())
     finally:
         loop.close()
-    return 0
+    if broker.exit_status:
+        logging.getLogger("baedal").critical(
+            "exiting with status %d after a storage failure: %s", broker.exit_status, broker.failure
+        )
+    return broker.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:

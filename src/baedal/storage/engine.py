@@ -55,6 +55,7 @@ class StorageEngine:
         self._retry_handle: Any = None
         self.recovery_seconds = 0.0
         self.recovered_messages = 0
+        self.recovery_report: dict[str, Any] = {}
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -73,12 +74,47 @@ class StorageEngine:
             self._loading = False
         self._remove_orphans()
         self.recovery_seconds = time.monotonic() - started
-        log.info(
-            "storage ready in %.2fs: %d durable queue store(s), %d message(s) recovered",
-            self.recovery_seconds,
-            len(self.stores),
-            self.recovered_messages,
+        self.recovery_report = self._recovery_report()
+        report = self.recovery_report
+        log.log(
+            logging.WARNING if report["unclean_stores"] or report["lost_bytes"] else logging.INFO,
+            "recovery: %d durable queue(s), %d message(s) (%d body bytes) recovered in %.2fs; "
+            "%d store(s) after an unclean shutdown; %d byte(s) of torn tail truncated, "
+            "%d damaged byte(s) skipped, %d byte(s) of unreadable segments dropped",
+            report["queues"],
+            report["messages"],
+            report["message_bytes"],
+            report["seconds"],
+            report["unclean_stores"],
+            report["truncated_bytes"],
+            report["damaged_bytes"],
+            report["dropped_bytes"],
         )
+
+    def _recovery_report(self) -> dict[str, Any]:
+        """Totals of what every durable store found when it opened (see RecoveryStats)."""
+        report: dict[str, Any] = {
+            "queues": len({(key[0], key[1]) for key in self.stores}),
+            "messages": 0,
+            "message_bytes": 0,
+            "unclean_stores": 0,
+            "truncated_bytes": 0,
+            "damaged_bytes": 0,
+            "dropped_bytes": 0,
+        }
+        for store in self.stores.values():
+            stats = store.recovery
+            report["messages"] += stats.messages
+            report["message_bytes"] += stats.message_bytes
+            report["unclean_stores"] += not stats.clean
+            report["truncated_bytes"] += stats.truncated_bytes
+            report["damaged_bytes"] += stats.damaged_bytes
+            report["dropped_bytes"] += stats.dropped_bytes
+        report["lost_bytes"] = (
+            report["truncated_bytes"] + report["damaged_bytes"] + report["dropped_bytes"]
+        )
+        report["seconds"] = round(self.recovery_seconds, 3)
+        return report
 
     def _load(self) -> None:
         core = self.core
@@ -297,9 +333,11 @@ class StorageEngine:
     async def close(self) -> None:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
+        # After a failed fsync nothing may claim a clean shutdown (see syncer.py).
+        clean = self.syncer is None or self.syncer.failure is None
         for store in list(self.stores.values()):
             try:
-                store.close()
+                store.close(clean)
             except OSError as exc:
                 log.error("closing store %s: %s", store.directory, exc)
         self.stores.clear()

@@ -86,7 +86,14 @@ from .segment import (
 )
 from .syncer import Syncer
 
-__all__ = ["KIND_PERSISTENT", "KIND_TRANSIENT", "SegmentStore", "decode_record", "encode_record"]
+__all__ = [
+    "KIND_PERSISTENT",
+    "KIND_TRANSIENT",
+    "RecoveryStats",
+    "SegmentStore",
+    "decode_record",
+    "encode_record",
+]
 
 log = logging.getLogger("baedal.storage")
 
@@ -163,6 +170,20 @@ def _body_size(payload: bytes | memoryview, start: int = 0) -> int:
     return len(payload) - start - _META_SIZE - exchange_len - key_len - props_len
 
 
+class RecoveryStats:
+    """What opening a store found: counts for the broker's recovery report."""
+
+    __slots__ = ("clean", "messages", "message_bytes", "truncated_bytes", "damaged_bytes", "dropped_bytes")
+
+    def __init__(self) -> None:
+        self.clean = True  # a clean-shutdown marker was there (or the store was empty)
+        self.messages = 0  # ready messages recovered
+        self.message_bytes = 0
+        self.truncated_bytes = 0  # torn tails cut off
+        self.damaged_bytes = 0  # damaged spans stepped over in the middle of segments
+        self.dropped_bytes = 0  # whole segment files with a bad header
+
+
 class _SegmentInfo:
     """What the store remembers about one segment file."""
 
@@ -230,6 +251,8 @@ class SegmentStore:
         self._redelivered_below = 0
         self._redelivered: set[int] = set()
         self._closed = False
+        # What recovery found (read by the storage engine's start-up report).
+        self.recovery = RecoveryStats()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir = _Directory(os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY))
         self._recover()
@@ -415,16 +438,19 @@ class SegmentStore:
         self.ready_bytes = 0
         return count
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         """Sync everything and write the clean-shutdown marker.
 
         Blocking (fsyncs on the calling thread): meant for shutdown.  Entries delivered
         and not yet acked should be requeued by the broker first so the marker can name
-        them as redelivered.
+        them as redelivered.  ``clean=False`` (after a fatal fsync failure) writes no
+        marker, so the next start treats the store as crashed: an fsync that succeeds
+        after a failed one proves nothing (see syncer.py).
         """
         if self._closed:
             return
         self._closed = True
+        write_marker = clean
         files: list[Segment | AckFile] = []
         for info in self._segments.values():
             if info.segment.fileno() >= 0:  # a writer, or a sealed one not yet retired
@@ -442,7 +468,7 @@ class SegmentStore:
                 log.error(
                     "store %s: could not sync %s at close: %s", self.directory, file.path, exc
                 )
-        if clean:
+        if clean and write_marker:
             try:
                 self._write_clean_marker()
             except OSError as exc:
@@ -736,6 +762,10 @@ class SegmentStore:
         self.ready_count = ready_total
         self.ready_bytes = bytes_total
         self._unloaded = ready_total
+        stats = self.recovery
+        stats.clean = clean_state is not None or not seg_ids
+        stats.messages = ready_total
+        stats.message_bytes = bytes_total
         if self._segments:
             self._cursor_segment = min(self._segments)
         else:
@@ -767,10 +797,13 @@ class SegmentStore:
             )
             path.unlink()
             ack_path(self.directory, segment_id).unlink(missing_ok=True)
+            self.recovery.dropped_bytes += len(data)
             return None, 0, 0, 0
         acked = load_acks(ack_path(self.directory, segment_id))
         scan = _scan_records(path, data)
+        self.recovery.damaged_bytes += sum(resume - start for start, resume in scan.damaged)
         if scan.valid_size < len(data):
+            self.recovery.truncated_bytes += len(data) - scan.valid_size
             with open(path, "r+b") as file:
                 file.truncate(scan.valid_size)
                 os.fsync(file.fileno())

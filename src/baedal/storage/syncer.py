@@ -22,7 +22,9 @@ Failure rules:
 * A failed **fsync** is fatal.  After a failed fsync the kernel may have dropped the dirty
   pages and cleared the error ("fsyncgate", PostgreSQL 2018), so retrying could report
   success for data that is gone.  The syncer calls ``on_fatal(exc)`` (the broker
-  stops), drops every callback, and refuses to run any later one: a confirm is never
+  closes its listeners, closes its stores without a clean-shutdown marker and exits
+  with status 74, EX_IOERR, so a supervisor restarts it and recovery re-reads the
+  log), drops every callback, and refuses to run any later one: a confirm is never
   sent for data that may not be on disk.
 * A failed **flush** (a buffered write hitting ENOSPC, say) is not fatal: the file
   itself is now failed (sticky) and its owner reports that.  The callbacks of that job
@@ -58,8 +60,9 @@ Callback = Callable[[], Any]
 ErrorCallback = Callable[[BaseException], Any]
 
 
-def _fsync_all(fds: Iterable[int]) -> None:
-    fsync = os.fsync  # looked up per job so tests can monkeypatch os.fsync
+def _fsync_all(fds: Iterable[int], fsync: Callable[[int], Any] | None = None) -> None:
+    if fsync is None:
+        fsync = os.fsync  # looked up per job so tests can monkeypatch os.fsync
     for fd in fds:
         fsync(fd)
 
@@ -83,6 +86,9 @@ class Syncer:
         self._running = False
         self._executor: ThreadPoolExecutor | None = None
         self.failure: BaseException | None = None
+        # What the worker calls per descriptor; None means os.fsync.  Only the broker's
+        # wiring (app.py) replaces it, for the documented test-only fault injection.
+        self.fsync_function: Callable[[int], Any] | None = None
         # Counters for tests, metrics and benchmarks.
         self.fsync_jobs = 0
         self.callbacks_run = 0
@@ -200,7 +206,7 @@ class Syncer:
         self._in_flight = targets
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baedal-fsync")
-        future = loop.run_in_executor(self._executor, _fsync_all, fds)
+        future = loop.run_in_executor(self._executor, _fsync_all, fds, self.fsync_function)
         future.add_done_callback(lambda done: self._job_done(done, loop, callbacks, flush_error))
 
     def _job_done(
@@ -287,7 +293,7 @@ class Syncer:
             raise RuntimeError("sync_now() while an fsync job is running")
         _targets, callbacks, fds, flush_error = self._take_batch()
         try:
-            _fsync_all(fds)
+            _fsync_all(fds, self.fsync_function)
         except OSError as exc:
             self._fatal(exc)
             raise StorageError(exc.errno, f"fsync failed: {exc.strerror or exc}") from exc
