@@ -197,15 +197,18 @@ class BrokerCore:
 
         settings = QueueSettings(arguments)  # validates before touching the disk
         storage = self.storage
-        if storage is None:
-            maker = lambda level: MemoryStore()  # noqa: E731
-        elif durable:
-            maker = lambda level: storage.queue_store(vhost, queue, level)  # noqa: E731
-        else:
-            maker = lambda level: storage.transient_store(vhost, queue, level)  # noqa: E731
         if settings.max_priority:
-            return PriorityStore([maker(i) for i in range(settings.max_priority + 1)], settings.max_priority)
-        return maker(None)
+            # One log whatever x-max-priority is (not one store per level): see priority.py.
+            if storage is None:
+                return PriorityStore(settings.max_priority)
+            if durable:
+                return PriorityStore(settings.max_priority, log=storage.queue_store(vhost, queue, None))
+            return PriorityStore(settings.max_priority, open_log=storage.transient_log_opener(vhost, queue))
+        if storage is None:
+            return MemoryStore()
+        if durable:
+            return storage.queue_store(vhost, queue, None)
+        return storage.transient_store(vhost, queue, None)
 
     def definitions_changed(self, kind: str, vhost: VirtualHost | None, obj: Any) -> None:
         if self.storage is not None:

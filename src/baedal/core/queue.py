@@ -133,65 +133,8 @@ class QueueSettings:
         )
 
 
-class PriorityStore:
-    """One store per priority level; the highest non-empty level is served first."""
-
-    def __init__(self, levels: list[MessageStore], max_priority: int) -> None:
-        self.levels = levels
-        self.max_priority = max_priority
-        self.durable = levels[0].durable
-
-    def _level(self, message: Message) -> MessageStore:
-        return self.levels[min(message.priority, self.max_priority)]
-
-    @property
-    def ready_count(self) -> int:
-        return sum(s.ready_count for s in self.levels)
-
-    @property
-    def ready_bytes(self) -> int:
-        return sum(s.ready_bytes for s in self.levels)
-
-    def append(self, message: Message, expires_at: float | None) -> QueueEntry:
-        entry = self._level(message).append(message, expires_at)
-        return entry
-
-    def direct(self, message: Message) -> QueueEntry:
-        return self._level(message).direct(message)
-
-    def _top(self) -> MessageStore | None:
-        for store in reversed(self.levels):
-            if store.ready_count:
-                return store
-        return None
-
-    def shift(self) -> QueueEntry | None:
-        store = self._top()
-        return store.shift() if store is not None else None
-
-    def peek(self) -> QueueEntry | None:
-        store = self._top()
-        return store.peek() if store is not None else None
-
-    def requeue(self, entries: list[QueueEntry]) -> None:
-        for entry in entries:
-            assert entry.message is not None
-            self._level(entry.message).requeue([entry])
-
-    def settle(self, entry: QueueEntry) -> None:
-        if entry.message is not None:
-            self._level(entry.message).settle(entry)
-
-    def purge(self) -> int:
-        return sum(s.purge() for s in self.levels)
-
-    def close(self) -> None:
-        for s in self.levels:
-            s.close()
-
-    def delete(self) -> None:
-        for s in self.levels:
-            s.delete()
+# One log per priority queue, the order in a bounded in-memory index: see priority.py.
+from .priority import PriorityStore  # noqa: E402
 
 
 class Queue:

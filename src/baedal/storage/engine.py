@@ -1,7 +1,8 @@
 """Wires the storage layer into the broker core.
 
 * one ``Syncer`` per broker (group commit for every durable queue and ack file);
-* one ``SegmentStore`` per durable queue (per priority level) under
+* one ``SegmentStore`` per durable queue (a priority queue too: one log, see
+  core/priority.py) under
   ``<data_dir>/queues/<digest of vhost and name>``;
 * the ``DefinitionsStore`` (SQLite) for vhosts, users, permissions and durable
   exchanges, queues and bindings, loaded at start-up before any listener opens;
@@ -17,6 +18,7 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,8 +189,40 @@ class StorageEngine:
         if level is not None:
             directory = directory / f"priority-{level}"
         store = SegmentStore.open(directory, self.syncer, segment_bytes=self.settings.segment_bytes)
+        if level is None:
+            self._migrate_priority_levels(store)
         self.stores[(vhost, queue, level)] = store
         return store
+
+    def _migrate_priority_levels(self, store: SegmentStore) -> None:
+        """Fold a priority queue written by an older Baedal (one store per level, in
+        ``priority-N`` subdirectories) into the queue's one log, then remove them.
+
+        The messages are copied (priority is in each record), the log is synced, and
+        only then are the old directories deleted: a crash in between recovers both and
+        at worst delivers a message twice, which the redelivered flag covers.
+        """
+        old = sorted(store.directory.glob("priority-*"))
+        if not old:
+            return
+        assert self.syncer is not None
+        copied = 0
+        for path in old:
+            level = SegmentStore.open(path, self.syncer, segment_bytes=self.settings.segment_bytes)
+            while (entry := level.shift()) is not None:
+                assert entry.message is not None
+                store.append(entry.message, entry.expires_at)
+                copied += 1
+            level.close(clean=False)
+        self.syncer.sync_now()
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+        log.warning(
+            "store %s: folded %d message(s) from %d per-priority store(s) into one log",
+            store.directory,
+            copied,
+            len(old),
+        )
 
     def transient_store(self, vhost: str, queue: str, level: int | None) -> PagedStore:
         """A non-durable queue's store: memory first, paged out to disk past a budget."""
@@ -203,6 +237,18 @@ class StorageEngine:
             return SegmentStore.open(path, syncer, segment_bytes=segment_bytes)  # type: ignore[arg-type]
 
         return PagedStore(directory, open_paged)
+
+    def transient_log_opener(self, vhost: str, queue: str) -> Callable[[], SegmentStore]:
+        """For a transient priority queue: opens its one private log on first need."""
+        self._transient_counter += 1
+        directory = self.transient_dir / f"{queue_directory_name(vhost, queue)}-{self._transient_counter}"
+        syncer = self.syncer
+        segment_bytes = self.settings.segment_bytes
+
+        def open_log() -> SegmentStore:
+            return SegmentStore.open(directory, syncer, segment_bytes=segment_bytes)  # type: ignore[arg-type]
+
+        return open_log
 
     def store_deleted(self, vhost: str, queue: str) -> None:
         for key in [k for k in self.stores if k[0] == vhost and k[1] == queue]:
@@ -292,6 +338,8 @@ class StorageEngine:
         """An append failed (ENOSPC, EIO): block publishers until the store recovers."""
         if isinstance(store, PagedStore):
             store = store.paged_store
+        elif getattr(store, "log_store", None) is not None:  # a priority queue's one log
+            store = store.log_store
         if isinstance(store, SegmentStore):
             if store not in self.failed_stores:
                 log.error("write to %s failed: %s; publishers blocked until it recovers", store.directory, exc)

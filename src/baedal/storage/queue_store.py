@@ -66,8 +66,9 @@ import os
 import struct
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from baedal.core.message import Message, QueueEntry
 
@@ -170,6 +171,12 @@ def _body_size(payload: bytes | memoryview, start: int = 0) -> int:
     return len(payload) - start - _META_SIZE - exchange_len - key_len - props_len
 
 
+class IndexOwner(Protocol):
+    """What ``take_index`` needs from the object that orders a store's records."""
+
+    def redelivered_positions(self) -> Iterable[int]: ...
+
+
 class RecoveryStats:
     """What opening a store found: counts for the broker's recovery report."""
 
@@ -250,6 +257,9 @@ class SegmentStore:
         self._cursor_offset = SEGMENT_HEADER_SIZE
         self._redelivered_below = 0
         self._redelivered: set[int] = set()
+        # Set by take_index(): another object (a priority queue's index) orders the
+        # ready records; this store only writes, reads back by position and settles.
+        self._index_owner: IndexOwner | None = None
         self._closed = False
         # What recovery found (read by the storage engine's start-up report).
         self.recovery = RecoveryStats()
@@ -488,6 +498,74 @@ class SegmentStore:
             self.directory.rmdir()
         except OSError:
             pass  # someone else's file in there: leave the directory
+
+    # -- externally ordered use (priority queues) ----------------------------------------
+
+    def take_index(self, owner: IndexOwner) -> Iterator[tuple[int, int, int]]:
+        """Hand the ordering of ready records over to ``owner`` (a priority index).
+
+        Yields (position, priority, body size) for every ready record recovered at open,
+        in log order, reading the log sequentially once without keeping any body.  From
+        then on the store keeps no ready state of its own: ``write`` appends, ``read``
+        loads by position, ``settle`` works as always, and ``close`` asks the owner which
+        positions were delivered (``redelivered_positions``) for the clean marker.
+        """
+        self._index_owner = owner
+        window = list(self._ready)  # appended since recovery (a migration), all ready
+        self._ready.clear()
+        self._window_bytes = 0
+        for entry in window:
+            assert entry.message is not None
+            yield entry.position, entry.message.priority, entry.size
+        while self._unloaded > 0:
+            info = self._cursor_info()
+            if info is None:
+                log.error("store %s: %d ready records missing from the log", self.directory, self._unloaded)
+                break
+            base = info.segment.segment_id << 32
+            for offset, next_offset, _kind, payload in self._records_from(info, self._cursor_offset):
+                self._cursor_offset = next_offset
+                self._unloaded -= 1
+                priority = payload[1]  # _META: flags u8, priority u8, ...
+                yield base | offset, priority, _body_size(payload)
+            self._cursor_offset = info.segment.size
+        self._unloaded = 0
+        self.ready_count = 0
+        self.ready_bytes = 0
+        self._move_cursor_to_tail()
+
+    def write(self, message: Message, expires_at: float | None) -> QueueEntry:
+        """Append ``message`` for an external index: a record, no ready bookkeeping.
+
+        The same record and durability as ``append`` (kept as its own few lines so the
+        plain queue's append path gains no extra call).
+        """
+        payload = encode_record(message, expires_at)
+        writer = self._writer
+        if writer is None or not writer.has_room(len(payload)):
+            writer = self._roll()
+        persistent = message.persistent
+        offset = writer.append(KIND_PERSISTENT if persistent else KIND_TRANSIENT, payload)
+        self._writer_info.records += 1  # type: ignore[union-attr]
+        if persistent:
+            self.syncer.mark_dirty(writer)
+        return QueueEntry(writer.segment_id << 32 | offset, message, len(message.body), expires_at)
+
+    def read(self, position: int) -> QueueEntry | None:
+        """The entry at ``position`` with its message, or None if the record is gone
+        (lost with a failed write, see ``reset_failed_writer``).  One pread pair."""
+        info = self._segments.get(position >> 32)
+        offset = position & 0xFFFFFFFF
+        if info is None or offset >= info.segment.size:
+            return None
+        _kind, payload = info.segment.read(offset)
+        message, expires_at = decode_record(payload)
+        entry = QueueEntry(position, message, len(message.body), expires_at)
+        redelivered = self._redelivered
+        if position < self._redelivered_below or (redelivered and position in redelivered):
+            entry.delivery_count = 1
+            redelivered.discard(position)
+        return entry
 
     # -- failure handling ---------------------------------------------------------------
 
@@ -833,13 +911,19 @@ class SegmentStore:
         redelivered.extend(entry.position for entry in self._ready if entry.delivery_count > 0)
         redelivered.extend(self._redelivered)
         cursor = self._cursor_segment << 32 | self._cursor_offset
+        owner = self._index_owner
+        if owner is not None:
+            redelivered.extend(owner.redelivered_positions())
+            # Unread positions below the mark may sit anywhere in the owner's index;
+            # every later write is above it, so keeping the mark flags only those.
+            below = self._redelivered_below
+        else:
+            # Recovered-after-crash entries not yet loaded keep their flag.
+            below = self._redelivered_below if self._unloaded and cursor < self._redelivered_below else 0
         state = {
             "version": 1,
             "next_segment_id": self._next_segment_id,
-            # Recovered-after-crash entries not yet loaded keep their flag.
-            "redelivered_below": self._redelivered_below
-            if self._unloaded and cursor < self._redelivered_below
-            else 0,
+            "redelivered_below": below,
             "redelivered": sorted(redelivered),
         }
         tmp = self.directory / (CLEAN_MARKER + ".tmp")
