@@ -183,3 +183,34 @@ def test_durable_priority_queue_keeps_order_and_count_across_a_restart(tmp_path:
         assert got == order
         wait_until(lambda: store._loaded_count <= 1024, what="index only after draining")
         connection.close()
+
+
+@baedal_only
+def test_per_level_stores_of_an_older_baedal_are_folded_into_one_log(tmp_path: Path) -> None:
+    from baedal.core.message import Message
+    from baedal.storage.engine import queue_directory_name
+    from baedal.storage.queue_store import SegmentStore
+    from baedal.storage.syncer import Syncer
+
+    data_dir = tmp_path / "data"
+    with Broker(host="127.0.0.1", port=0, data_dir=data_dir) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        connection.channel().queue_declare("old-prio", durable=True, arguments={"x-max-priority": 9})
+        connection.close()
+    # What Baedal wrote before one log per queue: a store per level in priority-N.
+    directory = data_dir / "queues" / queue_directory_name("/", "old-prio")
+    published = []
+    syncer = Syncer()
+    for level in (0, 4, 9):
+        old = SegmentStore.open(directory / f"priority-{level}", syncer)
+        for n in range(3):
+            number = level * 10 + n
+            old.append(Message("", "old-prio", b"\x00\x00", f"{number}".encode(), True, level), None)
+            published.append((number, level))
+        syncer.sync_now()
+        old.close()
+    with Broker(host="127.0.0.1", port=0, data_dir=data_dir) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        assert get_all(connection.channel(), "old-prio") == expected(published, 9)
+        connection.close()
+    assert not list(directory.glob("priority-*"))
