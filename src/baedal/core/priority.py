@@ -146,37 +146,39 @@ class PriorityStore:
     # -- the MessageStore contract ------------------------------------------------------
 
     def append(self, message: Message, expires_at: float | None) -> QueueEntry:
+        """Add at the tail of the message's level.  A failed log write raises the log's
+        ``StorageError`` before anything here has changed."""
         number = message.priority
         if number > self.max_priority:
             number = self.max_priority
         level = self._levels.get(number)
+        unloaded = level is not None and level.head < len(level.positions)
+        size = len(message.body)
+        log = self._log
+        if self.durable:
+            entry: QueueEntry = log.write(message, expires_at)
+            keep = not unloaded and self._has_room()
+        elif not self._log_outstanding and not unloaded and self._has_room():
+            entry = QueueEntry(self._next_position, message, size, expires_at)
+            self._next_position += 1
+            keep = True
+        else:
+            if log is None:
+                log = self._log = self._open_log()  # type: ignore[misc]
+            entry = log.write(message, expires_at)
+            self._log_outstanding += 1
+            keep = False
         if level is None:
             level = self._levels[number] = _Level()
             if number > self._top:
                 self._top = number
-        size = len(message.body)
+        if keep:
+            self._keep(level, entry)
+        else:
+            level.positions.append(entry.position)
+            level.sizes.append(size)
         self.ready_count += 1
         self.ready_bytes += size
-        log = self._log
-        if self.durable:
-            entry: QueueEntry = log.write(message, expires_at)
-            if level.head == len(level.positions) and self._has_room():
-                self._keep(level, entry)
-            else:
-                level.positions.append(entry.position)
-                level.sizes.append(size)
-            return entry
-        if not self._log_outstanding and level.head == len(level.positions) and self._has_room():
-            entry = QueueEntry(self._next_position, message, size, expires_at)
-            self._next_position += 1
-            self._keep(level, entry)
-            return entry
-        if log is None:
-            log = self._log = self._open_log()  # type: ignore[misc]
-        entry = log.write(message, expires_at)
-        self._log_outstanding += 1
-        level.positions.append(entry.position)
-        level.sizes.append(size)
         return entry
 
     def direct(self, message: Message) -> QueueEntry:
