@@ -28,6 +28,9 @@ import requests
 
 from baedal_testing import wait_until
 
+# Building and installing from PyPI takes longer than the suite's 120 s default.
+pytestmark = pytest.mark.timeout(900)
+
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "src" / "baedal" / "protocols" / "http" / "static"
 _IGNORE = shutil.ignore_patterns(
