@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(
                 f"recovered {report['queues']} durable queue(s), {report['messages']} message(s); "
                 f"{report['unclean_stores']} store(s) after an unclean shutdown, "
-                f"{report['lost_bytes']} damaged byte(s) dropped",
+                f"{report['lost_bytes']} byte(s) of torn or damaged data dropped",
                 flush=True,
             )
         stop = asyncio.Event()
