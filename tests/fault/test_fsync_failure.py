@@ -23,6 +23,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import pytest
+import requests
 
 from baedal_testing import wait_until
 
@@ -34,7 +35,13 @@ HEALTHY_FSYNCS = 40
 class BrokerProcess:
     """``python -m baedal serve`` on a free port, its stdout read line by line."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        http_port: str = "off",
+    ) -> None:
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(SRC), environment.get("PYTHONPATH", "")) if p
@@ -43,7 +50,7 @@ class BrokerProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "baedal", "serve", "--port", "0", "--http-port", "off",
+            [sys.executable, "-m", "baedal", "serve", "--port", "0", "--http-port", http_port,
              "--data-dir", str(data_dir)],
             env=environment, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )
@@ -96,6 +103,12 @@ class BrokerProcess:
         )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_failed_fsync_exits_non_zero_after_closing_listeners_and_loses_no_confirmed_message(
     tmp_path: Path,
 ) -> None:
@@ -136,10 +149,21 @@ def test_failed_fsync_exits_non_zero_after_closing_listeners_and_loses_no_confir
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", broker.port), 2):
         pass
 
-    restarted = BrokerProcess(data_dir, tmp_path / "second.log")
+    http_port = _free_port()
+    restarted = BrokerProcess(data_dir, tmp_path / "second.log", http_port=str(http_port))
     try:
-        report = restarted._find(r"recovered (\d+) durable queue\(s\), (\d+) message\(s\); (\d+) store\(s\) after an unclean shutdown")
-        assert report is not None, restarted.log()
+        overview = requests.get(
+            f"http://127.0.0.1:{http_port}/api/overview", auth=("guest", "guest"), timeout=10
+        ).json()
+        recovery = overview["baedal_recovery"]
+        assert recovery["queues"] == 1 and recovery["unclean_stores"] == 1, recovery
+        assert recovery["messages"] >= len(confirmed), recovery
+        report = wait_until(
+            lambda: restarted._find(
+                r"recovered (\d+) durable queue\(s\), (\d+) message\(s\); (\d+) store\(s\) after an unclean shutdown"
+            ),
+            what="the recovery summary on stdout",
+        )
         assert int(report.group(1)) == 1
         assert int(report.group(2)) >= len(confirmed)
         assert int(report.group(3)) == 1, "a store closed after a failed fsync must count as unclean"

@@ -187,8 +187,15 @@ async def overview(request: web.Request) -> web.Response:
                     "port": str(server.port),
                 }
             ],
+            # What storage recovery found at start (Baedal only; see storage/engine.py).
+            **_recovery(server),
         }
     )
+
+
+def _recovery(server: HTTPServer) -> dict[str, Any]:
+    report = getattr(server.broker.storage, "recovery_report", None)
+    return {"baedal_recovery": report} if report else {}
 
 
 def _baedal_version() -> str:
