@@ -1231,7 +1231,8 @@ async def list_topic_permissions(request: web.Request) -> web.Response:
     return reply(items)
 
 
-def apply_topic_permission(core: BrokerCore, user: str, vhost: str, body: dict[str, Any]) -> None:
+def apply_topic_permission(core: BrokerCore, user: str, vhost: str, body: dict[str, Any]) -> bool:
+    """Set one topic permission from a body; True when it is new."""
     if user not in core.users:
         raise not_found(f"no user '{user}'")
     if vhost not in core.vhosts:
@@ -1245,19 +1246,21 @@ def apply_topic_permission(core: BrokerCore, user: str, vhost: str, body: dict[s
         pattern = body.get(kind, "")
         require_type(pattern, str, kind)
         patterns.append(pattern)
+    created = exchange not in core.topic_permissions.get((user, vhost), {})
     try:
         core.set_topic_permission(user, vhost, exchange, *patterns)
     except (re.error, RecursionError, OverflowError) as exc:
         raise bad_request(f"invalid regular expression: {exc}") from None
+    return created
 
 
 async def put_topic_permission(request: web.Request) -> web.Response:
     body = await read_object(request)
     core = _core(request)
-    key = (request.match_info["user"], request.match_info["vhost"])
-    existed = body.get("exchange") in core.topic_permissions.get(key, {})
-    apply_topic_permission(core, key[0], key[1], body)
-    return no_content() if existed else web.Response(status=201)
+    created = apply_topic_permission(
+        core, request.match_info["user"], request.match_info["vhost"], body
+    )
+    return web.Response(status=201) if created else no_content()
 
 
 async def delete_topic_permission(request: web.Request) -> web.Response:
