@@ -285,6 +285,13 @@ def test_policies_page_sets_lists_and_clears_policies(console: Any, http_broker:
     )
     screenshot(console, "08-policies")
 
+    console.goto(f"{http_broker.http_url}/console/#/queues/%2F/{queue}")
+    expect(console.get_by_test_id("queue-detail-policy")).to_have_text(name)
+    expect(console.get_by_test_id("queue-detail-operator_policy")).to_have_text(name + "-op")
+    expect(console.get_by_test_id("queue-detail-effective_policy_definition")).to_contain_text(
+        '"max-length":3'
+    )
+    go_to(console, "policies")
     console.get_by_test_id(f"policy-row-/:{name}").get_by_test_id("delete-policy").click()
     expect(console.get_by_test_id(f"policy-row-/:{name}")).to_have_count(0)
     console.get_by_test_id(f"operator-policy-row-/:{name}-op").get_by_test_id(

@@ -862,6 +862,9 @@
           ["Deliver / get", fmtRate(rate(stats, "deliver_get")), "deliver_rate"],
           ["Ack", fmtRate(rate(stats, "ack")), "ack_rate"],
           ["Arguments", Object.keys(queue.arguments || {}).length ? JSON.stringify(queue.arguments) : "–", "arguments"],
+          ["Policy", queue.policy || "–", "policy"],
+          ["Operator policy", queue.operator_policy || "–", "operator_policy"],
+          ["Effective policy", Object.keys(queue.effective_policy_definition || {}).length ? JSON.stringify(queue.effective_policy_definition) : "–", "effective_policy_definition"],
         ];
         replace(info, rows.map(([k, v, key]) => [h("dt", null, k), h("dd", { "data-testid": `queue-detail-${key}` }, v)]));
 
