@@ -309,6 +309,15 @@ def test_topic_permissions_on_publish_and_bind(admin: Admin, amqp_url: str, uniq
             f"ACCESS_REFUSED - access to topic 'secret.#' in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
         )
         channel = connection.channel()
+        # exchange-to-exchange bindings from a topic exchange are checked the same way
+        target = unique("tp-target")
+        channel.exchange_declare(target, "fanout")
+        channel.exchange_bind(target, "amq.topic", "allowed.x")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            channel.exchange_bind(target, "amq.topic", "secret.x")
+        assert info.value.reply_code == 403
+        channel = connection.channel()
+        channel.exchange_delete(target)
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
             channel.basic_publish("amq.topic", "someone.else", b"x")
             channel.queue_declare(queue, passive=True)
@@ -321,3 +330,33 @@ def test_topic_permissions_on_publish_and_bind(admin: Admin, amqp_url: str, uniq
             connection.close()
     if not EXTERNAL_URL:
         admin._core(lambda core: core.delete_user(user))
+
+
+def test_delivery_limit_from_a_policy_on_a_quorum_queue(
+    admin: Admin, channel: Any, unique: Any
+) -> None:
+    prefix = unique("pol-dl")
+    queue, dead = prefix + ".q", unique("pol-dl-dead")
+    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_declare(dead)
+    admin.set_policy(
+        unique("p"),
+        pattern_for(prefix),
+        {"delivery-limit": 1, "dead-letter-exchange": "", "dead-letter-routing-key": dead},
+        apply_to="queues",
+    )
+    channel.basic_publish("", queue, b"poison")
+
+    def bounced() -> bool:
+        method, _props, _body = channel.basic_get(queue)
+        if method is not None:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        return count(channel, dead) == 1
+
+    wait_until(bounced, what="the message is dead-lettered past the policy's delivery limit")
+    method, props, body = channel.basic_get(dead, auto_ack=True)
+    assert body == b"poison"
+    assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+    wait_count(channel, queue, 0)
+    channel.queue_delete(queue)
+    channel.queue_delete(dead)
