@@ -161,6 +161,8 @@ def test_policymaker_may_set_policies_management_may_not(http_broker: Any, api: 
     viewer = Api(http_broker.http_url, ("viewer", "pw"))
     assert maker.put("/api/policies/%2F/m", _policy(".*", {"max-length": 1})).status_code == 201
     assert viewer.put("/api/policies/%2F/v", _policy(".*", {"max-length": 1})).status_code == 403
+    assert viewer.get("/api/policies").status_code == 403
+    assert [p["name"] for p in maker.get("/api/policies/%2F").json()] == ["m"]
     assert (
         maker.put("/api/operator-policies/%2F/o", _policy(".*", {"max-length": 1})).status_code
         == 403

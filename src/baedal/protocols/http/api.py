@@ -1122,8 +1122,8 @@ def _policy_table(vhost: VirtualHost, operator: bool) -> dict[str, Policy]:
 
 
 def _can_set_policies(user: User | None, operator: bool) -> None:
-    """RabbitMQ: policies need policymaker (or administrator); operator policies need
-    administrator (the route already requires it)."""
+    """RabbitMQ: policies, even reading them, need policymaker (or administrator);
+    operator policies need administrator (the route already requires it)."""
     if user is None or operator:
         return
     if not {"administrator", "policymaker"} & set(user.tags):
@@ -1155,6 +1155,7 @@ def _policy_handlers(operator: bool) -> tuple[Any, Any, Any, Any]:
     what = "operator policy" if operator else "policy"
 
     async def list_(request: web.Request) -> web.Response:
+        _can_set_policies(_user(request), operator)
         return reply(
             [
                 p.to_json()
@@ -1165,6 +1166,7 @@ def _policy_handlers(operator: bool) -> tuple[Any, Any, Any, Any]:
 
     async def get(request: web.Request) -> web.Response:
         vhost = _vhost(request)
+        _can_set_policies(_user(request), operator)
         policy = _policy_table(vhost, operator).get(request.match_info["name"])
         if policy is None:
             raise not_found(f"no {what} '{request.match_info['name']}' in vhost '{vhost.name}'")
