@@ -360,3 +360,27 @@ def test_delivery_limit_from_a_policy_on_a_quorum_queue(
     wait_count(channel, queue, 0)
     channel.queue_delete(queue)
     channel.queue_delete(dead)
+
+
+def test_a_policy_ttl_lower_than_the_argument_wins(admin: Admin, channel: Any, unique: Any) -> None:
+    """RabbitMQ 3.10.8: x-message-ttl 600000 with a policy message-ttl of 50 expires in
+    50 ms (the lower wins; the argument does not shield the queue from the policy)."""
+    prefix = unique("pol-ttlmin")
+    queue = prefix + ".q"
+    channel.queue_declare(queue, arguments={"x-message-ttl": 600_000})
+    admin.set_policy(unique("p"), pattern_for(prefix), {"message-ttl": 50})
+
+    def expired() -> bool:
+        channel.basic_publish("", queue, b"x")
+        return wait_empty(channel, queue)
+
+    wait_until(expired, timeout=10, what="a message expired by the policy's lower TTL")
+    channel.queue_delete(queue)
+
+
+def wait_empty(channel: Any, queue: str) -> bool:
+    try:
+        wait_until(lambda: count(channel, queue) == 0, timeout=1)
+    except AssertionError:
+        return False
+    return True
