@@ -384,3 +384,27 @@ def wait_empty(channel: Any, queue: str) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_expires_from_a_policy_deletes_an_existing_idle_queue(
+    admin: Admin, channel: Any, unique: Any
+) -> None:
+    prefix = unique("pol-exp")
+    queue = prefix + ".q"
+    channel.queue_declare(queue)
+    admin.set_policy(unique("p"), pattern_for(prefix), {"expires": 200}, apply_to="queues")
+
+    def gone() -> bool:
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            assert exc.reply_code == 404
+            return True
+        return False
+
+    try:
+        # poll slower than the lease: a passive declare renews it on RabbitMQ
+        wait_until(gone, timeout=10, interval=0.5, what="the idle queue expired under the policy")
+    finally:
+        # passive declare of a missing queue closed the channel; nothing else to clean
+        pass
