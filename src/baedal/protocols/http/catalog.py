@@ -193,6 +193,7 @@ EXCHANGE = obj(
         "auto_delete": BOOLEAN,
         "internal": BOOLEAN,
         "arguments": TABLE,
+        "policy": {"type": ["string", "null"]},
     },
     ("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"),
 )
@@ -219,6 +220,9 @@ QUEUE = obj(
         "messages_unacknowledged": INTEGER,
         "consumers": INTEGER,
         "state": STRING,
+        "policy": {"type": ["string", "null"]},
+        "operator_policy": {"type": ["string", "null"]},
+        "effective_policy_definition": POLICY_DEFINITION,
         "message_stats": stats("publish", "deliver_get", "ack", "redeliver"),
     },
     (
