@@ -1107,7 +1107,7 @@ def _policy_name(policy: Policy | None) -> str | None:
 
 
 def _queue_policy_fields(queue: Queue) -> dict[str, Any]:
-    """RabbitMQ's queue fields for policies (``policy`` is absent-or-name there; null here)."""
+    """RabbitMQ's queue fields for policies (names, or null when none applies)."""
     policy = queue.policy
     operator = queue.operator_policy
     return {
