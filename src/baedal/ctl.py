@@ -8,6 +8,8 @@ management API (``/api/...``), so it works the same against Baedal and RabbitMQ:
     baedal ctl publish --exchange "" --routing-key orders --body hello
     baedal ctl get orders --count 5 --ackmode ack_requeue_false
     baedal ctl --json export definitions.json
+    baedal ctl set_policy TTL "^orders\\." '{"message-ttl": 60000}' --priority 1 --apply-to queues
+    baedal ctl set_topic_permissions alice amq.topic '^{username}\\.' '.*' -p /
 
 Exit status (the same convention as ``baedal perf``): 0 when the command did what was
 asked, 1 when the broker answered with an error (unknown queue, access refused, a
@@ -47,6 +49,9 @@ LIST_KINDS = (
     "users",
     "vhosts",
     "permissions",
+    "policies",
+    "operator-policies",
+    "topic-permissions",
 )
 
 
@@ -271,12 +276,67 @@ def build_parser() -> argparse.ArgumentParser:
     getter.add_argument("--truncate", type=int, default=None, help="cut payloads at N bytes")
     getter.set_defaults(func=cmd_get)
 
+    _add_policy_commands(sub)
+
     close = sub.add_parser("close", help="close a client connection")
     close.add_argument("kind", choices=("connection",))
     close.add_argument("name", help="connection name as shown by 'list connections'")
     close.add_argument("--reason", default="closed by baedal ctl")
     close.set_defaults(func=cmd_close_connection)
     return parser
+
+
+def _vhost_option(parser: argparse.ArgumentParser) -> None:
+    # rabbitmqctl's -p; SUPPRESS keeps the global --vhost when -p is not given.
+    parser.add_argument(
+        "-p", "--vhost", default=argparse.SUPPRESS, help="virtual host (as rabbitmqctl -p)"
+    )
+
+
+def _add_policy_commands(sub: Any) -> None:
+    """rabbitmqctl's spelling: set_policy, clear_policy, list_policies, the operator
+    variants, and set/clear/list_topic_permissions."""
+    for operator in (False, True):
+        word = "operator_policy" if operator else "policy"
+        setter = sub.add_parser(
+            f"set_{word}", help=f"set a {word.replace('_', ' ')} (rabbitmqctl set_{word})"
+        )
+        setter.add_argument("name")
+        setter.add_argument("pattern", help="regular expression searched in names")
+        setter.add_argument("definition", help='JSON object, e.g. \'{"max-length": 100}\'')
+        setter.add_argument("--priority", type=int, default=0)
+        setter.add_argument("--apply-to", choices=("queues", "exchanges", "all"), default="all")
+        _vhost_option(setter)
+        setter.set_defaults(func=cmd_set_policy, operator=operator)
+        clear = sub.add_parser(f"clear_{word}", help=f"clear a {word.replace('_', ' ')}")
+        clear.add_argument("name")
+        _vhost_option(clear)
+        clear.set_defaults(func=cmd_clear_policy, operator=operator)
+        lister = sub.add_parser(
+            "list_operator_policies" if operator else "list_policies",
+            help=f"list {'operator ' if operator else ''}policies of --vhost",
+        )
+        _vhost_option(lister)
+        lister.set_defaults(func=cmd_list, kind="operator-policies" if operator else "policies")
+    topic = sub.add_parser(
+        "set_topic_permissions", help="set a user's topic permission on one exchange"
+    )
+    topic.add_argument("target_user", metavar="USER")
+    topic.add_argument("exchange")
+    topic.add_argument("write", help="regex for routing keys on publish")
+    topic.add_argument("read", help="regex for binding keys on queue.bind")
+    _vhost_option(topic)
+    topic.set_defaults(func=cmd_set_topic_permissions)
+    clear_topic = sub.add_parser(
+        "clear_topic_permissions", help="clear a user's topic permissions (one exchange or all)"
+    )
+    clear_topic.add_argument("target_user", metavar="USER")
+    clear_topic.add_argument("exchange", nargs="?", default=None)
+    _vhost_option(clear_topic)
+    clear_topic.set_defaults(func=cmd_clear_topic_permissions)
+    list_topic = sub.add_parser("list_topic_permissions", help="list topic permissions")
+    _vhost_option(list_topic)
+    list_topic.set_defaults(func=cmd_list, kind="topic-permissions")
 
 
 def _add_declare_flags(parser: argparse.ArgumentParser) -> None:
@@ -319,8 +379,17 @@ class Context:
 
 def cmd_list(ctx: Context) -> int:
     kind = ctx.args.kind
-    scoped = kind in ("queues", "exchanges", "bindings", "consumers")
+    scoped = kind in (
+        "queues",
+        "exchanges",
+        "bindings",
+        "consumers",
+        "policies",
+        "operator-policies",
+    )
     path = f"/api/{kind}/{ctx.vhost}" if scoped else f"/api/{kind}"
+    if kind == "topic-permissions":
+        path = f"/api/vhosts/{ctx.vhost}/topic-permissions"
     rows = ctx.client.get(path) or []
     if isinstance(rows, dict) and "items" in rows:  # a paginated answer
         rows = rows["items"]
@@ -406,6 +475,59 @@ def cmd_set_permissions(ctx: Context) -> int:
     )
 
 
+def cmd_set_policy(ctx: Context) -> int:
+    args = ctx.args
+    try:
+        definition = json.loads(args.definition)
+    except ValueError as exc:
+        raise UsageError(f"the definition is not JSON: {exc}") from None
+    if not isinstance(definition, dict):
+        raise UsageError("the definition must be a JSON object")
+    kind = "operator-policies" if args.operator else "policies"
+    body = {
+        "pattern": args.pattern,
+        "definition": definition,
+        "priority": args.priority,
+        "apply-to": args.apply_to,
+    }
+    ctx.client.put(f"/api/{kind}/{ctx.vhost}/{_segment(args.name)}", body)
+    what = "operator policy" if args.operator else "policy"
+    return ctx.out.done(
+        f"set {what} {args.name!r} for pattern {args.pattern!r} to {args.definition} "
+        f"with priority {args.priority} applying to {args.apply_to} on vhost {args.vhost}"
+    )
+
+
+def cmd_clear_policy(ctx: Context) -> int:
+    args = ctx.args
+    kind = "operator-policies" if args.operator else "policies"
+    ctx.client.delete(f"/api/{kind}/{ctx.vhost}/{_segment(args.name)}")
+    what = "operator policy" if args.operator else "policy"
+    return ctx.out.done(f"cleared {what} {args.name!r} on vhost {args.vhost}")
+
+
+def cmd_set_topic_permissions(ctx: Context) -> int:
+    args = ctx.args
+    body = {"exchange": args.exchange, "write": args.write, "read": args.read}
+    ctx.client.put(f"/api/topic-permissions/{ctx.vhost}/{_segment(args.target_user)}", body)
+    return ctx.out.done(
+        f"set topic permissions of {args.target_user!r} on exchange {args.exchange!r} "
+        f"in vhost {args.vhost}: write={args.write} read={args.read}"
+    )
+
+
+def cmd_clear_topic_permissions(ctx: Context) -> int:
+    args = ctx.args
+    query = f"?exchange={quote(args.exchange, safe='')}" if args.exchange else ""
+    ctx.client.delete(
+        f"/api/topic-permissions/{ctx.vhost}/{_segment(args.target_user)}{query}"
+    )
+    scope = f"on exchange {args.exchange!r}" if args.exchange else "on every exchange"
+    return ctx.out.done(
+        f"cleared topic permissions of {args.target_user!r} {scope} in vhost {args.vhost}"
+    )
+
+
 def cmd_export(ctx: Context) -> int:
     definitions = ctx.client.get("/api/definitions")
     text = json.dumps(definitions, indent=2, sort_keys=True) + "\n"
@@ -416,7 +538,7 @@ def cmd_export(ctx: Context) -> int:
         handle.write(text)
     counts = ", ".join(
         f"{len(definitions.get(key) or [])} {key}"
-        for key in ("queues", "exchanges", "bindings", "users", "vhosts")
+        for key in ("queues", "exchanges", "bindings", "users", "vhosts", "policies")
     )
     return ctx.out.done(f"exported definitions to {ctx.args.file} ({counts})")
 
@@ -611,6 +733,29 @@ LIST_COLUMNS: dict[str, list[tuple[str, Any]]] = {
         ("user", _field("user")),
         ("vhost", _field("vhost")),
         ("configure", _field("configure")),
+        ("write", _field("write")),
+        ("read", _field("read")),
+    ],
+    "policies": [
+        ("vhost", _field("vhost")),
+        ("name", _field("name")),
+        ("pattern", _field("pattern")),
+        ("apply-to", _field("apply-to")),
+        ("definition", lambda r: json.dumps(r.get("definition", {}), sort_keys=True)),
+        ("priority", _field("priority")),
+    ],
+    "operator-policies": [
+        ("vhost", _field("vhost")),
+        ("name", _field("name")),
+        ("pattern", _field("pattern")),
+        ("apply-to", _field("apply-to")),
+        ("definition", lambda r: json.dumps(r.get("definition", {}), sort_keys=True)),
+        ("priority", _field("priority")),
+    ],
+    "topic-permissions": [
+        ("user", _field("user")),
+        ("vhost", _field("vhost")),
+        ("exchange", _field("exchange")),
         ("write", _field("write")),
         ("read", _field("read")),
     ],

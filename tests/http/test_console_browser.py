@@ -239,6 +239,67 @@ def test_exchange_declare_bind_and_delete(console: Any) -> None:
     expect(console.get_by_test_id(f"queue-row-{queue}")).to_have_count(0)
 
 
+def test_policies_page_sets_lists_and_clears_policies(console: Any, http_broker: Any) -> None:
+    import requests
+
+    name = unique_name("console-pol")
+    queue = unique_name("console-pol-q")
+    requests.put(
+        f"{http_broker.http_url}/api/queues/%2F/{queue}",
+        json={},
+        auth=("guest", "guest"),
+        timeout=10,
+    ).raise_for_status()
+    go_to(console, "policies")
+    expect(console.get_by_test_id("policies-table")).to_contain_text("No policies.")
+    console.get_by_test_id("policy-name").fill(name)
+    console.get_by_test_id("policy-pattern").fill("^console-pol-q")
+    console.get_by_test_id("policy-apply-to").select_option("queues")
+    console.get_by_test_id("policy-priority").fill("4")
+    console.get_by_test_id("policy-definition").fill("max-length=7\ndead-letter-exchange=dlx")
+    console.get_by_test_id("policy-submit").click()
+    expect(console.get_by_test_id("policy-result")).to_have_text(f"Set policy {name}.")
+    row = console.get_by_test_id(f"policy-row-/:{name}")
+    expect(row.locator('td[data-field="definition"]')).to_contain_text("max-length: 7")
+    expect(row.locator('td[data-field="apply-to"]')).to_have_text("queues")
+    expect(row.locator('td[data-field="priority"]')).to_have_text("4")
+    queue_info = requests.get(
+        f"{http_broker.http_url}/api/queues/%2F/{queue}", auth=("guest", "guest"), timeout=10
+    ).json()
+    assert queue_info["policy"] == name
+    assert queue_info["effective_policy_definition"] == {
+        "max-length": 7,
+        "dead-letter-exchange": "dlx",
+    }
+
+    # an operator policy through the same form, and a refused definition shows its reason
+    console.get_by_test_id("policy-kind").select_option("operator")
+    console.get_by_test_id("policy-name").fill(name + "-op")
+    console.get_by_test_id("policy-definition").fill("max-length=3")
+    console.get_by_test_id("policy-submit").click()
+    expect(console.get_by_test_id(f"operator-policy-row-/:{name}-op")).to_be_visible()
+    console.get_by_test_id("policy-definition").fill("overflow=drop-head")
+    console.get_by_test_id("policy-submit").click()
+    expect(console.get_by_test_id("policy-result")).to_contain_text(
+        "are not recognised policy settings"
+    )
+    screenshot(console, "08-policies")
+
+    console.goto(f"{http_broker.http_url}/console/#/queues/%2F/{queue}")
+    expect(console.get_by_test_id("queue-detail-policy")).to_have_text(name)
+    expect(console.get_by_test_id("queue-detail-operator_policy")).to_have_text(name + "-op")
+    expect(console.get_by_test_id("queue-detail-effective_policy_definition")).to_contain_text(
+        '"max-length":3'
+    )
+    go_to(console, "policies")
+    console.get_by_test_id(f"policy-row-/:{name}").get_by_test_id("delete-policy").click()
+    expect(console.get_by_test_id(f"policy-row-/:{name}")).to_have_count(0)
+    console.get_by_test_id(f"operator-policy-row-/:{name}-op").get_by_test_id(
+        "delete-policy"
+    ).click()
+    expect(console.get_by_test_id(f"operator-policy-row-/:{name}-op")).to_have_count(0)
+
+
 def test_connections_page_lists_a_pika_connection_and_closes_it(
     console: Any, http_broker: Any
 ) -> None:

@@ -68,6 +68,28 @@ class Permission:
         return self._compiled[kind].search(resource) is not None
 
 
+class TopicPermission:
+    """A user's topic permission on one exchange in one vhost (RabbitMQ's
+    topic_permission): regexes searched in routing keys, after ``{username}`` and
+    ``{vhost}`` are replaced by the user's name and the vhost's."""
+
+    __slots__ = ("exchange", "write", "read", "_compiled")
+
+    def __init__(self, user: str, vhost: str, exchange: str, write: str = ".*", read: str = ".*") -> None:
+        self.exchange = exchange
+        self.write = write
+        self.read = read
+        self._compiled: dict[str, re.Pattern[str]] = {}
+        for kind, pattern in (("write", write), ("read", read)):
+            # RabbitMQ: an empty pattern becomes ^$ (only the empty key); variables are
+            # expanded before the regex is compiled (once, here: the per-user cache).
+            expanded = pattern.replace("{username}", user).replace("{vhost}", vhost)
+            self._compiled[kind] = re.compile(expanded or "^$")
+
+    def allows(self, kind: str, routing_key: str) -> bool:
+        return self._compiled[kind].search(routing_key) is not None
+
+
 @dataclass
 class BrokerConfig:
     data_dir: Path = Path("./baedal-data")
@@ -97,6 +119,13 @@ class BrokerCore:
         self.vhosts: dict[str, VirtualHost] = {}
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
+        # (user, vhost) -> exchange -> TopicPermission.  Empty for almost every broker,
+        # so the publish path tests it before anything else.
+        self.topic_permissions: dict[tuple[str, str], dict[str, TopicPermission]] = {}
+        # Runtime parameters other than operator policies (which live on the vhost), kept
+        # so definitions round-trip: (vhost, component, name) -> value; and global ones.
+        self.parameters: dict[tuple[str, str, str], Any] = {}
+        self.global_parameters: dict[str, Any] = {}
         self.connections: dict[int, Any] = {}
         self.alarms: set[str] = set()
         self.alarm_listeners: list[Callable[[set[str]], None]] = []
@@ -153,6 +182,10 @@ class BrokerCore:
             vhost.delete_queue(queue)
         for key in [k for k in self.permissions if k[1] == name]:
             del self.permissions[key]
+        for key in [k for k in self.topic_permissions if k[1] == name]:
+            del self.topic_permissions[key]
+        for key in [k for k in self.parameters if k[0] == name]:
+            del self.parameters[key]
         for conn in list(self.connections.values()):
             if getattr(conn, "vhost", None) is vhost:
                 conn.force_close(f"vhost '{name}' is deleted")
@@ -171,6 +204,8 @@ class BrokerCore:
             raise CoreError("not_found", f"no user '{name}'")
         for key in [k for k in self.permissions if k[0] == name]:
             del self.permissions[key]
+        for key in [k for k in self.topic_permissions if k[0] == name]:
+            del self.topic_permissions[key]
         self.definitions_changed("user-deleted", None, name)
 
     def set_permission(self, user: str, vhost: str, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
@@ -180,6 +215,44 @@ class BrokerCore:
     def clear_permission(self, user: str, vhost: str) -> None:
         self.permissions.pop((user, vhost), None)
         self.definitions_changed("permission-deleted", None, (user, vhost))
+
+    def set_topic_permission(self, user: str, vhost: str, exchange: str, write: str = ".*", read: str = ".*") -> None:
+        """Raises re.error for a pattern that does not compile (after expansion)."""
+        permission = TopicPermission(user, vhost, exchange, write, read)
+        self.topic_permissions.setdefault((user, vhost), {})[exchange] = permission
+        self.definitions_changed("topic-permission", None, (user, vhost, exchange, write, read))
+
+    def clear_topic_permission(self, user: str, vhost: str, exchange: str | None = None) -> bool:
+        """Clear one exchange's topic permission, or all of them (exchange None)."""
+        table = self.topic_permissions.get((user, vhost))
+        if not table or (exchange is not None and exchange not in table):
+            return False
+        if exchange is None:
+            table.clear()
+        else:
+            del table[exchange]
+        if not table:
+            del self.topic_permissions[(user, vhost)]
+        self.definitions_changed("topic-permission-deleted", None, (user, vhost, exchange))
+        return True
+
+    def topic_permission_allows(self, user: str, vhost: str, exchange: str, routing_key: str, kind: str) -> bool:
+        """RabbitMQ's topic authorisation (publish: ``write``; queue.bind: ``read``): no
+        topic permission for the exchange means allowed.  Callers check this only for
+        topic exchanges."""
+        table = self.topic_permissions.get((user, vhost))
+        if table is None:
+            return True
+        permission = table.get(exchange)
+        return permission is None or permission.allows(kind, routing_key)
+
+    def set_parameter(self, vhost: str, component: str, name: str, value: Any) -> None:
+        self.parameters[(vhost, component, name)] = value
+        self.definitions_changed("parameter", None, (vhost, component, name, value))
+
+    def set_global_parameter(self, name: str, value: Any) -> None:
+        self.global_parameters[name] = value
+        self.definitions_changed("global-parameter", None, (name, value))
 
     def authenticate(self, username: str, password: str) -> User | None:
         user = self.users.get(username)

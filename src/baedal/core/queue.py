@@ -132,6 +132,19 @@ class QueueSettings:
             _int_arg(arguments, "x-delivery-limit", -1) if qtype == "quorum" else None
         )
 
+    @classmethod
+    def merged(cls, arguments: dict[str, Any], policy: Any, operator_policy: Any) -> QueueSettings:
+        """Settings from a queue's arguments combined with its policy and operator policy
+        (core/policy.py has the precedence rules).  A combination that does not validate
+        (it cannot with validated policies, but a policy must never break a queue) falls
+        back to the arguments alone."""
+        from .policy import queue_arguments
+
+        try:
+            return cls(queue_arguments(arguments, policy, operator_policy))
+        except QueueArgumentError:
+            return cls(arguments)
+
 
 # One log per priority queue, the order in a bounded in-memory index: see priority.py.
 from .priority import PriorityStore  # noqa: E402
@@ -158,6 +171,8 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.settings = QueueSettings(self.arguments)
+        self.policy: Any = None  # core.policy.Policy governing this queue, if any
+        self.operator_policy: Any = None
         self._quorum = self.settings.queue_type == "quorum"
         self.store: Any = store if store is not None else MemoryStore()
         self.consumers: list[Consumer] = []
@@ -454,6 +469,24 @@ class Queue:
 
     def purge(self) -> int:
         return self.store.purge()
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """Take new effective settings now (a policy was set, changed or cleared).
+
+        A lower ``max-length`` drops from the head at once when overflow is drop-head and
+        keeps what is there otherwise (as RabbitMQ 3.10 does); a new ``message-ttl``
+        applies to messages published from now on; ``expires`` restarts its lease.
+        """
+        old = self.settings
+        self.settings = settings
+        self._quorum = settings.queue_type == "quorum"
+        if settings.expires != old.expires:
+            self._cancel_expires()
+            self._reset_expires()
+        if settings.overflow == "drop-head" and (
+            settings.max_length is not None or settings.max_length_bytes is not None
+        ):
+            self._enforce_drop_head()
 
     # --- expiry ------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from .exchange import EXCHANGE_CLASSES, Binding, Exchange
 from .message import Message
-from .queue import Queue, QueueArgumentError
+from .policy import Policy, alternate_exchange, select
+from .queue import Queue, QueueArgumentError, QueueSettings
 
 if TYPE_CHECKING:
     from .broker import BrokerCore as Broker
@@ -42,6 +43,10 @@ class VirtualHost:
         self.name = name
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        # Policies by name (core/policy.py); user policies and operator policies are
+        # separate namespaces, as in RabbitMQ.
+        self.policies: dict[str, Policy] = {}
+        self.operator_policies: dict[str, Policy] = {}
         self.default_exchange = EXCHANGE_CLASSES["direct"](name, "", durable=True)
         self.exchanges[""] = self.default_exchange
         for ex_name, ex_type in PREDECLARED:
@@ -102,6 +107,8 @@ class VirtualHost:
             arguments=arguments,
         )
         self.exchanges[name] = exchange
+        if self.policies:
+            self._apply_exchange_policy(exchange)
         if durable:
             self.broker.definitions_changed("exchange", self, exchange)
         return exchange, True
@@ -212,6 +219,8 @@ class VirtualHost:
         except QueueArgumentError as exc:
             raise CoreError("precondition_failed", str(exc)) from None
         self.queues[name] = queue
+        if self.policies or self.operator_policies:
+            self._apply_queue_policy(queue)
         self.default_exchange.add_binding(Binding("", queue, name, {}))
         if durable:
             self.broker.definitions_changed("queue", self, queue)
@@ -266,6 +275,49 @@ class VirtualHost:
         if queue.durable:
             self.broker.definitions_changed("queue-deleted", self, queue)
         return count
+
+    # --- policies ----------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> bool:
+        """Add or replace a policy and re-apply every policy at once; True if it is new."""
+        table = self.operator_policies if policy.operator else self.policies
+        created = policy.name not in table
+        table[policy.name] = policy
+        self.broker.definitions_changed("policy", self, policy)
+        self.apply_policies()
+        return created
+
+    def clear_policy(self, name: str, operator: bool = False) -> None:
+        table = self.operator_policies if operator else self.policies
+        policy = table.pop(name, None)
+        if policy is None:
+            raise CoreError("not_found", f"no {'operator ' if operator else ''}policy '{name}' in vhost '{self.name}'")
+        self.broker.definitions_changed("policy-deleted", self, policy)
+        self.apply_policies()
+
+    def apply_policies(self) -> None:
+        """Recompute which policy governs every queue and exchange (policy changes are
+        rare; this walks the vhost once)."""
+        for queue in list(self.queues.values()):
+            self._apply_queue_policy(queue)
+        for exchange in self.exchanges.values():
+            self._apply_exchange_policy(exchange)
+
+    def _apply_queue_policy(self, queue: Queue) -> None:
+        policy = select(self.policies.values(), "queues", queue.name)
+        operator = select(self.operator_policies.values(), "queues", queue.name)
+        if policy is queue.policy and operator is queue.operator_policy and policy is None and operator is None:
+            return
+        queue.policy = policy
+        queue.operator_policy = operator
+        queue.apply_settings(QueueSettings.merged(queue.arguments, policy, operator))
+
+    def _apply_exchange_policy(self, exchange: Exchange) -> None:
+        if not exchange.name:
+            return  # the default exchange takes no policy
+        policy = select(self.policies.values(), "exchanges", exchange.name)
+        exchange.policy = policy  # type: ignore[attr-defined]
+        exchange.alternate_exchange = alternate_exchange(exchange.arguments, policy)
 
     # --- bindings ----------------------------------------------------------------------
 

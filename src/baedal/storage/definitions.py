@@ -1,4 +1,5 @@
-"""``DefinitionsStore``: vhosts, users, permissions, exchanges, queues and bindings in SQLite.
+"""``DefinitionsStore``: vhosts, users, permissions, exchanges, queues, bindings, policies,
+topic permissions and runtime parameters in SQLite.
 
 Definitions change rarely and must never be half-applied, so they live in a small
 transactional store rather than in the message log: SQLite (stdlib) in WAL mode with
@@ -13,6 +14,7 @@ declare/delete, which are rare compared with publishes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ from baedal.core.properties import decode_table, encode_table
 
 __all__ = ["DefinitionsStore"]
 
+# The policy, topic-permission and parameter tables were added without a version bump:
+# they are created IF NOT EXISTS, so a version-1 file simply gains them.
 _SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -68,6 +72,35 @@ CREATE TABLE IF NOT EXISTS bindings (
     routing_key TEXT NOT NULL,
     arguments BLOB NOT NULL,
     PRIMARY KEY (vhost, source, destination, destination_kind, routing_key, arguments)
+);
+CREATE TABLE IF NOT EXISTS policies (
+    vhost TEXT NOT NULL REFERENCES vhosts(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    operator INTEGER NOT NULL,
+    pattern TEXT NOT NULL,
+    apply_to TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    PRIMARY KEY (vhost, name, operator)
+);
+CREATE TABLE IF NOT EXISTS topic_permissions (
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    vhost TEXT NOT NULL REFERENCES vhosts(name) ON DELETE CASCADE,
+    exchange TEXT NOT NULL,
+    write TEXT NOT NULL,
+    read TEXT NOT NULL,
+    PRIMARY KEY (user, vhost, exchange)
+);
+CREATE TABLE IF NOT EXISTS parameters (
+    vhost TEXT NOT NULL REFERENCES vhosts(name) ON DELETE CASCADE,
+    component TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (vhost, component, name)
+);
+CREATE TABLE IF NOT EXISTS global_parameters (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -195,6 +228,36 @@ class DefinitionsStore:
                 for vhost, source, destination, kind, routing_key, arguments in db.execute(
                     "SELECT vhost, source, destination, destination_kind, routing_key, arguments FROM bindings ORDER BY rowid"
                 )
+            ],
+            "policies": [
+                {
+                    "vhost": vhost,
+                    "name": name,
+                    "operator": bool(operator),
+                    "pattern": pattern,
+                    "apply-to": apply_to,
+                    "priority": priority,
+                    "definition": json.loads(definition),
+                }
+                for vhost, name, operator, pattern, apply_to, priority, definition in db.execute(
+                    "SELECT vhost, name, operator, pattern, apply_to, priority, definition FROM policies ORDER BY vhost, name"
+                )
+            ],
+            "topic_permissions": [
+                {"user": user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+                for user, vhost, exchange, write, read in db.execute(
+                    "SELECT user, vhost, exchange, write, read FROM topic_permissions ORDER BY user, vhost, exchange"
+                )
+            ],
+            "parameters": [
+                {"vhost": vhost, "component": component, "name": name, "value": json.loads(value)}
+                for vhost, component, name, value in db.execute(
+                    "SELECT vhost, component, name, value FROM parameters ORDER BY vhost, component, name"
+                )
+            ],
+            "global_parameters": [
+                {"name": name, "value": json.loads(value)}
+                for name, value in db.execute("SELECT name, value FROM global_parameters ORDER BY name")
             ],
         }
 
@@ -335,6 +398,58 @@ class DefinitionsStore:
                 routing_key,
                 _encode_arguments(arguments),
             ),
+        )
+
+    # -- policies, topic permissions, parameters ----------------------------------------
+
+    def put_policy(
+        self,
+        vhost: str,
+        name: str,
+        operator: bool,
+        pattern: str,
+        apply_to: str,
+        priority: int,
+        definition: dict[str, Any],
+    ) -> None:
+        self._change(
+            "INSERT OR REPLACE INTO policies (vhost, name, operator, pattern, apply_to, priority, definition) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (vhost, name, int(operator), pattern, apply_to, priority, json.dumps(definition)),
+        )
+
+    def delete_policy(self, vhost: str, name: str, operator: bool) -> None:
+        self._change(
+            "DELETE FROM policies WHERE vhost = ? AND name = ? AND operator = ?",
+            (vhost, name, int(operator)),
+        )
+
+    def put_topic_permission(self, user: str, vhost: str, exchange: str, write: str, read: str) -> None:
+        self._change(
+            "INSERT OR REPLACE INTO topic_permissions (user, vhost, exchange, write, read) VALUES (?, ?, ?, ?, ?)",
+            (user, vhost, exchange, write, read),
+        )
+
+    def delete_topic_permission(self, user: str, vhost: str, exchange: str | None = None) -> None:
+        """One exchange's topic permission, or (exchange None) all of the user's in the vhost."""
+        if exchange is None:
+            self._change("DELETE FROM topic_permissions WHERE user = ? AND vhost = ?", (user, vhost))
+        else:
+            self._change(
+                "DELETE FROM topic_permissions WHERE user = ? AND vhost = ? AND exchange = ?",
+                (user, vhost, exchange),
+            )
+
+    def put_parameter(self, vhost: str, component: str, name: str, value: Any) -> None:
+        self._change(
+            "INSERT OR REPLACE INTO parameters (vhost, component, name, value) VALUES (?, ?, ?, ?)",
+            (vhost, component, name, json.dumps(value)),
+        )
+
+    def put_global_parameter(self, name: str, value: Any) -> None:
+        self._change(
+            "INSERT OR REPLACE INTO global_parameters (name, value) VALUES (?, ?)",
+            (name, json.dumps(value)),
         )
 
     def close(self) -> None:

@@ -143,6 +143,7 @@ class StorageEngine:
             core.add_user(item["name"], None, item["tags"], password_hash=item["password_hash"])
         for item in data["permissions"]:
             core.set_permission(item["user"], item["vhost"], item["configure"], item["write"], item["read"])
+        self._load_policies(data)
         for item in data["exchanges"]:
             vhost = core.vhosts.get(item["vhost"])
             if vhost is None or item["name"] in vhost.exchanges:
@@ -172,6 +173,33 @@ class StorageEngine:
             if destination is None or item["source"] not in vhost.exchanges:
                 continue
             vhost.bind(item["source"], destination, item["routing_key"], item["arguments"])
+
+    def _load_policies(self, data: dict[str, Any]) -> None:
+        """Policies, topic permissions and parameters; before exchanges and queues, so
+        those are declared with their policies already in force."""
+        from ..core.policy import Policy
+
+        core = self.core
+        for item in data.get("policies", []):
+            vhost = core.vhosts.get(item["vhost"])
+            if vhost is None:
+                continue
+            table = vhost.operator_policies if item["operator"] else vhost.policies
+            table[item["name"]] = Policy(
+                item["vhost"],
+                item["name"],
+                item["pattern"],
+                item["definition"],
+                apply_to=item["apply-to"],
+                priority=item["priority"],
+                operator=item["operator"],
+            )
+        for item in data.get("topic_permissions", []):
+            core.set_topic_permission(item["user"], item["vhost"], item["exchange"], item["write"], item["read"])
+        for item in data.get("parameters", []):
+            core.set_parameter(item["vhost"], item["component"], item["name"], item["value"])
+        for item in data.get("global_parameters", []):
+            core.set_global_parameter(item["name"], item["value"])
 
     def _remove_orphans(self) -> None:
         """Stores of queues that no longer exist (exclusive or deleted while down)."""
@@ -291,6 +319,20 @@ class StorageEngine:
         elif kind == "queue-deleted":
             defs.delete_queue(vhost.name, obj.name)
             self.store_deleted(vhost.name, obj.name)
+        elif kind == "policy":
+            defs.put_policy(vhost.name, obj.name, obj.operator, obj.pattern, obj.apply_to, obj.priority, obj.definition)
+        elif kind == "policy-deleted":
+            defs.delete_policy(vhost.name, obj.name, obj.operator)
+        elif kind == "topic-permission":
+            user, vhost_name, exchange, write, read = obj
+            if user in self.core.users and vhost_name in self.core.vhosts:
+                defs.put_topic_permission(user, vhost_name, exchange, write, read)
+        elif kind == "topic-permission-deleted":
+            defs.delete_topic_permission(*obj)
+        elif kind == "parameter":
+            defs.put_parameter(*obj)
+        elif kind == "global-parameter":
+            defs.put_global_parameter(*obj)
         elif kind in ("binding", "binding-deleted"):
             source, destination, routing_key, arguments = obj
             if getattr(destination, "exclusive", False):

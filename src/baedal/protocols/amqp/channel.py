@@ -216,6 +216,25 @@ class Channel:
                 method,
             )
 
+    def _check_topic(self, exchange: str, routing_key: str, kind: str, method: spec.Method) -> None:
+        """Topic permissions (core: BrokerCore.topic_permission_allows); the caller has
+        checked that some exist and the exchange is a topic exchange."""
+        username = self.connection.username
+        vhost = self.vhost.name
+        if not self.broker.topic_permission_allows(username, vhost, exchange, routing_key, kind):
+            raise _soft(
+                ACCESS_REFUSED,
+                f"access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{username}'",
+                method,
+            )
+
+    def _check_topic_binding(self, method: Any) -> None:
+        """RabbitMQ checks the binding key against the topic read permission on bind and
+        unbind (queue and exchange bindings) when the source is a topic exchange."""
+        source = self.vhost.exchanges.get(method.source if hasattr(method, "source") else method.exchange)
+        if source is not None and source.type == "topic":
+            self._check_topic(source.name, method.routing_key, "read", method)
+
     def _queue(self, name: str, method: spec.Method) -> Queue:
         if not name:
             if self.last_queue is None:
@@ -297,6 +316,8 @@ class Channel:
             raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
         self._check("write", method.destination, method, "exchange")
         self._check("read", method.source, method, "exchange")
+        if self.broker.topic_permissions:
+            self._check_topic_binding(method)
         try:
             destination = vhost.get_exchange(method.destination)
             vhost.get_exchange(method.source)
@@ -373,6 +394,8 @@ class Channel:
         queue = self._queue(method.queue, method)
         self._check("write", queue.name, method)
         self._check("read", method.exchange, method, "exchange")
+        if self.broker.topic_permissions:
+            self._check_topic_binding(method)
         try:
             if bind:
                 self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
@@ -717,6 +740,8 @@ class Channel:
                 f"cannot publish to internal exchange '{name}' in vhost '{vhost.name}'",
                 method,
             )
+        if self.broker.topic_permissions and exchange.type == "topic":
+            self._check_topic(name, method.routing_key, "write", method)
         try:
             delivery_mode, priority, expiration = scan_properties(properties)
         except DecodeError as exc:

@@ -25,6 +25,7 @@ from aiohttp import web
 from ...core.broker import hash_password
 from ...core.exchange import EXCHANGE_TYPES
 from ...core.message import QueueEntry
+from ...core.policy import Policy, PolicyError, effective_definition
 from ...core.vhost import CoreError
 from .auth import can_see_vhost, check_permission, visible_vhosts
 from .convert import (
@@ -489,7 +490,7 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "internal": exchange.internal,
         "arguments": exchange.arguments,
         "user_who_performed_action": "",
-        "policy": None,
+        "policy": _policy_name(getattr(exchange, "policy", None)),
         "message_stats": {
             "publish_in": exchange.publish_count,
             "publish_in_details": {"rate": round(server.sampler.exchange_rate(exchange), 2)},
@@ -599,6 +600,20 @@ async def publish(request: web.Request) -> web.Response:
             f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'",
             "access_refused",
         )
+    user = _user(request)
+    if (
+        user is not None
+        and server.core.topic_permissions
+        and exchange.type == "topic"
+        and not server.core.topic_permission_allows(
+            user.name, vhost.name, exchange.name, routing_key, "write"
+        )
+    ):
+        raise HTTPError(
+            403,
+            f"access to topic '{routing_key}' in exchange '{exchange.name}' in vhost '{vhost.name}' refused for user '{user.name}'",
+            "access_refused",
+        )
     message = make_message(exchange.name, routing_key, props, payload)
     routed = server.route_message(vhost, exchange, message)
     await server.wait_for_sync(message, routed)
@@ -632,7 +647,7 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "arguments": queue.arguments,
         "node": node_name(),
         "state": "running",
-        "policy": None,
+        **_queue_policy_fields(queue),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -1091,6 +1106,181 @@ async def list_consumers(request: web.Request) -> web.Response:
     )
 
 
+# --- policies and operator policies --------------------------------------------------
+
+
+def _policy_name(policy: Policy | None) -> str | None:
+    return policy.name if policy is not None else None
+
+
+def _queue_policy_fields(queue: Queue) -> dict[str, Any]:
+    """RabbitMQ's queue fields for policies (names, or null when none applies)."""
+    policy = queue.policy
+    operator = queue.operator_policy
+    return {
+        "policy": _policy_name(policy),
+        "operator_policy": _policy_name(operator),
+        "effective_policy_definition": effective_definition(policy, operator),
+    }
+
+
+def _policy_table(vhost: VirtualHost, operator: bool) -> dict[str, Policy]:
+    return vhost.operator_policies if operator else vhost.policies
+
+
+def _can_set_policies(user: User | None, operator: bool) -> None:
+    """RabbitMQ: policies, even reading them, need policymaker (or administrator);
+    operator policies need administrator (the route already requires it)."""
+    if user is None or operator:
+        return
+    if not {"administrator", "policymaker"} & set(user.tags):
+        raise HTTPError(403, f"user '{user.name}' may not set policies", "not_authorised")
+
+
+def make_policy(vhost: str, name: str, body: dict[str, Any], operator: bool) -> Policy:
+    """A validated policy from a management API body; 400 with RabbitMQ's reason."""
+    check_name(name, "policy")
+    if "pattern" not in body:
+        raise bad_request('Validation failed\n\nKey <<"pattern">> not found in policy\n')
+    if "definition" not in body:
+        raise bad_request('Validation failed\n\nKey <<"definition">> not found in policy\n')
+    try:
+        return Policy(
+            vhost,
+            name,
+            body["pattern"],
+            body["definition"],
+            apply_to=body.get("apply-to", "all"),
+            priority=body.get("priority", 0),
+            operator=operator,
+        )
+    except PolicyError as exc:
+        raise bad_request(f"Validation failed\n\n{exc}\n") from None
+
+
+def _policy_handlers(operator: bool) -> tuple[Any, Any, Any, Any]:
+    what = "operator policy" if operator else "policy"
+
+    async def list_(request: web.Request) -> web.Response:
+        _can_set_policies(_user(request), operator)
+        return reply(
+            [
+                p.to_json()
+                for v in _vhosts_in_scope(request)
+                for p in sorted(_policy_table(v, operator).values(), key=lambda p: p.name)
+            ]
+        )
+
+    async def get(request: web.Request) -> web.Response:
+        vhost = _vhost(request)
+        _can_set_policies(_user(request), operator)
+        policy = _policy_table(vhost, operator).get(request.match_info["name"])
+        if policy is None:
+            raise not_found(f"no {what} '{request.match_info['name']}' in vhost '{vhost.name}'")
+        return reply(policy.to_json())
+
+    async def put(request: web.Request) -> web.Response:
+        vhost = _vhost(request)
+        _can_set_policies(_user(request), operator)
+        body = await read_object(request)
+        created = vhost.set_policy(make_policy(vhost.name, request.match_info["name"], body, operator))
+        return web.Response(status=201) if created else no_content()
+
+    async def delete(request: web.Request) -> web.Response:
+        vhost = _vhost(request)
+        _can_set_policies(_user(request), operator)
+        try:
+            vhost.clear_policy(request.match_info["name"], operator)
+        except CoreError as exc:
+            raise from_core(exc) from None
+        return no_content()
+
+    return list_, get, put, delete
+
+
+list_policies, get_policy, put_policy, delete_policy = _policy_handlers(False)
+(
+    list_operator_policies,
+    get_operator_policy,
+    put_operator_policy,
+    delete_operator_policy,
+) = _policy_handlers(True)
+
+
+# --- topic permissions -----------------------------------------------------------------
+
+
+def topic_permission_info(user: str, vhost: str, permission: Any) -> dict[str, Any]:
+    return {
+        "user": user,
+        "vhost": vhost,
+        "exchange": permission.exchange,
+        "write": permission.write,
+        "read": permission.read,
+    }
+
+
+async def list_topic_permissions(request: web.Request) -> web.Response:
+    core = _core(request)
+    user = request.match_info.get("user")
+    vhost = request.match_info.get("vhost")
+    if user is not None and user not in core.users:
+        raise not_found(f"no user '{user}'")
+    if vhost is not None and vhost not in core.vhosts:
+        raise not_found(f"no vhost '{vhost}'")
+    items = [
+        topic_permission_info(u, v, p)
+        for (u, v), table in core.topic_permissions.items()
+        if (user is None or u == user) and (vhost is None or v == vhost)
+        for p in table.values()
+    ]
+    if user is not None and vhost is not None and not items:
+        # GET /api/topic-permissions/{vhost}/{user} with nothing set is 404 in RabbitMQ
+        raise not_found(f"no topic permissions for user '{user}' in vhost '{vhost}'")
+    return reply(items)
+
+
+def apply_topic_permission(core: BrokerCore, user: str, vhost: str, body: dict[str, Any]) -> bool:
+    """Set one topic permission from a body; True when it is new."""
+    if user not in core.users:
+        raise not_found(f"no user '{user}'")
+    if vhost not in core.vhosts:
+        raise not_found(f"no vhost '{vhost}'")
+    exchange = body.get("exchange")
+    if exchange is None:
+        raise bad_request("field 'exchange' is required")
+    require_type(exchange, str, "exchange")
+    patterns = []
+    for kind in ("write", "read"):
+        pattern = body.get(kind, "")
+        require_type(pattern, str, kind)
+        patterns.append(pattern)
+    created = exchange not in core.topic_permissions.get((user, vhost), {})
+    try:
+        core.set_topic_permission(user, vhost, exchange, *patterns)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise bad_request(f"invalid regular expression: {exc}") from None
+    return created
+
+
+async def put_topic_permission(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    core = _core(request)
+    created = apply_topic_permission(
+        core, request.match_info["user"], request.match_info["vhost"], body
+    )
+    return web.Response(status=201) if created else no_content()
+
+
+async def delete_topic_permission(request: web.Request) -> web.Response:
+    """All of the user's topic permissions in the vhost, or ``?exchange=`` only that one."""
+    core = _core(request)
+    user, vhost = request.match_info["user"], request.match_info["vhost"]
+    if not core.clear_topic_permission(user, vhost, request.query.get("exchange")):
+        raise not_found(f"no topic permissions for user '{user}' in vhost '{vhost}'")
+    return no_content()
+
+
 # --- definitions -----------------------------------------------------------------------
 
 
@@ -1145,10 +1335,29 @@ def export_definitions(core: BrokerCore) -> dict[str, Any]:
             for name in core.vhosts
         ],
         "permissions": [permission_info(u, v, p) for (u, v), p in core.permissions.items()],
-        "topic_permissions": [],
-        "parameters": [],
-        "global_parameters": [],
-        "policies": [],
+        "topic_permissions": [
+            topic_permission_info(u, v, p)
+            for (u, v), table in core.topic_permissions.items()
+            for p in table.values()
+        ],
+        "parameters": [
+            {"vhost": vhost, "component": component, "name": name, "value": value}
+            for (vhost, component, name), value in core.parameters.items()
+        ]
+        + [
+            {
+                "vhost": vhost.name,
+                "component": "operator_policy",
+                "name": p.name,
+                "value": {k: v for k, v in p.to_json().items() if k not in ("vhost", "name")},
+            }
+            for vhost in core.vhosts.values()
+            for p in vhost.operator_policies.values()
+        ],
+        "global_parameters": [
+            {"name": name, "value": value} for name, value in core.global_parameters.items()
+        ],
+        "policies": [p.to_json() for v in core.vhosts.values() for p in v.policies.values()],
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -1172,13 +1381,34 @@ def _field(item: dict[str, Any], key: str, kind: type, what: str) -> Any:
     return require_type(item[key], kind, f"{what}.{key}")
 
 
+DEFINITION_SECTIONS = (
+    "users",
+    "vhosts",
+    "permissions",
+    "topic_permissions",
+    "parameters",
+    "global_parameters",
+    "policies",
+    "exchanges",
+    "queues",
+    "bindings",
+)
+DEFINITION_KEYS = frozenset(DEFINITION_SECTIONS) | {
+    "rabbit_version",
+    "rabbitmq_version",
+    "product_name",
+    "product_version",
+}
+
+
 def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
     """Apply a RabbitMQ definitions document; validated entirely before anything changes
     where the shape allows it, then applied in dependency order."""
-    sections = {
-        key: _list_of_objects(body, key)
-        for key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")
-    }
+    unknown = sorted(set(body) - DEFINITION_KEYS)
+    if unknown:
+        # Refused rather than dropped: a section Baedal does not know would be lost.
+        raise bad_request(f"unknown top-level definitions content: {', '.join(unknown)}")
+    sections = {key: _list_of_objects(body, key) for key in DEFINITION_SECTIONS}
     for item in sections["vhosts"]:
         check_name(_field(item, "name", str, "vhost"), "vhost")
     for item in sections["users"]:
@@ -1194,12 +1424,51 @@ def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
     for item in sections["permissions"]:
         for key in ("user", "vhost"):
             _field(item, key, str, "permission")
+    for item in sections["topic_permissions"]:
+        for key in ("user", "vhost", "exchange", "write", "read"):
+            _field(item, key, str, "topic permission")
+        for key in ("write", "read"):
+            try:
+                re.compile(item[key].replace("{username}", "u").replace("{vhost}", "v"))
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise bad_request(f"invalid regular expression in topic permission: {exc}") from None
+    policies: list[Policy] = []
+    for item in sections["policies"]:
+        vhost_name = _field(item, "vhost", str, "policy")
+        policies.append(make_policy(vhost_name, _field(item, "name", str, "policy"), item, False))
+    parameters: list[tuple[str, str, str, Any]] = []
+    for item in sections["parameters"]:
+        vhost_name = _field(item, "vhost", str, "parameter")
+        component = _field(item, "component", str, "parameter")
+        name = _field(item, "name", str, "parameter")
+        if "value" not in item:
+            raise bad_request("parameter is missing 'value'")
+        if component == "operator_policy":
+            value = require_type(item["value"], dict, "parameter.value")
+            policies.append(make_policy(vhost_name, name, value, True))
+        else:
+            # Kept and exported again, not enforced (vhost-limits, federation, shovels).
+            parameters.append((vhost_name, component, name, item["value"]))
+    for item in sections["global_parameters"]:
+        _field(item, "name", str, "global parameter")
+        if "value" not in item:
+            raise bad_request("global parameter is missing 'value'")
     known_vhosts = set(core.vhosts) | {i["name"] for i in sections["vhosts"]}
+    known_users = set(core.users) | {i["name"] for i in sections["users"]}
     for item in (
-        sections["queues"] + sections["exchanges"] + sections["bindings"] + sections["permissions"]
+        sections["queues"]
+        + sections["exchanges"]
+        + sections["bindings"]
+        + sections["permissions"]
+        + sections["topic_permissions"]
+        + [p.to_json() for p in policies]
+        + [{"vhost": p[0]} for p in parameters]
     ):
         if item["vhost"] not in known_vhosts:
             raise bad_request(f"vhost '{item['vhost']}' is neither defined nor in the document")
+    for item in sections["permissions"] + sections["topic_permissions"]:
+        if item["user"] not in known_users:
+            raise bad_request(f"user '{item['user']}' is neither defined nor in the document")
 
     for item in sections["vhosts"]:
         core.add_vhost(item["name"])
@@ -1207,6 +1476,14 @@ def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
         _apply_user(core, item["name"], item)
     for item in sections["permissions"]:
         _apply_permission(core, item["user"], item["vhost"], item)
+    for item in sections["topic_permissions"]:
+        apply_topic_permission(core, item["user"], item["vhost"], item)
+    for item in sections["global_parameters"]:
+        core.set_global_parameter(item["name"], item["value"])
+    for vhost_name, component, name, value in parameters:
+        core.set_parameter(vhost_name, component, name, value)
+    for policy in policies:
+        core.vhosts[policy.vhost].set_policy(policy)
     for item in sections["exchanges"]:
         declare_exchange(
             core,

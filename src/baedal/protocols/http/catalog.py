@@ -159,6 +159,30 @@ PERMISSION = obj(
     ("user", "vhost", "configure", "write", "read"),
 )
 PERMISSION_PUT = obj({"configure": STRING, "write": STRING, "read": STRING})
+TOPIC_PERMISSION = obj(
+    {"user": STRING, "vhost": STRING, "exchange": STRING, "write": STRING, "read": STRING},
+    ("user", "vhost", "exchange", "write", "read"),
+)
+TOPIC_PERMISSION_PUT = obj(
+    {"exchange": STRING, "write": STRING, "read": STRING}, ("exchange",)
+)
+POLICY_DEFINITION = {
+    "type": "object",
+    "description": "Policy keys (max-length, message-ttl, dead-letter-exchange, ...)",
+}
+POLICY_PUT = obj(
+    {
+        "pattern": STRING,
+        "definition": POLICY_DEFINITION,
+        "priority": INTEGER,
+        "apply-to": {"type": "string", "enum": ["queues", "exchanges", "all"]},
+    },
+    ("pattern", "definition"),
+)
+POLICY = obj(
+    {"vhost": STRING, "name": STRING, **POLICY_PUT["properties"]},
+    ("vhost", "name", "pattern", "definition", "priority", "apply-to"),
+)
 EXCHANGE_TYPE = {"type": "string", "enum": ["direct", "fanout", "topic", "headers"]}
 EXCHANGE = obj(
     {
@@ -169,6 +193,7 @@ EXCHANGE = obj(
         "auto_delete": BOOLEAN,
         "internal": BOOLEAN,
         "arguments": TABLE,
+        "policy": {"type": ["string", "null"]},
     },
     ("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"),
 )
@@ -195,6 +220,9 @@ QUEUE = obj(
         "messages_unacknowledged": INTEGER,
         "consumers": INTEGER,
         "state": STRING,
+        "policy": {"type": ["string", "null"]},
+        "operator_policy": {"type": ["string", "null"]},
+        "effective_policy_definition": POLICY_DEFINITION,
         "message_stats": stats("publish", "deliver_get", "ack", "redeliver"),
     },
     (
@@ -380,6 +408,15 @@ DEFINITIONS = obj(
                 ("source", "vhost", "destination", "destination_type"),
             )
         ),
+        "topic_permissions": array(TOPIC_PERMISSION),
+        "policies": array(POLICY),
+        "parameters": array(
+            obj(
+                {"vhost": STRING, "component": STRING, "name": STRING, "value": {}},
+                ("vhost", "component", "name", "value"),
+            )
+        ),
+        "global_parameters": array(obj({"name": STRING, "value": {}}, ("name", "value"))),
     }
 )
 ENVELOPE = obj(
@@ -872,6 +909,156 @@ ROUTES: list[Route] = [
         "Consumers in a vhost",
         "consumers",
         response=array(CONSUMER),
+    ),
+    Route(
+        "GET",
+        "/api/policies",
+        api.list_policies,
+        M,
+        "All policies",
+        "policies",
+        response=array(POLICY),
+    ),
+    Route(
+        "GET",
+        "/api/policies/{vhost}",
+        api.list_policies,
+        M,
+        "Policy in a vhost",
+        "policies",
+        response=array(POLICY),
+    ),
+    Route(
+        "GET",
+        "/api/policies/{vhost}/{name}",
+        api.get_policy,
+        M,
+        "One policy",
+        "policies",
+        response=POLICY,
+    ),
+    Route(
+        "PUT",
+        "/api/policies/{vhost}/{name}",
+        api.put_policy,
+        M,
+        "Set a policy (applied at once)",
+        "policies",
+        request=POLICY_PUT,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/policies/{vhost}/{name}",
+        api.delete_policy,
+        M,
+        "Clear a policy",
+        "policies",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/api/operator-policies",
+        api.list_operator_policies,
+        A,
+        "All operator policies",
+        "policies",
+        response=array(POLICY),
+    ),
+    Route(
+        "GET",
+        "/api/operator-policies/{vhost}",
+        api.list_operator_policies,
+        A,
+        "Operator policies in a vhost",
+        "policies",
+        response=array(POLICY),
+    ),
+    Route(
+        "GET",
+        "/api/operator-policies/{vhost}/{name}",
+        api.get_operator_policy,
+        A,
+        "One operator policy",
+        "policies",
+        response=POLICY,
+    ),
+    Route(
+        "PUT",
+        "/api/operator-policies/{vhost}/{name}",
+        api.put_operator_policy,
+        A,
+        "Set a operator policy (applied at once)",
+        "policies",
+        request=POLICY_PUT,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/operator-policies/{vhost}/{name}",
+        api.delete_operator_policy,
+        A,
+        "Clear a operator policy",
+        "policies",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/api/topic-permissions",
+        api.list_topic_permissions,
+        A,
+        "All topic permissions",
+        "permissions",
+        response=array(TOPIC_PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/vhosts/{vhost}/topic-permissions",
+        api.list_topic_permissions,
+        A,
+        "Topic permissions in a vhost",
+        "permissions",
+        response=array(TOPIC_PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/users/{user}/topic-permissions",
+        api.list_topic_permissions,
+        A,
+        "A user's topic permissions",
+        "permissions",
+        response=array(TOPIC_PERMISSION),
+    ),
+    Route(
+        "GET",
+        "/api/topic-permissions/{vhost}/{user}",
+        api.list_topic_permissions,
+        A,
+        "A user's topic permissions in a vhost",
+        "permissions",
+        response=array(TOPIC_PERMISSION),
+    ),
+    Route(
+        "PUT",
+        "/api/topic-permissions/{vhost}/{user}",
+        api.put_topic_permission,
+        A,
+        "Set a topic permission (write/read regexes for one exchange)",
+        "permissions",
+        request=TOPIC_PERMISSION_PUT,
+        status=201,
+        other_statuses=(204,),
+    ),
+    Route(
+        "DELETE",
+        "/api/topic-permissions/{vhost}/{user}",
+        api.delete_topic_permission,
+        A,
+        "Clear a user's topic permissions in a vhost",
+        "permissions",
+        status=204,
     ),
     Route(
         "GET",

@@ -862,6 +862,9 @@
           ["Deliver / get", fmtRate(rate(stats, "deliver_get")), "deliver_rate"],
           ["Ack", fmtRate(rate(stats, "ack")), "ack_rate"],
           ["Arguments", Object.keys(queue.arguments || {}).length ? JSON.stringify(queue.arguments) : "–", "arguments"],
+          ["Policy", queue.policy || "–", "policy"],
+          ["Operator policy", queue.operator_policy || "–", "operator_policy"],
+          ["Effective policy", Object.keys(queue.effective_policy_definition || {}).length ? JSON.stringify(queue.effective_policy_definition) : "–", "effective_policy_definition"],
         ];
         replace(info, rows.map(([k, v, key]) => [h("dt", null, k), h("dd", { "data-testid": `queue-detail-${key}` }, v)]));
 
@@ -1192,6 +1195,143 @@
     };
   }
 
+  // Policies and operator policies: one table each, one form for both (kind select).
+  function PoliciesPage() {
+    let policiesHolder;
+    let operatorHolder;
+    const kinds = { policy: "policies", operator: "operator-policies" };
+    function policyTable(list, kind, testid) {
+      const columns = [
+        state.vhost ? null : { title: "Vhost", field: "vhost", cell: (p) => vhostLabel(p.vhost) },
+        { title: "Name", field: "name", cell: (p) => p.name },
+        { title: "Pattern", field: "pattern", cell: (p) => h("code", null, p.pattern) },
+        { title: "Apply to", field: "apply-to", cell: (p) => p["apply-to"] },
+        {
+          title: "Definition",
+          field: "definition",
+          cell: (p) => Object.keys(p.definition || {}).map((k) => h("span", { class: "badge", title: `${k}: ${JSON.stringify(p.definition[k])}` }, `${k}: ${JSON.stringify(p.definition[k])}`)),
+        },
+        { title: "Priority", num: true, field: "priority", cell: (p) => fmtNum(p.priority) },
+        {
+          title: "",
+          class: "actions",
+          field: "actions",
+          cell: (p) =>
+            h(
+              "button",
+              {
+                type: "button",
+                class: "small danger",
+                "data-testid": "delete-policy",
+                onclick: (e) => {
+                  if (!confirmAction(`Clear ${kind === "operator" ? "operator policy" : "policy"} ${p.name}?`)) return;
+                  runAction(e.currentTarget, null, async () => {
+                    await api("DELETE", `/api/${kinds[kind]}/${enc(p.vhost)}/${enc(p.name)}`);
+                    return `Cleared ${p.name}.`;
+                  });
+                },
+              },
+              "Clear"
+            ),
+        },
+      ].filter(Boolean);
+      return dataTable(columns, list, {
+        testid,
+        rowTestid: kind === "operator" ? "operator-policy-row" : "policy-row",
+        rowId: (p) => `${p.vhost}:${p.name}`,
+        empty: kind === "operator" ? "No operator policies." : "No policies.",
+      });
+    }
+    return {
+      title: "Policies",
+      nav: "policies",
+      mount(root) {
+        policiesHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        operatorHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        const result = h("p", { class: "result", id: "policy-result", "data-testid": "policy-result" });
+        const kind = h(
+          "select",
+          { id: "policy-kind", "data-testid": "policy-kind" },
+          h("option", { value: "policy" }, "policy"),
+          h("option", { value: "operator" }, "operator policy")
+        );
+        const vhost = vhostSelect("policy-vhost");
+        const name = h("input", { id: "policy-name", "data-testid": "policy-name", required: true, placeholder: "ttl" });
+        const pattern = h("input", { id: "policy-pattern", "data-testid": "policy-pattern", required: true, placeholder: "^orders\\." });
+        const applyTo = h(
+          "select",
+          { id: "policy-apply-to", "data-testid": "policy-apply-to" },
+          ["all", "queues", "exchanges"].map((v) => h("option", { value: v }, v))
+        );
+        const priority = h("input", { id: "policy-priority", "data-testid": "policy-priority", type: "number", value: "0", step: "1" });
+        const definition = h("textarea", {
+          id: "policy-definition",
+          "data-testid": "policy-definition",
+          rows: 2,
+          required: true,
+          placeholder: "max-length=1000\nmessage-ttl=60000",
+        });
+        const submit = h("button", { type: "submit", class: "primary", id: "policy-submit", "data-testid": "policy-submit" }, "Set policy");
+        const form = h(
+          "form",
+          {
+            class: "inline",
+            id: "policy-form",
+            "data-testid": "policy-form",
+            onsubmit: (event) => {
+              event.preventDefault();
+              runAction(submit, result, async () => {
+                const body = {
+                  pattern: pattern.value,
+                  "apply-to": applyTo.value,
+                  priority: Number.parseInt(priority.value || "0", 10),
+                  definition: parseKeyValues(definition.value, "definition"),
+                };
+                await api("PUT", `/api/${kinds[kind.value]}/${enc(vhost.value)}/${enc(name.value.trim())}`, body);
+                return `Set ${kind.value === "operator" ? "operator policy" : "policy"} ${name.value.trim()}.`;
+              });
+            },
+          },
+          field("Kind", kind),
+          field("Virtual host", vhost),
+          field("Name", name),
+          field("Pattern", pattern),
+          field("Apply to", applyTo),
+          field("Priority", priority),
+          field("Definition", definition),
+          submit
+        );
+        append(root, [
+          h("div", { class: "page-head" }, h("h1", null, "Policies")),
+          card("Policies", policiesHolder),
+          card("Operator policies", operatorHolder),
+          card(
+            "Set a policy",
+            h(
+              "p",
+              { class: "muted" },
+              "Keys: message-ttl, expires, max-length, max-length-bytes, overflow, dead-letter-exchange, dead-letter-routing-key, delivery-limit, alternate-exchange (exchanges); queue-mode is accepted without effect. Operator policies take the numeric limits only, and the lower value wins."
+            ),
+            form,
+            result
+          ),
+        ]);
+      },
+      async refresh() {
+        const policies = (await get(listPath("policies"))) || [];
+        replace(policiesHolder, policyTable(policies, "policy", "policies-table"));
+        let operator;
+        try {
+          operator = policyTable((await get(listPath("operator-policies"))) || [], "operator", "operator-policies-table");
+        } catch (error) {
+          if (error.status === 401) throw error;
+          operator = h("p", { class: "muted" }, `Operator policies are not visible: ${error.message}`);
+        }
+        replace(operatorHolder, operator);
+      },
+    };
+  }
+
   // Bytes per second when the broker reports a rate, else the running total.
   function traffic(connection, counter) {
     const perSecond = rate(connection, counter);
@@ -1320,6 +1460,7 @@
     [/^#\/queues\/([^/]+)\/([^/]+)$/, (vhost, name) => QueueDetailPage(decodeURIComponent(vhost), decodeURIComponent(name))],
     [/^#\/exchanges$/, () => ExchangesPage()],
     [/^#\/bindings$/, () => BindingsPage()],
+    [/^#\/policies$/, () => PoliciesPage()],
     [/^#\/connections$/, () => ConnectionsPage()],
     [/^#\/channels$/, () => ChannelsPage()],
   ];
