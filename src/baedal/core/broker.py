@@ -76,6 +76,7 @@ class BrokerConfig:
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
+    max_connection_output: int = 8 * 1024 * 1024  # per-connection output bound (bytes)
     default_user: str = "guest"
     default_pass: str = "guest"
     loopback_users: tuple[str, ...] = ("guest",)

@@ -932,18 +932,21 @@ def connection_info(connection: Any) -> dict[str, Any]:
         "channel_max": connection.channel_max,
         "frame_max": connection.frame_max,
         "timeout": connection.heartbeat,
-        "state": "blocked"
-        if connection.blocked
-        else ("running" if connection.state == "open" else connection.state),
+        # running / flow (reading held back: output over its bound, or for a queue's
+        # consumers) / blocking / blocked (alarm), as RabbitMQ; handshake states as is.
+        "state": connection.flow_state if connection.state == "open" else connection.state,
         "client_properties": connection.client_properties,
         "recv_oct": connection.recv_bytes,
         "send_oct": connection.send_bytes,
+        # Bytes owed to the peer: queued in the connection plus the transport's buffer
+        # (RabbitMQ's send_pend is the socket's queue); compared with the output bound.
+        "send_pend": connection.output_pending(),
         "connected_at": int(
             (time.time() - (connection.broker.now() - connection.connected_at)) * 1000
         ),
         "ssl": connection.transport is not None
         and connection.transport.get_extra_info("sslcontext") is not None,
-        "auth_mechanism": "PLAIN",
+        "auth_mechanism": connection.auth_mechanism,
     }
 
 
