@@ -89,8 +89,11 @@ class BrokerConfig:
 class BrokerCore:
     """The protocol-neutral broker core; one per process (or per embedded instance)."""
 
-    product = "RabbitMQ"  # what clients sniff for feature decisions (see reference §9.2)
-    version = "3.13.7"
+    # What clients sniff for feature decisions (kombu's basic.qos semantics, see
+    # reference §9.2): the RabbitMQ release Baedal's behaviour is checked against, and
+    # no other -- its 3.x answers are the ones the tests compare with.
+    product = "RabbitMQ"
+    version = "3.10.8"
 
     def __init__(self, config: BrokerConfig | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config or BrokerConfig()
