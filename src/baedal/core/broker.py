@@ -121,6 +121,10 @@ class BrokerCore:
             "channels_opened": 0,
             "channels_closed": 0,
         }
+        # What deleted queues and exchanges had counted, so broker-wide totals (live
+        # objects' counts plus these) never go backwards: Prometheus reads a counter that
+        # falls as a reset.
+        self.retired = {"publish": 0, "queue_publish": 0, "deliver_get": 0, "ack": 0, "redeliver": 0}
         self.add_vhost("/")
         self.add_user(self.config.default_user, self.config.default_pass, ["administrator"])
         self.set_permission(self.config.default_user, "/")
@@ -155,6 +159,8 @@ class BrokerCore:
             raise CoreError("not_found", f"no vhost '{name}'")
         for queue in list(vhost.queues.values()):
             vhost.delete_queue(queue)
+        for exchange in vhost.exchanges.values():  # after the queues: auto-deletes retire their own
+            self.retire_counts(exchange)
         for key in [k for k in self.permissions if k[1] == name]:
             del self.permissions[key]
         for conn in list(self.connections.values()):
@@ -193,6 +199,17 @@ class BrokerCore:
 
     def permission(self, user: str, vhost: str) -> Permission | None:
         return self.permissions.get((user, vhost))
+
+    def retire_counts(self, obj: Any) -> None:
+        """A queue or exchange is being deleted: keep its message counts in the totals."""
+        retired = self.retired
+        if getattr(obj, "is_queue", False):
+            retired["queue_publish"] += obj.publish_count
+            retired["deliver_get"] += obj.deliver_count
+            retired["ack"] += obj.ack_count
+            retired["redeliver"] += obj.redeliver_count
+        else:
+            retired["publish"] += obj.publish_count
 
     # --- stores and persistence ----------------------------------------------------------
 

@@ -154,6 +154,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
+        self.broker.retire_counts(exchange)
         self.exchanges.pop(exchange.name, None)
         for other in list(self.exchanges.values()):
             if other.remove_destination(exchange):
@@ -300,6 +301,7 @@ class VirtualHost:
             )
         count = queue.message_count
         queue.deleted = True
+        self.broker.retire_counts(queue)
         queue.cancel_timers()
         self.queues.pop(queue.name, None)
         for exchange in list(self.exchanges.values()):

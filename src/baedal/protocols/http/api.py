@@ -38,6 +38,7 @@ from .convert import (
 )
 from .errors import HTTPError, bad_request, from_core, not_found, require_type
 from .routes import no_content, query_bool, read_object, reply, server_of
+from .stats import channel_counts
 
 if TYPE_CHECKING:
     from ...core.broker import BrokerCore, User
@@ -153,7 +154,6 @@ async def overview(request: web.Request) -> web.Response:
             "rabbitmq_version": core.version,
             "product_name": "Baedal",
             "product_version": _baedal_version(),
-            "erlang_version": "none",
             "cluster_name": node_name(),
             "node": node_name(),
             "statistics_db_event_queue": 0,
@@ -222,7 +222,6 @@ def node_info(server: HTTPServer) -> dict[str, Any]:
         "proc_used": len(asyncio.all_tasks()),
         "processors": os.cpu_count() or 1,
         "uptime": int((time.time() - core.started_at) * 1000),
-        "run_queue": 0,
         "partitions": [],
         "applications": [
             {"name": "baedal", "description": "Baedal message broker", "version": _baedal_version()}
@@ -614,7 +613,8 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
     ):
         stats[key] = value
         stats[f"{key}_details"] = {"rate": round(rate, 2)}
-    return {
+    failure = _store_failure(queue.store)
+    info: dict[str, Any] = {
         "name": queue.name,
         "vhost": vhost.name,
         "type": queue.settings.queue_type,
@@ -624,20 +624,35 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "owner_pid_details": _owner(queue),
         "arguments": queue.arguments,
         "node": node_name(),
-        "state": "running",
+        # "running" unless the queue's store has a sticky write failure (full disk, I/O
+        # error): then it still delivers but refuses publishes until storage recovers.
+        "state": "running" if failure is None else "failed",
         "policy": None,
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.store.ready_bytes,
         "consumers": len(queue.consumers),
-        "consumer_capacity": 1.0 if queue.consumers else 0.0,
-        "consumer_utilisation": 1.0 if queue.consumers else 0.0,
+        # consumer_capacity / consumer_utilisation are left out: RabbitMQ measures the
+        # share of time the queue could deliver at once, which Baedal does not track.
         "single_active_consumer_tag": getattr(queue.consumers[0], "tag", None)
         if queue.consumers and queue.settings.single_active_consumer
         else None,
         "message_stats": stats,
     }
+    if failure is not None:
+        info["storage_error"] = str(failure)
+    return info
+
+
+def _store_failure(store: Any) -> BaseException | None:
+    """The sticky write failure of a queue's store (or any of its priority levels)."""
+    for level in getattr(store, "levels", (store,)):
+        segment_store = getattr(level, "paged_store", level)  # transient: its overflow log
+        failure = getattr(segment_store, "failure", None)
+        if failure is not None:
+            return failure
+    return None
 
 
 def _owner(queue: Queue) -> dict[str, Any] | None:
@@ -1005,8 +1020,10 @@ async def delete_connection(request: web.Request) -> web.Response:
     return no_content()
 
 
-def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
+def channel_info(server: HTTPServer, connection: Any, channel: Any) -> dict[str, Any]:
     peer = connection.peer or ("", 0)
+    published, delivered = channel_counts(channel)
+    publish_rate, deliver_rate = server.sampler.channel_rates(channel)
     return {
         "name": f"{connection.name} ({channel.number})",
         "number": channel.number,
@@ -1023,7 +1040,12 @@ def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
         "state": "closing"
         if channel.closing
         else ("flow" if not channel.flow_active else "running"),
-        "message_stats": {"publish": channel.publish_count, "publish_details": {"rate": 0.0}},
+        "message_stats": {
+            "publish": published,
+            "publish_details": {"rate": round(publish_rate, 2)},
+            "deliver_get": delivered,
+            "deliver_get_details": {"rate": round(deliver_rate, 2)},
+        },
     }
 
 
@@ -1032,7 +1054,7 @@ async def list_channels(request: web.Request) -> web.Response:
         _vhost(request)
     return reply(
         [
-            channel_info(c, ch)
+            channel_info(server_of(request), c, ch)
             for c in _visible_connections(request)
             for ch in list(c.channels.values())
         ]
@@ -1041,11 +1063,19 @@ async def list_channels(request: web.Request) -> web.Response:
 
 async def list_connection_channels(request: web.Request) -> web.Response:
     connection = _connection(request)
-    return reply([channel_info(connection, ch) for ch in list(connection.channels.values())])
+    server = server_of(request)
+    return reply([channel_info(server, connection, ch) for ch in list(connection.channels.values())])
 
 
 def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, Any]:
     channel = getattr(consumer, "channel", None)
+    # Single active consumer: the queue serves only its first consumer; the others wait
+    # (RabbitMQ's activity_status single_active / waiting; up without the argument).
+    if queue.settings.single_active_consumer:
+        active = bool(queue.consumers) and queue.consumers[0] is consumer
+        status = "single_active" if active else "waiting"
+    else:
+        active, status = True, "up"
     info: dict[str, Any] = {
         "consumer_tag": consumer.tag,
         "queue": {"name": queue.name, "vhost": vhost.name},
@@ -1053,8 +1083,8 @@ def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, 
         "exclusive": consumer.exclusive,
         "prefetch_count": getattr(consumer, "prefetch", 0),
         "priority": consumer.priority,
-        "active": True,
-        "activity_status": "up",
+        "active": active,
+        "activity_status": status,
         "arguments": getattr(consumer, "arguments", {}) or {},
     }
     connection = getattr(channel, "connection", None)
