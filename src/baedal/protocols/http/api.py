@@ -613,7 +613,7 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
     ):
         stats[key] = value
         stats[f"{key}_details"] = {"rate": round(rate, 2)}
-    failure = _store_failure(queue.store)
+    failure = _store_failure(server.core, queue.store)
     info: dict[str, Any] = {
         "name": queue.name,
         "vhost": vhost.name,
@@ -641,17 +641,22 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "message_stats": stats,
     }
     if failure is not None:
-        info["storage_error"] = str(failure)
+        info["storage_error"] = failure
     return info
 
 
-def _store_failure(store: Any) -> BaseException | None:
-    """The sticky write failure of a queue's store (or any of its priority levels)."""
+def _store_failure(core: BrokerCore, store: Any) -> str | None:
+    """Why a queue's store (or one of its priority levels) cannot write, if it cannot:
+    its sticky write failure, or the storage engine holding it as failed until its
+    retry resets it."""
+    failed_stores = getattr(core.storage, "failed_stores", ())
     for level in getattr(store, "levels", (store,)):
         segment_store = getattr(level, "paged_store", level)  # transient: its overflow log
         failure = getattr(segment_store, "failure", None)
         if failure is not None:
-            return failure
+            return str(failure)
+        if segment_store is not None and segment_store in failed_stores:
+            return "a write failed; publishes are refused until the store recovers"
     return None
 
 
