@@ -149,8 +149,8 @@ def _read_body(client: rawamqp.RawAMQP) -> bytes:
     return body
 
 
-def _stalled_client(broker: BrokerProcess) -> rawamqp.RawAMQP:
-    client = rawamqp.connect("127.0.0.1", broker.port)
+def _stalled_client(broker: BrokerProcess, heartbeat: int = 0) -> rawamqp.RawAMQP:
+    client = rawamqp.connect("127.0.0.1", broker.port, heartbeat=heartbeat)
     client.open_channel(1)
     # The sender blocks in sendall for as long as the broker does not read it; the
     # reader blocks until the broker sends.  Neither may wait forever.
@@ -323,5 +323,30 @@ def test_consumer_that_never_reads_a_deep_queue_holds_back_deliveries(broker: Br
             client.read_method((60, 60))
             delivered.append(_sequence(_read_body(client)))
         assert delivered == list(range(depth))
+    finally:
+        client.close()
+
+
+def test_paused_connection_is_not_dropped_for_missed_heartbeats_and_can_be_closed(broker: BrokerProcess) -> None:
+    """While the broker does not read a connection, the peer's silence is the broker's
+    doing: no heartbeat timeout (RabbitMQ pauses its heartbeat monitor for a blocked
+    reader too).  An operator's close still ends it although the peer reads nothing."""
+    heartbeat = 1
+    client = _stalled_client(broker, heartbeat=heartbeat)
+    sender = Sender(client, lambda i: _publish(1, "no-such-queue.heartbeat", _body(i), mandatory=True))
+    sender.start()
+    try:
+        wait_until(lambda: _state(broker, client) == "flow", timeout=DURATION, what="the stalled publisher in state flow")
+        info = broker.connection_of(client)
+        assert info is not None and info["timeout"] == heartbeat
+        time.sleep(4 * heartbeat)  # two missed-heartbeat windows with nothing received
+        assert _state(broker, client) == "flow"
+        response = requests.delete(
+            f"{broker.http_url}/api/connections/{quote(info['name'], safe='')}", auth=("guest", "guest"), timeout=10
+        )
+        assert response.status_code == 204
+        # close-ok never comes (the client reads nothing): the broker drops it after its
+        # close timeout instead of holding the unsent output for ever.
+        wait_until(lambda: broker.connection_of(client) is None, timeout=15, what="the connection gone")
     finally:
         client.close()

@@ -736,7 +736,12 @@ class AMQPConnection:
         self._close_handle = None
         if self.transport is not None and self.state != CLOSED:
             self.state = CLOSED
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # A peer that stopped reading would hold close() (and the buffered
+                # output) open forever: drop the connection instead.
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def _teardown_channels(self) -> None:
         for channel in list(self.channels.values()):
