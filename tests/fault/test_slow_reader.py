@@ -43,6 +43,7 @@ import rawamqp  # noqa: E402
 DURATION = float(os.environ.get("BAEDAL_SLOW_READER_SECONDS", "20"))
 BODY_SIZE = 100 * 1024
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
+SMALL_BOUND = 1024 * 1024
 
 
 @dataclass
@@ -83,6 +84,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    yield from _run_broker(tmp_path, {})
+
+
+@pytest.fixture
+def small_bound_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    yield from _run_broker(tmp_path, {"BAEDAL_MAX_CONNECTION_OUTPUT": str(SMALL_BOUND)})
+
+
+def _run_broker(tmp_path: Path, env: dict[str, str]) -> Iterator[BrokerProcess]:
     port, http_port = _free_port(), _free_port()
     process = subprocess.Popen(
         [
@@ -100,7 +110,7 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         stdout=subprocess.PIPE,
         stderr=(tmp_path / "stderr.log").open("w"),
         text=True,
-        env={**os.environ, "BAEDAL_LOG_LEVEL": "warning"},
+        env={**os.environ, "BAEDAL_LOG_LEVEL": "warning", **env},
     )
     try:
         assert process.stdout is not None
@@ -348,5 +358,38 @@ def test_paused_connection_is_not_dropped_for_missed_heartbeats_and_can_be_close
         # close-ok never comes (the client reads nothing): the broker drops it after its
         # close timeout instead of holding the unsent output for ever.
         wait_until(lambda: broker.connection_of(client) is None, timeout=15, what="the connection gone")
+    finally:
+        client.close()
+
+
+def test_output_bound_is_configurable_and_holds_to_one_message(small_bound_broker: BrokerProcess) -> None:
+    """With ``max_connection_output`` = 1 MiB (environment), what a stalled get loop is
+    owed in the broker never passes the bound by more than the get-ok that crossed it."""
+    broker = small_bound_broker
+    queue = "slow-reader.small-bound"
+    _preload(broker, queue, 200)
+    client = _stalled_client(broker)
+    get = rawamqp.method_frame(1, 60, 70, struct.pack("!H", 0) + rawamqp.shortstr(queue) + b"\x01")
+    sender = Sender(client, lambda i: get)
+    sender.deadline = time.monotonic() + 3
+    sender.start()
+    try:
+        wait_until(lambda: _state(broker, client) == "flow", timeout=10, what="state flow")
+        pending = []
+        while time.monotonic() < sender.deadline:
+            info = broker.connection_of(client)
+            assert info is not None
+            pending.append(info["send_pend"])
+            time.sleep(0.05)
+        assert max(pending) > 0
+        assert max(pending) <= SMALL_BOUND + BODY_SIZE + 1024, max(pending)
+        got: list[int] = []
+
+        def on_reply(frame: rawamqp.Frame) -> None:
+            if frame.method == (60, 71):
+                got.append(_sequence(_read_body(client)))
+
+        _read_replies(client, sender, on_reply)
+        assert got == list(range(min(200, sender.sent)))
     finally:
         client.close()

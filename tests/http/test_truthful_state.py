@@ -200,6 +200,7 @@ def test_queue_state_is_running_and_fields_baedal_cannot_compute_are_left_out(sh
     overview = api.json("/api/overview")
     assert "erlang_version" not in overview
     assert "run_queue" not in api.json("/api/nodes")[0]
+    assert "user_who_performed_action" not in api.json("/api/exchanges/%2F/amq.direct")
 
 
 def test_reported_rabbitmq_version_is_the_release_baedal_is_checked_against(shared_http_broker, api) -> None:

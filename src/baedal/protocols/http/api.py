@@ -480,7 +480,6 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "auto_delete": exchange.auto_delete,
         "internal": exchange.internal,
         "arguments": exchange.arguments,
-        "user_who_performed_action": "",
         "policy": None,
         "message_stats": {
             "publish_in": exchange.publish_count,
