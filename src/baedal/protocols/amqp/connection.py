@@ -16,8 +16,11 @@ one ``call_soon`` per loop turn.  ``pause_writing`` stops deliveries to this con
 (consumers report no credit) until ``resume_writing``.
 
 Output bound (``max_connection_output``, default 8 MiB): everything this connection owes
-its peer -- deliveries, ``basic.return``, ``get-ok``, confirms, method replies -- is
-counted as bytes in ``_out`` plus the transport's write buffer.  Past the bound the
+its peer -- deliveries, ``basic.return``, ``get-ok``, confirms, method replies -- counts
+against one bound: after each batch (once ``_out`` is flushed) the transport's write
+buffer is compared with it, and within a batch the content queued in ``_out``
+(``_out_bytes``: get-ok, return, multi-frame deliveries) is compared with the room the
+transport left at the start of the batch.  Past the bound the
 connection stops reading (``output_full``, one of the reasons ``_update_reading``
 weighs), so a peer that stops reading its socket stops being served instead of making
 the broker buffer for it without limit; it is read again once the transport has
@@ -199,8 +202,9 @@ class AMQPConnection:
                     # can pack any number of such frames into one read.  The frames
                     # before the fault are handled in full (no output-bound stop here),
                     # so the channel error stays in order; one read is the overshoot.
-                    self._output_room = 1 << 62
+                    room, self._output_room = self._output_room, 1 << 62
                     self._handle_events(exc.events)  # type: ignore[attr-defined]
+                    self._output_room = room
                     self._channel_fault(exc, exc.channel)
                     data = b""
                 except ConnectionFault as exc:
