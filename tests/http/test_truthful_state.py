@@ -247,3 +247,27 @@ def test_prometheus_totals_do_not_go_backwards_when_a_queue_or_exchange_is_delet
     assert fresh_api.delete(f"/api/exchanges/%2F/{enc(exchange)}").status_code == 204
     after = {m: _metric(http_broker, m) for m in names}
     assert after == before
+
+
+def test_connection_state_under_an_alarm_is_blocked_for_publishers_and_blocking_for_others(http_broker) -> None:
+    publisher = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url))
+    idle = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url))
+    try:
+        publisher.channel().basic_publish("", "nowhere", b"m")
+        publisher.process_data_events(0)
+        ports = {
+            "publisher": publisher._impl._transport._sock.getsockname()[1],
+            "idle": idle._impl._transport._sock.getsockname()[1],
+        }
+
+        def states() -> dict[str, str | None]:
+            return {k: (c := _connection_by_port(http_broker, p)) and c["state"] for k, p in ports.items()}
+
+        poll_until(lambda: states() == {"publisher": "running", "idle": "running"})
+        http_broker.call(http_broker.core.set_alarm, "memory", True)
+        poll_until(lambda: states() == {"publisher": "blocked", "idle": "blocking"})
+        http_broker.call(http_broker.core.set_alarm, "memory", False)
+        poll_until(lambda: states() == {"publisher": "running", "idle": "running"})
+    finally:
+        publisher.close()
+        idle.close()
