@@ -38,6 +38,9 @@ class FakeTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything "sent" at once
+
     def write(self, data: bytes) -> None:
         self.written += len(data)
 

@@ -95,6 +95,7 @@ class Broker:
             channel_max=s.channel_max,
             heartbeat=s.heartbeat,
             handshake_timeout=s.handshake_timeout,
+            max_connection_output=s.max_connection_output,
             default_user=s.default_user,
             default_pass=s.default_pass,
             loopback_users=tuple(s.loopback_users),

@@ -26,6 +26,9 @@ class Settings:
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
+    # Bytes a connection may owe its peer before it is no longer read (see
+    # protocols/amqp/connection.py, "Output bound").
+    max_connection_output: int = 8 * 1024 * 1024
     default_user: str = "guest"
     default_pass: str = "guest"
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])

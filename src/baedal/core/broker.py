@@ -98,6 +98,7 @@ class BrokerConfig:
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
+    max_connection_output: int = 8 * 1024 * 1024  # per-connection output bound (bytes)
     default_user: str = "guest"
     default_pass: str = "guest"
     loopback_users: tuple[str, ...] = ("guest",)
@@ -110,8 +111,11 @@ class BrokerConfig:
 class BrokerCore:
     """The protocol-neutral broker core; one per process (or per embedded instance)."""
 
-    product = "RabbitMQ"  # what clients sniff for feature decisions (see reference §9.2)
-    version = "3.13.7"
+    # What clients sniff for feature decisions (kombu's basic.qos semantics, see
+    # reference §9.2): the RabbitMQ release Baedal's behaviour is checked against, and
+    # no other -- its 3.x answers are the ones the tests compare with.
+    product = "RabbitMQ"
+    version = "3.10.8"
 
     def __init__(self, config: BrokerConfig | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config or BrokerConfig()
@@ -146,6 +150,10 @@ class BrokerCore:
             "channels_opened": 0,
             "channels_closed": 0,
         }
+        # What deleted queues and exchanges had counted, so broker-wide totals (live
+        # objects' counts plus these) never go backwards: Prometheus reads a counter that
+        # falls as a reset.
+        self.retired = {"publish": 0, "queue_publish": 0, "deliver_get": 0, "ack": 0, "redeliver": 0}
         self.add_vhost("/")
         self.add_user(self.config.default_user, self.config.default_pass, ["administrator"])
         self.set_permission(self.config.default_user, "/")
@@ -180,6 +188,8 @@ class BrokerCore:
             raise CoreError("not_found", f"no vhost '{name}'")
         for queue in list(vhost.queues.values()):
             vhost.delete_queue(queue)
+        for exchange in vhost.exchanges.values():  # after the queues: auto-deletes retire their own
+            self.retire_counts(exchange)
         for key in [k for k in self.permissions if k[1] == name]:
             del self.permissions[key]
         for key in [k for k in self.topic_permissions if k[1] == name]:
@@ -262,6 +272,17 @@ class BrokerCore:
 
     def permission(self, user: str, vhost: str) -> Permission | None:
         return self.permissions.get((user, vhost))
+
+    def retire_counts(self, obj: Any) -> None:
+        """A queue or exchange is being deleted: keep its message counts in the totals."""
+        retired = self.retired
+        if getattr(obj, "is_queue", False):
+            retired["queue_publish"] += obj.publish_count
+            retired["deliver_get"] += obj.deliver_count
+            retired["ack"] += obj.ack_count
+            retired["redeliver"] += obj.redeliver_count
+        else:
+            retired["publish"] += obj.publish_count
 
     # --- stores and persistence ----------------------------------------------------------
 

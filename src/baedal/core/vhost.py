@@ -28,6 +28,8 @@ PREDECLARED = (
 )
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
+# Classic-queue arguments RabbitMQ 3.10.8 refuses on a quorum queue (406).
+QUORUM_INVALID_ARGUMENTS = frozenset({"x-max-priority", "x-queue-mode", "x-queue-version", "x-queue-master-locator"})
 
 
 class CoreError(Exception):
@@ -159,6 +161,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
+        self.broker.retire_counts(exchange)
         self.exchanges.pop(exchange.name, None)
         for other in list(self.exchanges.values()):
             if other.remove_destination(exchange):
@@ -187,8 +190,13 @@ class VirtualHost:
         exclusive_owner: Any = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        check_type: bool = True,
     ) -> tuple[Queue, bool]:
+        """``check_type=False`` only for recovery: a queue stored by an older version
+        that accepted it comes back as it was rather than failing the start."""
         arguments = arguments or {}
+        if check_type and (not name or name not in self.queues):
+            self._check_queue_type(name, durable, exclusive_owner is not None, auto_delete, arguments)
         if not name:
             name = "amq.gen-" + uuid.uuid4().bytes.hex()[:22]
         existing = self.queues.get(name)
@@ -225,6 +233,45 @@ class VirtualHost:
         if durable:
             self.broker.definitions_changed("queue", self, queue)
         return queue, True
+
+    def _check_queue_type(
+        self, name: str, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any]
+    ) -> None:
+        """Queue types are never silently downgraded: a quorum queue refuses what
+        RabbitMQ 3.10.8's quorum queues refuse, in the same order and words (checked
+        against it: tests/integration/test_queue_types.py), and a stream is refused
+        until streams exist rather than served as a classic queue."""
+        queue_type = arguments.get("x-queue-type", "classic")
+        if queue_type == "classic":
+            return
+        where = f"for queue '{name}' in vhost '{self.name}'"
+        if not isinstance(queue_type, str):
+            raise CoreError(
+                "precondition_failed",
+                f"invalid arg 'x-queue-type' {where}: {{unacceptable_type,{type(queue_type).__name__}}}",
+            )
+        if queue_type == "stream":
+            raise CoreError(
+                "precondition_failed",
+                f"stream queues are not supported yet: queue '{name}' in vhost '{self.name}' "
+                "was not declared (x-queue-type 'stream')",
+            )
+        if queue_type != "quorum":
+            raise CoreError(
+                "precondition_failed", f"invalid arg 'x-queue-type' {where}: \"unsupported queue type '{queue_type}'\""
+            )
+        if not name:
+            raise CoreError(
+                "precondition_failed", "Cannot declare a server-named queue for type rabbit_quorum_queue"
+            )
+        for key in arguments:
+            if key in QUORUM_INVALID_ARGUMENTS:
+                raise CoreError(
+                    "precondition_failed", f"invalid arg '{key}' {where} of queue type rabbit_quorum_queue"
+                )
+        for refused, prop in ((auto_delete, "auto-delete"), (exclusive, "exclusive-owner"), (not durable, "non-durable")):
+            if refused:
+                raise CoreError("precondition_failed", f"invalid property '{prop}' {where}")
 
     def _check_queue_args(self, queue: Queue, arguments: dict[str, Any]) -> None:
         have = queue.arguments
@@ -263,6 +310,7 @@ class VirtualHost:
             )
         count = queue.message_count
         queue.deleted = True
+        self.broker.retire_counts(queue)
         queue.cancel_timers()
         self.queues.pop(queue.name, None)
         for exchange in list(self.exchanges.values()):

@@ -160,7 +160,9 @@ class StorageEngine:
             vhost = core.vhosts.get(item["vhost"])
             if vhost is None:
                 continue
-            queue, _ = vhost.declare_queue(item["name"], durable=True, auto_delete=item["auto_delete"], arguments=item["arguments"])
+            queue, _ = vhost.declare_queue(
+                item["name"], durable=True, auto_delete=item["auto_delete"], arguments=item["arguments"], check_type=False
+            )
             self.recovered_messages += queue.message_count
         for item in data["bindings"]:
             vhost = core.vhosts.get(item["vhost"])

@@ -14,6 +14,29 @@ collected output is written with one ``writelines``.  Output produced outside a 
 (deliveries triggered by another connection's publish, fsync completions) is flushed by
 one ``call_soon`` per loop turn.  ``pause_writing`` stops deliveries to this connection
 (consumers report no credit) until ``resume_writing``.
+
+Output bound (``max_connection_output``, default 8 MiB): everything this connection owes
+its peer -- deliveries, ``basic.return``, ``get-ok``, confirms, method replies -- counts
+against one bound: after each batch (once ``_out`` is flushed) the transport's write
+buffer is compared with it, and within a batch the content queued in ``_out``
+(``_out_bytes``: get-ok, return, multi-frame deliveries) is compared with the room the
+transport left at the start of the batch.  Past the bound the
+connection stops reading (``output_full``, one of the reasons ``_update_reading``
+weighs), so a peer that stops reading its socket stops being served instead of making
+the broker buffer for it without limit; it is read again once the transport has
+drained (``resume_writing``, i.e. below its low-water mark).  The check is one integer
+comparison per batch of frames, plus one per non-publish method (a burst of
+``basic.get`` can produce many messages from a small read); a publish's ``basic.return``
+is no bigger than the publish itself, so one read's worth is the most a batch can add.
+Frames already parsed when the bound is hit wait in ``_pending_events`` (at most one
+read).  The transport pauses writing at ``min(1 MiB, bound / 2)``, which stops
+deliveries (consumer credit) well before the bound; a queue's drain may overshoot that
+by one drain batch.  Precedents: RabbitMQ blocks a reader with credit flow (state
+``flow``) but lets its writer buffer grow until the memory alarm; redis closes a client
+past ``client-output-buffer-limit``; nats-server cuts a slow consumer at
+``max_pending`` (64 MiB).  Pausing the reader keeps the client connected and loses
+nothing, and 8 MiB is 64 frames of the default ``frame_max``: enough to keep a fast
+link busy, small enough that a thousand stalled clients cost 8 GiB at worst.
 """
 
 from __future__ import annotations
@@ -89,6 +112,9 @@ _CLOSE_OK_TIMEOUT = 5.0
 # callbacks (reading paused meanwhile), so a publisher's 256 KiB read cannot hold the loop
 # while consumers' acks wait: the fairness RabbitMQ gets from credit flow.
 EVENTS_PER_CALLBACK = 512
+# Where the transport calls pause_writing (deliveries stop) unless the output bound is
+# smaller; the resume (low-water) mark is a quarter of it.
+TRANSPORT_HIGH_WATER = 1024 * 1024
 
 
 class AMQPConnection:
@@ -112,12 +138,18 @@ class AMQPConnection:
         self.username = ""
         self.permission: Permission | None = None
         self.client_properties: dict[str, Any] = {}
+        self.auth_mechanism = ""  # as negotiated in start-ok
         self.frame_max = config.frame_max
         self.channel_max = config.channel_max
         self.heartbeat = 0
         self.write_paused = False
         self.sync_wanted = False
         self._out: list[bytes] = []
+        self._out_bytes = 0  # content bytes queued in _out since the last flush
+        self.output_limit: int = config.max_connection_output
+        self._output_room = self.output_limit  # for this batch: the bound minus what the transport holds
+        self.output_full = False  # past the output bound: not read until the transport drains
+        self._continue_scheduled = False
         self._in_read = False
         self._flush_scheduled = False
         self._confirm_channels: list[Channel] = []
@@ -151,12 +183,14 @@ class AMQPConnection:
         broker.connections[self.id] = self
         broker.counters["connections_opened"] += 1
         self._handshake_handle = broker.call_later(broker.config.handshake_timeout, self._handshake_timeout)
-        transport.set_write_buffer_limits(high=1024 * 1024, low=256 * 1024)
+        high = min(TRANSPORT_HIGH_WATER, self.output_limit // 2)
+        transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def data_received(self, data: bytes) -> None:
         self._in_read = True
         self._last_received = self.broker.loop.time()  # type: ignore[union-attr]
         self.recv_bytes += len(data)
+        self._output_room = self.output_limit - self.transport.get_write_buffer_size()
         try:
             while True:
                 try:
@@ -165,17 +199,26 @@ class AMQPConnection:
                 except ChannelFault as exc:
                     # Soft error mid-buffer (an oversized message): answer it, then go on
                     # with what followed it in the buffer.  A loop, not recursion: a peer
-                    # can pack any number of such frames into one read.
+                    # can pack any number of such frames into one read.  The frames
+                    # before the fault are handled in full (no output-bound stop here),
+                    # so the channel error stays in order; one read is the overshoot.
+                    room, self._output_room = self._output_room, 1 << 62
                     self._handle_events(exc.events)  # type: ignore[attr-defined]
+                    self._output_room = room
                     self._channel_fault(exc, exc.channel)
                     data = b""
                 except ConnectionFault as exc:
                     self._handle_events(exc.events)  # type: ignore[attr-defined]
                     raise
-            if len(events) > EVENTS_PER_CALLBACK:
+            if self._pending_events or self.output_full:
+                # Reading is paused, but a transport may still hand over what it had
+                # already read: it queues behind the frames waiting, in order.
+                self._pending_events.extend(events)
+                events = []
+            elif len(events) > EVENTS_PER_CALLBACK:
                 self._pending_events = events[EVENTS_PER_CALLBACK:]
                 events = events[:EVENTS_PER_CALLBACK]
-                self.broker.call_soon(self._continue_events)
+                self._schedule_continue()
             self._handle_events(events)
         except ConnectionFault as exc:
             self.close_with_error(exc)
@@ -186,17 +229,27 @@ class AMQPConnection:
             self._in_read = False
             self._end_of_batch()
 
+    def _schedule_continue(self) -> None:
+        if not self._continue_scheduled:
+            self._continue_scheduled = True
+            self.broker.call_soon(self._continue_events)
+
     def _continue_events(self) -> None:
-        """Handle the next slice of frames parsed by an earlier read (work cap)."""
+        """Handle the next slice of frames parsed by an earlier read (work cap), unless
+        the output is over its bound: then the drain reschedules this."""
+        self._continue_scheduled = False
         events = self._pending_events
         if not events or self.state == CLOSED:
             self._pending_events = []
             return
+        if self.output_full:
+            return
         self._in_read = True
+        self._output_room = self.output_limit - self.transport.get_write_buffer_size()
         try:
             self._pending_events = events[EVENTS_PER_CALLBACK:]
             if self._pending_events:
-                self.broker.call_soon(self._continue_events)
+                self._schedule_continue()
             self._handle_events(events[:EVENTS_PER_CALLBACK])
         except ConnectionFault as exc:
             self._pending_events = []
@@ -210,6 +263,7 @@ class AMQPConnection:
             self._end_of_batch()
 
     def _handle_events(self, events: list[Any]) -> None:
+        room = self._output_room
         for event in events:
             if self.state == CLOSED:
                 return
@@ -218,10 +272,22 @@ class AMQPConnection:
                 self._content(event)
             elif cls is MethodFrame:
                 self._method(event.channel, event.method)
+                if self._out_bytes > room:
+                    self._output_over_bound(events, event)
+                    return
             elif cls is Heartbeat:
                 pass
             elif cls is ProtocolHeader:
                 self._protocol_header(event.data)
+
+    def _output_over_bound(self, events: list[Any], current: Any) -> None:
+        """Mid-batch, the output passed the bound: the frames after ``current`` wait
+        (in order, ahead of any already waiting) until the output drains."""
+        for index, event in enumerate(events):
+            if event is current:
+                self._pending_events = events[index + 1 :] + self._pending_events
+                break
+        self.output_full = True
 
     def _end_of_batch(self) -> None:
         if self._confirm_channels:
@@ -232,6 +298,7 @@ class AMQPConnection:
             self.sync_wanted = False
             self.broker.request_sync()
         self.flush()
+        self._check_output()
         self._update_reading()
 
     def eof_received(self) -> bool:
@@ -245,6 +312,8 @@ class AMQPConnection:
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.output_full:
+            self._output_drained()
         queues = []
         for channel in list(self.channels.values()):
             for consumer in list(channel.consumers.values()):
@@ -272,13 +341,54 @@ class AMQPConnection:
         self._throttled_by.discard(queue)
         self._update_reading()
 
-    def _update_reading(self) -> None:
-        """One place decides whether this socket is read: not while the connection is a
-        blocked publisher (alarm), is throttled for a queue's sake, or still has parsed
-        frames waiting from its last read (work cap per callback)."""
+    def _check_output(self) -> None:
+        """After a flush: past the output bound, stop reading; once the transport is no
+        longer write-paused (below its high-water mark, or drained to its low-water
+        mark after a pause), read again."""
         if self.transport is None or self.state == CLOSED:
             return
-        want_pause = bool((self.blocked and self.is_publisher) or self._throttled_by or self._pending_events)
+        if self.output_full:
+            if not self.write_paused:
+                self._output_drained()
+        elif self.transport.get_write_buffer_size() > self.output_limit:
+            self.output_full = True
+
+    def _output_drained(self) -> None:
+        self.output_full = False
+        # Our own pause is no reason to hold the peer's silence against it (heartbeats).
+        self._last_received = self.broker.now()
+        if self._pending_events:
+            self._schedule_continue()
+        self._update_reading()
+
+    def output_pending(self) -> int:
+        """Bytes queued for the peer and not yet taken by the socket."""
+        queued = sum(map(len, self._out))
+        if self.transport is not None and not self.transport.is_closing():
+            queued += self.transport.get_write_buffer_size()
+        return queued
+
+    @property
+    def flow_state(self) -> str:
+        """RabbitMQ's connection states: ``flow`` while reading is held back by this
+        connection's own output bound or for a queue's consumers, ``blocked`` /
+        ``blocking`` under a resource alarm (a publisher / not yet publishing)."""
+        if self.blocked:
+            return "blocked" if self.is_publisher else "blocking"
+        if self.output_full or self._throttled_by:
+            return "flow"
+        return "running"
+
+    def _update_reading(self) -> None:
+        """One place decides whether this socket is read: not while the connection is a
+        blocked publisher (alarm), is throttled for a queue's sake, has more output
+        waiting than its bound, or still has parsed frames waiting from its last read
+        (work cap per callback)."""
+        if self.transport is None or self.state == CLOSED:
+            return
+        want_pause = bool(
+            (self.blocked and self.is_publisher) or self._throttled_by or self._pending_events or self.output_full
+        )
         if want_pause != self._reading_paused:
             self._reading_paused = want_pause
             if want_pause:
@@ -296,6 +406,9 @@ class AMQPConnection:
 
     def write_many(self, frames: list[bytes]) -> None:
         self._out.extend(frames)
+        # Content (get-ok, return, a large delivery) is counted as it is queued, for the
+        # mid-batch bound check; single frames are counted when flushed.
+        self._out_bytes += sum(map(len, frames))
         if not self._in_read and not self._flush_scheduled:
             self._flush_scheduled = True
             self.broker.call_soon(self._scheduled_flush)
@@ -306,18 +419,24 @@ class AMQPConnection:
             self._end_of_batch()
         else:
             self.flush()
+            self._check_output()
+            self._update_reading()
 
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None:
             self._sent_since_tick = True
+            # send_oct counts every write path (C-level sum: cheaper than a Python
+            # counter per queued frame).
             if len(out) == 1:
                 data = out[0]
                 self.send_bytes += len(data)
                 self.transport.write(data)
             else:
+                self.send_bytes += sum(map(len, out))
                 self.transport.writelines(out)
             self._out = []
+            self._out_bytes = 0
 
     def confirms_dirty(self, channel: Channel) -> None:
         if channel not in self._confirm_channels:
@@ -376,6 +495,7 @@ class AMQPConnection:
             password = str(table.get("PASSWORD", ""))
         else:
             raise ConnectionFault(COMMAND_INVALID, f"unknown authentication mechanism '{mechanism}'", 10, 11)
+        self.auth_mechanism = mechanism
         user = self.broker.authenticate(username, password)
         if user is None:
             log.warning("login refused for user %r from %s (mechanism %s)", username, self.name, mechanism)
@@ -440,7 +560,9 @@ class AMQPConnection:
         if self.state in (CLOSED,) or self.transport is None:
             return
         now = self.broker.now()
-        if not self.blocked and now - self._last_received > self.heartbeat * 2:
+        # Not while we hold its reading back (alarm, output bound): RabbitMQ pauses the
+        # heartbeat monitor of a blocked reader the same way.
+        if not self.blocked and not self._reading_paused and now - self._last_received > self.heartbeat * 2:
             log.warning("closing %s: missed heartbeats from client, timeout: %ss", self.name, self.heartbeat)
             self.state = CLOSED
             self.transport.abort()
@@ -618,7 +740,12 @@ class AMQPConnection:
         self._close_handle = None
         if self.transport is not None and self.state != CLOSED:
             self.state = CLOSED
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # A peer that stopped reading would hold close() (and the buffered
+                # output) open forever: drop the connection instead.
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def _teardown_channels(self) -> None:
         for channel in list(self.channels.values()):

@@ -39,6 +39,7 @@ from .convert import (
 )
 from .errors import HTTPError, bad_request, from_core, not_found, require_type
 from .routes import no_content, query_bool, read_object, reply, server_of
+from .stats import channel_counts
 
 if TYPE_CHECKING:
     from ...core.broker import BrokerCore, User
@@ -154,7 +155,6 @@ async def overview(request: web.Request) -> web.Response:
             "rabbitmq_version": core.version,
             "product_name": "Baedal",
             "product_version": _baedal_version(),
-            "erlang_version": "none",
             "cluster_name": node_name(),
             "node": node_name(),
             "statistics_db_event_queue": 0,
@@ -230,7 +230,6 @@ def node_info(server: HTTPServer) -> dict[str, Any]:
         "proc_used": len(asyncio.all_tasks()),
         "processors": os.cpu_count() or 1,
         "uptime": int((time.time() - core.started_at) * 1000),
-        "run_queue": 0,
         "partitions": [],
         "applications": [
             {"name": "baedal", "description": "Baedal message broker", "version": _baedal_version()}
@@ -489,7 +488,6 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "auto_delete": exchange.auto_delete,
         "internal": exchange.internal,
         "arguments": exchange.arguments,
-        "user_who_performed_action": "",
         "policy": _policy_name(getattr(exchange, "policy", None)),
         "message_stats": {
             "publish_in": exchange.publish_count,
@@ -636,7 +634,8 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
     ):
         stats[key] = value
         stats[f"{key}_details"] = {"rate": round(rate, 2)}
-    return {
+    failure = _store_failure(server.core, queue.store)
+    info: dict[str, Any] = {
         "name": queue.name,
         "vhost": vhost.name,
         "type": queue.settings.queue_type,
@@ -646,20 +645,40 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "owner_pid_details": _owner(queue),
         "arguments": queue.arguments,
         "node": node_name(),
-        "state": "running",
+        # "running" unless the queue's store has a sticky write failure (full disk, I/O
+        # error): then it still delivers but refuses publishes until storage recovers.
+        "state": "running" if failure is None else "failed",
         **_queue_policy_fields(queue),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.store.ready_bytes,
         "consumers": len(queue.consumers),
-        "consumer_capacity": 1.0 if queue.consumers else 0.0,
-        "consumer_utilisation": 1.0 if queue.consumers else 0.0,
+        # consumer_capacity / consumer_utilisation are left out: RabbitMQ measures the
+        # share of time the queue could deliver at once, which Baedal does not track.
         "single_active_consumer_tag": getattr(queue.consumers[0], "tag", None)
         if queue.consumers and queue.settings.single_active_consumer
         else None,
         "message_stats": stats,
     }
+    if failure is not None:
+        info["storage_error"] = failure
+    return info
+
+
+def _store_failure(core: BrokerCore, store: Any) -> str | None:
+    """Why a queue's store (or one of its priority levels) cannot write, if it cannot:
+    its sticky write failure, or the storage engine holding it as failed until its
+    retry resets it."""
+    failed_stores = getattr(core.storage, "failed_stores", ())
+    for level in getattr(store, "levels", (store,)):
+        segment_store = getattr(level, "paged_store", level)  # transient: its overflow log
+        failure = getattr(segment_store, "failure", None)
+        if failure is not None:
+            return str(failure)
+        if segment_store is not None and segment_store in failed_stores:
+            return "a write failed; publishes are refused until the store recovers"
+    return None
 
 
 def _owner(queue: Queue) -> dict[str, Any] | None:
@@ -954,18 +973,21 @@ def connection_info(connection: Any) -> dict[str, Any]:
         "channel_max": connection.channel_max,
         "frame_max": connection.frame_max,
         "timeout": connection.heartbeat,
-        "state": "blocked"
-        if connection.blocked
-        else ("running" if connection.state == "open" else connection.state),
+        # running / flow (reading held back: output over its bound, or for a queue's
+        # consumers) / blocking / blocked (alarm), as RabbitMQ; handshake states as is.
+        "state": connection.flow_state if connection.state == "open" else connection.state,
         "client_properties": connection.client_properties,
         "recv_oct": connection.recv_bytes,
         "send_oct": connection.send_bytes,
+        # Bytes owed to the peer: queued in the connection plus the transport's buffer
+        # (RabbitMQ's send_pend is the socket's queue); compared with the output bound.
+        "send_pend": connection.output_pending(),
         "connected_at": int(
             (time.time() - (connection.broker.now() - connection.connected_at)) * 1000
         ),
         "ssl": connection.transport is not None
         and connection.transport.get_extra_info("sslcontext") is not None,
-        "auth_mechanism": "PLAIN",
+        "auth_mechanism": connection.auth_mechanism,
     }
 
 
@@ -1024,8 +1046,10 @@ async def delete_connection(request: web.Request) -> web.Response:
     return no_content()
 
 
-def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
+def channel_info(server: HTTPServer, connection: Any, channel: Any) -> dict[str, Any]:
     peer = connection.peer or ("", 0)
+    published, delivered = channel_counts(channel)
+    publish_rate, deliver_rate = server.sampler.channel_rates(channel)
     return {
         "name": f"{connection.name} ({channel.number})",
         "number": channel.number,
@@ -1042,7 +1066,12 @@ def channel_info(connection: Any, channel: Any) -> dict[str, Any]:
         "state": "closing"
         if channel.closing
         else ("flow" if not channel.flow_active else "running"),
-        "message_stats": {"publish": channel.publish_count, "publish_details": {"rate": 0.0}},
+        "message_stats": {
+            "publish": published,
+            "publish_details": {"rate": round(publish_rate, 2)},
+            "deliver_get": delivered,
+            "deliver_get_details": {"rate": round(deliver_rate, 2)},
+        },
     }
 
 
@@ -1051,7 +1080,7 @@ async def list_channels(request: web.Request) -> web.Response:
         _vhost(request)
     return reply(
         [
-            channel_info(c, ch)
+            channel_info(server_of(request), c, ch)
             for c in _visible_connections(request)
             for ch in list(c.channels.values())
         ]
@@ -1060,11 +1089,19 @@ async def list_channels(request: web.Request) -> web.Response:
 
 async def list_connection_channels(request: web.Request) -> web.Response:
     connection = _connection(request)
-    return reply([channel_info(connection, ch) for ch in list(connection.channels.values())])
+    server = server_of(request)
+    return reply([channel_info(server, connection, ch) for ch in list(connection.channels.values())])
 
 
 def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, Any]:
     channel = getattr(consumer, "channel", None)
+    # Single active consumer: the queue serves only its first consumer; the others wait
+    # (RabbitMQ's activity_status single_active / waiting; up without the argument).
+    if queue.settings.single_active_consumer:
+        active = bool(queue.consumers) and queue.consumers[0] is consumer
+        status = "single_active" if active else "waiting"
+    else:
+        active, status = True, "up"
     info: dict[str, Any] = {
         "consumer_tag": consumer.tag,
         "queue": {"name": queue.name, "vhost": vhost.name},
@@ -1072,8 +1109,8 @@ def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, 
         "exclusive": consumer.exclusive,
         "prefetch_count": getattr(consumer, "prefetch", 0),
         "priority": consumer.priority,
-        "active": True,
-        "activity_status": "up",
+        "active": active,
+        "activity_status": status,
         "arguments": getattr(consumer, "arguments", {}) or {},
     }
     connection = getattr(channel, "connection", None)

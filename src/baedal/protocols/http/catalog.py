@@ -219,7 +219,12 @@ QUEUE = obj(
         "messages_ready": INTEGER,
         "messages_unacknowledged": INTEGER,
         "consumers": INTEGER,
-        "state": STRING,
+        "state": {
+            "type": "string",
+            "enum": ["running", "failed"],
+            "description": "failed while the queue's store cannot write (see storage_error)",
+        },
+        "storage_error": STRING,
         "policy": {"type": ["string", "null"]},
         "operator_policy": {"type": ["string", "null"]},
         "effective_policy_definition": POLICY_DEFINITION,
@@ -276,10 +281,17 @@ CONNECTION = obj(
         "user": STRING,
         "vhost": {"type": ["string", "null"]},
         "channels": INTEGER,
-        "state": STRING,
+        "state": {
+            "type": "string",
+            "description": "running, flow (not read: output over max_connection_output or a "
+            "queue's consumers are socket-bound), blocking/blocked (resource alarm), or a "
+            "handshake state",
+        },
         "client_properties": {"type": "object"},
         "recv_oct": INTEGER,
         "send_oct": INTEGER,
+        "send_pend": {"type": "integer", "description": "bytes owed to the client, not yet sent"},
+        "auth_mechanism": {"type": "string", "description": "as negotiated: PLAIN or AMQPLAIN"},
     },
     (
         "name",
@@ -301,6 +313,7 @@ CHANNEL = obj(
         "connection_details": {"type": "object"},
         "consumer_count": INTEGER,
         "messages_unacknowledged": INTEGER,
+        "message_stats": stats("publish", "deliver_get"),
     },
     ("name", "number", "connection_details", "consumer_count", "messages_unacknowledged"),
 )
@@ -311,6 +324,8 @@ CONSUMER = obj(
         "ack_required": BOOLEAN,
         "prefetch_count": INTEGER,
         "channel_details": {"type": "object"},
+        "active": BOOLEAN,
+        "activity_status": {"type": "string", "enum": ["up", "single_active", "waiting"]},
     },
     ("consumer_tag", "queue", "ack_required", "channel_details"),
 )

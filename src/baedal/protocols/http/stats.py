@@ -8,11 +8,13 @@ message: a sampler reads every counter once per ``interval`` (5 s, RabbitMQ's de
 ``collect_statistics_interval``) and keeps the previous sample, so a rate is
 ``(now - previous) / elapsed``: O(1) per object per sample, O(objects) per tick.
 
-Broker-wide totals are the sum over live objects plus the last sampled counts of
-objects that have since been deleted (``retired``), so a total never goes backwards
-when a queue is deleted (Prometheus would read that as a counter reset).  Counts made
-by a queue between its last sample and its deletion are lost from the totals; that is
-at most one interval's worth and is the price of not hooking the hot path.
+Broker-wide totals are the sum over live objects plus what deleted ones had counted
+(``BrokerCore.retired``, added to when a queue or exchange is deleted, not per
+message), so a total never goes backwards when a queue is deleted (Prometheus would
+read that as a counter reset).
+
+Channels are sampled the same way, from counters the AMQP channel keeps anyway:
+``publish_count`` and the delivery-tag sequence (every deliver and get-ok takes one).
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ def queue_counts(queue: Queue) -> tuple[int, int, int, int]:
     return (queue.publish_count, queue.deliver_count, queue.ack_count, queue.redeliver_count)
 
 
+def channel_counts(channel: Any) -> tuple[int, int]:
+    """(messages published, messages delivered or got) on an AMQP channel."""
+    return (channel.publish_count, channel.next_delivery_tag - 1)
+
+
 class StatsSampler:
     def __init__(self, core: BrokerCore, interval: float = 5.0) -> None:
         self.core = core
         self.interval = interval
         # id(queue) -> (queue, counts at the last sample, rates)
         self._queues: dict[int, tuple[Any, tuple[int, ...], tuple[float, ...]]] = {}
-        self._retired = [0, 0, 0, 0]
-        self._exchange_retired = 0
+        # id(channel) -> (channel, (publish, deliver_get) at the last sample, rates)
+        self._channels: dict[int, tuple[Any, tuple[int, int], tuple[float, float]]] = {}
         self._exchanges: dict[int, tuple[Any, int, float]] = {}
         self._previous_totals: dict[str, int] | None = None
         self._previous_at = time.monotonic()
@@ -109,13 +116,20 @@ class StatsSampler:
                     else 0.0
                 )
                 seen_exchanges[id(exchange)] = (exchange, count, rate)
-        for key, (queue, counts, _rates) in self._queues.items():
-            if key not in seen or seen[key][0] is not queue:
-                for i, value in enumerate(counts):
-                    self._retired[i] += value
-        for key, (exchange, count, _rate) in self._exchanges.items():
-            if key not in seen_exchanges or seen_exchanges[key][0] is not exchange:
-                self._exchange_retired += count
+        seen_channels: dict[int, tuple[Any, tuple[int, int], tuple[float, float]]] = {}
+        for connection in self.core.connections.values():
+            for channel in getattr(connection, "channels", {}).values():
+                now_counts = channel_counts(channel)
+                before_channel = self._channels.get(id(channel))
+                if before_channel is not None and before_channel[0] is channel:
+                    channel_rates = (
+                        max(0, now_counts[0] - before_channel[1][0]) / elapsed,
+                        max(0, now_counts[1] - before_channel[1][1]) / elapsed,
+                    )
+                else:
+                    channel_rates = (0.0, 0.0)
+                seen_channels[id(channel)] = (channel, now_counts, channel_rates)
+        self._channels = seen_channels
         self._queues = seen
         self._exchanges = seen_exchanges
         totals = self.totals()
@@ -142,6 +156,13 @@ class StatsSampler:
             return (0.0, 0.0, 0.0, 0.0)
         return sampled[2]
 
+    def channel_rates(self, channel: Any) -> tuple[float, float]:
+        """(publish, deliver_get) per second on ``channel`` over the last interval."""
+        sampled = self._channels.get(id(channel))
+        if sampled is None or sampled[0] is not channel:
+            return (0.0, 0.0)
+        return sampled[2]
+
     def exchange_rate(self, exchange: Any) -> float:
         """Messages published to ``exchange`` per second over the last sample interval."""
         sampled = self._exchanges.get(id(exchange))
@@ -160,11 +181,12 @@ class StatsSampler:
             for exchange in vhost.exchanges.values():
                 published += exchange.publish_count
         counters = self.core.counters
+        retired = self.core.retired
         return {
-            "publish": published + self._exchange_retired,
-            "deliver_get": live[1] + self._retired[1],
-            "ack": live[2] + self._retired[2],
-            "redeliver": live[3] + self._retired[3],
+            "publish": published + retired["publish"],
+            "deliver_get": live[1] + retired["deliver_get"],
+            "ack": live[2] + retired["ack"],
+            "redeliver": live[3] + retired["redeliver"],
             "confirm": counters.get("confirmed", 0),
             "return_unroutable": counters.get("returned", 0),
             "drop_unroutable": counters.get("unroutable", 0),
