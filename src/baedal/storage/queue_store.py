@@ -50,6 +50,10 @@ before the crash); ``close()`` writes ``clean-shutdown.json`` listing the entrie
 really were delivered, and a clean restart flags only those.  The marker is deleted
 (and the deletion synced) as the store opens, so a later crash is seen as unclean.
 
+Expiry deadlines are stored as wall-clock time and come back unchanged, so TTLs hold
+across restarts and reboots; the scan notes whether any record has one
+(``recovered_deadlines``) so the owning queue arms its expiry timer at start-up.
+
 Write failures (ENOSPC, EIO) are sticky: ``append`` raises ``StorageError`` until the
 broker calls ``reset_failed_writer()``, which cuts the failed segment back to its last
 whole write, forgets the records that were lost with the buffer, and lets the next
