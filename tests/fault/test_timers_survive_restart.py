@@ -13,7 +13,12 @@ recovery).  These tests restart Baedal itself, so they do not run against Rabbit
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,3 +238,74 @@ def test_legacy_record_already_past_expires_now() -> None:
     _message, expires_at = decode_record(payload)
     assert expires_at is not None
     assert expires_at <= time.time()
+
+
+# --- after a crash: the broker process is killed (SIGKILL), not shut down ------------------
+
+
+class _ServerProcess:
+    """``baedal serve`` in a subprocess on a free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "baedal", "serve", "--port", "0", "--http-port", "off",
+             "--data-dir", str(data_dir), "--log-level", "warning"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        match = re.search(r"amqp://[^:]+:(\d+)", line)
+        assert match, f"no listening line from baedal serve: {line!r}"
+        self.url = f"amqp://guest:guest@127.0.0.1:{match.group(1)}/"
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def test_delay_queue_keeps_delivering_after_the_broker_is_killed(tmp_path: Path) -> None:
+    server = _ServerProcess(tmp_path)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(server.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        _declare_delay_queue(channel, "crash.delay", "crash.due", ttl_ms=2000)
+        for i in range(5):
+            channel.basic_publish(
+                "", "crash.delay", f"c{i}".encode(), pika.BasicProperties(delivery_mode=PERSISTENT)
+            )
+        published_at = time.time()
+        connection.close()
+    finally:
+        server.kill()
+
+    server = _ServerProcess(tmp_path)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(server.url))
+        channel = connection.channel()
+
+        def due() -> int:
+            # A passive declare of the dead-letter queue only: the delay queue is untouched.
+            return channel.queue_declare("crash.due", durable=True, passive=True).method.message_count
+
+        wait_until(lambda: due() == 5, timeout=15, what="dead-lettered after the crash")
+        assert time.time() - published_at >= 2.0
+        got = []
+        while True:
+            method, _props, body = channel.basic_get("crash.due", auto_ack=True)
+            if method is None:
+                break
+            got.append(body)
+        assert got == [b"c0", b"c1", b"c2", b"c3", b"c4"]
+        connection.close()
+    finally:
+        server.stop()
