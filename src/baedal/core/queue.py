@@ -246,6 +246,7 @@ class Queue:
         self.redeliver_count = 0
         self._reset_expires()
         self._arm_recovered_expiry()
+        vhost.broker.note_ack_timeout(self.settings.consumer_timeout)
 
     # --- properties ------------------------------------------------------------------
 
