@@ -1017,8 +1017,6 @@ class Channel:
         self._tx_settles.clear()
         self.reply(spec.TxRollbackOk())
 
-    # --- teardown ----------------------------------------------------------------------
-
     # --- delivery acknowledgement timeout (RabbitMQ's consumer_timeout) ------------------
 
     def check_ack_timeout(self, now: float) -> None:
@@ -1077,6 +1075,8 @@ class Channel:
         if queue_timeout is not None:
             return queue_timeout
         return self.broker.config.consumer_timeout
+
+    # --- teardown ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Channel closed (either side) or connection gone: requeue and unsubscribe."""
