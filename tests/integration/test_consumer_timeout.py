@@ -314,3 +314,48 @@ def test_consumer_timeout_setting_defaults_to_30_minutes_and_can_be_turned_off(
     assert load_settings(flags={"consumer_timeout": args.consumer_timeout}, environ={}).consumer_timeout is None
     args = build_parser().parse_args(["serve", "--consumer-timeout", "5000"])
     assert load_settings(flags={"consumer_timeout": args.consumer_timeout}, environ={}).consumer_timeout == 5000
+
+
+@baedal_only
+def test_a_delivery_is_timed_from_when_it_went_out_not_from_when_it_became_the_oldest(
+    tmp_path: Path,
+) -> None:
+    """Drives the channel's check with chosen clock values (the broker's own tick is
+    detached from the channel) to pin the bookkeeping: never early, about one tick late."""
+    with Broker(port=0, data_dir=tmp_path, consumer_timeout=None) as broker:
+        connection = _connect(broker.amqp_url)
+        watched = Watched(connection)
+        channel = watched.channel
+        channel.queue_declare("timed", arguments={"x-consumer-timeout": 10_000})
+        tags: list[int] = []
+        channel.basic_consume("timed", lambda _c, method, _p, _b: tags.append(method.delivery_tag))
+        core = broker.core
+        assert core is not None
+
+        def server_channel() -> Any:
+            (conn,) = core.connections.values()
+            server_side = conn.channels[channel.channel_number]
+            core.unwatch_ack_timeouts(server_side)
+            return server_side
+
+        server_side = broker.call(server_channel)
+
+        def check(at: float) -> None:
+            broker.call(lambda: server_side.check_ack_timeout(at))
+            connection.process_data_events(0.1)
+
+        channel.basic_publish("", "timed", b"A")
+        wait_until(lambda: connection.process_data_events(0.05) or tags == [1], what="A")
+        start = broker.call(core.now)
+        check(start)  # first sight of A: delivered at or before `start`
+        channel.basic_publish("", "timed", b"B")
+        wait_until(lambda: connection.process_data_events(0.05) or tags == [1, 2], what="B")
+        check(start + 5)  # B went out between `start` and `start + 5`
+        channel.basic_ack(1)
+        connection.process_data_events(0.1)
+        check(start + 11)  # B is now the oldest, but at most 11 s old: not yet
+        assert watched.closed is None
+        check(start + 15.5)  # B is at least 10.5 s old
+        assert watched.closed is not None and watched.closed[0] == 406
+        assert "Timeout value used: 10000 ms" in watched.closed[1]
+        connection.close()
