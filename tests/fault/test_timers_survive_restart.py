@@ -79,7 +79,7 @@ def test_per_message_expiration_dead_letters_on_time_after_restart(tmp_path: Pat
                 "",
                 "delayed",
                 f"m{i}".encode(),
-                pika.BasicProperties(delivery_mode=PERSISTENT, expiration="2500"),
+                pika.BasicProperties(delivery_mode=PERSISTENT, expiration="4000"),
             )
         connection.close()
 
@@ -87,14 +87,14 @@ def test_per_message_expiration_dead_letters_on_time_after_restart(tmp_path: Pat
         assert _ready(broker, "delayed") == 5  # still waiting: not expired early
         wait_until(lambda: _ready(broker, "due") == 5, timeout=10, what="dead-lettered after restart")
         arrived = time.time()
-        assert arrived - published_at >= 2.5  # the deadline held across the restart
+        assert arrived - published_at >= 4.0  # the deadline held across the restart
         assert _ready(broker, "delayed") == 0
         got = _drain(broker, "due")
         assert [body for body, _ in got] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
         for _, headers in got:
             assert headers["x-death"][0]["reason"] == "expired"
             assert headers["x-death"][0]["queue"] == "delayed"
-            assert headers["x-death"][0]["original-expiration"] == "2500"
+            assert headers["x-death"][0]["original-expiration"] == "4000"
 
 
 def test_ttl_delay_queue_keeps_delivering_to_the_dead_letter_queue_after_restart(
