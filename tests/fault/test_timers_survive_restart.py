@@ -157,16 +157,16 @@ def test_deadline_passed_while_down_is_dead_lettered_at_recovery_in_order(
                 "",
                 "overdue",
                 f"o{i}".encode(),
-                pika.BasicProperties(delivery_mode=PERSISTENT, expiration="3000"),
+                pika.BasicProperties(delivery_mode=PERSISTENT, expiration="5000"),
             )
-        deadline = time.time() + 3.0
+        deadline = time.time() + 5.0
         connection.close()
     # The broker is down past every deadline.
     wait_until(lambda: time.time() > deadline + 0.2, timeout=10, what="deadline passes")
 
     with Broker(port=0, data_dir=tmp_path) as broker:
-        # Expired at once on recovery: well before a TTL restarted at recovery (3 s) ends.
-        wait_until(lambda: _ready(broker, "late") == 4, timeout=1.5, what="expired at recovery")
+        # Expired at once on recovery: well before a TTL restarted at recovery (5 s) ends.
+        wait_until(lambda: _ready(broker, "late") == 4, timeout=3, what="expired at recovery")
         assert _ready(broker, "overdue") == 0
         got = _drain(broker, "late")
         assert [body for body, _ in got] == [b"o0", b"o1", b"o2", b"o3"]
