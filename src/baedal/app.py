@@ -103,6 +103,7 @@ class Broker:
             disk_free_limit=s.disk_free_limit,
             durable_store=s.durable_store,
             segment_bytes=s.segment_bytes,
+            consumer_timeout=s.consumer_timeout,
         )
         self.core = core = BrokerCore(config, loop)
         s.data_dir.mkdir(parents=True, exist_ok=True)

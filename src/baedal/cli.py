@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "http_port": args.http_port,
         "http_host": args.http_host,
+        "consumer_timeout": args.consumer_timeout,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning, error (env BAEDAL_LOG_LEVEL)")
     serve.add_argument("--http-port", help="HTTP port for the management API and console (default 15672, 'off' disables)")
     serve.add_argument("--http-host", help="HTTP address (default 127.0.0.1)")
+    serve.add_argument(
+        "--consumer-timeout",
+        help="delivery acknowledgement timeout in ms (default 1800000; 'off' disables; "
+        "env BAEDAL_CONSUMER_TIMEOUT)",
+    )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)
     sub.add_parser("ctl", help="operate a running broker over HTTP (baedal ctl --help)", add_help=False)

@@ -38,6 +38,9 @@ class Settings:
     durable_store: bool = True
     segment_bytes: int = 8 * 1024 * 1024
     use_uvloop: bool = True
+    # Delivery acknowledgement timeout in ms (RabbitMQ's consumer_timeout); "off" or 0
+    # disables it.
+    consumer_timeout: int | None = 1_800_000
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -49,10 +52,14 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
-    if name in ("http_port",) and str(value).lower() in ("", "none", "off", "0", "false"):
+    if name in ("http_port", "consumer_timeout") and str(value).lower() in (
+        "", "none", "off", "0", "false"
+    ):
         return None
     if isinstance(default, bool):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if name == "consumer_timeout":
+        return int(value) if int(value) > 0 else None
     if isinstance(default, int) or name in ("http_port",):
         return int(value)
     if isinstance(default, float):

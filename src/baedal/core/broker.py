@@ -106,6 +106,17 @@ class BrokerConfig:
     disk_free_limit: int = 50 * 1024 * 1024
     durable_store: bool = True  # durable queues on the segment log (False: memory only)
     segment_bytes: int = 8 * 1024 * 1024
+    # Delivery acknowledgement timeout in ms (RabbitMQ's consumer_timeout, same default
+    # of 30 minutes); None disables it.  Queues and consumers may override it with the
+    # ``x-consumer-timeout`` argument.
+    consumer_timeout: int | None = 1_800_000
+
+
+# How often unacked deliveries are checked against their acknowledgement timeout: at
+# most once a second (RabbitMQ checks once per channel tick, every 60 s by default),
+# more often when a timeout in use is shorter than two ticks.
+ACK_CHECK_INTERVAL = 1.0
+ACK_CHECK_MIN_INTERVAL = 0.05
 
 
 class BrokerCore:
@@ -154,6 +165,13 @@ class BrokerCore:
         # objects' counts plus these) never go backwards: Prometheus reads a counter that
         # falls as a reset.
         self.retired = {"publish": 0, "queue_publish": 0, "deliver_get": 0, "ack": 0, "redeliver": 0}
+        # Sessions whose unacked deliveries are subject to the acknowledgement timeout
+        # (AMQP channels); each has ``check_ack_timeout(now)``.  One broker-wide timer
+        # walks them, so the check costs nothing per message and one callback per tick.
+        self._ack_watchers: dict[int, Any] = {}
+        self._ack_check_handle: Any = None
+        self._ack_check_interval = ACK_CHECK_INTERVAL
+        self.note_ack_timeout(self.config.consumer_timeout)
         self.add_vhost("/")
         self.add_user(self.config.default_user, self.config.default_pass, ["administrator"])
         self.set_permission(self.config.default_user, "/")
@@ -161,8 +179,50 @@ class BrokerCore:
     # --- clock and scheduling ----------------------------------------------------------
 
     def now(self) -> float:
+        """Monotonic time for in-memory timeouts (heartbeats, ack timeouts)."""
         loop = self.loop
         return loop.time() if loop is not None else time.monotonic()
+
+    @staticmethod
+    def wall_time() -> float:
+        """Wall-clock time (seconds since the epoch) for anything persisted, such as
+        message deadlines: unlike ``now()`` it keeps its meaning across a restart."""
+        return time.time()
+
+    # --- delivery acknowledgement timeout --------------------------------------------
+
+    def note_ack_timeout(self, timeout_ms: int | None) -> None:
+        """A timeout in use (broker, queue or consumer): tick often enough for it."""
+        if timeout_ms:
+            interval = max(ACK_CHECK_MIN_INTERVAL, timeout_ms / 2000.0)
+            if interval < self._ack_check_interval:
+                self._ack_check_interval = interval
+
+    def watch_ack_timeouts(self, session: Any) -> None:
+        self._ack_watchers[id(session)] = session
+        if self._ack_check_handle is None and self.loop is not None:
+            self._ack_check_handle = self.loop.call_later(
+                self._ack_check_interval, self._check_ack_timeouts
+            )
+
+    def unwatch_ack_timeouts(self, session: Any) -> None:
+        self._ack_watchers.pop(id(session), None)
+
+    def _check_ack_timeouts(self) -> None:
+        self._ack_check_handle = None
+        watchers = self._ack_watchers
+        if not watchers:
+            return  # re-armed by the next watch_ack_timeouts
+        now = self.now()
+        for session in list(watchers.values()):
+            try:
+                session.check_ack_timeout(now)
+            except Exception:  # one broken session must not stop the checks for all
+                log.exception("acknowledgement timeout check failed for %r", session)
+        if watchers and self.loop is not None and not self.loop.is_closed():
+            self._ack_check_handle = self.loop.call_later(
+                self._ack_check_interval, self._check_ack_timeouts
+            )
 
     def call_soon(self, callback: Callable[[], None]) -> Any:
         assert self.loop is not None

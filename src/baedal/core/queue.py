@@ -20,7 +20,13 @@ single-active-consumer only the first registered consumer receives.
 
 Expiry is lazy as in RabbitMQ: an expired entry is dropped or dead-lettered when it
 reaches the head; one timer per queue fires when the head's TTL runs out, so
-dead-letter "delay queues" work without consumers.
+dead-letter "delay queues" work without consumers.  Deadlines (``QueueEntry.expires_at``)
+are wall-clock time (``time.time()``), as RabbitMQ's are (``os:system_time``): the
+durable store persists them as they are and they keep their meaning across a restart
+or a reboot.  A recovered queue arms its expiry timer at once, so a message whose
+deadline passed while the broker was down is dead-lettered right at start-up, in order.
+The ``x-expires`` idle lease is not persisted: as in RabbitMQ it starts afresh when the
+queue is recovered.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ if TYPE_CHECKING:
     from .vhost import VirtualHost
 
 DRAIN_BATCH = 256
+
+# Message deadlines are wall-clock (see the module docstring); bound once, so reading
+# the clock costs one C call on the publish and delivery paths.
+_wall_clock = time.time
 
 
 class Consumer(Protocol):
@@ -86,6 +96,7 @@ class QueueSettings:
         "single_active_consumer",
         "queue_type",
         "delivery_limit",
+        "consumer_timeout",
     )
 
     def __init__(self, arguments: dict[str, Any]) -> None:
@@ -131,6 +142,9 @@ class QueueSettings:
         self.delivery_limit = (
             _int_arg(arguments, "x-delivery-limit", -1) if qtype == "quorum" else None
         )
+        # Delivery acknowledgement timeout for this queue's deliveries (ms), overriding
+        # the broker's consumer_timeout (RabbitMQ 3.12+; 0 disables it for the queue).
+        self.consumer_timeout = _int_arg(arguments, "x-consumer-timeout", 0)
 
     @classmethod
     def merged(cls, arguments: dict[str, Any], policy: Any, operator_policy: Any) -> QueueSettings:
@@ -189,6 +203,8 @@ class Queue:
         self.ack_count = 0
         self.redeliver_count = 0
         self._reset_expires()
+        self._arm_recovered_expiry()
+        vhost.broker.note_ack_timeout(self.settings.consumer_timeout)
 
     # --- properties ------------------------------------------------------------------
 
@@ -200,16 +216,13 @@ class Queue:
     def exclusive(self) -> bool:
         return self.exclusive_owner is not None
 
-    def _loop_time(self) -> float:
-        return self.vhost.broker.now()
-
     def _entry_expiry(self, message: Message) -> float | None:
         ttl = self.settings.message_ttl
         if message.expiration_ms is not None:
             ttl = message.expiration_ms if ttl is None else min(ttl, message.expiration_ms)
         if ttl is None:
             return None
-        return self._loop_time() + ttl / 1000.0
+        return _wall_clock() + ttl / 1000.0
 
     # --- publish -----------------------------------------------------------------------
 
@@ -366,7 +379,7 @@ class Queue:
                 return
             if entry.expires_at is not None:
                 if now is None:
-                    now = self._loop_time()
+                    now = _wall_clock()
                 if entry.expires_at <= now:
                     self._dead_letter_entry(entry, "expired")
                     continue
@@ -419,7 +432,7 @@ class Queue:
             entry = store.shift()
             if entry is None:
                 return None
-            if entry.expires_at is not None and entry.expires_at <= self._loop_time():
+            if entry.expires_at is not None and entry.expires_at <= _wall_clock():
                 self._dead_letter_entry(entry, "expired")
                 continue
             if self._count_delivery(entry, no_ack):
@@ -494,14 +507,32 @@ class Queue:
         head = self.store.peek()
         if head is None or head.expires_at is None:
             return
-        delay = max(0.0, head.expires_at - self._loop_time())
+        # A wall-clock step makes this fire early or late; _expire_head re-checks the
+        # head against the clock and re-arms, so an early firing costs one extra timer.
+        delay = max(0.0, head.expires_at - _wall_clock())
         self._expiry_timer = self.vhost.broker.call_later(delay, self._expire_head)
+
+    def _arm_recovered_expiry(self) -> None:
+        """A durable queue recovered with deadlines arms its timer now (no client needed)."""
+        store = self.store
+        if isinstance(store, PriorityStore):
+            # A priority queue's index is rebuilt from its log before this queue object
+            # exists, and it does not keep deadlines for unloaded records: arm the timer
+            # whenever something was recovered (peek loads the head and reads its deadline).
+            recovered = store.durable and store.ready_count > 0
+        else:
+            recovered = False
+            if hasattr(store, "queue_ttl_ms"):  # the segment log (storage.queue_store)
+                store.queue_ttl_ms = self.settings.message_ttl
+                recovered = store.recovered_deadlines and store.ready_count > 0
+        if recovered and self._expiry_timer is None:
+            self._schedule_expiry()
 
     def _expire_head(self) -> None:
         self._expiry_timer = None
         if self.deleted:
             return
-        now = self._loop_time()
+        now = _wall_clock()
         store = self.store
         expired = 0
         while expired < 4096:  # capped; the timer is re-armed below

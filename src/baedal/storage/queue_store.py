@@ -50,6 +50,10 @@ before the crash); ``close()`` writes ``clean-shutdown.json`` listing the entrie
 really were delivered, and a clean restart flags only those.  The marker is deleted
 (and the deletion synced) as the store opens, so a later crash is seen as unclean.
 
+Expiry deadlines are stored as wall-clock time and come back unchanged, so TTLs hold
+across restarts and reboots; the scan notes whether any record has one
+(``recovered_deadlines``) so the owning queue arms its expiry timer at start-up.
+
 Write failures (ENOSPC, EIO) are sticky: ``append`` raises ``StorageError`` until the
 broker calls ``reset_failed_writer()``, which cuts the failed segment back to its last
 whole write, forgets the records that were lost with the buffer, and lets the next
@@ -64,6 +68,7 @@ import json
 import logging
 import os
 import struct
+import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -110,6 +115,11 @@ _META_SIZE = _META.size
 _FLAG_PERSISTENT = 1
 _FLAG_EXPIRATION = 2
 _FLAG_EXPIRES_AT = 4
+# ``expires_at`` is wall-clock (``time.time()``, seconds since the epoch), so a deadline
+# means the same thing after a restart or a reboot.  Records without this flag were
+# written before it existed: their ``expires_at`` is the old process's event-loop time
+# (CLOCK_MONOTONIC, seconds since that boot); see ``_legacy_deadline``.
+_FLAG_WALL_CLOCK = 8
 _RECORD_HEADER_SIZE = RECORD_HEADER.size
 
 CLEAN_MARKER = "clean-shutdown.json"
@@ -126,7 +136,7 @@ def encode_record(message: Message, expires_at: float | None) -> bytes:
     flags = (
         (_FLAG_PERSISTENT if message.persistent else 0)
         | (0 if expiration is None else _FLAG_EXPIRATION)
-        | (0 if expires_at is None else _FLAG_EXPIRES_AT)
+        | (0 if expires_at is None else _FLAG_EXPIRES_AT | _FLAG_WALL_CLOCK)
     )
     meta = _META.pack(
         flags,
@@ -141,8 +151,14 @@ def encode_record(message: Message, expires_at: float | None) -> bytes:
     return b"".join((meta, exchange, routing_key, properties, message.body))
 
 
-def decode_record(payload: bytes) -> tuple[Message, float | None]:
-    """Inverse of ``encode_record``: (message, expires_at)."""
+def decode_record(
+    payload: bytes, queue_ttl_ms: int | None = None
+) -> tuple[Message, float | None]:
+    """Inverse of ``encode_record``: (message, expires_at as wall-clock time).
+
+    ``queue_ttl_ms`` (the queue's ``x-message-ttl``) is only used to bound the deadline
+    of a record written before deadlines were wall-clock (``_legacy_deadline``).
+    """
     flags, priority, exchange_len, key_len, props_len, expiration, published_at, expires_at = (
         _META.unpack_from(payload)
     )
@@ -163,7 +179,29 @@ def decode_record(payload: bytes) -> tuple[Message, float | None]:
         expiration if flags & _FLAG_EXPIRATION else None,
         published_at,
     )
-    return message, (expires_at if flags & _FLAG_EXPIRES_AT else None)
+    if not flags & _FLAG_EXPIRES_AT:
+        return message, None
+    if not flags & _FLAG_WALL_CLOCK:
+        expires_at = _legacy_deadline(expires_at, message.expiration_ms, queue_ttl_ms)
+    return message, expires_at
+
+
+def _legacy_deadline(
+    monotonic_deadline: float, expiration_ms: int | None, queue_ttl_ms: int | None
+) -> float:
+    """A wall-clock deadline for a record written with an event-loop-time deadline.
+
+    Such records carry no usable publish time (``published_at`` was never filled in), so
+    the deadline is re-based on this boot's monotonic clock: when the broker restarted
+    without a reboot the clock is the same and the result is exact.  A deadline further
+    away than the message's TTL can only come from another boot (the clock restarted);
+    the message then gets its whole TTL again from now.  One already past expires now.
+    """
+    remaining = monotonic_deadline - time.monotonic()
+    ttls = [ttl for ttl in (expiration_ms, queue_ttl_ms) if ttl is not None]
+    if ttls:
+        remaining = min(remaining, min(ttls) / 1000.0)
+    return time.time() + max(0.0, remaining)
 
 
 def _body_size(payload: bytes | memoryview, start: int = 0) -> int:
@@ -263,6 +301,12 @@ class SegmentStore:
         self._closed = False
         # What recovery found (read by the storage engine's start-up report).
         self.recovery = RecoveryStats()
+        # Set by the owning queue before anything is read: its x-message-ttl, used only
+        # to re-base deadlines of records from before wall-clock deadlines.
+        self.queue_ttl_ms: int | None = None
+        # Recovery found ready records with expiry deadlines: the queue must arm its
+        # expiry timer at start-up, not wait for a client to touch it.
+        self.recovered_deadlines = False
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir = _Directory(os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY))
         self._recover()
@@ -748,7 +792,7 @@ class SegmentStore:
                 info, self._cursor_offset
             ):
                 self._cursor_offset = next_offset
-                message, expires_at = decode_record(payload)
+                message, expires_at = decode_record(payload, self.queue_ttl_ms)
                 position = base | offset
                 size = len(message.body)
                 entry = QueueEntry(position, message, size, expires_at)
@@ -893,6 +937,8 @@ class SegmentStore:
             path.unlink()
             ack_path(self.directory, segment_id).unlink(missing_ok=True)
             return None, 0, 0, records
+        if scan.deadlines:
+            self.recovered_deadlines = True
         ready_bytes = sum(scan.persistent.values()) - sum(
             scan.persistent[offset] for offset in acked_persistent
         )
@@ -956,9 +1002,10 @@ class SegmentStore:
 
 
 class _ScanResult:
-    __slots__ = ("persistent", "transient", "damaged", "valid_size")
+    __slots__ = ("persistent", "transient", "damaged", "valid_size", "deadlines")
 
     def __init__(self) -> None:
+        self.deadlines = False  # some persistent record has an expiry deadline
         self.persistent: dict[int, int] = {}  # offset -> body size
         self.transient: list[int] = []
         self.damaged: list[tuple[int, int]] = []
@@ -1019,6 +1066,8 @@ def _scan_records(path: Path, data: bytes) -> _ScanResult:
                 if record_crc(kind, payload) == crc:
                     if kind == KIND_PERSISTENT:
                         persistent[pos] = _body_size(payload)
+                        if payload[0] & _FLAG_EXPIRES_AT:
+                            result.deadlines = True
                     else:
                         transient.append(pos)
                     pos = end

@@ -16,6 +16,7 @@ message.
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,10 @@ FLOW_HIGH_WATER = 2000
 # tx.commit); past it the channel is closed with 406.  RabbitMQ sets no such bound and
 # holds them in its channel process; a bound is the honest version of the same.
 MAX_TX_BYTES = 256 * 1024 * 1024
+
+# Delivery acknowledgement timeout bookkeeping (see Channel.check_ack_timeout): at most
+# this many (delivery tag, time) marks per channel.
+_MAX_DELIVERY_MARKS = 64
 
 _USER_ID_BIT = 1 << 4
 _REPLY_TO_BIT = 1 << 9
@@ -182,6 +187,10 @@ class Channel:
         self.reply_token: str | None = None
         self.publish_count = 0
         self._exchange_write_ok: dict[str, bool] = {}
+        # (next delivery tag, broker.now()) taken on ack-timeout ticks: every tag below
+        # the mark's was delivered at or before its time (check_ack_timeout).
+        self._delivery_marks: deque[tuple[int, float]] = deque()
+        self.broker.watch_ack_timeouts(self)
 
     @property
     def can_send(self) -> bool:
@@ -1033,11 +1042,72 @@ class Channel:
         self._tx_settles.clear()
         self.reply(spec.TxRollbackOk())
 
+    # --- delivery acknowledgement timeout (RabbitMQ's consumer_timeout) ------------------
+
+    def check_ack_timeout(self, now: float) -> None:
+        """Called by the broker's periodic tick: close the channel with 406 when its
+        oldest unacked delivery has waited longer than its acknowledgement timeout.
+
+        As in RabbitMQ only the oldest delivery is checked (the unacked map keeps
+        delivery order).  Nothing is recorded per delivery: each tick that saw new
+        deliveries leaves a mark (next delivery tag, time), so a delivery's time is
+        bounded by the first mark above its tag.  The timeout therefore never fires
+        early and fires at most about one tick late (later only past
+        ``_MAX_DELIVERY_MARKS`` ticks of deliveries behind one held message).
+        Applies to consumer and basic.get deliveries alike, as in RabbitMQ.
+        """
+        unacked = self.unacked
+        marks = self._delivery_marks
+        if not unacked or self.closing:
+            marks.clear()
+            return
+        oldest = next(iter(unacked))
+        while marks and marks[0][0] <= oldest:
+            marks.popleft()
+        next_tag = self.next_delivery_tag
+        if not marks:
+            marks.append((next_tag, now))
+            return  # delivered since the last tick: not old enough to judge yet
+        if marks[-1][0] != next_tag and len(marks) < _MAX_DELIVERY_MARKS:
+            marks.append((next_tag, now))
+        record = unacked[oldest]
+        timeout = self._ack_timeout(record)
+        if not timeout:
+            return
+        self.broker.note_ack_timeout(timeout)
+        if (now - marks[0][1]) * 1000.0 < timeout:
+            return
+        connection = self.connection
+        # RabbitMQ 3.10.8's wording (checked against a node with consumer_timeout set).
+        fault = _soft(
+            PRECONDITION_FAILED,
+            f"delivery acknowledgement on channel {self.number} timed out. Timeout value "
+            f"used: {timeout} ms. This timeout value can be configured, see consumers doc "
+            "guide to learn more",
+            None,
+        )
+        connection._channel_fault(fault, self.number)  # requeues the unacked deliveries
+        connection.flush()
+
+    def _ack_timeout(self, record: _Unacked) -> int | None:
+        """Precedence as RabbitMQ 3.12+: consumer argument, queue argument, broker."""
+        consumer = record.consumer
+        if consumer is not None:
+            value = consumer.arguments.get("x-consumer-timeout")
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        queue_timeout = record.queue.settings.consumer_timeout
+        if queue_timeout is not None:
+            return queue_timeout
+        return self.broker.config.consumer_timeout
+
     # --- teardown ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Channel closed (either side) or connection gone: requeue and unsubscribe."""
         self.closing = True
+        self.broker.unwatch_ack_timeouts(self)
+        self._delivery_marks.clear()
         for consumer in list(self.consumers.values()):
             self._remove_consumer(consumer)
         self.consumers.clear()
