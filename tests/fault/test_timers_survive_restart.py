@@ -309,3 +309,37 @@ def test_delay_queue_keeps_delivering_after_the_broker_is_killed(tmp_path: Path)
         connection.close()
     finally:
         server.stop()
+
+
+def test_priority_delay_queue_dead_letters_after_restart(tmp_path: Path) -> None:
+    """A durable priority queue keeps one log and an in-memory index rebuilt at start-up;
+    its recovered deadlines must arm the expiry timer too (found when merging the
+    one-log priority store with wall-clock deadlines)."""
+    with Broker(port=0, data_dir=tmp_path) as broker:
+        connection, channel = _channel(broker)
+        channel.queue_declare("prio.due", durable=True)
+        channel.queue_declare(
+            "prio.delayed",
+            durable=True,
+            arguments={
+                "x-max-priority": 10,
+                "x-message-ttl": 2000,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": "prio.due",
+            },
+        )
+        for i in range(4):
+            channel.basic_publish(
+                "",
+                "prio.delayed",
+                f"p{i}".encode(),
+                pika.BasicProperties(delivery_mode=PERSISTENT, priority=i),
+            )
+        connection.close()
+
+    with Broker(port=0, data_dir=tmp_path) as broker:
+        wait_until(lambda: _ready(broker, "prio.due") == 4, timeout=10, what="dead-lettered after restart")
+        assert _ready(broker, "prio.delayed") == 0
+        got = _drain(broker, "prio.due")
+        assert sorted(body for body, _ in got) == [b"p0", b"p1", b"p2", b"p3"]
+        assert all(headers["x-death"][0]["reason"] == "expired" for _, headers in got)
