@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+import time
 
 import pika
 import pika.exceptions
@@ -744,6 +745,19 @@ def test_queue_with_x_expires_is_deleted_after_being_unused(conn, res, unique):
 
     assert not gone()
     wait_until(gone, timeout=10, interval=0.05)
+
+
+def test_passive_declare_renews_the_x_expires_lease(conn, res, unique):
+    q = res.queue(unique("exp-passive"))
+    ch = confirmed_channel(conn)
+    ch.queue_declare(q, arguments={"x-expires": 1500})
+    # Passive declares every 0.3 s for 3 s (twice the lease): each one is use, so the
+    # queue must still be there at the end (RabbitMQ 3.10.8 renews the lease on it).
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        ch.queue_declare(q, passive=True)
+        time.sleep(0.3)
+    ch.queue_declare(q, passive=True)
 
 
 # --------------------------------------------------------------------------- length limits

@@ -359,6 +359,7 @@ class Channel:
             if not name:
                 name = self.last_queue or ""
             queue = self._queue(name, method)
+            queue.touch()  # a passive declare is use too: RabbitMQ renews the x-expires lease
         else:
             if name.startswith("amq."):
                 raise _soft(
