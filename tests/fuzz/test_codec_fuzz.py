@@ -210,7 +210,10 @@ def test_every_method_round_trips_through_frames(method: spec.Method, channel: i
     reader = FrameReader(frame_max=0, max_message_size=2**20)
     if isinstance(method, spec.BasicPublish):
         method.ticket = 0  # reserved-1: the hand-written publish fast path does not read it
-    if method.HAS_CONTENT:
+    # Channel 0 carries no content: a content method there is passed on alone, as a
+    # MethodFrame, for the connection to refuse (504, as RabbitMQ).
+    with_content = method.HAS_CONTENT and channel != 0
+    if with_content:
         data = b"".join(
             codec.content_frames(channel, method.encode(), b"\x00\x00", b"body", 0, method.CLASS_ID)
         )
@@ -220,7 +223,7 @@ def test_every_method_round_trips_through_frames(method: spec.Method, channel: i
     assert isinstance(events[0], ProtocolHeader) and len(events) == 2
     assert events[1].channel == channel
     assert events[1].method == method
-    assert type(events[1]) is (ContentFrame if method.HAS_CONTENT else MethodFrame)
+    assert type(events[1]) is (ContentFrame if with_content else MethodFrame)
 
 
 @FUZZ

@@ -233,7 +233,9 @@ class RawAMQP:
         while True:
             try:
                 f = self.read_frame()
-            except (ConnectionDropped, TimeoutError, OSError) as e:
+            except TimeoutError:
+                return Outcome("timeout")  # the broker left us waiting
+            except (ConnectionDropped, OSError) as e:
                 return Outcome("dropped", text=str(e))
             if f.type != FRAME_METHOD:
                 continue
@@ -265,7 +267,8 @@ class RawAMQP:
 @dataclass
 class Outcome:
     """What the broker answered: ``ok`` (the reply frame), a ``channel`` or
-    ``connection`` close (code, text, failing class/method), or ``dropped`` (TCP)."""
+    ``connection`` close (code, text, failing class/method), ``dropped`` (TCP closed
+    without a close) or ``timeout`` (no answer at all)."""
 
     kind: str
     code: int = 0
@@ -277,8 +280,8 @@ class Outcome:
     def __str__(self) -> str:
         if self.kind == "ok":
             return f"ok {self.reply.method if self.reply else ''}"
-        if self.kind == "dropped":
-            return "dropped"
+        if self.kind in ("dropped", "timeout"):
+            return self.kind
         return f"{self.kind} {self.code} {self.text!r} ({self.class_id},{self.method_id})"
 
 
