@@ -105,6 +105,19 @@ NON_ZERO_CHANNEL = [
       for m in CONNECTION_METHODS],
 ]
 
+SERVER_ONLY = [
+    m for m in ALL_METHODS
+    if m.CLASS_ID != 10 and (m.NAME.endswith("-ok") or m in (S.BasicReturn, S.BasicDeliver, S.BasicGetEmpty))
+]
+OPEN_CHANNEL = [
+    # Methods only a server sends, sent by the client on its open channel 1 (content
+    # methods with an empty content header: RabbitMQ assembles the content first).
+    # channel.close-ok is legal only on a channel the server is closing.
+    *[Row(f"{m.NAME} on open channel 1", method_bytes(1, m()) + (header_frame(1, 0) if m.HAS_CONTENT else b""),
+          closes(503, "COMMAND_INVALID - unimplemented method", m.CLASS_ID, m.METHOD_ID))
+      for m in SERVER_ONLY],  # RabbitMQ: 503 "unimplemented method"
+]
+
 _HEADER = struct.pack("!HHQH", 60, 0, 3, 0)
 CONTENT_ON_ZERO = [
     Row("content header on channel 0", frame(2, 0, _HEADER),
@@ -170,7 +183,28 @@ FRAME_MAX = [
 ]
 # fmt: on
 
-ALL_ROWS = CHANNEL_ZERO + NON_ZERO_CHANNEL + CONTENT_ON_ZERO + BEFORE_OPEN + FRAME_MAX
+ALL_ROWS = (
+    CHANNEL_ZERO + NON_ZERO_CHANNEL + OPEN_CHANNEL + CONTENT_ON_ZERO + BEFORE_OPEN + FRAME_MAX
+)
+
+
+def test_channel_flow_off_is_answered_with_flow_ok_not_refused(
+    endpoint: tuple[str, int], session_broker: object | None
+) -> None:
+    if session_broker is None:
+        pytest.skip(
+            "deliberately different: RabbitMQ 3.10 answers channel.flow active=false with "
+            "connection.close 540 'NOT_IMPLEMENTED - active=false'; Baedal implements the "
+            "spec's client flow control (it stops deliveries on the channel) and answers flow-ok"
+        )
+    c = rawamqp.connect(*endpoint)
+    try:
+        c.open_channel(1)
+        seen = c.call(1, S.ChannelFlow(active=False))
+        assert seen.kind == "ok" and seen.reply.method == (20, 21), str(seen)
+        assert c.call(1, QOS).kind == "ok"
+    finally:
+        c.close()
 
 
 @pytest.fixture

@@ -192,7 +192,9 @@ class Channel:
     def handle(self, method: spec.Method) -> None:
         handler = _HANDLERS.get(method.INDEX)
         if handler is None:
-            raise _hard(COMMAND_INVALID, f"unexpected method {method.NAME} on a channel", method)
+            # connection.* methods, replies only a server sends, and channel.close-ok on a
+            # channel that is not closing: RabbitMQ 3.10's 503 "unimplemented method".
+            raise _hard(COMMAND_INVALID, "unimplemented method", method)
         handler(self, method)
 
     def reply(self, method: spec.Method) -> None:

@@ -528,14 +528,9 @@ class AMQPConnection:
             return
         if channel is None:
             raise ConnectionFault(CHANNEL_ERROR, "expected 'channel.open'", method.CLASS_ID, method.METHOD_ID)
-        if method.CLASS_ID == 10:
-            # A connection method on an open channel (RabbitMQ 3.10's words).
-            raise ConnectionFault(COMMAND_INVALID, "unimplemented method", method.CLASS_ID, method.METHOD_ID)
         if index == spec.ChannelClose.INDEX:
             self._drop_channel(channel)
             self.write(method_frame(channel_number, spec.ChannelCloseOk()))
-            return
-        if index == spec.ChannelCloseOk.INDEX:
             return
         if index == spec.AccessRequest.INDEX:
             self.write(method_frame(channel_number, spec.AccessRequestOk(ticket=1)))
@@ -558,7 +553,8 @@ class AMQPConnection:
             raise ConnectionFault(CHANNEL_ERROR, "expected 'channel.open'", 60, 40)
         method = event.method
         if type(method) is not spec.BasicPublish:
-            raise ConnectionFault(COMMAND_INVALID, f"{method.NAME} may not be sent by a client", method.CLASS_ID, method.METHOD_ID)
+            # basic.return / deliver / get-ok: only a server sends them (RabbitMQ's words)
+            raise ConnectionFault(COMMAND_INVALID, "unimplemented method", method.CLASS_ID, method.METHOD_ID)
         self.is_publisher = True
         try:
             channel.on_publish(method, event.properties, event.body, event.wire_names)
