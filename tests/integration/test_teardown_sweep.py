@@ -405,6 +405,9 @@ TEARDOWN = [
         chan(406, "PRECONDITION_FAILED - queue '{q}' in vhost '/' in use"), ("queue q",)),  # RabbitMQ: 406
     Row("queue.delete if-empty", "queue has a message", (queue(), message()), queue_delete(if_empty=True),
         chan(406, "PRECONDITION_FAILED - queue '{q}' in vhost '/' not empty"), ("queue q",)),  # RabbitMQ: 406
+    Row("queue.delete", "its binding is the last of an auto-delete exchange",
+        (queue(), exchange(auto_delete=True), bind()), queue_delete(),
+        OK, ("no queue q", "no exchange x")),  # RabbitMQ: delete-ok, the exchange auto-deletes too
     Row("queue.delete", "queue has a consumer on this channel", (queue(), consume()), queue_delete(),
         OK, ("no queue q",)),  # RabbitMQ: delete-ok (and a server-sent basic.cancel first)
 
@@ -421,6 +424,9 @@ TEARDOWN = [
     Row("exchange.delete if-unused", "exchange is only a binding's destination",
         (exchange(), exchange("x2"), xbind("x", "x2")), exchange_delete(if_unused=True),
         OK, ("no exchange x", "exchange x2")),  # RabbitMQ: only bindings *from* it count
+    Row("exchange.delete", "the only destination of an auto-delete exchange",
+        (exchange(auto_delete=True), exchange("x2"), xbind("x2", "x")), exchange_delete("x2"),
+        OK, ("no exchange x2", "no exchange x")),  # RabbitMQ: delete-ok, the source auto-deletes
     Row("exchange.delete", "exchange is the source of a binding", (queue(), exchange(), bind()),
         exchange_delete(), OK, ("no exchange x", "queue q")),  # RabbitMQ: delete-ok
 
@@ -519,6 +525,10 @@ RESERVED = [
                   "vhost '/': received 'false' but current is 'true'")),  # RabbitMQ: 406 internal
     Row("exchange.declare", "amq.direct, active, unknown type", (), x_declare("amq.direct", "no-such-type", durable=True),
         Expect("connection", 503, "COMMAND_INVALID - unknown exchange type 'no-such-type'")),  # RabbitMQ: 503, type first
+    Row("exchange.declare", "amq.direct, passive, another type and flags", (),
+        x_declare("amq.direct", "fanout", passive=True, auto_delete=True), OK),  # RabbitMQ: passive ignores them
+    Row("exchange.declare", "user exchange, passive, another type", (exchange(),),
+        x_declare("x", "topic", passive=True), OK),  # RabbitMQ: declare-ok
     Row("exchange.declare", "amq.rabbitmq.log (not in 3.10), passive", (), x_declare("amq.rabbitmq.log", passive=True),
         chan(404, "NOT_FOUND - no exchange 'amq.rabbitmq.log' in vhost '/'")),  # RabbitMQ: 404
     Row("exchange.declare", "new amq.* name, active", (), x_declare("amqx"), RESERVED_X,
