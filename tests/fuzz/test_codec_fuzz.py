@@ -6,6 +6,10 @@
   chunks, the only outcomes are events and ``ConnectionFault`` / ``ChannelFault``; all
   three feeds see the same events and faults; the reader never holds more than
   ``frame_max + 8`` bytes; a connection fault is sticky.
+* Bodies larger than a small negotiated ``frame_max`` (4096), up to three times it, split
+  into legal and oversized body frames: fed whole (the ``basic.publish`` fast path takes
+  a publish + header + single body frame) and byte by byte (always the general path),
+  the outcome is the same, and an oversized body frame is 501 on both paths.
 * ``AMQPConnection`` over a fake transport: the same kind of input after a real login;
   the connection answers with frames, and a broken stream ends in ``connection.close``
   (never 541 INTERNAL_ERROR, never an exception) and, after close-ok, a closed transport.
@@ -46,7 +50,7 @@ from baedal.protocols.amqp.connection import AMQPConnection
 from baedal.protocols.amqp.server import AMQPServer
 
 FRAME_MAX = 4096
-CONNECTION_FRAME_MAX = 8192  # the smallest a client may negotiate (FRAME_MIN_SIZE)
+CONNECTION_FRAME_MAX = 4096  # the smallest a client may negotiate (FRAME_MIN_SIZE, as RabbitMQ)
 MAX_MESSAGE_SIZE = 2000
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -210,7 +214,10 @@ def test_every_method_round_trips_through_frames(method: spec.Method, channel: i
     reader = FrameReader(frame_max=0, max_message_size=2**20)
     if isinstance(method, spec.BasicPublish):
         method.ticket = 0  # reserved-1: the hand-written publish fast path does not read it
-    if method.HAS_CONTENT:
+    # Channel 0 carries no content: a content method there is passed on alone, as a
+    # MethodFrame, for the connection to refuse (504, as RabbitMQ).
+    with_content = method.HAS_CONTENT and channel != 0
+    if with_content:
         data = b"".join(
             codec.content_frames(channel, method.encode(), b"\x00\x00", b"body", 0, method.CLASS_ID)
         )
@@ -220,7 +227,7 @@ def test_every_method_round_trips_through_frames(method: spec.Method, channel: i
     assert isinstance(events[0], ProtocolHeader) and len(events) == 2
     assert events[1].channel == channel
     assert events[1].method == method
-    assert type(events[1]) is (ContentFrame if method.HAS_CONTENT else MethodFrame)
+    assert type(events[1]) is (ContentFrame if with_content else MethodFrame)
 
 
 @FUZZ
@@ -291,9 +298,9 @@ frames = st.one_of(
     st.tuples(channels, st.binary(max_size=40)).map(lambda cb: _frame(1, cb[0], cb[1])),
     st.tuples(channels, st.binary(max_size=20)).map(lambda cb: _frame(2, cb[0], cb[1])),
     st.tuples(channels, st.binary(max_size=40)).map(lambda cb: _frame(3, cb[0], cb[1])),
-    # the largest legal frame and one byte more
-    st.just(_frame(3, 1, b"x" * (FRAME_MAX - 8))),
-    st.just(_frame(3, 1, b"x" * (FRAME_MAX - 7))),
+    # the largest legal frame (RabbitMQ: payload up to frame_max) and one byte more
+    st.just(_frame(3, 1, b"x" * FRAME_MAX)),
+    st.just(_frame(3, 1, b"x" * (FRAME_MAX + 1))),
 )
 
 
@@ -336,9 +343,12 @@ def _event_key(event: Any) -> tuple[Any, ...]:
     return ("content", event.channel, repr(event.method), event.properties, event.body)
 
 
-def run_reader(pieces: Iterator[bytes] | list[bytes]) -> list[tuple[Any, ...]]:
+def run_reader(
+    pieces: Iterator[bytes] | list[bytes],
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> list[tuple[Any, ...]]:
     """Feed pieces as the connection does; the outcome as a list of event/fault keys."""
-    reader = FrameReader(frame_max=FRAME_MAX, max_message_size=MAX_MESSAGE_SIZE)
+    reader = FrameReader(frame_max=FRAME_MAX, max_message_size=max_message_size)
     outcome: list[tuple[Any, ...]] = []
     for piece in pieces:
         data = piece
@@ -398,6 +408,108 @@ def test_frame_reader_only_emits_events_or_protocol_faults_however_the_bytes_arr
     chunked = run_reader(_chunks(data, sizes))
     assert _until_bad_header(one_byte_at_a_time) == _until_bad_header(whole)
     assert _until_bad_header(chunked) == _until_bad_header(whole)
+
+
+# --- bodies larger than a small frame_max: fast path and general path -------------------
+
+LARGE_MESSAGE_SIZE = 3 * FRAME_MAX + 100  # so the bodies below are never 406 for size
+# Body frame sizes around the limit: RabbitMQ takes a payload of up to frame_max bytes.
+body_frame_sizes = st.one_of(
+    st.sampled_from([FRAME_MAX - 8, FRAME_MAX - 1, FRAME_MAX, FRAME_MAX + 1, FRAME_MAX + 8]),
+    st.integers(1, FRAME_MAX + 16),
+)
+
+
+@st.composite
+def large_content(draw: st.DrawFn) -> tuple[bytes, int, list[int], int]:
+    """publish + header + body frames for a body of up to 3 x frame_max.
+
+    Returns (wire bytes, channel, body frame sizes, announced size).  Half the time the
+    body is one frame (legal or not), which is what the fast path takes when the whole
+    sequence is in one read.
+    """
+    channel = draw(st.sampled_from([1, 1, 2, 0]))
+    size = draw(
+        st.one_of(st.integers(0, 3 * FRAME_MAX), st.integers(FRAME_MAX - 16, 3 * FRAME_MAX))
+    )
+    body = bytes([draw(st.integers(0, 255))]) * size
+    announced = draw(st.sampled_from([size, size, size, size + 1, max(0, size - 1)]))
+    if draw(st.booleans()):
+        sizes = [size] if size else []
+    else:
+        pattern = draw(st.lists(body_frame_sizes, min_size=1, max_size=4))
+        sizes, left, i = [], size, 0
+        while left > 0:
+            sizes.append(min(pattern[i % len(pattern)], left))
+            left -= sizes[-1]
+            i += 1
+    out = [
+        # (a publish of 10 bytes or less, as with routing key "k", skips the fast path)
+        method_frame(channel, spec.BasicPublish(routing_key=draw(st.sampled_from(["k", "key.1"])))),
+        _frame(2, channel, struct.pack(">HHQ", 60, 0, announced) + b"\x00\x00"),
+    ]
+    pos = 0
+    for n in sizes:
+        out.append(_frame(3, channel, body[pos : pos + n]))
+        pos += n
+    return b"".join(out), channel, sizes, announced
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(large_content(), min_size=1, max_size=3),
+    st.lists(st.integers(1, 5000), min_size=1, max_size=6),
+)
+def test_bodies_larger_than_frame_max_give_one_outcome_on_fast_and_general_paths(
+    sequences: list[tuple[bytes, int, list[int], int]], sizes: list[int]
+) -> None:
+    data = PROTOCOL_HEADER + b"".join(wire for wire, *_ in sequences)
+    whole = run_reader([data], LARGE_MESSAGE_SIZE)  # the fast path where it applies
+    one_byte_at_a_time = run_reader(
+        (data[i : i + 1] for i in range(len(data))), LARGE_MESSAGE_SIZE
+    )  # never the fast path: it needs the whole sequence in the buffer
+    chunked = run_reader(_chunks(data, sizes), LARGE_MESSAGE_SIZE)
+    assert one_byte_at_a_time == whole
+    assert chunked == whole
+    # The first sequence against a plain model of RabbitMQ's rules.
+    _, channel, frame_sizes, announced = sequences[0]
+    first = whole[1:]  # after the protocol header
+    event(f"{len(frame_sizes)} body frames, first outcome {first[0][0] if first else None}")
+    if channel == 0:
+        # a content method on channel 0 is passed on alone; its header is unexpected
+        assert first[0][0] == "method" and first[1] == ("connection-fault", 505), first
+    elif frame_sizes and frame_sizes[0] > FRAME_MAX:
+        assert first == [("connection-fault", 501)], first  # oversized, fast path or not
+    elif all(n <= FRAME_MAX for n in frame_sizes) and announced == sum(frame_sizes):
+        assert first[0][0] == "content" and len(first[0][4]) == announced, first
+
+
+def test_publish_fast_path_refuses_an_oversized_body_frame_like_the_general_path() -> None:
+    publish = method_frame(
+        1, spec.BasicPublish(routing_key="key.1")
+    )  # long enough for the fast path
+    for size, legal in (
+        (FRAME_MAX - 8, True),
+        (FRAME_MAX, True),
+        (FRAME_MAX + 1, False),
+        (3 * FRAME_MAX, False),
+    ):
+        header = _frame(2, 1, struct.pack(">HHQ", 60, 0, size) + b"\x00\x00")
+        data = PROTOCOL_HEADER + publish + header + _frame(3, 1, b"b" * size)
+        for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+            reader = FrameReader(frame_max=FRAME_MAX, max_message_size=LARGE_MESSAGE_SIZE)
+            if legal:
+                *_, content = [e for piece in pieces for e in reader.feed(piece)]
+                assert isinstance(content, ContentFrame) and len(content.body) == size
+                continue
+            with pytest.raises(ConnectionFault) as fault:
+                for piece in pieces:
+                    reader.feed(piece)
+            assert fault.value.code == 501
+            # RabbitMQ 3.10: "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,4097,4088}"
+            assert fault.value.text == (
+                f"type 3, all octets = <<>>: {{frame_too_large,{size},{FRAME_MAX - 8}}}"
+            )
 
 
 # --- a real connection over a fake transport ------------------------------------------------

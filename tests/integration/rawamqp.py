@@ -121,6 +121,7 @@ class RawAMQP:
         self.buf = b""
         self.frame_max = 0
         self.channel_max = 0
+        self.unsolicited: list[Frame] = []  # frames outcome() read past (e.g. basic.cancel)
 
     # -- I/O
     def send(self, data: bytes) -> None:
@@ -193,13 +194,14 @@ class RawAMQP:
         frame_max: int | None = None,
         heartbeat: int = 0,
         open_vhost: bool = True,
+        capabilities: dict | None = None,
     ) -> Frame | None:
         """Run the handshake; returns the reply to connection.open (open-ok or close)."""
         self.send(PROTOCOL_HEADER)
         self.read_method((10, 10))  # connection.start
         client_props = {
             "product": "baedal-rawamqp",
-            "capabilities": {"authentication_failure_close": True},
+            "capabilities": {"authentication_failure_close": True, **(capabilities or {})},
         }
         response = b"\x00" + user.encode() + b"\x00" + password.encode()
         start_ok = table(client_props) + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
@@ -221,6 +223,75 @@ class RawAMQP:
     def open_channel(self, channel: int = 1) -> None:
         self.send(channel_open(channel))
         self.read_method((20, 11))
+
+    # -- typed methods (encoded with Baedal's generated spec tables: pure wire formats)
+    def send_method(self, channel: int, method) -> None:  # noqa: ANN001 (a spec.Method)
+        self.send(frame(FRAME_METHOD, channel, method.encode()))
+
+    def outcome(self, channel: int, skip: tuple[tuple[int, int], ...] = ()) -> Outcome:
+        """Read until the reply to a synchronous method on ``channel`` (or a close)."""
+        while True:
+            try:
+                f = self.read_frame()
+            except TimeoutError:
+                return Outcome("timeout")  # the broker left us waiting
+            except (ConnectionDropped, OSError) as e:
+                return Outcome("dropped", text=str(e))
+            if f.type != FRAME_METHOD:
+                continue
+            if f.method == (10, 50):
+                c = _parse_close(f)
+                self.send_close_ok(0)
+                return Outcome("connection", c.reply_code, c.reply_text, c.class_id, c.method_id)
+            if f.channel != channel or f.method in skip:
+                self.unsolicited.append(f)
+                continue
+            if f.method == (20, 40):
+                c = _parse_close(f)
+                self.send_close_ok(channel)
+                return Outcome("channel", c.reply_code, c.reply_text, c.class_id, c.method_id)
+            return Outcome("ok", reply=f)
+
+    def call(self, channel: int, method, skip: tuple[tuple[int, int], ...] = ()) -> Outcome:  # noqa: ANN001
+        self.send_method(channel, method)
+        return self.outcome(channel, skip)
+
+    def publish(self, channel: int, exchange: str, routing_key: str, body: bytes) -> None:
+        self.send(
+            basic_publish(channel, exchange, routing_key)
+            + header_frame(channel, len(body))
+            + (body_frame(channel, body) if body else b"")
+        )
+
+
+@dataclass
+class Outcome:
+    """What the broker answered: ``ok`` (the reply frame), a ``channel`` or
+    ``connection`` close (code, text, failing class/method), ``dropped`` (TCP closed
+    without a close) or ``timeout`` (no answer at all)."""
+
+    kind: str
+    code: int = 0
+    text: str = ""
+    class_id: int = 0
+    method_id: int = 0
+    reply: Frame | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "ok":
+            return f"ok {self.reply.method if self.reply else ''}"
+        if self.kind in ("dropped", "timeout"):
+            return self.kind
+        return f"{self.kind} {self.code} {self.text!r} ({self.class_id},{self.method_id})"
+
+
+def _parse_close(f: Frame) -> Close:
+    p = f.payload[4:]
+    code = struct.unpack("!H", p[:2])[0]
+    tlen = p[2]
+    text = p[3 : 3 + tlen].decode()
+    cid, mid = struct.unpack("!HH", p[3 + tlen : 7 + tlen])
+    return Close(f.channel, code, text, cid, mid)
 
 
 def connect(host: str, port: int, **handshake_kwargs) -> RawAMQP:

@@ -63,7 +63,7 @@ FEEDS = [pytest.param(feed_whole, id="whole"), pytest.param(feed_bytewise, id="b
 
 ERRORS = [
     ("bad frame end", frame(1, 0, b"\x00\x0a\x00\x33", end=0x00), ConnectionFault, 501),
-    ("frame larger than frame_max", struct.pack(">BHI", 3, 1, FRAME_MAX), ConnectionFault, 501),
+    ("frame larger than frame_max", struct.pack(">BHI", 3, 1, FRAME_MAX + 1), ConnectionFault, 501),
     ("unknown frame type", frame(7, 0, b""), ConnectionFault, 501),
     ("method frame shorter than its ids", frame(1, 1, b"\x00\x3c"), ConnectionFault, 501),
     (

@@ -146,18 +146,13 @@ class VirtualHost:
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
         exchange = self.get_exchange(name)
-        if if_unused and (exchange.bindings or self._is_binding_destination(exchange)):
+        # RabbitMQ counts only the bindings *from* the exchange as use: one that is only
+        # a destination is deleted with if-unused, its incoming bindings with it.
+        if if_unused and exchange.bindings:
             raise CoreError(
                 "precondition_failed", f"exchange '{name}' in vhost '{self.name}' in use"
             )
         self._remove_exchange(exchange)
-
-    def _is_binding_destination(self, exchange: Exchange) -> bool:
-        return any(
-            b.destination is exchange
-            for ex in self.exchanges.values()
-            for b in ex.bindings.values()
-        )
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
@@ -391,10 +386,25 @@ class VirtualHost:
         destination: Queue | Exchange,
         routing_key: str,
         arguments: dict[str, Any],
+        owner: Any = None,
     ) -> None:
-        source = self.get_exchange(source_name)
-        if source is self.default_exchange:
+        """Remove a binding; idempotent, as RabbitMQ 3.10's binding removal is.
+
+        A missing source (or a binding that is not there) is not an error: clients tear
+        down in any order.  The exclusive-queue check applies only when there is a
+        binding to remove (RabbitMQ runs it inside the removal).
+        """
+        if not source_name:
             raise CoreError("access_refused", "operation not permitted on the default exchange")
+        source = self.exchanges.get(source_name)
+        if source is None:
+            return
+        if (
+            owner is not None
+            and destination.is_queue
+            and Binding(source_name, destination, routing_key, arguments).key in source.bindings
+        ):
+            self.check_exclusive(destination, owner)  # type: ignore[arg-type]
         removed = source.remove_binding(destination, routing_key, arguments)
         if removed is not None:
             if source.durable and destination.durable:

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ...core.exchange import Exchange
+from ...core.exchange import EXCHANGE_CLASSES, Exchange
 from ...core.message import Message, QueueEntry, parse_expiration
 from ...core.properties import DecodeError, scan_properties
 from ...core.queue import Queue
@@ -201,7 +201,9 @@ class Channel:
     def handle(self, method: spec.Method) -> None:
         handler = _HANDLERS.get(method.INDEX)
         if handler is None:
-            raise _hard(COMMAND_INVALID, f"unexpected method {method.NAME} on a channel", method)
+            # connection.* methods, replies only a server sends, and channel.close-ok on a
+            # channel that is not closing: RabbitMQ 3.10's 503 "unimplemented method".
+            raise _hard(COMMAND_INVALID, "unimplemented method", method)
         handler(self, method)
 
     def reply(self, method: spec.Method) -> None:
@@ -270,20 +272,29 @@ class Channel:
         name = method.exchange
         vhost = self.vhost
         if method.passive:
+            if not name:
+                raise _soft(
+                    ACCESS_REFUSED, "operation not permitted on the default exchange", method
+                )
             if name not in vhost.exchanges:
                 raise _soft(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'", method)
         else:
-            if name.startswith("amq."):
-                raise _soft(
-                    ACCESS_REFUSED,
-                    f"exchange name '{name}' contains reserved prefix 'amq.*'",
-                    method,
-                )
+            # RabbitMQ checks the type before anything else (even for an existing name).
+            if method.type not in EXCHANGE_CLASSES:
+                raise _hard(COMMAND_INVALID, f"unknown exchange type '{method.type}'", method)
             if not name:
                 raise _soft(
                     ACCESS_REFUSED, "operation not permitted on the default exchange", method
                 )
             self._check("configure", name, method, "exchange")
+            # RabbitMQ reserves the amq. prefix for *new* names only: redeclaring a
+            # predeclared amq.* exchange is checked for equivalence like any other.
+            if name.startswith("amq.") and name not in vhost.exchanges:
+                raise _soft(
+                    ACCESS_REFUSED,
+                    f"exchange name '{name}' contains reserved prefix 'amq.*'",
+                    method,
+                )
             alternate = method.arguments.get("alternate-exchange")
             if alternate is not None:
                 self._check("write", alternate, method, "exchange")
@@ -307,8 +318,11 @@ class Channel:
         if not name:
             raise _soft(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
         if name.startswith("amq."):
+            # RabbitMQ refuses any amq.* name here, existing or not.
             raise _soft(
-                ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'", method
+                ACCESS_REFUSED,
+                f"deletion of system exchange '{name}' in vhost '{self.vhost.name}' not allowed",
+                method,
             )
         self._check("configure", name, method, "exchange")
         if name in self.vhost.exchanges:
@@ -328,12 +342,15 @@ class Channel:
         if self.broker.topic_permissions:
             self._check_topic_binding(method)
         try:
-            destination = vhost.get_exchange(method.destination)
-            vhost.get_exchange(method.source)
             if bind:
+                destination = vhost.get_exchange(method.destination)
+                vhost.get_exchange(method.source)
                 vhost.bind(method.source, destination, method.routing_key, method.arguments)
             else:
-                vhost.unbind(method.source, destination, method.routing_key, method.arguments)
+                # Unbinding is idempotent (RabbitMQ 3.10): a missing end is unbind-ok.
+                destination = vhost.exchanges.get(method.destination)
+                if destination is not None:
+                    vhost.unbind(method.source, destination, method.routing_key, method.arguments)
         except CoreError as exc:
             raise self._core(exc, method) from None
         if not method.nowait:
@@ -401,23 +418,47 @@ class Channel:
         self._queue_binding(method, False)
 
     def _queue_binding(self, method: Any, bind: bool) -> None:
-        queue = self._queue(method.queue, method)
-        self._check("write", queue.name, method)
+        if bind:
+            # RabbitMQ's order: the queue name shortcut, write permission, the default
+            # exchange (403 even for a missing queue), read permission, then the lookup.
+            if not method.queue and not self.last_queue:
+                raise _soft(NOT_FOUND, "no previously declared queue", method)
+            self._check("write", method.queue or self.last_queue or "", method)
+            if not method.exchange:
+                raise _soft(
+                    ACCESS_REFUSED, "operation not permitted on the default exchange", method
+                )
+            self._check("read", method.exchange, method, "exchange")
+            if self.broker.topic_permissions:
+                self._check_topic_binding(method)
+            queue = self._queue(method.queue, method)
+            try:
+                self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
+            except CoreError as exc:
+                raise self._core(exc, method) from None
+            if not method.nowait:
+                self.reply(spec.QueueBindOk())
+            return
+        # Unbinding is idempotent (RabbitMQ 3.10): a missing queue, exchange or binding
+        # is unbind-ok; the exclusive check applies only to a binding that is there.
+        name = method.queue or self.last_queue
+        if not name:
+            raise _soft(NOT_FOUND, "no previously declared queue", method)
+        self._check("write", name, method)
         self._check("read", method.exchange, method, "exchange")
         if self.broker.topic_permissions:
             self._check_topic_binding(method)
+        queue = self.vhost.queues.get(name)
         try:
-            if bind:
-                self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
-            else:
-                self.vhost.get_exchange(method.exchange)
-                self.vhost.unbind(method.exchange, queue, method.routing_key, method.arguments)
+            if queue is not None:
+                self.vhost.unbind(
+                    method.exchange, queue, method.routing_key, method.arguments, self.connection
+                )
+            elif not method.exchange:
+                raise CoreError("access_refused", "operation not permitted on the default exchange")
         except CoreError as exc:
             raise self._core(exc, method) from None
-        if bind and not method.nowait:
-            self.reply(spec.QueueBindOk())
-        elif not bind:
-            self.reply(spec.QueueUnbindOk())
+        self.reply(spec.QueueUnbindOk())
 
     def on_queue_purge(self, method: spec.QueuePurge) -> None:
         queue = self._queue(method.queue, method)
@@ -427,7 +468,10 @@ class Channel:
             self.reply(spec.QueuePurgeOk(message_count=count))
 
     def on_queue_delete(self, method: spec.QueueDelete) -> None:
-        name = method.queue or self.last_queue or ""
+        name = method.queue or self.last_queue
+        if not name:
+            raise _soft(NOT_FOUND, "no previously declared queue", method)
+        self._check("configure", name, method)
         queue = self.vhost.queues.get(name)
         if queue is None:
             # RabbitMQ: deleting a queue that is not there is not an error.
@@ -436,10 +480,6 @@ class Channel:
             return
         try:
             self.vhost.check_exclusive(queue, self.connection)
-        except CoreError as exc:
-            raise self._core(exc, method) from None
-        self._check("configure", name, method)
-        try:
             count = self.vhost.delete_queue(queue, method.if_unused, method.if_empty)
         except CoreError as exc:
             raise self._core(exc, method) from None

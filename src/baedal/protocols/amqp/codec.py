@@ -19,8 +19,12 @@ connection.close) or ``ChannelFault`` (soft, channel.close) carrying the reply c
 text and the class/method ids for the close method.  Once the reader has raised a
 connection fault it stays failed: a broken stream has no trustworthy frame boundary.
 
-Bounds: the reader holds at most one partial frame, and a frame may not exceed the
-negotiated ``frame_max`` (501 otherwise), so its buffer is bounded by ``frame_max + 8``.
+Bounds: the reader holds at most one partial frame, and a frame's payload may not exceed
+the negotiated ``frame_max`` (501 otherwise; RabbitMQ allows the 8 bytes of frame
+overhead on top, so do we), so its buffer is bounded by ``frame_max + 8``.  The
+``basic.publish`` fast path takes only frames the general path would accept and hands
+anything else (an oversized body frame included) to the general path, so both give the
+same answer.
 A content body may not exceed ``max_message_size`` (406 on the channel, as RabbitMQ).
 
 Nothing here touches a socket, a clock or the event loop.
@@ -40,7 +44,7 @@ FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
 FRAME_END_BYTE = b"\xce"
-FRAME_MIN_SIZE = 8192
+FRAME_MIN_SIZE = 4096  # RabbitMQ 3.10 accepts a tune-ok frame_max down to 4096
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -174,6 +178,27 @@ class Heartbeat:
 HEARTBEAT_EVENT = Heartbeat()
 
 
+_PRINTABLE_ESCAPES = {9: "\\t", 10: "\\n", 11: "\\v", 8: "\\b", 12: "\\f", 13: "\\r", 27: "\\e", 34: '\\"', 92: "\\\\"}
+
+
+def frame_snippet(frame_type: int, payload: bytes) -> str:
+    """RabbitMQ's description of a bad frame: ``type 3, all octets = <<"abc">>``.
+
+    The first 16 payload bytes as Erlang's ``~p`` prints a binary: as a quoted string
+    when every byte is printable, else as a list of numbers.  (Erlang also counts
+    Latin-1 bytes 160-255 as printable and sends them raw; we print those as numbers
+    so that the reply text stays valid UTF-8.)
+    """
+    data = bytes(payload[:16])
+    label = "all" if len(payload) <= 16 else "first 16"
+    if data and all(32 <= b < 127 or b in _PRINTABLE_ESCAPES for b in data):
+        text = "".join(_PRINTABLE_ESCAPES.get(b) or chr(b) for b in data)
+        shown = f'<<"{text}">>'
+    else:
+        shown = "<<" + ",".join(str(b) for b in data) + ">>"
+    return f"type {frame_type}, {label} octets = {shown}"
+
+
 class _Assembly:
     """Content being assembled on one channel (AWAITING_HEADER / AWAITING_BODY)."""
 
@@ -258,15 +283,21 @@ class FrameReader:
             frame_max = self.frame_max
             while end_of_data - pos >= 7:
                 frame_type, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
-                if size > frame_max - 8 and frame_max:
+                if size > frame_max and frame_max:
+                    # RabbitMQ (rabbit_reader): payload > frame_max - 8 + 8 bytes of fudge.
                     raise ConnectionFault(
-                        FRAME_ERROR, f"type {frame_type}, frame size {size + 8} larger than frame_max {frame_max}"
+                        FRAME_ERROR,
+                        f"{frame_snippet(frame_type, b'')}: {{frame_too_large,{size},{frame_max - 8}}}",
                     )
                 frame_end = pos + 7 + size
                 if frame_end >= end_of_data:
                     break
                 if buf[frame_end] != FRAME_END:
-                    raise ConnectionFault(FRAME_ERROR, f"type {frame_type}, bad frame end byte {buf[frame_end]:#x}")
+                    raise ConnectionFault(
+                        FRAME_ERROR,
+                        f"{frame_snippet(frame_type, buf[pos + 7 : frame_end])}: "
+                        f"{{invalid_frame_end_marker,{buf[frame_end]}}}",
+                    )
                 payload = buf[pos + 7 : frame_end]
                 pos = frame_end + 1
                 if channel in self._discarding:
@@ -276,6 +307,7 @@ class FrameReader:
                     if (
                         size > 10
                         and payload[:4] == _PUBLISH_PREFIX
+                        and channel  # channel 0 takes no content: the general path refuses it
                         and channel not in self._assemblies
                         and end_of_data - pos >= 30
                     ):
@@ -291,7 +323,12 @@ class FrameReader:
                 elif frame_type == FRAME_BODY:
                     assembly = self._assemblies.get(channel)
                     if assembly is None:
-                        raise ConnectionFault(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+                        raise ConnectionFault(
+                            UNEXPECTED_FRAME,
+                            frame_snippet(frame_type, payload)
+                            if channel == 0
+                            else "expected method frame, got non method frame instead",
+                        )
                     if assembly.properties is None:
                         raise ConnectionFault(
                             UNEXPECTED_FRAME,
@@ -318,12 +355,14 @@ class FrameReader:
                 elif frame_type == FRAME_HEADER:
                     self._content_header(channel, payload, events)
                 elif frame_type == FRAME_HEARTBEAT:
+                    if size:
+                        # RabbitMQ cannot parse a heartbeat with a payload at all.
+                        raise ConnectionFault(FRAME_ERROR, f"{frame_snippet(frame_type, payload)}: unknown_frame")
                     if channel != 0:
-                        # RabbitMQ: "UNEXPECTED_FRAME - type 8, all octets = <<>>"
-                        raise ConnectionFault(UNEXPECTED_FRAME, f"type 8, heartbeat on channel {channel}")
+                        raise ConnectionFault(UNEXPECTED_FRAME, frame_snippet(frame_type, payload))
                     events.append(HEARTBEAT_EVENT)
                 else:
-                    raise ConnectionFault(FRAME_ERROR, f"unknown frame type {frame_type}")
+                    raise ConnectionFault(FRAME_ERROR, f"{frame_snippet(frame_type, payload)}: unknown_frame")
         except ChannelFault as exc:
             # Soft errors raised mid-buffer: keep what follows for the next feed() call
             # (the caller marks the channel as discarding first).
@@ -340,7 +379,8 @@ class FrameReader:
     def _publish_fast(self, buf: bytes, pos: int, end: int, channel: int, payload: bytes, events: list[Any]) -> int:
         """Returns the position after the body frame, or 0 to take the general path."""
         htype, hchannel, hsize = _FRAME_HEADER.unpack_from(buf, pos)
-        if htype != FRAME_HEADER or hchannel != channel or hsize < 14 or hsize > self.frame_max - 8:
+        frame_max = self.frame_max
+        if htype != FRAME_HEADER or hchannel != channel or hsize < 14 or hsize > frame_max:
             return 0
         hend = pos + 7 + hsize
         if hend >= end or buf[hend] != FRAME_END:
@@ -356,7 +396,9 @@ class FrameReader:
         if end - bpos < 8:
             return 0
         btype, bchannel, bsize = _FRAME_HEADER.unpack_from(buf, bpos)
-        if btype != FRAME_BODY or bchannel != channel or bsize != body_size:
+        if btype != FRAME_BODY or bchannel != channel or bsize != body_size or bsize > frame_max:
+            # An oversized body frame is the general path's to refuse (501), as is
+            # anything else unusual.
             return 0
         bend = bpos + 7 + bsize
         if bend >= end or buf[bend] != FRAME_END:
@@ -402,15 +444,23 @@ class FrameReader:
                 index >> 16,
                 index & 0xFFFF,
             ) from None
-        if method.HAS_CONTENT:
+        if method.HAS_CONTENT and channel:
             self._assemblies[channel] = _Assembly(method)
         else:
             events.append(MethodFrame(channel, method))
 
     def _content_header(self, channel: int, payload: bytes, events: list[Any]) -> None:
+        if len(payload) < 12:
+            # RabbitMQ's frame parser needs class, weight and body size (12 bytes).
+            raise ConnectionFault(FRAME_ERROR, f"{frame_snippet(FRAME_HEADER, payload)}: unknown_frame")
         assembly = self._assemblies.get(channel)
         if assembly is None:
-            raise ConnectionFault(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+            raise ConnectionFault(
+                UNEXPECTED_FRAME,
+                frame_snippet(FRAME_HEADER, payload)
+                if channel == 0
+                else "expected method frame, got non method frame instead",
+            )
         if assembly.properties is not None:
             raise ConnectionFault(UNEXPECTED_FRAME, "expected content body, got non content body frame instead")
         if len(payload) < 14:

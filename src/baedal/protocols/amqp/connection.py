@@ -55,10 +55,12 @@ from .codec import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
     CONNECTION_FORCED,
+    FRAME_METHOD,
     FRAME_MIN_SIZE,
     NOT_ALLOWED,
     PROTOCOL_HEADER,
     SYNTAX_ERROR,
+    UNEXPECTED_FRAME,
     AMQPFault,
     ChannelFault,
     ConnectionFault,
@@ -67,6 +69,7 @@ from .codec import (
     Heartbeat,
     MethodFrame,
     ProtocolHeader,
+    frame_snippet,
     heartbeat_frame,
     method_frame,
 )
@@ -91,8 +94,18 @@ _LEGAL = {
     AWAITING_START_OK: {spec.ConnectionStartOk.INDEX},
     AWAITING_TUNE_OK: {spec.ConnectionTuneOk.INDEX, spec.ConnectionSecureOk.INDEX},
     AWAITING_OPEN: {spec.ConnectionOpen.INDEX},
-    OPEN: {spec.ConnectionClose.INDEX, spec.ConnectionCloseOk.INDEX, spec.ConnectionUpdateSecret.INDEX},
+    OPEN: {spec.ConnectionClose.INDEX, spec.ConnectionUpdateSecret.INDEX},
     CLOSING: {spec.ConnectionClose.INDEX, spec.ConnectionCloseOk.INDEX},
+}
+
+# RabbitMQ's names for the connection states, as its error texts show them
+# ("CHANNEL_ERROR - unexpected method in connection state running").
+_RABBIT_STATE_NAMES = {
+    AWAITING_START_OK: "starting",
+    AWAITING_TUNE_OK: "tuning",
+    AWAITING_OPEN: "opening",
+    OPEN: "running",
+    CLOSING: "closing",
 }
 
 SERVER_CAPABILITIES = {
@@ -592,21 +605,24 @@ class AMQPConnection:
     def _method(self, channel_number: int, method: spec.Method) -> None:
         state = self.state
         if channel_number == 0:
-            if method.CLASS_ID != 10:
-                raise ConnectionFault(CHANNEL_ERROR, f"unexpected method {method.NAME} on channel 0 in connection state {state}", method.CLASS_ID, method.METHOD_ID)
-            legal = _LEGAL.get(state, ())
-            if method.INDEX not in legal:
+            # Channel 0 takes only the connection methods legal in this state; anything
+            # else, of any class, is RabbitMQ's 504 (tests/integration/test_protocol_sweep.py).
+            if method.INDEX not in _LEGAL.get(state, ()):
                 if state == CLOSING:
                     return
-                raise ConnectionFault(COMMAND_INVALID, f"unexpected method {method.NAME} in state {state}", method.CLASS_ID, method.METHOD_ID)
+                raise ConnectionFault(
+                    CHANNEL_ERROR,
+                    f"unexpected method in connection state {_RABBIT_STATE_NAMES.get(state, state)}",
+                    method.CLASS_ID,
+                    method.METHOD_ID,
+                )
             self._connection_method(method)
             return
         if state != OPEN:
             if state == CLOSING:
                 return
-            raise ConnectionFault(COMMAND_INVALID, f"unexpected method {method.NAME} before the connection is open", method.CLASS_ID, method.METHOD_ID)
-        if method.CLASS_ID == 10:
-            raise ConnectionFault(COMMAND_INVALID, f"{method.NAME} is only allowed on channel 0", method.CLASS_ID, method.METHOD_ID)
+            # RabbitMQ treats any frame on a channel before connection.open-ok as unexpected.
+            raise ConnectionFault(UNEXPECTED_FRAME, frame_snippet(FRAME_METHOD, method.encode()))
         channel = self.channels.get(channel_number)
         index = method.INDEX
         if channel_number in self.closing_channels:
@@ -633,12 +649,10 @@ class AMQPConnection:
             self.write(method_frame(channel_number, spec.ChannelOpenOk()))
             return
         if channel is None:
-            raise ConnectionFault(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel_number}", method.CLASS_ID, method.METHOD_ID)
+            raise ConnectionFault(CHANNEL_ERROR, "expected 'channel.open'", method.CLASS_ID, method.METHOD_ID)
         if index == spec.ChannelClose.INDEX:
             self._drop_channel(channel)
             self.write(method_frame(channel_number, spec.ChannelCloseOk()))
-            return
-        if index == spec.ChannelCloseOk.INDEX:
             return
         if index == spec.AccessRequest.INDEX:
             self.write(method_frame(channel_number, spec.AccessRequestOk(ticket=1)))
@@ -653,15 +667,16 @@ class AMQPConnection:
         if self.state != OPEN:
             if self.state == CLOSING:
                 return
-            raise ConnectionFault(COMMAND_INVALID, "content before the connection is open", 60, 40)
+            raise ConnectionFault(UNEXPECTED_FRAME, frame_snippet(FRAME_METHOD, event.method.encode()))
         if channel_number in self.closing_channels:
             return
         channel = self.channels.get(channel_number)
         if channel is None:
-            raise ConnectionFault(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel_number}", 60, 40)
+            raise ConnectionFault(CHANNEL_ERROR, "expected 'channel.open'", 60, 40)
         method = event.method
         if type(method) is not spec.BasicPublish:
-            raise ConnectionFault(COMMAND_INVALID, f"{method.NAME} may not be sent by a client", method.CLASS_ID, method.METHOD_ID)
+            # basic.return / deliver / get-ok: only a server sends them (RabbitMQ's words)
+            raise ConnectionFault(COMMAND_INVALID, "unimplemented method", method.CLASS_ID, method.METHOD_ID)
         self.is_publisher = True
         try:
             channel.on_publish(method, event.properties, event.body, event.wire_names)
