@@ -517,9 +517,13 @@ class Queue:
         store = self.store
         if isinstance(store, PriorityStore):
             # A priority queue's index is rebuilt from its log before this queue object
-            # exists, and it does not keep deadlines for unloaded records: arm the timer
-            # whenever something was recovered (peek loads the head and reads its deadline).
-            recovered = store.durable and store.ready_count > 0
+            # exists and keeps no deadlines for unloaded records; its log's recovery scan
+            # says whether any record had one (peek then loads the head and reads it).
+            log_store = store.log_store
+            recovered = False
+            if log_store is not None and hasattr(log_store, "queue_ttl_ms"):
+                log_store.queue_ttl_ms = self.settings.message_ttl
+                recovered = log_store.recovered_deadlines and store.ready_count > 0
         else:
             recovered = False
             if hasattr(store, "queue_ttl_ms"):  # the segment log (storage.queue_store)
