@@ -17,8 +17,11 @@ class SpyReplicator:
     def appended(self, queue, entry) -> None:
         self.events.append(("appended", queue.name, entry.position))
 
-    def settled(self, queue, entry) -> None:
+    def settled(self, queue, entry, reason) -> None:
         self.events.append(("settled", queue.name, entry.position))
+
+    def cleared(self, queue, reason, count) -> None:
+        self.events.append((reason, queue.name, count))
 
 
 def test_replicator_sees_every_durable_append_and_ack_but_not_transient_queues(tmp_path: Path) -> None:
@@ -37,6 +40,12 @@ def test_replicator_sees_every_durable_append_and_ack_but_not_transient_queues(t
         channel.queue_delete("replicated")
         connection.close()
     kinds = [(kind, name) for kind, name, _ in spy.events]
-    assert kinds == [("appended", "replicated"), ("appended", "replicated"), ("settled", "replicated")]
+    assert kinds == [
+        ("appended", "replicated"),
+        ("appended", "replicated"),
+        ("settled", "replicated"),
+        ("deleted", "replicated"),
+    ]
+    assert spy.events[-1] == ("deleted", "replicated", 1)
     appended = [pos for kind, _, pos in spy.events if kind == "appended"]
     assert appended == sorted(appended) and len(set(appended)) == 2
