@@ -487,6 +487,7 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "message_stats": {
             "publish_in": exchange.publish_count,
             "publish_in_details": {"rate": round(server.sampler.exchange_rate(exchange), 2)},
+            "publish_out": exchange.publish_out_count,
         },
     }
 
@@ -594,6 +595,10 @@ async def publish(request: web.Request) -> web.Response:
             f"message size {len(payload)} is larger than max size {server.core.config.max_message_size}",
         )
     publisher = http_publisher(server.core, vhost, _user(request))
+    blocked = publisher.blocked
+    if blocked is not None:
+        # RabbitMQ's test-publish would hang on its blocked connection; answer instead.
+        raise HTTPError(503, f"publishing is blocked: {blocked}", "resource_alarm", {"Retry-After": "5"})
     message = make_message(exchange.name, routing_key, props, payload)
     try:
         result = publisher.publish(exchange.name, message, mandatory=True)
