@@ -741,13 +741,7 @@ class Channel:
                     PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method
                 ) from None
         message = Message(
-            method.exchange,
-            method.routing_key,
-            properties,
-            body,
-            delivery_mode == 2,
-            priority,
-            expiration_ms,
+            name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms
         )
         message.wire_names = wire_names
         extra_keys = None
