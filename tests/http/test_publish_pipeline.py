@@ -231,7 +231,13 @@ def test_http_and_amqp_publishes_move_the_same_counters(api, shared_http_broker,
     connection = pika.BlockingConnection(pika.URLParameters(shared_http_broker.amqp_url))
     try:
         connection.channel().basic_publish(exchange, "", b"amqp")
-        stats = api.json(f"/api/exchanges/%2F/{enc(exchange)}")["message_stats"]
+        stats = poll_until(
+            lambda: (s := api.json(f"/api/exchanges/%2F/{enc(exchange)}")["message_stats"])[
+                "publish_in"
+            ]
+            == 2
+            and s
+        )
         # One message in, two queues reached, for each of the two publishes.
         assert (stats["publish_in"], stats["publish_out"]) == (2, 4)
         for queue in (first, second):

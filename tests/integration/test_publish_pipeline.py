@@ -77,7 +77,7 @@ def test_user_id_is_checked_when_published_in_a_transaction_not_at_commit(conn, 
     channel.tx_select()
     channel.basic_publish("", queue, b"forged", BasicProperties(user_id="somebody-else"))
     with pytest.raises(ChannelClosedByBroker) as closed:
-        channel.tx_commit()
+        channel.queue_declare(queue, passive=True)  # before any tx.commit
     assert closed.value.reply_code == 406
     assert "user_id property set to 'somebody-else'" in closed.value.reply_text
 
