@@ -231,15 +231,12 @@ def test_http_and_amqp_publishes_move_the_same_counters(api, shared_http_broker,
     connection = pika.BlockingConnection(pika.URLParameters(shared_http_broker.amqp_url))
     try:
         connection.channel().basic_publish(exchange, "", b"amqp")
-        stats = poll_until(
-            lambda: (s := api.json(f"/api/exchanges/%2F/{enc(exchange)}")["message_stats"])[
-                "publish_in"
-            ]
-            == 2
-            and s
-        )
+        def stats() -> dict[str, Any]:
+            return api.json(f"/api/exchanges/%2F/{enc(exchange)}")["message_stats"]
+
+        poll_until(lambda: stats()["publish_in"] == 2)
         # One message in, two queues reached, for each of the two publishes.
-        assert (stats["publish_in"], stats["publish_out"]) == (2, 4)
+        assert (stats()["publish_in"], stats()["publish_out"]) == (2, 4)
         for queue in (first, second):
             assert api.json(f"/api/queues/%2F/{enc(queue)}")["message_stats"]["publish"] == 2
     finally:
