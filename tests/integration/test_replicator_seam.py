@@ -20,7 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 import requests
-from rawamqp import FRAME_BODY, FRAME_HEADER, connect, frame, method_frame, shortstr, table
+from rawamqp import FRAME_BODY, FRAME_HEADER, connect, frame, method_frame, shortstr
 
 from baedal import Broker
 from baedal_testing import wait_until
@@ -224,33 +224,64 @@ def _release(broker: Broker, spy: SpyReplicator, error: BaseException | None = N
     broker.call(run)
 
 
-def test_a_confirm_waits_for_the_replication_handle_after_the_fsync(broker, spy):
-    spy.hold = True
+def _raw_confirming_publisher(broker: Broker) -> Any:
     client = connect("127.0.0.1", broker.port)
+    client.open_channel(1)
+    client.send(method_frame(1, 85, 10, b"\x00"))  # confirm.select
+    client.read_method((85, 11))
+    return client
+
+
+def _raw_persistent_publish(client: Any, exchange: str, routing_key: str, body: bytes) -> None:
+    publish = struct.pack("!H", 0) + shortstr(exchange) + shortstr(routing_key) + b"\x00"
+    header = struct.pack("!HHQH", 60, 0, len(body), 0x1000) + b"\x02"  # delivery-mode 2
+    client.send(
+        method_frame(1, 60, 40, publish)
+        + frame(FRAME_HEADER, 1, header)
+        + frame(FRAME_BODY, 1, body)
+    )
+
+
+def _assert_no_frame(client: Any) -> None:
+    client.sock.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        client.read_frame()
+    client.sock.settimeout(10)
+
+
+def test_a_confirm_waits_for_the_replication_handle_after_the_fsync(broker, spy, channel):
+    channel.queue_declare("held", durable=True)
+    spy.hold = True
+    client = _raw_confirming_publisher(broker)
     try:
-        client.open_channel(1)
-        client.send(method_frame(1, 85, 10, b"\x00"))  # confirm.select
-        client.read_method((85, 11))
-        durable = struct.pack("!H", 0) + shortstr("held") + b"\x02" + table({})
-        client.send(method_frame(1, 50, 10, durable))  # queue.declare durable
-        client.read_method((50, 11))
-        publish = struct.pack("!H", 0) + shortstr("") + shortstr("held") + b"\x00"
-        header = struct.pack("!HHQH", 60, 0, 4, 0x1000) + b"\x02"  # delivery-mode 2
-        client.send(
-            method_frame(1, 60, 40, publish)
-            + frame(FRAME_HEADER, 1, header)
-            + frame(FRAME_BODY, 1, b"held")
-        )
+        _raw_persistent_publish(client, "", "held", b"held")
         wait_until(lambda: spy.handles, what="the append reached the replicator")
         assert _synced_after_now(broker).wait(10), "fsync"
-        client.sock.settimeout(0.5)
-        with pytest.raises(socket.timeout):
-            client.read_frame()  # fsynced, but not replicated: no basic.ack yet
-        client.sock.settimeout(10)
+        _assert_no_frame(client)  # fsynced, but not replicated: no basic.ack yet
         _release(broker, spy)
         ack = client.read_method((60, 80))
         delivery_tag, multiple = struct.unpack("!QB", ack.payload[4:13])
         assert (delivery_tag, multiple) == (1, 0)
+    finally:
+        client.close()
+
+
+def test_a_fanned_out_publish_is_confirmed_once_every_queue_has_replicated(broker, spy, channel):
+    channel.exchange_declare("fan", "fanout")
+    for queue in ("left", "right"):
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, "fan")
+    spy.hold = True
+    client = _raw_confirming_publisher(broker)
+    try:
+        _raw_persistent_publish(client, "fan", "", b"both")
+        wait_until(lambda: len(spy.handles) == 2, what="both appends reached the replicator")
+        assert _synced_after_now(broker).wait(10), "fsync"
+        broker.call(lambda: spy.handles[0].set_result(None))
+        _assert_no_frame(client)  # one queue of two replicated: still no ack
+        broker.call(lambda: spy.handles[1].set_result(None))
+        ack = client.read_method((60, 80))
+        assert struct.unpack("!QB", ack.payload[4:13]) == (1, 0)
     finally:
         client.close()
 
