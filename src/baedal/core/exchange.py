@@ -65,7 +65,8 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.bindings: dict[tuple[int, str, Any], Binding] = {}
-        self.publish_count = 0
+        self.publish_count = 0  # publish_in: messages published to this exchange
+        self.publish_out_count = 0  # publish_out: (message, queue) deliveries routed from it
         self.deleted = False
         self.exchange_destinations = 0  # e2e bindings; 0 lets routing take the fast path
         alternate = self.arguments.get("alternate-exchange")

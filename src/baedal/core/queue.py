@@ -35,6 +35,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..cluster.replicator import ACKED, AUTO_ACKED, DELETED, PURGED
 from .message import Message, QueueEntry
 from .properties import Timestamp
 from .store import MemoryStore, MessageStore
@@ -226,8 +227,10 @@ class Queue:
 
     # --- publish -----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> bool:
-        """Enqueue; False when refused by ``x-overflow: reject-publish[-dlx]``."""
+    def publish(self, message: Message) -> Any:
+        """Enqueue; False when refused by ``x-overflow: reject-publish[-dlx]``, else True
+        or, for a durable queue whose replicator has not replicated the append yet, the
+        replicator's handle (truthy; the confirm waits for it, see core/publish.py)."""
         settings = self.settings
         store = self.store
         if settings.max_length is not None or settings.max_length_bytes is not None:
@@ -256,8 +259,7 @@ class Queue:
                 consumer.deliver(self, entry)
                 return True
         entry = store.append(message, expires_at)
-        if self.durable:
-            self.vhost.broker.replicator.appended(self, entry)
+        replicating = self.vhost.broker.replicator.appended(self, entry) if self.durable else None
         self.publish_count += 1
         if settings.max_length is not None or settings.max_length_bytes is not None:
             self._enforce_drop_head()
@@ -265,7 +267,7 @@ class Queue:
             self.drain()
         if expires_at is not None and self._expiry_timer is None and store.ready_count:
             self._schedule_expiry()
-        return True
+        return True if replicating is None else replicating
 
     def _would_overflow(self, message: Message) -> bool:
         s = self.settings
@@ -443,7 +445,7 @@ class Queue:
     def settle_delivered(self, entry: QueueEntry) -> None:
         """A no-ack delivery went out: the entry is done."""
         if self.durable:
-            self.vhost.broker.replicator.settled(self, entry)
+            self.vhost.broker.replicator.settled(self, entry, AUTO_ACKED)
         self.store.settle(entry)
 
     def ack(self, entry: QueueEntry) -> None:
@@ -451,7 +453,7 @@ class Queue:
         self.ack_count += 1
         if not self.deleted:
             if self.durable:
-                self.vhost.broker.replicator.settled(self, entry)
+                self.vhost.broker.replicator.settled(self, entry, ACKED)
             try:
                 self.store.settle(entry)
             except OSError as exc:  # the store keeps its memory state; the ack is retried
@@ -481,7 +483,16 @@ class Queue:
             self.drain()
 
     def purge(self) -> int:
-        return self.store.purge()
+        count = self.store.purge()
+        if self.durable:
+            self.vhost.broker.replicator.cleared(self, PURGED, count)
+        return count
+
+    def delete_store(self) -> None:
+        """The queue is being deleted: its store and every entry in it go."""
+        if self.durable:
+            self.vhost.broker.replicator.cleared(self, DELETED, self.store.ready_count)
+        self.store.delete()
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take new effective settings now (a policy was set, changed or cleared).
@@ -576,12 +587,15 @@ class Queue:
     # --- dead-lettering ----------------------------------------------------------------
 
     def _dead_letter_entry(self, entry: QueueEntry, reason: str) -> None:
+        """The entry leaves for good (``reason`` is RabbitMQ's x-death reason, which is
+        also the replicator's settle reason); dead-lettered first, so the copy is
+        appended to the dead-letter queue before the original is settled here."""
         message = entry.message
-        if self.durable:
-            self.vhost.broker.replicator.settled(self, entry)
-        self.store.settle(entry)
         if message is not None:
             self._dead_letter_message(message, reason)
+        if self.durable:
+            self.vhost.broker.replicator.settled(self, entry, reason)
+        self.store.settle(entry)
 
     def _dead_letter_message(self, message: Message, reason: str) -> None:
         dlx = self.settings.dead_letter_exchange

@@ -314,7 +314,7 @@ class VirtualHost:
         for consumer in list(queue.consumers):
             consumer.cancelled_by_server(queue)
         queue.consumers.clear()
-        queue.store.delete()
+        queue.delete_store()
         if queue.durable:
             self.broker.definitions_changed("queue-deleted", self, queue)
         return count

@@ -16,13 +16,25 @@ message.
 from __future__ import annotations
 
 import os
+from bisect import insort
 from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ...cluster.replicator import replication_failure
 from ...core.exchange import EXCHANGE_CLASSES, Exchange
 from ...core.message import Message, QueueEntry, parse_expiration
 from ...core.properties import DecodeError, scan_properties
+from ...core.publish import (
+    HEADERS_FLAG,
+    NEEDS_SYNC,
+    REFUSED,
+    REPLICATING,
+    UNROUTABLE,
+    USER_ID_FLAG,
+    Publisher,
+    when_stored,
+)
 from ...core.queue import Queue
 from ...core.vhost import REPLY_TO, REPLY_TO_PREFIX, CoreError
 from . import spec
@@ -58,11 +70,6 @@ _CORE_CODES = {
     "not_allowed": NOT_ALLOWED,
 }
 
-# Flow control (RabbitMQ's credit flow, simplified for one event loop): a publisher is
-# paused when a queue it feeds has more than this many ready messages *and* the queue's
-# consumers are held back by their sockets, so one fast publisher cannot starve its own
-# consumers of loop time; it resumes when those sockets drain.
-FLOW_HIGH_WATER = 2000
 # Bound on message bodies held by one uncommitted transaction (publishes are routed at
 # tx.commit); past it the channel is closed with 406.  RabbitMQ sets no such bound and
 # holds them in its channel process; a bound is the honest version of the same.
@@ -72,9 +79,7 @@ MAX_TX_BYTES = 256 * 1024 * 1024
 # this many (delivery tag, time) marks per channel.
 _MAX_DELIVERY_MARKS = 64
 
-_USER_ID_BIT = 1 << 4
 _REPLY_TO_BIT = 1 << 9
-_HEADERS_BIT = 1 << 13
 
 
 def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
@@ -180,17 +185,25 @@ class Channel:
         self._nacked: list[int] = []
         # transactions
         self.tx_mode = False
-        self._tx_publishes: list[tuple[spec.BasicPublish, Exchange, Message, list[str] | None]] = []
+        self._tx_publishes: list[tuple[Exchange, Message, list[str] | None, bool]] = []
         self._tx_settles: list[tuple[str, int, bool, bool]] = []
         self._tx_bytes = 0
         self.reply_to_consumer: AMQPConsumer | None = None
         self.reply_token: str | None = None
-        self.publish_count = 0
-        self._exchange_write_ok: dict[str, bool] = {}
         # (next delivery tag, broker.now()) taken on ack-timeout ticks: every tag below
         # the mark's was delivered at or before its time (check_ack_timeout).
         self._delivery_marks: deque[tuple[int, float]] = deque()
         self.broker.watch_ack_timeouts(self)
+        # The core publish path (core/publish.py) as this channel's publisher; it may
+        # ask the connection to stop reading while a queue's consumers are socket-bound.
+        self.publisher = Publisher(
+            self.broker,
+            self.vhost,
+            connection.username,
+            connection.permission,
+            throttle=connection.maybe_throttle,
+        )
+        self._unreplicated: dict[int, int] = {}  # confirm seq -> replication handles pending
 
     @property
     def can_send(self) -> bool:
@@ -772,26 +785,20 @@ class Channel:
         body: bytes,
         wire_names: bytes | None = None,
     ) -> None:
-        """basic.publish with its content (the hot path)."""
+        """basic.publish with its content (the hot path): core/publish.py's three steps,
+        with AMQP's own parts (content header, direct reply-to, confirms, returns) here."""
         if method.immediate:
             raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
+        publisher = self.publisher
         name = method.exchange
-        vhost = self.vhost
-        exchange = vhost.exchanges.get(name)
-        if exchange is None:
-            raise _soft(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'", method)
-        allowed = self._exchange_write_ok.get(name)
-        if allowed is None:
-            self._check("write", name, method, "exchange")
-            self._exchange_write_ok[name] = True
-        if exchange.internal:
-            raise _soft(
-                ACCESS_REFUSED,
-                f"cannot publish to internal exchange '{name}' in vhost '{vhost.name}'",
-                method,
-            )
-        if self.broker.topic_permissions and exchange.type == "topic":
-            self._check_topic(name, method.routing_key, "write", method)
+        exchange = self.vhost.exchanges.get(name)
+        if exchange is None or exchange.internal or name not in publisher.write_checked:
+            # Publisher.target's checks; the common case (a known, writable, not
+            # internal exchange) is decided by the line above without a call.
+            try:
+                exchange = publisher.target(name)
+            except CoreError as exc:
+                raise self._core(exc, method) from None
         try:
             delivery_mode, priority, expiration = scan_properties(properties)
         except DecodeError as exc:
@@ -812,9 +819,16 @@ class Channel:
         message.wire_names = wire_names
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
-        if flags & (_USER_ID_BIT | _REPLY_TO_BIT | _HEADERS_BIT):
-            message, extra_keys = self._inspect_properties(message, flags, method)
-        self.publish_count += 1
+        # Publisher.admit, skipped when it has nothing to do: no user-id, no headers
+        # (CC/BCC), not a topic exchange; the size limit was enforced by the codec
+        # before the body was even assembled.
+        if flags & (USER_ID_FLAG | HEADERS_FLAG) or exchange.type == "topic":
+            try:
+                message, extra_keys = publisher.admit(exchange, message)
+            except CoreError as exc:
+                raise self._publish_fault(exc, method) from None
+        if flags & _REPLY_TO_BIT:
+            message = self._direct_reply_to(message, method)
         if self.tx_mode:
             self._tx_bytes += len(body)
             if self._tx_bytes > MAX_TX_BYTES:
@@ -827,98 +841,62 @@ class Channel:
                     f"transaction holds more than {MAX_TX_BYTES} bytes of uncommitted messages",
                     method,
                 )
-            self._tx_publishes.append((method, exchange, message, extra_keys))
+            self._tx_publishes.append((exchange, message, extra_keys, method.mandatory))
             return
-        self._route(method, exchange, message, extra_keys)
+        if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_reply(message)
+            return
+        outcome = publisher.deliver(exchange, message, extra_keys, method.mandatory)
+        if outcome or self.confirm_mode:
+            self._delivered(outcome, message, method.mandatory)
 
-    def _inspect_properties(
-        self, message: Message, flags: int, method: spec.Method
-    ) -> tuple[Message, list[str] | None]:
+    def _publish_fault(self, exc: CoreError, method: spec.Method) -> ChannelFault | ConnectionFault:
+        if exc.kind == "malformed":
+            return _hard(FRAME_ERROR, f"cannot decode content header properties: {exc.text}", method)
+        return self._core(exc, method)
+
+    def _direct_reply_to(self, message: Message, method: spec.Method) -> Message:
+        """RabbitMQ's direct reply-to: ``reply-to: amq.rabbitmq.reply-to`` names this
+        channel's reply consumer, which must exist."""
         try:
             props = message.decoded_properties()
         except DecodeError as exc:
             raise _hard(
                 FRAME_ERROR, f"cannot decode content header properties: {exc}", method
             ) from None
-        if props.user_id is not None and props.user_id != self.connection.username:
-            user = self.broker.users.get(self.connection.username)
-            if user is None or "impersonator" not in user.tags:
-                raise _soft(
-                    PRECONDITION_FAILED,
-                    f"user_id property set to '{props.user_id}' but authenticated user was '{self.connection.username}'",
-                    method,
-                )
-        extra_keys = None
-        changed = None
-        if props.headers:
-            cc = props.headers.get("CC")
-            bcc = props.headers.get("BCC")
-            if isinstance(cc, list) or isinstance(bcc, list):
-                extra_keys = [k for k in (cc or []) + (bcc or []) if isinstance(k, str)]
-                if bcc is not None:
-                    headers = dict(props.headers)
-                    del headers["BCC"]
-                    changed = replace(props, headers=headers)
-        if props.reply_to == REPLY_TO:
-            if self.reply_token is None:
-                raise _soft(PRECONDITION_FAILED, "fast reply consumer does not exist", method)
-            changed = replace(changed or props, reply_to=REPLY_TO_PREFIX + self.reply_token)
-        if changed is not None:
-            message = message.with_properties(changed)
-        return message, extra_keys
+        if props.reply_to != REPLY_TO:
+            return message
+        if self.reply_token is None:
+            raise _soft(PRECONDITION_FAILED, "fast reply consumer does not exist", method)
+        changed = message.with_properties(replace(props, reply_to=REPLY_TO_PREFIX + self.reply_token))
+        changed.wire_names = message.wire_names
+        return changed
 
-    def _route(
-        self,
-        method: spec.BasicPublish,
-        exchange: Exchange,
-        message: Message,
-        extra_keys: list[str] | None,
-    ) -> None:
-        routing_key = method.routing_key
-        if not exchange.name and routing_key.startswith(REPLY_TO_PREFIX):
-            self._publish_reply(method, message)
-            return
-        queues = self.vhost.route(exchange, message, extra_keys)
-        exchange.publish_count += 1
+    def _delivered(self, outcome: int, message: Message, mandatory: bool) -> None:
+        """What a publish's outcome means for AMQP: basic.return, confirm bookkeeping."""
+        if outcome & UNROUTABLE and mandatory:
+            self._return(message, NO_ROUTE, "NO_ROUTE")
         seq = 0
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
-        if not queues:
-            self.broker.counters["unroutable"] += 1
-            if method.mandatory:
-                self._return(message, NO_ROUTE, "NO_ROUTE")
-            if seq:
-                self.connection.confirms_dirty(self)
-            return
-        needs_sync = False
-        refused = False
-        persistent = message.persistent
-        for queue in queues:
-            try:
-                accepted = queue.publish(message)
-            except OSError as exc:  # StorageError: full disk or I/O error, sticky until reset
-                self.broker.write_failed(queue.store, exc)
-                accepted = False
-            if accepted:
-                if persistent and queue.durable:
-                    needs_sync = True
-                if queue.store.ready_count > FLOW_HIGH_WATER and queue.consumers:
-                    self.connection.maybe_throttle(queue)
-            else:
-                refused = True
+        if outcome & REPLICATING:
+            handles = self.publisher.take_replicating()
+            if seq and handles:
+                self._await_replication(seq, handles)
         if seq:
-            if refused:
+            if outcome & REFUSED:
                 self._nacked.append(seq)
-            if needs_sync:
+            if outcome & NEEDS_SYNC:
                 if not self._first_unsynced:
                     self._first_unsynced = seq
                 self._last_unsynced = seq
             self.connection.confirms_dirty(self)
-        elif needs_sync:
+        elif outcome & NEEDS_SYNC:
             self.connection.sync_wanted = True
 
-    def _publish_reply(self, method: spec.BasicPublish, message: Message) -> None:
-        token = method.routing_key[len(REPLY_TO_PREFIX) :]
+    def _publish_reply(self, message: Message) -> None:
+        self.publisher.publish_count += 1
+        token = message.routing_key[len(REPLY_TO_PREFIX) :]
         target = self.connection.server.reply_to_channel(token)
         if self.confirm_mode:
             self.publish_seq += 1
@@ -945,7 +923,6 @@ class Channel:
         )
 
     def _return(self, message: Message, code: int, text: str) -> None:
-        self.broker.counters["returned"] += 1
         payload = spec.BasicReturn(
             reply_code=code,
             reply_text=text,
@@ -957,6 +934,10 @@ class Channel:
                 self.number, payload, message.properties, message.body, self.connection.frame_max
             )
         )
+
+    @property
+    def publish_count(self) -> int:
+        return self.publisher.publish_count
 
     # --- confirms ----------------------------------------------------------------------
 
@@ -970,7 +951,7 @@ class Channel:
             self.reply(spec.ConfirmSelectOk())
 
     def flush_confirms(self) -> None:
-        """Emit every confirm that is decided and covered by fsync (in sequence order)."""
+        """Emit every confirm that is decided, covered by fsync and replicated (in order)."""
         if self.closing:
             return
         if self._first_unsynced and self._sync_requested_upto < self._last_unsynced:
@@ -982,6 +963,10 @@ class Channel:
                 self._synced(target)
                 return
         upto = self.publish_seq if not self._first_unsynced else self._first_unsynced - 1
+        if self._unreplicated:
+            # Held until the replicator says the write is replicated (in order: the dict
+            # is keyed by sequence number in insertion order, so its first key is lowest).
+            upto = min(upto, next(iter(self._unreplicated)) - 1)
         confirmed = self._confirmed_upto
         if upto <= confirmed:
             return
@@ -989,6 +974,8 @@ class Channel:
         nacked = self._nacked
         while nacked and nacked[0] <= upto:
             seq = nacked.pop(0)
+            if seq <= confirmed:
+                continue  # already nacked by a failed sync
             if seq - 1 > confirmed:
                 write(method_frame(self.number, spec.BasicAck(delivery_tag=seq - 1, multiple=True)))
             write(
@@ -1007,6 +994,26 @@ class Channel:
         self.broker.counters["confirmed"] += confirmed - self._confirmed_upto
         self._confirmed_upto = confirmed
 
+    def _await_replication(self, seq: int, handles: list[Any]) -> None:
+        """Hold confirm ``seq`` until every replication handle of its publish is done."""
+        self._unreplicated[seq] = len(handles)
+        for handle in handles:
+            handle.add_done_callback(lambda h, seq=seq: self._replicated(seq, h))
+
+    def _replicated(self, seq: int, handle: Any) -> None:
+        remaining = self._unreplicated.get(seq)
+        if remaining is None or self.closing:
+            return
+        failure = replication_failure(handle)
+        if failure is None and remaining > 1:
+            self._unreplicated[seq] = remaining - 1
+            return
+        del self._unreplicated[seq]
+        if failure is not None and seq > self._confirmed_upto:
+            insort(self._nacked, seq)  # not replicated: the publisher must resend
+        self.flush_confirms()
+        self.connection.flush()
+
     def _sync_failed(self, upto: int) -> None:
         """A buffered write failed before its fsync: nack everything not yet confirmed up
         to ``upto`` (a few may in fact be safe; a nack only makes the publisher resend,
@@ -1021,6 +1028,8 @@ class Channel:
             )
             self._confirmed_upto = upto
             self._nacked = [n for n in self._nacked if n > upto]
+            for seq in [s for s in self._unreplicated if s <= upto]:
+                del self._unreplicated[seq]
         if self._last_unsynced <= upto:
             self._first_unsynced = 0
         else:
@@ -1052,28 +1061,44 @@ class Channel:
         publishes, self._tx_publishes = self._tx_publishes, []
         self._tx_bytes = 0
         settles, self._tx_settles = self._tx_settles, []
-        self.tx_mode = False  # route for real, then back to tx mode
-        try:
-            for pub_method, exchange, message, extra in publishes:
-                if not exchange.deleted:
-                    self._route(pub_method, exchange, message, extra)
-            for how, tag, multiple, requeue in settles:
-                try:
-                    records = self._take_unacked(tag, multiple, method)
-                except ChannelFault:
-                    continue
-                self._settle(records, how, requeue)
-        finally:
-            self.tx_mode = True
-        if not self.broker.after_sync(lambda: self._commit_ok()):
-            self._commit_ok()
-        else:
+        publisher = self.publisher
+        replicating: list[Any] = []
+        for exchange, message, extra_keys, mandatory in publishes:
+            if exchange.deleted:
+                continue
+            if not exchange.name and message.routing_key.startswith(REPLY_TO_PREFIX):
+                self._publish_reply(message)
+                continue
+            outcome = publisher.deliver(exchange, message, extra_keys, mandatory)
+            if outcome & UNROUTABLE and mandatory:
+                self._return(message, NO_ROUTE, "NO_ROUTE")
+            if outcome & REPLICATING:
+                replicating.extend(publisher.take_replicating() or ())
+        for how, tag, multiple, requeue in settles:
+            try:
+                records = self._take_unacked(tag, multiple, method)
+            except ChannelFault:
+                continue
+            self._settle(records, how, requeue)
+        # commit-ok once everything so far is on disk (publishes and acks alike) and the
+        # replicator has every append.
+        if when_stored(self.broker, True, replicating, self._commit_ok, self._commit_failed):
             self.connection.sync_wanted = True
+        else:
+            self._commit_ok()
 
     def _commit_ok(self) -> None:
         if not self.closing:
             self.reply(spec.TxCommitOk())
             self.connection.flush()
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        """The commit's writes are not safe: never answer commit-ok; close with 541
+        INTERNAL_ERROR (a hard error, as RabbitMQ answers an internal failure)."""
+        if not self.closing:
+            self.connection.close_with_error(
+                _hard(541, f"transaction not stored: {exc}", spec.TxCommit())
+            )
 
     def on_tx_rollback(self, method: spec.TxRollback) -> None:
         if not self.tx_mode:

@@ -38,6 +38,7 @@ from .convert import (
     properties_to_json,
 )
 from .errors import HTTPError, bad_request, from_core, not_found, require_type
+from .rest import http_publisher, wait_stored
 from .routes import no_content, query_bool, read_object, reply, server_of
 from .stats import channel_counts
 
@@ -492,6 +493,7 @@ def exchange_info(server: HTTPServer, vhost: VirtualHost, exchange: Exchange) ->
         "message_stats": {
             "publish_in": exchange.publish_count,
             "publish_in_details": {"rate": round(server.sampler.exchange_rate(exchange), 2)},
+            "publish_out": exchange.publish_out_count,
         },
     }
 
@@ -576,7 +578,14 @@ async def delete_exchange(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    """POST /api/exchanges/{vhost}/{name}/publish: RabbitMQ's test-publish, {routed}."""
+    """POST /api/exchanges/{vhost}/{name}/publish: RabbitMQ's test-publish, {routed}.
+
+    As RabbitMQ's management plugin does, this is a mandatory publish with a confirm
+    through the one publish path (core/publish.py): the same checks as an AMQP channel
+    of the same user, ``routed: false`` when it would have been returned, the answer
+    only once the message is stored, and a refusal answered 400 with the AMQP error
+    RabbitMQ would close the channel with (``"406 PRECONDITION_FAILED - ..."``).
+    """
     server = server_of(request)
     vhost = _vhost(request)
     exchange = _exchange(request, vhost)
@@ -591,31 +600,30 @@ async def publish(request: web.Request) -> web.Response:
             413,
             f"message size {len(payload)} is larger than max size {server.core.config.max_message_size}",
         )
-    check_permission(server.core, _user(request), vhost.name, "write", exchange.name)
-    if exchange.internal:
-        raise HTTPError(
-            403,
-            f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'",
-            "access_refused",
-        )
-    user = _user(request)
-    if (
-        user is not None
-        and server.core.topic_permissions
-        and exchange.type == "topic"
-        and not server.core.topic_permission_allows(
-            user.name, vhost.name, exchange.name, routing_key, "write"
-        )
-    ):
-        raise HTTPError(
-            403,
-            f"access to topic '{routing_key}' in exchange '{exchange.name}' in vhost '{vhost.name}' refused for user '{user.name}'",
-            "access_refused",
-        )
+    publisher = http_publisher(server.core, vhost, _user(request))
+    blocked = publisher.blocked
+    if blocked is not None:
+        # RabbitMQ's test-publish would hang on its blocked connection; answer instead.
+        raise HTTPError(503, f"publishing is blocked: {blocked}", "resource_alarm", {"Retry-After": "5"})
     message = make_message(exchange.name, routing_key, props, payload)
-    routed = server.route_message(vhost, exchange, message)
-    await server.wait_for_sync(message, routed)
-    return reply({"routed": bool(routed)})
+    try:
+        result = publisher.publish(exchange.name, message, mandatory=True)
+    except CoreError as exc:
+        raise HTTPError(400, f"{_AMQP_ERRORS.get(exc.kind, '406 PRECONDITION_FAILED')} - {exc.text}") from None
+    if result.refused:
+        # RabbitMQ's answer to the nack its test-publish gets (e.g. x-overflow reject-publish).
+        raise HTTPError(400, "rejected Unable to publish message. Check queue limits.")
+    await wait_stored(publisher, result.outcome, result.replicating)
+    return reply({"routed": result.routed})
+
+
+# The AMQP channel error RabbitMQ's test-publish reports for each core refusal.
+_AMQP_ERRORS = {
+    "not_found": "404 NOT_FOUND",
+    "access_refused": "403 ACCESS_REFUSED",
+    "precondition_failed": "406 PRECONDITION_FAILED",
+    "malformed": "501 FRAME_ERROR",
+}
 
 
 # --- queues ----------------------------------------------------------------------------

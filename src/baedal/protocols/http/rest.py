@@ -49,6 +49,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
+from ...core.publish import NEEDS_SYNC, REFUSED, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
 from .auth import check_permission
 from .convert import (
@@ -63,7 +64,7 @@ from .errors import HTTPError, bad_request, from_core, not_found
 from .routes import dumps, query_bool, query_number, reply, server_of
 
 if TYPE_CHECKING:
-    from ...core.broker import User
+    from ...core.broker import BrokerCore, User
     from ...core.message import QueueEntry
     from ...core.queue import Queue
     from ...core.vhost import VirtualHost
@@ -504,7 +505,6 @@ async def publish_message(request: web.Request) -> web.Response:
     vhost = _vhost(request)
     queue = _queue(request, vhost)
     user = _user(request)
-    check_permission(core, user, vhost.name, "write", queue.name)
     persistent = query_bool(request, "persistent", True)
     if "X-Baedal-Persistent" in request.headers:
         persistent = request.headers["X-Baedal-Persistent"].lower() not in ("false", "0", "no")
@@ -525,10 +525,17 @@ async def publish_message(request: web.Request) -> web.Response:
     if persistent:
         props_json.setdefault("delivery_mode", 2)
     props = properties_from_json(props_json)
-    if core.alarms:
+    publisher = http_publisher(core, vhost, user)
+    # Fail fast on what the publish path would refuse anyway (permission, user-id,
+    # CC/BCC shape), before an Idempotency-Key is remembered for this request.
+    exchange = _core_call(publisher.target, "")
+    message = make_message("", queue.name, props, payload)
+    message, extra_keys = _core_call(publisher.admit, exchange, message)
+    blocked = publisher.blocked
+    if blocked is not None:
         raise HTTPError(
             503,
-            f"publishing is blocked: {core.alarm_reason}",
+            f"publishing is blocked: {blocked}",
             "resource_alarm",
             {"Retry-After": "5"},
         )
@@ -555,15 +562,16 @@ async def publish_message(request: web.Request) -> web.Response:
         while len(manager.idempotency) > IDEMPOTENCY_MAX:
             manager.idempotency.popitem(last=False)[1].done.cancel()
     try:
-        message = make_message("", queue.name, props, payload)
-        accepted = server.route_message(vhost, vhost.default_exchange, message)
-        if not accepted:
+        outcome = publisher.deliver(exchange, message, extra_keys)
+        if outcome & (REFUSED | UNROUTABLE):
             raise HTTPError(
                 409,
-                f"queue '{queue.name}' in vhost '{vhost.name}' refused the message (overflow)",
+                f"queue '{queue.name}' in vhost '{vhost.name}' refused the message (overflow)"
+                if outcome & REFUSED
+                else f"no queue '{queue.name}' in vhost '{vhost.name}' took the message",
                 "publish_refused",
             )
-        await server.wait_for_sync(message, accepted)
+        await wait_stored(publisher, outcome)
     except BaseException as exc:
         if idem_key is not None:
             entry = manager.idempotency.pop(idem_key, None)
@@ -586,6 +594,42 @@ async def publish_message(request: web.Request) -> web.Response:
         if entry is not None and not entry.done.done():
             entry.done.set_result(result)
     return reply(result, 201, {"Location": result["location"]})
+
+
+def http_publisher(core: BrokerCore, vhost: VirtualHost, user: User) -> Publisher:
+    """The core publish path (core/publish.py) as an HTTP user: the same checks as an
+    AMQP channel of that user (write permission on the exchange, user-id, CC/BCC...)."""
+    return Publisher(core, vhost, user.name, core.permission(user.name, vhost.name))
+
+
+def _core_call(step: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return step(*args)
+    except CoreError as exc:
+        raise from_core(exc) from None
+
+
+async def wait_stored(
+    publisher: Publisher, outcome: int, replicating: list[Any] | None = None
+) -> None:
+    """Answer only once the message is as safe as a publisher confirm makes it: a
+    persistent message in a durable queue fsynced, and every replication handle done."""
+    if replicating is None:
+        replicating = publisher.take_replicating()
+    if not outcome & NEEDS_SYNC and not replicating:
+        return
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stored() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def failed(exc: BaseException) -> None:
+        if not done.done():
+            done.set_exception(HTTPError(503, f"message not stored: {exc}", "storage_failed"))
+
+    if publisher.when_stored(outcome, replicating, stored, failed):
+        await asyncio.shield(done)
 
 
 def _prune_idempotency(manager: LeaseManager) -> None:

@@ -36,10 +36,6 @@ from .stats import StatsSampler
 
 if TYPE_CHECKING:
     from ...app import Broker
-    from ...core.exchange import Exchange
-    from ...core.message import Message
-    from ...core.queue import Queue
-    from ...core.vhost import VirtualHost
 
 log = logging.getLogger("baedal.http")
 
@@ -144,50 +140,6 @@ class HTTPServer:
             "mem_limit": int(watermark * total) if watermark <= 1 else int(watermark),
             "disk_free": disk_free,
         }
-
-    def route_message(
-        self,
-        vhost: VirtualHost,
-        exchange: Exchange,
-        message: Message,
-        extra_keys: list[str] | None = None,
-    ) -> list[Queue]:
-        """Publish as an AMQP channel would: route, count, enqueue.  Returns the queues
-        that accepted the message (empty when unroutable or refused)."""
-        queues = vhost.route(exchange, message, extra_keys)
-        exchange.publish_count += 1
-        if not queues:
-            self.core.counters["unroutable"] += 1
-            return []
-        accepted = []
-        for queue in queues:
-            try:
-                ok = queue.publish(message)
-            except OSError as exc:  # storage failure is sticky; the disk alarm is raised
-                self.core.write_failed(queue.store, exc)
-                ok = False
-            if ok:
-                accepted.append(queue)
-        return accepted
-
-    async def wait_for_sync(self, message: Message, queues: list[Queue]) -> None:
-        """Answer only once a persistent message in a durable queue is on disk: a 2xx
-        means stored, like a publisher confirm."""
-        if not message.persistent or not any(q.durable for q in queues):
-            return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def synced() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def failed(exc: BaseException) -> None:
-            if not done.done():
-                done.set_exception(HTTPError(503, f"message not stored: {exc}", "storage_failed"))
-
-        if self.core.after_sync(synced, failed):
-            await asyncio.shield(done)
 
 
 def _guarded(route: Route) -> Handler:
