@@ -235,6 +235,18 @@ def _read_varint(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int
     return (result >> 1) ^ -(result & 1), pos
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    _write_varint(out, value)
+    return bytes(out)
+
+
+# Encoded varints of 0..2047 (lengths of values up to 2 KiB, offset deltas): the common
+# case becomes a list lookup.  About 70 KB, once per process.
+_SMALL_VARINTS = [_varint(value) for value in range(2048)]
+_NULL = _varint(-1)
+_ZERO = _varint(0)
+
 # -- encoding ------------------------------------------------------------------------------
 
 
@@ -262,43 +274,52 @@ def encode_batch(
         first_timestamp = now_ms
     max_timestamp = first_timestamp
     out = bytearray(BATCH_HEADER_SIZE)
-    body = bytearray()
-    write_varint = _write_varint
+    varint = _varint
+    small = _SMALL_VARINTS
+    limit = len(small)
     for delta, record in enumerate(records):
         timestamp = record.timestamp
         if timestamp is None:
             timestamp = now_ms
         if timestamp > max_timestamp:
             max_timestamp = timestamp
-        body.clear()
-        body.append(record.attributes & 0xFF)
-        write_varint(body, timestamp - first_timestamp)
-        write_varint(body, delta)
+        # The record's fields before and after the value are built small, so the value
+        # is copied once (into ``out``) and the record length is known up front.
+        timestamp_delta = timestamp - first_timestamp
+        head = bytes((record.attributes & 0xFF,)) + (
+            small[timestamp_delta] if 0 <= timestamp_delta < limit else varint(timestamp_delta)
+        )
+        head += small[delta] if delta < limit else varint(delta)
         key = record.key
         if key is None:
-            body.append(1)  # zig-zag(-1)
+            head += _NULL
         else:
-            write_varint(body, len(key))
-            body += key
+            head += (small[len(key)] if len(key) < limit else varint(len(key))) + key
         value = record.value
         if value is None:
-            body.append(1)
+            head += _NULL
+            value = b""
         else:
-            write_varint(body, len(value))
-            body += value
+            head += small[len(value)] if len(value) < limit else varint(len(value))
         headers = record.headers
-        write_varint(body, len(headers))
-        for name, header_value in headers:
-            encoded = name.encode()
-            write_varint(body, len(encoded))
-            body += encoded
-            if header_value is None:
-                body.append(1)
-            else:
-                write_varint(body, len(header_value))
-                body += header_value
-        write_varint(out, len(body))
-        out += body
+        if headers:
+            tail = bytearray(varint(len(headers)))
+            for name, header_value in headers:
+                encoded = name.encode()
+                tail += varint(len(encoded))
+                tail += encoded
+                if header_value is None:
+                    tail += _NULL
+                else:
+                    tail += varint(len(header_value))
+                    tail += header_value
+        else:
+            tail = _ZERO
+        length = len(head) + len(value) + len(tail)
+        out += small[length] if length < limit else varint(length)
+        out += head
+        out += value
+        out += tail
     BATCH_HEADER.pack_into(
         out,
         0,
@@ -423,9 +444,9 @@ def decode_records(
     max_timestamp = fields[8]
     view = memoryview(data)[BATCH_HEADER_SIZE:size]
     codec = attributes & CODEC_MASK
-    if codec != CODEC_NONE:
-        view = memoryview(_inflate(view, codec, max_inflated_bytes))
-    end = len(view)
+    # One copy into ``bytes``: slicing and indexing bytes is cheaper than a memoryview.
+    buffer = bytes(view) if codec == CODEC_NONE else _inflate(view, codec, max_inflated_bytes)
+    end = len(buffer)
     # Each record takes at least 7 bytes; a count beyond that is a lie we can refuse
     # before allocating anything.
     if count * 7 > end:
@@ -433,58 +454,93 @@ def decode_records(
     records: list[Record] = []
     pos = 0
     read_varint = _read_varint
-    for _ in range(count):
-        length, pos = read_varint(view, pos, end)
-        stop = pos + length
-        if length < 6 or stop > end:
-            raise RecordBatchError(f"bad record length {length}")
-        record_attributes = view[pos]
-        pos += 1
-        timestamp_delta, pos = read_varint(view, pos, stop)
-        offset_delta, pos = read_varint(view, pos, stop)
-        if not 0 <= offset_delta <= last_delta:
-            raise RecordBatchError(f"record offset delta {offset_delta} outside the batch")
-        key_length, pos = read_varint(view, pos, stop)
-        if key_length < -1 or pos + key_length > stop:
-            raise RecordBatchError(f"bad key length {key_length}")
-        key: bytes | None = None
-        if key_length >= 0:
-            key = bytes(view[pos : pos + key_length])
-            pos += key_length
-        value_length, pos = read_varint(view, pos, stop)
-        if value_length < -1 or pos + value_length > stop:
-            raise RecordBatchError(f"bad value length {value_length}")
-        value: bytes | None = None
-        if value_length >= 0:
-            value = bytes(view[pos : pos + value_length])
-            pos += value_length
-        header_count, pos = read_varint(view, pos, stop)
-        if header_count < 0 or header_count * 2 > stop - pos:
-            raise RecordBatchError(f"bad header count {header_count}")
-        headers: list[tuple[str, bytes | None]] = []
-        for _h in range(header_count):
-            name_length, pos = read_varint(view, pos, stop)
-            if name_length < 0 or pos + name_length > stop:
-                raise RecordBatchError(f"bad header key length {name_length}")
-            try:
-                name = str(view[pos : pos + name_length], "utf-8")
-            except UnicodeDecodeError:
-                raise RecordBatchError("header key is not UTF-8") from None
-            pos += name_length
-            header_length, pos = read_varint(view, pos, stop)
-            if header_length < -1 or pos + header_length > stop:
-                raise RecordBatchError(f"bad header value length {header_length}")
-            header_value: bytes | None = None
-            if header_length >= 0:
-                header_value = bytes(view[pos : pos + header_length])
-                pos += header_length
-            headers.append((name, header_value))
-        if pos != stop:
-            raise RecordBatchError("record length does not match its fields")
-        timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
-        records.append(
-            Record(value, key, headers, timestamp, record_attributes, base_offset + offset_delta)
-        )
+    # Varints below 64 (most lengths, deltas and counts) are one byte: decoded inline,
+    # the rest by ``_read_varint``.  An IndexError means a field ran off the buffer.
+    try:
+        for _ in range(count):
+            byte = buffer[pos]
+            if byte < 0x80:
+                length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+            else:
+                length, pos = read_varint(buffer, pos, end)
+            stop = pos + length
+            if length < 6 or stop > end:
+                raise RecordBatchError(f"bad record length {length}")
+            record_attributes = buffer[pos]
+            pos += 1
+            byte = buffer[pos]
+            if byte < 0x80:
+                timestamp_delta, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+            else:
+                timestamp_delta, pos = read_varint(buffer, pos, stop)
+            byte = buffer[pos]
+            if byte < 0x80:
+                offset_delta, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+            else:
+                offset_delta, pos = read_varint(buffer, pos, stop)
+            if not 0 <= offset_delta <= last_delta:
+                raise RecordBatchError(f"record offset delta {offset_delta} outside the batch")
+            byte = buffer[pos]
+            if byte < 0x80:
+                key_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+            else:
+                key_length, pos = read_varint(buffer, pos, stop)
+            if key_length < -1 or pos + key_length > stop:
+                raise RecordBatchError(f"bad key length {key_length}")
+            key: bytes | None = None
+            if key_length >= 0:
+                key = buffer[pos : pos + key_length]
+                pos += key_length
+            value_length, pos = read_varint(buffer, pos, stop)
+            if value_length < -1 or pos + value_length > stop:
+                raise RecordBatchError(f"bad value length {value_length}")
+            value: bytes | None = None
+            if value_length >= 0:
+                value = buffer[pos : pos + value_length]
+                pos += value_length
+            byte = buffer[pos]
+            if byte < 0x80:
+                header_count, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+            else:
+                header_count, pos = read_varint(buffer, pos, stop)
+            if header_count < 0 or header_count * 2 > stop - pos:
+                raise RecordBatchError(f"bad header count {header_count}")
+            headers: list[tuple[str, bytes | None]] = []
+            for _h in range(header_count):
+                byte = buffer[pos]
+                if byte < 0x80:
+                    name_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                else:
+                    name_length, pos = read_varint(buffer, pos, stop)
+                if name_length < 0 or pos + name_length > stop:
+                    raise RecordBatchError(f"bad header key length {name_length}")
+                try:
+                    name = str(buffer[pos : pos + name_length], "utf-8")
+                except UnicodeDecodeError:
+                    raise RecordBatchError("header key is not UTF-8") from None
+                pos += name_length
+                byte = buffer[pos]
+                if byte < 0x80:
+                    header_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                else:
+                    header_length, pos = read_varint(buffer, pos, stop)
+                if header_length < -1 or pos + header_length > stop:
+                    raise RecordBatchError(f"bad header value length {header_length}")
+                header_value: bytes | None = None
+                if header_length >= 0:
+                    header_value = buffer[pos : pos + header_length]
+                    pos += header_length
+                headers.append((name, header_value))
+            if pos != stop:
+                raise RecordBatchError("record length does not match its fields")
+            timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
+            records.append(
+                Record(
+                    value, key, headers, timestamp, record_attributes, base_offset + offset_delta
+                )
+            )
+    except IndexError:
+        raise RecordBatchError("record truncated") from None
     if pos != end:
         raise RecordBatchError(f"{end - pos} bytes after the last record")
     return records
