@@ -330,6 +330,18 @@ def test_reads_never_load_a_whole_segment(tmp_path: Path, monkeypatch: pytest.Mo
     log.close()
 
 
+def test_a_read_stops_before_end_offset_and_lag_counts_what_is_left(stream: StreamLog) -> None:
+    fill(stream, 10)
+    reader = stream.reader("first")
+    assert reader.lag == 50
+    # For example the offset the last fsync covered: nothing at or past it is returned.
+    assert [b.base_offset for b in reader.read(1 << 20, end_offset=12)] == [0, 5, 10]
+    assert reader.lag == 35
+    assert reader.read(1 << 20, end_offset=15) == []
+    assert [b.base_offset for b in reader.read(1 << 20)] == [15, 20, 25, 30, 35, 40, 45]
+    assert reader.lag == 0
+
+
 def test_a_reader_whose_segment_is_deleted_by_retention_continues_at_first(
     tmp_path: Path,
 ) -> None:
