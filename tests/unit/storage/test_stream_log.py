@@ -546,6 +546,36 @@ def test_a_bad_tail_in_a_sealed_segment_removes_every_later_segment(tmp_path: Pa
     log.close()
 
 
+def test_a_missing_middle_segment_is_a_gap_and_everything_after_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path / "s")
+    fill(log, 40)
+    bases = log.segment_bases()
+    log.close()
+    (tmp_path / "s" / f"{bases[1]:020d}.log").unlink()
+    log = open_log(tmp_path / "s")
+    removed = log.recovery.removed_segments
+    assert [r.segment.name for r in removed] == [f"{b:020d}.log" for b in bases[2:]]
+    assert all("gap" in r.reason for r in removed)
+    assert log.segment_bases() == bases[:1]
+    assert log.next_offset == bases[1]
+    assert log.append(batch_of(0)).base_offset == bases[1]
+    log.close()
+
+
+def test_offsets_survive_retention_and_reopen(tmp_path: Path) -> None:
+    log = open_log(tmp_path / "s", max_bytes=16 * 1024)
+    fill(log, 80)
+    first, next_offset = log.first_offset, log.next_offset
+    assert first > 0
+    log.close()
+    log = open_log(tmp_path / "s", max_bytes=16 * 1024)
+    assert (log.first_offset, log.next_offset) == (first, next_offset)
+    assert log.reader("first").read_records(1)[0].offset == first
+    log.close()
+
+
 def test_an_index_is_rebuilt_identically_when_deleted(tmp_path: Path) -> None:
     log = open_log(tmp_path / "s")
     fill(log, 40)
