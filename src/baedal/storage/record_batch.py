@@ -245,6 +245,7 @@ def _varint(value: int) -> bytes:
 # case becomes a list lookup.  About 70 KB, once per process.
 _SMALL_VARINTS = [_varint(value) for value in range(2048)]
 _NULL = _varint(-1)
+_HEADER_PLACEHOLDER = bytes(BATCH_HEADER_SIZE)
 _ZERO = _varint(0)
 
 # -- encoding ------------------------------------------------------------------------------
@@ -273,7 +274,10 @@ def encode_batch(
     if first_timestamp is None:
         first_timestamp = now_ms
     max_timestamp = first_timestamp
-    out = bytearray(BATCH_HEADER_SIZE)
+    # Pieces joined once at the end: growing one bytearray record by record would copy
+    # the batch several times over (bytearray over-allocates by only 1/8).
+    pieces: list[bytes | bytearray] = [_HEADER_PLACEHOLDER]
+    append = pieces.append
     varint = _varint
     small = _SMALL_VARINTS
     limit = len(small)
@@ -316,10 +320,11 @@ def encode_batch(
         else:
             tail = _ZERO
         length = len(head) + len(value) + len(tail)
-        out += small[length] if length < limit else varint(length)
-        out += head
-        out += value
-        out += tail
+        append(small[length] if length < limit else varint(length))
+        append(head)
+        append(value)
+        append(tail)
+    out = bytearray().join(pieces)
     BATCH_HEADER.pack_into(
         out,
         0,
