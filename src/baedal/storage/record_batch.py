@@ -246,6 +246,7 @@ def _varint(value: int) -> bytes:
 _SMALL_VARINTS = [_varint(value) for value in range(2048)]
 _NULL = _varint(-1)
 _HEADER_PLACEHOLDER = bytes(BATCH_HEADER_SIZE)
+_ONE_BYTE = [bytes((value,)) for value in range(256)]
 _ZERO = _varint(0)
 
 # -- encoding ------------------------------------------------------------------------------
@@ -275,55 +276,67 @@ def encode_batch(
         first_timestamp = now_ms
     max_timestamp = first_timestamp
     # Pieces joined once at the end: growing one bytearray record by record would copy
-    # the batch several times over (bytearray over-allocates by only 1/8).
+    # the batch several times over (bytearray over-allocates by only 1/8).  Per record
+    # the small fields before and after the value are joined into two short strings,
+    # so the value itself is copied once, and the record length is known up front.
     pieces: list[bytes | bytearray] = [_HEADER_PLACEHOLDER]
-    append = pieces.append
+    extend = pieces.extend
     varint = _varint
     small = _SMALL_VARINTS
     limit = len(small)
+    one_byte = _ONE_BYTE
+    null = _NULL
+    join = b"".join
     for delta, record in enumerate(records):
         timestamp = record.timestamp
         if timestamp is None:
             timestamp = now_ms
         if timestamp > max_timestamp:
             max_timestamp = timestamp
-        # The record's fields before and after the value are built small, so the value
-        # is copied once (into ``out``) and the record length is known up front.
         timestamp_delta = timestamp - first_timestamp
-        head = bytes((record.attributes & 0xFF,)) + (
-            small[timestamp_delta] if 0 <= timestamp_delta < limit else varint(timestamp_delta)
-        )
-        head += small[delta] if delta < limit else varint(delta)
-        key = record.key
-        if key is None:
-            head += _NULL
-        else:
-            head += (small[len(key)] if len(key) < limit else varint(len(key))) + key
         value = record.value
         if value is None:
-            head += _NULL
+            value_length = null
             value = b""
         else:
-            head += small[len(value)] if len(value) < limit else varint(len(value))
+            n = len(value)
+            value_length = small[n] if n < limit else varint(n)
+        key = record.key
+        head = join(
+            (
+                one_byte[record.attributes & 0xFF],
+                small[timestamp_delta] if 0 <= timestamp_delta < limit else varint(timestamp_delta),
+                small[delta] if delta < limit else varint(delta),
+                null if key is None else small[len(key)] if len(key) < limit else varint(len(key)),
+                b"" if key is None else key,
+                value_length,
+            )
+        )
         headers = record.headers
         if headers:
-            tail = bytearray(varint(len(headers)))
+            n = len(headers)
+            parts = [small[n] if n < limit else varint(n)]
+            add = parts.extend
             for name, header_value in headers:
                 encoded = name.encode()
-                tail += varint(len(encoded))
-                tail += encoded
+                n = len(encoded)
                 if header_value is None:
-                    tail += _NULL
+                    add((small[n] if n < limit else varint(n), encoded, null))
                 else:
-                    tail += varint(len(header_value))
-                    tail += header_value
+                    m = len(header_value)
+                    add(
+                        (
+                            small[n] if n < limit else varint(n),
+                            encoded,
+                            small[m] if m < limit else varint(m),
+                            header_value,
+                        )
+                    )
+            tail = join(parts)
         else:
             tail = _ZERO
         length = len(head) + len(value) + len(tail)
-        append(small[length] if length < limit else varint(length))
-        append(head)
-        append(value)
-        append(tail)
+        extend((small[length] if length < limit else varint(length), head, value, tail))
     out = bytearray().join(pieces)
     BATCH_HEADER.pack_into(
         out,

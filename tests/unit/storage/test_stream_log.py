@@ -342,6 +342,31 @@ def test_a_read_stops_before_end_offset_and_lag_counts_what_is_left(stream: Stre
     assert reader.lag == 0
 
 
+def test_memory_does_not_grow_with_the_number_of_records(tmp_path: Path) -> None:
+    import tracemalloc
+
+    # One segment and no index entries: what is left is per-record state, if any.
+    log = open_log(tmp_path / "s", max_segment_bytes=1 << 30, index_interval_bytes=1 << 30)
+    reader = log.reader("first")
+    tracemalloc.start()
+    # Warm up first: CPython keeps up to 2000 freed small tuples on a free list, which
+    # tracemalloc counts as still allocated.
+    fill(log, 500)
+    drain(reader)
+    try:
+        before = tracemalloc.take_snapshot()
+        fill(log, 1000, start=500)
+        assert len(drain(reader)) == 1000 * RECORDS_PER_BATCH
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    # 5,000 records went through; the write buffer (64 KiB) may stay, nothing that
+    # grows with the records (even one int per record would be over 150 KB).
+    assert grown < 100 * 1024, grown
+    log.close()
+
+
 def test_a_reader_whose_segment_is_deleted_by_retention_continues_at_first(
     tmp_path: Path,
 ) -> None:
