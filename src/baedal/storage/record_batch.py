@@ -247,6 +247,7 @@ _SMALL_VARINTS = [_varint(value) for value in range(2048)]
 _NULL = _varint(-1)
 _HEADER_PLACEHOLDER = bytes(BATCH_HEADER_SIZE)
 _ONE_BYTE = [bytes((value,)) for value in range(256)]
+_ZIGZAG = [(byte >> 1) ^ -(byte & 1) for byte in range(128)]
 _ZERO = _varint(0)
 
 # -- encoding ------------------------------------------------------------------------------
@@ -472,13 +473,19 @@ def decode_records(
     records: list[Record] = []
     pos = 0
     read_varint = _read_varint
-    # Varints below 64 (most lengths, deltas and counts) are one byte: decoded inline,
-    # the rest by ``_read_varint``.  An IndexError means a field ran off the buffer.
+    zigzag = _ZIGZAG
+    # Varints below 64 (most lengths, deltas and counts) are one byte and record and
+    # value lengths below 8 KiB two: decoded inline (``_ZIGZAG`` undoes the zig-zag of
+    # one byte), the rest by ``_read_varint``.  An IndexError means a field ran off the
+    # buffer.
     try:
         for _ in range(count):
             byte = buffer[pos]
             if byte < 0x80:
-                length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                length, pos = zigzag[byte], pos + 1
+            elif buffer[pos + 1] < 0x80:  # two bytes: records up to 8 KiB
+                raw = (byte & 0x7F) | (buffer[pos + 1] << 7)
+                length, pos = (raw >> 1) ^ -(raw & 1), pos + 2
             else:
                 length, pos = read_varint(buffer, pos, end)
             stop = pos + length
@@ -488,19 +495,19 @@ def decode_records(
             pos += 1
             byte = buffer[pos]
             if byte < 0x80:
-                timestamp_delta, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                timestamp_delta, pos = zigzag[byte], pos + 1
             else:
                 timestamp_delta, pos = read_varint(buffer, pos, stop)
             byte = buffer[pos]
             if byte < 0x80:
-                offset_delta, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                offset_delta, pos = zigzag[byte], pos + 1
             else:
                 offset_delta, pos = read_varint(buffer, pos, stop)
             if not 0 <= offset_delta <= last_delta:
                 raise RecordBatchError(f"record offset delta {offset_delta} outside the batch")
             byte = buffer[pos]
             if byte < 0x80:
-                key_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                key_length, pos = zigzag[byte], pos + 1
             else:
                 key_length, pos = read_varint(buffer, pos, stop)
             if key_length < -1 or pos + key_length > stop:
@@ -509,7 +516,14 @@ def decode_records(
             if key_length >= 0:
                 key = buffer[pos : pos + key_length]
                 pos += key_length
-            value_length, pos = read_varint(buffer, pos, stop)
+            byte = buffer[pos]
+            if byte < 0x80:
+                value_length, pos = zigzag[byte], pos + 1
+            elif buffer[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (buffer[pos + 1] << 7)
+                value_length, pos = (raw >> 1) ^ -(raw & 1), pos + 2
+            else:
+                value_length, pos = read_varint(buffer, pos, stop)
             if value_length < -1 or pos + value_length > stop:
                 raise RecordBatchError(f"bad value length {value_length}")
             value: bytes | None = None
@@ -518,7 +532,7 @@ def decode_records(
                 pos += value_length
             byte = buffer[pos]
             if byte < 0x80:
-                header_count, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                header_count, pos = zigzag[byte], pos + 1
             else:
                 header_count, pos = read_varint(buffer, pos, stop)
             if header_count < 0 or header_count * 2 > stop - pos:
@@ -527,7 +541,7 @@ def decode_records(
             for _h in range(header_count):
                 byte = buffer[pos]
                 if byte < 0x80:
-                    name_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                    name_length, pos = zigzag[byte], pos + 1
                 else:
                     name_length, pos = read_varint(buffer, pos, stop)
                 if name_length < 0 or pos + name_length > stop:
@@ -539,7 +553,7 @@ def decode_records(
                 pos += name_length
                 byte = buffer[pos]
                 if byte < 0x80:
-                    header_length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                    header_length, pos = zigzag[byte], pos + 1
                 else:
                     header_length, pos = read_varint(buffer, pos, stop)
                 if header_length < -1 or pos + header_length > stop:
