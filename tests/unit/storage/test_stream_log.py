@@ -7,12 +7,17 @@ editing the files on disk the way a crash or a bad disk would.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import crc32c
 import pytest
 
+from baedal.storage import segment as segment_module
 from baedal.storage import stream_log as stream_log_module
 from baedal.storage.record_batch import (
     BATCH_HEADER_SIZE,
@@ -343,8 +348,6 @@ def test_a_read_stops_before_end_offset_and_lag_counts_what_is_left(stream: Stre
 
 
 def test_memory_does_not_grow_with_the_number_of_records(tmp_path: Path) -> None:
-    import tracemalloc
-
     # One segment and no index entries: what is left is per-record state, if any.
     log = open_log(tmp_path / "s", max_segment_bytes=1 << 30, index_interval_bytes=1 << 30)
     reader = log.reader("first")
@@ -711,8 +714,6 @@ def test_append_batch_refuses_a_damaged_batch(stream: StreamLog, damage: str) ->
     elif damage == "count":
         raw = encode_batch([Record(b"a"), Record(b"b")])
         raw[57:61] = (3).to_bytes(4, "big")  # recordsCount is under the CRC: fix it
-        import crc32c
-
         raw[17:21] = crc32c.crc32c(bytes(raw[21:])).to_bytes(4, "big")
     with pytest.raises(RecordBatchError):
         stream.append_batch(raw)
@@ -809,8 +810,6 @@ def test_appends_are_made_durable_by_the_shared_syncer(tmp_path: Path) -> None:
 async def test_group_commit_runs_fsync_off_the_loop_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     threads: set[str] = set()
     real_fsync = os.fsync
 
@@ -834,10 +833,6 @@ async def test_group_commit_runs_fsync_off_the_loop_thread(
 
 
 def test_a_failed_write_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
-    from baedal.storage import segment as segment_module
-
     log = open_log(tmp_path / "s", flush_bytes=1)
     fill(log, 2)
 
