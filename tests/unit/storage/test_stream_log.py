@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from baedal.storage import stream_log as stream_log_module
 from baedal.storage.record_batch import (
     BATCH_HEADER_SIZE,
     MAGIC,
+    BatchDecoder,
     Record,
     RecordBatchError,
     decode_records,
@@ -402,6 +404,39 @@ def test_file_ranges_serve_the_same_bytes_as_reads_across_segments(stream: Strea
     finally:
         for file_range in ranges:
             file_range.close()
+
+
+def test_file_ranges_go_out_with_sendfile_and_decode_as_kafka_batches(stream: StreamLog) -> None:
+    fill(stream, 12)  # the last batches are still in the write buffer
+    ranges = stream.file_ranges(17, 1 << 20)
+    total = sum(file_range.length for file_range in ranges)
+    assert total < 64 * 1024  # fits the socket buffer: send everything, then receive
+    sender, receiver = socket.socketpair()
+    received = bytearray()
+    try:
+        for file_range in ranges:
+            sent = 0
+            while sent < file_range.length:
+                sent += os.sendfile(
+                    sender.fileno(),
+                    file_range.fd,
+                    file_range.position + sent,
+                    file_range.length - sent,
+                )
+        while len(received) < total:
+            received += receiver.recv(1 << 16)
+    finally:
+        sender.close()
+        receiver.close()
+        for file_range in ranges:
+            file_range.close()
+    decoder = BatchDecoder()
+    decoder.feed(received)
+    offsets = []
+    while (item := decoder.next_batch()) is not None:
+        offsets.extend(record.offset for record in item[1])
+    decoder.close()
+    assert offsets == list(range(15, 60))  # from the batch holding 17 to the end
 
 
 def test_file_ranges_hold_at_least_one_batch_and_survive_retention(tmp_path: Path) -> None:
