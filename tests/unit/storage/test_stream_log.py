@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -865,6 +868,56 @@ async def test_group_commit_runs_fsync_off_the_loop_thread(
     monkeypatch.setattr(os, "fsync", real_fsync)
     log.close()
     syncer.close()
+
+
+CRASH_WRITER = """
+import asyncio, sys
+from baedal.storage.record_batch import Record
+from baedal.storage.stream_log import StreamLog
+from baedal.storage.syncer import Syncer
+
+async def main() -> None:
+    syncer = Syncer()
+    log = StreamLog.open(sys.argv[1], syncer=syncer, max_segment_bytes=32 * 1024,
+                         index_interval_bytes=512)
+    batch = 0
+    while True:
+        for _ in range(3):  # a few appends share each fsync (group commit)
+            result = log.append([Record(b"%d-%d" % (batch, j) * 10) for j in range(4)])
+            batch += 1
+        await syncer.synced()
+        print(result.last_offset, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_while_appending_loses_nothing_that_was_synced(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    env = {**os.environ, "PYTHONPATH": str(Path(stream_log_module.__file__).parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_WRITER, str(directory)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None
+    synced = -1
+    try:
+        for line in child.stdout:
+            synced = int(line)
+            if synced >= 2000:  # several segments, many fsync rounds
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert synced >= 2000, "the writer died early"
+    log = open_log(directory)
+    assert log.next_offset > synced
+    values = [(r.offset, r.value) for r in drain(log.reader("first"), max_bytes=1 << 20)]
+    assert [offset for offset, _ in values] == list(range(log.next_offset))
+    for offset, value in values:
+        assert value == b"%d-%d" % (offset // 4, offset % 4) * 10
+    log.close()
 
 
 def test_a_failed_write_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
