@@ -152,7 +152,7 @@ def test_kill9_rounds_lose_no_confirmed_stream_message(broker: Any) -> None:
         reader = Reader(broker.port)
         publisher.start()
         reader.start()
-        wait_until(lambda: len(publisher.confirmed) >= 20, timeout=20, what="some confirms before the kill")
+        wait_until(lambda p=publisher: len(p.confirmed) >= 20, timeout=20, what="some confirms before the kill")
         time.sleep(rng.uniform(0.0, 0.5))  # the random moment of the kill
         broker.kill()
         publisher.join(10)

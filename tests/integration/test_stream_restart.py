@@ -1,0 +1,121 @@
+"""A stream's data, offsets and retention settings survive a restart; retention deletes
+whole segments from the oldest and readers from ``first`` start at what is retained.
+
+These restart Baedal itself (or look inside it), so they do not run against RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from baedal import Broker
+from baedal_testing import wait_until
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(bool(os.environ.get("BAEDAL_TEST_AMQP_URL")), reason="restarts Baedal itself"),
+]
+
+
+def _publish(broker: Broker, name: str, bodies: list[bytes]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for body in bodies:
+        channel.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2, headers={"n": len(body)}))
+    connection.close()
+
+
+def _read(broker: Broker, name: str, offset: Any, count: int) -> list[tuple[int, bytes]]:
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=100)
+    got: list[tuple[int, bytes]] = []
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        got.append((properties.headers["x-stream-offset"], body))
+        ch.basic_ack(method.delivery_tag)
+
+    channel.basic_consume(name, on_message, arguments={"x-stream-offset": offset})
+    wait_until(lambda: connection.process_data_events(0.02) or len(got) >= count, timeout=20, what=f"{count} records")
+    connection.close()
+    return got
+
+
+def _stream(broker: Broker, name: str) -> dict[str, Any]:
+    def info() -> dict[str, Any]:
+        stream = broker.core.vhosts["/"].queues[name]  # type: ignore[union-attr]
+        return {
+            **stream.stream_info(),
+            "max_age_seconds": stream.log.max_age,
+            "max_bytes": stream.log.max_bytes,
+        }
+
+    return broker.call(info)
+
+
+def test_data_offsets_and_retention_settings_survive_a_restart(tmp_path: Path) -> None:
+    name = "restart-stream"
+    bodies = [f"r{i}|".encode() + b"." * 500 for i in range(300)]
+    arguments = {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 10_000_000,
+        "x-max-age": "7D",
+        "x-stream-max-segment-size-bytes": 32 * 1024,
+    }
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        connection.channel().queue_declare(name, durable=True, arguments=arguments)
+        connection.close()
+        _publish(broker, name, bodies)
+        before = _stream(broker, name)
+    assert before["segments"] > 1 and before["messages"] == 300
+
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        after = _stream(broker, name)
+        for key in ("first_offset", "last_offset", "next_offset", "messages", "bytes_on_disk", "segments"):
+            assert after[key] == before[key], key
+        assert after["max_bytes"] == 10_000_000
+        assert after["max_age_seconds"] == 7 * 86400 and after["max_age"] == "7D"
+        assert after["max_segment_size_bytes"] == 32 * 1024
+        records = _read(broker, name, "first", 300)
+        assert records == list(enumerate(bodies))
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        channel = connection.channel()
+        # the same declaration is still equivalent; a different one is not
+        channel.queue_declare(name, durable=True, arguments=arguments)
+        assert channel.queue_declare(name, passive=True).method.message_count == 300
+        connection.close()
+        _publish(broker, name, [b"after restart"])
+        assert _read(broker, name, 300, 1) == [(300, b"after restart")]
+
+
+def test_size_retention_drops_oldest_segments_and_first_follows(tmp_path: Path) -> None:
+    name = "retained-stream"
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        connection.channel().queue_declare(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "stream",
+                "x-max-length-bytes": 60_000,
+                "x-stream-max-segment-size-bytes": 20_000,
+            },
+        )
+        connection.close()
+        _publish(broker, name, [f"k{i}|".encode() + b"." * 1000 for i in range(200)])
+        info = _stream(broker, name)
+        assert info["first_offset"] > 0, "old segments were deleted"
+        assert info["bytes_on_disk"] <= 60_000 + 20_000 + 1100
+        assert info["next_offset"] == 200
+        first = info["first_offset"]
+        records = _read(broker, name, "first", 200 - first)
+        assert [offset for offset, _b in records] == list(range(first, 200))
+        # an offset before the first retained one starts at the first (as RabbitMQ)
+        assert _read(broker, name, 0, 1)[0][0] == first
