@@ -616,8 +616,13 @@ class StreamQueue:
         return False
 
     def get(self, no_ack: bool) -> QueueEntry | None:
-        raise QueueArgumentError(
-            f"basic.get not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'"
+        """Refused (RabbitMQ: streams are read by consumers with an offset).  The AMQP
+        adapter answers 540 before calling this; others (HTTP) get the CoreError."""
+        from .vhost import CoreError  # vhost imports this module
+
+        raise CoreError(
+            "precondition_failed",
+            f"basic.get not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'",
         )
 
     # --- settlement: acks only return credit -------------------------------------------
@@ -638,8 +643,11 @@ class StreamQueue:
         self.unacked_count -= len(entries)
 
     def purge(self) -> int:
-        raise QueueArgumentError(
-            f"queue.purge not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'"
+        from .vhost import CoreError  # vhost imports this module
+
+        raise CoreError(
+            "precondition_failed",
+            f"queue.purge not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'",
         )
 
     def delete_store(self) -> None:
