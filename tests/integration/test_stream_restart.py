@@ -119,3 +119,38 @@ def test_size_retention_drops_oldest_segments_and_first_follows(tmp_path: Path) 
         assert [offset for offset, _b in records] == list(range(first, 200))
         # an offset before the first retained one starts at the first (as RabbitMQ)
         assert _read(broker, name, 0, 1)[0][0] == first
+
+
+@pytest.mark.parametrize("delivery_mode", [1, 2])
+def test_a_stream_confirm_waits_for_the_fsync_whatever_the_delivery_mode(tmp_path: Path, delivery_mode: int) -> None:
+    import threading
+
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        channel = connection.channel()
+        channel.queue_declare("held", durable=True, arguments={"x-queue-type": "stream"})
+        channel.confirm_delivery()
+        gate = threading.Event()
+        fsyncs: list[int] = []
+
+        def held_fsync(fd: int) -> None:
+            fsyncs.append(fd)
+            gate.wait(10)
+            os.fsync(fd)
+
+        broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", held_fsync))
+        confirmed = threading.Event()
+
+        def publish() -> None:
+            channel.basic_publish("", "held", b"wait for me", pika.BasicProperties(delivery_mode=delivery_mode))
+            confirmed.set()
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        wait_until(lambda: fsyncs, what="the covering fsync starts")
+        assert not confirmed.wait(0.3), "confirmed before its fsync completed"
+        gate.set()
+        assert confirmed.wait(10), "never confirmed"
+        publisher.join(5)
+        broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", None))
+        connection.close()

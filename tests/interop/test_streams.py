@@ -323,6 +323,18 @@ def test_tutorial_publish_with_confirms_then_consume_from_first(
     assert properties.headers == {"app": "tutorial", "big": 2**40, "n": 7, "x-stream-offset": 0}
 
 
+def test_transient_messages_are_confirmed_and_stored_too(
+    connection: pika.BlockingConnection, stream: str
+) -> None:
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for i in range(5):  # delivery_mode 1: a stream stores it all the same
+        channel.basic_publish("", stream, f"t{i}".encode(), pika.BasicProperties(delivery_mode=1))
+    got = _consume(connection, stream, 5, "first")
+    assert [b for *_x, b in got] == [f"t{i}".encode() for i in range(5)]
+    assert [p.delivery_mode for _m, p, _b in got] == [1] * 5
+
+
 def test_messages_stay_after_ack_and_a_second_reader_from_first_sees_them_all(
     connection: pika.BlockingConnection, stream: str
 ) -> None:

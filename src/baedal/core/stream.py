@@ -392,6 +392,43 @@ class _NoStore:
         return self.stream.log.failure
 
 
+class CommitHandle:
+    """Done once the fsync covering a stream's appends up to ``target`` has completed.
+
+    Returned by ``StreamQueue.publish`` for a *transient* message (``core/publish.py``
+    sets ``NEEDS_SYNC`` only for persistent ones), through the same replication-handle
+    seam the confirm path already waits on: a stream stores every message, so its
+    confirm always waits for the disk, as RabbitMQ's does.  One handle is shared by
+    every transient message of a commit round (no allocation per message).
+    """
+
+    __slots__ = ("target", "_callbacks", "_failure", "done")
+
+    def __init__(self) -> None:
+        self.target: int | None = None  # set when the covering sync is requested
+        self._callbacks: list[Any] = []
+        self._failure: BaseException | None = None
+        self.done = False
+
+    def add_done_callback(self, fn: Any, /) -> None:
+        if self.done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def exception(self) -> BaseException | None:
+        return self._failure
+
+    def finish(self, failure: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._failure = failure
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+
 class StreamCursor:
     """One push consumer's position: a log reader plus one bounded chunk of records."""
 
@@ -450,6 +487,7 @@ class StreamQueue:
         self.throttled_publishers: set[Any] = set()
         self.committed_offset = log.next_offset  # recovered records were synced before
         self._commit_waiting = False
+        self._handles: list[CommitHandle] = []  # transient messages' confirms, oldest first
         self._drain_scheduled = False
         self._retention_timer: Any = None
         self.publish_count = 0
@@ -489,8 +527,9 @@ class StreamQueue:
 
     # --- publish ----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> bool:
-        """Append one record; False (the confirm is a nack) when the log cannot write."""
+    def publish(self, message: Message) -> Any:
+        """Append one record.  False (the confirm is a nack) when the log cannot write;
+        True, or for a transient message a ``CommitHandle`` the confirm waits for."""
         from ..storage.record_batch import Record
 
         key, value, headers, timestamp_ms = message_to_record(message)
@@ -500,15 +539,23 @@ class StreamQueue:
             self.vhost.broker.write_failed(None, exc)
             return False
         self.publish_count += 1
+        handle: Any = True
+        if not message.persistent:
+            handles = self._handles
+            if not handles or handles[-1].target is not None:
+                handles.append(CommitHandle())
+            handle = handles[-1]
         if not self._commit_waiting:
             self._wait_for_commit()
-        return True
+        return handle
 
     def _wait_for_commit(self) -> None:
         """Advance ``committed_offset`` after the fsync covering what is appended now
         (one pending callback per stream at a time, however many appends)."""
         target = self.log.next_offset
         self._commit_waiting = True
+        if self._handles and self._handles[-1].target is None:
+            self._handles[-1].target = target
 
         def committed() -> None:
             self._commit_waiting = False
@@ -516,16 +563,25 @@ class StreamQueue:
                 return
             if target > self.committed_offset:
                 self.committed_offset = target
-                if self.cursors:
-                    self.drain()
+            handles = self._handles
+            while handles and handles[0].target is not None and handles[0].target <= target:
+                handles.pop(0).finish()
+            if self.cursors:
+                self.drain()
             if self.log.next_offset > self.committed_offset:
                 self._wait_for_commit()
 
-        def failed(_exc: BaseException) -> None:
+        def failed(exc: BaseException) -> None:
             self._commit_waiting = False
+            self._fail_handles(exc)
 
         if not self.vhost.broker.after_sync(committed, failed):
             committed()
+
+    def _fail_handles(self, exc: BaseException) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.finish(exc)
 
     # --- pull (Kafka fetch later) -----------------------------------------------------
 
@@ -652,6 +708,7 @@ class StreamQueue:
 
     def delete_store(self) -> None:
         self.cursors.clear()
+        self._fail_handles(ConnectionAbortedError(f"stream '{self.name}' deleted"))
         storage = self.vhost.broker.storage
         if storage is not None:
             storage.stream_deleted(self.vhost.name, self.name)
