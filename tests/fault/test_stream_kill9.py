@@ -3,7 +3,8 @@
 * kill -9 rounds: a publisher with confirms and a reader from ``first`` run against a
   stream in a real broker subprocess; at a random moment the broker gets SIGKILL.  After
   each restart the stream, read from ``first``, holds every confirmed message, in
-  publish order, at dense offsets, and nothing that was never published.  Rounds share
+  publish order, at dense offsets, and nothing that was never published; the reader
+  never saw a record that the crash took back (readers see only fsynced records).  Rounds share
   one data directory, so each restart also recovers every earlier crash.
 * corruption: bytes flipped in the tail of the last segment are truncated at start-up,
   reported in the broker's log, and the broker serves the records before the damage
@@ -175,6 +176,13 @@ def test_kill9_rounds_lose_no_confirmed_stream_message(broker: Any) -> None:
         assert not missing, f"{where}: {len(missing)} confirmed message(s) lost, first {missing[0]!r}"
         order = [position[b] for b in confirmed_so_far]
         assert order == sorted(order), f"{where}: confirmed messages out of order"
+        # a reader only ever sees committed (fsynced) records: all of them survive
+        assert reader.offsets == list(range(len(reader.offsets))), f"{where}: reader offsets not dense"
+        assert len(reader.offsets) <= len(records), f"{where}: a reader saw a record the crash took back"
+        print(
+            f"{where}: {len(publisher.confirmed)} confirmed this round, {len(records)} records, "
+            f"reader saw {len(reader.offsets)} before the kill"
+        )
 
 
 def test_a_damaged_segment_tail_is_truncated_reported_and_the_rest_served(
