@@ -154,3 +154,22 @@ def test_a_stream_confirm_waits_for_the_fsync_whatever_the_delivery_mode(tmp_pat
         publisher.join(5)
         broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", None))
         connection.close()
+
+
+def test_age_retention_removes_segments_older_than_x_max_age_on_its_timer(tmp_path: Path) -> None:
+    name = "aging-stream"
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        connection.channel().queue_declare(
+            name,
+            durable=True,
+            arguments={"x-queue-type": "stream", "x-max-age": "2s", "x-stream-max-segment-size-bytes": 2_000},
+        )
+        connection.close()
+        _publish(broker, name, [f"old{i}|".encode() + b"." * 500 for i in range(20)])
+        assert _stream(broker, name)["first_offset"] == 0
+        # no publish from now on: only the stream's own timer can remove segments
+        wait_until(lambda: _stream(broker, name)["first_offset"] > 0, timeout=15, what="aged segments removed")
+        info = _stream(broker, name)
+        assert info["segments"] == 1 and info["next_offset"] == 20  # the active one stays
+        assert info["segments_removed_by_retention"] >= 2
