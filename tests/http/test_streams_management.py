@@ -56,6 +56,8 @@ def test_api_queues_shows_stream_type_offsets_size_retention_and_readers(http_br
         assert stream["max_length_bytes"] == 5_000_000 and stream["max_age"] == "1h"
         assert stream["max_segment_size_bytes"] == 4096
         assert stream["readers"] == 1
+        [reader] = stream["reader_details"]
+        assert reader["offset"] == 40 and reader["lag"] == 0 and reader["delivered"] == 40
         listed = [q for q in api.json("/api/queues") if q["name"] == "events"]
         assert listed and listed[0]["type"] == "stream"
     finally:

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .queue import Consumer
     from .vhost import VirtualHost
 
-log = logging.getLogger("baedal.core")
+logger = logging.getLogger("baedal.core")
 
 DRAIN_BATCH = 256  # deliveries per cursor per drain call (as core/queue.py)
 READ_CHUNK_BYTES = 256 * 1024  # bytes read from the log per cursor refill
@@ -522,6 +522,17 @@ class StreamQueue:
             "max_age": settings.max_age_text,
             "max_segment_size_bytes": log_.max_segment_bytes,
             "readers": len(self.cursors),
+            # where each push consumer is: the next offset it gets and how far behind
+            # the end of the stream that is
+            "reader_details": [
+                {
+                    "consumer_tag": getattr(cursor.consumer, "tag", ""),
+                    "offset": cursor.offset,
+                    "lag": max(log_.next_offset - cursor.offset, 0),
+                    "delivered": cursor.delivered,
+                }
+                for cursor in self.cursors.values()
+            ],
             "segments_removed_by_retention": log_.removed_by_retention,
         }
 
@@ -650,7 +661,7 @@ class StreamQueue:
                         READ_CHUNK_BYTES, end_offset=committed
                     )
                 except OSError as exc:
-                    log.error("stream %s: read failed: %s", self.name, exc)
+                    logger.error("stream %s: read failed: %s", self.name, exc)
                     return False
                 cursor.index = 0
                 if not pending:
@@ -750,10 +761,10 @@ class StreamQueue:
         try:
             removed = self.log.apply_retention()
         except OSError as exc:
-            log.error("stream %s: retention failed: %s", self.name, exc)
+            logger.error("stream %s: retention failed: %s", self.name, exc)
             removed = []
         for segment in removed:
-            log.info("stream %s: removed segment %s (%s)", self.name, segment.segment.name, segment.reason)
+            logger.info("stream %s: removed segment %s (%s)", self.name, segment.segment.name, segment.reason)
         self._schedule_retention()
 
     def __repr__(self) -> str:

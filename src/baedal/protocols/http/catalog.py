@@ -248,6 +248,18 @@ QUEUE = obj(
                 "max_age": {"type": ["string", "null"]},
                 "max_segment_size_bytes": INTEGER,
                 "readers": INTEGER,
+                "reader_details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "consumer_tag": STRING,
+                            "offset": INTEGER,
+                            "lag": INTEGER,
+                            "delivered": INTEGER,
+                        },
+                    },
+                },
                 "segments_removed_by_retention": INTEGER,
             },
         },
