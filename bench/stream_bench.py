@@ -18,9 +18,12 @@ machine hit both alike):
     e.g. ``10G``; 0 skips): a stream of that size (``--rss-body`` bytes per message) is
     read from first while the broker's VmRSS is sampled; baseline and peak.
 
-Both brokers are driven by the same client (aiormq, one connection, one channel), so
-the client's own cost is the same on both sides; on a small machine it can be the
-bottleneck, which the numbers then understate for the faster broker.  amqp-load
+Both brokers are driven by the same clients: scenario (a) by ``baedal perf`` (the
+repo's load tool, ``--queue-args`` declares the stream; ``--publish-client aiormq``
+uses aiormq instead), (b) and (c) by aiormq (one connection, one channel), since they
+need the ``x-stream-offset`` consumer argument that ``baedal perf`` does not send.
+aiormq costs a task per message: on a small machine it is the bottleneck of (b) (about
+5 k msg/s here with either broker), which understates the faster broker.  amqp-load
 (~/.cache/amqp-load) cannot be used: it declares its queue without arguments, which a
 stream refuses (406 inequivalent x-queue-type), and cannot pass ``x-stream-offset``.
 
@@ -158,6 +161,8 @@ async def read_from_first(channel: Any, name: str, count: int, sample_pid: int |
 
 
 async def run_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.publish_client == "perf":
+        return await run_publish_perf(url, args)
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -168,6 +173,31 @@ async def run_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"messages": confirmed, "seconds": elapsed, "rate": confirmed / elapsed}
     finally:
         await connection.close()
+
+
+async def run_publish_perf(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario (a) with ``baedal perf`` (the repo's load tool: hand-written frames, no
+    task per message), which keeps the client from being the bottleneck."""
+    name = f"bench-stream-{uuid.uuid4().hex[:8]}"
+    queue_args = json.dumps(
+        {"x-queue-type": "stream", "x-max-length-bytes": 20_000_000_000, "x-stream-max-segment-size-bytes": 100_000_000}
+    )
+    command = [
+        sys.executable, "-m", "baedal.perf", "--uri", url, "-x", "1", "-y", "0",
+        "-s", str(args.size), "-f", "-c", str(args.window), "--durable-queue",
+        "--queue-args", queue_args, "-u", name, "-z", str(args.seconds), "--json", "--quiet",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    try:
+        result = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"baedal perf failed: {stderr.decode()[-500:]}") from None
+    if not result.get("ok"):
+        print(f"  warning: baedal perf reports a problem: {result.get('errors')}", file=sys.stderr)
+    return {"messages": result["confirmed"], "seconds": result["pub_s"], "rate": result["pub_rate"]}
 
 
 async def run_read(url: str, args: argparse.Namespace, count: int, body_size: int, pid: int | None) -> dict[str, Any]:
@@ -250,6 +280,12 @@ def main() -> None:
     parser.add_argument("--read-count", type=int, default=1_000_000, help="messages read from first (0 skips)")
     parser.add_argument("--rss-bytes", default="0", help="stream size for the RSS scenario, e.g. 10G (0 skips)")
     parser.add_argument("--rss-body", type=int, default=65536, help="body bytes in the RSS scenario")
+    parser.add_argument(
+        "--publish-client",
+        choices=("perf", "aiormq"),
+        default="perf",
+        help="client for scenario (a): baedal perf (default) or aiormq",
+    )
     parser.add_argument("--json", default=None, help="append one JSON line per measurement here")
     asyncio.run(main_async(parser.parse_args()))
 

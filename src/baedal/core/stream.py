@@ -48,6 +48,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..storage.record_batch import Record
 from .message import Message, QueueEntry
 from .properties import (
     BasicProperties,
@@ -59,7 +60,7 @@ from .properties import (
 from .queue import QueueArgumentError, QueueSettings
 
 if TYPE_CHECKING:
-    from ..storage.record_batch import Batch, Record
+    from ..storage.record_batch import Batch
     from ..storage.stream_log import FileRange, StreamLog
     from .queue import Consumer
     from .vhost import VirtualHost
@@ -541,8 +542,6 @@ class StreamQueue:
     def publish(self, message: Message) -> Any:
         """Append one record.  False (the confirm is a nack) when the log cannot write;
         True, or for a transient message a ``CommitHandle`` the confirm waits for."""
-        from ..storage.record_batch import Record
-
         key, value, headers, timestamp_ms = message_to_record(message)
         try:
             self.log.append((Record(value, key, headers, timestamp_ms),))
