@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 
 from baedal import Broker
@@ -173,3 +174,18 @@ def test_age_retention_removes_segments_older_than_x_max_age_on_its_timer(tmp_pa
         info = _stream(broker, name)
         assert info["segments"] == 1 and info["next_offset"] == 20  # the active one stays
         assert info["segments_removed_by_retention"] >= 2
+
+
+def test_a_message_larger_than_a_stream_batch_is_nacked_and_the_stream_goes_on(tmp_path: Path) -> None:
+    # A record batch holds at most 64 MiB (storage/record_batch.py); RabbitMQ would take
+    # such a message into a stream, Baedal nacks it rather than write what it cannot read.
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        channel = connection.channel()
+        channel.queue_declare("bounded", durable=True, arguments={"x-queue-type": "stream"})
+        channel.confirm_delivery()
+        with pytest.raises(pika.exceptions.NackError):
+            channel.basic_publish("", "bounded", b"x" * (65 * 1024 * 1024), pika.BasicProperties(delivery_mode=2))
+        channel.basic_publish("", "bounded", b"small", pika.BasicProperties(delivery_mode=2))
+        connection.close()
+        assert _read(broker, "bounded", "first", 1) == [(0, b"small")]

@@ -48,7 +48,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..storage.record_batch import Record
+from ..storage.record_batch import Record, RecordBatchError
 from .message import Message, QueueEntry
 from .properties import (
     BasicProperties,
@@ -547,6 +547,9 @@ class StreamQueue:
             self.log.append((Record(value, key, headers, timestamp_ms),))
         except OSError as exc:
             self.vhost.broker.write_failed(None, exc)
+            return False
+        except RecordBatchError as exc:  # larger than the log's batch bound: nacked
+            logger.warning("stream %s: message refused: %s", self.name, exc)
             return False
         self.publish_count += 1
         handle: Any = True
