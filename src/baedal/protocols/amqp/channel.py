@@ -787,7 +787,9 @@ class Channel:
         """RabbitMQ 3.10.8: basic.nack / basic.reject of a stream delivery is 540."""
         for record in records:
             if type(record.queue) is StreamQueue:
-                self._settle(records, "ack", False)  # give the credit back first
+                # The connection closes: hand every taken delivery back as closing would
+                # (classic ones requeued, stream ones just release their credit).
+                self._settle(records, "reject", True)
                 self._refuse_on_stream(record.queue, "basic.nack and basic.reject", method)
 
     def _validate_tags(self, tag: int, multiple: bool, method: spec.Method) -> None:
