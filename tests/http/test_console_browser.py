@@ -352,3 +352,36 @@ def test_logout_returns_to_the_login_form(console: Any) -> None:
     console.get_by_test_id("logout").click()
     expect(console.get_by_test_id("login")).to_be_visible()
     assert console.evaluate("sessionStorage.getItem('baedal.auth')") is None
+
+
+def test_queue_page_of_a_stream_shows_offsets_size_retention_and_readers(console: Any, http_broker: Any) -> None:
+    import pika
+
+    name = unique_name("console-stream")
+    connection = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(
+            name,
+            durable=True,
+            arguments={"x-queue-type": "stream", "x-max-length-bytes": 1_000_000, "x-max-age": "7D"},
+        )
+        channel.confirm_delivery()
+        for i in range(3):
+            channel.basic_publish("", name, f"s{i}".encode(), pika.BasicProperties(delivery_mode=2))
+        reader = connection.channel()
+        reader.basic_qos(prefetch_count=10)
+        reader.basic_consume(name, lambda ch, m, p, b: ch.basic_ack(m.delivery_tag), arguments={"x-stream-offset": "first"})
+        connection.process_data_events(0.2)
+        console.goto(f"{http_broker.http_url}/console/#/queues/%2F/{name}")
+        expect(console.get_by_test_id("queue-detail-type")).to_have_text("stream")
+        expect(console.get_by_test_id("queue-detail-messages")).to_have_text("3")
+        expect(console.get_by_test_id("queue-detail-first_offset")).to_have_text("0")
+        expect(console.get_by_test_id("queue-detail-last_offset")).to_have_text("2")
+        expect(console.get_by_test_id("queue-detail-segments")).to_have_text("1")
+        expect(console.get_by_test_id("queue-detail-max_length_bytes")).to_have_text("1,000,000")
+        expect(console.get_by_test_id("queue-detail-max_age")).to_have_text("7D")
+        expect(console.get_by_test_id("queue-detail-readers")).to_have_text("1")
+        screenshot(console, "10-stream-detail")
+    finally:
+        connection.close()

@@ -2,9 +2,8 @@
 
 One row per declaration: what RabbitMQ 3.10.8 answers (checked against it with
 ``BAEDAL_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/``; ``{name}`` stands for the
-queue name) and Baedal must answer the same.  Streams are the one deliberate
-difference: RabbitMQ serves them, Baedal refuses them with 406 until its streams land
-rather than pass a classic queue off as one.
+queue name) and Baedal must answer the same.  Streams have their own table in
+tests/interop/test_streams.py.
 """
 
 from __future__ import annotations
@@ -138,16 +137,6 @@ def test_queue_type_argument_is_answered_as_rabbitmq_does(amqp_url: str, unique,
     else:
         code, text = expected
         assert answer == (code, f"PRECONDITION_FAILED - {text.format(name=name)}")
-
-
-@pytest.mark.skipif(EXTERNAL, reason="deliberate difference: RabbitMQ serves streams; Baedal refuses them until they land")
-def test_stream_queue_is_refused_until_streams_are_supported(amqp_url: str, unique) -> None:
-    name = unique("stream")
-    answer = _declare(amqp_url, name, True, False, False, {"x-queue-type": "stream"})
-    assert answer is not None
-    code, text = answer
-    assert code == 406
-    assert "stream queues are not supported yet" in text and name in text
 
 
 def test_a_refused_quorum_declaration_creates_nothing(amqp_url: str, unique) -> None:

@@ -14,6 +14,7 @@ from .exchange import EXCHANGE_CLASSES, Binding, Exchange
 from .message import Message
 from .policy import Policy, alternate_exchange, select
 from .queue import Queue, QueueArgumentError, QueueSettings
+from .stream import StreamQueue, StreamSettings, check_stream_declare
 
 if TYPE_CHECKING:
     from .broker import BrokerCore as Broker
@@ -209,6 +210,8 @@ class VirtualHost:
             self._check_queue_args(existing, arguments)
             existing.touch()
             return existing, False
+        if arguments.get("x-queue-type") == "stream":
+            return self._declare_stream(name, arguments), True
         try:
             queue = Queue(
                 self,
@@ -229,6 +232,24 @@ class VirtualHost:
             self.broker.definitions_changed("queue", self, queue)
         return queue, True
 
+    def _declare_stream(self, name: str, arguments: dict[str, Any]) -> Queue:
+        """A new stream (core/stream.py): one StreamLog in the data directory."""
+        storage = self.broker.storage
+        if storage is None:
+            raise CoreError(
+                "precondition_failed",
+                f"stream '{name}' in vhost '{self.name}' needs a data directory (durable storage)",
+            )
+        try:
+            settings = StreamSettings(arguments, f"for queue '{name}' in vhost '{self.name}'")
+        except QueueArgumentError as exc:
+            raise CoreError("precondition_failed", str(exc)) from None
+        stream = StreamQueue(self, name, storage.stream_log(self.name, name, settings), arguments=arguments)
+        self.queues[name] = stream  # type: ignore[assignment]
+        self.default_exchange.add_binding(Binding("", stream, name, {}))  # type: ignore[arg-type]
+        self.broker.definitions_changed("queue", self, stream)
+        return stream  # type: ignore[return-value]
+
     def _check_queue_type(
         self, name: str, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any]
     ) -> None:
@@ -246,11 +267,11 @@ class VirtualHost:
                 f"invalid arg 'x-queue-type' {where}: {{unacceptable_type,{type(queue_type).__name__}}}",
             )
         if queue_type == "stream":
-            raise CoreError(
-                "precondition_failed",
-                f"stream queues are not supported yet: queue '{name}' in vhost '{self.name}' "
-                "was not declared (x-queue-type 'stream')",
-            )
+            try:
+                check_stream_declare(name, self.name, durable, exclusive, auto_delete, arguments)
+            except QueueArgumentError as exc:
+                raise CoreError("precondition_failed", str(exc)) from None
+            return
         if queue_type != "quorum":
             raise CoreError(
                 "precondition_failed", f"invalid arg 'x-queue-type' {where}: \"unsupported queue type '{queue_type}'\""

@@ -1,6 +1,9 @@
 """Wires the storage layer into the broker core.
 
 * one ``Syncer`` per broker (group commit for every durable queue and ack file);
+* one ``StreamLog`` per stream (``x-queue-type: stream``, core/stream.py) under
+  ``<data_dir>/streams/<digest of vhost and name>``, appended through the same
+  ``Syncer``; recovery truncates a torn tail and reports it (logged at start-up);
 * one ``SegmentStore`` per durable queue (a priority queue too: one log, see
   core/priority.py) under
   ``<data_dir>/queues/<digest of vhost and name>``;
@@ -27,6 +30,7 @@ from .memory import disk_free_bytes
 from .paged_store import PagedStore
 from .queue_store import SegmentStore
 from .segment import StorageError
+from .stream_log import StreamLog
 from .syncer import Syncer
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ class StorageEngine:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.queues_dir = self.data_dir / "queues"
+        self.streams_dir = self.data_dir / "streams"
+        self.streams: dict[tuple[str, str], StreamLog] = {}
         self.transient_dir = self.data_dir / "transient"
         self._transient_counter = 0
         self.syncer: Syncer | None = None
@@ -63,6 +69,7 @@ class StorageEngine:
 
     def open(self) -> None:
         self.queues_dir.mkdir(parents=True, exist_ok=True)
+        self.streams_dir.mkdir(parents=True, exist_ok=True)
         # Paged-out transient messages do not survive a restart (as in RabbitMQ).
         shutil.rmtree(self.transient_dir, ignore_errors=True)
         self.syncer = Syncer(on_fatal=self._fatal, loop=self.core.loop)
@@ -82,7 +89,8 @@ class StorageEngine:
             logging.WARNING if report["unclean_stores"] or report["lost_bytes"] else logging.INFO,
             "recovery: %d durable queue(s), %d message(s) (%d body bytes) recovered in %.2fs; "
             "%d store(s) after an unclean shutdown; %d byte(s) of torn tail truncated, "
-            "%d damaged byte(s) skipped, %d byte(s) of unreadable segments dropped",
+            "%d damaged byte(s) skipped, %d byte(s) of unreadable segments dropped; "
+            "%d stream(s), %d byte(s) dropped from damaged stream tails",
             report["queues"],
             report["messages"],
             report["message_bytes"],
@@ -91,6 +99,8 @@ class StorageEngine:
             report["truncated_bytes"],
             report["damaged_bytes"],
             report["dropped_bytes"],
+            report["streams"],
+            report["stream_lost_bytes"],
         )
 
     def _recovery_report(self) -> dict[str, Any]:
@@ -112,8 +122,13 @@ class StorageEngine:
             report["truncated_bytes"] += stats.truncated_bytes
             report["damaged_bytes"] += stats.damaged_bytes
             report["dropped_bytes"] += stats.dropped_bytes
+        stream_lost = 0
+        for log_ in self.streams.values():
+            stream_lost += log_.recovery.lost_bytes
+        report["streams"] = len(self.streams)
+        report["stream_lost_bytes"] = stream_lost
         report["lost_bytes"] = (
-            report["truncated_bytes"] + report["damaged_bytes"] + report["dropped_bytes"]
+            report["truncated_bytes"] + report["damaged_bytes"] + report["dropped_bytes"] + stream_lost
         )
         report["seconds"] = round(self.recovery_seconds, 3)
         return report
@@ -205,6 +220,11 @@ class StorageEngine:
 
     def _remove_orphans(self) -> None:
         """Stores of queues that no longer exist (exclusive or deleted while down)."""
+        known_streams = {queue_directory_name(k[0], k[1]) for k in self.streams}
+        for path in self.streams_dir.iterdir():
+            if path.name not in known_streams:
+                log.info("removing stream %s that no longer exists", path.name)
+                shutil.rmtree(path, ignore_errors=True)
         known = {queue_directory_name(k[0], k[1]) for k in self.stores}
         for path in self.queues_dir.iterdir():
             if path.name not in known:
@@ -254,6 +274,40 @@ class StorageEngine:
             len(old),
         )
 
+    def stream_log(self, vhost: str, name: str, settings: Any) -> StreamLog:
+        """Open (recovering) or create a stream's log; ``settings`` is core/stream.py's
+        ``StreamSettings``.  What recovery dropped is logged here and counted in the
+        start-up recovery report."""
+        assert self.syncer is not None
+        directory = self.streams_dir / queue_directory_name(vhost, name)
+        options: dict[str, Any] = {"max_bytes": settings.max_bytes, "max_age": settings.max_age}
+        if settings.max_segment_bytes:
+            options["max_segment_bytes"] = settings.max_segment_bytes
+        stream = StreamLog.open(directory, syncer=self.syncer, **options)
+        report = stream.recovery
+        for truncation in report.truncations:
+            log.warning(
+                "stream '%s' in vhost '%s': %s truncated at %d, %d byte(s) dropped (%s)",
+                name, vhost, truncation.segment.name, truncation.position,
+                truncation.truncated_bytes, truncation.reason,
+            )
+        for removed in report.removed_segments:
+            log.warning(
+                "stream '%s' in vhost '%s': segment %s removed, %d byte(s) (%s)",
+                name, vhost, removed.segment.name, removed.size, removed.reason,
+            )
+        self.streams[(vhost, name)] = stream
+        return stream
+
+    def stream_deleted(self, vhost: str, name: str) -> None:
+        stream = self.streams.pop((vhost, name), None)
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError as exc:
+                log.error("closing stream %s: %s", stream.directory, exc)
+        shutil.rmtree(self.streams_dir / queue_directory_name(vhost, name), ignore_errors=True)
+
     def transient_store(self, vhost: str, queue: str, level: int | None) -> PagedStore:
         """A non-durable queue's store: memory first, paged out to disk past a budget."""
         self._transient_counter += 1
@@ -301,6 +355,8 @@ class StorageEngine:
             defs.delete_vhost(vhost.name)
             for key in [k for k in self.stores if k[0] == vhost.name]:
                 self.store_deleted(key[0], key[1])
+            for stream_key in [k for k in self.streams if k[0] == vhost.name]:
+                self.stream_deleted(*stream_key)
         elif kind == "user":
             defs.put_user(obj.name, obj.password_hash, obj.tags)
         elif kind == "user-deleted":
@@ -433,6 +489,12 @@ class StorageEngine:
             except OSError as exc:
                 log.error("closing store %s: %s", store.directory, exc)
         self.stores.clear()
+        for stream in list(self.streams.values()):
+            try:
+                stream.close()
+            except OSError as exc:
+                log.error("closing stream %s: %s", stream.directory, exc)
+        self.streams.clear()
         if self.syncer is not None:
             # let a job in flight finish
             for _ in range(100):

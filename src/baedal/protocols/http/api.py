@@ -669,6 +669,16 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         else None,
         "message_stats": stats,
     }
+    stream_info = getattr(queue, "stream_info", None)
+    if stream_info is not None:
+        # A stream (core/stream.py): its "messages" are the records retained, all of
+        # them readable (RabbitMQ counts them as ready too); RabbitMQ's committed_offset
+        # at the top level, Baedal's offsets, size, segments, retention and readers
+        # under "stream".
+        details = stream_info()
+        info["messages"] = info["messages_ready"] = details["messages"]
+        info["committed_offset"] = details["committed_offset"]
+        info["stream"] = details
     if failure is not None:
         info["storage_error"] = failure
     return info
@@ -759,7 +769,10 @@ async def purge_queue(request: web.Request) -> web.Response:
     vhost = _vhost(request)
     queue = _queue(request, vhost)
     check_permission(_core(request), _user(request), vhost.name, "read", queue.name)
-    queue.purge()
+    try:
+        queue.purge()
+    except CoreError as exc:  # a stream cannot be purged
+        raise from_core(exc) from None
     return no_content()
 
 
@@ -803,7 +816,10 @@ async def get_messages(request: web.Request) -> web.Response:
     taken: list[QueueEntry] = []
     result = []
     for _ in range(count):
-        entry = queue.get(no_ack=False)
+        try:
+            entry = queue.get(no_ack=False)
+        except CoreError as exc:  # a stream is read by consumers, not by get
+            raise from_core(exc) from None
         if entry is None:
             break
         message = entry.message

@@ -229,6 +229,40 @@ QUEUE = obj(
         "operator_policy": {"type": ["string", "null"]},
         "effective_policy_definition": POLICY_DEFINITION,
         "message_stats": stats("publish", "deliver_get", "ack", "redeliver"),
+        "committed_offset": {
+            "type": "integer",
+            "description": "streams only: records below this offset are on disk (fsynced) and readable",
+        },
+        "stream": {
+            "type": "object",
+            "description": "streams only (type: stream): offsets, size, segments, retention, readers",
+            "properties": {
+                "first_offset": INTEGER,
+                "last_offset": INTEGER,
+                "next_offset": INTEGER,
+                "committed_offset": INTEGER,
+                "messages": INTEGER,
+                "bytes_on_disk": INTEGER,
+                "segments": INTEGER,
+                "max_length_bytes": {"type": ["integer", "null"]},
+                "max_age": {"type": ["string", "null"]},
+                "max_segment_size_bytes": INTEGER,
+                "readers": INTEGER,
+                "reader_details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "consumer_tag": STRING,
+                            "offset": INTEGER,
+                            "lag": INTEGER,
+                            "delivered": INTEGER,
+                        },
+                    },
+                },
+                "segments_removed_by_retention": INTEGER,
+            },
+        },
     },
     (
         "name",

@@ -60,6 +60,27 @@ class BrokerCollector(Collector):
         redelivered = CounterMetricFamily(
             "baedal_queue_messages_redelivered", "Messages delivered again", labels=labels
         )
+        # Streams (core/stream.py): size on disk, segments, offsets and readers.
+        stream_bytes = GaugeMetricFamily(
+            "baedal_stream_bytes_on_disk", "Bytes of the stream's segments on disk", labels=labels
+        )
+        stream_segments = GaugeMetricFamily(
+            "baedal_stream_segments", "Segment files of the stream", labels=labels
+        )
+        stream_first = GaugeMetricFamily(
+            "baedal_stream_first_offset", "Oldest retained offset of the stream", labels=labels
+        )
+        stream_committed = GaugeMetricFamily(
+            "baedal_stream_committed_offset",
+            "Offset after the last record covered by fsync (readers see records below it)",
+            labels=labels,
+        )
+        stream_next = GaugeMetricFamily(
+            "baedal_stream_next_offset", "Offset the next appended record gets", labels=labels
+        )
+        stream_readers = GaugeMetricFamily(
+            "baedal_stream_readers", "Consumers reading the stream", labels=labels
+        )
         queue_count = exchange_count = consumer_total = 0
         for vhost in list(core.vhosts.values()):
             exchange_count += len(vhost.exchanges)
@@ -75,7 +96,22 @@ class BrokerCollector(Collector):
                 delivered.add_metric(values, queue.deliver_count)
                 acked.add_metric(values, queue.ack_count)
                 redelivered.add_metric(values, queue.redeliver_count)
+                stream_info = getattr(queue, "stream_info", None)
+                if stream_info is not None:
+                    details = stream_info()
+                    stream_bytes.add_metric(values, details["bytes_on_disk"])
+                    stream_segments.add_metric(values, details["segments"])
+                    stream_first.add_metric(values, details["first_offset"])
+                    stream_committed.add_metric(values, details["committed_offset"])
+                    stream_next.add_metric(values, details["next_offset"])
+                    stream_readers.add_metric(values, details["readers"])
         yield from (
+            stream_bytes,
+            stream_segments,
+            stream_first,
+            stream_committed,
+            stream_next,
+            stream_readers,
             ready,
             unacked,
             consumers,

@@ -866,6 +866,23 @@
           ["Operator policy", queue.operator_policy || "–", "operator_policy"],
           ["Effective policy", Object.keys(queue.effective_policy_definition || {}).length ? JSON.stringify(queue.effective_policy_definition) : "–", "effective_policy_definition"],
         ];
+        const stream = queue.stream;
+        if (stream) {
+          // A stream: offsets, size on disk and retention instead of a ready backlog.
+          rows.splice(
+            4,
+            2,
+            ["First offset", fmtNum(stream.first_offset), "first_offset"],
+            ["Last offset", stream.last_offset < 0 ? "–" : fmtNum(stream.last_offset), "last_offset"],
+            ["Committed offset", fmtNum(stream.committed_offset), "committed_offset"],
+            ["Bytes on disk", fmtNum(stream.bytes_on_disk), "bytes_on_disk"],
+            ["Segments", fmtNum(stream.segments), "segments"],
+            ["Max length (bytes)", stream.max_length_bytes == null ? "–" : fmtNum(stream.max_length_bytes), "max_length_bytes"],
+            ["Max age", stream.max_age || "–", "max_age"],
+            ["Segment size (bytes)", fmtNum(stream.max_segment_size_bytes), "max_segment_size_bytes"],
+            ["Readers", fmtNum(stream.readers), "readers"]
+          );
+        }
         replace(info, rows.map(([k, v, key]) => [h("dt", null, k), h("dd", { "data-testid": `queue-detail-${key}` }, v)]));
 
         let consumers = queue.consumer_details;

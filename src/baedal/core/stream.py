@@ -1,0 +1,778 @@
+"""Streams: a queue-like target backed by one append-only ``StreamLog``, read by cursors.
+
+Theory of operation
+-------------------
+A ``StreamQueue`` sits in ``vhost.queues`` like a ``Queue``, so exchanges route into it,
+bindings, deletes and the management listing work unchanged.  Publishing appends one
+record to its ``storage.stream_log.StreamLog`` (group-committed by the broker's one
+``Syncer``); nothing is ever removed by consumers: retention (``x-max-length-bytes``,
+``x-max-age``) deletes whole segments from the oldest.
+
+Confirms: a stream is durable, so a persistent message routed to it sets ``NEEDS_SYNC``
+in ``core/publish.py`` and its confirm waits for the covering fsync, exactly as for a
+durable queue.  Readers only see *committed* records (up to ``committed_offset``, the
+log's next offset when the last covering fsync started): a consumer never receives a
+record that a crash could still take away (Kafka's high watermark; RabbitMQ delivers
+committed chunks only).
+
+One consumer interface, two ways to read
+----------------------------------------
+* **Push with credit** (AMQP now; STOMP and MQTT later): the adapter registers a
+  ``Consumer`` (``core/queue.py``: ``can_deliver()``, ``deliver(queue, entry)``,
+  ``cancelled_by_server(queue)``) with ``add_consumer(consumer, start=...)``.  The
+  stream gives it a ``StreamCursor`` (a ``StreamLog.reader`` plus at most one bounded
+  chunk of decoded records).  ``drain()`` calls ``consumer.deliver`` while
+  ``can_deliver()`` says the consumer has credit; each delivery is a ``QueueEntry``
+  whose ``position`` is the record's offset and whose message is ``record_to_message``.
+  Credit comes back when the adapter settles (``ack``), which only counts: nothing is
+  deleted.  Work per call is bounded: at most ``DRAIN_BATCH`` deliveries and
+  ``READ_CHUNK_BYTES`` read per cursor, then one ``call_soon`` for the rest, so reading
+  a huge stream never holds the whole stream in memory nor the loop for long.
+* **Pull by offset** (Kafka fetch later): ``read(offset, max_bytes)`` returns whole
+  committed batches from ``offset`` (``storage.record_batch.Batch``; the raw bytes are
+  what a Kafka fetch answers) and ``file_ranges(offset, max_bytes)`` the same bytes as
+  descriptor ranges for ``os.sendfile``.  No state is kept per puller.
+
+``start`` for a consumer is ``"first"``, ``"last"``, ``"next"`` (the default, as in
+RabbitMQ), an offset (clamped into the retained range, as RabbitMQ does), or
+``timestamp_ms=`` (the first record stored at or after that time).
+
+The record mapping (``message_to_record`` / ``record_to_message``) is the only place
+that knows how a ``Message`` looks inside the log; see their docstrings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..storage.record_batch import Record, RecordBatchError
+from .message import Message, QueueEntry
+from .properties import (
+    BasicProperties,
+    DecodeError,
+    Timestamp,
+    encode_properties,
+    scan_properties,
+)
+from .queue import QueueArgumentError, QueueSettings
+
+if TYPE_CHECKING:
+    from ..storage.record_batch import Batch
+    from ..storage.stream_log import FileRange, StreamLog
+    from .queue import Consumer
+    from .vhost import VirtualHost
+
+logger = logging.getLogger("baedal.core")
+
+DRAIN_BATCH = 256  # deliveries per cursor per drain call (as core/queue.py)
+READ_CHUNK_BYTES = 256 * 1024  # bytes read from the log per cursor refill
+RETENTION_CHECK_SECONDS = 60.0  # how often x-max-age is applied (at most; see below)
+
+# Classic/quorum arguments RabbitMQ 3.10.8 refuses on a stream (406, checked against it:
+# tests/interop/test_streams.py).  Other x- arguments are accepted and ignored there too.
+STREAM_INVALID_ARGUMENTS = frozenset(
+    {
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-delivery-limit",
+        "x-expires",
+        "x-max-in-memory-bytes",
+        "x-max-in-memory-length",
+        "x-max-length",
+        "x-max-priority",
+        "x-message-ttl",
+        "x-overflow",
+        "x-queue-mode",
+        "x-queue-version",
+        "x-quorum-initial-group-size",
+        "x-single-active-consumer",
+    }
+)
+
+# RabbitMQ's x-max-age units (rabbit_amqqueue: Y, M, D, h, m, s; a year is 365 days, a
+# month 30).  "0s", an unknown unit or a lowercase "d" are refused (invalid_max_age).
+MAX_AGE_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
+_MAX_AGE = re.compile(r"^([0-9]*)(.*)$", re.DOTALL)
+
+
+def parse_interval(value: str) -> int | None:
+    """Seconds in a RabbitMQ interval string ("7D", "1h", "30m", "10s", "1Y", "1M"), or
+    None when it is not one (zero is not one either)."""
+    match = _MAX_AGE.match(value)
+    if match is None or not match.group(1):
+        return None
+    unit = MAX_AGE_UNITS.get(match.group(2))
+    number = int(match.group(1))
+    if unit is None or number <= 0:
+        return None
+    return number * unit
+
+
+def _amqp_type(value: Any) -> str:
+    """RabbitMQ's name for a field-table value's type, as in its error texts."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Timestamp):
+        return "timestamp"
+    if isinstance(value, int):
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, bytes):
+        return "binary"
+    return "void" if value is None else type(value).__name__
+
+
+class StreamSettings:
+    """A stream's validated arguments (retention and segment size)."""
+
+    __slots__ = ("max_bytes", "max_age", "max_age_text", "max_segment_bytes")
+
+    def __init__(self, arguments: dict[str, Any], where: str) -> None:
+        """``where`` is "for queue 'q' in vhost '/'" (RabbitMQ's texts include it)."""
+        self.max_bytes = _non_negative(arguments, "x-max-length-bytes", where)
+        self.max_segment_bytes = _non_negative(arguments, "x-stream-max-segment-size-bytes", where)
+        max_age = arguments.get("x-max-age")
+        self.max_age: int | None = None
+        self.max_age_text: str | None = None
+        if max_age is not None:
+            if not isinstance(max_age, str):
+                raise QueueArgumentError(
+                    f"invalid arg 'x-max-age' {where}: {{unacceptable_type,{_amqp_type(max_age)}}}"
+                )
+            seconds = parse_interval(max_age)
+            if seconds is None:
+                # RabbitMQ 3.10.8 answers "h" (no number) with 541 INTERNAL_ERROR (a crash
+                # in its parser); we answer it as it answers "1x": 406 invalid_max_age.
+                raise QueueArgumentError(f"invalid arg 'x-max-age' {where}: invalid_max_age")
+            self.max_age = seconds
+            self.max_age_text = max_age
+
+    def log_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"max_bytes": self.max_bytes, "max_age": self.max_age}
+        if self.max_segment_bytes:
+            settings["max_segment_bytes"] = self.max_segment_bytes
+        return settings
+
+
+def _non_negative(arguments: dict[str, Any], name: str, where: str) -> int | None:
+    value = arguments.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QueueArgumentError(
+            f'invalid arg \'{name}\' {where}: "expected integer, got {_amqp_type(value)}"'
+        )
+    if value < 0:
+        raise QueueArgumentError(f"invalid arg '{name}' {where}: {{value_negative,{value}}}")
+    return value
+
+
+def check_stream_declare(
+    name: str,
+    vhost: str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: dict[str, Any],
+) -> None:
+    """Refuse what RabbitMQ 3.10.8 refuses for ``x-queue-type: stream``, in its order:
+    argument values, a server-named queue, classic-only arguments, then the properties
+    (auto-delete, exclusive, non-durable).  Raises ``QueueArgumentError`` (406)."""
+    where = f"for queue '{name}' in vhost '{vhost}'"
+    StreamSettings(arguments, where)
+    if not name:
+        raise QueueArgumentError("Cannot declare a server-named queue for type rabbit_stream_queue")
+    for key in sorted(arguments):
+        if key in STREAM_INVALID_ARGUMENTS:
+            raise QueueArgumentError(
+                f"invalid arg '{key}' {where} of queue type rabbit_stream_queue"
+            )
+    for refused, prop in (
+        (auto_delete, "auto-delete"),
+        (exclusive, "exclusive-owner"),
+        (not durable, "non-durable"),
+    ):
+        if refused:
+            raise QueueArgumentError(f"invalid property '{prop}' {where}")
+
+
+class StartError(ValueError):
+    """An ``x-stream-offset`` the stream cannot start from."""
+
+
+def start_from_argument(value: Any, now: float | None = None) -> tuple[Any, int | None]:
+    """(start, timestamp_ms) for a consumer from an ``x-stream-offset`` argument value:
+    "first" / "last" / "next", an offset (negative: from the first), an AMQP timestamp
+    (seconds), or an interval string ("1h": from one hour ago)."""
+    if value is None:
+        return "next", None
+    if isinstance(value, Timestamp):
+        return "first", int(value) * 1000
+    if isinstance(value, bool):
+        raise StartError(f"invalid x-stream-offset {value!r}")
+    if isinstance(value, int):
+        return max(value, 0), None
+    if isinstance(value, str):
+        if value in ("first", "last", "next"):
+            return value, None
+        seconds = parse_interval(value)
+        if seconds is not None:
+            moment = time.time() if now is None else now
+            return "first", int((moment - seconds) * 1000)
+    raise StartError(f"invalid x-stream-offset {value!r}")
+
+
+# --- the record mapping -------------------------------------------------------------------
+
+# Reserved record header names.  Neutral properties use their plain names so a Kafka
+# reader sees ordinary headers; everything Baedal-specific starts with "x-baedal-".
+EXCHANGE_HEADER = "x-baedal-exchange"
+# The AMQP basic-properties block as published: AMQP -> stream -> AMQP returns exactly
+# what was published (every typed header value: long vs int, timestamps, decimals,
+# nested tables), which string headers alone cannot carry.
+AMQP_PROPERTIES_HEADER = "x-baedal-amqp-properties"
+_NEUTRAL_PROPERTIES = (
+    ("content_type", "content-type"),
+    ("content_encoding", "content-encoding"),
+    ("correlation_id", "correlation-id"),
+    ("message_id", "message-id"),
+    ("reply_to", "reply-to"),
+    ("expiration", "expiration"),
+    ("type", "type"),
+    ("user_id", "user-id"),
+    ("app_id", "app-id"),
+)
+_RESERVED = frozenset(
+    [EXCHANGE_HEADER, AMQP_PROPERTIES_HEADER, "timestamp", "priority"]
+    + [name for _attr, name in _NEUTRAL_PROPERTIES]
+)
+# Property flags of fields a neutral reader cares about beyond delivery-mode/priority.
+_DESCRIBED_FLAGS = 0xFFFF & ~((1 << 12) | (1 << 11))
+
+
+def _header_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+def message_to_record(message: Message) -> tuple[bytes | None, bytes, list[tuple[str, bytes]], int]:
+    """(key, value, headers, timestamp_ms) of the record a message is stored as.
+
+    * value = the body; key = the routing key as UTF-8 (None when empty);
+    * timestamp_ms = the arrival time (what ``x-stream-offset`` timestamps select on,
+      as RabbitMQ's chunk timestamps);
+    * headers = ``x-baedal-exchange`` (the exchange it was published to), then the
+      neutral properties under their plain names (``content-type``,
+      ``content-encoding``, ``correlation-id``, ``message-id``, ``reply-to``,
+      ``expiration``, ``type``, ``user-id``, ``app-id``, ``timestamp`` in seconds,
+      ``priority``), then each application header as bytes (strings UTF-8, numbers
+      and the rest in their text form), and ``x-baedal-amqp-properties``: the AMQP
+      properties block as published, so an AMQP reader gets every property and typed
+      header value back exactly.  Neutral names are written only when the message
+      has such properties (a message with delivery-mode alone costs one header).
+    """
+    properties = message.properties
+    headers: list[tuple[str, bytes]] = [(EXCHANGE_HEADER, message.exchange.encode())]
+    if len(properties) >= 2 and ((properties[0] << 8) | properties[1]) & _DESCRIBED_FLAGS:
+        try:
+            props = message.decoded_properties()
+        except DecodeError:
+            props = None
+        if props is not None:
+            for attr, name in _NEUTRAL_PROPERTIES:
+                value = getattr(props, attr)
+                if value is not None:
+                    headers.append((name, _header_bytes(value)))
+            if props.timestamp is not None:
+                headers.append(("timestamp", str(int(props.timestamp)).encode()))
+            for name, value in (props.headers or {}).items():
+                if name not in _RESERVED:
+                    headers.append((name, _header_bytes(value)))
+    if message.priority:
+        headers.append(("priority", str(message.priority).encode()))
+    headers.append((AMQP_PROPERTIES_HEADER, properties))
+    key = message.routing_key.encode() if message.routing_key else None
+    published = message.published_at or time.time()
+    return key, message.body, headers, int(published * 1000)
+
+
+def record_to_message(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Any,
+    timestamp_ms: int | None,
+) -> Message:
+    """The message a stored record reads back as (the inverse of ``message_to_record``).
+
+    A record written by another protocol (no ``x-baedal-amqp-properties``) gets AMQP
+    properties built from the neutral names; its other headers become string headers.
+    """
+    exchange = ""
+    properties: bytes | None = None
+    neutral: dict[str, bytes | None] = {}
+    for name, raw in headers:
+        if name == AMQP_PROPERTIES_HEADER:
+            properties = bytes(raw) if raw is not None else None
+        elif name == EXCHANGE_HEADER:
+            exchange = bytes(raw).decode("utf-8", "replace") if raw is not None else ""
+        elif properties is None:
+            neutral[name] = raw
+    if properties is None:
+        properties = _properties_from_neutral(neutral)
+    try:
+        delivery_mode, priority, _expiration = scan_properties(properties)
+    except DecodeError:
+        delivery_mode, priority = 0, 0
+    message = Message(
+        exchange,
+        key.decode("utf-8", "replace") if key else "",
+        properties,
+        value if value is not None else b"",
+        persistent=delivery_mode == 2,
+        priority=priority,
+        published_at=(timestamp_ms or 0) / 1000.0,
+    )
+    return message
+
+
+def _properties_from_neutral(neutral: dict[str, bytes | None]) -> bytes:
+    props = BasicProperties()
+    for attr, name in _NEUTRAL_PROPERTIES:
+        raw = neutral.pop(name, None)
+        if raw is not None:
+            setattr(props, attr, raw.decode("utf-8", "replace"))
+    raw_timestamp = neutral.pop("timestamp", None)
+    if raw_timestamp is not None and raw_timestamp.isdigit():
+        props.timestamp = Timestamp(int(raw_timestamp))
+    raw_priority = neutral.pop("priority", None)
+    if raw_priority is not None and raw_priority.isdigit():
+        props.priority = min(int(raw_priority), 255)
+    if neutral:
+        props.headers = {
+            name: (raw.decode("utf-8", "replace") if raw is not None else None)
+            for name, raw in neutral.items()
+        }
+    return encode_properties(props)
+
+
+# --- the stream ---------------------------------------------------------------------------
+
+
+class _NoStore:
+    """What ``core/publish.py`` and the management API read from ``queue.store``: a
+    stream has no ready backlog (nothing is consumed away), so it never throttles."""
+
+    __slots__ = ("stream",)
+    durable = True
+    ready_count = 0
+
+    def __init__(self, stream: StreamQueue) -> None:
+        self.stream = stream
+
+    @property
+    def ready_bytes(self) -> int:
+        return 0
+
+    @property
+    def failure(self) -> Any:
+        return self.stream.log.failure
+
+
+class CommitHandle:
+    """Done once the fsync covering a stream's appends up to ``target`` has completed.
+
+    Returned by ``StreamQueue.publish`` for a *transient* message (``core/publish.py``
+    sets ``NEEDS_SYNC`` only for persistent ones), through the same replication-handle
+    seam the confirm path already waits on: a stream stores every message, so its
+    confirm always waits for the disk, as RabbitMQ's does.  One handle is shared by
+    every transient message of a commit round (no allocation per message).
+    """
+
+    __slots__ = ("target", "_callbacks", "_failure", "done")
+
+    def __init__(self) -> None:
+        self.target: int | None = None  # set when the covering sync is requested
+        self._callbacks: list[Any] = []
+        self._failure: BaseException | None = None
+        self.done = False
+
+    def add_done_callback(self, fn: Any, /) -> None:
+        if self.done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def exception(self) -> BaseException | None:
+        return self._failure
+
+    def finish(self, failure: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._failure = failure
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+
+class StreamCursor:
+    """One push consumer's position: a log reader plus one bounded chunk of records."""
+
+    __slots__ = ("consumer", "reader", "pending", "index", "delivered")
+
+    def __init__(self, consumer: Consumer, reader: Any) -> None:
+        self.consumer = consumer
+        self.reader = reader
+        self.pending: list[Record] = []
+        self.index = 0
+        self.delivered = 0
+
+    @property
+    def offset(self) -> int:
+        """The offset of the next record this consumer will get."""
+        if self.index < len(self.pending):
+            return self.pending[self.index].offset
+        return self.reader.next_offset
+
+
+class StreamQueue:
+    """A stream in a vhost: routable like a queue, consumed by cursors (module docstring)."""
+
+    is_queue = True
+    is_stream = True
+    queue_type = "stream"
+
+    def __init__(
+        self,
+        vhost: VirtualHost,
+        name: str,
+        log: StreamLog,
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = True
+        self.exclusive_owner = None
+        self.auto_delete = False
+        self.arguments = arguments or {}
+        self.settings = QueueSettings(
+            {k: v for k, v in self.arguments.items() if k.startswith("x-") and k in _SETTINGS_KEYS}
+        )
+        self.stream_settings = StreamSettings(
+            self.arguments, f"for queue '{name}' in vhost '{vhost.name}'"
+        )
+        self.policy: Any = None
+        self.operator_policy: Any = None
+        self.log = log
+        self.store = _NoStore(self)
+        self.consumers: list[Consumer] = []
+        self.cursors: dict[int, StreamCursor] = {}  # id(consumer) -> cursor
+        self.unacked_count = 0
+        self.deleted = False
+        self.throttled_publishers: set[Any] = set()
+        self.committed_offset = log.next_offset  # recovered records were synced before
+        self._commit_waiting = False
+        self._handles: list[CommitHandle] = []  # transient messages' confirms, oldest first
+        self._drain_scheduled = False
+        self._retention_timer: Any = None
+        self.publish_count = 0
+        self.deliver_count = 0
+        self.ack_count = 0
+        self.redeliver_count = 0
+        self._schedule_retention()
+
+    # --- what management and the AMQP adapter read ----------------------------------
+
+    @property
+    def message_count(self) -> int:
+        """Records retained (RabbitMQ's stream "messages")."""
+        return self.log.message_count
+
+    @property
+    def exclusive(self) -> bool:
+        return False
+
+    def stream_info(self) -> dict[str, Any]:
+        log_ = self.log
+        settings = self.stream_settings
+        return {
+            "first_offset": log_.first_offset,
+            "last_offset": log_.last_offset,
+            "next_offset": log_.next_offset,
+            "committed_offset": self.committed_offset,
+            "messages": log_.message_count,
+            "bytes_on_disk": log_.bytes_on_disk,
+            "segments": log_.segment_count,
+            "max_length_bytes": settings.max_bytes,
+            "max_age": settings.max_age_text,
+            "max_segment_size_bytes": log_.max_segment_bytes,
+            "readers": len(self.cursors),
+            # where each push consumer is: the next offset it gets and how far behind
+            # the end of the stream that is
+            "reader_details": [
+                {
+                    "consumer_tag": getattr(cursor.consumer, "tag", ""),
+                    "offset": cursor.offset,
+                    "lag": max(log_.next_offset - cursor.offset, 0),
+                    "delivered": cursor.delivered,
+                }
+                for cursor in self.cursors.values()
+            ],
+            "segments_removed_by_retention": log_.removed_by_retention,
+        }
+
+    # --- publish ----------------------------------------------------------------------
+
+    def publish(self, message: Message) -> Any:
+        """Append one record.  False (the confirm is a nack) when the log cannot write;
+        True, or for a transient message a ``CommitHandle`` the confirm waits for."""
+        key, value, headers, timestamp_ms = message_to_record(message)
+        try:
+            self.log.append((Record(value, key, headers, timestamp_ms),))
+        except OSError as exc:
+            self.vhost.broker.write_failed(None, exc)
+            return False
+        except RecordBatchError as exc:  # larger than the log's batch bound: nacked
+            logger.warning("stream %s: message refused: %s", self.name, exc)
+            return False
+        self.publish_count += 1
+        handle: Any = True
+        if not message.persistent:
+            handles = self._handles
+            if not handles or handles[-1].target is not None:
+                handles.append(CommitHandle())
+            handle = handles[-1]
+        if not self._commit_waiting:
+            self._wait_for_commit()
+        return handle
+
+    def _wait_for_commit(self) -> None:
+        """Advance ``committed_offset`` after the fsync covering what is appended now
+        (one pending callback per stream at a time, however many appends)."""
+        target = self.log.next_offset
+        self._commit_waiting = True
+        if self._handles and self._handles[-1].target is None:
+            self._handles[-1].target = target
+
+        def committed() -> None:
+            self._commit_waiting = False
+            if self.deleted:
+                return
+            if target > self.committed_offset:
+                self.committed_offset = target
+            handles = self._handles
+            while handles and handles[0].target is not None and handles[0].target <= target:
+                handles.pop(0).finish()
+            if self.cursors:
+                self.drain()
+            if self.log.next_offset > self.committed_offset:
+                self._wait_for_commit()
+
+        def failed(exc: BaseException) -> None:
+            self._commit_waiting = False
+            self._fail_handles(exc)
+
+        if not self.vhost.broker.after_sync(committed, failed):
+            committed()
+
+    def _fail_handles(self, exc: BaseException) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.finish(exc)
+
+    # --- pull (Kafka fetch later) -----------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int) -> list[Batch]:
+        """Whole committed batches from ``offset`` (at least one if there is one, then
+        up to ``max_bytes``).  Raises ``OffsetOutOfRange`` outside the retained range."""
+        self.log.check_offset(offset)
+        reader = self.log.reader(offset)
+        return reader.read(max_bytes, end_offset=self.committed_offset)
+
+    def file_ranges(self, offset: int, max_bytes: int) -> list[FileRange]:
+        """``read`` as descriptor ranges for ``os.sendfile`` (uncommitted bytes included
+        only if ``offset`` is below ``committed_offset``; the caller trims)."""
+        return self.log.file_ranges(offset, max_bytes)
+
+    # --- push consumers ---------------------------------------------------------------
+
+    def add_consumer(
+        self, consumer: Consumer, start: Any = "next", timestamp_ms: int | None = None
+    ) -> StreamCursor:
+        reader = self.log.reader(start, timestamp=timestamp_ms)
+        cursor = StreamCursor(consumer, reader)
+        self.cursors[id(consumer)] = cursor
+        self.consumers.append(consumer)
+        self.drain()
+        return cursor
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if self.cursors.pop(id(consumer), None) is None:
+            return
+        try:
+            self.consumers.remove(consumer)
+        except ValueError:
+            pass
+
+    def drain(self) -> None:
+        """Deliver to every cursor with credit, bounded per call (module docstring)."""
+        if self.deleted:
+            return
+        more = False
+        for cursor in list(self.cursors.values()):
+            if self._drain_cursor(cursor):
+                more = True
+        if more and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.vhost.broker.call_soon(self._scheduled_drain)
+
+    def _scheduled_drain(self) -> None:
+        self._drain_scheduled = False
+        self.drain()
+
+    def _drain_cursor(self, cursor: StreamCursor) -> bool:
+        """Deliver up to DRAIN_BATCH records; True when more could go out right now."""
+        consumer = cursor.consumer
+        delivered = 0
+        committed = self.committed_offset
+        while consumer.can_deliver():
+            if delivered >= DRAIN_BATCH:
+                return True
+            pending = cursor.pending
+            if cursor.index >= len(pending):
+                if cursor.reader.next_offset >= committed:
+                    return False
+                try:
+                    cursor.pending = pending = cursor.reader.read_records(
+                        READ_CHUNK_BYTES, end_offset=committed
+                    )
+                except OSError as exc:
+                    logger.error("stream %s: read failed: %s", self.name, exc)
+                    return False
+                cursor.index = 0
+                if not pending:
+                    return False
+                if delivered:
+                    return True  # one disk read per cursor per call
+            record = pending[cursor.index]
+            cursor.index += 1
+            message = record_to_message(record.key, record.value, record.headers, record.timestamp)
+            entry = QueueEntry(record.offset, message, len(message.body))
+            delivered += 1
+            cursor.delivered += 1
+            self.deliver_count += 1
+            self.unacked_count += 1
+            consumer.deliver(self, entry)
+            if cursor.index >= len(pending):
+                cursor.pending = []
+                cursor.index = 0
+        return False
+
+    def get(self, no_ack: bool) -> QueueEntry | None:
+        """Refused (RabbitMQ: streams are read by consumers with an offset).  The AMQP
+        adapter answers 540 before calling this; others (HTTP) get the CoreError."""
+        from .vhost import CoreError  # vhost imports this module
+
+        raise CoreError(
+            "precondition_failed",
+            f"basic.get not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'",
+        )
+
+    # --- settlement: acks only return credit -------------------------------------------
+
+    def settle_delivered(self, entry: QueueEntry) -> None:
+        self.unacked_count -= 1
+
+    def ack(self, entry: QueueEntry) -> None:
+        self.unacked_count -= 1
+        self.ack_count += 1
+
+    def reject(self, entry: QueueEntry, requeue: bool) -> None:
+        self.unacked_count -= 1
+
+    def requeue(self, entries: list[QueueEntry]) -> None:
+        """A channel closed with deliveries unacked: nothing to put back (a stream keeps
+        every record); a new consumer chooses where to start."""
+        self.unacked_count -= len(entries)
+
+    def purge(self) -> int:
+        from .vhost import CoreError  # vhost imports this module
+
+        raise CoreError(
+            "precondition_failed",
+            f"queue.purge not supported by stream queues queue '{self.name}' in vhost '{self.vhost.name}'",
+        )
+
+    def delete_store(self) -> None:
+        self.cursors.clear()
+        self._fail_handles(ConnectionAbortedError(f"stream '{self.name}' deleted"))
+        storage = self.vhost.broker.storage
+        if storage is not None:
+            storage.stream_deleted(self.vhost.name, self.name)
+        else:
+            self.log.close()
+
+    # --- settings, lifecycle ----------------------------------------------------------
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """Policies do not change a stream's retention here (its arguments do)."""
+
+    def touch(self) -> None:
+        pass
+
+    def release_publishers(self) -> None:
+        self.throttled_publishers.clear()
+
+    def cancel_timers(self) -> None:
+        if self._retention_timer is not None:
+            self._retention_timer.cancel()
+            self._retention_timer = None
+
+    def _schedule_retention(self) -> None:
+        """Age retention runs on a timer (size retention runs at every segment roll):
+        every RETENTION_CHECK_SECONDS, or sooner for a short x-max-age."""
+        max_age = self.stream_settings.max_age
+        if max_age is None:
+            return
+        delay = min(RETENTION_CHECK_SECONDS, max(max_age / 4, 1.0))
+        try:
+            self._retention_timer = self.vhost.broker.call_later(delay, self._apply_retention)
+        except RuntimeError:
+            self._retention_timer = None  # no loop (tools): retention runs at rolls
+
+    def _apply_retention(self) -> None:
+        self._retention_timer = None
+        if self.deleted:
+            return
+        try:
+            removed = self.log.apply_retention()
+        except OSError as exc:
+            logger.error("stream %s: retention failed: %s", self.name, exc)
+            removed = []
+        for segment in removed:
+            logger.info("stream %s: removed segment %s (%s)", self.name, segment.segment.name, segment.reason)
+        self._schedule_retention()
+
+    def __repr__(self) -> str:
+        return f"<StreamQueue {self.vhost.name}/{self.name} {self.log!r}>"
+
+
+# Keys QueueSettings understands that a stream may carry (x-queue-type, x-max-length-bytes
+# and x-consumer-timeout); the others are refused for streams (STREAM_INVALID_ARGUMENTS).
+_SETTINGS_KEYS = frozenset({"x-queue-type", "x-max-length-bytes", "x-consumer-timeout"})
