@@ -20,11 +20,18 @@ that change does not reach into queues:
   settled with that cause, and its dead-lettered copy shows up as an ``appended`` on the
   dead-letter queue (reported *before* the source's settle, so a follower never holds
   neither copy).
+* ``appended_records(stream, base_offset, last_offset)`` after a batch of records is
+  appended to a stream's log (``core/stream.py``: one batch per loop turn).  Returns
+  ``None`` or a replication handle, as ``appended``; the stream's confirms for those
+  records wait for it, and its readers see them only once it is done (the stream's
+  ``committed_offset``, Kafka's high watermark).
 * ``cleared(queue, reason, count)`` when every ready entry leaves at once: a purge
   (``PURGED``) or the deletion of a queue that still held messages (``DELETED``).  One
   call, not one per entry, because a purge of a deep durable queue deletes whole
   segment files without reading them; in a replicated log a purge is one command too
-  (RabbitMQ's quorum queues replicate ``purge`` as a single Raft command).
+  (RabbitMQ's quorum queues replicate ``purge`` as a single Raft command).  A stream's
+  retention deleting its oldest segments is reported the same way (``RETENTION``,
+  ``count`` = records removed).
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ MAXLEN = "maxlen"  # x-max-length / x-max-length-bytes drop-head (dead-lettered 
 DELIVERY_LIMIT = "delivery_limit"  # quorum x-delivery-limit (dead-lettered if DLX)
 PURGED = "purged"  # queue.purge: every ready entry
 DELETED = "deleted"  # queue.delete with messages in it: every entry
+RETENTION = "retention"  # a stream's oldest segments deleted (max-length-bytes, max-age)
 SETTLE_REASONS = (ACKED, AUTO_ACKED, REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT)
-CLEAR_REASONS = (PURGED, DELETED)
+CLEAR_REASONS = (PURGED, DELETED, RETENTION)
 
 
 class ReplicationHandle(Protocol):
@@ -56,6 +64,11 @@ class Replicator(Protocol):
     def appended(self, queue: Any, entry: Any) -> ReplicationHandle | None:
         """A message was appended to a durable queue's log."""
 
+    def appended_records(
+        self, stream: Any, base_offset: int, last_offset: int
+    ) -> ReplicationHandle | None:
+        """A batch of records (offsets base..last) was appended to a stream's log."""
+
     def settled(self, queue: Any, entry: Any, reason: str) -> None:
         """A durable queue's entry left it for good (``SETTLE_REASONS``)."""
 
@@ -67,6 +80,9 @@ class LocalReplicator:
     """Single node: nothing to replicate; every append is already as safe as it gets."""
 
     def appended(self, queue: Any, entry: Any) -> None:
+        return None
+
+    def appended_records(self, stream: Any, base_offset: int, last_offset: int) -> None:
         return None
 
     def settled(self, queue: Any, entry: Any, reason: str) -> None:

@@ -48,7 +48,9 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
 from ..storage.record_batch import Record, RecordBatchError
+from ..storage.segment import StorageError
 from .message import Message, QueueEntry
 from .properties import (
     BasicProperties,
@@ -70,6 +72,12 @@ logger = logging.getLogger("baedal.core")
 DRAIN_BATCH = 256  # deliveries per cursor per drain call (as core/queue.py)
 READ_CHUNK_BYTES = 256 * 1024  # bytes read from the log per cursor refill
 RETENTION_CHECK_SECONDS = 60.0  # how often x-max-age is applied (at most; see below)
+# Records of one loop turn are held in memory and appended as one RecordBatch when the
+# syncer's next job starts (``Syncer.before_flush``), or earlier past these bounds.  A
+# record at least PENDING_MAX_BYTES is appended alone at once (so only it is refused
+# when it is larger than a batch may be).
+PENDING_MAX_RECORDS = 1024
+PENDING_MAX_BYTES = 1024 * 1024
 
 # Classic/quorum arguments RabbitMQ 3.10.8 refuses on a stream (406, checked against it:
 # tests/interop/test_streams.py).  Other x- arguments are accepted and ignored there too.
@@ -487,8 +495,19 @@ class StreamQueue:
         self.deleted = False
         self.throttled_publishers: set[Any] = set()
         self.committed_offset = log.next_offset  # recovered records were synced before
+        self._synced_offset = log.next_offset  # covered by an fsync (committed: + replicated)
         self._commit_waiting = False
-        self._handles: list[CommitHandle] = []  # transient messages' confirms, oldest first
+        self._handles: list[CommitHandle] = []  # confirms waiting on a commit, oldest first
+        self._open_handle: CommitHandle | None = None  # shared by this commit round's messages
+        # Records published but not yet appended (one batch per loop turn, see publish).
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._flush_registered = False
+        self._flushed_target = 0  # log.next_offset after the last syncer-job flush
+        self._lost: StorageError | None = None  # accepted records an append lost
+        # Batches whose replication handle is outstanding: [base, last, done], oldest first.
+        self._replicating: list[list[Any]] = []
+        log.before_close = self._flush_pending
         self._drain_scheduled = False
         self._retention_timer: Any = None
         self.publish_count = 0
@@ -540,48 +559,161 @@ class StreamQueue:
     # --- publish ----------------------------------------------------------------------
 
     def publish(self, message: Message) -> Any:
-        """Append one record.  False (the confirm is a nack) when the log cannot write;
-        True, or for a transient message a ``CommitHandle`` the confirm waits for."""
+        """Accept one record.  False (the confirm is a nack) when the log cannot write;
+        True, or a ``CommitHandle`` the confirm waits for (a transient message, or any
+        message while a replicator that may hold confirms is installed).
+
+        The record joins this loop turn's pending batch; the syncer's next job appends
+        the batch before it flushes and fsyncs (``Syncer.before_flush``), so every
+        confirm waiting on that fsync covers it, and readers (up to
+        ``committed_offset``) never see it earlier.  A crash before then loses only
+        records whose confirms were not sent.
+        """
+        log_ = self.log
+        if log_.failure is not None:
+            self.vhost.broker.write_failed(None, log_.failure)
+            return False
         key, value, headers, timestamp_ms = message_to_record(message)
-        try:
-            self.log.append((Record(value, key, headers, timestamp_ms),))
-        except OSError as exc:
-            self.vhost.broker.write_failed(None, exc)
-            return False
-        except RecordBatchError as exc:  # larger than the log's batch bound: nacked
-            logger.warning("stream %s: message refused: %s", self.name, exc)
-            return False
+        record = Record(value, key, headers, timestamp_ms)
+        size = len(value) + len(message.properties)
+        if size >= PENDING_MAX_BYTES or log_.syncer is None:
+            # Alone and at once: a huge record (refused by itself if it exceeds the batch
+            # bound), or no syncer to tell us when a turn ends.
+            if self._pending and not self._flush_pending():
+                return False
+            try:
+                result = log_.append((record,))
+            except OSError as exc:
+                self.vhost.broker.write_failed(None, exc)
+                return False
+            except RecordBatchError as exc:  # larger than the log's batch bound: nacked
+                logger.warning("stream %s: message refused: %s", self.name, exc)
+                return False
+            self._appended(result.base_offset, result.last_offset, self._first_before)
+        else:
+            pending = self._pending
+            pending.append(record)
+            self._pending_bytes += size
+            if not self._flush_registered:
+                self._flush_registered = True
+                self._first_before = log_.first_offset
+                log_.syncer.before_flush(self._flush_hook)
+            if len(pending) >= PENDING_MAX_RECORDS or self._pending_bytes >= PENDING_MAX_BYTES:
+                self._flush_pending()  # a failure fails the confirms (hook raises _lost)
         self.publish_count += 1
         handle: Any = True
-        if not message.persistent:
-            handles = self._handles
-            if not handles or handles[-1].target is not None:
-                handles.append(CommitHandle())
-            handle = handles[-1]
+        if not message.persistent or type(self.vhost.broker.replicator) is not LocalReplicator:
+            handle = self._open_handle
+            if handle is None:
+                handle = self._open_handle = CommitHandle()
+                self._handles.append(handle)
+            handle.target = log_.next_offset + len(self._pending)
         if not self._commit_waiting:
             self._wait_for_commit()
         return handle
 
+    _first_before = 0  # first_offset when the pending batch began (retention reports)
+
+    def _flush_hook(self) -> None:
+        """``Syncer.before_flush``: append this turn's records before the job's fsync."""
+        self._flush_registered = False
+        self._flush_pending()
+        self._flushed_target = self.log.next_offset
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            raise lost  # the job's confirms (persistent messages) become nacks
+
+    def _flush_pending(self) -> bool:
+        """Append the pending records as one batch; False (confirms failed) if it fails."""
+        records = self._pending
+        if not records:
+            return True
+        self._pending = []
+        self._pending_bytes = 0
+        try:
+            result = self.log.append(records)
+        except (OSError, RecordBatchError) as exc:
+            # These records were accepted: whoever waits for them must get a nack.
+            if isinstance(exc, StorageError):
+                self._lost = exc
+            else:
+                self._lost = StorageError(None, f"stream '{self.name}': batch refused: {exc}")
+            logger.error("stream %s: %d record(s) lost: %s", self.name, len(records), exc)
+            self._fail_handles(self._lost)
+            if isinstance(exc, OSError):
+                self.vhost.broker.write_failed(None, exc)
+            return False
+        self._appended(result.base_offset, result.last_offset, self._first_before)
+        return True
+
+    def _appended(self, base: int, last: int, first_before: int) -> None:
+        """Tell the replicator about one appended batch (and any retention it caused)."""
+        replicator = self.vhost.broker.replicator
+        handle = replicator.appended_records(self, base, last)
+        if handle is not None:
+            entry = [base, last, False]
+            self._replicating.append(entry)
+            handle.add_done_callback(lambda h: self._replicated(entry, replication_failure(h)))
+        first = self.log.first_offset
+        if first > first_before:
+            replicator.cleared(self, RETENTION, first - first_before)
+        self._first_before = first
+
+    def _replicated(self, entry: list[Any], failure: BaseException | None) -> None:
+        entry[2] = True
+        if failure is not None:
+            # Every confirm that covers this batch is a nack; the records stay.
+            base = entry[0]
+            keep = []
+            for handle in self._handles:
+                if handle.target is not None and handle.target > base:
+                    handle.finish(failure)
+                    if handle is self._open_handle:
+                        self._open_handle = None
+                else:
+                    keep.append(handle)
+            self._handles = keep
+        if not self.deleted:
+            self._advance()
+
+    def _advance(self) -> None:
+        """committed_offset = what is both fsynced and replicated; finish its confirms."""
+        limit = self._synced_offset
+        replicating = self._replicating
+        while replicating and replicating[0][2]:
+            replicating.pop(0)
+        if replicating and replicating[0][0] < limit:
+            limit = replicating[0][0]
+        if limit > self.committed_offset:
+            self.committed_offset = limit
+        committed = self.committed_offset
+        handles = self._handles
+        while handles and handles[0].target is not None and handles[0].target <= committed:
+            handle = handles.pop(0)
+            if handle is self._open_handle:
+                self._open_handle = None
+            handle.finish()
+        if self.cursors:
+            self.drain()
+
     def _wait_for_commit(self) -> None:
-        """Advance ``committed_offset`` after the fsync covering what is appended now
+        """Advance ``committed_offset`` after the fsync covering what is accepted now
         (one pending callback per stream at a time, however many appends)."""
-        target = self.log.next_offset
+        target = self.log.next_offset + len(self._pending)
         self._commit_waiting = True
-        if self._handles and self._handles[-1].target is None:
-            self._handles[-1].target = target
+        self._open_handle = None  # later messages join the next round
 
         def committed() -> None:
             self._commit_waiting = False
             if self.deleted:
                 return
-            if target > self.committed_offset:
-                self.committed_offset = target
-            handles = self._handles
-            while handles and handles[0].target is not None and handles[0].target <= target:
-                handles.pop(0).finish()
-            if self.cursors:
-                self.drain()
-            if self.log.next_offset > self.committed_offset:
+            # The hook of this job (or an earlier one) appended up to _flushed_target
+            # before the fsync began, so that much is covered too.
+            synced = max(target, self._flushed_target)
+            if synced > self._synced_offset:
+                self._synced_offset = synced
+            self._advance()
+            if self.log.next_offset + len(self._pending) > self._synced_offset:
                 self._wait_for_commit()
 
         def failed(exc: BaseException) -> None:
@@ -592,6 +724,7 @@ class StreamQueue:
             committed()
 
     def _fail_handles(self, exc: BaseException) -> None:
+        self._open_handle = None
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.finish(exc)
@@ -721,6 +854,9 @@ class StreamQueue:
 
     def delete_store(self) -> None:
         self.cursors.clear()
+        self._pending = []
+        self._pending_bytes = 0
+        self.log.before_close = None
         self._fail_handles(ConnectionAbortedError(f"stream '{self.name}' deleted"))
         storage = self.vhost.broker.storage
         if storage is not None:
@@ -760,11 +896,17 @@ class StreamQueue:
         self._retention_timer = None
         if self.deleted:
             return
+        first_before = self.log.first_offset
         try:
             removed = self.log.apply_retention()
         except OSError as exc:
             logger.error("stream %s: retention failed: %s", self.name, exc)
             removed = []
+        first = self.log.first_offset
+        if first > first_before:
+            self.vhost.broker.replicator.cleared(self, RETENTION, first - first_before)
+            if not self._pending:
+                self._first_before = first
         for segment in removed:
             logger.info("stream %s: removed segment %s (%s)", self.name, segment.segment.name, segment.reason)
         self._schedule_retention()

@@ -350,6 +350,9 @@ class StreamLog:
         """Use ``StreamLog.open``; the constructor only stores settings."""
         self.directory = directory
         self.syncer = syncer
+        # Called first by close(): the owner appends what it still holds in memory
+        # (core/stream.py batches a loop turn's records).
+        self.before_close: Callable[[], Any] | None = None
         self.max_segment_bytes = max_segment_bytes
         self.max_bytes = max_bytes
         self.max_age = max_age
@@ -863,6 +866,9 @@ class StreamLog:
         """Sync (when no write failed) and release every descriptor."""
         if self.closed:
             return
+        before_close, self.before_close = self.before_close, None
+        if before_close is not None and self.failure is None:
+            before_close()
         try:
             if self.failure is None:
                 if self.syncer is not None:

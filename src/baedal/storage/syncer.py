@@ -30,6 +30,12 @@ Failure rules:
   itself is now failed (sticky) and its owner reports that.  The callbacks of that job
   cannot be honoured, so each one's ``on_error(exc)`` runs instead (the broker nacks).
 
+Writers that buffer *in memory* before writing at all (a stream batches the records
+of a loop turn into one RecordBatch) register ``before_flush(hook)``: each job runs the
+hooks first, on the loop thread, so what they write is in that job's dirty set and its
+fsync covers every confirm registered before the job began.  A hook that raises
+``StorageError`` fails the job's callbacks as a failed flush does.
+
 Without a running event loop (unit tests, tools, shutdown) nothing is scheduled;
 ``sync_now()`` does a whole job synchronously.
 """
@@ -80,6 +86,7 @@ class Syncer:
         self._loop = loop
         self._dirty: dict[int, Any] = {}  # id(target) -> target; insertion-ordered
         self._callbacks: list[tuple[Callback, ErrorCallback | None]] = []
+        self._before_flush: list[Callback] = []
         self._in_flight: dict[int, Any] = {}
         self._retired: list[tuple[Any, Callable[[], Any]]] = []
         self._scheduled = False
@@ -115,6 +122,16 @@ class Syncer:
         if not self._scheduled and not self._running:
             self._kick()
 
+    def before_flush(self, hook: Callback) -> None:
+        """Run ``hook()`` once, at the start of the next job, before it takes the dirty set.
+
+        For writers that hold records in memory until then (one write per loop turn
+        instead of one per record); the hook writes them and marks its files dirty.
+        """
+        self._before_flush.append(hook)
+        if not self._scheduled and not self._running and self.failure is None:
+            self._kick()
+
     def forget(self, target: Any) -> None:
         """Drop ``target`` from the dirty set: its owner has synced it itself (close)."""
         self._dirty.pop(id(target), None)
@@ -133,7 +150,9 @@ class Syncer:
 
     @property
     def busy(self) -> bool:
-        return self._running or bool(self._dirty) or bool(self._callbacks)
+        return (
+            self._running or bool(self._dirty) or bool(self._callbacks) or bool(self._before_flush)
+        )
 
     def synced(self) -> asyncio.Future[None]:
         """A future that resolves after the next covering fsync (convenience for awaiters)."""
@@ -170,12 +189,14 @@ class Syncer:
     ) -> tuple[
         dict[int, Any], list[tuple[Callback, ErrorCallback | None]], list[int], StorageError | None
     ]:
+        flush_error: StorageError | None = None
+        if self._before_flush:
+            flush_error = self._run_before_flush()
         targets = self._dirty
         self._dirty = {}
         callbacks = self._callbacks
         self._callbacks = []
         fds: list[int] = []
-        flush_error: StorageError | None = None
         for target in targets.values():
             if isinstance(target, int):
                 fds.append(target)
@@ -194,11 +215,27 @@ class Syncer:
                 fds.append(fd)
         return targets, callbacks, fds, flush_error
 
+    def _run_before_flush(self) -> StorageError | None:
+        hooks = self._before_flush
+        self._before_flush = []
+        error: StorageError | None = None
+        scheduled = self._scheduled
+        self._scheduled = True  # their mark_dirty() joins this job, it must not kick another
+        try:
+            for hook in hooks:
+                try:
+                    hook()
+                except StorageError as exc:
+                    error = exc
+        finally:
+            self._scheduled = scheduled
+        return error
+
     def _start_job(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
         if self._running or self.failure is not None:
             return
-        if not self._dirty and not self._callbacks:
+        if not self._dirty and not self._callbacks and not self._before_flush:
             self._close_retired()
             return
         targets, callbacks, fds, flush_error = self._take_batch()
@@ -225,7 +262,7 @@ class Syncer:
         self.fsync_jobs += 1
         self._close_retired()
         self._run_callbacks(callbacks, flush_error)
-        if (self._dirty or self._callbacks) and self.failure is None:
+        if (self._dirty or self._callbacks or self._before_flush) and self.failure is None:
             self._start_job(loop)
 
     def _run_callbacks(
@@ -269,6 +306,7 @@ class Syncer:
         dropped = len(self._callbacks)
         self._callbacks.clear()
         self._dirty.clear()
+        self._before_flush.clear()
         log.critical(
             "fsync failed, storage can no longer promise durability (%d callbacks dropped): %s",
             dropped,
