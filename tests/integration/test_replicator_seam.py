@@ -46,6 +46,16 @@ class SpyReplicator:
         self.handles.append(handle)
         return handle
 
+    def appended_records(
+        self, stream: Any, base_offset: int, last_offset: int
+    ) -> asyncio.Future[None] | None:
+        self.events.append(("appended_records", stream.name, base_offset, last_offset))
+        if not self.hold:
+            return None
+        handle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handles.append(handle)
+        return handle
+
     def settled(self, queue: Any, entry: Any, reason: str) -> None:
         self.events.append(("settled", queue.name, reason))
 
@@ -358,3 +368,98 @@ def test_an_http_publish_answers_only_once_replicated(broker, spy):
     _release(broker, spy)
     worker.join(10)
     assert answer["response"].status_code == 201
+
+
+# --- streams: one call per appended batch, confirms and readers wait for its handle ---------
+
+STREAM = {"x-queue-type": "stream"}
+
+
+def test_a_stream_reports_each_appended_batch_with_contiguous_offsets(broker, spy, channel):
+    channel.queue_declare("batched", durable=True, arguments=STREAM)
+    client = _raw_confirming_publisher(broker)
+    try:
+        # Twenty publishes in one write: one read, one loop turn, so far fewer batches
+        # than records (one per turn is the point of batching).
+        publish = b""
+        for i in range(20):
+            body = b"%d" % i
+            publish += (
+                method_frame(1, 60, 40, struct.pack("!H", 0) + shortstr("") + shortstr("batched") + b"\x00")
+                + frame(FRAME_HEADER, 1, struct.pack("!HHQH", 60, 0, len(body), 0x1000) + b"\x02")
+                + frame(FRAME_BODY, 1, body)
+            )
+        client.sock.sendall(publish)
+        acked = 0
+        while acked < 20:
+            ack = client.read_method((60, 80))
+            tag, multiple = struct.unpack("!QB", ack.payload[4:13])
+            acked = tag if multiple else acked + 1
+    finally:
+        client.close()
+    batches = [e[2:] for e in spy.of("batched") if e[0] == "appended_records"]
+    assert batches[0][0] == 0 and batches[-1][1] == 19
+    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(batches, batches[1:], strict=False))
+    assert len(batches) < 20, batches
+
+
+def test_a_stream_confirm_and_its_readers_wait_for_the_replication_handle(broker, spy, channel):
+    channel.queue_declare("held-stream", durable=True, arguments=STREAM)
+    spy.hold = True
+    client = _raw_confirming_publisher(broker)
+
+    def committed() -> int:
+        return broker.call(lambda: broker.core.vhosts["/"].queues["held-stream"].committed_offset)
+
+    try:
+        _raw_persistent_publish(client, "", "held-stream", b"held")
+        wait_until(lambda: spy.handles, what="the batch reached the replicator")
+        assert _synced_after_now(broker).wait(10), "fsync"
+        _assert_no_frame(client)  # fsynced, but not replicated: no basic.ack yet
+        assert committed() == 0  # and no reader may see it
+        _release(broker, spy)
+        ack = client.read_method((60, 80))
+        assert struct.unpack("!QB", ack.payload[4:13]) == (1, 0)
+        assert committed() == 1
+    finally:
+        client.close()
+    assert [e for e in spy.of("held-stream") if e[0] == "appended_records"] == [
+        ("appended_records", "held-stream", 0, 0)
+    ]
+
+
+def test_a_failed_stream_replication_is_a_nack(broker, spy, channel):
+    channel.queue_declare("lost-stream", durable=True, arguments=STREAM)
+    spy.hold = True
+    client = _raw_confirming_publisher(broker)
+    try:
+        _raw_persistent_publish(client, "", "lost-stream", b"x")
+        wait_until(lambda: spy.handles, what="the batch reached the replicator")
+        _release(broker, spy, RuntimeError("quorum lost"))
+        nack = client.read_method((60, 120))
+        assert struct.unpack("!Q", nack.payload[4:12]) == (1,)
+    finally:
+        client.close()
+
+
+def test_stream_retention_is_reported_as_cleared(spy, channel):
+    channel.confirm_delivery()
+    channel.queue_declare(
+        "retained",
+        durable=True,
+        arguments={
+            **STREAM,
+            "x-max-length-bytes": 3000,
+            "x-stream-max-segment-size-bytes": 1000,
+        },
+    )
+    for _ in range(40):
+        channel.basic_publish("", "retained", b"x" * 200, PERSISTENT)
+    cleared = [e for e in spy.of("retained") if e[0] == "cleared"]
+    assert cleared, spy.of("retained")
+    assert all(e[2] == "retention" and e[3] > 0 for e in cleared)
+    appended = sum(e[3] - e[2] + 1 for e in spy.of("retained") if e[0] == "appended_records")
+    assert appended == 40
+    assert channel.queue_declare("retained", passive=True).method.message_count == 40 - sum(
+        e[3] for e in cleared
+    )
