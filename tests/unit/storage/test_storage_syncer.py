@@ -174,3 +174,51 @@ def test_retire_defers_close_until_the_file_is_synced(tmp_path: Path) -> None:
     syncer.sync_now()
     assert closed == [True]
     segment.close()
+
+
+# --- before_flush: writers that hold a loop turn's records in memory -----------------------
+
+
+async def test_a_before_flush_hook_writes_before_the_job_takes_its_dirty_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsynced.append)
+    syncer = Syncer()
+    segment = Segment.create(tmp_path, 1)
+    events: list[str] = []
+
+    def hook() -> None:  # the writer's pending records go to the file only now
+        events.append("hook")
+        segment.append(1, b"late")
+        syncer.mark_dirty(segment)
+
+    syncer.before_flush(hook)
+    syncer.after_sync(lambda: events.append("confirmed"))
+    await syncer.synced()
+    assert events == ["hook", "confirmed"]
+    assert fsynced == [segment.fileno()]  # the hook's write was in that very job
+    assert syncer.fsync_jobs == 1  # and its mark_dirty did not start a second one
+    await asyncio.sleep(0.01)
+    assert syncer.fsync_jobs == 1 and not syncer.busy
+    syncer.close()
+    segment.close()
+
+
+def test_a_before_flush_hook_that_fails_fails_the_jobs_callbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    syncer = Syncer()
+    outcome: list[object] = []
+
+    def hook() -> None:
+        raise StorageError(errno.ENOSPC, "no space")
+
+    syncer.before_flush(hook)
+    syncer.after_sync(lambda: outcome.append("confirmed"), outcome.append)
+    syncer.sync_now()  # no loop: the hook runs in the synchronous job too
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageError)
+    syncer.after_sync(lambda: outcome.append("confirmed"), outcome.append)
+    syncer.sync_now()  # the hook ran once; later jobs are unaffected
+    assert outcome[1] == "confirmed"
