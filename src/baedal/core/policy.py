@@ -39,6 +39,13 @@ QUEUE_ARGUMENTS = {
     "delivery-limit": "x-delivery-limit",
     "queue-mode": "x-queue-mode",
 }
+# Stream settings a policy may set (core/stream.py applies them; there the policy wins
+# over the argument, as in RabbitMQ 3.10's rabbit_stream_queue).
+STREAM_POLICY_ARGUMENTS = {
+    "max-length-bytes": "x-max-length-bytes",
+    "max-age": "x-max-age",
+    "stream-max-segment-size-bytes": "x-stream-max-segment-size-bytes",
+}
 MIN_KEYS = frozenset(
     (
         "message-ttl",
@@ -54,7 +61,8 @@ OPERATOR_KEYS = MIN_KEYS
 OVERFLOW_VALUES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 # Keys RabbitMQ 3.10 accepts that Baedal stores and exports but which have no effect
-# here (mirroring, federation, stream and memory-residency settings).  Accepting them
+# on classic queues (mirroring, federation, memory-residency settings; the stream keys
+# take effect on streams only).  Accepting them
 # lets a RabbitMQ export be imported; GET shows them back unchanged.
 INERT_KEYS = frozenset(
     (
@@ -146,6 +154,11 @@ def _check_value(key: str, value: Any) -> None:
     elif key in ("max-in-memory-length",):
         if not _is_int(value) or value < 0:
             raise fail("maximum memory in messages")
+    elif key == "max-age":
+        from .stream import parse_interval  # stream imports queue, which imports us
+
+        if not isinstance(value, str) or parse_interval(value) is None:
+            raise fail("max age")
     elif key in ("max-in-memory-bytes", "stream-max-segment-size-bytes"):
         if not _is_int(value) or value < 0:
             raise fail("maximum memory in bytes")

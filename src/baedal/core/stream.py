@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
 from ..storage.record_batch import Record, RecordBatchError
 from ..storage.segment import StorageError
+from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
 from .message import Message, QueueEntry
 from .properties import (
     BasicProperties,
@@ -515,6 +516,15 @@ class StreamQueue:
         self.ack_count = 0
         self.redeliver_count = 0
         self._schedule_retention()
+        policies = getattr(vhost, "policies", None)
+        operator_policies = getattr(vhost, "operator_policies", None)
+        if policies or operator_policies:  # a new or recovered stream takes its policy now
+            from .policy import select
+
+            self.policy = select((policies or {}).values(), "queues", name)
+            self.operator_policy = select((operator_policies or {}).values(), "queues", name)
+            if self.policy is not None or self.operator_policy is not None:
+                self._apply_stream_policy()
 
     # --- what management and the AMQP adapter read ----------------------------------
 
@@ -867,7 +877,36 @@ class StreamQueue:
     # --- settings, lifecycle ----------------------------------------------------------
 
     def apply_settings(self, settings: QueueSettings) -> None:
-        """Policies do not change a stream's retention here (its arguments do)."""
+        """The vhost (re)selected this stream's policies: recompute its retention and
+        segment size (``_apply_stream_policy``); ``settings`` is for classic queues."""
+        self._apply_stream_policy()
+
+    def _apply_stream_policy(self) -> None:
+        """``max-length-bytes``, ``max-age`` and ``stream-max-segment-size-bytes`` from the
+        policy (with the operator policy's lower ``max-length-bytes``) *win over* the
+        ``x-`` arguments, as RabbitMQ 3.10's rabbit_stream_queue does
+        (``policy_precedence``), unlike classic queues' lower-value rule.  A new segment
+        size applies from the next segment; retention applies at once."""
+        from .policy import STREAM_POLICY_ARGUMENTS, effective_definition
+
+        where = f"for queue '{self.name}' in vhost '{self.vhost.name}'"
+        definition = effective_definition(self.policy, self.operator_policy)
+        arguments = dict(self.arguments)
+        for key, argument in STREAM_POLICY_ARGUMENTS.items():
+            if key in definition:
+                arguments[argument] = definition[key]
+        try:
+            settings = StreamSettings(arguments, where)
+        except QueueArgumentError as exc:  # a policy must never break a stream
+            logger.warning("stream %s: policy ignored: %s", self.name, exc)
+            settings = StreamSettings(self.arguments, where)
+        self.stream_settings = settings
+        log_ = self.log
+        log_.max_bytes = settings.max_bytes
+        log_.max_age = settings.max_age
+        log_.max_segment_bytes = settings.max_segment_bytes or DEFAULT_MAX_SEGMENT_BYTES
+        self.cancel_timers()
+        self._apply_retention()  # reschedules the age check for the new max-age
 
     def touch(self) -> None:
         pass
