@@ -3,16 +3,23 @@
 Theory of operation
 -------------------
 A ``StreamQueue`` sits in ``vhost.queues`` like a ``Queue``, so exchanges route into it,
-bindings, deletes and the management listing work unchanged.  Publishing appends one
-record to its ``storage.stream_log.StreamLog`` (group-committed by the broker's one
-``Syncer``); nothing is ever removed by consumers: retention (``x-max-length-bytes``,
-``x-max-age``) deletes whole segments from the oldest.
+bindings, deletes and the management listing work unchanged.  Publishing adds one
+record to the loop turn's pending batch, appended to its ``storage.stream_log.StreamLog``
+as one RecordBatch when the broker's one ``Syncer`` starts its next job
+(``Syncer.before_flush``: before that job flushes and fsyncs, so every confirm waiting
+on it covers the batch; bounded, see ``publish``).  Nothing is ever removed by
+consumers: retention (``x-max-length-bytes``, ``x-max-age``, or their policy keys, which
+win over the arguments as in RabbitMQ 3.10) deletes whole segments from the oldest.
+
+Replication: each appended batch goes to ``Replicator.appended_records``; its handle
+holds those records' confirms and ``committed_offset``; retention is reported as
+``cleared(stream, "retention", n)`` (``cluster/replicator.py``).
 
 Confirms: a stream is durable, so a persistent message routed to it sets ``NEEDS_SYNC``
 in ``core/publish.py`` and its confirm waits for the covering fsync, exactly as for a
 durable queue.  Readers only see *committed* records (up to ``committed_offset``, the
-log's next offset when the last covering fsync started): a consumer never receives a
-record that a crash could still take away (Kafka's high watermark; RabbitMQ delivers
+last offset both fsynced and, if a replicator holds it, replicated): a consumer never
+receives a record that a crash could still take away (Kafka's high watermark; RabbitMQ delivers
 committed chunks only).
 
 One consumer interface, two ways to read
@@ -508,6 +515,7 @@ class StreamQueue:
         self._lost: StorageError | None = None  # accepted records an append lost
         # Batches whose replication handle is outstanding: [base, last, done], oldest first.
         self._replicating: list[list[Any]] = []
+        self._reported_first = log.first_offset  # retention reported up to here
         log.before_close = self._flush_pending
         self._drain_scheduled = False
         self._retention_timer: Any = None
@@ -599,14 +607,13 @@ class StreamQueue:
             except RecordBatchError as exc:  # larger than the log's batch bound: nacked
                 logger.warning("stream %s: message refused: %s", self.name, exc)
                 return False
-            self._appended(result.base_offset, result.last_offset, self._first_before)
+            self._appended(result.base_offset, result.last_offset)
         else:
             pending = self._pending
             pending.append(record)
             self._pending_bytes += size
             if not self._flush_registered:
                 self._flush_registered = True
-                self._first_before = log_.first_offset
                 log_.syncer.before_flush(self._flush_hook)
             if len(pending) >= PENDING_MAX_RECORDS or self._pending_bytes >= PENDING_MAX_BYTES:
                 self._flush_pending()  # a failure fails the confirms (hook raises _lost)
@@ -622,11 +629,11 @@ class StreamQueue:
             self._wait_for_commit()
         return handle
 
-    _first_before = 0  # first_offset when the pending batch began (retention reports)
-
     def _flush_hook(self) -> None:
         """``Syncer.before_flush``: append this turn's records before the job's fsync."""
         self._flush_registered = False
+        if self.deleted:
+            return
         self._flush_pending()
         self._flushed_target = self.log.next_offset
         lost, self._lost = self._lost, None
@@ -653,10 +660,10 @@ class StreamQueue:
             if isinstance(exc, OSError):
                 self.vhost.broker.write_failed(None, exc)
             return False
-        self._appended(result.base_offset, result.last_offset, self._first_before)
+        self._appended(result.base_offset, result.last_offset)
         return True
 
-    def _appended(self, base: int, last: int, first_before: int) -> None:
+    def _appended(self, base: int, last: int) -> None:
         """Tell the replicator about one appended batch (and any retention it caused)."""
         replicator = self.vhost.broker.replicator
         handle = replicator.appended_records(self, base, last)
@@ -664,10 +671,15 @@ class StreamQueue:
             entry = [base, last, False]
             self._replicating.append(entry)
             handle.add_done_callback(lambda h: self._replicated(entry, replication_failure(h)))
+        self._report_retention()
+
+    def _report_retention(self) -> None:
+        """``cleared(stream, "retention", n)`` for records retention removed since the
+        last report (size retention runs inside appends, age retention on a timer)."""
         first = self.log.first_offset
-        if first > first_before:
-            replicator.cleared(self, RETENTION, first - first_before)
-        self._first_before = first
+        if first > self._reported_first:
+            self.vhost.broker.replicator.cleared(self, RETENTION, first - self._reported_first)
+            self._reported_first = first
 
     def _replicated(self, entry: list[Any], failure: BaseException | None) -> None:
         entry[2] = True
@@ -935,17 +947,12 @@ class StreamQueue:
         self._retention_timer = None
         if self.deleted:
             return
-        first_before = self.log.first_offset
         try:
             removed = self.log.apply_retention()
         except OSError as exc:
             logger.error("stream %s: retention failed: %s", self.name, exc)
             removed = []
-        first = self.log.first_offset
-        if first > first_before:
-            self.vhost.broker.replicator.cleared(self, RETENTION, first - first_before)
-            if not self._pending:
-                self._first_before = first
+        self._report_retention()
         for segment in removed:
             logger.info("stream %s: removed segment %s (%s)", self.name, segment.segment.name, segment.reason)
         self._schedule_retention()
