@@ -138,6 +138,7 @@ class Broker:
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
 
     async def _start_kafka(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .protocols.kafka.groups import GroupCoordinator, OffsetStore
         from .protocols.kafka.server import KafkaConfig, KafkaServer
         from .protocols.kafka.topics import TopicRegistry
         from .storage.syncer import Syncer
@@ -148,6 +149,8 @@ class Broker:
             syncer = self._kafka_syncer = Syncer(on_fatal=self._storage_fatal, loop=loop)
         registry = TopicRegistry(s.data_dir / "kafka", syncer, segment_bytes=s.segment_bytes)
         registry.open()
+        offsets = OffsetStore(s.data_dir / "kafka" / "__consumer_offsets.jsonl", syncer)
+        offsets.open()
         # An embedded broker on an ephemeral AMQP port takes an ephemeral Kafka port too,
         # so tests never collide on 9092.
         port = 0 if s.port == 0 and s.kafka_port == 9092 else s.kafka_port
@@ -160,7 +163,7 @@ class Broker:
             max_message_bytes=s.kafka_max_message_bytes,
             max_output=s.max_connection_output,
         )
-        self.kafka = KafkaServer(registry, config)
+        self.kafka = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
         self.kafka_port = await self.kafka.listen(s.host, port)
         config.advertised_port = s.kafka_advertised_port or self.kafka_port
         log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
@@ -222,7 +225,7 @@ class Broker:
             log.info("listeners closed")
         if self.kafka is not None:
             await self.kafka.close()
-            self.kafka.registry.close()  # before the syncer it uses goes away
+            self.kafka.close_storage()  # before the syncer it uses goes away
             self.kafka = None
         kafka_syncer = self._kafka_syncer
         if kafka_syncer is not None:

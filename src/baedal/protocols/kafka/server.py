@@ -48,6 +48,7 @@ from .codec import (
     nested,
     schema,
 )
+from .groups import Group, GroupCoordinator
 from .topics import Partition, TopicRegistry, legal_topic_name
 
 log = logging.getLogger("baedal.kafka")
@@ -62,11 +63,20 @@ NO_THROTTLE = datetime.timedelta(0)
 # advertised from 0 although only 3+ (RecordBatch v2) is decoded: older librdkafka
 # turns compression off otherwise (§3.3); a v0-2 request closes the connection.
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
+OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
+JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
 ADVERTISED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8),
     FETCH: (4, 11),
     LIST_OFFSETS: (1, 5),
     METADATA: (0, 8),
+    OFFSET_COMMIT: (2, 7),
+    OFFSET_FETCH: (1, 5),
+    FIND_COORDINATOR: (0, 2),
+    JOIN_GROUP: (0, 5),
+    HEARTBEAT: (0, 3),
+    LEAVE_GROUP: (0, 3),
+    SYNC_GROUP: (0, 3),
     API_VERSIONS_KEY: (0, 3),
 }
 DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
@@ -87,8 +97,11 @@ class KafkaConfig:
 
 
 class KafkaServer:
-    def __init__(self, registry: TopicRegistry, config: KafkaConfig) -> None:
+    def __init__(
+        self, registry: TopicRegistry, coordinator: GroupCoordinator, config: KafkaConfig
+    ) -> None:
         self.registry = registry
+        self.coordinator = coordinator
         self.config = config
         self.connections: set[KafkaConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -106,6 +119,12 @@ class KafkaServer:
             self._server = None
         for connection in list(self.connections):
             connection.abort()
+
+    def close_storage(self) -> None:
+        """Sync and close offsets and partitions (before the Syncer they use goes)."""
+        self.coordinator.close()
+        self.coordinator.offsets.close()
+        self.registry.close()
 
 
 class KafkaConnection(asyncio.Protocol):
@@ -210,6 +229,20 @@ class KafkaConnection(asyncio.Protocol):
             self._reply(request, self._list_offsets(request))
         elif key == API_VERSIONS_KEY:
             self._reply(request, self._api_versions(request.api_version, ErrorCode.none))
+        elif key == FIND_COORDINATOR:
+            self._reply(request, self._find_coordinator(request))
+        elif key == JOIN_GROUP:
+            self._join_group(request)
+        elif key == SYNC_GROUP:
+            self._sync_group(request)
+        elif key == HEARTBEAT:
+            self._heartbeat(request)
+        elif key == LEAVE_GROUP:
+            self._leave_group(request)
+        elif key == OFFSET_COMMIT:
+            self._offset_commit(request)
+        elif key == OFFSET_FETCH:
+            self._reply(request, self._offset_fetch(request))
         else:  # the decoder only lets through what DECODED lists
             raise KafkaProtocolError(f"no handler for api key {key}")
 
@@ -483,6 +516,192 @@ class KafkaConnection(asyncio.Protocol):
                 )
             topics.append(build(topic_cls, name=topic.name, partitions=tuple(answers)))
         return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics))
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def _find_coordinator(self, request: Request) -> Any:
+        cls = schema(FIND_COORDINATOR, request.api_version, EntityType.response)
+        return build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.none,
+            error_message=None,
+            node_id=NODE_ID,  # one node coordinates every group
+            host=self.config.advertised_host,
+            port=self.config.advertised_port,
+        )
+
+    def _join_group(self, request: Request) -> None:
+        body = request.body
+        slot = self.new_slot()
+        cls = schema(JOIN_GROUP, request.api_version, EntityType.response)
+        member_cls = nested(cls, "members")
+        session = body.session_timeout.total_seconds()
+        rebalance = getattr(body, "rebalance_timeout", body.session_timeout).total_seconds()
+
+        def answer(error: ErrorCode, group: Group | None, member_id: str) -> None:
+            members: tuple[Any, ...] = ()
+            if group is not None and group.leader == member_id:
+                members = tuple(
+                    build(
+                        member_cls,
+                        member_id=m.member_id,
+                        group_instance_id=None,
+                        metadata=group.metadata_for(m),
+                    )
+                    for m in group.members.values()
+                )
+            response = build(
+                cls,
+                throttle_time=NO_THROTTLE,
+                error_code=error,
+                generation_id=group.generation if group else -1,
+                protocol_name=(group.protocol or "") if group else "",
+                leader=(group.leader or "") if group else "",
+                member_id=member_id,
+                members=members,
+            )
+            self.fill(slot, encode_response(request.correlation_id, response))
+
+        self.server.coordinator.group(body.group_id).join(
+            body.member_id,
+            request.client_id or "",
+            body.protocol_type,
+            [(p.name, bytes(p.metadata)) for p in body.protocols],
+            session,
+            rebalance,
+            answer,
+        )
+
+    def _sync_group(self, request: Request) -> None:
+        body = request.body
+        slot = self.new_slot()
+        cls = schema(SYNC_GROUP, request.api_version, EntityType.response)
+
+        def answer(error: ErrorCode, assignment: bytes) -> None:
+            response = build(
+                cls, throttle_time=NO_THROTTLE, error_code=error, assignment=assignment
+            )
+            self.fill(slot, encode_response(request.correlation_id, response))
+
+        assignments = {a.member_id: bytes(a.assignment) for a in body.assignments}
+        group = self.server.coordinator.groups.get(body.group_id)
+        if group is None:
+            answer(ErrorCode.unknown_member_id, b"")
+            return
+        group.sync(body.member_id, body.generation_id, assignments, answer)
+
+    def _heartbeat(self, request: Request) -> None:
+        body = request.body
+        group = self.server.coordinator.groups.get(body.group_id)
+        error = (
+            group.check(body.member_id, body.generation_id)
+            if group is not None
+            else ErrorCode.unknown_member_id
+        )
+        cls = schema(HEARTBEAT, request.api_version, EntityType.response)
+        self._reply(request, build(cls, throttle_time=NO_THROTTLE, error_code=error))
+
+    def _leave_group(self, request: Request) -> None:
+        body = request.body
+        cls = schema(LEAVE_GROUP, request.api_version, EntityType.response)
+        group = self.server.coordinator.groups.get(body.group_id)
+        if hasattr(body, "members"):  # v3+: a batch of members
+            leaving = [m.member_id for m in body.members]
+        else:
+            leaving = [body.member_id]
+        errors = [
+            group.leave(member_id) if group is not None else ErrorCode.unknown_member_id
+            for member_id in leaving
+        ]
+        response_member = nested(cls, "members") if hasattr(body, "members") else None
+        members = tuple(
+            build(response_member, member_id=m, group_instance_id=None, error_code=e)
+            for m, e in zip(leaving, errors, strict=True)
+        ) if response_member is not None else ()
+        top = ErrorCode.none if hasattr(body, "members") else errors[0]
+        self._reply(
+            request, build(cls, throttle_time=NO_THROTTLE, error_code=top, members=members)
+        )
+
+    def _offset_commit(self, request: Request) -> None:
+        body = request.body
+        coordinator = self.server.coordinator
+        group = coordinator.groups.get(body.group_id)
+        generation = body.generation_id_or_member_epoch
+        error = ErrorCode.none
+        if group is not None and group.members:
+            error = group.check(body.member_id, generation)
+        elif generation >= 0:
+            # A generation for a group that has no members: the member was dropped.
+            error = ErrorCode.illegal_generation if group is not None else ErrorCode.unknown_member_id
+        offsets = coordinator.offsets
+        if error is ErrorCode.none:
+            for topic in body.topics:
+                for p in topic.partitions:
+                    offsets.commit(
+                        body.group_id, topic.name, p.partition_index, p.committed_offset,
+                        p.committed_metadata,
+                    )
+        cls = schema(OFFSET_COMMIT, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        response = build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            topics=tuple(
+                build(
+                    topic_cls,
+                    name=topic.name,
+                    partitions=tuple(
+                        build(partition_cls, partition_index=p.partition_index, error_code=error)
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in body.topics
+            ),
+        )
+        data = encode_response(request.correlation_id, response)
+        slot = self.new_slot()
+        if error is ErrorCode.none:
+            # Committed offsets are acknowledged once on disk, like produced records.
+            self.registry.syncer.after_sync(
+                lambda: self.fill(slot, data),
+                lambda exc: self._protocol_error(exc),
+            )
+        else:
+            self.fill(slot, data)
+
+    def _offset_fetch(self, request: Request) -> Any:
+        body = request.body
+        offsets = self.server.coordinator.offsets
+        cls = schema(OFFSET_FETCH, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        if body.topics is None:  # v2+: every partition the group committed
+            wanted = {
+                topic: sorted(partitions) for topic, partitions in offsets.for_group(body.group_id).items()
+            }
+        else:
+            wanted = {t.name: list(t.partition_indexes) for t in body.topics}
+        topics = []
+        for name, indexes in wanted.items():
+            answers = []
+            for index in indexes:
+                found = offsets.get(body.group_id, name, index)
+                offset, metadata = found if found is not None else (-1, "")
+                answers.append(
+                    build(
+                        partition_cls,
+                        partition_index=index,
+                        committed_offset=offset,
+                        committed_leader_epoch=-1,
+                        metadata=metadata,
+                        error_code=ErrorCode.none,
+                    )
+                )
+            topics.append(build(topic_cls, name=name, partitions=tuple(answers)))
+        return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics), error_code=ErrorCode.none)
 
 
 def _offset_for_time(partition: Partition, timestamp_ms: int) -> tuple[int, int]:
