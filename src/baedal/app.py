@@ -163,8 +163,19 @@ class Broker:
             max_message_bytes=s.kafka_max_message_bytes,
             max_output=s.max_connection_output,
         )
-        self.kafka = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
-        self.kafka_port = await self.kafka.listen(s.host, port)
+        server = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
+        try:
+            self.kafka_port = await server.listen(s.host, port)
+        except OSError as exc:
+            server.close_storage()
+            if exc.errno != errno.EADDRINUSE or s.kafka_port != 9092:
+                raise
+            # Only the *default* port: an AMQP-only user (or a second broker on this
+            # machine) must not fail to start because something else owns 9092.  A port
+            # asked for explicitly that cannot be bound is fatal, as for AMQP.
+            log.warning("kafka listener off: default port 9092 is in use (%s)", exc)
+            return
+        self.kafka = server
         config.advertised_port = s.kafka_advertised_port or self.kafka_port
         log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
 

@@ -335,10 +335,16 @@ class OffsetStore:
                     "kafka offsets: dropped %d byte(s) of torn tail", self.path.stat().st_size - good
                 )
                 os.truncate(self.path, good)
-        self._file = open(self.path, "ab")  # noqa: SIM115  # held open for appends
 
     def commit(self, group: str, topic: str, partition: int, offset: int, metadata: str | None) -> None:
         self.committed[(group, topic, partition)] = (offset, metadata)
+        if self._file is None:  # opened on first use: brokers without groups hold no fd
+            self._file = open(self.path, "ab")  # noqa: SIM115  # held open for appends
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the new file's name must survive a crash too
+            finally:
+                os.close(directory)
         self._file.write(
             json.dumps([group, topic, partition, offset, metadata], separators=(",", ":")).encode()
             + b"\n"
