@@ -356,3 +356,47 @@ def test_bad_input_closes_the_connection_and_others_keep_working(
         create_topic(other, "still-fine")
     finally:
         other.close()
+
+
+def idempotent_batch(producer_id: int, sequence: int, values: list[bytes], epoch: int = 0) -> bytes:
+    builder = MemoryRecordsBuilder(
+        2, 0, 1 << 20, producer_id=producer_id, producer_epoch=epoch, base_sequence=sequence
+    )
+    for value in values:
+        builder.append(1_700_000_000_000, None, value, [])
+    builder.close()
+    return bytes(builder.buffer())
+
+
+def test_idempotent_retry_is_not_stored_twice_and_a_sequence_gap_is_refused(
+    broker: Broker, client: RawKafka
+) -> None:
+    create_topic(client, "idem")
+    answer = client.request(22, 1, transactional_id=None, transaction_timeout=datetime.timedelta(0))
+    assert answer.error_code.value == 0 and answer.producer_id >= 0
+    producer_id = answer.producer_id
+    first = idempotent_batch(producer_id, 0, [b"a", b"b"])
+    assert produce(client, "idem", first).responses[0].partition_responses[0].base_offset == 0
+    # The same batch again (a retry after a lost answer): same offset, nothing stored.
+    retry = produce(client, "idem", first).responses[0].partition_responses[0]
+    assert (retry.error_code.value, retry.base_offset) == (0, 0)
+    # Sequence 5 after 0..1 leaves a gap: OUT_OF_ORDER_SEQUENCE_NUMBER.
+    gap = produce(client, "idem", idempotent_batch(producer_id, 5, [b"c"])).responses[0]
+    assert gap.partition_responses[0].error_code.value == 45
+    # An older epoch than one already seen is fenced: INVALID_PRODUCER_EPOCH.
+    produce(client, "idem", idempotent_batch(producer_id, 0, [b"e1"], epoch=1))
+    stale = produce(client, "idem", idempotent_batch(producer_id, 2, [b"old"], epoch=0))
+    assert stale.responses[0].partition_responses[0].error_code.value == 47
+    # The next sequence is accepted.
+    following = produce(client, "idem", idempotent_batch(producer_id, 1, [b"d"], epoch=1))
+    assert following.responses[0].partition_responses[0].base_offset == 3
+    assert len(stored_batches(broker, "idem")) == 3
+
+
+def test_transactional_init_producer_id_is_refused_with_an_error_not_a_hang(
+    client: RawKafka,
+) -> None:
+    answer = client.request(
+        22, 1, transactional_id="tx", transaction_timeout=datetime.timedelta(seconds=60)
+    )
+    assert answer.error_code.value != 0 and answer.producer_id == -1

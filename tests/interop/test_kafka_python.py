@@ -1,7 +1,7 @@
 """kafka-python against a real Baedal Kafka listener.
 
-kafka-python 3 turns idempotence on by default, which needs InitProducerId; that API is
-not built in this slice, so every producer here is made with enable_idempotence=False.
+Most producers here set enable_idempotence=False to pin acks per test; the default
+(idempotent, acks=all: kafka-python 3) is covered by its own test below.
 """
 
 from __future__ import annotations
@@ -198,3 +198,22 @@ def test_auto_create_off_leaves_unknown_topics_unknown(tmp_path: Path) -> None:
         finally:
             consumer.close()
         assert running.call(lambda: running.kafka.registry.get("nobody")) is None
+
+
+def test_default_idempotent_producer_works(broker: Broker) -> None:
+    bootstrap = broker.kafka_bootstrap
+    assert bootstrap is not None
+    sender = KafkaProducer(bootstrap_servers=bootstrap)  # kafka-python 3: idempotent
+    offsets = [sender.send("idem-default", value=b"%d" % i).get(timeout=10).offset for i in range(10)]
+    sender.close()
+    assert offsets == list(range(10))
+
+    def producer_ids() -> set[int]:
+        partition = broker.kafka.registry.partition("idem-default", 0)
+        return {b.producer_id for b in partition.log.reader("first").read(1 << 20)}
+
+    ids = broker.call(producer_ids)
+    assert len(ids) == 1 and min(ids) >= 0
+    assert [r.value for r in consume_all(bootstrap, "idem-default", 10)] == [
+        b"%d" % i for i in range(10)
+    ]

@@ -1,6 +1,6 @@
 """kafka-python consumer groups on Baedal: the classic group protocol and committed offsets.
 
-Producers use enable_idempotence=False: InitProducerId is not built in this slice.
+Producers use enable_idempotence=False only to keep these tests about groups.
 """
 
 from __future__ import annotations

@@ -34,7 +34,12 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
-from ...storage.record_batch import RecordBatchError, batch_size_at
+from ...storage.record_batch import (
+    TRANSACTIONAL_MASK,
+    RecordBatchError,
+    batch_size_at,
+    decode_header,
+)
 from ...storage.segment import StorageError
 from .codec import (
     API_VERSIONS_KEY,
@@ -49,6 +54,7 @@ from .codec import (
     schema,
 )
 from .groups import Group, GroupCoordinator
+from .producers import ProducerTable
 from .topics import Partition, TopicRegistry, legal_topic_name
 
 log = logging.getLogger("baedal.kafka")
@@ -65,6 +71,7 @@ NO_THROTTLE = datetime.timedelta(0)
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
 JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
+INIT_PRODUCER_ID = 22
 ADVERTISED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8),
     FETCH: (4, 11),
@@ -77,6 +84,7 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     HEARTBEAT: (0, 3),
     LEAVE_GROUP: (0, 3),
     SYNC_GROUP: (0, 3),
+    INIT_PRODUCER_ID: (0, 1),
     API_VERSIONS_KEY: (0, 3),
 }
 DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
@@ -103,6 +111,7 @@ class KafkaServer:
         self.registry = registry
         self.coordinator = coordinator
         self.config = config
+        self.producers = ProducerTable()
         self.connections: set[KafkaConnection] = set()
         self._server: asyncio.base_events.Server | None = None
 
@@ -241,6 +250,8 @@ class KafkaConnection(asyncio.Protocol):
             self._leave_group(request)
         elif key == OFFSET_COMMIT:
             self._offset_commit(request)
+        elif key == INIT_PRODUCER_ID:
+            self._reply(request, self._init_producer_id(request))
         elif key == OFFSET_FETCH:
             self._reply(request, self._offset_fetch(request))
         else:  # the decoder only lets through what DECODED lists
@@ -446,7 +457,25 @@ class KafkaConnection(asyncio.Protocol):
                 # Produce v3+ carries exactly one batch per partition (Kafka:
                 # "Produce requests with magic v2 must contain exactly one batch").
                 return ErrorCode.invalid_record, -1
+            header = decode_header(records)
+            producer_id, epoch, sequence, count = header[9], header[10], header[11], header[12]
+            producers = self.server.producers
+            if producer_id >= 0:
+                if header[5] & TRANSACTIONAL_MASK:
+                    return ErrorCode.invalid_record, -1  # transactions are not served
+                error, duplicate = producers.check(topic, index, producer_id, epoch, sequence, count)
+                if error is not ErrorCode.none:
+                    return error, -1
+                if duplicate is not None:
+                    # A retry of a batch already stored: same answer, nothing appended.
+                    # It still waits for the fsync (the original may not be covered yet).
+                    appended.append((partition, partition.log.next_offset))
+                    return ErrorCode.none, duplicate
             result = partition.log.append_batch(bytearray(records))
+            if producer_id >= 0:
+                producers.appended(
+                    topic, index, producer_id, epoch, sequence, count, result.base_offset
+                )
         except RecordBatchError:
             return ErrorCode.corrupt_message, -1
         except StorageError:
@@ -516,6 +545,27 @@ class KafkaConnection(asyncio.Protocol):
                 )
             topics.append(build(topic_cls, name=topic.name, partitions=tuple(answers)))
         return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics))
+
+    # -- InitProducerId ------------------------------------------------------------------------
+
+    def _init_producer_id(self, request: Request) -> Any:
+        cls = schema(INIT_PRODUCER_ID, request.api_version, EntityType.response)
+        if request.body.transactional_id is not None:
+            # Transactions are not served (issue 11): a clear error, never a hang.
+            return build(
+                cls,
+                throttle_time=NO_THROTTLE,
+                error_code=ErrorCode.invalid_request,
+                producer_id=-1,
+                producer_epoch=-1,
+            )
+        return build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.none,
+            producer_id=self.server.producers.new_producer_id(),
+            producer_epoch=0,
+        )
 
     # -- groups -------------------------------------------------------------------------------
 
