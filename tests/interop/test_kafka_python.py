@@ -217,3 +217,27 @@ def test_default_idempotent_producer_works(broker: Broker) -> None:
     assert [r.value for r in consume_all(bootstrap, "idem-default", 10)] == [
         b"%d" % i for i in range(10)
     ]
+
+
+def test_admin_creates_and_deletes_topics(broker: Broker, tmp_path: Path) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+
+    bootstrap = broker.kafka_bootstrap
+    assert bootstrap is not None
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic("made", 3, 1)])
+        assert "made" in admin.list_topics()
+        assert sorted(p.name for p in (tmp_path / "kafka").iterdir() if p.is_dir()) == [
+            "made-0", "made-1", "made-2",
+        ]
+        with pytest.raises(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic("made", 1, 1)], raise_errors=True)
+        with pytest.raises(InvalidReplicationFactorError):
+            admin.create_topics([NewTopic("replicated", 1, 3)], raise_errors=True)
+        admin.delete_topics(["made"])
+        assert "made" not in admin.list_topics()
+        assert not [p for p in (tmp_path / "kafka").iterdir() if p.is_dir()]
+    finally:
+        admin.close()

@@ -71,7 +71,7 @@ NO_THROTTLE = datetime.timedelta(0)
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
 JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
-INIT_PRODUCER_ID = 22
+CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 19, 20, 22
 ADVERTISED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8),
     FETCH: (4, 11),
@@ -85,6 +85,8 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     LEAVE_GROUP: (0, 3),
     SYNC_GROUP: (0, 3),
     INIT_PRODUCER_ID: (0, 1),
+    CREATE_TOPICS: (2, 4),
+    DELETE_TOPICS: (1, 3),
     API_VERSIONS_KEY: (0, 3),
 }
 DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
@@ -250,6 +252,10 @@ class KafkaConnection(asyncio.Protocol):
             self._leave_group(request)
         elif key == OFFSET_COMMIT:
             self._offset_commit(request)
+        elif key == CREATE_TOPICS:
+            self._reply(request, self._create_topics(request))
+        elif key == DELETE_TOPICS:
+            self._reply(request, self._delete_topics(request))
         elif key == INIT_PRODUCER_ID:
             self._reply(request, self._init_producer_id(request))
         elif key == OFFSET_FETCH:
@@ -545,6 +551,44 @@ class KafkaConnection(asyncio.Protocol):
                 )
             topics.append(build(topic_cls, name=topic.name, partitions=tuple(answers)))
         return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics))
+
+    # -- CreateTopics / DeleteTopics -----------------------------------------------------------
+
+    def _create_topics(self, request: Request) -> Any:
+        body = request.body
+        cls = schema(CREATE_TOPICS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "topics")
+        registry = self.registry
+        results = []
+        for topic in body.topics:
+            error, message = ErrorCode.none, None
+            partitions = topic.num_partitions if topic.num_partitions != -1 else self.config.num_partitions
+            if registry.get(topic.name) is not None:
+                error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
+            elif not legal_topic_name(topic.name):
+                error, message = ErrorCode.invalid_topic_exception, "illegal topic name"
+            elif partitions < 1 or topic.assignments:
+                error, message = ErrorCode.invalid_partitions, "partitions must be >= 1"
+            elif topic.replication_factor not in (-1, 1):
+                # One node: there is nobody to replicate to until clustering lands.
+                error, message = ErrorCode.invalid_replication_factor, "single-node broker"
+            elif not body.validate_only:
+                # Topic configs are accepted but not applied in this slice.
+                registry.create(topic.name, partitions)
+            results.append(
+                build(result_cls, name=topic.name, error_code=error, error_message=message)
+            )
+        return build(cls, throttle_time=NO_THROTTLE, topics=tuple(results))
+
+    def _delete_topics(self, request: Request) -> Any:
+        cls = schema(DELETE_TOPICS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "responses")
+        results = []
+        for name in request.body.topic_names:
+            deleted = self.registry.delete(name)
+            error = ErrorCode.none if deleted else ErrorCode.unknown_topic_or_partition
+            results.append(build(result_cls, name=name, error_code=error))
+        return build(cls, throttle_time=NO_THROTTLE, responses=tuple(results))
 
     # -- InitProducerId ------------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ a record that a crash could still take back, and long-polling fetches wait on it
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,22 @@ class TopicRegistry:
         self._topics[topic] = created
         log.info("kafka topic %s created with %d partition(s)", topic, partitions)
         return created
+
+    def delete(self, topic: str) -> bool:
+        """Close and remove every partition of ``topic``; False if there is none."""
+        partitions = self._topics.pop(topic, None)
+        if partitions is None:
+            return False
+        for partition in partitions:
+            partition.log.close()
+            shutil.rmtree(partition.log.directory, ignore_errors=True)
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the removal must not come back after a crash
+        finally:
+            os.close(fd)
+        log.info("kafka topic %s deleted", topic)
+        return True
 
     def close(self) -> None:
         for partitions in self._topics.values():
