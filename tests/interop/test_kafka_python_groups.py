@@ -51,7 +51,7 @@ def test_two_members_split_the_partitions_and_read_every_record_once(tmp_path: P
                     for records in consumer.poll(timeout_ms=200).values():
                         seen.extend(r.value for r in records)
                 assigned = (first.assignment(), second.assignment())
-                if len(seen) == 80 and all(assigned) and not assigned[0] & assigned[1]:
+                if len(set(seen)) == 80 and all(assigned) and not assigned[0] & assigned[1]:
                     break
             assert first.assignment() and second.assignment()
             assert not first.assignment() & second.assignment()
@@ -61,6 +61,13 @@ def test_two_members_split_the_partitions_and_read_every_record_once(tmp_path: P
             # Rebalances may hand a partition over before it was committed, so a record
             # can be read twice; none may be missing.
             assert set(seen) == {b"%d" % i for i in range(80)}
+            # The second member leaves (LeaveGroup): the first takes every partition.
+            second.close()
+            everything = {TopicPartition("work", p) for p in range(4)}
+            deadline = time.monotonic() + 20
+            while first.assignment() != everything and time.monotonic() < deadline:
+                first.poll(timeout_ms=200)
+            assert first.assignment() == everything
         finally:
             first.close()
             second.close()
