@@ -121,7 +121,14 @@ def produce(client: RawKafka, topic: str, records: bytes, acks: int = -1, partit
     )
 
 
-def fetch(client: RawKafka, topic: str, offset: int, wait_ms: int = 0, min_bytes: int = 1) -> Any:
+def fetch(
+    client: RawKafka,
+    topic: str,
+    offset: int,
+    wait_ms: int = 0,
+    min_bytes: int = 1,
+    partition_max_bytes: int = 1 << 20,
+) -> Any:
     from kio.schema.fetch.v11.request import FetchPartition, FetchTopic
 
     return client.request(
@@ -142,7 +149,7 @@ def fetch(client: RawKafka, topic: str, offset: int, wait_ms: int = 0, min_bytes
                         current_leader_epoch=-1,
                         fetch_offset=offset,
                         log_start_offset=-1,
-                        partition_max_bytes=1 << 20,
+                        partition_max_bytes=partition_max_bytes,
                     ),
                 ),
             ),
@@ -400,3 +407,26 @@ def test_transactional_init_producer_id_is_refused_with_an_error_not_a_hang(
         22, 1, transactional_id="tx", transaction_timeout=datetime.timedelta(seconds=60)
     )
     assert answer.error_code.value != 0 and answer.producer_id == -1
+
+
+def test_fetch_returns_whole_batches_within_max_bytes_and_always_the_first(
+    client: RawKafka,
+) -> None:
+    create_topic(client, "sizes")
+    batches = [build_batch([bytes([65 + i]) * 1000]) for i in range(3)]
+    for batch in batches:
+        produce(client, "sizes", batch)
+    size = len(batches[0])
+
+    def fetched(limit: int) -> bytes:
+        partition = fetch(client, "sizes", 0, partition_max_bytes=limit).responses[0].partitions[0]
+        return bytes(partition.records)
+
+    assert len(fetched(10)) == size  # KIP-74: the first batch even past the limit
+    assert len(fetched(2 * size - 1)) == size  # never a partial batch
+    assert len(fetched(2 * size)) == 2 * size
+    everything = fetched(1 << 20)
+    assert len(everything) == 3 * size
+    for i, sent in enumerate(batches):  # as sent, apart from the base offset
+        stored = everything[i * size : (i + 1) * size]
+        assert stored[8:] == sent[8:] and struct.unpack_from(">q", stored)[0] == i
