@@ -217,6 +217,12 @@ class KafkaConnection(asyncio.Protocol):
             except KafkaProtocolError as exc:
                 self._protocol_error(exc)
                 return
+            except Exception as exc:
+                # A bug of ours must not leave the client waiting for an answer that
+                # never comes: Kafka closes the connection on an unexpected error too.
+                log.exception("kafka request %d v%d failed", request.api_key, request.api_version)
+                self._protocol_error(exc)
+                return
 
     def _protocol_error(self, exc: Exception) -> None:
         # Kafka answers a request it cannot parse by closing the connection
