@@ -59,6 +59,9 @@ class Broker:
         self.port: int = settings.port
         self.tls_port: int | None = None
         self.http_port: int | None = None
+        self.kafka: Any = None
+        self.kafka_port: int | None = None
+        self._kafka_syncer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -80,6 +83,13 @@ class Broker:
             return None
         host = self.settings.http_host if self.settings.http_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"http://{host}:{self.http_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str | None:
+        """``host:port`` for Kafka clients' bootstrap servers, or None when off."""
+        if self.kafka_port is None:
+            return None
+        return f"{_connect_host(self.settings.host)}:{self.kafka_port}"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -118,12 +128,56 @@ class Broker:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(s.tls_cert, s.tls_key)
             self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
+        if s.kafka_port is not None:
+            await self._start_kafka(loop)
         if s.http_port is not None:
             self.http = _open_http(self)
             if self.http is not None:
                 self.http_port = await self.http.start(s.http_host, s.http_port)
         self._monitor = loop.create_task(self._watch_resources())
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
+
+    async def _start_kafka(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .protocols.kafka.groups import GroupCoordinator, OffsetStore
+        from .protocols.kafka.server import KafkaConfig, KafkaServer
+        from .protocols.kafka.topics import TopicRegistry
+        from .storage.syncer import Syncer
+
+        s = self.settings
+        syncer = getattr(self.storage, "syncer", None)
+        if syncer is None:  # no durable engine: Kafka partitions still need group commit
+            syncer = self._kafka_syncer = Syncer(on_fatal=self._storage_fatal, loop=loop)
+        registry = TopicRegistry(s.data_dir / "kafka", syncer, segment_bytes=s.segment_bytes)
+        registry.open()
+        offsets = OffsetStore(s.data_dir / "kafka" / "__consumer_offsets.jsonl", syncer)
+        offsets.open()
+        # An embedded broker on an ephemeral AMQP port takes an ephemeral Kafka port too,
+        # so tests never collide on 9092.
+        port = 0 if s.port == 0 and s.kafka_port == 9092 else s.kafka_port
+        assert port is not None
+        config = KafkaConfig(
+            advertised_host=s.kafka_advertised_host or _connect_host(s.host),
+            advertised_port=0,
+            auto_create_topics=s.auto_create_topics,
+            num_partitions=s.num_partitions,
+            max_message_bytes=s.kafka_max_message_bytes,
+            max_output=s.max_connection_output,
+        )
+        server = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
+        try:
+            self.kafka_port = await server.listen(s.host, port)
+        except OSError as exc:
+            server.close_storage()
+            if exc.errno != errno.EADDRINUSE or s.kafka_port != 9092:
+                raise
+            # Only the *default* port: an AMQP-only user (or a second broker on this
+            # machine) must not fail to start because something else owns 9092.  A port
+            # asked for explicitly that cannot be bound is fatal, as for AMQP.
+            log.warning("kafka listener off: default port 9092 is in use (%s)", exc)
+            return
+        self.kafka = server
+        config.advertised_port = s.kafka_advertised_port or self.kafka_port
+        log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
 
     @property
     def exit_status(self) -> int:
@@ -180,6 +234,14 @@ class Broker:
             await self.amqp.close("storage failure" if self.failure is not None else "broker shutdown")
             self.amqp = None
             log.info("listeners closed")
+        if self.kafka is not None:
+            await self.kafka.close()
+            self.kafka.close_storage()  # before the syncer it uses goes away
+            self.kafka = None
+        kafka_syncer = self._kafka_syncer
+        if kafka_syncer is not None:
+            kafka_syncer.close()
+            self._kafka_syncer = None
         if self.storage is not None:
             await self.storage.close()
             self.storage = None
@@ -254,6 +316,12 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_thread()
+
+
+def _connect_host(host: str) -> str:
+    """An address clients can connect to for a listen address (IPv4 for a wildcard:
+    librdkafka may resolve ``localhost`` to ``::1``)."""
+    return host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
 
 
 def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:

@@ -60,6 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
         "http_port": args.http_port,
         "http_host": args.http_host,
         "consumer_timeout": args.consumer_timeout,
+        "kafka_port": args.kafka_port,
+        "kafka_advertised_host": args.kafka_advertised_host,
+        "kafka_advertised_port": args.kafka_advertised_port,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -76,6 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"baedal {__version__} listening on amqp://{settings.host}:{broker.port}", flush=True)
         if broker.tls_port:
             print(f"baedal listening on amqps://{settings.host}:{broker.tls_port}", flush=True)
+        if broker.kafka_bootstrap:
+            print(f"baedal Kafka on {broker.kafka_bootstrap}", flush=True)
         if broker.http_url:
             print(f"baedal HTTP on {broker.http_url}", flush=True)
         print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)
@@ -127,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--consumer-timeout",
         help="delivery acknowledgement timeout in ms (default 1800000; 'off' disables; "
         "env BAEDAL_CONSUMER_TIMEOUT)",
+    )
+    serve.add_argument(
+        "--kafka-port", help="Kafka port (default 9092, 'off' disables; env BAEDAL_KAFKA_PORT)"
+    )
+    serve.add_argument(
+        "--kafka-advertised-host", help="host Kafka clients are told to connect to (default: --host)"
+    )
+    serve.add_argument(
+        "--kafka-advertised-port", help="port Kafka clients are told to connect to (default: the Kafka port)"
     )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)

@@ -41,6 +41,14 @@ class Settings:
     # Delivery acknowledgement timeout in ms (RabbitMQ's consumer_timeout); "off" or 0
     # disables it.
     consumer_timeout: int | None = 1_800_000
+    # Kafka listener ("off" disables).  An embedded Broker with port=0 gets an ephemeral
+    # Kafka port too (app.py).  The advertised address defaults to the listen address.
+    kafka_port: int | None = 9092
+    kafka_advertised_host: str | None = None
+    kafka_advertised_port: int | None = None
+    auto_create_topics: bool = True
+    num_partitions: int = 1
+    kafka_max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -52,6 +60,10 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
+    if name in ("kafka_port", "kafka_advertised_port") and str(value).lower() in (
+        "", "none", "off", "false"
+    ):
+        return None  # (port 0 stays 0: an ephemeral port)
     if name in ("http_port", "consumer_timeout") and str(value).lower() in (
         "", "none", "off", "0", "false"
     ):
@@ -60,7 +72,7 @@ def _coerce(name: str, value: Any) -> Any:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "consumer_timeout":
         return int(value) if int(value) > 0 else None
-    if isinstance(default, int) or name in ("http_port",):
+    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port"):
         return int(value)
     if isinstance(default, float):
         return float(value)

@@ -1,0 +1,1 @@
+"""Kafka's wire protocol over Baedal's stream log (issue 11, first slice)."""

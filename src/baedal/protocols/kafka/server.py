@@ -1,0 +1,956 @@
+"""Kafka listener: one ``asyncio.Protocol`` per connection and the API handlers.
+
+Theory of operation
+-------------------
+A connection feeds bytes to the sans-IO ``RequestDecoder`` and handles each whole
+request in arrival order.  Kafka promises that responses on one connection come back
+in request order (protocol guide, "Network"), but some answers are not ready at once:
+Produce with acks=1/all waits for the fsync that covers its batches, and Fetch may
+long-poll.  So each request that gets an answer takes a *slot* in a FIFO; a handler
+fills its slot now or later, and the connection writes the filled slots at the head of
+the FIFO, all of them in one ``writelines`` per loop turn.  Produce with acks=0 takes no
+slot: Kafka sends nothing back for it.
+
+Bounds: the decoder holds at most one request (``max_request_bytes``).  A connection
+stops reading (``pause_reading``) while it owes more than ``MAX_PENDING_SLOTS``
+responses or more than ``max_output`` bytes are waiting in the transport, and while the
+transport asked us to pause writing; it resumes when those drop.  The work per
+``data_received`` call is capped at ``MAX_REQUESTS_PER_CALLBACK``; the rest continues on
+the next loop turn.
+
+No task or future per request: Produce waits with ``Syncer.after_sync`` callbacks and
+Fetch with one ``call_later`` timer plus a waiter on each partition it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+from kio.static.constants import EntityType
+
+from ...storage.record_batch import (
+    TRANSACTIONAL_MASK,
+    RecordBatchError,
+    batch_size_at,
+    decode_header,
+)
+from ...storage.segment import StorageError
+from .codec import (
+    API_VERSIONS_KEY,
+    DEFAULT_MAX_REQUEST_BYTES,
+    KafkaProtocolError,
+    Request,
+    RequestDecoder,
+    UnsupportedVersion,
+    build,
+    encode_response,
+    nested,
+    schema,
+)
+from .groups import Group, GroupCoordinator
+from .producers import ProducerTable
+from .topics import Partition, TopicRegistry, legal_topic_name
+
+log = logging.getLogger("baedal.kafka")
+
+NODE_ID = 0
+CLUSTER_ID = "baedal"
+MAX_PENDING_SLOTS = 128
+MAX_REQUESTS_PER_CALLBACK = 64
+NO_THROTTLE = datetime.timedelta(0)
+
+# The versions served (kafka-protocol.md §5, "Baedal v1 advertises").  Produce is
+# advertised from 0 although only 3+ (RecordBatch v2) is decoded: older librdkafka
+# turns compression off otherwise (§3.3); a v0-2 request closes the connection.
+PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
+OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
+JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
+CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 19, 20, 22
+ADVERTISED: dict[int, tuple[int, int]] = {
+    PRODUCE: (0, 8),
+    FETCH: (4, 11),
+    LIST_OFFSETS: (1, 5),
+    METADATA: (0, 8),
+    OFFSET_COMMIT: (2, 7),
+    OFFSET_FETCH: (1, 5),
+    FIND_COORDINATOR: (0, 2),
+    JOIN_GROUP: (0, 5),
+    HEARTBEAT: (0, 3),
+    LEAVE_GROUP: (0, 3),
+    SYNC_GROUP: (0, 3),
+    INIT_PRODUCER_ID: (0, 1),
+    CREATE_TOPICS: (2, 4),
+    DELETE_TOPICS: (1, 3),
+    API_VERSIONS_KEY: (0, 3),
+}
+DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
+
+EARLIEST_TIMESTAMP = -2
+LATEST_TIMESTAMP = -1
+
+
+@dataclass
+class KafkaConfig:
+    advertised_host: str
+    advertised_port: int
+    auto_create_topics: bool = True
+    num_partitions: int = 1
+    max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_output: int = 8 * 1024 * 1024
+
+
+class KafkaServer:
+    def __init__(
+        self, registry: TopicRegistry, coordinator: GroupCoordinator, config: KafkaConfig
+    ) -> None:
+        self.registry = registry
+        self.coordinator = coordinator
+        self.config = config
+        self.producers = ProducerTable()
+        self.connections: set[KafkaConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def listen(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: KafkaConnection(self), host, port)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for connection in list(self.connections):
+            connection.abort()
+
+    def close_storage(self) -> None:
+        """Sync and close offsets and partitions (before the Syncer they use goes)."""
+        self.coordinator.close()
+        self.coordinator.offsets.close()
+        self.registry.close()
+
+
+class KafkaConnection(asyncio.Protocol):
+    def __init__(self, server: KafkaServer) -> None:
+        self.server = server
+        self.registry = server.registry
+        self.config = server.config
+        self.decoder = RequestDecoder(DECODED, server.config.max_request_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_event_loop()
+        self._slots: deque[list[Any]] = deque()  # [bytes | None]
+        self._flush_scheduled = False
+        self._continue_scheduled = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._fetches: set[_PendingFetch] = set()
+        self.closed = False
+
+    # -- transport callbacks ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for fetch in list(self._fetches):
+            fetch.cancel()
+        self._slots.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.decoder.feed(data)
+        except KafkaProtocolError:
+            return
+        self._process()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    # -- request loop -----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        self._continue_scheduled = False
+        handled = 0
+        while not self.closed and not self._reading_paused:
+            if handled >= MAX_REQUESTS_PER_CALLBACK:
+                if not self._continue_scheduled:
+                    self._continue_scheduled = True
+                    self.loop.call_soon(self._process)
+                return
+            try:
+                request = self.decoder.next_request()
+            except UnsupportedVersion as exc:
+                if exc.api_key != API_VERSIONS_KEY:
+                    self._protocol_error(exc)
+                    return
+                self._answer_unsupported_api_versions(exc.correlation_id)
+                handled += 1
+                continue
+            except KafkaProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if request is None:
+                return
+            handled += 1
+            try:
+                self._dispatch(request)
+            except KafkaProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            except Exception as exc:
+                # A bug of ours must not leave the client waiting for an answer that
+                # never comes: Kafka closes the connection on an unexpected error too.
+                log.exception("kafka request %d v%d failed", request.api_key, request.api_version)
+                self._protocol_error(exc)
+                return
+
+    def _protocol_error(self, exc: Exception) -> None:
+        # Kafka answers a request it cannot parse by closing the connection
+        # (SocketServer: InvalidRequestException -> close); clients reconnect.
+        log.info("kafka connection closed: %s", exc)
+        self.closed = True
+        if self.transport is not None:
+            # Answers already due still go out (they were for good requests).
+            self._flush()
+            self.transport.close()
+
+    def _dispatch(self, request: Request) -> None:
+        key = request.api_key
+        if key == PRODUCE:
+            self._produce(request)
+        elif key == FETCH:
+            _PendingFetch(self, request, self.new_slot()).run()
+        elif key == METADATA:
+            self._reply(request, self._metadata(request))
+        elif key == LIST_OFFSETS:
+            self._reply(request, self._list_offsets(request))
+        elif key == API_VERSIONS_KEY:
+            self._reply(request, self._api_versions(request.api_version, ErrorCode.none))
+        elif key == FIND_COORDINATOR:
+            self._reply(request, self._find_coordinator(request))
+        elif key == JOIN_GROUP:
+            self._join_group(request)
+        elif key == SYNC_GROUP:
+            self._sync_group(request)
+        elif key == HEARTBEAT:
+            self._heartbeat(request)
+        elif key == LEAVE_GROUP:
+            self._leave_group(request)
+        elif key == OFFSET_COMMIT:
+            self._offset_commit(request)
+        elif key == CREATE_TOPICS:
+            self._reply(request, self._create_topics(request))
+        elif key == DELETE_TOPICS:
+            self._reply(request, self._delete_topics(request))
+        elif key == INIT_PRODUCER_ID:
+            self._reply(request, self._init_producer_id(request))
+        elif key == OFFSET_FETCH:
+            self._reply(request, self._offset_fetch(request))
+        else:  # the decoder only lets through what DECODED lists
+            raise KafkaProtocolError(f"no handler for api key {key}")
+
+    # -- output -----------------------------------------------------------------------------
+
+    def new_slot(self) -> list[Any]:
+        slot: list[Any] = [None]
+        self._slots.append(slot)
+        self._update_reading()
+        return slot
+
+    def fill(self, slot: list[Any], data: bytes) -> None:
+        if self.closed and self.transport is None:
+            return
+        slot[0] = data
+        if self._slots and self._slots[0] is slot and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _reply(self, request: Request, body: Any) -> None:
+        self.fill(self.new_slot(), encode_response(request.correlation_id, body))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        ready: list[bytes] = []
+        slots = self._slots
+        while slots and slots[0][0] is not None:
+            ready.append(slots.popleft()[0])
+        if ready:
+            transport.writelines(ready)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        busy = (
+            self._writing_paused
+            or len(self._slots) > MAX_PENDING_SLOTS
+            or transport.get_write_buffer_size() > self.config.max_output
+        )
+        if busy and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not busy and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+            if not self._continue_scheduled:
+                self._continue_scheduled = True
+                self.loop.call_soon(self._process)  # requests may be buffered already
+
+    # -- ApiVersions --------------------------------------------------------------------------
+
+    def _api_versions(self, version: int, error: ErrorCode) -> Any:
+        cls = schema(API_VERSIONS_KEY, version, EntityType.response)
+        entry = nested(cls, "api_keys")
+        keys = tuple(
+            build(entry, api_key=key, min_version=low, max_version=high)
+            for key, (low, high) in sorted(ADVERTISED.items())
+        )
+        return build(cls, error_code=error, api_keys=keys, throttle_time=NO_THROTTLE)
+
+    def _answer_unsupported_api_versions(self, correlation_id: int) -> None:
+        # KIP-511: an ApiVersions request at a version we do not know gets
+        # UNSUPPORTED_VERSION in the v0 format, still listing our ranges, so the client
+        # retries at a version we serve (librdkafka, kafka-python 3 do).
+        body = self._api_versions(0, ErrorCode.unsupported_version)
+        self.fill(self.new_slot(), encode_response(correlation_id, body))
+
+    # -- Metadata -----------------------------------------------------------------------------
+
+    def _metadata(self, request: Request) -> Any:
+        body = request.body
+        version = request.api_version
+        cls = schema(METADATA, version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        broker_cls = nested(cls, "brokers")
+        registry = self.registry
+        if body.topics is None or (version == 0 and not body.topics):
+            names = list(registry.topics())  # all topics
+        else:
+            names = [topic.name for topic in body.topics]
+        # Before v4 the request has no flag: Kafka auto-creates (if configured).
+        allow_create = getattr(body, "allow_auto_topic_creation", True)
+        topics = []
+        for name in names:
+            partitions = registry.get(name)
+            error = ErrorCode.none
+            if partitions is None:
+                if not legal_topic_name(name):
+                    error = ErrorCode.invalid_topic_exception
+                elif allow_create and self.config.auto_create_topics:
+                    partitions = registry.create(name, self.config.num_partitions)
+                else:
+                    error = ErrorCode.unknown_topic_or_partition
+            topics.append(
+                build(
+                    topic_cls,
+                    error_code=error,
+                    name=name,
+                    is_internal=False,
+                    partitions=tuple(
+                        build(
+                            partition_cls,
+                            error_code=ErrorCode.none,
+                            partition_index=p.index,
+                            leader_id=NODE_ID,
+                            # -1 until OffsetForLeaderEpoch exists (kafka-protocol.md §8)
+                            leader_epoch=-1,
+                            replica_nodes=(NODE_ID,),
+                            isr_nodes=(NODE_ID,),
+                            offline_replicas=(),
+                        )
+                        for p in partitions or ()
+                    ),
+                )
+            )
+        broker = build(
+            broker_cls,
+            node_id=NODE_ID,
+            host=self.config.advertised_host,
+            port=self.config.advertised_port,
+            rack=None,
+        )
+        return build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            brokers=(broker,),
+            cluster_id=CLUSTER_ID,
+            controller_id=NODE_ID,
+            topics=tuple(topics),
+        )
+
+    # -- Produce ------------------------------------------------------------------------------
+
+    def _produce(self, request: Request) -> None:
+        body = request.body
+        registry = self.registry
+        results: list[tuple[str, list[tuple[int, ErrorCode, int]]]] = []
+        appended: list[tuple[Partition, int]] = []
+        for topic in body.topic_data:
+            partition_results: list[tuple[int, ErrorCode, int]] = []
+            for data in topic.partition_data:
+                error, base = self._append(topic.name, data.index, data.records, appended)
+                partition_results.append((data.index, error, base))
+            results.append((topic.name, partition_results))
+        acks = body.acks
+        failed = any(error is not ErrorCode.none for _, parts in results for _, error, _ in parts)
+        syncer = registry.syncer
+
+        def advance() -> None:
+            for partition, next_offset in appended:
+                partition.advance(next_offset)
+
+        if acks == 0:
+            if appended:
+                syncer.after_sync(advance)
+            if failed:
+                # No response exists to carry the error: Kafka closes the connection so
+                # the client refreshes its metadata (KafkaApis.handleProduceRequest).
+                raise KafkaProtocolError("acks=0 produce failed")
+            return
+        slot = self.new_slot()
+
+        def answer(override: ErrorCode | None = None) -> None:
+            if override is None:
+                advance()
+            final = [
+                (name, [(index, override or error, base) for index, error, base in parts])
+                for name, parts in results
+            ]
+            self.fill(slot, encode_response(request.correlation_id, self._produce_response(request, final)))
+
+        if appended:
+            # Baedal's durability promise: acks=1/all are answered only after the fsync
+            # that covers the batch (one node: the leader is the whole ISR).
+            syncer.after_sync(answer, lambda exc: answer(ErrorCode.kafka_storage_error))
+        else:
+            answer()
+
+    def _append(
+        self,
+        topic: str,
+        index: int,
+        records: bytes | None,
+        appended: list[tuple[Partition, int]],
+    ) -> tuple[ErrorCode, int]:
+        partition = self.registry.partition(topic, index)
+        if partition is None:
+            return ErrorCode.unknown_topic_or_partition, -1
+        if not records:
+            return ErrorCode.corrupt_message, -1
+        if len(records) > self.config.max_message_bytes:
+            return ErrorCode.message_too_large, -1
+        try:
+            if len(records) >= 12 and batch_size_at(records) != len(records):
+                # Produce v3+ carries exactly one batch per partition (Kafka:
+                # "Produce requests with magic v2 must contain exactly one batch").
+                return ErrorCode.invalid_record, -1
+            header = decode_header(records)
+            producer_id, epoch, sequence, count = header[9], header[10], header[11], header[12]
+            producers = self.server.producers
+            if producer_id >= 0:
+                if header[5] & TRANSACTIONAL_MASK:
+                    return ErrorCode.invalid_record, -1  # transactions are not served
+                error, duplicate = producers.check(topic, index, producer_id, epoch, sequence, count)
+                if error is not ErrorCode.none:
+                    return error, -1
+                if duplicate is not None:
+                    # A retry of a batch already stored: same answer, nothing appended.
+                    # It still waits for the fsync (the original may not be covered yet).
+                    appended.append((partition, partition.log.next_offset))
+                    return ErrorCode.none, duplicate
+            result = partition.log.append_batch(bytearray(records))
+            if producer_id >= 0:
+                producers.appended(
+                    topic, index, producer_id, epoch, sequence, count, result.base_offset
+                )
+        except RecordBatchError:
+            return ErrorCode.corrupt_message, -1
+        except StorageError:
+            log.exception("kafka append to %s-%d failed", topic, index)
+            return ErrorCode.kafka_storage_error, -1
+        appended.append((partition, result.last_offset + 1))
+        return ErrorCode.none, result.base_offset
+
+    def _produce_response(
+        self, request: Request, results: list[tuple[str, list[tuple[int, ErrorCode, int]]]]
+    ) -> Any:
+        cls = schema(PRODUCE, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "responses")
+        partition_cls = nested(topic_cls, "partition_responses")
+        registry = self.registry
+        topics = []
+        for name, parts in results:
+            responses = []
+            for index, error, base in parts:
+                partition = registry.partition(name, index)
+                responses.append(
+                    build(
+                        partition_cls,
+                        index=index,
+                        error_code=error,
+                        base_offset=base,
+                        log_append_time=None,
+                        log_start_offset=partition.log.first_offset if partition else -1,
+                        record_errors=(),
+                        error_message=None,
+                    )
+                )
+            topics.append(build(topic_cls, name=name, partition_responses=tuple(responses)))
+        return build(cls, responses=tuple(topics), throttle_time=NO_THROTTLE)
+
+    # -- ListOffsets --------------------------------------------------------------------------
+
+    def _list_offsets(self, request: Request) -> Any:
+        cls = schema(LIST_OFFSETS, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        topics = []
+        for topic in request.body.topics:
+            answers = []
+            for asked in topic.partitions:
+                partition = self.registry.partition(topic.name, asked.partition_index)
+                error, offset, timestamp = ErrorCode.none, -1, -1
+                if partition is None:
+                    error = ErrorCode.unknown_topic_or_partition
+                elif asked.timestamp == EARLIEST_TIMESTAMP:
+                    offset = partition.log.first_offset
+                elif asked.timestamp == LATEST_TIMESTAMP:
+                    offset = partition.durable_offset
+                elif asked.timestamp < 0:
+                    error = ErrorCode.unsupported_version  # e.g. -3 (max timestamp, v7+)
+                else:
+                    offset, timestamp = _offset_for_time(partition, asked.timestamp)
+                answers.append(
+                    build(
+                        partition_cls,
+                        partition_index=asked.partition_index,
+                        error_code=error,
+                        timestamp=timestamp,
+                        offset=offset,
+                        leader_epoch=-1,
+                    )
+                )
+            topics.append(build(topic_cls, name=topic.name, partitions=tuple(answers)))
+        return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics))
+
+    # -- CreateTopics / DeleteTopics -----------------------------------------------------------
+
+    def _create_topics(self, request: Request) -> Any:
+        body = request.body
+        cls = schema(CREATE_TOPICS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "topics")
+        registry = self.registry
+        results = []
+        for topic in body.topics:
+            error, message = ErrorCode.none, None
+            partitions = topic.num_partitions if topic.num_partitions != -1 else self.config.num_partitions
+            if registry.get(topic.name) is not None:
+                error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
+            elif not legal_topic_name(topic.name):
+                error, message = ErrorCode.invalid_topic_exception, "illegal topic name"
+            elif partitions < 1 or topic.assignments:
+                error, message = ErrorCode.invalid_partitions, "partitions must be >= 1"
+            elif topic.replication_factor not in (-1, 1):
+                # One node: there is nobody to replicate to until clustering lands.
+                error, message = ErrorCode.invalid_replication_factor, "single-node broker"
+            elif not body.validate_only:
+                # Topic configs are accepted but not applied in this slice.
+                registry.create(topic.name, partitions)
+            results.append(
+                build(result_cls, name=topic.name, error_code=error, error_message=message)
+            )
+        return build(cls, throttle_time=NO_THROTTLE, topics=tuple(results))
+
+    def _delete_topics(self, request: Request) -> Any:
+        cls = schema(DELETE_TOPICS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "responses")
+        results = []
+        for name in request.body.topic_names:
+            deleted = self.registry.delete(name)
+            error = ErrorCode.none if deleted else ErrorCode.unknown_topic_or_partition
+            results.append(build(result_cls, name=name, error_code=error))
+        return build(cls, throttle_time=NO_THROTTLE, responses=tuple(results))
+
+    # -- InitProducerId ------------------------------------------------------------------------
+
+    def _init_producer_id(self, request: Request) -> Any:
+        cls = schema(INIT_PRODUCER_ID, request.api_version, EntityType.response)
+        if request.body.transactional_id is not None:
+            # Transactions are not served (issue 11): a clear error, never a hang.
+            return build(
+                cls,
+                throttle_time=NO_THROTTLE,
+                error_code=ErrorCode.invalid_request,
+                producer_id=-1,
+                producer_epoch=-1,
+            )
+        return build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.none,
+            producer_id=self.server.producers.new_producer_id(),
+            producer_epoch=0,
+        )
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def _find_coordinator(self, request: Request) -> Any:
+        cls = schema(FIND_COORDINATOR, request.api_version, EntityType.response)
+        return build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.none,
+            error_message=None,
+            node_id=NODE_ID,  # one node coordinates every group
+            host=self.config.advertised_host,
+            port=self.config.advertised_port,
+        )
+
+    def _join_group(self, request: Request) -> None:
+        body = request.body
+        slot = self.new_slot()
+        cls = schema(JOIN_GROUP, request.api_version, EntityType.response)
+        member_cls = nested(cls, "members")
+        session = body.session_timeout.total_seconds()
+        rebalance = getattr(body, "rebalance_timeout", body.session_timeout).total_seconds()
+
+        def answer(error: ErrorCode, group: Group | None, member_id: str) -> None:
+            members: tuple[Any, ...] = ()
+            if group is not None and group.leader == member_id:
+                members = tuple(
+                    build(
+                        member_cls,
+                        member_id=m.member_id,
+                        group_instance_id=None,
+                        metadata=group.metadata_for(m),
+                    )
+                    for m in group.members.values()
+                )
+            response = build(
+                cls,
+                throttle_time=NO_THROTTLE,
+                error_code=error,
+                generation_id=group.generation if group else -1,
+                protocol_name=(group.protocol or "") if group else "",
+                leader=(group.leader or "") if group else "",
+                member_id=member_id,
+                members=members,
+            )
+            self.fill(slot, encode_response(request.correlation_id, response))
+
+        self.server.coordinator.group(body.group_id).join(
+            body.member_id,
+            request.client_id or "",
+            body.protocol_type,
+            [(p.name, bytes(p.metadata)) for p in body.protocols],
+            session,
+            rebalance,
+            answer,
+        )
+
+    def _sync_group(self, request: Request) -> None:
+        body = request.body
+        slot = self.new_slot()
+        cls = schema(SYNC_GROUP, request.api_version, EntityType.response)
+
+        def answer(error: ErrorCode, assignment: bytes) -> None:
+            response = build(
+                cls, throttle_time=NO_THROTTLE, error_code=error, assignment=assignment
+            )
+            self.fill(slot, encode_response(request.correlation_id, response))
+
+        assignments = {a.member_id: bytes(a.assignment) for a in body.assignments}
+        group = self.server.coordinator.groups.get(body.group_id)
+        if group is None:
+            answer(ErrorCode.unknown_member_id, b"")
+            return
+        group.sync(body.member_id, body.generation_id, assignments, answer)
+
+    def _heartbeat(self, request: Request) -> None:
+        body = request.body
+        group = self.server.coordinator.groups.get(body.group_id)
+        error = (
+            group.check(body.member_id, body.generation_id)
+            if group is not None
+            else ErrorCode.unknown_member_id
+        )
+        cls = schema(HEARTBEAT, request.api_version, EntityType.response)
+        self._reply(request, build(cls, throttle_time=NO_THROTTLE, error_code=error))
+
+    def _leave_group(self, request: Request) -> None:
+        body = request.body
+        cls = schema(LEAVE_GROUP, request.api_version, EntityType.response)
+        group = self.server.coordinator.groups.get(body.group_id)
+        if hasattr(body, "members"):  # v3+: a batch of members
+            leaving = [m.member_id for m in body.members]
+        else:
+            leaving = [body.member_id]
+        errors = [
+            group.leave(member_id) if group is not None else ErrorCode.unknown_member_id
+            for member_id in leaving
+        ]
+        response_member = nested(cls, "members") if hasattr(body, "members") else None
+        members = tuple(
+            build(response_member, member_id=m, group_instance_id=None, error_code=e)
+            for m, e in zip(leaving, errors, strict=True)
+        ) if response_member is not None else ()
+        top = ErrorCode.none if hasattr(body, "members") else errors[0]
+        self._reply(
+            request, build(cls, throttle_time=NO_THROTTLE, error_code=top, members=members)
+        )
+
+    def _offset_commit(self, request: Request) -> None:
+        body = request.body
+        coordinator = self.server.coordinator
+        group = coordinator.groups.get(body.group_id)
+        generation = body.generation_id_or_member_epoch
+        error = ErrorCode.none
+        if group is not None and group.members:
+            error = group.check(body.member_id, generation)
+        elif generation >= 0:
+            # A generation for a group that has no members: the member was dropped.
+            error = ErrorCode.illegal_generation if group is not None else ErrorCode.unknown_member_id
+        offsets = coordinator.offsets
+        if error is ErrorCode.none:
+            for topic in body.topics:
+                for p in topic.partitions:
+                    offsets.commit(
+                        body.group_id, topic.name, p.partition_index, p.committed_offset,
+                        p.committed_metadata,
+                    )
+        cls = schema(OFFSET_COMMIT, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        response = build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            topics=tuple(
+                build(
+                    topic_cls,
+                    name=topic.name,
+                    partitions=tuple(
+                        build(partition_cls, partition_index=p.partition_index, error_code=error)
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in body.topics
+            ),
+        )
+        data = encode_response(request.correlation_id, response)
+        slot = self.new_slot()
+        if error is ErrorCode.none:
+            # Committed offsets are acknowledged once on disk, like produced records.
+            self.registry.syncer.after_sync(
+                lambda: self.fill(slot, data),
+                lambda exc: self._protocol_error(exc),
+            )
+        else:
+            self.fill(slot, data)
+
+    def _offset_fetch(self, request: Request) -> Any:
+        body = request.body
+        offsets = self.server.coordinator.offsets
+        cls = schema(OFFSET_FETCH, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "topics")
+        partition_cls = nested(topic_cls, "partitions")
+        if body.topics is None:  # v2+: every partition the group committed
+            wanted = {
+                topic: sorted(partitions) for topic, partitions in offsets.for_group(body.group_id).items()
+            }
+        else:
+            wanted = {t.name: list(t.partition_indexes) for t in body.topics}
+        topics = []
+        for name, indexes in wanted.items():
+            answers = []
+            for index in indexes:
+                found = offsets.get(body.group_id, name, index)
+                offset, metadata = found if found is not None else (-1, "")
+                answers.append(
+                    build(
+                        partition_cls,
+                        partition_index=index,
+                        committed_offset=offset,
+                        committed_leader_epoch=-1,
+                        metadata=metadata,
+                        error_code=ErrorCode.none,
+                    )
+                )
+            topics.append(build(topic_cls, name=name, partitions=tuple(answers)))
+        return build(cls, throttle_time=NO_THROTTLE, topics=tuple(topics), error_code=ErrorCode.none)
+
+
+def _offset_for_time(partition: Partition, timestamp_ms: int) -> tuple[int, int]:
+    """(offset, its timestamp) of the first record at or after the time, else (-1, -1)."""
+    offset = partition.log.offset_for_timestamp(timestamp_ms)
+    if offset is None or offset >= partition.durable_offset:
+        return -1, -1
+    reader = partition.log.reader(offset)
+    for record in reader.read_records(1, end_offset=partition.durable_offset):
+        if record.offset == offset and record.timestamp is not None:
+            return offset, record.timestamp
+    return offset, timestamp_ms
+
+
+class _PendingFetch:
+    """One Fetch request until it is answered: now, when data arrives, or at max_wait."""
+
+    __slots__ = ("connection", "request", "slot", "timer", "waiting", "done")
+
+    def __init__(self, connection: KafkaConnection, request: Request, slot: list[Any]) -> None:
+        self.connection = connection
+        self.request = request
+        self.slot = slot
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting: list[Partition] = []
+        self.done = False
+
+    def run(self) -> None:
+        body = self.request.body
+        wait_ms = int(body.max_wait.total_seconds() * 1000)
+        size, response = self._collect()
+        if size >= max(body.min_bytes, 1) or wait_ms <= 0 or response is None:
+            self._answer(response)
+            return
+        # Long poll: wake on any of our partitions advancing, or at max_wait.
+        self.connection._fetches.add(self)
+        self.timer = self.connection.loop.call_later(wait_ms / 1000, self._timeout)
+        self._watch()
+
+    def _watch(self) -> None:
+        registry = self.connection.registry
+        for topic in self.request.body.topics:
+            for asked in topic.partitions:
+                partition = registry.partition(topic.topic, asked.partition)
+                if partition is not None:
+                    partition.add_waiter(self._wake)
+                    self.waiting.append(partition)
+
+    def _unwatch(self) -> None:
+        for partition in self.waiting:
+            partition.remove_waiter(self._wake)
+        self.waiting.clear()
+
+    def _wake(self) -> None:
+        if self.done:
+            return
+        self._unwatch()
+        size, response = self._collect()
+        if size >= max(self.request.body.min_bytes, 1) or response is None:
+            self._finish(response)
+        else:
+            self._watch()
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if not self.done:
+            self._unwatch()
+            self._finish(self._collect()[1])
+
+    def cancel(self) -> None:
+        self.done = True
+        self._unwatch()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _finish(self, response: Any) -> None:
+        self.cancel()
+        self.connection._fetches.discard(self)
+        self._answer(response)
+
+    def _answer(self, response: Any) -> None:
+        self.done = True
+        connection = self.connection
+        if response is None:
+            response = self._collect(force=True)[1]
+        connection.fill(self.slot, encode_response(self.request.correlation_id, response))
+
+    def _collect(self, force: bool = False) -> tuple[int, Any]:
+        """(bytes of records found, response).  Response None = an error: answer now."""
+        request = self.request
+        body = request.body
+        cls = schema(FETCH, request.api_version, EntityType.response)
+        topic_cls = nested(cls, "responses")
+        partition_cls = nested(topic_cls, "partitions")
+        registry = self.connection.registry
+        budget = body.max_bytes
+        total = 0
+        any_error = False
+        topics = []
+        for topic in body.topics:
+            answers = []
+            for asked in topic.partitions:
+                partition = registry.partition(topic.topic, asked.partition)
+                error = ErrorCode.none
+                records = b""
+                high_watermark = log_start = -1
+                if partition is None:
+                    error = ErrorCode.unknown_topic_or_partition
+                else:
+                    stream = partition.log
+                    high_watermark = partition.durable_offset
+                    log_start = stream.first_offset
+                    offset = asked.fetch_offset
+                    if not log_start <= offset <= stream.next_offset:
+                        error = ErrorCode.offset_out_of_range
+                    elif offset < high_watermark and budget > 0:
+                        # KIP-74: the first batch goes out whole even past the limits;
+                        # a fetch inside a batch gets that whole batch (the client
+                        # skips the records below its offset).
+                        limit = min(asked.partition_max_bytes, budget)
+                        batches = stream.reader(offset).read(limit, end_offset=high_watermark)
+                        records = b"".join(batch.data for batch in batches)
+                        budget -= len(records)
+                        total += len(records)
+                if error is not ErrorCode.none:
+                    any_error = True
+                answers.append(
+                    build(
+                        partition_cls,
+                        partition_index=asked.partition,
+                        error_code=error,
+                        high_watermark=high_watermark,
+                        last_stable_offset=high_watermark,
+                        log_start_offset=log_start,
+                        aborted_transactions=None,
+                        preferred_read_replica=-1,
+                        records=records,
+                    )
+                )
+            topics.append(build(topic_cls, topic=topic.topic, partitions=tuple(answers)))
+        response = build(
+            cls,
+            throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.none,
+            session_id=0,
+            responses=tuple(topics),
+        )
+        if any_error and not force:
+            return total, None
+        return total, response
+
