@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from baedal.core.properties import BasicProperties, encode_properties
+from baedal.protocols.amqp.properties import BasicProperties, encode_properties
 from baedal.protocols.amqp import codec, spec
 
 

@@ -18,7 +18,7 @@ def fill(path: Path, count: int, size: int = 100, segment_bytes: int = 1 << 20) 
     store = SegmentStore.open(path, syncer, segment_bytes=segment_bytes, read_ahead=4)
     positions = [
         store.append(
-            Message("", "q", b"", f"m{i}".encode().ljust(size, b"."), persistent=True), None
+            Message("", "q", f"m{i}".encode().ljust(size, b"."), persistent=True), None
         ).position
         for i in range(count)
     ]

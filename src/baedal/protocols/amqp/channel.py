@@ -18,20 +18,17 @@ from __future__ import annotations
 import os
 from bisect import insort
 from collections import deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ...cluster.replicator import replication_failure
 from ...core.exchange import EXCHANGE_CLASSES, Exchange
 from ...core.message import Message, QueueEntry, parse_expiration
-from ...core.properties import DecodeError, scan_properties
+from ...core.properties import DecodeError
 from ...core.publish import (
-    HEADERS_FLAG,
     NEEDS_SYNC,
     REFUSED,
     REPLICATING,
     UNROUTABLE,
-    USER_ID_FLAG,
     Publisher,
     when_stored,
 )
@@ -57,6 +54,7 @@ from .codec import (
     encode_short_string,
     method_frame,
 )
+from .properties import AmqpExtension, scan_properties, wire_extension
 
 if TYPE_CHECKING:
     from .connection import AMQPConnection
@@ -80,6 +78,10 @@ MAX_TX_BYTES = 256 * 1024 * 1024
 _MAX_DELIVERY_MARKS = 64
 
 _REPLY_TO_BIT = 1 << 9
+# Property-flag bits of the fields ``Publisher.admit`` reads (user-id, headers for
+# CC/BCC); a publish with neither skips it, so its block is never decoded.
+USER_ID_FLAG = 1 << 4
+HEADERS_FLAG = 1 << 13
 
 
 def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
@@ -595,9 +597,12 @@ class Channel:
         assert message is not None
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        names = message.wire_names
+        extension = message.extension
+        if extension.__class__ is not AmqpExtension or extension.block is None:
+            extension = wire_extension(message)  # not from AMQP: encode the block once
+        names = extension.names
         if names is None:
-            names = message.wire_names = encode_short_string(
+            names = extension.names = encode_short_string(
                 message.exchange
             ) + encode_short_string(message.routing_key)
         redelivered = entry.delivery_count > 0
@@ -609,7 +614,7 @@ class Channel:
             tag,
             redelivered,
             names,
-            message.properties,
+            extension.block,
             message.body,
             connection.frame_max,
         )
@@ -646,7 +651,7 @@ class Channel:
         ).encode()
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
         if method.no_ack:
@@ -814,19 +819,30 @@ class Channel:
                     PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method
                 ) from None
         message = Message(
-            name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms
+            name,
+            method.routing_key,
+            body,
+            delivery_mode == 2,
+            priority,
+            expiration_ms,
+            0.0,
+            AmqpExtension(properties, wire_names),
         )
-        message.wire_names = wire_names
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
         # Publisher.admit, skipped when it has nothing to do: no user-id, no headers
-        # (CC/BCC), not a topic exchange; the size limit was enforced by the codec
-        # before the body was even assembled.
-        if flags & (USER_ID_FLAG | HEADERS_FLAG) or exchange.type == "topic":
+        # (CC/BCC), so the block stays undecoded; the size limit was enforced by the
+        # codec before the body was even assembled.
+        if flags & (USER_ID_FLAG | HEADERS_FLAG):
             try:
                 message, extra_keys = publisher.admit(exchange, message)
             except CoreError as exc:
                 raise self._publish_fault(exc, method) from None
+        elif exchange.type == "topic":
+            try:
+                publisher.check_topic_write(exchange, method.routing_key)
+            except CoreError as exc:
+                raise self._core(exc, method) from None
         if flags & _REPLY_TO_BIT:
             message = self._direct_reply_to(message, method)
         if self.tx_mode:
@@ -859,18 +875,16 @@ class Channel:
         """RabbitMQ's direct reply-to: ``reply-to: amq.rabbitmq.reply-to`` names this
         channel's reply consumer, which must exist."""
         try:
-            props = message.decoded_properties()
+            reply_to = message.reply_to
         except DecodeError as exc:
             raise _hard(
                 FRAME_ERROR, f"cannot decode content header properties: {exc}", method
             ) from None
-        if props.reply_to != REPLY_TO:
+        if reply_to != REPLY_TO:
             return message
         if self.reply_token is None:
             raise _soft(PRECONDITION_FAILED, "fast reply consumer does not exist", method)
-        changed = message.with_properties(replace(props, reply_to=REPLY_TO_PREFIX + self.reply_token))
-        changed.wire_names = message.wire_names
-        return changed
+        return message.derive(reply_to=REPLY_TO_PREFIX + self.reply_token)
 
     def _delivered(self, outcome: int, message: Message, mandatory: bool) -> None:
         """What a publish's outcome means for AMQP: basic.return, confirm bookkeeping."""
@@ -918,7 +932,7 @@ class Channel:
         payload = deliver_payload(consumer.tag_wire, tag, False, names, b"")
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
 
@@ -931,7 +945,7 @@ class Channel:
         ).encode()
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
 
@@ -1210,3 +1224,10 @@ _HANDLERS = {
 # Methods a client may not send (server-to-client only) are answered as COMMAND_INVALID
 # by Channel.handle's fallback; CHANNEL_ERROR is used by the connection for bad channel use.
 __all__ = ["Channel", "AMQPConsumer", "CHANNEL_ERROR"]
+
+
+def _block(message: Message) -> bytes:
+    """The message's AMQP properties block (encoded from its neutral fields if needed)."""
+    block = wire_extension(message).block
+    assert block is not None
+    return block

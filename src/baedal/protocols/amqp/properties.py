@@ -1,0 +1,396 @@
+"""The AMQP 0-9-1 basic-properties block, and the AMQP adapter's message extension.
+
+Theory of operation
+-------------------
+AMQP carries a message's properties as one *basic properties block* (``property flags``
+followed by the present fields).  The core's ``Message`` is protocol-neutral; the AMQP
+adapter keeps the block a publisher sent in its ``AmqpExtension`` and passes it through
+untouched to AMQP consumers, so the publish → deliver path never decodes it.  Only when
+something asks for a neutral field (headers exchange, CC/BCC, dead-lettering, a record on
+disk, an HTTP reader) is the block decoded, once, into the message's neutral fields
+(``AmqpExtension.decode_fields``).
+
+What AMQP has and the neutral message does not -- ``type``, ``app_id``, ``cluster_id``,
+and ``delivery-mode`` / ``priority`` values the neutral flags cannot say (a
+delivery-mode of 1 rather than absent, a priority of 0 rather than absent) -- are the
+extension's *extra* properties.  They survive a record on disk (``leftovers``: a block
+holding only them) and a derived message (a dead letter keeps its ``type``).
+
+A message from another origin (HTTP, a record, a dead letter) has no block; the first
+AMQP delivery encodes one from the neutral fields and the extra properties
+(``wire_extension``) and caches it in the message's extension, so a fan-out encodes it
+once.
+
+Field-table values use ``core.properties`` (Baedal's typed-map encoding is the AMQP
+field table).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ...core.message import Extension, Message, register_extension
+from ...core.properties import DecodeError, Timestamp, decode_table, encode_table
+from ...storage.record import LEGACY_RECORD_TAG
+
+__all__ = [
+    "AmqpExtension",
+    "BasicProperties",
+    "LEGACY_RECORD_TAG",
+    "PROPERTY_NAMES",
+    "decode_properties",
+    "encode_properties",
+    "message_from_properties",
+    "properties_of",
+    "scan_properties",
+    "wire_extension",
+]
+
+_UINT32 = struct.Struct(">I")
+_UINT64 = struct.Struct(">Q")
+
+
+def _shortstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
+    n = buf[pos]
+    end = pos + 1 + n
+    if end > len(buf):
+        raise DecodeError("short string runs past the end of the frame")
+    return bytes(buf[pos + 1 : end]).decode("utf-8", "surrogateescape"), end
+
+
+# --- basic properties -------------------------------------------------------------------
+
+PROPERTY_NAMES = (
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+# Field kinds in flag order: s = shortstr, t = table, o = octet, T = timestamp.
+_KINDS = "sstoossssTssss"
+_FLAG_BITS = tuple(1 << (15 - i) for i in range(14))
+
+
+@dataclass(slots=True)
+class BasicProperties:
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: dict[str, Any] | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: int | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
+
+
+def decode_properties(block: bytes | memoryview) -> BasicProperties:
+    """Decode a whole property block (flags + fields)."""
+    if len(block) < 2:
+        raise DecodeError("property flags missing")
+    flags = (block[0] << 8) | block[1]
+    if flags & 0x0001:
+        # Continuation flags: 0-9-1 basic has only 14 properties, so a continuation is bogus.
+        raise DecodeError("property flags continuation is not supported for basic")
+    if flags & 0x0002:
+        raise DecodeError("reserved property flag bit set")
+    pos = 2
+    values: list[Any] = []
+    try:
+        for bit, kind in zip(_FLAG_BITS, _KINDS, strict=True):
+            if not flags & bit:
+                values.append(None)
+                continue
+            if kind == "s":
+                value, pos = _shortstr(block, pos)
+            elif kind == "o":
+                value = block[pos]
+                pos += 1
+            elif kind == "t":
+                value, pos = decode_table(block, pos)
+            else:
+                value = Timestamp(_UINT64.unpack_from(block, pos)[0])
+                pos += 8
+            values.append(value)
+    except (IndexError, struct.error):
+        raise DecodeError("property block runs past the end of the frame") from None
+    if pos != len(block):
+        raise DecodeError("property block longer than its fields")
+    return BasicProperties(*values)
+
+
+def encode_properties(props: BasicProperties) -> bytes:
+    flags = 0
+    out = bytearray(2)
+    for bit, kind, name in zip(_FLAG_BITS, _KINDS, PROPERTY_NAMES, strict=True):
+        value = getattr(props, name)
+        if value is None:
+            continue
+        flags |= bit
+        if kind == "s":
+            raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+            if len(raw) > 255:
+                raise ValueError(f"property {name} longer than 255 bytes")
+            out.append(len(raw))
+            out += raw
+        elif kind == "o":
+            out.append(int(value) & 0xFF)
+        elif kind == "t":
+            out += encode_table(value)
+        else:
+            out += _UINT64.pack(int(value))
+    out[0] = flags >> 8
+    out[1] = flags & 0xFF
+    return bytes(out)
+
+
+_DELIVERY_MODE_BIT = 1 << 12
+_PRIORITY_BIT = 1 << 11
+_EXPIRATION_BIT = 1 << 8
+_HEADERS_BIT = 1 << 13
+
+
+def scan_properties(block: bytes) -> tuple[int, int, str | None]:
+    """Fast path for the publish hot path: (delivery_mode, priority, expiration).
+
+    Skips over the fields before the ones it needs without building objects.  Most
+    publishes carry only delivery-mode (and maybe content-type), so this costs a few
+    index operations.  Raises DecodeError on a block that runs short.
+    """
+    if len(block) < 2:
+        raise DecodeError("property flags missing")
+    flags = (block[0] << 8) | block[1]
+    if not flags & (_DELIVERY_MODE_BIT | _PRIORITY_BIT | _EXPIRATION_BIT):
+        return 0, 0, None
+    pos = 2
+    try:
+        if flags & 0x8000:  # content-type
+            pos += 1 + block[pos]
+        if flags & 0x4000:  # content-encoding
+            pos += 1 + block[pos]
+        if flags & _HEADERS_BIT:
+            pos += 4 + _UINT32.unpack_from(block, pos)[0]
+        delivery_mode = 0
+        priority = 0
+        if flags & _DELIVERY_MODE_BIT:
+            delivery_mode = block[pos]
+            pos += 1
+        if flags & _PRIORITY_BIT:
+            priority = block[pos]
+            pos += 1
+        expiration = None
+        if flags & _EXPIRATION_BIT:
+            if flags & 0x0400:  # correlation-id
+                pos += 1 + block[pos]
+            if flags & 0x0200:  # reply-to
+                pos += 1 + block[pos]
+            n = block[pos]
+            if pos + 1 + n > len(block):
+                raise DecodeError("expiration runs past the end of the frame")
+            expiration = block[pos + 1 : pos + 1 + n].decode("latin-1")
+    except (IndexError, struct.error):
+        raise DecodeError("property block runs past the end of the frame") from None
+    return delivery_mode, priority, expiration
+
+
+# --- the AMQP extension of a neutral message -------------------------------------------
+
+_EXTRA_NAMES = ("delivery_mode", "priority", "type", "app_id", "cluster_id")
+_NOT_DECODED: Any = object()
+
+
+def _extra_of(props: BasicProperties) -> BasicProperties | None:
+    """The AMQP-only part of ``props`` (see the module docstring), or None."""
+    delivery_mode = props.delivery_mode
+    if delivery_mode == 2:  # said by ``Message.persistent``
+        delivery_mode = None
+    priority = props.priority
+    if priority:  # said by ``Message.priority``; only an explicit 0 is extra
+        priority = None
+    if (
+        delivery_mode is None
+        and priority is None
+        and props.type is None
+        and props.app_id is None
+        and props.cluster_id is None
+    ):
+        return None
+    return BasicProperties(
+        delivery_mode=delivery_mode,
+        priority=priority,
+        type=props.type,
+        app_id=props.app_id,
+        cluster_id=props.cluster_id,
+    )
+
+
+class AmqpExtension(Extension):
+    """``block``: the complete properties block (as published, or encoded once for
+    delivery; None until then); ``names``: exchange and routing key as two AMQP short
+    strings, encoded once per message for every delivery; ``extra``: the AMQP-only
+    properties (unset until the block is decoded)."""
+
+    __slots__ = ("block", "names", "extra")
+    protocol = "amqp"
+
+    def __init__(self, block: bytes | None, names: bytes | None = None) -> None:
+        self.block = block
+        self.names = names
+
+    def decode_fields(self, message: Message) -> None:
+        block = self.block
+        if block is None:
+            message.set_fields()
+            return
+        props = decode_properties(block)
+        timestamp = props.timestamp
+        message.set_fields(
+            props.content_type,
+            props.content_encoding,
+            props.correlation_id,
+            props.reply_to,
+            props.message_id,
+            props.user_id,
+            None if timestamp is None else Timestamp(timestamp),
+            props.headers,
+        )
+        self.extra = _extra_of(props)
+
+    def extra_properties(self) -> BasicProperties | None:
+        extra = getattr(self, "extra", _NOT_DECODED)
+        if extra is _NOT_DECODED:
+            block = self.block
+            extra = self.extra = None if block is None else _extra_of(decode_properties(block))
+        return extra
+
+    def leftovers(self) -> bytes:
+        extra = self.extra_properties()
+        return b"" if extra is None else encode_properties(extra)
+
+    def derived(self) -> Extension | None:
+        extra = self.extra_properties()
+        if extra is None:
+            return None  # nothing AMQP-only: the derived message is purely neutral
+        derived = AmqpExtension(None)
+        derived.extra = extra
+        return derived
+
+    def __repr__(self) -> str:
+        size = "-" if self.block is None else len(self.block)
+        return f"<AmqpExtension block={size}B>"
+
+
+def _load_leftovers(data: bytes) -> AmqpExtension:
+    extension = AmqpExtension(None)
+    extension.extra = decode_properties(data) if data else None
+    return extension
+
+
+# Records written before the neutral record (Baedal 0.1.0 up to issue 10) stored the
+# complete properties block; storage hands it back under LEGACY_RECORD_TAG, and the
+# message's neutral fields are then decoded from it lazily, exactly as for a publish.
+register_extension(AmqpExtension.protocol, _load_leftovers)
+register_extension(LEGACY_RECORD_TAG, AmqpExtension)
+
+
+def properties_of(message: Message) -> BasicProperties:
+    """The AMQP properties of any message (decoded from its block, or built from the
+    neutral fields and the extra properties).  Treat the result as read-only."""
+    extension = message.extension
+    extra = None
+    if type(extension) is AmqpExtension:
+        if extension.block is not None:
+            return decode_properties(extension.block)
+        extra = extension.extra_properties()
+    delivery_mode = 2 if message.persistent else None
+    priority = message.priority or None
+    type_ = app_id = cluster_id = None
+    if extra is not None:
+        if extra.delivery_mode is not None:
+            delivery_mode = extra.delivery_mode
+        if priority is None:
+            priority = extra.priority
+        type_, app_id, cluster_id = extra.type, extra.app_id, extra.cluster_id
+    expiration = message.expiration_ms
+    timestamp = message.timestamp
+    return BasicProperties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=message.headers,
+        delivery_mode=delivery_mode,
+        priority=priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=None if expiration is None else str(expiration),
+        message_id=message.message_id,
+        timestamp=None if timestamp is None else Timestamp(timestamp),
+        type=type_,
+        user_id=message.user_id,
+        app_id=app_id,
+        cluster_id=cluster_id,
+    )
+
+
+def wire_extension(message: Message) -> AmqpExtension:
+    """The message's ``AmqpExtension`` with a complete block, encoding the block from the
+    neutral fields the first time (cached on the message, so a fan-out encodes once).
+
+    A message carrying another protocol's extension keeps it (its leftovers must survive
+    a later record or dead letter); the block is then encoded per delivery.
+    """
+    extension = message.extension
+    if type(extension) is AmqpExtension:
+        if extension.block is None:
+            extension.block = encode_properties(properties_of(message))
+        return extension
+    wire = AmqpExtension(encode_properties(properties_of(message)))
+    if extension is None:
+        message.extension = wire
+    return wire
+
+
+def message_from_properties(
+    exchange: str, routing_key: str, props: BasicProperties, body: bytes, expiration_ms: int | None
+) -> Message:
+    """A neutral message from AMQP-shaped properties given as values (the management
+    API's publish): neutral fields, and an extension only for AMQP-only extras."""
+    extra = _extra_of(props)
+    extension = None
+    if extra is not None:
+        extension = AmqpExtension(None)
+        extension.extra = extra
+    timestamp = props.timestamp
+    return Message.build(
+        exchange,
+        routing_key,
+        body,
+        persistent=props.delivery_mode == 2,
+        priority=props.priority or 0,
+        expiration_ms=expiration_ms,
+        extension=extension,
+        headers=props.headers,
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        message_id=props.message_id,
+        user_id=props.user_id,
+        timestamp=None if timestamp is None else Timestamp(timestamp),
+    )
