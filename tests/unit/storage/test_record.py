@@ -143,3 +143,17 @@ def test_a_record_whose_fields_overrun_is_refused() -> None:
     struct.pack_into("<I", payload, 7, 999)  # fields_len past the end
     with pytest.raises(RecordError):
         decode_record(bytes(payload))
+
+
+def test_an_http_message_is_neutral_until_amqp_encodes_its_block_once() -> None:
+    from baedal.protocols.amqp.properties import wire_extension
+    from baedal.protocols.http.convert import make_message, properties_from_json
+
+    props = properties_from_json({"content_type": "text/plain", "headers": {"a": 1}, "delivery_mode": 2})
+    message = make_message("", "q", props, b"body")
+    assert message.extension is None  # nothing AMQP-only: purely neutral
+    assert message.headers == {"a": 1} and message.persistent
+    first = wire_extension(message)
+    assert message.extension is first and first.block is not None
+    assert wire_extension(message).block is first.block  # cached: a fan-out encodes once
+    assert properties_of(message) == props
