@@ -16,9 +16,16 @@ The neutral fields are lazy.  The AMQP adapter creates a message from the publis
 with only the publish-time flags and an extension holding the raw properties block; the
 fields stay unset until something asks for one (headers exchange, CC/BCC, dead-lettering,
 a record on disk, delivery over another protocol).  The first read of any of them
-(``__getattr__``, only reached while the slot is empty) asks the extension to decode them
+(``__getattr__``, only reached while the slot is empty) asks the extension to set them
 all, once; from then on they are plain slot reads.  So AMQP → AMQP pays nothing for the
 fields it never looks at, and other protocols never see AMQP's shape.
+
+Headers are lazy twice over.  ``encoded_headers`` is the headers in Baedal's typed-map
+encoding (``core.properties.encode_table``); ``headers`` is the decoded mapping.  An
+extension sets the encoded form (AMQP's field table is that encoding, so splitting the
+block is a slice), a record stores and reads back the encoded form, and only code that
+looks inside (headers exchange, dead-lettering, HTTP) pays for the dict.  A message built
+with a dict encodes it only if a record or an adapter asks for the bytes.
 
 A message built from neutral fields (``Message.build``: HTTP, a recovered record, a
 dead letter) has every field set and an extension that carries only a protocol's
@@ -29,7 +36,8 @@ own wire form from the neutral fields (and caches it in its extension).
 mapping on the wire, and a round trip keeps the difference); code that only reads
 headers uses ``message.headers or {}``.  Values are Baedal's typed values
 (``core.properties``: ``str``, ``bytes``, ``int``, ``bool``, ``float``, ``Decimal``,
-``Timestamp``, ``None``, lists and nested mappings).
+``Timestamp``, ``None``, lists and nested mappings).  Treat a message's headers as
+read-only (it is shared by every queue): ``derive(headers=...)`` makes a changed copy.
 
 Extensions: ``Extension`` is the interface; ``register_extension(tag, loader)`` lets an
 adapter turn the opaque bytes a record stored back into its own extension object.
@@ -39,6 +47,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from .properties import decode_table, encode_table
 
 __all__ = [
     "Extension",
@@ -51,8 +61,8 @@ __all__ = [
     "register_extension",
 ]
 
-# The lazily decoded neutral fields, in the order the record stores them.
-NEUTRAL_FIELDS = (
+# The neutral fields besides headers, in the order ``set_fields`` takes them.
+SCALAR_FIELDS = (
     "content_type",
     "content_encoding",
     "correlation_id",
@@ -60,9 +70,12 @@ NEUTRAL_FIELDS = (
     "message_id",
     "user_id",
     "timestamp",
-    "headers",
 )
-_NEUTRAL = frozenset(NEUTRAL_FIELDS)
+NEUTRAL_FIELDS = (*SCALAR_FIELDS, "headers")
+_SCALARS = frozenset(SCALAR_FIELDS)
+_DERIVABLE = frozenset(
+    (*NEUTRAL_FIELDS, "persistent", "priority", "expiration_ms", "published_at")
+)
 
 
 class Extension:
@@ -76,12 +89,11 @@ class Extension:
     protocol = ""
 
     def decode_fields(self, message: Message) -> None:
-        """Set every neutral field of ``message`` (called once, on first use).
-
-        Only an extension that carries a protocol's complete wire form (AMQP's raw
-        properties block) has anything to decode; the default is "no fields".
-        """
+        """Set the scalar fields and ``encoded_headers`` of ``message`` (called once, on
+        first use).  Only an extension that carries a protocol's complete wire form
+        (AMQP's raw properties block) has anything to decode; the default is "none"."""
         message.set_fields()
+        message.encoded_headers = None
 
     def leftovers(self) -> bytes:
         """What a record keeps for this protocol besides the neutral fields."""
@@ -142,6 +154,7 @@ class Message:
         "user_id",
         "timestamp",
         "headers",
+        "encoded_headers",
     )
 
     # Declared for type checkers; the slots above hold them.
@@ -153,6 +166,7 @@ class Message:
     user_id: str | None
     timestamp: int | None
     headers: dict[str, Any] | None
+    encoded_headers: bytes | None
 
     def __init__(
         self,
@@ -208,8 +222,8 @@ class Message:
             message_id,
             user_id,
             timestamp,
-            headers,
         )
+        message.headers = headers  # encoded only if asked (``encoded_headers``)
         return message
 
     def set_fields(
@@ -221,9 +235,9 @@ class Message:
         message_id: str | None = None,
         user_id: str | None = None,
         timestamp: int | None = None,
-        headers: dict[str, Any] | None = None,
     ) -> None:
-        """Set all neutral fields at once (``NEUTRAL_FIELDS`` order); for extensions."""
+        """Set the scalar fields at once (``SCALAR_FIELDS`` order); for extensions and
+        records, which set ``headers`` or ``encoded_headers`` themselves."""
         self.content_type = content_type
         self.content_encoding = content_encoding
         self.correlation_id = correlation_id
@@ -231,18 +245,33 @@ class Message:
         self.message_id = message_id
         self.user_id = user_id
         self.timestamp = timestamp
-        self.headers = headers
 
     def __getattr__(self, name: str) -> Any:
         # Reached only when a slot is unset: a neutral field not decoded yet.
-        if name not in _NEUTRAL:
-            raise AttributeError(f"'Message' object has no attribute {name!r}")
+        if name == "headers":
+            raw = self.encoded_headers  # (sets the fields first if needed)
+            headers = self.headers = None if raw is None else decode_table(raw)[0]
+            return headers
+        if name == "encoded_headers":
+            try:
+                headers = object.__getattribute__(self, "headers")
+            except AttributeError:  # nothing decoded yet
+                self._load_fields()
+                return object.__getattribute__(self, "encoded_headers")
+            raw = self.encoded_headers = None if headers is None else encode_table(headers)
+            return raw
+        if name in _SCALARS:
+            self._load_fields()
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"'Message' object has no attribute {name!r}")
+
+    def _load_fields(self) -> None:
         extension = self.extension
         if extension is None:
             self.set_fields()
+            self.encoded_headers = None
         else:
             extension.decode_fields(self)
-        return object.__getattribute__(self, name)
 
     @property
     def size(self) -> int:
@@ -254,24 +283,28 @@ class Message:
 
     def derive(self, *, exchange: str | None = None, routing_key: str | None = None, **changes: Any) -> Message:
         """A new message sharing this body, with some neutral fields or flags changed
-        (dead-lettering, CC/BCC, direct reply-to); ``changes`` name fields of ``build``."""
-        values = self.fields()
-        values["persistent"] = self.persistent
-        values["priority"] = self.priority
-        values["expiration_ms"] = self.expiration_ms
-        values["published_at"] = self.published_at
-        extension = self.extension
-        values["extension"] = None if extension is None else extension.derived()
+        (dead-lettering, CC/BCC, direct reply-to); ``changes`` name fields of ``build``
+        (not ``extension``: the new message gets ``extension.derived()``)."""
         for name in changes:
-            if name not in values:
+            if name not in _DERIVABLE:
                 raise TypeError(f"derive() got an unexpected field {name!r}")
-        values.update(changes)
-        return Message.build(
+        extension = self.extension
+        message = Message(
             self.exchange if exchange is None else exchange,
             self.routing_key if routing_key is None else routing_key,
             self.body,
-            **values,
+            changes.get("persistent", self.persistent),
+            changes.get("priority", self.priority),
+            changes.get("expiration_ms", self.expiration_ms),
+            changes.get("published_at", self.published_at),
+            None if extension is None else extension.derived(),
         )
+        message.set_fields(*[changes.get(name, getattr(self, name)) for name in SCALAR_FIELDS])
+        if "headers" in changes:
+            message.headers = changes["headers"]
+        else:  # unchanged: pass the encoded form on, decoding nothing
+            message.encoded_headers = self.encoded_headers
+        return message
 
     def __repr__(self) -> str:
         return f"<Message {self.exchange!r}/{self.routing_key!r} {len(self.body)}B>"

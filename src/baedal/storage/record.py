@@ -57,17 +57,22 @@ legacy record.  The properties block is handed, unread, to the adapter registere
 lazily as it does for a fresh publish.  Their deadlines were wall-clock only with flag 8;
 before that they were the old process's event-loop (monotonic) time: ``_legacy_deadline``.
 
-Cost: the common AMQP persistent publish (delivery-mode and maybe content-type) writes
-one meta pack and one join, as before, plus the decode of its properties block.
+Headers are written and read as the typed map's bytes (``Message.encoded_headers``): a
+record neither decodes nor encodes a header value, and a message read back decodes its
+headers only if something looks inside.  For an AMQP publish the bytes are a slice of
+its properties block (the typed map is the field table), so the cost of the neutral
+record over the old one is splitting the block into fields once (measured in
+``docs/benchmarks.md``, ``bench/micro/bench_record.py``).
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from typing import Any
 
 from ..core.message import Message, load_extension
-from ..core.properties import DecodeError, decode_table, encode_table
+from ..core.properties import DecodeError
 
 __all__ = [
     "LEGACY_RECORD_TAG",
@@ -100,15 +105,8 @@ LEGACY_RECORD_TAG = "amqp-0-9-1-properties"
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_TABLE_SIZE = struct.Struct(">I")  # the typed map's own size field (big-endian)
 
-_STRING_FIELDS = (
-    "content_type",
-    "content_encoding",
-    "correlation_id",
-    "reply_to",
-    "message_id",
-    "user_id",
-)
 _BIT_TIMESTAMP = 1 << 6
 _BIT_HEADERS = 1 << 7
 _BIT_EXTENSION = 1 << 8
@@ -145,51 +143,61 @@ def encode_record(message: Message, expires_at: float | None) -> bytes:
 
 
 def _encode_fields(message: Message) -> bytes:
-    # Reading the first field decodes them all (lazily, once) for an AMQP publish.
-    content_type = message.content_type
-    extension = message.extension
-    leftovers = b"" if extension is None else extension.leftovers()
-    values = (
-        content_type,
-        message.content_encoding,
-        message.correlation_id,
-        message.reply_to,
-        message.message_id,
-        message.user_id,
-    )
-    timestamp = message.timestamp
-    headers = message.headers
-    if (
-        timestamp is None
-        and headers is None
-        and not leftovers
-        and values == (None, None, None, None, None, None)
-    ):
-        return b""
+    # Unrolled field by field: this runs for every persistent publish.  Reading the
+    # first field sets them all (lazily, once) for an AMQP publish.
     present = 0
     out = [b""]
-    for bit, value in enumerate(values):
-        if value is not None:
-            present |= 1 << bit
-            raw = value.encode("utf-8", "surrogateescape")
-            out.append(_U32.pack(len(raw)))
-            out.append(raw)
-    if timestamp is not None:
+    value: Any = message.content_type
+    if value is not None:
+        present = 1
+        out.append(_string(value))
+    value = message.content_encoding
+    if value is not None:
+        present |= 2
+        out.append(_string(value))
+    value = message.correlation_id
+    if value is not None:
+        present |= 4
+        out.append(_string(value))
+    value = message.reply_to
+    if value is not None:
+        present |= 8
+        out.append(_string(value))
+    value = message.message_id
+    if value is not None:
+        present |= 16
+        out.append(_string(value))
+    value = message.user_id
+    if value is not None:
+        present |= 32
+        out.append(_string(value))
+    value = message.timestamp
+    if value is not None:
         present |= _BIT_TIMESTAMP
-        out.append(_U64.pack(timestamp))
-    if headers is not None:
+        out.append(_U64.pack(value))
+    value = message.encoded_headers  # the typed map's bytes, encoded at most once
+    if value is not None:
         present |= _BIT_HEADERS
-        out.append(encode_table(headers))
-    if leftovers:
-        assert extension is not None
-        present |= _BIT_EXTENSION
-        tag = extension.protocol.encode("ascii")
-        out.append(bytes((len(tag),)))
-        out.append(tag)
-        out.append(_U32.pack(len(leftovers)))
-        out.append(leftovers)
+        out.append(value)
+    extension = message.extension
+    if extension is not None:
+        leftovers = extension.leftovers()
+        if leftovers:
+            present |= _BIT_EXTENSION
+            tag = extension.protocol.encode("ascii")
+            out.append(bytes((len(tag),)))
+            out.append(tag)
+            out.append(_U32.pack(len(leftovers)))
+            out.append(leftovers)
+    if not present:
+        return b""
     out[0] = _U16.pack(present)
     return b"".join(out)
+
+
+def _string(value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    return _U32.pack(len(raw)) + raw
 
 
 def decode_record(payload: bytes, queue_ttl_ms: int | None = None) -> tuple[Message, float | None]:
@@ -241,6 +249,7 @@ def _decode_v2(payload: bytes) -> tuple[Message, float | None]:
         _decode_fields(message, payload, pos, fields_end)
     else:
         message.set_fields()
+        message.encoded_headers = None
     return message, (expires_at if flags & FLAG_EXPIRES_AT else None)
 
 
@@ -248,35 +257,37 @@ def _decode_fields(message: Message, payload: bytes, pos: int, end: int) -> None
     try:
         (present,) = _U16.unpack_from(payload, pos)
         pos += 2
-        strings: list[str | None] = []
-        for bit in range(len(_STRING_FIELDS)):
+        strings: list[str | None] = [None] * 6
+        for bit in range(6):
             if present & (1 << bit):
-                (n,) = _U32.unpack_from(payload, pos)
-                pos += 4
-                strings.append(payload[pos : pos + n].decode("utf-8", "surrogateescape"))
-                pos += n
-            else:
-                strings.append(None)
+                stop = pos + 4 + _U32.unpack_from(payload, pos)[0]
+                strings[bit] = payload[pos + 4 : stop].decode("utf-8", "surrogateescape")
+                pos = stop
         timestamp = None
         if present & _BIT_TIMESTAMP:
             (timestamp,) = _U64.unpack_from(payload, pos)
             pos += 8
         headers = None
         if present & _BIT_HEADERS:
-            headers, pos = decode_table(payload, pos)
+            # Kept encoded: decoded only if something looks inside (``Message.headers``).
+            headers_end = pos + 4 + _TABLE_SIZE.unpack_from(payload, pos)[0]
+            if headers_end > end:
+                raise RecordError("record headers run past their fields")
+            headers = payload[pos:headers_end]
+            pos = headers_end
         if present & _BIT_EXTENSION:
             n = payload[pos]
             tag = payload[pos + 1 : pos + 1 + n].decode("ascii")
             pos += 1 + n
-            (n,) = _U32.unpack_from(payload, pos)
-            pos += 4
-            message.extension = load_extension(tag, payload[pos : pos + n])
-            pos += n
+            stop = pos + 4 + _U32.unpack_from(payload, pos)[0]
+            message.extension = load_extension(tag, payload[pos + 4 : stop])
+            pos = stop
     except (struct.error, IndexError, UnicodeDecodeError):
         raise RecordError("record fields run past their length") from None
     if pos != end:
         raise RecordError("record fields do not match their length")
-    message.set_fields(*strings, timestamp, headers)
+    message.set_fields(*strings, timestamp)
+    message.encoded_headers = headers
 
 
 def _decode_legacy(payload: bytes, queue_ttl_ms: int | None) -> tuple[Message, float | None]:
