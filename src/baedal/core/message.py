@@ -15,9 +15,8 @@ id, reply-to, message id, timestamp, user id) and an opaque per-protocol ``exten
 The neutral fields are lazy.  The AMQP adapter creates a message from the publish frame
 with only the publish-time flags and an extension holding the raw properties block; the
 fields stay unset until something asks for one (headers exchange, CC/BCC, dead-lettering,
-a record on disk, delivery over another protocol).  The first read of any of them
-(``__getattr__``, only reached while the slot is empty) asks the extension to set them
-all, once; from then on they are plain slot reads.  So AMQP → AMQP pays nothing for the
+a record on disk, delivery over another protocol).  The first read of any of them (a
+property) asks the extension to set them all, once (``Extension.decode_fields``).  So AMQP → AMQP pays nothing for the
 fields it never looks at, and other protocols never see AMQP's shape.
 
 Headers are lazy twice over.  ``encoded_headers`` is the headers in Baedal's typed-map
@@ -72,7 +71,7 @@ SCALAR_FIELDS = (
     "timestamp",
 )
 NEUTRAL_FIELDS = (*SCALAR_FIELDS, "headers")
-_SCALARS = frozenset(SCALAR_FIELDS)
+_UNSET: Any = object()  # a lazy value not computed yet
 _DERIVABLE = frozenset(
     (*NEUTRAL_FIELDS, "persistent", "priority", "expiration_ms", "published_at")
 )
@@ -89,11 +88,10 @@ class Extension:
     protocol = ""
 
     def decode_fields(self, message: Message) -> None:
-        """Set the scalar fields and ``encoded_headers`` of ``message`` (called once, on
-        first use).  Only an extension that carries a protocol's complete wire form
-        (AMQP's raw properties block) has anything to decode; the default is "none"."""
+        """Set the neutral fields of ``message`` with ``message.set_fields`` (called
+        once, on first use).  Only an extension that carries a protocol's complete wire
+        form (AMQP's raw properties block) has anything to decode; the default: none."""
         message.set_fields()
-        message.encoded_headers = None
 
     def leftovers(self) -> bytes:
         """What a record keeps for this protocol besides the neutral fields."""
@@ -145,28 +143,15 @@ class Message:
         "expiration_ms",
         "published_at",
         "extension",
-        # neutral fields: unset until first read (see the module docstring)
-        "content_type",
-        "content_encoding",
-        "correlation_id",
-        "reply_to",
-        "message_id",
-        "user_id",
-        "timestamp",
-        "headers",
-        "encoded_headers",
+        # The neutral fields (see the module docstring): None until first read, then a
+        # list of the SCALAR_FIELDS values followed by the encoded headers (or _UNSET
+        # while only the dict exists).  A list in one slot, read through properties,
+        # rather than a slot per field read through ``__getattr__``: a class with
+        # ``__getattr__`` loses CPython's specialised slot reads on *every* attribute,
+        # which costs the hot path more than the lazy fields save.
+        "_fields",
+        "_headers",  # the decoded headers, or _UNSET until asked for
     )
-
-    # Declared for type checkers; the slots above hold them.
-    content_type: str | None
-    content_encoding: str | None
-    correlation_id: str | None
-    reply_to: str | None
-    message_id: str | None
-    user_id: str | None
-    timestamp: int | None
-    headers: dict[str, Any] | None
-    encoded_headers: bytes | None
 
     def __init__(
         self,
@@ -188,6 +173,8 @@ class Message:
         self.expiration_ms = expiration_ms
         self.published_at = published_at
         self.extension = extension
+        self._fields: list[Any] | None = None
+        self._headers: Any = _UNSET
 
     @classmethod
     def build(
@@ -214,7 +201,7 @@ class Message:
         message = cls(
             exchange, routing_key, body, persistent, priority, expiration_ms, published_at, extension
         )
-        message.set_fields(
+        message._fields = [
             content_type,
             content_encoding,
             correlation_id,
@@ -222,8 +209,9 @@ class Message:
             message_id,
             user_id,
             timestamp,
-        )
-        message.headers = headers  # encoded only if asked (``encoded_headers``)
+            _UNSET,  # encoded only if asked (``encoded_headers``)
+        ]
+        message._headers = headers
         return message
 
     def set_fields(
@@ -235,43 +223,96 @@ class Message:
         message_id: str | None = None,
         user_id: str | None = None,
         timestamp: int | None = None,
+        encoded_headers: bytes | None = None,
     ) -> None:
-        """Set the scalar fields at once (``SCALAR_FIELDS`` order); for extensions and
-        records, which set ``headers`` or ``encoded_headers`` themselves."""
-        self.content_type = content_type
-        self.content_encoding = content_encoding
-        self.correlation_id = correlation_id
-        self.reply_to = reply_to
-        self.message_id = message_id
-        self.user_id = user_id
-        self.timestamp = timestamp
+        """Set every neutral field at once, the headers in their typed-map encoding
+        (``SCALAR_FIELDS`` order); for extensions and records."""
+        self._fields = [
+            content_type,
+            content_encoding,
+            correlation_id,
+            reply_to,
+            message_id,
+            user_id,
+            timestamp,
+            encoded_headers,
+        ]
 
-    def __getattr__(self, name: str) -> Any:
-        # Reached only when a slot is unset: a neutral field not decoded yet.
-        if name == "headers":
-            raw = self.encoded_headers  # (sets the fields first if needed)
-            headers = self.headers = None if raw is None else decode_table(raw)[0]
-            return headers
-        if name == "encoded_headers":
-            try:
-                headers = object.__getattribute__(self, "headers")
-            except AttributeError:  # nothing decoded yet
-                self._load_fields()
-                return object.__getattribute__(self, "encoded_headers")
-            raw = self.encoded_headers = None if headers is None else encode_table(headers)
-            return raw
-        if name in _SCALARS:
-            self._load_fields()
-            return object.__getattribute__(self, name)
-        raise AttributeError(f"'Message' object has no attribute {name!r}")
-
-    def _load_fields(self) -> None:
+    def _load_fields(self) -> list[Any]:
         extension = self.extension
         if extension is None:
             self.set_fields()
-            self.encoded_headers = None
         else:
             extension.decode_fields(self)
+        fields = self._fields
+        assert fields is not None
+        return fields
+
+    def field_values(self) -> list[Any]:
+        """Every neutral field in ``SCALAR_FIELDS`` order, then the encoded headers: one
+        call for code that reads them all (a record, an adapter's wire form).  Read-only."""
+        fields = self._fields
+        if fields is None:
+            fields = self._load_fields()
+        if fields[7] is _UNSET:
+            self.encoded_headers  # noqa: B018  (encodes the dict into fields[7])
+        return fields
+
+    @property
+    def content_type(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[0]
+
+    @property
+    def content_encoding(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[1]
+
+    @property
+    def correlation_id(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[2]
+
+    @property
+    def reply_to(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[3]
+
+    @property
+    def message_id(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[4]
+
+    @property
+    def user_id(self) -> str | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[5]
+
+    @property
+    def timestamp(self) -> int | None:
+        fields = self._fields
+        return (self._load_fields() if fields is None else fields)[6]
+
+    @property
+    def encoded_headers(self) -> bytes | None:
+        """The headers in Baedal's typed-map encoding (None: no headers)."""
+        fields = self._fields
+        if fields is None:
+            fields = self._load_fields()
+        raw = fields[7]
+        if raw is _UNSET:  # built with a dict: encode it, once
+            headers = self._headers
+            raw = fields[7] = None if headers is None else encode_table(headers)
+        return raw
+
+    @property
+    def headers(self) -> dict[str, Any] | None:
+        """The headers as a mapping (decoded on first read; None: no headers)."""
+        headers = self._headers
+        if headers is _UNSET:
+            raw = self.encoded_headers
+            headers = self._headers = None if raw is None else decode_table(raw)[0]
+        return headers
 
     @property
     def size(self) -> int:
@@ -299,11 +340,13 @@ class Message:
             changes.get("published_at", self.published_at),
             None if extension is None else extension.derived(),
         )
-        message.set_fields(*[changes.get(name, getattr(self, name)) for name in SCALAR_FIELDS])
+        fields = [changes.get(name, getattr(self, name)) for name in SCALAR_FIELDS]
         if "headers" in changes:
-            message.headers = changes["headers"]
+            fields.append(_UNSET)
+            message._headers = changes["headers"]
         else:  # unchanged: pass the encoded form on, decoding nothing
-            message.encoded_headers = self.encoded_headers
+            fields.append(self.encoded_headers)
+        message._fields = fields
         return message
 
     def __repr__(self) -> str:

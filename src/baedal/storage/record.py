@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any
 
 from ..core.message import Message, load_extension
 from ..core.properties import DecodeError
@@ -143,39 +142,23 @@ def encode_record(message: Message, expires_at: float | None) -> bytes:
 
 
 def _encode_fields(message: Message) -> bytes:
-    # Unrolled field by field: this runs for every persistent publish.  Reading the
-    # first field sets them all (lazily, once) for an AMQP publish.
+    # Runs for every persistent publish; for an AMQP publish ``field_values`` splits
+    # its properties block (once).
+    fields = message.field_values()
     present = 0
     out = [b""]
-    value: Any = message.content_type
-    if value is not None:
-        present = 1
-        out.append(_string(value))
-    value = message.content_encoding
-    if value is not None:
-        present |= 2
-        out.append(_string(value))
-    value = message.correlation_id
-    if value is not None:
-        present |= 4
-        out.append(_string(value))
-    value = message.reply_to
-    if value is not None:
-        present |= 8
-        out.append(_string(value))
-    value = message.message_id
-    if value is not None:
-        present |= 16
-        out.append(_string(value))
-    value = message.user_id
-    if value is not None:
-        present |= 32
-        out.append(_string(value))
-    value = message.timestamp
+    for bit in range(6):  # content_type .. user_id
+        value = fields[bit]
+        if value is not None:
+            present |= 1 << bit
+            raw = value.encode("utf-8", "surrogateescape")
+            out.append(_U32.pack(len(raw)))
+            out.append(raw)
+    value = fields[6]
     if value is not None:
         present |= _BIT_TIMESTAMP
         out.append(_U64.pack(value))
-    value = message.encoded_headers  # the typed map's bytes, encoded at most once
+    value = fields[7]  # the typed map's bytes, encoded at most once
     if value is not None:
         present |= _BIT_HEADERS
         out.append(value)
@@ -193,11 +176,6 @@ def _encode_fields(message: Message) -> bytes:
         return b""
     out[0] = _U16.pack(present)
     return b"".join(out)
-
-
-def _string(value: str) -> bytes:
-    raw = value.encode("utf-8", "surrogateescape")
-    return _U32.pack(len(raw)) + raw
 
 
 def decode_record(payload: bytes, queue_ttl_ms: int | None = None) -> tuple[Message, float | None]:
@@ -249,7 +227,6 @@ def _decode_v2(payload: bytes) -> tuple[Message, float | None]:
         _decode_fields(message, payload, pos, fields_end)
     else:
         message.set_fields()
-        message.encoded_headers = None
     return message, (expires_at if flags & FLAG_EXPIRES_AT else None)
 
 
@@ -286,8 +263,7 @@ def _decode_fields(message: Message, payload: bytes, pos: int, end: int) -> None
         raise RecordError("record fields run past their length") from None
     if pos != end:
         raise RecordError("record fields do not match their length")
-    message.set_fields(*strings, timestamp)
-    message.encoded_headers = headers
+    message.set_fields(*strings, timestamp, headers)
 
 
 def _decode_legacy(payload: bytes, queue_ttl_ms: int | None) -> tuple[Message, float | None]:

@@ -302,7 +302,6 @@ class AmqpExtension(Extension):
         block = self.block
         if block is None:
             message.set_fields()
-            message.encoded_headers = None
             return
         values = split_properties(block)
         message.set_fields(
@@ -313,8 +312,8 @@ class AmqpExtension(Extension):
             values[8],  # message_id
             values[11],  # user_id
             values[9],  # timestamp
+            values[2],  # headers, encoded: decoded only if someone looks inside
         )
-        message.encoded_headers = values[2]  # decoded only if someone looks inside
         self.extra = _extra_of(values)
 
     def extra_properties(self) -> BasicProperties | None:
@@ -404,17 +403,18 @@ def encode_block(message: Message) -> bytes:
     go in as their encoded bytes: the typed map is the field table)."""
     extension = message.extension
     extra = extension.extra_properties() if type(extension) is AmqpExtension else None
+    fields = message.field_values()
     flags = 0
     out = [b""]
-    value: Any = message.content_type
+    value: Any = fields[0]
     if value is not None:
         flags |= 0x8000
         out.append(_short(value))
-    value = message.content_encoding
+    value = fields[1]
     if value is not None:
         flags |= 0x4000
         out.append(_short(value))
-    value = message.encoded_headers
+    value = fields[7]
     if value is not None:
         flags |= 0x2000
         out.append(value)
@@ -431,11 +431,11 @@ def encode_block(message: Message) -> bytes:
     if priority is not None:
         flags |= 0x0800
         out.append(bytes((priority,)))
-    value = message.correlation_id
+    value = fields[2]
     if value is not None:
         flags |= 0x0400
         out.append(_short(value))
-    value = message.reply_to
+    value = fields[3]
     if value is not None:
         flags |= 0x0200
         out.append(_short(value))
@@ -443,18 +443,18 @@ def encode_block(message: Message) -> bytes:
     if value is not None:
         flags |= 0x0100
         out.append(_short(str(value)))
-    value = message.message_id
+    value = fields[4]
     if value is not None:
         flags |= 0x0080
         out.append(_short(value))
-    value = message.timestamp
+    value = fields[6]
     if value is not None:
         flags |= 0x0040
         out.append(_UINT64.pack(value))
     if extra is not None and extra.type is not None:
         flags |= 0x0020
         out.append(_short(extra.type))
-    value = message.user_id
+    value = fields[5]
     if value is not None:
         flags |= 0x0010
         out.append(_short(value))
