@@ -97,7 +97,7 @@ def test_amqp_leftovers_are_stored_tagged_and_given_back_to_the_adapter() -> Non
     assert block not in payload  # neutral fields, not the AMQP block
     assert b"amqp" in payload
     decoded, _ = decode_record(payload)
-    assert isinstance(decoded.extension, AmqpExtension) and decoded.extension.block is None
+    assert isinstance(decoded.extension, AmqpExtension) and decoded.extension.properties is None
     assert decoded.content_type == "text/plain" and decoded.headers == {"h": 1}
     assert properties_of(decoded) == properties_of(published)
 
@@ -117,7 +117,7 @@ def test_legacy_record_decodes_its_properties_block_lazily_through_the_adapter()
     payload = legacy_record(block, b"old body", flags=1 | 2, priority=4, expiration=5000)
     message, expires_at = decode_record(payload)
     assert expires_at is None
-    assert isinstance(message.extension, AmqpExtension) and message.extension.block == block
+    assert isinstance(message.extension, AmqpExtension) and message.extension.properties == block
     assert (message.persistent, message.priority, message.expiration_ms) == (True, 4, 5000)
     assert message.headers == {"h": "v"} and message.content_type == "text/plain"
     assert properties_of(message).type == "kind"
@@ -154,6 +154,6 @@ def test_an_http_message_is_neutral_until_amqp_encodes_its_block_once() -> None:
     assert message.extension is None  # nothing AMQP-only: purely neutral
     assert message.headers == {"a": 1} and message.persistent
     first = wire_extension(message)
-    assert message.extension is first and first.block is not None
-    assert wire_extension(message).block is first.block  # cached: a fan-out encodes once
+    assert message.extension is first and first.properties is not None
+    assert wire_extension(message).properties is first.properties  # cached: a fan-out encodes once
     assert properties_of(message) == props

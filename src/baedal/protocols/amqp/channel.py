@@ -48,6 +48,7 @@ from .codec import (
     RESOURCE_LOCKED,
     ChannelFault,
     ConnectionFault,
+    ContentFrame,
     content_frames,
     deliver_frames,
     deliver_payload,
@@ -598,11 +599,12 @@ class Channel:
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         extension = message.extension
-        if extension.__class__ is not AmqpExtension or extension.block is None:
+        kind = extension.__class__
+        if (kind is not ContentFrame and kind is not AmqpExtension) or extension.properties is None:
             extension = wire_extension(message)  # not from AMQP: encode the block once
-        names = extension.names
+        names = extension.wire_names
         if names is None:
-            names = extension.names = encode_short_string(
+            names = extension.wire_names = encode_short_string(
                 message.exchange
             ) + encode_short_string(message.routing_key)
         redelivered = entry.delivery_count > 0
@@ -614,7 +616,7 @@ class Channel:
             tag,
             redelivered,
             names,
-            extension.block,
+            extension.properties,
             message.body,
             connection.frame_max,
         )
@@ -783,15 +785,14 @@ class Channel:
 
     # --- basic: publish ----------------------------------------------------------------
 
-    def on_publish(
-        self,
-        method: spec.BasicPublish,
-        properties: bytes,
-        body: bytes,
-        wire_names: bytes | None = None,
-    ) -> None:
+    def on_publish(self, method: spec.BasicPublish, content: ContentFrame) -> None:
         """basic.publish with its content (the hot path): core/publish.py's three steps,
-        with AMQP's own parts (content header, direct reply-to, confirms, returns) here."""
+        with AMQP's own parts (content header, direct reply-to, confirms, returns) here.
+
+        ``content`` becomes the message's AMQP extension (it carries the properties block
+        and the wire names), so the message costs no other object."""
+        properties = content.properties
+        body = content.body
         if method.immediate:
             raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
         publisher = self.publisher
@@ -826,8 +827,9 @@ class Channel:
             priority,
             expiration_ms,
             0.0,
-            AmqpExtension(properties, wire_names),
+            content,
         )
+        content.method = None  # type: ignore[assignment]  # not kept with the message
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
         # Publisher.admit, skipped when it has nothing to do: no user-id, no headers
@@ -1228,6 +1230,6 @@ __all__ = ["Channel", "AMQPConsumer", "CHANNEL_ERROR"]
 
 def _block(message: Message) -> bytes:
     """The message's AMQP properties block (encoded from its neutral fields if needed)."""
-    block = wire_extension(message).block
+    block = wire_extension(message).properties
     assert block is not None
     return block

@@ -286,20 +286,24 @@ def _properties_values(props: BasicProperties) -> list[Any]:
 
 
 class AmqpExtension(Extension):
-    """``block``: the complete properties block (as published, or encoded once for
-    delivery; None until then); ``names``: exchange and routing key as two AMQP short
-    strings, encoded once per message for every delivery; ``extra``: the AMQP-only
-    properties (unset until the block is decoded)."""
+    """``properties``: the complete properties block (as published, or encoded once for
+    delivery; None until then); ``wire_names``: exchange and routing key as two AMQP
+    short strings, encoded once per message for every delivery; ``extra``: the AMQP-only
+    properties (unset until the block is decoded).
 
-    __slots__ = ("block", "names", "extra")
+    A publish's extension is its ``codec.ContentFrame`` (a subclass): the event the codec
+    allocated anyway carries the block and names, so a publish allocates nothing more.
+    """
+
+    __slots__ = ("properties", "wire_names", "extra")
     protocol = "amqp"
 
-    def __init__(self, block: bytes | None, names: bytes | None = None) -> None:
-        self.block = block
-        self.names = names
+    def __init__(self, properties: bytes | None, wire_names: bytes | None = None) -> None:
+        self.properties = properties
+        self.wire_names = wire_names
 
     def decode_fields(self, message: Message) -> None:
-        block = self.block
+        block = self.properties
         if block is None:
             message.set_fields()
             return
@@ -319,7 +323,7 @@ class AmqpExtension(Extension):
     def extra_properties(self) -> BasicProperties | None:
         extra = getattr(self, "extra", _NOT_DECODED)
         if extra is _NOT_DECODED:
-            block = self.block
+            block = self.properties
             extra = self.extra = None if block is None else _extra_of(split_properties(block))
         return extra
 
@@ -336,8 +340,8 @@ class AmqpExtension(Extension):
         return derived
 
     def __repr__(self) -> str:
-        size = "-" if self.block is None else len(self.block)
-        return f"<AmqpExtension block={size}B>"
+        size = "-" if self.properties is None else len(self.properties)
+        return f"<{type(self).__name__} properties={size}B>"
 
 
 def _load_leftovers(data: bytes) -> AmqpExtension:
@@ -358,9 +362,9 @@ def properties_of(message: Message) -> BasicProperties:
     neutral fields and the extra properties).  Treat the result as read-only."""
     extension = message.extension
     extra = None
-    if type(extension) is AmqpExtension:
-        if extension.block is not None:
-            return decode_properties(extension.block)
+    if isinstance(extension, AmqpExtension):
+        if extension.properties is not None:
+            return decode_properties(extension.properties)
         extra = extension.extra_properties()
     delivery_mode = 2 if message.persistent else None
     priority = message.priority or None
@@ -402,7 +406,7 @@ def encode_block(message: Message) -> bytes:
     """The AMQP properties block of a message built from neutral fields (its headers
     go in as their encoded bytes: the typed map is the field table)."""
     extension = message.extension
-    extra = extension.extra_properties() if type(extension) is AmqpExtension else None
+    extra = extension.extra_properties() if isinstance(extension, AmqpExtension) else None
     fields = message.field_values()
     flags = 0
     out = [b""]
@@ -477,9 +481,9 @@ def wire_extension(message: Message) -> AmqpExtension:
     a later record or dead letter); the block is then encoded per delivery.
     """
     extension = message.extension
-    if type(extension) is AmqpExtension:
-        if extension.block is None:
-            extension.block = encode_block(message)
+    if isinstance(extension, AmqpExtension):
+        if extension.properties is None:
+            extension.properties = encode_block(message)
         return extension
     wire = AmqpExtension(encode_block(message))
     if extension is None:
