@@ -181,6 +181,7 @@ class Publisher:
     def _inspect(self, message: Message) -> tuple[Message, list[str] | None]:
         try:
             user_id = message.user_id  # the first field read decodes them all
+            headers = message.headers
         except DecodeError as exc:
             raise CoreError("malformed", f"cannot decode message properties: {exc}") from None
         if user_id is not None and user_id != self.user:
@@ -190,7 +191,6 @@ class Publisher:
                     "precondition_failed",
                     f"user_id property set to '{user_id}' but authenticated user was '{self.user}'",
                 )
-        headers = message.headers
         if not headers:
             return message, None
         cc = headers.get("CC")

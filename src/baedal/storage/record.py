@@ -112,8 +112,9 @@ _BIT_EXTENSION = 1 << 8
 
 
 class RecordError(DecodeError):
-    """A record payload that does not decode (the CRC passed, so this is a bug or a
-    record from a newer Baedal)."""
+    """A version-2 record payload that does not decode (the CRC passed, so this is a bug
+    or a record from a newer Baedal).  The only error ``decode_record`` raises for one
+    (``tests/fuzz/test_record_fuzz.py``); headers decoded later raise ``DecodeError``."""
 
 
 def encode_record(message: Message, expires_at: float | None) -> bytes:
@@ -207,13 +208,16 @@ def _decode_v2(payload: bytes) -> tuple[Message, float | None]:
     if version != VERSION:
         raise RecordError(f"unknown record version {version:#x}")
     pos = _META_SIZE
-    exchange = payload[pos : pos + exchange_len].decode()
-    pos += exchange_len
-    routing_key = payload[pos : pos + key_len].decode()
-    pos += key_len
-    fields_end = pos + fields_len
+    fields_end = pos + exchange_len + key_len + fields_len
     if fields_end > len(payload):
-        raise RecordError("record fields run past its end")
+        raise RecordError("record names and fields run past its end")
+    try:
+        exchange = payload[pos : pos + exchange_len].decode()
+        pos += exchange_len
+        routing_key = payload[pos : pos + key_len].decode()
+    except UnicodeDecodeError:
+        raise RecordError("record names are not UTF-8") from None
+    pos += key_len
     message = Message(
         exchange,
         routing_key,
