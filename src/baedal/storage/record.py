@@ -148,13 +148,37 @@ def _encode_fields(message: Message) -> bytes:
     fields = message.field_values()
     present = 0
     out = [b""]
-    for bit in range(6):  # content_type .. user_id
-        value = fields[bit]
-        if value is not None:
-            present |= 1 << bit
-            raw = value.encode("utf-8", "surrogateescape")
-            out.append(_U32.pack(len(raw)))
-            out.append(raw)
+    # Unrolled (content_type .. user_id): this runs for every persistent publish.
+    value = fields[0]
+    if value is not None:
+        present = 1
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
+    value = fields[1]
+    if value is not None:
+        present |= 2
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
+    value = fields[2]
+    if value is not None:
+        present |= 4
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
+    value = fields[3]
+    if value is not None:
+        present |= 8
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
+    value = fields[4]
+    if value is not None:
+        present |= 16
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
+    value = fields[5]
+    if value is not None:
+        present |= 32
+        raw = value.encode("utf-8", "surrogateescape")
+        out += (_U32.pack(len(raw)), raw)
     value = fields[6]
     if value is not None:
         present |= _BIT_TIMESTAMP
@@ -238,12 +262,13 @@ def _decode_fields(message: Message, payload: bytes, pos: int, end: int) -> None
     try:
         (present,) = _U16.unpack_from(payload, pos)
         pos += 2
-        strings: list[str | None] = [None] * 6
-        for bit in range(6):
-            if present & (1 << bit):
-                stop = pos + 4 + _U32.unpack_from(payload, pos)[0]
-                strings[bit] = payload[pos + 4 : stop].decode("utf-8", "surrogateescape")
-                pos = stop
+        strings: list[str | None] = [None, None, None, None, None, None]
+        if present & 63:  # content_type .. user_id
+            for bit in range(6):
+                if present & (1 << bit):
+                    stop = pos + 4 + _U32.unpack_from(payload, pos)[0]
+                    strings[bit] = payload[pos + 4 : stop].decode("utf-8", "surrogateescape")
+                    pos = stop
         timestamp = None
         if present & _BIT_TIMESTAMP:
             (timestamp,) = _U64.unpack_from(payload, pos)
