@@ -53,6 +53,7 @@ __all__ = [
     "Extension",
     "Message",
     "NEUTRAL_FIELDS",
+    "NO_FIELDS",
     "QueueEntry",
     "StoredExtension",
     "load_extension",
@@ -72,6 +73,8 @@ SCALAR_FIELDS = (
 )
 NEUTRAL_FIELDS = (*SCALAR_FIELDS, "headers")
 _UNSET: Any = object()  # a lazy value not computed yet
+# The fields of a message that has none: one shared, read-only list (``adopt_fields``).
+NO_FIELDS: list[Any] = [None, None, None, None, None, None, None, None]
 _DERIVABLE = frozenset(
     (*NEUTRAL_FIELDS, "persistent", "priority", "expiration_ms", "published_at")
 )
@@ -238,10 +241,16 @@ class Message:
             encoded_headers,
         ]
 
+    def adopt_fields(self, fields: list[Any]) -> None:
+        """Take ``fields`` (``SCALAR_FIELDS`` values, then the encoded headers) as this
+        message's neutral fields, without copying; it may be shared read-only between
+        messages (an extension's cache of a common wire form)."""
+        self._fields = fields
+
     def _load_fields(self) -> list[Any]:
         extension = self.extension
         if extension is None:
-            self.set_fields()
+            self._fields = NO_FIELDS
         else:
             extension.decode_fields(self)
         fields = self._fields

@@ -70,7 +70,7 @@ from __future__ import annotations
 import struct
 import time
 
-from ..core.message import Message, load_extension
+from ..core.message import NO_FIELDS, Message, load_extension
 from ..core.properties import DecodeError
 
 __all__ = [
@@ -146,6 +146,9 @@ def _encode_fields(message: Message) -> bytes:
     # Runs for every persistent publish; for an AMQP publish ``field_values`` splits
     # its properties block (once).
     fields = message.field_values()
+    extension = message.extension
+    if fields is NO_FIELDS and (extension is None or not extension.leftovers()):
+        return b""  # the common "delivery-mode only" publish
     present = 0
     out = [b""]
     # Unrolled (content_type .. user_id): this runs for every persistent publish.
@@ -187,7 +190,6 @@ def _encode_fields(message: Message) -> bytes:
     if value is not None:
         present |= _BIT_HEADERS
         out.append(value)
-    extension = message.extension
     if extension is not None:
         leftovers = extension.leftovers()
         if leftovers:
@@ -254,7 +256,7 @@ def _decode_v2(payload: bytes) -> tuple[Message, float | None]:
     if fields_len:
         _decode_fields(message, payload, pos, fields_end)
     else:
-        message.set_fields()
+        message.adopt_fields(NO_FIELDS)
     return message, (expires_at if flags & FLAG_EXPIRES_AT else None)
 
 

@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.message import Extension, Message, register_extension
+from ...core.message import NO_FIELDS, Extension, Message, register_extension
 from ...core.properties import DecodeError, Timestamp, decode_table, encode_table
 from ...storage.record import LEGACY_RECORD_TAG
 
@@ -162,6 +162,96 @@ def split_properties(block: bytes | memoryview) -> list[Any]:
     if pos != len(block):
         raise DecodeError("property block longer than its fields")
     return values
+
+
+# How each property of a block lands in the neutral fields (``Message.field_values``
+# order: content_type, content_encoding, correlation_id, reply_to, message_id, user_id,
+# timestamp, encoded headers) or in the AMQP-only extras (delivery_mode, priority,
+# type, app_id, cluster_id): (flag bit, kind, neutral index or -1 - extra index).
+_SHORT, _OCTET, _TABLE, _STAMP = range(4)
+_LANDING = (
+    (0x8000, _SHORT, 0),  # content_type
+    (0x4000, _SHORT, 1),  # content_encoding
+    (0x2000, _TABLE, 7),  # headers
+    (0x1000, _OCTET, -1),  # delivery_mode -> extras[0]
+    (0x0800, _OCTET, -2),  # priority -> extras[1]
+    (0x0400, _SHORT, 2),  # correlation_id
+    (0x0200, _SHORT, 3),  # reply_to
+    (0x0100, _SHORT, -6),  # expiration: said by Message.expiration_ms -> discarded
+    (0x0080, _SHORT, 4),  # message_id
+    (0x0040, _STAMP, 6),  # timestamp
+    (0x0020, _SHORT, -3),  # type -> extras[2]
+    (0x0010, _SHORT, 5),  # user_id
+    (0x0008, _SHORT, -4),  # app_id -> extras[3]
+    (0x0004, _SHORT, -5),  # cluster_id -> extras[4]
+)
+_PLANS: dict[int, tuple[tuple[int, int], ...]] = {}  # flags -> the present (kind, index)
+
+
+def _plan(flags: int) -> tuple[tuple[int, int], ...]:
+    plan = tuple((kind, index) for bit, kind, index in _LANDING if flags & bit)
+    _PLANS[flags] = plan  # at most 2**14 small tuples
+    return plan
+
+
+def split_neutral(block: bytes) -> tuple[list[Any], BasicProperties | None]:
+    """A block split into the neutral fields (headers left encoded) and the AMQP-only
+    extras (see ``_extra_of``): what a message needs from its block, for the record of
+    every persistent publish.  Walks only the properties present (a plan per flags
+    value), with short strings decoded inline."""
+    if len(block) < 2:
+        raise DecodeError("property flags missing")
+    flags = (block[0] << 8) | block[1]
+    if flags & 0x0003:
+        split_properties(block)  # raises the precise error
+    plan = _PLANS.get(flags)
+    if plan is None:
+        plan = _plan(flags)
+    if not flags & 0xE6D0:  # no neutral field (e.g. only delivery-mode, priority)
+        fields = NO_FIELDS  # shared, read-only
+    else:
+        fields = [None, None, None, None, None, None, None, None]
+    extras: list[Any] = [None, None, None, None, None, None]
+    pos = 2
+    end = len(block)
+    try:
+        for kind, index in plan:
+            if kind == _SHORT:
+                stop = pos + 1 + block[pos]
+                if stop > end:
+                    raise DecodeError("short string runs past the end of the frame")
+                value: Any = block[pos + 1 : stop].decode("utf-8", "surrogateescape")
+                pos = stop
+            elif kind == _OCTET:
+                value = block[pos]
+                pos += 1
+            elif kind == _TABLE:
+                stop = pos + 4 + _UINT32.unpack_from(block, pos)[0]
+                if stop > end:
+                    raise DecodeError("table runs past the end of the frame")
+                value = block[pos:stop]
+                pos = stop
+            else:
+                value = _UINT64.unpack_from(block, pos)[0]
+                pos += 8
+            if index >= 0:
+                fields[index] = value
+            else:
+                extras[-1 - index] = value
+    except (IndexError, struct.error):
+        raise DecodeError("property block runs past the end of the frame") from None
+    if pos != end:
+        raise DecodeError("property block longer than its fields")
+    delivery_mode, priority, type_, app_id, cluster_id, _expiration = extras
+    if delivery_mode == 2:  # said by ``Message.persistent``
+        delivery_mode = None
+    if priority:  # said by ``Message.priority``; only an explicit 0 is extra
+        priority = None
+    if delivery_mode is None and priority is None and type_ is None and app_id is None and cluster_id is None:
+        return fields, None
+    return fields, BasicProperties(
+        delivery_mode=delivery_mode, priority=priority, type=type_, app_id=app_id, cluster_id=cluster_id
+    )
 
 
 def decode_properties(block: bytes | memoryview) -> BasicProperties:
@@ -305,20 +395,10 @@ class AmqpExtension(Extension):
     def decode_fields(self, message: Message) -> None:
         block = self.properties
         if block is None:
-            message.set_fields()
+            message.adopt_fields(NO_FIELDS)
             return
-        values = split_properties(block)
-        message.set_fields(
-            values[0],  # content_type
-            values[1],  # content_encoding
-            values[5],  # correlation_id
-            values[6],  # reply_to
-            values[8],  # message_id
-            values[11],  # user_id
-            values[9],  # timestamp
-            values[2],  # headers, encoded: decoded only if someone looks inside
-        )
-        self.extra = _extra_of(values)
+        fields, self.extra = split_neutral(block)
+        message.adopt_fields(fields)
 
     def extra_properties(self) -> BasicProperties | None:
         extra = getattr(self, "extra", _NOT_DECODED)
