@@ -229,7 +229,8 @@ class Message:
         encoded_headers: bytes | None = None,
     ) -> None:
         """Set every neutral field at once, the headers in their typed-map encoding
-        (``SCALAR_FIELDS`` order); for extensions and records."""
+        (``SCALAR_FIELDS`` order); for extensions and records.  Strings may be given as
+        their UTF-8 bytes (see ``field_values``)."""
         self._fields = [
             content_type,
             content_encoding,
@@ -257,9 +258,23 @@ class Message:
         assert fields is not None
         return fields
 
+    def _string(self, index: int) -> str | None:
+        fields = self._fields
+        if fields is None:
+            fields = self._load_fields()
+        value = fields[index]
+        if value.__class__ is bytes:  # still encoded (see ``field_values``): decode once
+            value = fields[index] = value.decode("utf-8", "surrogateescape")
+        return value
+
     def field_values(self) -> list[Any]:
         """Every neutral field in ``SCALAR_FIELDS`` order, then the encoded headers: one
-        call for code that reads them all (a record, an adapter's wire form).  Read-only."""
+        call for code that reads them all (a record, an adapter's wire form).  Read-only.
+
+        A string field may still be its UTF-8 bytes (surrogate-escaped): extensions and
+        records set strings as they find them, undecoded, and the properties decode on
+        first read, so a message that only passes from a wire form to a record (or back)
+        never builds a ``str``."""
         fields = self._fields
         if fields is None:
             fields = self._load_fields()
@@ -269,33 +284,27 @@ class Message:
 
     @property
     def content_type(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[0]
+        return self._string(0)
 
     @property
     def content_encoding(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[1]
+        return self._string(1)
 
     @property
     def correlation_id(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[2]
+        return self._string(2)
 
     @property
     def reply_to(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[3]
+        return self._string(3)
 
     @property
     def message_id(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[4]
+        return self._string(4)
 
     @property
     def user_id(self) -> str | None:
-        fields = self._fields
-        return (self._load_fields() if fields is None else fields)[5]
+        return self._string(5)
 
     @property
     def timestamp(self) -> int | None:

@@ -155,32 +155,32 @@ def _encode_fields(message: Message) -> bytes:
     value = fields[0]
     if value is not None:
         present = 1
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[1]
     if value is not None:
         present |= 2
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[2]
     if value is not None:
         present |= 4
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[3]
     if value is not None:
         present |= 8
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[4]
     if value is not None:
         present |= 16
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[5]
     if value is not None:
         present |= 32
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")
         out += (_U32.pack(len(raw)), raw)
     value = fields[6]
     if value is not None:
@@ -264,12 +264,12 @@ def _decode_fields(message: Message, payload: bytes, pos: int, end: int) -> None
     try:
         (present,) = _U16.unpack_from(payload, pos)
         pos += 2
-        strings: list[str | None] = [None, None, None, None, None, None]
+        strings: list[bytes | None] = [None, None, None, None, None, None]
         if present & 63:  # content_type .. user_id
             for bit in range(6):
                 if present & (1 << bit):
                     stop = pos + 4 + _U32.unpack_from(payload, pos)[0]
-                    strings[bit] = payload[pos + 4 : stop].decode("utf-8", "surrogateescape")
+                    strings[bit] = payload[pos + 4 : stop]  # decoded if read (Message)
                     pos = stop
         timestamp = None
         if present & _BIT_TIMESTAMP:
@@ -294,7 +294,7 @@ def _decode_fields(message: Message, payload: bytes, pos: int, end: int) -> None
         raise RecordError("record fields run past their length") from None
     if pos != end:
         raise RecordError("record fields do not match their length")
-    message.set_fields(*strings, timestamp, headers)
+    message.set_fields(*strings, timestamp, headers)  # type: ignore[arg-type]
 
 
 def _decode_legacy(payload: bytes, queue_ttl_ms: int | None) -> tuple[Message, float | None]:

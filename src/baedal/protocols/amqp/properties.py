@@ -195,10 +195,10 @@ def _plan(flags: int) -> tuple[tuple[int, int], ...]:
 
 
 def split_neutral(block: bytes) -> tuple[list[Any], BasicProperties | None]:
-    """A block split into the neutral fields (headers left encoded) and the AMQP-only
-    extras (see ``_extra_of``): what a message needs from its block, for the record of
-    every persistent publish.  Walks only the properties present (a plan per flags
-    value), with short strings decoded inline."""
+    """A block split into the neutral fields (strings as their bytes, headers as their
+    encoding: nothing is decoded) and the AMQP-only extras (see ``_extra_of``): what a
+    message needs from its block, for the record of every persistent publish.  Walks
+    only the properties present (a plan per flags value)."""
     if len(block) < 2:
         raise DecodeError("property flags missing")
     flags = (block[0] << 8) | block[1]
@@ -216,11 +216,11 @@ def split_neutral(block: bytes) -> tuple[list[Any], BasicProperties | None]:
     end = len(block)
     try:
         for kind, index in plan:
-            if kind == _SHORT:
+            if kind == _SHORT:  # kept as bytes: decoded only if read (Message._string)
                 stop = pos + 1 + block[pos]
                 if stop > end:
                     raise DecodeError("short string runs past the end of the frame")
-                value: Any = block[pos + 1 : stop].decode("utf-8", "surrogateescape")
+                value: Any = block[pos + 1 : stop]
                 pos = stop
             elif kind == _OCTET:
                 value = block[pos]
@@ -250,7 +250,11 @@ def split_neutral(block: bytes) -> tuple[list[Any], BasicProperties | None]:
     if delivery_mode is None and priority is None and type_ is None and app_id is None and cluster_id is None:
         return fields, None
     return fields, BasicProperties(
-        delivery_mode=delivery_mode, priority=priority, type=type_, app_id=app_id, cluster_id=cluster_id
+        delivery_mode=delivery_mode,
+        priority=priority,
+        type=None if type_ is None else type_.decode("utf-8", "surrogateescape"),
+        app_id=None if app_id is None else app_id.decode("utf-8", "surrogateescape"),
+        cluster_id=None if cluster_id is None else cluster_id.decode("utf-8", "surrogateescape"),
     )
 
 
@@ -475,8 +479,8 @@ def properties_of(message: Message) -> BasicProperties:
     )
 
 
-def _short(value: str) -> bytes:
-    raw = value.encode("utf-8", "surrogateescape")
+def _short(value: str | bytes) -> bytes:
+    raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
     if len(raw) > 255:
         raise ValueError("an AMQP short string property is longer than 255 bytes")
     return bytes((len(raw),)) + raw
