@@ -479,6 +479,10 @@ def properties_of(message: Message) -> BasicProperties:
     )
 
 
+_PERSISTENT_BLOCK = b"\x10\x00\x02"  # delivery-mode 2, nothing else
+_EMPTY_BLOCK = b"\x00\x00"
+
+
 def _short(value: str | bytes) -> bytes:
     raw = value if value.__class__ is bytes else value.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
     if len(raw) > 255:
@@ -492,6 +496,9 @@ def encode_block(message: Message) -> bytes:
     extension = message.extension
     extra = extension.extra_properties() if isinstance(extension, AmqpExtension) else None
     fields = message.field_values()
+    if fields is NO_FIELDS and extra is None and message.expiration_ms is None and not message.priority:
+        # The common case (a recovered or paged-out delivery-mode-only publish).
+        return _PERSISTENT_BLOCK if message.persistent else _EMPTY_BLOCK
     flags = 0
     out = [b""]
     value: Any = fields[0]
