@@ -34,7 +34,6 @@ async def fill(directory: Path, count: int) -> None:
     syncer = Syncer(on_fatal=fatal.append)
     store = SegmentStore.open(directory, syncer)
     body = b"x" * 1024
-    properties = b"\x10\x00\x02"  # delivery-mode 2
     confirmed = 0
     peak_rss = rss_bytes()
     in_flight: list[asyncio.Future[None]] = []
@@ -57,7 +56,6 @@ async def fill(directory: Path, count: int) -> None:
                     Message(
                         "",
                         "bench",
-                        properties,
                         body,
                         persistent=True,
                         published_at=float(published + i),

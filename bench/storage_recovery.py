@@ -45,7 +45,7 @@ def main() -> None:
             for n in range(args.stores):
                 store = SegmentStore.open(root / f"q{n}", syncer)
                 for i in range(per_store):
-                    store.append(Message("", f"q{n}", b"\x10\x00\x02", body, persistent=True), None)
+                    store.append(Message("", f"q{n}", body, persistent=True), None)
                     if i % 10_000 == 9_999:
                         progress.advance(task, 10_000)
                 for _ in range(per_store // 2):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from baedal.core.properties import BasicProperties, encode_properties
 from baedal.protocols.amqp import codec, spec
+from baedal.protocols.amqp.properties import BasicProperties, encode_properties
 
 
 def publish_bytes(count: int, body: bytes) -> bytes:

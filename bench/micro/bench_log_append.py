@@ -42,7 +42,7 @@ def bench(size: int, count: int, directory: Path) -> None:
 
     syncer = Syncer()
     store = SegmentStore(directory / f"store-{size}", syncer, read_ahead=1024)
-    message = Message("ex", "routing.key", b"\x80\x00\x02", payload, persistent=True)
+    message = Message("ex", "routing.key", payload, persistent=True)
     start = time.perf_counter()
     for _ in range(count):
         store.append(message, None)

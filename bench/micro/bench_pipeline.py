@@ -19,9 +19,9 @@ import asyncio
 import time
 
 from baedal.core.broker import BrokerConfig, BrokerCore
-from baedal.core.properties import BasicProperties, encode_properties
 from baedal.protocols.amqp import codec, spec
 from baedal.protocols.amqp.connection import AMQPConnection
+from baedal.protocols.amqp.properties import BasicProperties, encode_properties
 from baedal.protocols.amqp.server import AMQPServer
 
 

@@ -11,7 +11,7 @@ import time
 
 from baedal.core.broker import BrokerCore
 from baedal.core.message import Message
-from baedal.core.properties import BasicProperties, encode_properties
+from baedal.protocols.amqp.properties import AmqpExtension, BasicProperties, encode_properties
 
 
 def main() -> None:
@@ -30,22 +30,22 @@ def main() -> None:
         vhost.bind("amq.fanout", vhost.queues[f"q{i}"], "", {})
     headers_props = encode_properties(BasicProperties(headers={"shard": 3}))
     cases = {
-        "default exchange": (vhost.default_exchange, Message("", "q7", b"\x00\x00", b"x")),
+        "default exchange": (vhost.default_exchange, Message("", "q7", b"x")),
         "direct": (
             vhost.exchanges["amq.direct"],
-            Message("amq.direct", "key.42", b"\x00\x00", b"x"),
+            Message("amq.direct", "key.42", b"x"),
         ),
         "fanout (4 queues)": (
             vhost.exchanges["amq.fanout"],
-            Message("amq.fanout", "", b"\x00\x00", b"x"),
+            Message("amq.fanout", "", b"x"),
         ),
         "topic (cached)": (
             vhost.exchanges["amq.topic"],
-            Message("amq.topic", "orders.3.eu", b"\x00\x00", b"x"),
+            Message("amq.topic", "orders.3.eu", b"x"),
         ),
         "headers (100 bindings)": (
             vhost.exchanges["amq.headers"],
-            Message("amq.headers", "", headers_props, b"x"),
+            Message("amq.headers", "", b"x", extension=AmqpExtension(headers_props)),
         ),
     }
     for name, (exchange, message) in cases.items():

@@ -38,7 +38,7 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[FullDisk]:
 
 
 def msg(i: int) -> Message:
-    return Message("", "q", b"", f"m{i}".encode().ljust(500, b"."), persistent=True)
+    return Message("", "q", f"m{i}".encode().ljust(500, b"."), persistent=True)
 
 
 def bodies(path: Path) -> list[bytes]:

@@ -28,7 +28,7 @@ import pytest
 
 from baedal import Broker
 from baedal.core.message import Message
-from baedal.storage import queue_store
+from baedal.storage import record
 from baedal.storage.queue_store import decode_record, encode_record
 from baedal_testing import wait_until
 
@@ -199,25 +199,36 @@ def test_unexpired_messages_behind_the_overdue_ones_keep_their_own_deadline(
 # --- the record format: deadlines are wall-clock, older records are re-based -----------
 
 
-def _legacy(payload: bytes, monotonic_deadline: float) -> bytes:
-    """The same record as the code before wall-clock deadlines wrote it."""
-    meta = list(queue_store._META.unpack_from(payload))
-    meta[0] &= ~queue_store._FLAG_WALL_CLOCK
-    meta[-1] = monotonic_deadline
-    return queue_store._META.pack(*meta) + payload[queue_store._META_SIZE :]
+# The record layout before the neutral record (Baedal 0.1.0 .. issue 9), see storage/record.py.
+_LEGACY_META = struct.Struct("<BBHHIQdd")
+
+
+def _legacy(message: Message, monotonic_deadline: float) -> bytes:
+    """``message`` as the code before wall-clock deadlines wrote it (no properties)."""
+    flags = (
+        (1 if message.persistent else 0)
+        | (0 if message.expiration_ms is None else 2)
+        | 4  # a deadline, on the event loop's monotonic clock (no wall-clock flag 8)
+    )
+    meta = _LEGACY_META.pack(
+        flags, message.priority, 0, len(message.routing_key), 2,
+        message.expiration_ms or 0, 0.0, monotonic_deadline,
+    )
+    return meta + message.routing_key.encode() + b"\x00\x00" + message.body
 
 
 def test_records_store_wall_clock_deadlines() -> None:
     deadline = time.time() + 30
-    message, expires_at = decode_record(encode_record(Message("", "q", b"", b"x"), deadline))
+    payload = encode_record(Message("", "q", b"x"), deadline)
+    message, expires_at = decode_record(payload)
     assert expires_at == deadline
-    flags = struct.unpack_from("<B", encode_record(Message("", "q", b"", b"x"), deadline))[0]
-    assert flags & queue_store._FLAG_WALL_CLOCK
+    version, flags = struct.unpack_from("<BB", payload)
+    assert version == record.VERSION and flags & record.FLAG_EXPIRES_AT
 
 
 def test_legacy_record_deadline_is_rebased_on_the_same_boot() -> None:
-    message = Message("", "q", b"", b"x", True, 0, 10_000)
-    payload = _legacy(encode_record(message, 1.0), time.monotonic() + 4.0)
+    message = Message("", "q", b"x", True, 0, 10_000)
+    payload = _legacy(message, time.monotonic() + 4.0)
     _message, expires_at = decode_record(payload)
     assert expires_at is not None
     assert abs(expires_at - (time.time() + 4.0)) < 0.5
@@ -225,16 +236,16 @@ def test_legacy_record_deadline_is_rebased_on_the_same_boot() -> None:
 
 def test_legacy_record_from_another_boot_gets_its_ttl_again() -> None:
     # A deadline further away than the TTL can only come from another boot's clock.
-    message = Message("", "q", b"", b"x", True)
-    payload = _legacy(encode_record(message, 1.0), time.monotonic() + 1e6)
+    message = Message("", "q", b"x", True)
+    payload = _legacy(message, time.monotonic() + 1e6)
     _message, expires_at = decode_record(payload, queue_ttl_ms=2000)
     assert expires_at is not None
     assert abs(expires_at - (time.time() + 2.0)) < 0.5
 
 
 def test_legacy_record_already_past_expires_now() -> None:
-    message = Message("", "q", b"", b"x", True, 0, 10_000)
-    payload = _legacy(encode_record(message, 1.0), time.monotonic() - 5.0)
+    message = Message("", "q", b"x", True, 0, 10_000)
+    payload = _legacy(message, time.monotonic() - 5.0)
     _message, expires_at = decode_record(payload)
     assert expires_at is not None
     assert expires_at <= time.time()

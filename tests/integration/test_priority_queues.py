@@ -217,7 +217,7 @@ def test_per_level_stores_of_an_older_baedal_are_folded_into_one_log(tmp_path: P
         old = SegmentStore.open(directory / f"priority-{level}", syncer)
         for n in range(3):
             number = level * 10 + n
-            old.append(Message("", "old-prio", b"\x00\x00", f"{number}".encode(), True, level), None)
+            old.append(Message("", "old-prio", f"{number}".encode(), True, level), None)
             published.append((number, level))
         syncer.sync_now()
         old.close()

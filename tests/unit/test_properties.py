@@ -10,15 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baedal.core.properties import (
+from baedal.core.properties import DecodeError, Timestamp, decode_table, encode_table
+from baedal.protocols.amqp.properties import (
     PROPERTY_NAMES,
     BasicProperties,
-    DecodeError,
-    Timestamp,
     decode_properties,
-    decode_table,
     encode_properties,
-    encode_table,
     scan_properties,
 )
 

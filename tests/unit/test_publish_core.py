@@ -1,5 +1,6 @@
 """core/publish.py used the way a protocol adapter without AMQP will use it (Kafka, STOMP,
-MQTT later): a real ``BrokerCore``, no protocol module anywhere."""
+MQTT later): a real ``BrokerCore``, neutral messages, no protocol module anywhere; and
+core/ and storage/ checked to stay protocol-neutral."""
 
 from __future__ import annotations
 
@@ -10,22 +11,31 @@ import pytest
 
 from baedal.core.broker import BrokerCore
 from baedal.core.message import Message
-from baedal.core.properties import BasicProperties, encode_properties
 from baedal.core.publish import NEEDS_SYNC, REFUSED, UNROUTABLE, Publisher
 from baedal.core.vhost import CoreError
 
-CORE = Path(__file__).parents[2] / "src" / "baedal" / "core"
+SRC = Path(__file__).parents[2] / "src" / "baedal"
+CORE = SRC / "core"
+NEUTRAL_PACKAGES = (SRC / "core", SRC / "storage")
+# What handling an AMQP basic-properties block looks like: its codec's names, the
+# message attributes that used to hold it, and its property-flag arithmetic.
+AMQP_BLOCK_NAMES = {
+    "BasicProperties",
+    "decode_properties",
+    "encode_properties",
+    "scan_properties",
+    "PROPERTY_NAMES",
+    "decoded_properties",
+    "with_properties",
+    "wire_names",
+    "USER_ID_FLAG",
+    "HEADERS_FLAG",
+    "AmqpExtension",
+}
 
 
-def message(routing_key: str, exchange: str = "", **props: object) -> Message:
-    properties = BasicProperties(**props)  # type: ignore[arg-type]
-    return Message(
-        exchange,
-        routing_key,
-        encode_properties(properties),
-        b"body",
-        persistent=properties.delivery_mode == 2,
-    )
+def message(routing_key: str, exchange: str = "", *, persistent: bool = False, **fields: object) -> Message:
+    return Message.build(exchange, routing_key, b"body", persistent=persistent, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -37,12 +47,53 @@ def publisher_for(core: BrokerCore, user: str = "guest") -> Publisher:
     return Publisher(core, core.vhosts["/"], user, core.permission(user, "/"))
 
 
-def test_no_core_module_imports_a_protocol() -> None:
-    for path in CORE.glob("*.py"):
+def neutral_modules() -> list[Path]:
+    paths = [path for package in NEUTRAL_PACKAGES for path in sorted(package.glob("*.py"))]
+    assert len(paths) > 20  # the globs found the packages
+    return paths
+
+
+def test_no_core_or_storage_module_imports_a_protocol() -> None:
+    for path in neutral_modules():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
-                assert "protocols" not in (node.module or ""), f"{path.name} imports {node.module}"
+                module = node.module or ""
+                assert "protocols" not in module, f"{path.name} imports {module}"
+                assert not any("protocols" in alias.name for alias in node.names), path.name
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert "protocols" not in alias.name, f"{path.name} imports {alias.name}"
+
+
+def test_no_core_or_storage_module_handles_an_amqp_properties_block() -> None:
+    for path in neutral_modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            name = None
+            if isinstance(node, ast.Name):
+                name = node.id
+            elif isinstance(node, ast.Attribute):
+                name = node.attr
+                # Message.properties held the raw block; nothing neutral reads it.
+                assert name != "properties", f"{path.name}:{node.lineno} reads .properties"
+            elif isinstance(node, ast.alias):
+                name = node.name
+            assert name not in AMQP_BLOCK_NAMES, f"{path.name}:{getattr(node, 'lineno', '?')} uses {name}"
+
+
+def test_a_neutral_message_decodes_nothing_and_derives_sharing_its_body() -> None:
+    body = b"x" * 1000
+    original = Message.build("ex", "rk", body, headers={"a": 1}, content_type="text/plain")
+    assert original.extension is None and original.headers == {"a": 1}
+    changed = original.derive(headers={"a": 2}, exchange="dlx")
+    assert changed.body is body  # shared, never copied
+    assert (changed.exchange, changed.routing_key, changed.headers) == ("dlx", "rk", {"a": 2})
+    assert changed.content_type == "text/plain" and original.headers == {"a": 1}
+    bare = Message("ex", "rk", body)  # the hot-path constructor: fields default to None
+    assert bare.headers is None and bare.user_id is None and bare.timestamp is None
+    with pytest.raises(AttributeError):
+        bare.no_such_field  # noqa: B018
 
 
 def test_publish_routes_enqueues_and_counts(core: BrokerCore) -> None:
@@ -93,5 +144,5 @@ def test_cc_bcc_and_overflow_and_durability_outcomes(core: BrokerCore) -> None:
     assert result.routed and result.message.headers == {"k": 1}
     assert main.message_count == 1 and copy.message_count == 1
     assert publisher.publish("", message("full")).outcome == REFUSED
-    persistent = publisher.publish("", message("durable", delivery_mode=2))
+    persistent = publisher.publish("", message("durable", persistent=True))
     assert persistent.outcome == NEEDS_SYNC and durable.message_count == 1

@@ -258,13 +258,16 @@ class TopicExchange(Exchange):
         return hit
 
 
+_NO_HEADERS: dict[str, Any] = {}  # read only
+
+
 class HeadersExchange(Exchange):
     type = "headers"
 
     def route(self, routing_key: str, message: Any) -> list[Any]:
         if not self.bindings:
             return _EMPTY
-        headers = message.headers
+        headers = message.headers or _NO_HEADERS
         found: list[Any] = []
         for binding in self.bindings.values():
             if binding.destination in found:

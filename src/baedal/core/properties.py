@@ -1,15 +1,16 @@
-"""Message properties and field tables, in the AMQP 0-9-1 wire encoding.
+"""Baedal's typed values and the typed-map encoding (headers, arguments, definitions).
 
 Theory of operation
 -------------------
-The core keeps a message's properties as the raw *basic properties block* exactly as
-the publisher sent it (``property flags`` followed by the present fields).  That block
-is compact, it is what the dominant protocol (AMQP 0-9-1) puts on the wire both ways, and
-passing it through untouched means the publish → deliver path never decodes it.
-
-Only when the broker needs a value (headers exchange, TTL, priority, dead-lettering,
-direct reply-to) does it decode, and only the fields it needs.  Other protocols translate
-their headers into and out of this block at their own boundary.
+Header values and queue/exchange arguments are *typed values*: ``str``, ``bytes``,
+``int`` (with its width chosen on encoding), ``bool``, ``float``, ``Decimal``,
+``Timestamp``, ``None``, lists and nested mappings.  ``encode_table``/``decode_table``
+are Baedal's own binary encoding of a mapping of typed values (a *typed map*), used by
+the on-disk record (``storage/record.py``) and the definitions store.  The encoding is
+the same as an AMQP 0-9-1 field table on purpose (RabbitMQ's dialect, below): it is a
+complete, compact, self-describing format, and the AMQP adapter can pass it through.
+The AMQP basic-properties block (the adapter's wire form of a message) is not here: it
+lives in ``protocols/amqp/properties.py``; nothing in core or storage reads it.
 
 Field-table tags follow RabbitMQ/Qpid (``s`` = int16, ``l`` = int64, ``x`` = bytes), not
 the 0-9-1 spec text (RabbitMQ errata §3).  Decoding is lenient (also ``L`` and ``\\x00``,
@@ -19,25 +20,21 @@ as pamqp accepts), encoding strict.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 __all__ = [
     "DecodeError",
+    "Timestamp",
     "decode_table",
     "encode_table",
-    "BasicProperties",
-    "decode_properties",
-    "encode_properties",
-    "scan_properties",
-    "PROPERTY_NAMES",
 ]
 
 
 class DecodeError(ValueError):
-    """Malformed field table or property block (an AMQP 502 SYNTAX_ERROR / 501 FRAME_ERROR)."""
+    """Malformed typed map (or, raised by an adapter, a malformed wire form such as an
+    AMQP property block: 502 SYNTAX_ERROR / 501 FRAME_ERROR)."""
 
 
 _UINT8 = struct.Struct(">B")
@@ -230,153 +227,3 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
         _encode_value(out, value)
     out[0:4] = _UINT32.pack(len(out) - 4)
     return bytes(out)
-
-
-# --- basic properties -------------------------------------------------------------------
-
-PROPERTY_NAMES = (
-    "content_type",
-    "content_encoding",
-    "headers",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "user_id",
-    "app_id",
-    "cluster_id",
-)
-# Field kinds in flag order: s = shortstr, t = table, o = octet, T = timestamp.
-_KINDS = "sstoossssTssss"
-_FLAG_BITS = tuple(1 << (15 - i) for i in range(14))
-
-
-@dataclass(slots=True)
-class BasicProperties:
-    content_type: str | None = None
-    content_encoding: str | None = None
-    headers: dict[str, Any] | None = None
-    delivery_mode: int | None = None
-    priority: int | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    expiration: str | None = None
-    message_id: str | None = None
-    timestamp: int | None = None
-    type: str | None = None
-    user_id: str | None = None
-    app_id: str | None = None
-    cluster_id: str | None = None
-
-
-def decode_properties(block: bytes | memoryview) -> BasicProperties:
-    """Decode a whole property block (flags + fields)."""
-    if len(block) < 2:
-        raise DecodeError("property flags missing")
-    flags = (block[0] << 8) | block[1]
-    if flags & 0x0001:
-        # Continuation flags: 0-9-1 basic has only 14 properties, so a continuation is bogus.
-        raise DecodeError("property flags continuation is not supported for basic")
-    if flags & 0x0002:
-        raise DecodeError("reserved property flag bit set")
-    pos = 2
-    values: list[Any] = []
-    try:
-        for bit, kind in zip(_FLAG_BITS, _KINDS, strict=True):
-            if not flags & bit:
-                values.append(None)
-                continue
-            if kind == "s":
-                value, pos = _shortstr(block, pos)
-            elif kind == "o":
-                value = block[pos]
-                pos += 1
-            elif kind == "t":
-                value, pos = _decode_table(block, pos)
-            else:
-                value = Timestamp(_UINT64.unpack_from(block, pos)[0])
-                pos += 8
-            values.append(value)
-    except (IndexError, struct.error):
-        raise DecodeError("property block runs past the end of the frame") from None
-    if pos != len(block):
-        raise DecodeError("property block longer than its fields")
-    return BasicProperties(*values)
-
-
-def encode_properties(props: BasicProperties) -> bytes:
-    flags = 0
-    out = bytearray(2)
-    for bit, kind, name in zip(_FLAG_BITS, _KINDS, PROPERTY_NAMES, strict=True):
-        value = getattr(props, name)
-        if value is None:
-            continue
-        flags |= bit
-        if kind == "s":
-            raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
-            if len(raw) > 255:
-                raise ValueError(f"property {name} longer than 255 bytes")
-            out.append(len(raw))
-            out += raw
-        elif kind == "o":
-            out.append(int(value) & 0xFF)
-        elif kind == "t":
-            out += encode_table(value)
-        else:
-            out += _UINT64.pack(int(value))
-    out[0] = flags >> 8
-    out[1] = flags & 0xFF
-    return bytes(out)
-
-
-_DELIVERY_MODE_BIT = 1 << 12
-_PRIORITY_BIT = 1 << 11
-_EXPIRATION_BIT = 1 << 8
-_HEADERS_BIT = 1 << 13
-
-
-def scan_properties(block: bytes) -> tuple[int, int, str | None]:
-    """Fast path for the publish hot path: (delivery_mode, priority, expiration).
-
-    Skips over the fields before the ones it needs without building objects.  Most
-    publishes carry only delivery-mode (and maybe content-type), so this costs a few
-    index operations.  Raises DecodeError on a block that runs short.
-    """
-    if len(block) < 2:
-        raise DecodeError("property flags missing")
-    flags = (block[0] << 8) | block[1]
-    if not flags & (_DELIVERY_MODE_BIT | _PRIORITY_BIT | _EXPIRATION_BIT):
-        return 0, 0, None
-    pos = 2
-    try:
-        if flags & 0x8000:  # content-type
-            pos += 1 + block[pos]
-        if flags & 0x4000:  # content-encoding
-            pos += 1 + block[pos]
-        if flags & _HEADERS_BIT:
-            pos += 4 + _UINT32.unpack_from(block, pos)[0]
-        delivery_mode = 0
-        priority = 0
-        if flags & _DELIVERY_MODE_BIT:
-            delivery_mode = block[pos]
-            pos += 1
-        if flags & _PRIORITY_BIT:
-            priority = block[pos]
-            pos += 1
-        expiration = None
-        if flags & _EXPIRATION_BIT:
-            if flags & 0x0400:  # correlation-id
-                pos += 1 + block[pos]
-            if flags & 0x0200:  # reply-to
-                pos += 1 + block[pos]
-            n = block[pos]
-            if pos + 1 + n > len(block):
-                raise DecodeError("expiration runs past the end of the frame")
-            expiration = block[pos + 1 : pos + 1 + n].decode("latin-1")
-    except (IndexError, struct.error):
-        raise DecodeError("property block runs past the end of the frame") from None
-    return delivery_mode, priority, expiration

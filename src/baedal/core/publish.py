@@ -44,14 +44,15 @@ Blocking: while a resource alarm is up, ``blocked`` says why; the AMQP adapter s
 reading the socket (``connection.blocked``), request/response adapters refuse (HTTP 503).
 
 Nothing here imports a protocol; errors are ``CoreError`` kinds that adapters map to
-their wire answers.  The message representation is still the AMQP properties block
-(``core/message.py``); the flags tested below are that block's property flags.
+their wire answers.  ``admit`` reads the message's neutral fields (``user_id``,
+``headers``: ``core/message.py``); for an AMQP publish that decodes its properties
+block, so the AMQP adapter calls ``admit`` only when the block's flags say it has a
+user-id or headers (and ``check_topic_write`` alone for other topic publishes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.replicator import replication_failure
@@ -76,12 +77,6 @@ REPLICATING = 8
 # the queue's consumers are held back by their sockets (the adapter's ``throttle``
 # decides the latter), so one fast publisher cannot starve its own consumers.
 FLOW_HIGH_WATER = 2000
-
-# Property-flag bits (AMQP basic properties block) of the fields ``admit`` inspects;
-# a message with neither skips decoding entirely (the common case).
-USER_ID_FLAG = 1 << 4
-HEADERS_FLAG = 1 << 13
-
 
 class PublishResult:
     """What ``Publisher.publish`` did, for adapters that answer one publish at a time."""
@@ -161,10 +156,7 @@ class Publisher:
             )
         if exchange.type == "topic":
             self.check_topic_write(exchange, message.routing_key)
-        properties = message.properties
-        if (properties[0] << 8 | properties[1]) & (USER_ID_FLAG | HEADERS_FLAG):
-            return self._inspect(message)
-        return message, None
+        return self._inspect(message)
 
     def check_topic_write(self, exchange: Exchange, routing_key: str) -> None:
         """Topic permissions (issue 9 item 9): a publish to a topic exchange needs the
@@ -188,10 +180,10 @@ class Publisher:
 
     def _inspect(self, message: Message) -> tuple[Message, list[str] | None]:
         try:
-            props = message.decoded_properties()
+            user_id = message.user_id  # the first field read decodes them all
+            headers = message.headers
         except DecodeError as exc:
             raise CoreError("malformed", f"cannot decode message properties: {exc}") from None
-        user_id = props.user_id
         if user_id is not None and user_id != self.user:
             user = self.broker.users.get(self.user)
             if user is None or "impersonator" not in user.tags:
@@ -199,7 +191,6 @@ class Publisher:
                     "precondition_failed",
                     f"user_id property set to '{user_id}' but authenticated user was '{self.user}'",
                 )
-        headers = props.headers
         if not headers:
             return message, None
         cc = headers.get("CC")
@@ -213,7 +204,7 @@ class Publisher:
         if "BCC" in headers:
             stripped = dict(headers)
             del stripped["BCC"]
-            message = _with_headers(message, props, stripped)
+            message = message.derive(headers=stripped)
         return message, extra
 
     # --- step 3: route, enqueue, count -------------------------------------------------
@@ -340,9 +331,3 @@ def when_stored(
     for handle in replicating or ():
         handle.add_done_callback(lambda h: one_done(replication_failure(h)))
     return True
-
-
-def _with_headers(message: Message, props: Any, headers: dict[str, Any]) -> Message:
-    changed = message.with_properties(replace(props, headers=headers))
-    changed.wire_names = message.wire_names
-    return changed

@@ -32,7 +32,6 @@ queue is recovered.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..cluster.replicator import ACKED, AUTO_ACKED, DELETED, PURGED
@@ -415,10 +414,9 @@ class Queue:
             return True
         message = entry.message
         assert message is not None
-        props = message.decoded_properties()
-        headers = dict(props.headers or {})
+        headers = dict(message.headers or {})
         headers["x-delivery-count"] = entry.delivery_count
-        entry.message = message.with_properties(replace(props, headers=headers))
+        entry.message = message.derive(headers=headers)
         return False
 
     def _scheduled_drain(self) -> None:
@@ -601,8 +599,7 @@ class Queue:
         dlx = self.settings.dead_letter_exchange
         if dlx is None:
             return
-        props = message.decoded_properties()
-        headers = dict(props.headers or {})
+        headers = dict(message.headers or {})
         deaths = [dict(d) for d in headers.get("x-death", []) if isinstance(d, dict)]
         routing_keys = [message.routing_key]
         cc = headers.get("CC")
@@ -623,8 +620,8 @@ class Queue:
                 "exchange": message.exchange,
                 "routing-keys": routing_keys,
             }
-            if props.expiration is not None:
-                death["original-expiration"] = props.expiration
+            if message.expiration_ms is not None:
+                death["original-expiration"] = str(message.expiration_ms)
             deaths.insert(0, death)
         headers["x-death"] = deaths
         if "x-first-death-reason" not in headers:
@@ -634,10 +631,14 @@ class Queue:
         headers["x-last-death-reason"] = reason
         headers["x-last-death-queue"] = self.name
         headers["x-last-death-exchange"] = message.exchange
-        new_props = replace(props, headers=headers, expiration=None)
         routing_key = self.settings.dead_letter_routing_key
-        dead = message.with_properties(
-            new_props, exchange=dlx, routing_key=routing_key or message.routing_key
+        # A new message sharing the body: new headers, no expiration (RabbitMQ removes it
+        # so the dead letter does not expire again), everything else kept.
+        dead = message.derive(
+            exchange=dlx,
+            routing_key=routing_key or message.routing_key,
+            headers=headers,
+            expiration_ms=None,
         )
         # Cycle protection (RabbitMQ): a message that would come back to a queue it already
         # died in is dropped, unless a rejection happened along the way.

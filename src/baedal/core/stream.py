@@ -59,14 +59,8 @@ from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
 from ..storage.record_batch import Record, RecordBatchError
 from ..storage.segment import StorageError
 from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
-from .message import Message, QueueEntry
-from .properties import (
-    BasicProperties,
-    DecodeError,
-    Timestamp,
-    encode_properties,
-    scan_properties,
-)
+from .message import NO_FIELDS, Extension, Message, QueueEntry, load_extension
+from .properties import Timestamp, encode_table
 from .queue import QueueArgumentError, QueueSettings
 
 if TYPE_CHECKING:
@@ -250,30 +244,31 @@ def start_from_argument(value: Any, now: float | None = None) -> tuple[Any, int 
 
 # --- the record mapping -------------------------------------------------------------------
 
-# Reserved record header names.  Neutral properties use their plain names so a Kafka
-# reader sees ordinary headers; everything Baedal-specific starts with "x-baedal-".
+# Reserved record header names.  Neutral fields use their plain names so a Kafka reader
+# sees ordinary headers; everything Baedal-specific starts with "x-baedal-".
 EXCHANGE_HEADER = "x-baedal-exchange"
-# The AMQP basic-properties block as published: AMQP -> stream -> AMQP returns exactly
-# what was published (every typed header value: long vs int, timestamps, decimals,
-# nested tables), which string headers alone cannot carry.
-AMQP_PROPERTIES_HEADER = "x-baedal-amqp-properties"
-_NEUTRAL_PROPERTIES = (
-    ("content_type", "content-type"),
-    ("content_encoding", "content-encoding"),
-    ("correlation_id", "correlation-id"),
-    ("message_id", "message-id"),
-    ("reply_to", "reply-to"),
-    ("expiration", "expiration"),
-    ("type", "type"),
-    ("user_id", "user-id"),
-    ("app_id", "app-id"),
+# The headers in Baedal's typed-map encoding: a round trip through a stream keeps every
+# typed value (long vs int, timestamps, decimals, nested tables), which the plain string
+# headers written beside it for other readers cannot carry.
+TYPED_HEADERS_HEADER = "x-baedal-headers"
+# A protocol's leftovers (``Extension.leftovers``), e.g. AMQP's type/app-id/delivery-mode,
+# under "x-baedal-ext-<protocol>".
+EXTENSION_HEADER_PREFIX = "x-baedal-ext-"
+# Written only for a message published as transient (a stream stores it anyway).
+TRANSIENT_HEADER = "x-baedal-transient"
+_STRING_FIELDS = (
+    (0, "content-type"),
+    (1, "content-encoding"),
+    (2, "correlation-id"),
+    (3, "reply-to"),
+    (4, "message-id"),
+    (5, "user-id"),
 )
+_NEUTRAL_NAMES = {name: index for index, name in _STRING_FIELDS}
 _RESERVED = frozenset(
-    [EXCHANGE_HEADER, AMQP_PROPERTIES_HEADER, "timestamp", "priority"]
-    + [name for _attr, name in _NEUTRAL_PROPERTIES]
+    [EXCHANGE_HEADER, TYPED_HEADERS_HEADER, "timestamp", "priority", "expiration"]
+    + [name for _index, name in _STRING_FIELDS]
 )
-# Property flags of fields a neutral reader cares about beyond delivery-mode/priority.
-_DESCRIBED_FLAGS = 0xFFFF & ~((1 << 12) | (1 << 11))
 
 
 def _header_bytes(value: Any) -> bytes:
@@ -293,35 +288,40 @@ def message_to_record(message: Message) -> tuple[bytes | None, bytes, list[tuple
     * timestamp_ms = the arrival time (what ``x-stream-offset`` timestamps select on,
       as RabbitMQ's chunk timestamps);
     * headers = ``x-baedal-exchange`` (the exchange it was published to), then the
-      neutral properties under their plain names (``content-type``,
-      ``content-encoding``, ``correlation-id``, ``message-id``, ``reply-to``,
-      ``expiration``, ``type``, ``user-id``, ``app-id``, ``timestamp`` in seconds,
-      ``priority``), then each application header as bytes (strings UTF-8, numbers
-      and the rest in their text form), and ``x-baedal-amqp-properties``: the AMQP
-      properties block as published, so an AMQP reader gets every property and typed
-      header value back exactly.  Neutral names are written only when the message
-      has such properties (a message with delivery-mode alone costs one header).
+      neutral fields present under their plain names (``content-type``,
+      ``content-encoding``, ``correlation-id``, ``reply-to``, ``message-id``,
+      ``user-id``, ``timestamp`` in seconds, ``priority``, ``expiration`` in ms), then
+      each application header as bytes (strings UTF-8, numbers and the rest in their
+      text form) followed by ``x-baedal-headers`` (the same headers typed, for an exact
+      round trip), then ``x-baedal-ext-<protocol>``: the publishing protocol's leftovers
+      (AMQP's delivery-mode, type, app-id...).  Nothing here is AMQP-shaped: a Kafka
+      reader sees ordinary headers, and any adapter rebuilds its wire form from them.
     """
-    properties = message.properties
     headers: list[tuple[str, bytes]] = [(EXCHANGE_HEADER, message.exchange.encode())]
-    if len(properties) >= 2 and ((properties[0] << 8) | properties[1]) & _DESCRIBED_FLAGS:
-        try:
-            props = message.decoded_properties()
-        except DecodeError:
-            props = None
-        if props is not None:
-            for attr, name in _NEUTRAL_PROPERTIES:
-                value = getattr(props, attr)
-                if value is not None:
-                    headers.append((name, _header_bytes(value)))
-            if props.timestamp is not None:
-                headers.append(("timestamp", str(int(props.timestamp)).encode()))
-            for name, value in (props.headers or {}).items():
-                if name not in _RESERVED:
-                    headers.append((name, _header_bytes(value)))
+    fields = message.field_values()
+    if fields is not NO_FIELDS:
+        for index, name in _STRING_FIELDS:
+            value = fields[index]
+            if value is not None:
+                headers.append((name, _header_bytes(value)))
+        if fields[6] is not None:
+            headers.append(("timestamp", str(int(fields[6])).encode()))
     if message.priority:
         headers.append(("priority", str(message.priority).encode()))
-    headers.append((AMQP_PROPERTIES_HEADER, properties))
+    if not message.persistent:
+        headers.append((TRANSIENT_HEADER, b"1"))
+    if message.expiration_ms is not None:
+        headers.append(("expiration", str(message.expiration_ms).encode()))
+    if fields is not NO_FIELDS and fields[7] is not None:
+        for name, value in (message.headers or {}).items():
+            if name not in _RESERVED and not name.startswith("x-baedal-"):
+                headers.append((name, _header_bytes(value)))
+        headers.append((TYPED_HEADERS_HEADER, fields[7]))
+    extension = message.extension
+    if extension is not None:
+        leftovers = extension.leftovers()
+        if leftovers:
+            headers.append((EXTENSION_HEADER_PREFIX + extension.protocol, leftovers))
     key = message.routing_key.encode() if message.routing_key else None
     published = message.published_at or time.time()
     return key, message.body, headers, int(published * 1000)
@@ -335,55 +335,64 @@ def record_to_message(
 ) -> Message:
     """The message a stored record reads back as (the inverse of ``message_to_record``).
 
-    A record written by another protocol (no ``x-baedal-amqp-properties``) gets AMQP
-    properties built from the neutral names; its other headers become string headers.
+    A record written by another protocol (a Kafka producer) has no ``x-baedal-*``
+    headers: its neutral names become neutral fields and its other headers become
+    string headers.  A record with no ``x-baedal-ext-*`` leftovers reads back
+    persistent (it is in a durable log).
     """
     exchange = ""
-    properties: bytes | None = None
-    neutral: dict[str, bytes | None] = {}
+    strings: list[Any] = [None, None, None, None, None, None]
+    timestamp: int | None = None
+    priority = 0
+    expiration_ms: int | None = None
+    typed: bytes | None = None
+    plain: dict[str, str | None] = {}
+    extension: Extension | None = None
+    persistent = True
     for name, raw in headers:
-        if name == AMQP_PROPERTIES_HEADER:
-            properties = bytes(raw) if raw is not None else None
-        elif name == EXCHANGE_HEADER:
+        if name == EXCHANGE_HEADER:
             exchange = bytes(raw).decode("utf-8", "replace") if raw is not None else ""
-        elif properties is None:
-            neutral[name] = raw
-    if properties is None:
-        properties = _properties_from_neutral(neutral)
-    try:
-        delivery_mode, priority, _expiration = scan_properties(properties)
-    except DecodeError:
-        delivery_mode, priority = 0, 0
+            continue
+        index = _NEUTRAL_NAMES.get(name)
+        if index is not None:
+            if raw is not None:
+                strings[index] = bytes(raw).decode("utf-8", "surrogateescape")
+        elif name == "timestamp":
+            if raw is not None and bytes(raw).isdigit():
+                timestamp = int(raw)
+        elif name == "priority":
+            if raw is not None and bytes(raw).isdigit():
+                priority = min(int(raw), 255)
+        elif name == "expiration":
+            if raw is not None and bytes(raw).isdigit():
+                expiration_ms = int(raw)
+        elif name == TRANSIENT_HEADER:
+            persistent = False
+        elif name == TYPED_HEADERS_HEADER:
+            typed = bytes(raw) if raw is not None else None
+        elif name.startswith(EXTENSION_HEADER_PREFIX):
+            extension = load_extension(name[len(EXTENSION_HEADER_PREFIX):], bytes(raw or b""))
+        else:
+            plain[name] = bytes(raw).decode("utf-8", "replace") if raw is not None else None
     message = Message(
         exchange,
         key.decode("utf-8", "replace") if key else "",
-        properties,
         value if value is not None else b"",
-        persistent=delivery_mode == 2,
+        persistent=persistent,
         priority=priority,
+        expiration_ms=expiration_ms,
         published_at=(timestamp_ms or 0) / 1000.0,
+        extension=extension,
     )
+    if typed is not None:
+        message.set_fields(*strings, timestamp, typed)
+    elif plain:
+        message.set_fields(*strings, timestamp, encode_table(plain))
+    elif timestamp is None and strings == [None] * 6:
+        message.adopt_fields(NO_FIELDS)
+    else:
+        message.set_fields(*strings, timestamp, None)
     return message
-
-
-def _properties_from_neutral(neutral: dict[str, bytes | None]) -> bytes:
-    props = BasicProperties()
-    for attr, name in _NEUTRAL_PROPERTIES:
-        raw = neutral.pop(name, None)
-        if raw is not None:
-            setattr(props, attr, raw.decode("utf-8", "replace"))
-    raw_timestamp = neutral.pop("timestamp", None)
-    if raw_timestamp is not None and raw_timestamp.isdigit():
-        props.timestamp = Timestamp(int(raw_timestamp))
-    raw_priority = neutral.pop("priority", None)
-    if raw_priority is not None and raw_priority.isdigit():
-        props.priority = min(int(raw_priority), 255)
-    if neutral:
-        props.headers = {
-            name: (raw.decode("utf-8", "replace") if raw is not None else None)
-            for name, raw in neutral.items()
-        }
-    return encode_properties(props)
 
 
 # --- the stream ---------------------------------------------------------------------------
@@ -593,7 +602,7 @@ class StreamQueue:
             return False
         key, value, headers, timestamp_ms = message_to_record(message)
         record = Record(value, key, headers, timestamp_ms)
-        size = len(value) + len(message.properties)
+        size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
         if size >= PENDING_MAX_BYTES or log_.syncer is None:
             # Alone and at once: a huge record (refused by itself if it exceeds the batch
             # bound), or no syncer to tell us when a turn ends.

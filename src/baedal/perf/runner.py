@@ -33,8 +33,8 @@ import time
 from array import array
 from typing import Any, TextIO
 
-from ..core.properties import BasicProperties, encode_properties
 from ..protocols.amqp import spec
+from ..protocols.amqp.properties import BasicProperties, encode_properties
 from . import report
 from .client import AMQPError, Connection, parse_uri
 from .options import Settings, with_changes

@@ -67,8 +67,6 @@ import heapq
 import json
 import logging
 import os
-import struct
-import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -78,6 +76,14 @@ from typing import Protocol
 from baedal.core.message import Message, QueueEntry
 
 from .ackfile import AckFile, ack_path, load_acks
+from .record import (
+    MIN_RECORD_SIZE,
+    body_size,
+    decode_record,
+    encode_record,
+    record_has_deadline,
+    record_priority,
+)
 from .segment import (
     DEFAULT_SEGMENT_BYTES,
     RECORD_HEADER,
@@ -107,106 +113,12 @@ KIND_PERSISTENT = 1
 KIND_TRANSIENT = 2
 _VALID_KINDS = (KIND_PERSISTENT, KIND_TRANSIENT)
 
-# Record payload: meta | exchange | routing_key | properties | body
-# flags:u8 priority:u8 exchange_len:u16 routing_key_len:u16 properties_len:u32
-# expiration_ms:u64 published_at:f64 expires_at:f64
-_META = struct.Struct("<BBHHIQdd")
-_META_SIZE = _META.size
-_FLAG_PERSISTENT = 1
-_FLAG_EXPIRATION = 2
-_FLAG_EXPIRES_AT = 4
-# ``expires_at`` is wall-clock (``time.time()``, seconds since the epoch), so a deadline
-# means the same thing after a restart or a reboot.  Records without this flag were
-# written before it existed: their ``expires_at`` is the old process's event-loop time
-# (CLOCK_MONOTONIC, seconds since that boot); see ``_legacy_deadline``.
-_FLAG_WALL_CLOCK = 8
+# The record payload (one message) is ``storage/record.py``'s neutral, versioned record.
 _RECORD_HEADER_SIZE = RECORD_HEADER.size
 
 CLEAN_MARKER = "clean-shutdown.json"
 DEFAULT_READ_AHEAD = 1024
 DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024
-
-
-def encode_record(message: Message, expires_at: float | None) -> bytes:
-    """The record payload for ``message`` (one struct pack, one join)."""
-    exchange = message.exchange.encode()
-    routing_key = message.routing_key.encode()
-    properties = message.properties
-    expiration = message.expiration_ms
-    flags = (
-        (_FLAG_PERSISTENT if message.persistent else 0)
-        | (0 if expiration is None else _FLAG_EXPIRATION)
-        | (0 if expires_at is None else _FLAG_EXPIRES_AT | _FLAG_WALL_CLOCK)
-    )
-    meta = _META.pack(
-        flags,
-        message.priority,
-        len(exchange),
-        len(routing_key),
-        len(properties),
-        expiration or 0,
-        message.published_at,
-        expires_at or 0.0,
-    )
-    return b"".join((meta, exchange, routing_key, properties, message.body))
-
-
-def decode_record(
-    payload: bytes, queue_ttl_ms: int | None = None
-) -> tuple[Message, float | None]:
-    """Inverse of ``encode_record``: (message, expires_at as wall-clock time).
-
-    ``queue_ttl_ms`` (the queue's ``x-message-ttl``) is only used to bound the deadline
-    of a record written before deadlines were wall-clock (``_legacy_deadline``).
-    """
-    flags, priority, exchange_len, key_len, props_len, expiration, published_at, expires_at = (
-        _META.unpack_from(payload)
-    )
-    pos = _META_SIZE
-    exchange = payload[pos : pos + exchange_len].decode()
-    pos += exchange_len
-    routing_key = payload[pos : pos + key_len].decode()
-    pos += key_len
-    properties = payload[pos : pos + props_len]
-    pos += props_len
-    message = Message(
-        exchange,
-        routing_key,
-        properties,
-        payload[pos:],
-        flags & _FLAG_PERSISTENT != 0,
-        priority,
-        expiration if flags & _FLAG_EXPIRATION else None,
-        published_at,
-    )
-    if not flags & _FLAG_EXPIRES_AT:
-        return message, None
-    if not flags & _FLAG_WALL_CLOCK:
-        expires_at = _legacy_deadline(expires_at, message.expiration_ms, queue_ttl_ms)
-    return message, expires_at
-
-
-def _legacy_deadline(
-    monotonic_deadline: float, expiration_ms: int | None, queue_ttl_ms: int | None
-) -> float:
-    """A wall-clock deadline for a record written with an event-loop-time deadline.
-
-    Such records carry no usable publish time (``published_at`` was never filled in), so
-    the deadline is re-based on this boot's monotonic clock: when the broker restarted
-    without a reboot the clock is the same and the result is exact.  A deadline further
-    away than the message's TTL can only come from another boot (the clock restarted);
-    the message then gets its whole TTL again from now.  One already past expires now.
-    """
-    remaining = monotonic_deadline - time.monotonic()
-    ttls = [ttl for ttl in (expiration_ms, queue_ttl_ms) if ttl is not None]
-    if ttls:
-        remaining = min(remaining, min(ttls) / 1000.0)
-    return time.time() + max(0.0, remaining)
-
-
-def _body_size(payload: bytes | memoryview, start: int = 0) -> int:
-    _flags, _prio, exchange_len, key_len, props_len, _e, _p, _x = _META.unpack_from(payload, start)
-    return len(payload) - start - _META_SIZE - exchange_len - key_len - props_len
 
 
 class IndexOwner(Protocol):
@@ -570,8 +482,8 @@ class SegmentStore:
             for offset, next_offset, _kind, payload in self._records_from(info, self._cursor_offset):
                 self._cursor_offset = next_offset
                 self._unloaded -= 1
-                priority = payload[1]  # _META: flags u8, priority u8, ...
-                yield base | offset, priority, _body_size(payload)
+                priority = record_priority(payload)
+                yield base | offset, priority, body_size(payload)
             self._cursor_offset = info.segment.size
         self._unloaded = 0
         self.ready_count = 0
@@ -1018,7 +930,7 @@ def _record_ok(data: bytes, view: memoryview, pos: int, size: int) -> int:
         return -1
     length, crc, kind = RECORD_HEADER.unpack_from(data, pos)
     end = pos + _RECORD_HEADER_SIZE + length
-    if kind not in _VALID_KINDS or end > size or length < _META_SIZE:
+    if kind not in _VALID_KINDS or end > size or length < MIN_RECORD_SIZE:
         return -1
     if record_crc(kind, view[pos + _RECORD_HEADER_SIZE : end]) != crc:
         return -1
@@ -1061,12 +973,12 @@ def _scan_records(path: Path, data: bytes) -> _ScanResult:
         if pos + _RECORD_HEADER_SIZE <= size:
             length, crc, kind = unpack_from(data, pos)
             end = pos + _RECORD_HEADER_SIZE + length
-            if end <= size and kind in _VALID_KINDS and length >= _META_SIZE:
+            if end <= size and kind in _VALID_KINDS and length >= MIN_RECORD_SIZE:
                 payload = view[pos + _RECORD_HEADER_SIZE : end]
                 if record_crc(kind, payload) == crc:
                     if kind == KIND_PERSISTENT:
-                        persistent[pos] = _body_size(payload)
-                        if payload[0] & _FLAG_EXPIRES_AT:
+                        persistent[pos] = body_size(payload)
+                        if record_has_deadline(payload):
                             result.deadlines = True
                     else:
                         transient.append(pos)
@@ -1127,6 +1039,6 @@ def _lost_record_sizes(lost: bytes) -> list[int]:
     while pos + _RECORD_HEADER_SIZE <= len(lost):
         length = RECORD_HEADER.unpack_from(lost, pos)[0]
         start = pos + _RECORD_HEADER_SIZE
-        sizes.append(_body_size(view[start : start + length]))
+        sizes.append(body_size(view[start : start + length]))
         pos = start + length
     return sizes

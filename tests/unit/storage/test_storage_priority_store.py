@@ -22,7 +22,7 @@ MAX = 255
 
 
 def message(number: int, priority: int, persistent: bool = True) -> Message:
-    return Message("", "q", b"", f"{number}".encode(), persistent=persistent, priority=priority)
+    return Message("", "q", f"{number}".encode(), persistent=persistent, priority=priority)
 
 
 def expected_order(published: list[tuple[int, int]], max_priority: int = MAX) -> list[bytes]:
@@ -39,7 +39,7 @@ def take_all(store: PriorityStore, settle: bool = True, limit: int = -1) -> list
         if settle:
             body = entry.message.body
             store.settle(entry)
-            entry.message = Message("", "", b"", body)
+            entry.message = Message("", "", body)
     return out
 
 

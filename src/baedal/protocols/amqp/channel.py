@@ -19,20 +19,17 @@ import os
 import struct
 from bisect import insort
 from collections import deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ...cluster.replicator import replication_failure
 from ...core.exchange import EXCHANGE_CLASSES, Exchange
 from ...core.message import Message, QueueEntry, parse_expiration
-from ...core.properties import DecodeError, scan_properties
+from ...core.properties import DecodeError
 from ...core.publish import (
-    HEADERS_FLAG,
     NEEDS_SYNC,
     REFUSED,
     REPLICATING,
     UNROUTABLE,
-    USER_ID_FLAG,
     Publisher,
     when_stored,
 )
@@ -53,12 +50,14 @@ from .codec import (
     RESOURCE_LOCKED,
     ChannelFault,
     ConnectionFault,
+    ContentFrame,
     content_frames,
     deliver_frames,
     deliver_payload,
     encode_short_string,
     method_frame,
 )
+from .properties import AmqpExtension, scan_properties, wire_extension
 
 if TYPE_CHECKING:
     from .connection import AMQPConnection
@@ -82,6 +81,10 @@ MAX_TX_BYTES = 256 * 1024 * 1024
 _MAX_DELIVERY_MARKS = 64
 
 _REPLY_TO_BIT = 1 << 9
+# Property-flag bits of the fields ``Publisher.admit`` reads (user-id, headers for
+# CC/BCC); a publish with neither skips it, so its block is never decoded.
+USER_ID_FLAG = 1 << 4
+HEADERS_FLAG = 1 << 13
 
 
 def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
@@ -189,7 +192,13 @@ class AMQPStreamConsumer(AMQPConsumer):
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
         assert message is not None
-        message.properties = with_stream_offset(message.properties, entry.position)
+        # The message was read back for this cursor alone, so its extension may be
+        # changed: its block (encoded from the neutral fields) gains the offset header.
+        extension = wire_extension(message)
+        message.extension = extension
+        block = extension.properties
+        assert block is not None
+        extension.properties = with_stream_offset(block, entry.position)
         self.channel.send_delivery(self, queue, entry)
 
 
@@ -673,9 +682,13 @@ class Channel:
         assert message is not None
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        names = message.wire_names
+        extension = message.extension
+        kind = extension.__class__
+        if (kind is not ContentFrame and kind is not AmqpExtension) or extension.properties is None:
+            extension = wire_extension(message)  # not from AMQP: encode the block once
+        names = extension.wire_names
         if names is None:
-            names = message.wire_names = encode_short_string(
+            names = extension.wire_names = encode_short_string(
                 message.exchange
             ) + encode_short_string(message.routing_key)
         redelivered = entry.delivery_count > 0
@@ -687,7 +700,7 @@ class Channel:
             tag,
             redelivered,
             names,
-            message.properties,
+            extension.properties,
             message.body,
             connection.frame_max,
         )
@@ -725,7 +738,7 @@ class Channel:
         ).encode()
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
         if method.no_ack:
@@ -864,15 +877,14 @@ class Channel:
 
     # --- basic: publish ----------------------------------------------------------------
 
-    def on_publish(
-        self,
-        method: spec.BasicPublish,
-        properties: bytes,
-        body: bytes,
-        wire_names: bytes | None = None,
-    ) -> None:
+    def on_publish(self, method: spec.BasicPublish, content: ContentFrame) -> None:
         """basic.publish with its content (the hot path): core/publish.py's three steps,
-        with AMQP's own parts (content header, direct reply-to, confirms, returns) here."""
+        with AMQP's own parts (content header, direct reply-to, confirms, returns) here.
+
+        ``content`` becomes the message's AMQP extension (it carries the properties block
+        and the wire names), so the message costs no other object."""
+        properties = content.properties
+        body = content.body
         if method.immediate:
             raise _hard(NOT_IMPLEMENTED, "immediate=true", method)
         publisher = self.publisher
@@ -900,19 +912,31 @@ class Channel:
                     PRECONDITION_FAILED, f"invalid expiration '{expiration}'", method
                 ) from None
         message = Message(
-            name, method.routing_key, properties, body, delivery_mode == 2, priority, expiration_ms
+            name,
+            method.routing_key,
+            body,
+            delivery_mode == 2,
+            priority,
+            expiration_ms,
+            0.0,
+            content,
         )
-        message.wire_names = wire_names
+        content.method = None  # type: ignore[assignment]  # not kept with the message
         extra_keys = None
         flags = (properties[0] << 8) | properties[1]
         # Publisher.admit, skipped when it has nothing to do: no user-id, no headers
-        # (CC/BCC), not a topic exchange; the size limit was enforced by the codec
-        # before the body was even assembled.
-        if flags & (USER_ID_FLAG | HEADERS_FLAG) or exchange.type == "topic":
+        # (CC/BCC), so the block stays undecoded; the size limit was enforced by the
+        # codec before the body was even assembled.
+        if flags & (USER_ID_FLAG | HEADERS_FLAG):
             try:
                 message, extra_keys = publisher.admit(exchange, message)
             except CoreError as exc:
                 raise self._publish_fault(exc, method) from None
+        elif exchange.type == "topic":
+            try:
+                publisher.check_topic_write(exchange, method.routing_key)
+            except CoreError as exc:
+                raise self._core(exc, method) from None
         if flags & _REPLY_TO_BIT:
             message = self._direct_reply_to(message, method)
         if self.tx_mode:
@@ -945,18 +969,16 @@ class Channel:
         """RabbitMQ's direct reply-to: ``reply-to: amq.rabbitmq.reply-to`` names this
         channel's reply consumer, which must exist."""
         try:
-            props = message.decoded_properties()
+            reply_to = message.reply_to
         except DecodeError as exc:
             raise _hard(
                 FRAME_ERROR, f"cannot decode content header properties: {exc}", method
             ) from None
-        if props.reply_to != REPLY_TO:
+        if reply_to != REPLY_TO:
             return message
         if self.reply_token is None:
             raise _soft(PRECONDITION_FAILED, "fast reply consumer does not exist", method)
-        changed = message.with_properties(replace(props, reply_to=REPLY_TO_PREFIX + self.reply_token))
-        changed.wire_names = message.wire_names
-        return changed
+        return message.derive(reply_to=REPLY_TO_PREFIX + self.reply_token)
 
     def _delivered(self, outcome: int, message: Message, mandatory: bool) -> None:
         """What a publish's outcome means for AMQP: basic.return, confirm bookkeeping."""
@@ -1004,7 +1026,7 @@ class Channel:
         payload = deliver_payload(consumer.tag_wire, tag, False, names, b"")
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
 
@@ -1017,7 +1039,7 @@ class Channel:
         ).encode()
         self.connection.write_many(
             content_frames(
-                self.number, payload, message.properties, message.body, self.connection.frame_max
+                self.number, payload, _block(message), message.body, self.connection.frame_max
             )
         )
 
@@ -1296,3 +1318,10 @@ _HANDLERS = {
 # Methods a client may not send (server-to-client only) are answered as COMMAND_INVALID
 # by Channel.handle's fallback; CHANNEL_ERROR is used by the connection for bad channel use.
 __all__ = ["Channel", "AMQPConsumer", "CHANNEL_ERROR"]
+
+
+def _block(message: Message) -> bytes:
+    """The message's AMQP properties block (encoded from its neutral fields if needed)."""
+    block = wire_extension(message).properties
+    assert block is not None
+    return block

@@ -37,6 +37,7 @@ from typing import Any
 
 from ...core.properties import DecodeError
 from . import spec
+from .properties import AmqpExtension
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -150,10 +151,15 @@ class MethodFrame:
         return f"<MethodFrame ch={self.channel} {self.method!r}>"
 
 
-class ContentFrame:
-    """A content-bearing method with its assembled properties block and body."""
+class ContentFrame(AmqpExtension):
+    """A content-bearing method with its assembled properties block and body.
 
-    __slots__ = ("channel", "method", "properties", "body", "wire_names")
+    It is an ``AmqpExtension`` (``properties``, ``wire_names``): for ``basic.publish``
+    the channel hands the event itself to the message as its AMQP extension, so the
+    publish path allocates no extension object (the channel drops ``method``).
+    """
+
+    __slots__ = ("channel", "method", "body")
 
     def __init__(self, channel: int, method: spec.Method, properties: bytes, body: bytes, wire_names: bytes | None = None) -> None:
         self.channel = channel

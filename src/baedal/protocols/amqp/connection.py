@@ -679,7 +679,7 @@ class AMQPConnection:
             raise ConnectionFault(COMMAND_INVALID, "unimplemented method", method.CLASS_ID, method.METHOD_ID)
         self.is_publisher = True
         try:
-            channel.on_publish(method, event.properties, event.body, event.wire_names)
+            channel.on_publish(method, event)
         except ChannelFault as exc:
             self._channel_fault(exc, channel_number)
 

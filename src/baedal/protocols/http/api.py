@@ -34,8 +34,8 @@ from .convert import (
     decode_payload,
     encode_payload,
     make_message,
+    message_properties,
     properties_from_json,
-    properties_to_json,
 )
 from .errors import HTTPError, bad_request, from_core, not_found, require_type
 from .rest import http_publisher, wait_stored
@@ -834,7 +834,7 @@ async def get_messages(request: web.Request) -> web.Response:
                 "exchange": message.exchange,
                 "routing_key": message.routing_key,
                 "message_count": queue.message_count,
-                "properties": properties_to_json(message.decoded_properties()),
+                "properties": message_properties(message),
             }
         )
         result.append(item)

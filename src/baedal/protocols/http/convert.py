@@ -1,5 +1,11 @@
 """Translations between JSON and the core's message shapes.
 
+Message properties travel in RabbitMQ's management-API shape (AMQP's property names,
+``BasicProperties``), because that is what the HTTP API promises; a published message
+is still built from neutral fields (``message_from_properties``: only AMQP-only values
+such as ``type`` ride in an AMQP extension), and a message is read back from whatever
+it holds (``message_properties``).
+
 Used by the management API (``/api/queues/.../get``, ``/api/exchanges/.../publish``)
 and by REST messaging.  Everything a client sends is validated here, before the core
 sees it, so a bad value is a 400 and never a half-applied change or a 500.
@@ -12,7 +18,14 @@ import binascii
 from typing import Any
 
 from ...core.message import Message, parse_expiration
-from ...core.properties import PROPERTY_NAMES, BasicProperties, encode_properties, encode_table
+from ...core.properties import encode_table
+from ..amqp.properties import (
+    PROPERTY_NAMES,
+    BasicProperties,
+    encode_properties,
+    message_from_properties,
+    properties_of,
+)
 from .errors import bad_request
 
 _STRING_PROPERTIES = frozenset(
@@ -96,6 +109,11 @@ def properties_from_json(value: Any) -> BasicProperties:
     return props
 
 
+def message_properties(message: Message) -> dict[str, Any]:
+    """The JSON properties of any message (from AMQP, HTTP or a record)."""
+    return properties_to_json(properties_of(message))
+
+
 def properties_to_json(props: BasicProperties) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in PROPERTY_NAMES:
@@ -141,12 +159,11 @@ def encode_payload(body: bytes, mode: str = "auto", truncate: int | None = None)
 
 
 def make_message(exchange: str, routing_key: str, props: BasicProperties, body: bytes) -> Message:
-    return Message(
+    expiration = props.expiration
+    return message_from_properties(
         exchange,
         routing_key,
-        encode_properties(props),
+        props,
         body,
-        persistent=props.delivery_mode == 2,
-        priority=props.priority or 0,
-        expiration_ms=parse_expiration(props.expiration) if props.expiration is not None else None,
+        parse_expiration(expiration) if expiration is not None else None,
     )

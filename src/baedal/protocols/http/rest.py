@@ -57,8 +57,8 @@ from .convert import (
     decode_payload,
     encode_payload,
     make_message,
+    message_properties,
     properties_from_json,
-    properties_to_json,
 )
 from .errors import HTTPError, bad_request, from_core, not_found
 from .routes import dumps, query_bool, query_number, reply, server_of
@@ -354,7 +354,7 @@ def message_frame(lease: Lease, redelivered: bool) -> dict[str, Any]:
             "redelivered": redelivered,
             "exchange": message.exchange,
             "routing_key": message.routing_key,
-            "properties": properties_to_json(message.decoded_properties()),
+            "properties": message_properties(message),
             "lease_expires_at": lease.expires_at,
         }
     )
@@ -683,7 +683,6 @@ def _lease_response(
 ) -> web.Response:
     message = lease.entry.message
     assert message is not None
-    props = message.decoded_properties()
     ack_url, nack_url = lease_urls(vhost.name, queue.name, lease.id)
     headers = {
         "X-Baedal-Lease-Id": lease.id,
@@ -696,17 +695,17 @@ def _lease_response(
     }
     if lease.expires_at is not None:
         headers["X-Baedal-Lease-Expires"] = f"{lease.expires_at:.3f}"
-    if props.message_id is not None and _header_value(props.message_id) is not None:
-        headers["X-Baedal-Message-Id"] = props.message_id
-    if props.correlation_id is not None and _header_value(props.correlation_id) is not None:
-        headers["X-Baedal-Correlation-Id"] = props.correlation_id
-    for name, value in (props.headers or {}).items():
+    if message.message_id is not None and _header_value(message.message_id) is not None:
+        headers["X-Baedal-Message-Id"] = message.message_id
+    if message.correlation_id is not None and _header_value(message.correlation_id) is not None:
+        headers["X-Baedal-Correlation-Id"] = message.correlation_id
+    for name, value in (message.headers or {}).items():
         text = _header_value(value)
         if text is not None and name.isascii() and name.replace("-", "").replace("_", "").isalnum():
             headers["X-Baedal-Header-" + name] = text
     content_type = (
-        props.content_type
-        if props.content_type and _header_value(props.content_type)
+        message.content_type
+        if message.content_type and _header_value(message.content_type)
         else "application/octet-stream"
     )
     headers["Content-Type"] = content_type
