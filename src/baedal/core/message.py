@@ -276,8 +276,14 @@ class Message:
         first read, so a message that only passes from a wire form to a record (or back)
         never builds a ``str``."""
         fields = self._fields
-        if fields is None:
-            fields = self._load_fields()
+        if fields is None:  # _load_fields inlined: every persistent publish comes here
+            extension = self.extension
+            if extension is None:
+                fields = self._fields = NO_FIELDS
+            else:
+                extension.decode_fields(self)
+                fields = self._fields
+                assert fields is not None
         if fields[7] is _UNSET:
             self.encoded_headers  # noqa: B018  (encodes the dict into fields[7])
         return fields

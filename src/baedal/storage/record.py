@@ -121,7 +121,11 @@ def encode_record(message: Message, expires_at: float | None) -> bytes:
     """The record payload for ``message`` (one meta pack, one join)."""
     exchange = message.exchange.encode()
     routing_key = message.routing_key.encode()
-    fields = _encode_fields(message)
+    extension = message.extension
+    if message.field_values() is NO_FIELDS and (extension is None or not extension.leftovers()):
+        fields = b""  # the common "delivery-mode only" publish, without another call
+    else:
+        fields = _encode_fields(message)
     expiration = message.expiration_ms
     flags = (
         (FLAG_PERSISTENT if message.persistent else 0)

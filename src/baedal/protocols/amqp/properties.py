@@ -185,71 +185,110 @@ _LANDING = (
     (0x0008, _SHORT, -4),  # app_id -> extras[3]
     (0x0004, _SHORT, -5),  # cluster_id -> extras[4]
 )
-_PLANS: dict[int, tuple[tuple[int, int], ...]] = {}  # flags -> the present (kind, index)
-
-
-def _plan(flags: int) -> tuple[tuple[int, int], ...]:
-    plan = tuple((kind, index) for bit, kind, index in _LANDING if flags & bit)
-    _PLANS[flags] = plan  # at most 2**14 small tuples
-    return plan
-
-
 def split_neutral(block: bytes) -> tuple[list[Any], BasicProperties | None]:
     """A block split into the neutral fields (strings as their bytes, headers as their
     encoding: nothing is decoded) and the AMQP-only extras (see ``_extra_of``): what a
-    message needs from its block, for the record of every persistent publish.  Walks
-    only the properties present (a plan per flags value)."""
+    message needs from its block, for the record of every persistent publish.
+
+    Runs once for every persistent AMQP publish, so it is specialised: the first block
+    with a given flags value compiles a straight-line splitter for exactly the
+    properties those flags say are present (``_compile_split``), cached per flags value.
+    """
     if len(block) < 2:
         raise DecodeError("property flags missing")
     flags = (block[0] << 8) | block[1]
-    if flags & 0x0003:
-        split_properties(block)  # raises the precise error
-    plan = _PLANS.get(flags)
-    if plan is None:
-        plan = _plan(flags)
-    if not flags & 0xE6D0:  # no neutral field (e.g. only delivery-mode, priority)
-        fields = NO_FIELDS  # shared, read-only
-    else:
-        fields = [None, None, None, None, None, None, None, None]
-    extras: list[Any] = [None, None, None, None, None, None]
-    pos = 2
-    end = len(block)
+    split = _SPLITTERS.get(flags)
+    if split is None:
+        if flags & 0x0003:
+            split_properties(block)  # raises the precise error
+        split = _compile_split(flags)
     try:
-        for kind, index in plan:
-            if kind == _SHORT:  # kept as bytes: decoded only if read (Message._string)
-                stop = pos + 1 + block[pos]
-                if stop > end:
-                    raise DecodeError("short string runs past the end of the frame")
-                value: Any = block[pos + 1 : stop]
-                pos = stop
-            elif kind == _OCTET:
-                value = block[pos]
-                pos += 1
-            elif kind == _TABLE:
-                stop = pos + 4 + _UINT32.unpack_from(block, pos)[0]
-                if stop > end:
-                    raise DecodeError("table runs past the end of the frame")
-                value = block[pos:stop]
-                pos = stop
-            else:
-                value = _UINT64.unpack_from(block, pos)[0]
-                pos += 8
-            if index >= 0:
-                fields[index] = value
-            else:
-                extras[-1 - index] = value
+        return split(block)
     except (IndexError, struct.error):
         raise DecodeError("property block runs past the end of the frame") from None
-    if pos != end:
-        raise DecodeError("property block longer than its fields")
-    delivery_mode, priority, type_, app_id, cluster_id, _expiration = extras
+
+
+_SPLITTERS: dict[int, Any] = {}  # flags -> its splitter; at most 2**14 small functions
+_NEUTRAL_BITS = 0xE6D0  # the properties that are neutral fields
+_EXTRA_BITS = 0x002C  # type, app_id, cluster_id: always AMQP-only extras
+
+
+def _compile_split(flags: int) -> Any:
+    """A splitter for blocks with these flags: one line per present property, no loop
+    and no branch on kinds (as ``collections.namedtuple`` and ``dataclasses`` generate
+    code).  The source is built only from this module's constants and the flags int."""
+    names = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]
+    extras = {"delivery_mode": "None", "priority": "None", "type": "None", "app_id": "None", "cluster_id": "None"}
+    extra_names = ("delivery_mode", "priority", "type", "app_id", "cluster_id")
+    lines = ["def split(block):", "    pos = 2"]
+    for bit, kind, index in _LANDING:
+        if not flags & bit:
+            continue
+        if index >= 0:
+            target = names[index] = f"v{index}"
+        else:
+            position = -1 - index
+            target = f"x{position}"
+            if position < len(extra_names):
+                extras[extra_names[position]] = target
+        if kind == _SHORT:
+            lines += ["    stop = pos + 1 + block[pos]", f"    {target} = block[pos + 1 : stop]", "    pos = stop"]
+        elif kind == _OCTET:
+            lines += [f"    {target} = block[pos]", "    pos += 1"]
+        elif kind == _TABLE:
+            lines += [
+                "    stop = pos + 4 + _UINT32.unpack_from(block, pos)[0]",
+                f"    {target} = block[pos:stop]",
+                "    pos = stop",
+            ]
+        else:
+            lines += [f"    {target} = _UINT64.unpack_from(block, pos)[0]", "    pos += 8"]
+    # Every overrun shows here: a slice past the end is short, so pos cannot land on it.
+    lines += ["    if pos != len(block):", "        raise _overrun(pos, len(block))"]
+    fields = "_NO_FIELDS" if not flags & _NEUTRAL_BITS else "[" + ", ".join(
+        "None" if name.startswith("f") else name for name in names
+    ) + "]"
+    # Extras: delivery-mode other than 2, an explicit priority 0, or type/app/cluster.
+    tests = []
+    if flags & 0x1000:
+        tests.append(f"{extras['delivery_mode']} != 2")
+    if flags & 0x0800:
+        tests.append(f"{extras['priority']} == 0")
+    if flags & _EXTRA_BITS:
+        tests = ["True"]
+    if tests:
+        arguments = ", ".join(extras[name] for name in extra_names)
+        lines += [f"    if {' or '.join(tests)}:", f"        return {fields}, _extra({arguments})"]
+    lines.append(f"    return {fields}, None")
+    namespace: dict[str, Any] = {
+        "_UINT32": _UINT32,
+        "_UINT64": _UINT64,
+        "_NO_FIELDS": NO_FIELDS,
+        "_extra": _split_extra,
+        "_overrun": _overrun,
+    }
+    exec("\n".join(lines), namespace)  # noqa: S102  (generated from constants only)
+    split = namespace["split"]
+    _SPLITTERS[flags] = split
+    return split
+
+
+def _overrun(pos: int, end: int) -> DecodeError:
+    if pos > end:
+        return DecodeError("property block runs past the end of the frame")
+    return DecodeError("property block longer than its fields")
+
+
+def _split_extra(
+    delivery_mode: int | None, priority: int | None, type_: bytes | None, app_id: bytes | None, cluster_id: bytes | None
+) -> BasicProperties | None:
     if delivery_mode == 2:  # said by ``Message.persistent``
         delivery_mode = None
     if priority:  # said by ``Message.priority``; only an explicit 0 is extra
         priority = None
     if delivery_mode is None and priority is None and type_ is None and app_id is None and cluster_id is None:
-        return fields, None
-    return fields, BasicProperties(
+        return None
+    return BasicProperties(
         delivery_mode=delivery_mode,
         priority=priority,
         type=None if type_ is None else type_.decode("utf-8", "surrogateescape"),
@@ -346,6 +385,9 @@ def scan_properties(block: bytes) -> tuple[int, int, str | None]:
 
 _EXTRA_NAMES = ("delivery_mode", "priority", "type", "app_id", "cluster_id")
 _NOT_DECODED: Any = object()
+# Blocks with no neutral field and no AMQP-only extra (delivery-mode 2 is
+# ``Message.persistent``; 1 is the default): nothing to split.
+_BARE_BLOCKS = frozenset((b"\x00\x00", b"\x10\x00\x02"))
 
 
 def _extra_of(values: list[Any]) -> BasicProperties | None:
@@ -399,10 +441,14 @@ class AmqpExtension(Extension):
     def decode_fields(self, message: Message) -> None:
         block = self.properties
         if block is None:
-            message.adopt_fields(NO_FIELDS)
+            message._fields = NO_FIELDS
+            return
+        if block in _BARE_BLOCKS:  # delivery-mode 1 or 2 alone: most persistent publishes
+            self.extra = None
+            message._fields = NO_FIELDS
             return
         fields, self.extra = split_neutral(block)
-        message.adopt_fields(fields)
+        message._fields = fields
 
     def extra_properties(self) -> BasicProperties | None:
         extra = getattr(self, "extra", _NOT_DECODED)
@@ -412,7 +458,10 @@ class AmqpExtension(Extension):
         return extra
 
     def leftovers(self) -> bytes:
-        extra = self.extra_properties()
+        try:  # set by decode_fields, which a record's field_values() has just run
+            extra = self.extra
+        except AttributeError:
+            extra = self.extra_properties()
         return b"" if extra is None else encode_properties(extra)
 
     def derived(self) -> Extension | None:
