@@ -127,7 +127,7 @@ class RawClient:
         self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=5)
         self.reader = FrameReader(commands=SERVER_COMMANDS, version=version, max_body=1 << 30)
         self.frames: list[Frame] = []
-        self.raw_received = b""
+        self.raw_received = bytearray()
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -423,3 +423,71 @@ def test_receipt_on_subscribe_unsubscribe_and_disconnect(stomp_endpoint: Any, un
     collector.wait_receipt("unsub")
     connection.disconnect(receipt="bye")
     collector.wait_receipt("bye")
+
+
+def test_activemq_exclusive_gives_single_active_consumer_with_failover(
+    stomp_endpoint: Any, unique: Callable[[str], str]  # noqa: F811
+) -> None:
+    if stomp_endpoint.broker is None:
+        pytest.skip("activemq.exclusive is ActiveMQ's header; RabbitMQ 3.10 ignores it")
+    queue = unique("exclusive")
+    first, one = connect(stomp_endpoint)
+    second, two = connect(stomp_endpoint)
+    try:
+        first.subscribe(f"/queue/{queue}", id="a", ack="client-individual", headers={"activemq.exclusive": "true"}, receipt="a")
+        one.wait_receipt("a")
+        second.subscribe(f"/queue/{queue}", id="b", ack="client-individual", headers={"activemq.exclusive": "true"}, receipt="b")
+        two.wait_receipt("b")
+        for i in range(4):
+            second.send(f"/queue/{queue}", f"m{i}")
+        one.wait_messages(4)
+        assert two.messages == []
+        first.disconnect()  # unacked ones fail over to the standby, in order
+        assert [m.body for m in two.wait_messages(4)] == ["m0", "m1", "m2", "m3"]
+    finally:
+        disconnect(first)
+        disconnect(second)
+
+
+def test_selector_header_uses_the_core_selector_or_is_refused_until_it_exists(
+    stomp_endpoint: Any, unique: Callable[[str], str]  # noqa: F811
+) -> None:
+    if stomp_endpoint.broker is None:
+        pytest.skip("RabbitMQ has no selectors")
+    try:
+        import baedal.core.selector  # noqa: F401
+    except ImportError:
+        available = False
+    else:
+        available = True
+    queue = unique("selector")
+    connection, collector = connect(stomp_endpoint)
+    try:
+        connection.subscribe(f"/queue/{queue}", id="s", headers={"selector": "colour = 'red'"}, receipt="sub")
+        if not available:
+            wait_until(lambda: collector.errors, what="ERROR for a selector")
+            assert collector.errors[0].headers["message"] == "Selectors not available"
+            return
+        collector.wait_receipt("sub")
+        connection.send(f"/queue/{queue}", "blue", headers={"colour": "blue"})
+        connection.send(f"/queue/{queue}", "red", headers={"colour": "red"})
+        assert [m.body for m in collector.wait_messages(1)] == ["red"]
+    finally:
+        disconnect(connection)
+
+
+def test_activemq_headers_pass_through_as_neutral_headers(stomp_endpoint: Any, unique: Callable[[str], str]) -> None:  # noqa: F811
+    queue = unique("jmsx")
+    amqp = _amqp(stomp_endpoint)
+    channel = amqp.channel()
+    channel.queue_declare(queue)
+    connection, collector = connect(stomp_endpoint)
+    try:
+        connection.send(f"/amq/queue/{queue}", "grouped", headers={"JMSXGroupID": "g1", "traceparent": "00-ab"}, receipt="s")
+        collector.wait_receipt("s")
+        _, properties, _ = wait_until(lambda: _get(channel, queue))  # type: ignore[misc]
+        assert properties.headers["JMSXGroupID"] in ("g1", b"g1")
+        assert properties.headers["traceparent"] in ("00-ab", b"00-ab")
+    finally:
+        disconnect(connection)
+        amqp.close()

@@ -294,3 +294,46 @@ def _still_serving(endpoint: Any, unique: Callable[[str], str]) -> None:
         assert message.body == b"still here"
     finally:
         other.close()
+
+
+@baedal_only("reads the broker's own output bookkeeping")
+def test_a_subscriber_that_stops_reading_is_not_buffered_without_bound(
+    stomp_endpoint: Any, unique: Callable[[str], str]  # noqa: F811
+) -> None:
+    import pika
+
+    from baedal.protocols.stomp.server import StompConnection
+    from baedal_testing import wait_until
+
+    broker = stomp_endpoint.broker
+    queue = unique("slow")
+    slow = RawClient(stomp_endpoint)
+    slow.reader.max_body = 1 << 20
+    try:
+        amqp = pika.BlockingConnection(pika.URLParameters(stomp_endpoint.amqp_url))
+        body = b"x" * 100_000
+        channel = amqp.channel()
+        channel.queue_declare(queue, durable=True)
+        for _ in range(400):  # 40 MB for a peer that reads nothing
+            channel.basic_publish("", queue, body)
+        amqp.close()
+        slow.connect()
+        slow.send_frame("SUBSCRIBE", [("destination", f"/queue/{queue}"), ("id", "s")])
+
+        def held() -> tuple[int, int]:
+            connections = [c for c in broker.core.connections.values() if isinstance(c, StompConnection)]
+            pending = max(c.output_pending() for c in connections)
+            return pending, broker.core.vhosts["/"].queues[queue].message_count
+
+        wait_until(lambda: broker.call(held)[0] > 1024 * 1024, what="deliveries to the slow peer")
+        time.sleep(0.3)  # let the broker try to push more than the bound
+        pending, ready = broker.call(held)
+        assert pending <= 8 * 1024 * 1024 + 2 * len(body)  # max_connection_output, one frame over
+        assert ready > 0
+        received = 0
+        while received < 400:  # reading again resumes deliveries: nothing lost
+            frame = slow.next_frame(timeout=10)
+            assert frame.command == "MESSAGE" and len(frame.body) == len(body)
+            received += 1
+    finally:
+        slow.close()

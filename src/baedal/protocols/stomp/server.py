@@ -378,8 +378,13 @@ class StompConnection(asyncio.Protocol):
         self.temp_queues: dict[str, Queue] = {}
         self.write_paused = False
         self.output_full = False
+        self.blocked = False  # a resource alarm is up (core/broker.py alarms)
+        self.is_publisher = False  # has sent a SEND: blocked publishers are not read
         self._reading_paused = False
         self._out: list[bytes] = []
+        self._out_bytes = 0  # bytes in _out
+        self._batch_limit = min(TRANSPORT_HIGH_WATER, config.max_output // 2)
+        self._held_back = False  # a delivery waited for the next flush
         self._in_read = False
         self._flush_scheduled = False
         self._send_interval = 0.0  # seconds between our heart-beats (0: none)
@@ -407,10 +412,20 @@ class StompConnection(asyncio.Protocol):
 
     @property
     def can_send(self) -> bool:
-        return self.state == OPEN and not self.write_paused
+        if self.state != OPEN or self.write_paused:
+            return False
+        if self._out_bytes >= self._batch_limit:
+            # Output of this loop turn not yet handed to the transport: a queue's drain
+            # must not pile up more than the transport's high-water mark before the
+            # transport can say pause_writing; deliveries resume after the flush.
+            self._held_back = True
+            return False
+        return True
 
     @property
     def flow_state(self) -> str:
+        if self.blocked:
+            return "blocked" if self.is_publisher else "blocking"
         return "flow" if self.output_full else "running"
 
     def output_pending(self) -> int:
@@ -480,12 +495,15 @@ class StompConnection(asyncio.Protocol):
         for queue in {id(s.queue): s.queue for s in self.subscriptions.values()}.values():
             if not queue.deleted:
                 queue.drain()
-        self.flush()
+                queue.release_publishers()  # publishers throttled for our sake (core/publish.py)
+        if not self._in_read:
+            self.flush()
 
     # --- output ----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_bytes += len(data)
         if not self._in_read and not self._flush_scheduled:
             self._flush_scheduled = True
             self.broker.call_soon(self._scheduled_flush)
@@ -502,9 +520,20 @@ class StompConnection(asyncio.Protocol):
         out = self._out
         if out and self.transport is not None and not self.transport.is_closing():
             self._sent_since_tick = True
-            self.send_bytes += sum(map(len, out))
+            self.send_bytes += self._out_bytes
             self.transport.writelines(out)
         self._out = []
+        self._out_bytes = 0
+        if self._held_back and self.state == OPEN:
+            self._held_back = False
+            self.broker.call_soon(self._drain_subscriptions)
+
+    def _drain_subscriptions(self) -> None:
+        if self.state != OPEN or self.write_paused:
+            return  # resume_writing drains
+        for queue in {id(s.queue): s.queue for s in self.subscriptions.values()}.values():
+            if not queue.deleted:
+                queue.drain()
 
     def _check_output(self) -> None:
         if self.transport is None or self.state == CLOSED or self.output_full:
@@ -514,11 +543,15 @@ class StompConnection(asyncio.Protocol):
             self._update_reading()
 
     def _update_reading(self) -> None:
+        """Not read while over the output bound, or while a publisher and a resource
+        alarm is up (STOMP has no connection.blocked frame: like RabbitMQ's STOMP plugin,
+        the socket is simply not read until the alarm clears)."""
         if self.transport is None or self.state == CLOSED:
             return
-        if self.output_full != self._reading_paused:
-            self._reading_paused = self.output_full
-            if self.output_full:
+        want_pause = self.output_full or (self.blocked and self.is_publisher)
+        if want_pause != self._reading_paused:
+            self._reading_paused = want_pause
+            if want_pause:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
@@ -552,6 +585,10 @@ class StompConnection(asyncio.Protocol):
             return
         self.fail(StompFault("Connection closed", reason), None)
 
+    def _on_alarm(self, alarms: set[str]) -> None:
+        self.blocked = bool(alarms)
+        self._update_reading()
+
     def _handshake_timeout(self) -> None:
         self._handshake_handle = None
         if self.state == AWAITING_CONNECT:
@@ -570,6 +607,10 @@ class StompConnection(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._heart_beat_handle = self._receive_check_handle = self._handshake_handle = None
+        try:
+            broker.alarm_listeners.remove(self._on_alarm)
+        except ValueError:
+            pass
         self.transactions.clear()
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
@@ -665,6 +706,9 @@ class StompConnection(asyncio.Protocol):
             ],
         )
         self._start_heart_beats(server_x / 1000.0, server_y / 1000.0)
+        self.broker.alarm_listeners.append(self._on_alarm)
+        if self.broker.alarms:
+            self._on_alarm(self.broker.alarms)
 
     def _start_heart_beats(self, send_every: float, receive_every: float) -> None:
         self._send_interval = send_every
@@ -707,12 +751,36 @@ class StompConnection(asyncio.Protocol):
     def on_send(self, frame: Frame) -> None:
         transaction = frame.get("transaction")
         destination = parse_destination(frame.get("destination"))  # checked now, even in a tx
+        if not self.is_publisher:
+            self.is_publisher = True
+            if self.blocked:
+                self._update_reading()
         if transaction is not None:
             self._transaction(transaction).append(frame)
             return
-        self._publish(frame, destination, frame.get("receipt"))
+        outcome, replicating = self._publish(frame, destination)
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self._receipt_when_stored(receipt, frame, outcome, replicating)
 
-    def _publish(self, frame: Frame, destination: Destination, receipt: str | None) -> None:
+    def _receipt_when_stored(self, receipt: str, frame: Frame, outcome: int, replicating: list[Any] | None) -> None:
+        """A RECEIPT for persistent messages means "stored": it goes out after the fsync
+        (and replication) covering them, as RabbitMQ sends it after the publisher
+        confirm; a failed write is an ERROR instead."""
+        publisher = self.publisher
+        assert publisher is not None
+
+        def stored() -> None:
+            if self.state == OPEN:
+                self.send_frame("RECEIPT", [("receipt-id", receipt)])
+
+        def failed(exc: BaseException) -> None:
+            if self.state == OPEN:
+                self.fail(StompFault("Message not stored", str(exc)), frame)
+
+        self._receipt_deferred = publisher.when_stored(outcome, replicating, stored, failed)
+
+    def _publish(self, frame: Frame, destination: Destination) -> tuple[int, list[Any] | None]:
         vhost = self.vhost
         publisher = self.publisher
         assert vhost is not None and publisher is not None
@@ -730,18 +798,7 @@ class StompConnection(asyncio.Protocol):
         result = publisher.publish(exchange, message)
         if result.refused:
             raise StompFault("Message refused", f"a queue refused the message sent to {frame.get('destination')}")
-        if receipt is not None:
-            # A receipt for a persistent message means "stored": sent after the fsync
-            # that covers it (RabbitMQ sends it after the publisher confirm).
-            def stored() -> None:
-                if self.state == OPEN:
-                    self.send_frame("RECEIPT", [("receipt-id", receipt)])
-
-            def failed(exc: BaseException) -> None:
-                if self.state == OPEN:
-                    self.fail(StompFault("Message not stored", str(exc)), frame)
-
-            self._receipt_deferred = publisher.when_stored(result.outcome, result.replicating, stored, failed)
+        return result.outcome, result.replicating
 
     def _message(self, frame: Frame, exchange: str, routing_key: str) -> Message:
         fields = frame.header_map
@@ -1036,13 +1093,20 @@ class StompConnection(asyncio.Protocol):
             raise StompFault("Missing transaction", "COMMIT needs a 'transaction' header")
         frames = self._transaction(name)
         del self.transactions[name]
+        outcome = 0
+        replicating: list[Any] = []
         for item in frames:
             if item.command == "SEND":
-                self._publish(item, parse_destination(item.get("destination")), None)
+                sent, handles = self._publish(item, parse_destination(item.get("destination")))
+                outcome |= sent
+                replicating.extend(handles or ())
             else:
                 ack_id = item.get("id") if self.version == "1.2" else item.get("message-id", item.get("id"))
                 assert ack_id is not None
                 self._settle(ack_id, item.command == "ACK", item.get("requeue") != "false")
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self._receipt_when_stored(receipt, frame, outcome, replicating or None)
 
     def on_abort(self, frame: Frame) -> None:
         name = frame.get("transaction")
