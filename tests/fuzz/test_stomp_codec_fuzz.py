@@ -34,9 +34,11 @@ header_name = header_text.filter(lambda s: s != "content-length")
 
 @st.composite
 def frames(draw: st.DrawFn, version: str = "1.2") -> Frame:
-    command = draw(st.sampled_from(sorted(CLIENT_COMMANDS - {"CONNECT", "STOMP"})))
+    command = draw(st.sampled_from(sorted(CLIENT_COMMANDS)))
+    if command in ("CONNECT", "STOMP") and version == "1.0":
+        command = "SEND"
     headers = draw(st.lists(st.tuples(header_name, header_text), max_size=4))
-    if version == "1.0":
+    if version == "1.0" or command in ("CONNECT", "STOMP"):  # never escaped
         headers = [(n.replace("\n", " ").replace(":", "_").replace("\r", "_"), v.replace("\n", " ").replace("\r", "_")) for n, v in headers]
     elif version == "1.1":
         headers = [(n.replace("\r", "_"), v.replace("\r", "_")) for n, v in headers]
@@ -76,7 +78,11 @@ def run(chunks: list[bytes]) -> tuple[list[Frame], str | None]:
     bound = LIMITS["max_header_bytes"] + LIMITS["max_body"] + 2
     for chunk in chunks:
         try:
-            out.extend(reader.feed(chunk))
+            frames = reader.feed(chunk)
+            while frames and frames[-1].command in ("CONNECT", "STOMP"):
+                out.extend(frames)  # the reader pauses after CONNECT (codec.py)
+                frames = reader.feed(b"")
+            out.extend(frames)
         except StompError as exc:
             out.extend(exc.frames)  # type: ignore[attr-defined]
             # Sticky: the reader stays broken.
@@ -115,4 +121,7 @@ def test_encode_then_decode_round_trips_in_every_version(case: tuple[str, list[F
     version, items = case
     reader = FrameReader(version=version)
     stream = b"".join(encode_frame(f.command, f.headers, f.body, version) for f in items)
-    assert reader.feed(stream) == items
+    decoded = reader.feed(stream)
+    while decoded and decoded[-1].command in ("CONNECT", "STOMP") and len(decoded) < len(items):
+        decoded += reader.feed(b"")
+    assert decoded == items

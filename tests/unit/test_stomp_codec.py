@@ -141,3 +141,11 @@ def test_version_negotiation_and_heart_beat() -> None:
     assert parse_heart_beat(None) == (0, 0)
     with pytest.raises(StompError):
         parse_heart_beat("x,1")
+
+
+def test_reader_pauses_after_connect_so_the_version_applies_to_what_follows() -> None:
+    reader = FrameReader()
+    frames = reader.feed(b"CONNECT\naccept-version:1.0\n\n\x00SEND\nx:a\\tb\n\n\x00")
+    assert [f.command for f in frames] == ["CONNECT"]
+    reader.version = "1.0"
+    assert reader.feed(b"")[0].get("x") == "a\\tb"

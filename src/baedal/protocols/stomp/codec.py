@@ -21,6 +21,10 @@ ActiveMQ STOMP CVEs (CVE-2014-3576 and the unbounded header/frame reads that fol
 and RabbitMQ 3.10's reader (no frame or header limit; a negative ``content-length``
 crashes it) came from the opposite order:
 
+Parsing stops after a CONNECT/STOMP frame (the version it negotiates decides how the
+next frames are unescaped): the caller sets ``version`` and calls ``feed(b"")`` for
+whatever followed it in the same read.
+
 * ``max_header_line``: a header (or command) line longer than this is refused as soon as
   that many bytes are buffered without an EOL;
 * ``max_headers``: header count per frame;
@@ -67,6 +71,7 @@ CLIENT_COMMANDS = frozenset(
 SERVER_COMMANDS = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
 # Only these may carry a body (1.2 spec, "Frames and Headers"); the others must not.
 BODY_COMMANDS = frozenset({"SEND", "MESSAGE", "ERROR"})
+_CONNECT_COMMANDS = frozenset({"CONNECT", "STOMP"})
 # Frames whose headers are never escaped (1.2 spec, "Value Encoding").
 UNESCAPED_COMMANDS = frozenset({"CONNECT", "CONNECTED", "STOMP"})
 
@@ -303,6 +308,11 @@ class FrameReader:
                     return consumed
                 consumed = end
                 self._state = _AWAITING_COMMAND
+                if frames[-1].command in _CONNECT_COMMANDS:
+                    # The frames after CONNECT are unescaped by the version it
+                    # negotiates: stop here so the caller can set ``version`` first,
+                    # then ``feed(b"")`` for the rest.
+                    return consumed
 
     def _read_headers(self, buffer: bytearray, size: int) -> bool:
         """Consume header lines; True once the blank line ending them was read."""

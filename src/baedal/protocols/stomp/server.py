@@ -458,18 +458,22 @@ class StompConnection(asyncio.Protocol):
         self._last_received = self.broker.now()
         self.recv_bytes += len(data)
         try:
-            try:
-                frames = self.reader.feed(data)
-            except StompError as exc:
-                for frame in exc.frames:  # type: ignore[attr-defined]
+            while True:
+                try:
+                    frames = self.reader.feed(data)
+                except StompError as exc:
+                    for frame in exc.frames:  # type: ignore[attr-defined]
+                        self._handle(frame)
+                        if self.state == CLOSED:
+                            return
+                    raise StompFault(exc.message, exc.detail) from None
+                for frame in frames:
                     self._handle(frame)
                     if self.state == CLOSED:
                         return
-                raise StompFault(exc.message, exc.detail) from None
-            for frame in frames:
-                self._handle(frame)
-                if self.state == CLOSED:
-                    return
+                if not frames or frames[-1].command not in _CONNECT_COMMANDS:
+                    break
+                data = b""  # the reader stopped after CONNECT (codec.py): the rest now
         except StompFault as fault:
             self.fail(fault, None)
         except Exception as exc:  # an internal bug must not take the broker down
