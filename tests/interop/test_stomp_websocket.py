@@ -200,3 +200,59 @@ async def test_default_stomp_port_in_use_turns_the_listener_off_but_an_explicit_
             held.close()
     finally:
         blocker.close()
+
+
+async def test_stomp_over_tls_with_the_configured_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_file), append=True)
+    cert.private_key_pem.write_to_path(str(key_file))
+    instance = Broker(
+        host="127.0.0.1",
+        port=0,
+        tls_port=0,
+        stomp_tls_port=0,
+        tls_cert=str(cert_file),
+        tls_key=str(key_file),
+        data_dir=tmp_path / "d",
+        kafka_port=None,
+    )
+    await instance.start()
+    try:
+        assert instance.stomp_tls_port
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", instance.stomp_tls_port, ssl=context, server_hostname="localhost"
+        )
+        writer.write(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+        assert (await asyncio.wait_for(reader.readuntil(b"\x00"), 5)).startswith(b"CONNECTED\n")
+        writer.close()
+    finally:
+        await instance.stop()
+
+
+async def test_frames_pipelined_behind_a_1_0_connect_are_read_as_1_0(broker: Broker) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.stomp_port)
+    try:
+        # One write: CONNECT (no accept-version: 1.0), SUBSCRIBE, then a SEND whose header
+        # holds a backslash sequence that 1.0 keeps as is (1.2 would call it an error).
+        writer.write(
+            b"CONNECT\nlogin:guest\npasscode:guest\n\n\x00"
+            b"SUBSCRIBE\ndestination:/queue/pipelined-10\nid:s\n\n\x00"
+            b"SEND\ndestination:/queue/pipelined-10\npath:C:\\temp\n\nhi\x00"
+        )
+        frames = FrameReader(commands=SERVER_COMMANDS, version="1.0")
+        got: list[Frame] = []
+        while len(got) < 2:
+            got += frames.feed(await asyncio.wait_for(reader.read(65536), 5))
+        assert got[0].command == "CONNECTED" and got[0].get("version") == "1.0"
+        assert got[1].command == "MESSAGE" and got[1].get("path") == "C:\\temp"
+    finally:
+        writer.close()
