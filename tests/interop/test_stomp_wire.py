@@ -176,7 +176,7 @@ def test_a_one_gigabyte_content_length_is_refused_before_any_body_arrives(
     _still_serving(stomp_endpoint, unique)
 
 
-@baedal_only("RabbitMQ 3.10's STOMP reader crashes on a negative content-length")
+@baedal_only("RabbitMQ 3.10's STOMP reader fails on a negative content-length: dropped, no ERROR")
 def test_a_negative_content_length_is_an_error(stomp_endpoint: Any, unique: Callable[[str], str]) -> None:  # noqa: F811
     client = RawClient(stomp_endpoint)
     try:
@@ -252,18 +252,17 @@ def test_error_carries_the_receipt_id_of_the_failing_frame(stomp_endpoint: Any) 
         client.close()
 
 
-@baedal_only("RabbitMQ answers frames before CONNECT differently (it may imply a connect)")
 def test_frame_before_connect_is_an_error(stomp_endpoint: Any) -> None:  # noqa: F811
     client = RawClient(stomp_endpoint)
     try:
         client.send(b"SEND\ndestination:/queue/x\n\nhi\x00")
         assert client.next_frame().command == "ERROR"
-        client.wait_closed()
+        if stomp_endpoint.broker is not None:  # RabbitMQ 3.10 stays open after this ERROR
+            client.wait_closed()
     finally:
         client.close()
 
 
-@baedal_only("checks the broker's own bookkeeping")
 def test_unacked_messages_return_to_the_queue_when_the_connection_drops(
     stomp_endpoint: Any, unique: Callable[[str], str]  # noqa: F811
 ) -> None:
