@@ -437,6 +437,14 @@ def encode_frame(
     if "\n" in command or "\r" in command:
         raise ValueError(f"invalid command {command!r}")
     raw = version == "1.0" or command in UNESCAPED_COMMANDS
+    if not isinstance(headers, list):
+        headers = list(headers)
+    # Fast path (every MESSAGE goes through here): one scan of all names and values
+    # for the characters escaping cares about; usually there are none.
+    text = "".join([f"{name}{value}" for name, value in headers])
+    if "\\" not in text and "\n" not in text and ":" not in text and "\r" not in text:
+        lines = [f"{name}:{value}" for name, value in headers]
+        return b"".join(("\n".join([command, *lines, "", ""]).encode("utf-8"), body, b"\0"))
     parts = [command]
     for name, value in headers:
         if raw:
