@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -125,3 +128,123 @@ def test_encode_then_decode_round_trips_in_every_version(case: tuple[str, list[F
     while decoded and decoded[-1].command in ("CONNECT", "STOMP") and len(decoded) < len(items):
         decoded += reader.feed(b"")
     assert decoded == items
+
+
+# --- the connection over a fake transport --------------------------------------------------
+
+
+class FakeTransport:
+    """Records writes; knows whether it was closed."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.data += data
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+_DESTINATIONS = ["/queue/f", "/topic/a.b", "/exchange/amq.direct/k", "/amq/queue/f", "/temp-queue/t", "/reply-queue/f", "/bad/x", ""]
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> bytes:
+    """A login, then frames with plausible and hostile headers, then mutations."""
+    parts = [encode_frame("CONNECT", [("accept-version", draw(st.sampled_from(["1.0", "1.1", "1.2", "1.0,1.2", "9"]))), ("host", "/")])]
+    for _ in range(draw(st.integers(0, 8))):
+        command = draw(st.sampled_from(sorted(CLIENT_COMMANDS)))
+        headers = [
+            (name, draw(st.sampled_from(values)))
+            for name, values in (
+                ("destination", _DESTINATIONS),
+                ("id", ["1", "2", "x"]),
+                ("ack", ["auto", "client", "client-individual", "nope"]),
+                ("transaction", ["t1", "t2"]),
+                ("receipt", ["r"]),
+                ("message-id", ["1", "2", "99"]),
+                ("requeue", ["false", "true"]),
+                ("prefetch-count", ["1", "-1", "x"]),
+                ("durable", ["true"]),
+                ("persistent", ["true"]),
+                ("priority", ["5", "-3", "999999999999999999999"]),
+                ("expiration", ["0", "10", "x"]),
+                ("selector", ["a = 1"]),
+                ("x-max-length", ["1", "x"]),
+                ("reply-to", ["/temp-queue/r", "plain"]),
+            )
+            if draw(st.booleans())
+        ]
+        body = draw(st.binary(max_size=20)) if command == "SEND" else b""
+        parts.append(encode_frame(command, headers, body))
+    stream = b"".join(parts)
+    if draw(st.booleans()) and stream:
+        i = draw(st.integers(0, len(stream) - 1))
+        stream = stream[:i] + draw(st.binary(min_size=1, max_size=8)) + stream[i + 1 :]
+    return stream
+
+
+@FUZZ
+@given(sessions(), st.lists(st.integers(1, 200), min_size=1, max_size=5))
+def test_connection_answers_hostile_frames_with_stomp_frames_and_never_an_internal_error(
+    data: bytes, sizes: list[int]
+) -> None:
+    from baedal.core.broker import BrokerConfig, BrokerCore
+    from baedal.protocols.stomp.codec import SERVER_COMMANDS
+    from baedal.protocols.stomp.server import StompConfig, StompConnection, StompServer
+
+    loop = asyncio.new_event_loop()
+    try:
+        core = BrokerCore(BrokerConfig(durable_store=False), loop)
+        server = StompServer(core, StompConfig(max_body=1000))
+        connection = StompConnection(server)
+        transport = FakeTransport()
+        connection.connection_made(transport)
+        position = 0
+        for size in sizes * (len(data) // max(1, sum(sizes)) + 1):
+            if transport.closed or position >= len(data):
+                break
+            connection.data_received(data[position : position + size])  # must not raise
+            position += size
+            loop.run_until_complete(asyncio.sleep(0))
+        connection.connection_lost(None)
+        loop.run_until_complete(asyncio.sleep(0))
+        # What the broker wrote is well-formed STOMP, and no ERROR says "Internal error".
+        written = FrameReader(commands=SERVER_COMMANDS, max_body=1 << 20).feed(bytes(transport.data))
+        assert all(f.get("message") != "Internal error" for f in written), [f.body for f in written]
+        errors = [f for f in written if f.command == "ERROR"]
+        if errors:
+            assert written[-1].command == "ERROR" and transport.closed  # ERROR, then close
+        # Nothing leaks: the connection is gone from the broker and owns no queue.
+        assert connection.id not in core.connections
+        assert not any(q.exclusive_owner is connection for v in core.vhosts.values() for q in v.queues.values())
+    finally:
+        loop.close()
