@@ -256,3 +256,30 @@ async def test_frames_pipelined_behind_a_1_0_connect_are_read_as_1_0(broker: Bro
         assert got[1].command == "MESSAGE" and got[1].get("path") == "C:\\temp"
     finally:
         writer.close()
+
+
+async def test_an_unacked_delivery_past_consumer_timeout_closes_the_connection_and_requeues(tmp_path: Path) -> None:
+    instance = Broker(host="127.0.0.1", port=0, data_dir=tmp_path, kafka_port=None, consumer_timeout=300)
+    await instance.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.stomp_port)
+        frames = FrameReader(commands=SERVER_COMMANDS)
+        writer.write(
+            b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00"
+            b"SEND\ndestination:/queue/slow-acker\n\nhold\x00"
+            b"SUBSCRIBE\ndestination:/queue/slow-acker\nid:s\nack:client\n\n\x00"
+        )
+        got: list[Frame] = []
+        async with asyncio.timeout(10):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break  # closed by the broker
+                got += frames.feed(data)
+        assert [f.command for f in got] == ["CONNECTED", "MESSAGE", "ERROR"]
+        assert "timed out" in (got[-1].get("message") or "")
+        queue = instance.core.vhosts["/"].queues["slow-acker"]
+        assert queue.message_count == 1  # back in the queue for the next consumer
+        writer.close()
+    finally:
+        await instance.stop()

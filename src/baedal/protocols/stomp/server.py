@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import logging
 import os
@@ -374,6 +375,7 @@ class StompConnection(asyncio.Protocol):
         self.subscriptions: dict[str, Subscription] = {}
         self.unacked: dict[int, _Unacked] = {}
         self.next_tag = 1
+        self._delivery_marks: collections.deque[tuple[int, float]] = collections.deque()
         self.transactions: dict[str, list[Frame]] = {}
         self.temp_queues: dict[str, Queue] = {}
         self.write_paused = False
@@ -615,6 +617,7 @@ class StompConnection(asyncio.Protocol):
             broker.alarm_listeners.remove(self._on_alarm)
         except ValueError:
             pass
+        broker.unwatch_ack_timeouts(self)
         self.transactions.clear()
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
@@ -713,6 +716,7 @@ class StompConnection(asyncio.Protocol):
         self.broker.alarm_listeners.append(self._on_alarm)
         if self.broker.alarms:
             self._on_alarm(self.broker.alarms)
+        self.broker.watch_ack_timeouts(self)
 
     def _start_heart_beats(self, send_every: float, receive_every: float) -> None:
         self._send_interval = send_every
@@ -1027,6 +1031,46 @@ class StompConnection(asyncio.Protocol):
         else:
             self.unacked[tag] = _Unacked(subscription, queue, entry)
             subscription.unacked += 1
+
+    # --- acknowledgement timeout --------------------------------------------------------
+
+    def check_ack_timeout(self, now: float) -> None:
+        """The broker's periodic tick (``BrokerCore.watch_ack_timeouts``): ERROR and close
+        when the oldest unacked delivery waited longer than the queue's
+        ``x-consumer-timeout`` or the broker's ``consumer_timeout`` (RabbitMQ closes the
+        STOMP connection's channel, and with it the connection).  The same marks as the
+        AMQP channel (channel.py ``check_ack_timeout``): nothing per delivery, each tick
+        that saw deliveries leaves (next delivery number, time), so the timeout never
+        fires early and at most about one tick late."""
+        unacked = self.unacked
+        marks = self._delivery_marks
+        if not unacked or self.state != OPEN:
+            marks.clear()
+            return
+        oldest = next(iter(unacked))
+        while marks and marks[0][0] <= oldest:
+            marks.popleft()
+        next_tag = self.next_tag
+        if not marks:
+            marks.append((next_tag, now))
+            return  # delivered since the last tick: not old enough to judge yet
+        if marks[-1][0] != next_tag and len(marks) < 64:
+            marks.append((next_tag, now))
+        timeout = unacked[oldest].queue.settings.consumer_timeout
+        if timeout is None:
+            timeout = self.broker.config.consumer_timeout
+        if not timeout:
+            return
+        self.broker.note_ack_timeout(timeout)
+        if (now - marks[0][1]) * 1000.0 < timeout:
+            return
+        self.fail(
+            StompFault(
+                "Delivery acknowledgement timed out",
+                f"no ACK for message {oldest} within the timeout. Timeout value used: {timeout} ms",
+            ),
+            None,
+        )
 
     # --- ACK / NACK --------------------------------------------------------------------
 
