@@ -61,6 +61,9 @@ class Broker:
         self.http_port: int | None = None
         self.kafka: Any = None
         self.kafka_port: int | None = None
+        self.stomp: Any = None
+        self.stomp_port: int | None = None
+        self.stomp_tls_port: int | None = None
         self._kafka_syncer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,6 +133,8 @@ class Broker:
             self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
         if s.kafka_port is not None:
             await self._start_kafka(loop)
+        if s.stomp_port is not None:
+            await self._start_stomp()
         if s.http_port is not None:
             self.http = _open_http(self)
             if self.http is not None:
@@ -178,6 +183,41 @@ class Broker:
         self.kafka = server
         config.advertised_port = s.kafka_advertised_port or self.kafka_port
         log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
+
+    async def _start_stomp(self) -> None:
+        from .protocols.stomp.server import StompConfig, StompServer
+
+        s = self.settings
+        assert self.core is not None
+        config = StompConfig(
+            max_headers=s.stomp_max_headers,
+            max_header_line=s.stomp_max_header_line,
+            max_header_bytes=s.stomp_max_header_bytes,
+            max_body=s.max_message_size,
+            max_output=s.max_connection_output,
+            handshake_timeout=s.handshake_timeout,
+            loopback_users=tuple(s.loopback_users),
+            default_user=s.default_user,
+            default_pass=s.default_pass,
+        )
+        server = StompServer(self.core, config)
+        # As for Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
+        # STOMP port, and only the *default* port may be silently given up.
+        port = 0 if s.port == 0 and s.stomp_port == 61613 else s.stomp_port
+        assert port is not None
+        try:
+            self.stomp_port = await server.listen(s.host, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or s.stomp_port != 61613:
+                raise
+            log.warning("stomp listener off: default port 61613 is in use (%s)", exc)
+            return
+        self.stomp = server
+        if s.tls_cert and s.tls_key and s.stomp_tls_port is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+            self.stomp_tls_port = await server.listen(s.host, s.stomp_tls_port, context)
+        log.info("baedal listening on stomp://%s:%d", s.host, self.stomp_port)
 
     @property
     def exit_status(self) -> int:
@@ -234,6 +274,9 @@ class Broker:
             await self.amqp.close("storage failure" if self.failure is not None else "broker shutdown")
             self.amqp = None
             log.info("listeners closed")
+        if self.stomp is not None:
+            await self.stomp.close("storage failure" if self.failure is not None else "broker shutdown")
+            self.stomp = None
         if self.kafka is not None:
             await self.kafka.close()
             self.kafka.close_storage()  # before the syncer it uses goes away

@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         "kafka_port": args.kafka_port,
         "kafka_advertised_host": args.kafka_advertised_host,
         "kafka_advertised_port": args.kafka_advertised_port,
+        "stomp_port": args.stomp_port,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -81,6 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"baedal listening on amqps://{settings.host}:{broker.tls_port}", flush=True)
         if broker.kafka_bootstrap:
             print(f"baedal Kafka on {broker.kafka_bootstrap}", flush=True)
+        if broker.stomp_port:
+            print(f"baedal STOMP on {settings.host}:{broker.stomp_port}", flush=True)
         if broker.http_url:
             print(f"baedal HTTP on {broker.http_url}", flush=True)
         print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--kafka-advertised-port", help="port Kafka clients are told to connect to (default: the Kafka port)"
+    )
+    serve.add_argument(
+        "--stomp-port", help="STOMP port (default 61613, 'off' disables; env BAEDAL_STOMP_PORT)"
     )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)

@@ -49,6 +49,15 @@ class Settings:
     auto_create_topics: bool = True
     num_partitions: int = 1
     kafka_max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
+    # STOMP listener ("off" disables; an embedded Broker with port=0 gets an ephemeral
+    # STOMP port).  TLS on stomp_tls_port when tls_cert/tls_key are set (off by default).
+    # Frame limits are checked by the codec before allocating (protocols/stomp/codec.py);
+    # the body bound is max_message_size.
+    stomp_port: int | None = 61613
+    stomp_tls_port: int | None = None
+    stomp_max_headers: int = 1000
+    stomp_max_header_line: int = 10 * 1024
+    stomp_max_header_bytes: int = 64 * 1024
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -60,7 +69,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
-    if name in ("kafka_port", "kafka_advertised_port") and str(value).lower() in (
+    if name in ("kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port") and str(value).lower() in (
         "", "none", "off", "false"
     ):
         return None  # (port 0 stays 0: an ephemeral port)
@@ -72,7 +81,9 @@ def _coerce(name: str, value: Any) -> Any:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "consumer_timeout":
         return int(value) if int(value) > 0 else None
-    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port"):
+    if isinstance(default, int) or name in (
+        "http_port", "kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port"
+    ):
         return int(value)
     if isinstance(default, float):
         return float(value)

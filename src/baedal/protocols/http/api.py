@@ -986,7 +986,7 @@ def connection_info(connection: Any) -> dict[str, Any]:
         "name": connection.name,
         "node": node_name(),
         "type": "network",
-        "protocol": "AMQP 0-9-1",
+        "protocol": getattr(connection, "protocol", "AMQP 0-9-1"),  # STOMP: "STOMP 1.2"
         "peer_host": peer[0],
         "peer_port": peer[1],
         "host": sock[0] if sock else "",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..stomp import websocket as stomp_websocket
 from .auth import Access, authorize
 from .errors import STATUS_SYMBOL, HTTPError, error_response
 from .routes import SERVER, Handler, Route
@@ -77,6 +78,7 @@ class HTTPServer:
         self.app.router.add_get("/", _redirect_to_console)
         self.app.router.add_get("/console", _redirect_to_console)
         self.app.router.add_get("/console/{path:.*}", self._console_file)
+        stomp_websocket.add_routes(self.app, self.broker)  # STOMP over WebSocket at /ws
 
     async def _console_file(self, request: web.Request) -> web.StreamResponse:
         root = self.static_dir
