@@ -62,6 +62,9 @@ class Broker:
         self.kafka: Any = None
         self.kafka_port: int | None = None
         self._kafka_syncer: Any = None
+        self.mqtt: Any = None
+        self.mqtt_port: int | None = None
+        self._mqtt_syncer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -130,6 +133,8 @@ class Broker:
             self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
         if s.kafka_port is not None:
             await self._start_kafka(loop)
+        if s.mqtt_port is not None:
+            await self._start_mqtt(loop)
         if s.http_port is not None:
             self.http = _open_http(self)
             if self.http is not None:
@@ -178,6 +183,44 @@ class Broker:
         self.kafka = server
         config.advertised_port = s.kafka_advertised_port or self.kafka_port
         log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
+
+    async def _start_mqtt(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .protocols.mqtt.retained import RetainedStore
+        from .protocols.mqtt.server import MQTTConfig, MQTTServer
+        from .storage.syncer import Syncer
+
+        s = self.settings
+        assert self.core is not None
+        syncer = getattr(self.storage, "syncer", None)
+        if syncer is None:  # no durable engine: the retained store still group-commits
+            syncer = self._mqtt_syncer = Syncer(on_fatal=self._storage_fatal, loop=loop)
+        retained = RetainedStore(
+            s.data_dir / "mqtt" / "retained.jsonl" if s.durable_store else None, syncer
+        )
+        retained.open()
+        config = MQTTConfig(
+            vhost=s.mqtt_vhost,
+            allow_anonymous=s.mqtt_allow_anonymous,
+            max_packet_size=s.mqtt_max_packet_size,
+            max_keep_alive=s.mqtt_max_keep_alive,
+            handshake_timeout=s.handshake_timeout,
+            max_output=s.max_connection_output,
+        )
+        server = MQTTServer(self.core, config, retained)
+        # Like Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
+        # MQTT port; only the *default* port may be skipped when it is taken.
+        port = 0 if s.port == 0 and s.mqtt_port == 1883 else s.mqtt_port
+        assert port is not None
+        try:
+            self.mqtt_port = await server.listen(s.host, port)
+        except OSError as exc:
+            retained.close()
+            if exc.errno != errno.EADDRINUSE or s.mqtt_port != 1883:
+                raise
+            log.warning("mqtt listener off: default port 1883 is in use (%s)", exc)
+            return
+        self.mqtt = server
+        log.info("baedal listening on mqtt://%s:%d", s.host, self.mqtt_port)
 
     @property
     def exit_status(self) -> int:
@@ -234,6 +277,12 @@ class Broker:
             await self.amqp.close("storage failure" if self.failure is not None else "broker shutdown")
             self.amqp = None
             log.info("listeners closed")
+        if self.mqtt is not None:
+            await self.mqtt.close()  # closes its retained store before the syncer goes
+            self.mqtt = None
+        if self._mqtt_syncer is not None:
+            self._mqtt_syncer.close()
+            self._mqtt_syncer = None
         if self.kafka is not None:
             await self.kafka.close()
             self.kafka.close_storage()  # before the syncer it uses goes away

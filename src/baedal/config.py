@@ -49,6 +49,14 @@ class Settings:
     auto_create_topics: bool = True
     num_partitions: int = 1
     kafka_max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
+    # MQTT listener ("off" disables; an embedded Broker with port=0 gets an ephemeral
+    # MQTT port too).  Clients log in as Baedal users into ``mqtt_vhost``; without a
+    # user name only when ``mqtt_allow_anonymous`` (as the default user).
+    mqtt_port: int | None = 1883
+    mqtt_vhost: str = "/"
+    mqtt_allow_anonymous: bool = False
+    mqtt_max_packet_size: int = 16 * 1024 * 1024
+    mqtt_max_keep_alive: int = 0  # 0: clients' keep-alive stands; else Server Keep Alive
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -60,7 +68,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
-    if name in ("kafka_port", "kafka_advertised_port") and str(value).lower() in (
+    if name in ("kafka_port", "kafka_advertised_port", "mqtt_port") and str(value).lower() in (
         "", "none", "off", "false"
     ):
         return None  # (port 0 stays 0: an ephemeral port)
@@ -72,7 +80,7 @@ def _coerce(name: str, value: Any) -> Any:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "consumer_timeout":
         return int(value) if int(value) > 0 else None
-    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port"):
+    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port", "mqtt_port"):
         return int(value)
     if isinstance(default, float):
         return float(value)
