@@ -140,12 +140,14 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
         pub.max_queued_messages_set(0)
         pub.on_publish = lambda cl, ud, mid, rc, props: acked_mids.add(mid)
         assert connect_and_wait(pub, broker)["rc"] == 0
+        retained = pub.publish("kill9/retained", b"kept", 1, retain=True)
+        wait(lambda: retained.mid in acked_mids, 10, "PUBACK of the retained message")
         for seq in range(TOTAL):
             mid_to_seq[pub.publish(TOPIC, f"{seq}".encode(), 1).mid] = seq
         wait(lambda: len(acked_mids) >= KILL_AFTER_ACKS, 60, f"{KILL_AFTER_ACKS} PUBACKs")
         broker.kill()
         pub.loop_stop()
-        acked_before_kill = {mid_to_seq[mid] for mid in set(acked_mids)}
+        acked_before_kill = {mid_to_seq[mid] for mid in set(acked_mids) if mid in mid_to_seq}
         # 3. restart; the subscriber resumes its session
         broker.start()
         received: list[int] = []
@@ -160,6 +162,16 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
             last = len(received)
         sub.disconnect()
         sub.loop_stop()
+        # the retained message PUBACKed before the kill is there for a new subscriber
+        retained_seen: list[bytes] = []
+        late = client(broker, "kill9-late", clean=True)
+        late.on_message = lambda cl, ud, m: retained_seen.append(m.payload)
+        connect_and_wait(late, broker)
+        late.subscribe("kill9/retained", 1)
+        with contextlib.suppress(AssertionError):
+            wait(lambda: bool(retained_seen), 5, "retained message")
+        late.disconnect()
+        late.loop_stop()
         lost = acked_before_kill - set(received)
         return {
             "acked": len(acked_before_kill),
@@ -167,6 +179,7 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
             "duplicates": len(received) - len(set(received)),
             "lost": len(lost),
             "session_present": bool(state.get("present")),
+            "retained_kept": retained_seen == [b"kept"],
         }
     finally:
         broker.kill()
@@ -179,6 +192,7 @@ def test_mqtt_kill9_loses_no_pubacked_message(tmp_path: Path) -> None:
     assert result["acked"] >= KILL_AFTER_ACKS
     assert result["session_present"], "the persistent session did not survive kill -9"
     assert result["lost"] == 0, result
+    assert result["retained_kept"], result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""MQTT meets AMQP in ``amq.topic`` (RabbitMQ's MQTT plugin mapping: ``/`` ↔ ``.``,
+``+`` ↔ ``*``), with properties mapped both ways; sessions and retained messages
+survive a broker restart.  Baedal only (pika talks to the same broker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from mqtt_helpers import EXTERNAL_MQTT, PacketTypes, Properties, Target, start_target, wait_until
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(bool(EXTERNAL_MQTT), reason="Baedal-specific (AMQP side, restart)"),
+]
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[Target]:
+    yield from start_target(tmp_path)
+
+
+def test_amqp_publish_reaches_mqtt_subscriber(target: Target) -> None:
+    sub = target.client(version=5)
+    sub.subscribe("home/+/temp", 1)
+    conn = pika.BlockingConnection(pika.URLParameters(target.broker.amqp_url))
+    ch = conn.channel()
+    ch.basic_publish(
+        "amq.topic",
+        "home.kitchen.temp",
+        b"21.5",
+        pika.BasicProperties(
+            content_type="text/plain",
+            correlation_id="req-1",
+            reply_to="replies.kitchen",
+            headers={"unit": "C", "n": 3},
+            delivery_mode=2,
+            expiration="60000",
+        ),
+    )
+    got = sub.wait_messages(1)[0]
+    assert got.topic == "home/kitchen/temp" and got.payload == b"21.5"
+    props = got.properties
+    assert props.ContentType == "text/plain"
+    assert props.CorrelationData == b"req-1"
+    assert props.ResponseTopic == "replies/kitchen"
+    assert dict(props.UserProperty) == {"unit": "C", "n": "3"}
+    assert 0 < props.MessageExpiryInterval <= 60
+    conn.close()
+    sub.disconnect()
+
+
+def test_mqtt_publish_reaches_amqp_consumer(target: Target) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(target.broker.amqp_url))
+    ch = conn.channel()
+    queue = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(queue, "amq.topic", "plant.*.pressure")
+    pub = target.client(version=5)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    props.CorrelationData = b"corr-9"
+    props.ResponseTopic = "answers/here"
+    props.UserProperty = [("site", "north")]
+    props.MessageExpiryInterval = 120
+    pub.publish("plant/7/pressure", b'{"bar": 2}', 1, properties=props)
+    method, header, body = None, None, None
+    deadline = time.monotonic() + 10
+    while method is None and time.monotonic() < deadline:
+        method, header, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.02)
+    assert method is not None, "no message on the AMQP side"
+    assert method.routing_key == "plant.7.pressure" and body == b'{"bar": 2}'
+    assert header.content_type == "application/json"
+    assert header.correlation_id == "corr-9"
+    assert header.reply_to == "answers.here"
+    assert header.delivery_mode == 2  # QoS 1: persistent
+    assert header.expiration == "120000"
+    assert header.headers["site"] == "north"
+    assert header.headers["x-mqtt-publish-qos"] == 1
+    conn.close()
+    pub.disconnect()
+
+
+def test_session_and_retained_survive_restart(tmp_path: Path) -> None:
+    from baedal import Broker
+
+    data = tmp_path / "data"
+    with Broker(host="127.0.0.1", port=0, data_dir=data) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        sub = target.client("restart-sub", clean=False)
+        sub.subscribe("r/#", 2)
+        sub.disconnect()
+        pub = target.client()
+        pub.publish("r/1", "queued-1", 1)
+        pub.publish("r/2", "queued-2", 2)
+        pub.publish("r/state", "retained", 1, retain=True)
+        pub.disconnect()
+    with Broker(host="127.0.0.1", port=0, data_dir=data) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        sub = target.client("restart-sub", clean=False)
+        assert sub.connack is not None and sub.connack[0] is True
+        got = sub.wait_messages(3)  # r/state matches r/# too
+        assert sorted(m.payload for m in got) == [b"queued-1", b"queued-2", b"retained"]
+        late = target.client()
+        late.subscribe("r/state", 1)
+        assert late.wait_messages(1)[0].payload == b"retained"
+        # the restored subscription still routes new messages
+        pub = target.client()
+        pub.publish("r/3", "live", 1)
+        wait_until(lambda: b"live" in sub.payloads(), 10, "live message after restart")
+        for c in (sub, late, pub):
+            c.disconnect()
+
+
+def test_subscription_visible_in_management_api(tmp_path: Path) -> None:
+    import requests
+
+    from baedal import Broker
+
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path / "m", http_port=0) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        sub = target.client("mgmt-api", clean=False)
+        sub.subscribe("x/+", 1)
+        queues = requests.get(f"{broker.http_url}/api/queues", auth=("guest", "guest"), timeout=10).json()
+        names = {q["name"]: q for q in queues}
+        assert names["mqtt-subscription-mgmt-apiqos1"]["durable"] is True
+        bindings = requests.get(
+            f"{broker.http_url}/api/queues/%2F/mqtt-subscription-mgmt-apiqos1/bindings",
+            auth=("guest", "guest"), timeout=10,
+        ).json()
+        assert any(b["source"] == "amq.topic" and b["routing_key"] == "x.*" for b in bindings)
+        sub.disconnect()
