@@ -849,7 +849,9 @@ class MQTTConnection(asyncio.Protocol):
             self.acks.append([Ack(codec.PUBREC, packet.packet_id), True])
             self._flush_acks()
             return
-        if qos and self.inbound_unacked >= self.config.receive_maximum:
+        # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
+        # the fsync) and QoS 2 ones not yet released by PUBREL.
+        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
         message = message_from_publish(packet, topic, self.client_id)
@@ -883,16 +885,20 @@ class MQTTConnection(asyncio.Protocol):
             session.awaiting_rel.add(packet.packet_id or 0)
         record = [Ack(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason), False]
         self.acks.append(record)
-        self.inbound_unacked += 1
+        counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
+        if counted:
+            self.inbound_unacked += 1
         outcome = result.outcome | (NEEDS_SYNC if retained_write else 0)
 
         def stored() -> None:
             record[1] = True
-            self.inbound_unacked -= 1
+            if counted:
+                self.inbound_unacked -= 1
             self._flush_acks()
 
         def failed(exc: BaseException) -> None:
-            self.inbound_unacked -= 1
+            if counted:
+                self.inbound_unacked -= 1
             log.warning("mqtt %s: message not stored: %s", self.client_id, exc)
             # Not stored: no acknowledgement may go out; the client resends after reconnect.
             self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
