@@ -182,3 +182,30 @@ def test_stored_state_intact_after_bad_input(target: Target) -> None:
     keeper.disconnect()
     pub.disconnect()
     assert struct  # (struct kept for hand-built packets)
+
+
+@pytest.fixture
+def alarm_target(tmp_path: Path) -> Iterator[Target]:
+    # no resource checks after the first: the test raises and clears the alarm itself
+    yield from start_target(tmp_path / "alarm", alarm_check_interval=3600)
+
+
+@baedal_only
+def test_resource_alarm_stops_reading_publishers(alarm_target: Target) -> None:
+    from mqtt_helpers import quiet
+
+    target = alarm_target
+    core = target.broker.core
+    sub = target.client()
+    sub.subscribe("alarm/t", 1)
+    pub = target.client()
+    target.broker.call(lambda: core.set_alarm("memory", True))
+    pub.publish("alarm/t", b"read before the pause", 1)  # this read triggers it
+    mid = pub.publish("alarm/t", b"held", 1, wait=False)
+    quiet(0.5)
+    assert mid not in pub.acked and sub.payloads() == [b"read before the pause"]
+    target.broker.call(lambda: core.set_alarm("memory", False))
+    wait_until(lambda: mid in pub.acked, 10, "PUBACK once the alarm clears")
+    sub.wait_messages(2)
+    pub.disconnect()
+    sub.disconnect()

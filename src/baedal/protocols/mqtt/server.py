@@ -471,6 +471,7 @@ class MQTTConnection(asyncio.Protocol):
         # PUBACK/PUBREC in PUBLISH order: [packet, ready] pairs (see the module docstring)
         self.acks: deque[list[Any]] = deque()
         self._timer: Any = None
+        self._reading_paused = False
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
@@ -517,6 +518,20 @@ class MQTTConnection(asyncio.Protocol):
             if self.closed:
                 return
             self._dispatch_safely(packet)
+        if self.core.alarms and not self._reading_paused and not self.closed and self.session:
+            # A resource alarm (memory, disk): stop reading publishers, as the AMQP
+            # listener does (connection.blocked); resumed when every alarm clears.
+            self._reading_paused = True
+            self.transport.pause_reading()
+            self.core.alarm_listeners.append(self._on_alarm)
+
+    def _on_alarm(self, alarms: set[str]) -> None:
+        if alarms or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self.core.alarm_listeners.remove(self._on_alarm)
+        if not self.closed:
+            self.transport.resume_reading()
 
     def _dispatch_safely(self, packet: Packet) -> None:
         try:
@@ -570,6 +585,9 @@ class MQTTConnection(asyncio.Protocol):
             return
         self.closed = True
         self.server.connections.discard(self)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.core.alarm_listeners.remove(self._on_alarm)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1150,11 +1168,13 @@ class MQTTConnection(asyncio.Protocol):
                 packet.topic = ""
                 data = encode(packet, 5)
                 packet.topic = full_topic
-            else:
-                if len(self.aliases_out) < self.client_alias_max:
-                    alias = len(self.aliases_out) + 1
+            elif len(self.aliases_out) < self.client_alias_max:
+                alias = len(self.aliases_out) + 1
+                packet.properties["topic_alias"] = alias
+                data = encode(packet, 5)
+                if len(data) <= self.client_max_packet:  # the client learns it only if sent
                     self.aliases_out[packet.topic] = alias
-                    packet.properties["topic_alias"] = alias
+            else:
                 data = encode(packet, 5)
         else:
             data = encode(packet, self.version)

@@ -85,6 +85,16 @@ class WebSocketTransport:
         self._queue.clear()
         self.close()
 
+    def pause_reading(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.resume_reading()
+
     def is_closing(self) -> bool:
         return self._closing
 
