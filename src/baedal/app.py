@@ -187,6 +187,7 @@ class Broker:
     async def _start_mqtt(self, loop: asyncio.AbstractEventLoop) -> None:
         from .protocols.mqtt.retained import RetainedStore
         from .protocols.mqtt.server import MQTTConfig, MQTTServer
+        from .protocols.mqtt.sessionstate import SessionStateStore
         from .storage.syncer import Syncer
 
         s = self.settings
@@ -198,6 +199,10 @@ class Broker:
             s.data_dir / "mqtt" / "retained.jsonl" if s.durable_store else None, syncer
         )
         retained.open()
+        state = SessionStateStore(
+            s.data_dir / "mqtt" / "sessions.jsonl" if s.durable_store else None, syncer
+        )
+        state.open()
         config = MQTTConfig(
             vhost=s.mqtt_vhost,
             allow_anonymous=s.mqtt_allow_anonymous,
@@ -206,7 +211,7 @@ class Broker:
             handshake_timeout=s.handshake_timeout,
             max_output=s.max_connection_output,
         )
-        server = MQTTServer(self.core, config, retained)
+        server = MQTTServer(self.core, config, retained, state)
         # Like Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
         # MQTT port; only the *default* port may be skipped when it is taken.
         port = 0 if s.port == 0 and s.mqtt_port == 1883 else s.mqtt_port
@@ -215,6 +220,7 @@ class Broker:
             self.mqtt_port = await server.listen(s.host, port)
         except OSError as exc:
             retained.close()
+            state.close()
             if exc.errno != errno.EADDRINUSE or s.mqtt_port != 1883:
                 raise
             log.warning("mqtt listener off: default port 1883 is in use (%s)", exc)

@@ -39,9 +39,9 @@ a CONNECT and only the first, packet-id reuse, topic aliases, receive maximum, l
 topic length and levels and on subscriptions per client.  Any violation closes the
 connection (after a DISCONNECT with a reason code in 5.0); nothing else is touched.
 
-Known gaps (see the report / docs): in-flight QoS 2 PUBREL state and received QoS 2
-packet ids are kept in memory only (a restart in the middle of a QoS 2 handshake can
-deliver that one message again); shared-subscription queues are not durable.
+The middle of a QoS 2 exchange of a persistent session (ids awaiting PUBREL from the
+client, PUBRELs awaiting PUBCOMP) is kept in ``sessionstate.py`` so it survives a restart
+too.  Known gap: shared-subscription queues are not durable.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ from .codec import (
     encode,
 )
 from .retained import RetainedStore
+from .sessionstate import SessionStateStore
 from .topics import filter_to_key, key_to_topic, matches, split_shared, topic_to_key
 
 if TYPE_CHECKING:
@@ -331,10 +332,12 @@ class MQTTConsumer:
 
 
 class MQTTServer:
-    def __init__(self, core: BrokerCore, config: MQTTConfig, retained: RetainedStore) -> None:
+    def __init__(self, core: BrokerCore, config: MQTTConfig, retained: RetainedStore,
+                 state: SessionStateStore | None = None) -> None:
         self.core = core
         self.config = config
         self.retained = retained
+        self.state = state if state is not None else SessionStateStore(None, None)
         self.sessions: dict[str, Session] = {}
         self.connections: set[MQTTConnection] = set()
         self._servers: list[asyncio.base_events.Server] = []
@@ -366,6 +369,7 @@ class MQTTServer:
                 if timer is not None:
                     timer.cancel()
         self.retained.close()
+        self.state.close()
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -373,7 +377,7 @@ class MQTTServer:
         """A persistent session from the durable queues and bindings the core recovered."""
         names = {f"mqtt-subscription-{client_id}qos{q}": q for q in (0, 1, 2)}
         queues = {n: vhost.queues[n] for n in names if n in vhost.queues}
-        if not queues:
+        if not queues and client_id not in self.state.state:
             return None
         session = Session(client_id, True, None)
         exchange = vhost.exchanges.get(EXCHANGE)
@@ -390,6 +394,12 @@ class MQTTServer:
                     queue.name, binding.routing_key, None,
                 )
         session.refresh_special()
+        inbound, outbound = self.state.get(client_id)
+        session.awaiting_rel = inbound
+        for packet_id in outbound:  # PUBREL sent before the restart: sent again
+            record = Inflight(None, None, 2)
+            record.released = True
+            session.inflight[packet_id] = record
         return session
 
     def discard_session(self, session: Session, vhost: VirtualHost) -> None:
@@ -407,6 +417,7 @@ class MQTTServer:
             if options.group is not None:
                 self.unbind_shared(options, vhost)
         session.subscriptions.clear()
+        self.state.record(session.client_id, "drop")
 
     def unbind_shared(self, options: SubOptions, vhost: VirtualHost) -> None:
         queue = vhost.queues.get(options.queue_name)
@@ -873,7 +884,7 @@ class MQTTConnection(asyncio.Protocol):
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
         message = message_from_publish(packet, topic, self.client_id)
-        retained_write = False
+        needs_sync = False
         try:
             result = self.publisher.publish(EXCHANGE, message)
         except CoreError as exc:
@@ -889,7 +900,7 @@ class MQTTConnection(asyncio.Protocol):
             self._flush_acks()
             return
         if packet.retain:
-            retained_write = self.server.retained.set(
+            needs_sync = self.server.retained.set(
                 topic, packet.payload, qos, _retainable(packet.properties)
             )
         if qos == 0:
@@ -901,12 +912,16 @@ class MQTTConnection(asyncio.Protocol):
             reason = codec.QUOTA_EXCEEDED if self.version == 5 else 0
         if qos == 2:
             session.awaiting_rel.add(packet.packet_id or 0)
+            if session.persistent:
+                # Remembered on disk with the message (the PUBREC waits for that fsync).
+                self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
+                needs_sync = True
         record = [Ack(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason), False]
         self.acks.append(record)
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
             self.inbound_unacked += 1
-        outcome = result.outcome | (NEEDS_SYNC if retained_write else 0)
+        outcome = result.outcome | (NEEDS_SYNC if needs_sync else 0)
 
         def stored() -> None:
             record[1] = True
@@ -937,6 +952,8 @@ class MQTTConnection(asyncio.Protocol):
             # Inbound QoS 2, step 3: forget the id, answer PUBCOMP.
             known = packet.packet_id in session.awaiting_rel
             session.awaiting_rel.discard(packet.packet_id)
+            if known and session.persistent:
+                self.server.state.record(self.client_id, "in-", packet.packet_id)
             reason = 0 if known or self.version != 5 else codec.PACKET_ID_NOT_FOUND
             self.write(Ack(codec.PUBCOMP, packet.packet_id, reason))
             return
@@ -952,10 +969,14 @@ class MQTTConnection(asyncio.Protocol):
                 self._settle(record)
                 return
             record.released = True
+            if session.persistent:
+                self.server.state.record(self.client_id, "out+", packet.packet_id)
             self._settle(record)  # the receiver owns the message now
             self.write(Ack(codec.PUBREL, packet.packet_id))
         elif kind == codec.PUBCOMP and record.released:
             del session.inflight[packet.packet_id]
+            if session.persistent:
+                self.server.state.record(self.client_id, "out-", packet.packet_id)
         else:
             raise MQTTError(codec.PROTOCOL_ERROR, f"unexpected acknowledgement type {kind}")
         # credit came back
