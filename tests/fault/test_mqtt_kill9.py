@@ -7,7 +7,10 @@ sending (after a few hundred PUBACKs, so some PUBLISHes are in flight unacknowle
 then restarted on the same data directory; the subscriber reconnects with
 clean_session=False and must find its session and get every message that was
 PUBACKed (messages that were not PUBACKed may or may not be there: the client would
-resend them).  QoS 1 allows duplicates; the check is on the set.
+resend them).  QoS 1 allows duplicates; the check is on the set.  A second persistent
+subscriber stays connected while the publisher runs, acknowledging what it gets; after
+the restart it resumes and must have every PUBACKed message too, and any message it got
+twice must carry DUP on the later copy.
 
 The same scenario runs against mosquitto for the record:
 ``python tests/fault/test_mqtt_kill9.py --mosquitto`` (and ``--baedal``) prints the
@@ -37,6 +40,7 @@ TOTAL = 1000
 KILL_AFTER_ACKS = 600
 TOPIC = "kill9/data"
 SUBSCRIBER = "kill9-persistent-subscriber"
+LIVE_SUBSCRIBER = "kill9-live-subscriber"
 
 
 def free_port() -> int:
@@ -129,6 +133,15 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
         assert subscribed.wait(10)
         sub.disconnect()
         sub.loop_stop()
+        # ... and a second one stays connected, receiving (and PUBACKing) while it runs
+        live_got: list[tuple[int, bool]] = []
+        live = client(broker, LIVE_SUBSCRIBER, clean=False)
+        live.on_message = lambda cl, ud, m: live_got.append((int(m.payload), bool(m.dup)))
+        assert connect_and_wait(live, broker)["rc"] == 0
+        live_subscribed = threading.Event()
+        live.on_subscribe = lambda *a: live_subscribed.set()
+        live.subscribe(TOPIC, 1)
+        assert live_subscribed.wait(10)
         # 2. QoS 1 publisher, killed mid-stream
         # paho's callback thread holds paho's lock while it runs on_publish: record the
         # acknowledged message ids only, and map them to sequence numbers afterwards
@@ -147,9 +160,13 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
         wait(lambda: len(acked_mids) >= KILL_AFTER_ACKS, 60, f"{KILL_AFTER_ACKS} PUBACKs")
         broker.kill()
         pub.loop_stop()
+        live.loop_stop()
         acked_before_kill = {mid_to_seq[mid] for mid in set(acked_mids) if mid in mid_to_seq}
-        # 3. restart; the subscriber resumes its session
+        # 3. restart; the subscribers resume their sessions
         broker.start()
+        live = client(broker, LIVE_SUBSCRIBER, clean=False)
+        live.on_message = lambda cl, ud, m: live_got.append((int(m.payload), bool(m.dup)))
+        connect_and_wait(live, broker)
         received: list[int] = []
         sub = client(broker, SUBSCRIBER, clean=False)
         sub.on_message = lambda cl, ud, m: received.append(int(m.payload))
@@ -162,6 +179,11 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
             last = len(received)
         sub.disconnect()
         sub.loop_stop()
+        live.disconnect()
+        live.loop_stop()
+        copies: dict[int, list[bool]] = {}
+        for seq, dup in live_got:
+            copies.setdefault(seq, []).append(dup)
         # the retained message PUBACKed before the kill is there for a new subscriber
         retained_seen: list[bytes] = []
         late = client(broker, "kill9-late", clean=True)
@@ -180,6 +202,10 @@ def run_scenario(kind: str, data_dir: Path) -> dict[str, int | bool]:
             "lost": len(lost),
             "session_present": bool(state.get("present")),
             "retained_kept": retained_seen == [b"kept"],
+            "live_lost": len(acked_before_kill - set(copies)),
+            "live_duplicates": sum(len(c) - 1 for c in copies.values()),
+            # a second copy must carry DUP (QoS 1 allows duplicates, flagged)
+            "live_unflagged_duplicates": sum(1 for c in copies.values() for d in c[1:] if not d),
         }
     finally:
         broker.kill()
@@ -193,6 +219,8 @@ def test_mqtt_kill9_loses_no_pubacked_message(tmp_path: Path) -> None:
     assert result["session_present"], "the persistent session did not survive kill -9"
     assert result["lost"] == 0, result
     assert result["retained_kept"], result
+    assert result["live_lost"] == 0, result
+    assert result["live_unflagged_duplicates"] == 0, result
 
 
 if __name__ == "__main__":
