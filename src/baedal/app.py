@@ -64,6 +64,7 @@ class Broker:
         self._kafka_syncer: Any = None
         self.mqtt: Any = None
         self.mqtt_port: int | None = None
+        self.mqtt_tls_port: int | None = None
         self._mqtt_syncer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,6 +228,18 @@ class Broker:
             return
         self.mqtt = server
         log.info("baedal listening on mqtt://%s:%d", s.host, self.mqtt_port)
+        if s.tls_cert and s.tls_key and s.mqtt_tls_port is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+            tls_port = 0 if s.port == 0 and s.mqtt_tls_port == 8883 else s.mqtt_tls_port
+            try:
+                self.mqtt_tls_port = await server.listen(s.host, tls_port, context)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or s.mqtt_tls_port != 8883:
+                    raise
+                log.warning("mqtts listener off: default port 8883 is in use (%s)", exc)
+                return
+            log.info("baedal listening on mqtts://%s:%d", s.host, self.mqtt_tls_port)
 
     @property
     def exit_status(self) -> int:

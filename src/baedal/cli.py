@@ -84,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"baedal Kafka on {broker.kafka_bootstrap}", flush=True)
         if broker.mqtt_port is not None:
             print(f"baedal MQTT on port {broker.mqtt_port}", flush=True)
+        if broker.mqtt_tls_port is not None:
+            print(f"baedal MQTT over TLS on port {broker.mqtt_tls_port}", flush=True)
         if broker.http_url:
             print(f"baedal HTTP on {broker.http_url}", flush=True)
         print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)

@@ -53,6 +53,7 @@ class Settings:
     # MQTT port too).  Clients log in as Baedal users into ``mqtt_vhost``; without a
     # user name only when ``mqtt_allow_anonymous`` (as the default user).
     mqtt_port: int | None = 1883
+    mqtt_tls_port: int | None = 8883  # served when tls_cert and tls_key are set
     mqtt_vhost: str = "/"
     mqtt_allow_anonymous: bool = False
     mqtt_max_packet_size: int = 16 * 1024 * 1024
@@ -68,7 +69,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
-    if name in ("kafka_port", "kafka_advertised_port", "mqtt_port") and str(value).lower() in (
+    if name in ("kafka_port", "kafka_advertised_port", "mqtt_port", "mqtt_tls_port") and str(value).lower() in (
         "", "none", "off", "false"
     ):
         return None  # (port 0 stays 0: an ephemeral port)
@@ -80,7 +81,7 @@ def _coerce(name: str, value: Any) -> Any:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "consumer_timeout":
         return int(value) if int(value) > 0 else None
-    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port", "mqtt_port"):
+    if isinstance(default, int) or name in ("http_port", "kafka_port", "kafka_advertised_port", "mqtt_port", "mqtt_tls_port"):
         return int(value)
     if isinstance(default, float):
         return float(value)

@@ -75,3 +75,42 @@ def test_serve_flag(tmp_path: Path) -> None:
             process.wait(10)
         if process.poll() is None:
             process.kill()
+
+
+def test_mqtt_over_tls(tmp_path: Path) -> None:
+    import ssl
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from baedal_testing import wait_until
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_file), append=True)
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with Broker(port=0, tls_port=0, tls_cert=str(cert_file), tls_key=str(key_file),
+                data_dir=tmp_path / "d") as broker:
+        assert broker.mqtt_tls_port and broker.mqtt_tls_port != broker.mqtt_port
+        got: list[bytes] = []
+        connected: list[int] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="tls-client")
+        client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.username_pw_set("guest", "guest")
+        client.on_connect = lambda c, u, f, rc, p: connected.append(rc.value)
+        client.on_message = lambda c, u, m: got.append(m.payload)
+        client.on_subscribe = lambda c, u, mid, rc, p: c.publish("tls/t", b"secret", 1)
+        client.connect("localhost", broker.mqtt_tls_port, 30)
+        client.loop_start()
+        wait_until(lambda: connected, 10, "CONNACK over TLS")
+        assert connected == [0]
+        client.subscribe("tls/t", 1)
+        wait_until(lambda: got, 10, "the message over TLS")
+        assert got == [b"secret"]
+        client.disconnect()
+        client.loop_stop()
