@@ -113,7 +113,17 @@ def test_unsupported_protocol_level(target: Target) -> None:
     sock = socket.create_connection((target.host, target.port), 10)
     body = b"\x00\x04MQTT\x07\x02\x00\x3c\x00\x01x"
     sock.sendall(b"\x10" + bytes([len(body)]) + body)
-    closed_after(sock, 4)
+    sent = closed_after(sock, 4)
+    assert sent == [codec.Connack(False, codec.V3_UNACCEPTABLE_PROTOCOL)]
+    sock.close()
+
+
+@baedal_only
+def test_overlong_client_id_rejected(target: Target) -> None:
+    sock = socket.create_connection((target.host, target.port), 10)
+    sock.sendall(encode(Connect("x" * 300, username="guest", password=b"guest"), 4))
+    sent = closed_after(sock, 4)
+    assert sent == [codec.Connack(False, codec.V3_IDENTIFIER_REJECTED)]
     sock.close()
 
 

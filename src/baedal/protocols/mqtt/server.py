@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("baedal.mqtt")
 
 EXCHANGE = "amq.topic"
+MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 
 
@@ -572,11 +573,10 @@ class MQTTConnection(asyncio.Protocol):
         """Bad input: close (with DISCONNECT and the reason in 5.0, after CONNECT)."""
         log.info("mqtt %s: closing: %s (reason 0x%02x)", self.client_id or self.peer, text, reason)
         self.server.counters["refused"] += 1
-        if self.session is None and self.version == 5 and reason in (
-            codec.UNSUPPORTED_PROTOCOL_VERSION, codec.MALFORMED_PACKET, codec.PROTOCOL_ERROR,
-            codec.PACKET_TOO_LARGE,
-        ) and self.parser.version == 5:
-            self.write(Connack(False, reason))
+        if self.session is None and reason == codec.UNSUPPORTED_PROTOCOL_VERSION:
+            # MQTT-3.1.2-2: CONNACK "unacceptable protocol version", in 3.1.1 form (the
+            # client's version is the thing we do not know).
+            self.transport.write(encode(Connack(False, codec.V3_UNACCEPTABLE_PROTOCOL), 4))
         self.server_disconnect(reason, text, will=True)
 
     def server_disconnect(self, reason: int, text: str, *, will: bool) -> None:
@@ -697,6 +697,11 @@ class MQTTConnection(asyncio.Protocol):
                 return
             client_id = assigned = "baedal-" + uuid.uuid4().hex[:16]
         self.client_id = client_id
+        if len(client_id.encode()) > MAX_CLIENT_ID:
+            # The id names the session's queues; 3.1.1 needs only 23 characters accepted.
+            self._refuse(codec.V3_IDENTIFIER_REJECTED, codec.CLIENT_ID_NOT_VALID,
+                         f"client id longer than {MAX_CLIENT_ID} bytes")
+            return
         # Login against Baedal's users (anonymous only when configured).
         if packet.username is None:
             if not config.allow_anonymous:
