@@ -212,3 +212,26 @@ def test_qos2_handshake_state_survives_restart(tmp_path: Path) -> None:
         watcher.disconnect()
         sender.close()
         receiver.close()
+
+
+def test_http_publish_reaches_mqtt_subscriber(tmp_path: Path) -> None:
+    import requests
+
+    from baedal import Broker
+
+    with Broker(host="127.0.0.1", port=0, data_dir=tmp_path / "h", http_port=0) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        sub = target.client(version=5)
+        sub.subscribe("web/#", 1)
+        answer = requests.post(
+            f"{broker.http_url}/api/exchanges/%2F/amq.topic/publish",
+            json={"routing_key": "web.hook", "payload": "from http", "payload_encoding": "string",
+                  "properties": {"content_type": "text/plain", "headers": {"origin": "curl"}}},
+            auth=("guest", "guest"), timeout=10,
+        )
+        assert answer.status_code == 200 and answer.json() == {"routed": True}
+        got = sub.wait_messages(1)[0]
+        assert got.topic == "web/hook" and got.payload == b"from http"
+        assert got.properties.ContentType == "text/plain"
+        assert ("origin", "curl") in got.properties.UserProperty
+        sub.disconnect()
