@@ -235,3 +235,23 @@ def test_http_publish_reaches_mqtt_subscriber(tmp_path: Path) -> None:
         assert got.properties.ContentType == "text/plain"
         assert ("origin", "curl") in got.properties.UserProperty
         sub.disconnect()
+
+
+def test_dollar_topics_and_non_topic_keys_from_amqp(target: Target) -> None:
+    everything = target.client()
+    everything.subscribe("#", 0)
+    system = target.client()
+    system.subscribe("$SYS/#", 0)
+    plus_first = target.client()
+    plus_first.subscribe("+/broker/load", 0)
+    conn = pika.BlockingConnection(pika.URLParameters(target.broker.amqp_url))
+    ch = conn.channel()
+    ch.basic_publish("amq.topic", "$SYS.broker.load", b"sys")
+    ch.basic_publish("amq.topic", "odd.#", b"not a topic name")
+    ch.basic_publish("amq.topic", "plain.broker.load", b"plain")
+    conn.close()
+    assert [m.topic for m in system.wait_messages(1)] == ["$SYS/broker/load"]
+    wait_until(lambda: everything.payloads() == [b"plain"], 10, "only the plain topic for #")
+    wait_until(lambda: plus_first.payloads() == [b"plain"], 10, "only the plain topic for +/...")
+    for c in (everything, system, plus_first):
+        c.disconnect()

@@ -1125,10 +1125,24 @@ class MQTTConnection(asyncio.Protocol):
         ]
 
     def deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
+        # Called from the core's drain, i.e. often inside *another* client's publish: a
+        # message this client cannot be sent must not fail that publish.
+        try:
+            self._deliver(consumer, queue, entry)
+        except Exception:
+            log.exception("mqtt %s: cannot deliver a message from %r", self.client_id, queue.name)
+            if entry.message is not None:
+                self._drop(consumer, queue, entry)
+
+    def _deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
         session = self.session
         assert message is not None and session is not None
         topic = key_to_topic(message.routing_key)
+        if "+" in topic or "#" in topic or not topic:
+            # An AMQP routing key that is no MQTT topic name (MQTT-4.7.3-1): not sent.
+            self._drop(consumer, queue, entry)
+            return
         extension = message.extension
         mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
         publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
