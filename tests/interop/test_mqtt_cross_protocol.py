@@ -255,3 +255,40 @@ def test_dollar_topics_and_non_topic_keys_from_amqp(target: Target) -> None:
     wait_until(lambda: plus_first.payloads() == [b"plain"], 10, "only the plain topic for +/...")
     for c in (everything, system, plus_first):
         c.disconnect()
+
+
+def test_shared_subscription_of_a_persistent_member_survives_restart(tmp_path: Path) -> None:
+    from baedal import Broker
+
+    data = tmp_path / "data"
+    with Broker(host="127.0.0.1", port=0, data_dir=data) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        durable = target.client("share-durable", clean=False)
+        durable.subscribe("$share/g1/work/#", 1)
+        clean = target.client("share-clean")
+        clean.subscribe("$share/g1/work/#", 1)
+        lonely = target.client("share-lonely")  # a group of clean members only
+        lonely.subscribe("$share/g2/work/#", 1)
+        for c in (durable, clean, lonely):
+            c.disconnect()
+        wait_until(lambda: "mqtt-share-g2-work.#" not in broker.core.vhosts["/"].queues, 5,
+                   "the clean-only group's queue gone with its last member")
+        pub = target.client()
+        for i in range(5):
+            pub.publish("work/item", f"{i}", 1)
+        pub.disconnect()
+    with Broker(host="127.0.0.1", port=0, data_dir=data) as broker:
+        target = Target("127.0.0.1", broker.mqtt_port, "guest", "guest", broker)
+        durable = target.client("share-durable", clean=False)
+        assert durable.connack is not None and durable.connack[0] is True
+        got = durable.wait_messages(5)
+        assert sorted(m.payload for m in got) == [f"{i}".encode() for i in range(5)]
+        pub = target.client()
+        pub.publish("work/item", b"live", 1)
+        wait_until(lambda: b"live" in durable.payloads(), 10, "a live shared delivery")
+        # leaving the group (unsubscribe) by its last member removes the queue
+        durable.paho.unsubscribe("$share/g1/work/#")
+        wait_until(lambda: "mqtt-share-g1-work.#" not in broker.core.vhosts["/"].queues, 5,
+                   "the group's queue gone with its last member")
+        durable.disconnect()
+        pub.disconnect()

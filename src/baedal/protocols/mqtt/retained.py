@@ -160,9 +160,11 @@ class RetainedStore:
         return found
 
     def close(self) -> None:
-        if self._file is not None:
-            self.syncer.forget(self._file)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.flush()
+            os.fsync(file.fileno())
+            self.syncer.forget(file)
+            # A sync job may be fsyncing this descriptor right now: close it after that
+            # job (closing it under the worker could fsync whatever reuses the number).
+            self.syncer.retire(file, file.close)

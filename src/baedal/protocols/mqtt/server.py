@@ -21,9 +21,10 @@ other protocol on the core) meet in the same exchange:
   clean one.  A subscription's options (the filter as given, QoS, MQTT 5.0 subscription
   identifier, no-local, retain-as-published) are kept in the binding's arguments, so a
   persistent session is rebuilt after a restart from the recovered bindings alone.  A
-  shared subscription ``$share/<group>/<filter>`` is one queue per group and filter
-  (``mqtt-share-<group>-<filter>``) consumed by every member: the core's round-robin
-  splits the work.
+  shared subscription ``$share/<group>/<filter>`` is one durable queue per group and
+  filter (``mqtt-share-<group>-<filter>``) consumed by every member (the core's
+  round-robin splits the work); it lives while the group has a member (a persistent
+  member's share is recorded in ``sessionstate.py``, so it survives a restart too).
 * **Deliver.**  Each queue has one ``MQTTConsumer`` (the core's ``Consumer``) while the
   client is connected.  QoS 0 deliveries are settled when written; QoS 1/2 ones stay
   in the session's in-flight map under their packet id until PUBACK (or PUBREC) and go
@@ -41,7 +42,7 @@ connection (after a DISCONNECT with a reason code in 5.0); nothing else is touch
 
 The middle of a QoS 2 exchange of a persistent session (ids awaiting PUBREL from the
 client, PUBRELs awaiting PUBCOMP) is kept in ``sessionstate.py`` so it survives a restart
-too.  Known gap: shared-subscription queues are not durable.
+too.
 """
 
 from __future__ import annotations
@@ -245,6 +246,8 @@ class SubOptions:
         self.group = group
 
     def binding_arguments(self) -> dict[str, Any]:
+        if self.group is not None:  # one binding for the whole group, whoever made it
+            return {"x-mqtt-filter": self.topic_filter, "x-mqtt-share": self.group}
         args: dict[str, Any] = {"x-mqtt-filter": self.topic_filter, "x-mqtt-qos": self.qos}
         if self.no_local:
             args["x-mqtt-no-local"] = True
@@ -340,6 +343,20 @@ class MQTTServer:
         self.retained = retained
         self.state = state if state is not None else SessionStateStore(None, None)
         self.sessions: dict[str, Session] = {}
+        # shared-subscription queue -> client ids of its members (in memory, and the
+        # persistent ones recorded on disk)
+        self.share_members: dict[str, set[str]] = {}
+        for client_id, shares in self.state.shares.items():
+            for topic_filter in shares:
+                group, inner = split_shared(topic_filter)
+                self.share_members.setdefault(share_queue_name(group or "", inner), set()).add(client_id)
+        # A shared queue whose members were all clean sessions when the broker went
+        # down has no member any more.
+        vhost = core.vhosts.get(config.vhost)
+        if vhost is not None:
+            for name in [n for n in vhost.queues if n.startswith("mqtt-share-")]:
+                if name not in self.share_members:
+                    vhost.delete_queue(vhost.queues[name])
         self.connections: set[MQTTConnection] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
@@ -378,7 +395,7 @@ class MQTTServer:
         """A persistent session from the durable queues and bindings the core recovered."""
         names = {f"mqtt-subscription-{client_id}qos{q}": q for q in (0, 1, 2)}
         queues = {n: vhost.queues[n] for n in names if n in vhost.queues}
-        if not queues and client_id not in self.state.state:
+        if not queues and client_id not in self.state.state and client_id not in self.state.shares:
             return None
         session = Session(client_id, True, None)
         exchange = vhost.exchanges.get(EXCHANGE)
@@ -394,6 +411,12 @@ class MQTTServer:
                     bool(args.get("x-mqtt-retain-as-published")), args.get("x-mqtt-subscription-id"),
                     queue.name, binding.routing_key, None,
                 )
+        for topic_filter, qos in self.state.shares.get(client_id, {}).items():
+            group, inner = split_shared(topic_filter)
+            session.subscriptions[topic_filter] = SubOptions(
+                inner, qos, False, False, None, share_queue_name(group or "", inner),
+                filter_to_key(inner), group,
+            )
         session.refresh_special()
         inbound, outbound = self.state.get(client_id)
         session.awaiting_rel = inbound
@@ -416,13 +439,20 @@ class MQTTServer:
                 vhost.delete_queue(queue)
         for options in session.subscriptions.values():
             if options.group is not None:
-                self.unbind_shared(options, vhost)
+                self.leave_share(session.client_id, options, vhost)
         session.subscriptions.clear()
         self.state.record(session.client_id, "drop")
 
-    def unbind_shared(self, options: SubOptions, vhost: VirtualHost) -> None:
+    def leave_share(self, client_id: str, options: SubOptions, vhost: VirtualHost) -> None:
+        """A member leaves a shared subscription; its queue goes with the last member."""
+        members = self.share_members.get(options.queue_name)
+        if members is not None:
+            members.discard(client_id)
+            if members:
+                return
+            del self.share_members[options.queue_name]
         queue = vhost.queues.get(options.queue_name)
-        if queue is not None and not queue.consumers:
+        if queue is not None:
             vhost.delete_queue(queue)
 
     def session_ended(self, session: Session, vhost: VirtualHost) -> None:
@@ -439,6 +469,10 @@ class MQTTServer:
         session.expiry_timer = None
         if session.connection is None:
             self.discard_session(session, vhost)
+
+
+def share_queue_name(group: str, topic_filter: str) -> str:
+    return f"mqtt-share-{group}-{filter_to_key(topic_filter)}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -1033,15 +1067,26 @@ class MQTTConnection(asyncio.Protocol):
             if group is None:
                 queue_name = session.queue_name(qos)
             else:
-                queue_name = f"mqtt-share-{group}-{filter_to_key(topic_filter)}"
+                queue_name = share_queue_name(group, topic_filter)
             options = SubOptions(topic_filter, qos, request.no_local, request.retain_as_published,
                                  sub_id, queue_name, filter_to_key(topic_filter), group)
             previous = session.subscriptions.get(key)
             try:
+                if previous is not None and group is not None:
+                    # the same share again: stay a member (leaving could drop the queue)
+                    session.subscriptions[key] = options
+                    consumer = self.consumers.get(queue_name)
+                    if consumer is not None:
+                        consumer.qos = qos
+                        consumer.no_ack = qos == 0
+                    codes.append(qos)
+                    continue
                 if previous is not None:
                     self._unbind(previous)
                 session.subscriptions[key] = options
                 self._attach(options)
+                if group is not None and session.persistent:
+                    self.server.state.record(self.client_id, "share+", [key, qos])
             except CoreError as exc:
                 session.subscriptions.pop(key, None)
                 log.info("mqtt %s: subscribe %r refused: %s", self.client_id, key, exc.text)
@@ -1065,7 +1110,7 @@ class MQTTConnection(asyncio.Protocol):
         if queue is not None:
             return queue
         if options.group is not None:
-            queue, _ = vhost.declare_queue(options.queue_name, durable=False, auto_delete=True)
+            queue, _ = vhost.declare_queue(options.queue_name, durable=True)
             return queue
         if session.persistent:
             arguments: dict[str, Any] = {}
@@ -1083,6 +1128,10 @@ class MQTTConnection(asyncio.Protocol):
         assert vhost is not None
         queue = self._ensure_queue(options)
         vhost.bind(EXCHANGE, queue, options.routing_key, options.binding_arguments())
+        if options.group is not None:
+            session = self.session
+            assert session is not None
+            self.server.share_members.setdefault(queue.name, set()).add(session.client_id)
         if queue.name not in self.consumers:
             consumer = MQTTConsumer(self, queue, options.qos, options.group is not None)
             self.consumers[queue.name] = consumer
@@ -1094,11 +1143,17 @@ class MQTTConnection(asyncio.Protocol):
         queue = vhost.queues.get(options.queue_name)
         if queue is None:
             return
-        vhost.unbind(EXCHANGE, queue, options.routing_key, options.binding_arguments())
         if options.group is not None:
             consumer = self.consumers.pop(queue.name, None)
             if consumer is not None:
                 queue.remove_consumer(consumer)
+            session = self.session
+            assert session is not None
+            self.server.state.record(session.client_id, "share-",
+                                     [f"$share/{options.group}/{options.topic_filter}", 0])
+            self.server.leave_share(session.client_id, options, vhost)
+            return
+        vhost.unbind(EXCHANGE, queue, options.routing_key, options.binding_arguments())
 
     def on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
