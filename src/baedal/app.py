@@ -65,6 +65,10 @@ class Broker:
         self.stomp_port: int | None = None
         self.stomp_tls_port: int | None = None
         self._kafka_syncer: Any = None
+        self.mqtt: Any = None
+        self.mqtt_port: int | None = None
+        self.mqtt_tls_port: int | None = None
+        self._mqtt_syncer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -135,6 +139,8 @@ class Broker:
             await self._start_kafka(loop)
         if s.stomp_port is not None:
             await self._start_stomp()
+        if s.mqtt_port is not None:
+            await self._start_mqtt(loop)
         if s.http_port is not None:
             self.http = _open_http(self)
             if self.http is not None:
@@ -218,6 +224,61 @@ class Broker:
             context.load_cert_chain(s.tls_cert, s.tls_key)
             self.stomp_tls_port = await server.listen(s.host, s.stomp_tls_port, context)
         log.info("baedal listening on stomp://%s:%d", s.host, self.stomp_port)
+    async def _start_mqtt(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .protocols.mqtt.retained import RetainedStore
+        from .protocols.mqtt.server import MQTTConfig, MQTTServer
+        from .protocols.mqtt.sessionstate import SessionStateStore
+        from .storage.syncer import Syncer
+
+        s = self.settings
+        assert self.core is not None
+        syncer = getattr(self.storage, "syncer", None)
+        if syncer is None:  # no durable engine: the retained store still group-commits
+            syncer = self._mqtt_syncer = Syncer(on_fatal=self._storage_fatal, loop=loop)
+        retained = RetainedStore(
+            s.data_dir / "mqtt" / "retained.jsonl" if s.durable_store else None, syncer
+        )
+        retained.open()
+        state = SessionStateStore(
+            s.data_dir / "mqtt" / "sessions.jsonl" if s.durable_store else None, syncer
+        )
+        state.open()
+        config = MQTTConfig(
+            vhost=s.mqtt_vhost,
+            allow_anonymous=s.mqtt_allow_anonymous,
+            max_packet_size=s.mqtt_max_packet_size,
+            max_keep_alive=s.mqtt_max_keep_alive,
+            handshake_timeout=s.handshake_timeout,
+            max_output=s.max_connection_output,
+        )
+        server = MQTTServer(self.core, config, retained, state)
+        # Like Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
+        # MQTT port; only the *default* port may be skipped when it is taken.
+        port = 0 if s.port == 0 and s.mqtt_port == 1883 else s.mqtt_port
+        assert port is not None
+        try:
+            self.mqtt_port = await server.listen(s.host, port)
+        except OSError as exc:
+            retained.close()
+            state.close()
+            if exc.errno != errno.EADDRINUSE or s.mqtt_port != 1883:
+                raise
+            log.warning("mqtt listener off: default port 1883 is in use (%s)", exc)
+            return
+        self.mqtt = server
+        log.info("baedal listening on mqtt://%s:%d", s.host, self.mqtt_port)
+        if s.tls_cert and s.tls_key and s.mqtt_tls_port is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert, s.tls_key)
+            tls_port = 0 if s.port == 0 and s.mqtt_tls_port == 8883 else s.mqtt_tls_port
+            try:
+                self.mqtt_tls_port = await server.listen(s.host, tls_port, context)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or s.mqtt_tls_port != 8883:
+                    raise
+                log.warning("mqtts listener off: default port 8883 is in use (%s)", exc)
+                return
+            log.info("baedal listening on mqtts://%s:%d", s.host, self.mqtt_tls_port)
 
     @property
     def exit_status(self) -> int:
@@ -277,6 +338,12 @@ class Broker:
         if self.stomp is not None:
             await self.stomp.close("storage failure" if self.failure is not None else "broker shutdown")
             self.stomp = None
+        if self.mqtt is not None:
+            await self.mqtt.close()  # closes its retained store before the syncer goes
+            self.mqtt = None
+        if self._mqtt_syncer is not None:
+            self._mqtt_syncer.close()
+            self._mqtt_syncer = None
         if self.kafka is not None:
             await self.kafka.close()
             self.kafka.close_storage()  # before the syncer it uses goes away

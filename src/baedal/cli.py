@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         "http_host": args.http_host,
         "consumer_timeout": args.consumer_timeout,
         "kafka_port": args.kafka_port,
+        "mqtt_port": args.mqtt_port,
         "kafka_advertised_host": args.kafka_advertised_host,
         "kafka_advertised_port": args.kafka_advertised_port,
         "stomp_port": args.stomp_port,
@@ -84,6 +85,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"baedal Kafka on {broker.kafka_bootstrap}", flush=True)
         if broker.stomp_port:
             print(f"baedal STOMP on {settings.host}:{broker.stomp_port}", flush=True)
+        if broker.mqtt_port is not None:
+            print(f"baedal MQTT on port {broker.mqtt_port}", flush=True)
+        if broker.mqtt_tls_port is not None:
+            print(f"baedal MQTT over TLS on port {broker.mqtt_tls_port}", flush=True)
         if broker.http_url:
             print(f"baedal HTTP on {broker.http_url}", flush=True)
         print(f"data directory {settings.data_dir.resolve()} (ready in {time.monotonic() - started:.2f}s)", flush=True)
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--kafka-port", help="Kafka port (default 9092, 'off' disables; env BAEDAL_KAFKA_PORT)"
+    )
+    serve.add_argument(
+        "--mqtt-port", help="MQTT port (default 1883, 'off' disables; env BAEDAL_MQTT_PORT)"
     )
     serve.add_argument(
         "--kafka-advertised-host", help="host Kafka clients are told to connect to (default: --host)"

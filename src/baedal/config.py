@@ -58,6 +58,15 @@ class Settings:
     stomp_max_headers: int = 1000
     stomp_max_header_line: int = 10 * 1024
     stomp_max_header_bytes: int = 64 * 1024
+    # MQTT listener ("off" disables; an embedded Broker with port=0 gets an ephemeral
+    # MQTT port too).  Clients log in as Baedal users into ``mqtt_vhost``; without a
+    # user name only when ``mqtt_allow_anonymous`` (as the default user).
+    mqtt_port: int | None = 1883
+    mqtt_tls_port: int | None = 8883  # served when tls_cert and tls_key are set
+    mqtt_vhost: str = "/"
+    mqtt_allow_anonymous: bool = False
+    mqtt_max_packet_size: int = 16 * 1024 * 1024
+    mqtt_max_keep_alive: int = 0  # 0: clients' keep-alive stands; else Server Keep Alive
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -69,7 +78,9 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
-    if name in ("kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port") and str(value).lower() in (
+    if name in (
+        "kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port", "mqtt_port", "mqtt_tls_port"
+    ) and str(value).lower() in (
         "", "none", "off", "false"
     ):
         return None  # (port 0 stays 0: an ephemeral port)
@@ -82,7 +93,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "consumer_timeout":
         return int(value) if int(value) > 0 else None
     if isinstance(default, int) or name in (
-        "http_port", "kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port"
+        "http_port", "kafka_port", "kafka_advertised_port", "stomp_port", "stomp_tls_port", "mqtt_port", "mqtt_tls_port"
     ):
         return int(value)
     if isinstance(default, float):

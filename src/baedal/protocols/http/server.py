@@ -79,6 +79,7 @@ class HTTPServer:
         self.app.router.add_get("/console", _redirect_to_console)
         self.app.router.add_get("/console/{path:.*}", self._console_file)
         stomp_websocket.add_routes(self.app, self.broker)  # STOMP over WebSocket at /ws
+        __import__("baedal.protocols.mqtt.websocket", fromlist=["add_routes"]).add_routes(self.app)
 
     async def _console_file(self, request: web.Request) -> web.StreamResponse:
         root = self.static_dir

@@ -1,0 +1,1320 @@
+"""The MQTT 3.1.1 / 5.0 listener on the protocol-neutral core.
+
+Theory of operation
+-------------------
+MQTT is served the way RabbitMQ's MQTT plugin serves it, so MQTT and AMQP (and every
+other protocol on the core) meet in the same exchange:
+
+* **Publish.**  A PUBLISH goes through the one publish path (``core/publish.py``:
+  ``Publisher.publish``) to ``amq.topic`` with the topic mapped to a routing key
+  (``topics.py``: ``/`` ↔ ``.``).  QoS 1 and 2 messages are persistent.  The PUBACK
+  (QoS 1) or PUBREC (QoS 2) is sent only once the message is as safe as an AMQP
+  publisher confirm makes it (``Publisher.when_stored``: the group-commit fsync of the
+  durable queues it reached, and of the retained store for a retained message).
+  Acknowledgements leave in the order the PUBLISHes came (MQTT 4.6), so a later
+  publish that needed no fsync waits behind an earlier one that does.
+* **Subscribe.**  A session's subscriptions are bindings of ``amq.topic`` to the
+  session's queues, one queue per granted QoS named as RabbitMQ names them
+  (``mqtt-subscription-<client id>qos<N>``): durable for a persistent session (so the
+  subscriptions and the QoS 1/2 messages published while the client is away survive a
+  restart and a kill -9 in the core's own storage), exclusive and auto-delete for a
+  clean one.  A subscription's options (the filter as given, QoS, MQTT 5.0 subscription
+  identifier, no-local, retain-as-published) are kept in the binding's arguments, so a
+  persistent session is rebuilt after a restart from the recovered bindings alone.  A
+  shared subscription ``$share/<group>/<filter>`` is one durable queue per group and
+  filter (``mqtt-share-<group>-<filter>``) consumed by every member (the core's
+  round-robin splits the work); it lives while the group has a member (a persistent
+  member's share is recorded in ``sessionstate.py``, so it survives a restart too).
+* **Deliver.**  Each queue has one ``MQTTConsumer`` (the core's ``Consumer``) while the
+  client is connected.  QoS 0 deliveries are settled when written; QoS 1/2 ones stay
+  in the session's in-flight map under their packet id until PUBACK (or PUBREC) and go
+  back to their queue (redelivered with DUP set) when the connection goes away.  The
+  consumer has credit while the socket is writable and the in-flight count is below
+  the client's Receive Maximum.
+* **Retained messages** live in ``retained.py`` (an fsynced log under the data dir).
+* **Wills** are published on an unclean close (no DISCONNECT, keep-alive expiry,
+  protocol error, takeover), after the MQTT 5.0 will delay.
+
+What the codec cannot check (it lacks the session) is checked here: the first packet is
+a CONNECT and only the first, packet-id reuse, topic aliases, receive maximum, limits on
+topic length and levels and on subscriptions per client.  Any violation closes the
+connection (after a DISCONNECT with a reason code in 5.0); nothing else is touched.
+
+The middle of a QoS 2 exchange of a persistent session (ids awaiting PUBREL from the
+client, PUBRELs awaiting PUBCOMP) is kept in ``sessionstate.py`` so it survives a restart
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import struct
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...core.message import Extension, Message, QueueEntry, register_extension
+from ...core.publish import NEEDS_SYNC, UNROUTABLE, Publisher
+from ...core.vhost import CoreError
+from . import codec
+from .codec import (
+    Ack,
+    Connack,
+    Connect,
+    Disconnect,
+    MQTTError,
+    Packet,
+    Parser,
+    Publish,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    encode,
+)
+from .retained import RetainedStore
+from .sessionstate import SessionStateStore
+from .topics import filter_to_key, key_to_topic, matches, split_shared, topic_to_key
+
+if TYPE_CHECKING:
+    from ...core.broker import BrokerCore
+    from ...core.queue import Queue
+    from ...core.vhost import VirtualHost
+
+log = logging.getLogger("baedal.mqtt")
+
+EXCHANGE = "amq.topic"
+MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
+QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
+
+
+@dataclass
+class MQTTConfig:
+    vhost: str = "/"
+    allow_anonymous: bool = False
+    max_packet_size: int = 16 * 1024 * 1024
+    max_topic_length: int = 4096
+    max_topic_levels: int = 64
+    max_subscriptions: int = 1024  # per client
+    receive_maximum: int = 1024  # QoS 1/2 PUBLISHes a client may have unacknowledged
+    max_inflight: int = 65535  # QoS 1/2 deliveries in flight to one client (and its RM)
+    topic_alias_maximum: int = 64
+    max_keep_alive: int = 0  # 0: the client's keep-alive stands (else Server Keep Alive)
+    handshake_timeout: float = 10.0
+    max_output: int = 8 * 1024 * 1024
+
+
+# --- the MQTT part of a message -------------------------------------------------------------
+
+
+class MQTTExtension(Extension):
+    """What an MQTT publish carries besides the neutral fields: its QoS and retain flag,
+    the publishing client (no-local), payload format and binary correlation data."""
+
+    __slots__ = ("qos", "retain", "client_id", "payload_format", "correlation_data")
+    protocol = "mqtt"
+
+    def __init__(self, qos: int, retain: bool, client_id: str, payload_format: int | None,
+                 correlation_data: bytes | None) -> None:
+        self.qos = qos
+        self.retain = retain
+        self.client_id = client_id
+        self.payload_format = payload_format
+        self.correlation_data = correlation_data
+
+    def leftovers(self) -> bytes:
+        cid = self.client_id.encode()
+        corr = self.correlation_data or b""
+        flags = (1 if self.retain else 0) | (2 if self.correlation_data is not None else 0)
+        flags |= 4 if self.payload_format is not None else 0
+        return struct.pack(">BBBH", self.qos, flags, self.payload_format or 0, len(cid)) + cid + corr
+
+    def derived(self) -> Extension | None:
+        return self
+
+    @classmethod
+    def load(cls, data: bytes) -> Extension:
+        try:
+            qos, flags, pfi, size = struct.unpack_from(">BBBH", data)
+            cid = data[5:5 + size].decode()
+            corr = data[5 + size:] if flags & 2 else None
+        except (struct.error, UnicodeDecodeError):
+            return cls(0, False, "", None, None)
+        return cls(qos, bool(flags & 1), cid, pfi if flags & 4 else None, corr)
+
+
+register_extension("mqtt", MQTTExtension.load)
+
+
+def message_from_publish(packet: Publish, topic: str, client_id: str) -> Message:
+    """The neutral message of an MQTT PUBLISH (the mapping is in docs/design.md)."""
+    props = packet.properties
+    headers: dict[str, Any] = {QOS_HEADER: packet.qos}
+    for name, value in props.get("user_property", ()):
+        headers[name] = value  # a repeated name keeps its last value
+    correlation = props.get("correlation_data")
+    correlation_id = None
+    binary_correlation = None
+    if correlation is not None:
+        try:
+            correlation_id = correlation.decode("utf-8")
+        except UnicodeDecodeError:
+            binary_correlation = correlation
+        if correlation_id is not None and len(correlation_id) > 255:
+            correlation_id, binary_correlation = None, correlation
+    expiry = props.get("message_expiry_interval")
+    response_topic = props.get("response_topic")
+    extension = MQTTExtension(
+        packet.qos, packet.retain, client_id, props.get("payload_format_indicator"), binary_correlation
+    )
+    return Message.build(
+        EXCHANGE,
+        topic_to_key(topic),
+        packet.payload,
+        persistent=packet.qos > 0,
+        expiration_ms=None if expiry is None else expiry * 1000,
+        published_at=time.time(),
+        extension=extension,
+        headers=headers,
+        content_type=props.get("content_type"),
+        correlation_id=correlation_id,
+        reply_to=None if response_topic is None else topic_to_key(response_topic),
+    )
+
+
+def publish_properties(message: Message, now: float) -> dict[str, Any] | None:
+    """MQTT 5.0 properties for delivering ``message``; None when it has expired."""
+    props: dict[str, Any] = {}
+    extension = message.extension
+    if message.expiration_ms is not None:
+        published = message.published_at or now
+        left = math.ceil(published + message.expiration_ms / 1000 - now)
+        if left <= 0 and message.expiration_ms:
+            return None
+        props["message_expiry_interval"] = max(left, 0)
+    if isinstance(extension, MQTTExtension):
+        if extension.payload_format is not None:
+            props["payload_format_indicator"] = extension.payload_format
+        if extension.correlation_data is not None:
+            props["correlation_data"] = extension.correlation_data
+    content_type = message.content_type
+    if content_type is not None:
+        props["content_type"] = content_type
+    correlation_id = message.correlation_id
+    if correlation_id is not None and "correlation_data" not in props:
+        props["correlation_data"] = correlation_id.encode()
+    reply_to = message.reply_to
+    if reply_to is not None:
+        props["response_topic"] = key_to_topic(reply_to)
+    headers = message.headers
+    if headers:
+        pairs = [(k, _header_text(v)) for k, v in headers.items() if not k.startswith("x-mqtt-")]
+        if pairs:
+            props["user_property"] = pairs
+    return props
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+
+class SubOptions:
+    __slots__ = ("topic_filter", "qos", "no_local", "retain_as_published", "sub_id", "queue_name",
+                 "routing_key", "group")
+
+    def __init__(self, topic_filter: str, qos: int, no_local: bool, retain_as_published: bool,
+                 sub_id: int | None, queue_name: str, routing_key: str, group: str | None) -> None:
+        self.topic_filter = topic_filter  # without any $share prefix
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.sub_id = sub_id
+        self.queue_name = queue_name
+        self.routing_key = routing_key
+        self.group = group
+
+    def binding_arguments(self) -> dict[str, Any]:
+        if self.group is not None:  # one binding for the whole group, whoever made it
+            return {"x-mqtt-filter": self.topic_filter, "x-mqtt-share": self.group}
+        args: dict[str, Any] = {"x-mqtt-filter": self.topic_filter, "x-mqtt-qos": self.qos}
+        if self.no_local:
+            args["x-mqtt-no-local"] = True
+        if self.retain_as_published:
+            args["x-mqtt-retain-as-published"] = True
+        if self.sub_id is not None:
+            args["x-mqtt-subscription-id"] = self.sub_id
+        return args
+
+
+class Inflight:
+    __slots__ = ("queue", "entry", "qos", "released")
+
+    def __init__(self, queue: Queue | None, entry: QueueEntry | None, qos: int) -> None:
+        self.queue = queue
+        self.entry = entry
+        self.qos = qos
+        self.released = False  # QoS 2: PUBREC came, PUBREL sent, waiting for PUBCOMP
+
+
+class Session:
+    """A client id's state; outlives connections when persistent."""
+
+    def __init__(self, client_id: str, persistent: bool, expiry: int | None) -> None:
+        self.client_id = client_id
+        self.persistent = persistent
+        self.expiry = expiry  # seconds; None: never (3.1.1 clean_session=0)
+        self.subscriptions: dict[str, SubOptions] = {}  # keyed by the filter as subscribed
+        self.inflight: dict[int, Inflight] = {}
+        self.awaiting_rel: set[int] = set()  # inbound QoS 2 ids between PUBREC and PUBREL
+        self.next_id = 1
+        self.connection: MQTTConnection | None = None
+        self.expiry_timer: Any = None
+        self.will_timer: Any = None
+        self.special = False  # some subscription needs per-message matching (5.0 options)
+
+    def queue_name(self, qos: int) -> str:
+        return f"mqtt-subscription-{self.client_id}qos{qos}"
+
+    def allocate_id(self) -> int:
+        for _ in range(65535):
+            packet_id = self.next_id
+            self.next_id = packet_id % 65535 + 1
+            if packet_id not in self.inflight:
+                return packet_id
+        raise MQTTError(codec.QUOTA_EXCEEDED, "no free packet identifier")
+
+    def refresh_special(self) -> None:
+        self.special = any(
+            s.no_local or s.retain_as_published or s.sub_id is not None
+            for s in self.subscriptions.values()
+        )
+
+
+class MQTTConsumer:
+    """One session queue (or shared-subscription queue) consumed by a connection."""
+
+    __slots__ = ("tag", "priority", "exclusive", "no_ack", "owner", "connection", "queue", "qos",
+                 "shared")
+
+    def __init__(self, connection: MQTTConnection, queue: Queue, qos: int, shared: bool) -> None:
+        self.tag = f"mqtt-{id(self):x}"
+        self.priority = 0
+        self.exclusive = False
+        self.no_ack = qos == 0
+        self.owner = connection
+        self.connection = connection
+        self.queue = queue
+        self.qos = qos
+        self.shared = shared
+
+    def can_deliver(self) -> bool:
+        connection = self.connection
+        if not connection.can_send:
+            return False
+        return self.qos == 0 or len(connection.session_inflight()) < connection.client_receive_max
+
+    def deliver(self, queue: Queue, entry: QueueEntry) -> None:
+        self.connection.deliver(self, queue, entry)
+
+    def cancelled_by_server(self, queue: Queue) -> None:
+        self.connection.consumers.pop(queue.name, None)
+
+
+# --- the listener -------------------------------------------------------------------------
+
+
+class MQTTServer:
+    def __init__(self, core: BrokerCore, config: MQTTConfig, retained: RetainedStore,
+                 state: SessionStateStore | None = None) -> None:
+        self.core = core
+        self.config = config
+        self.retained = retained
+        self.state = state if state is not None else SessionStateStore(None, None)
+        self.sessions: dict[str, Session] = {}
+        # shared-subscription queue -> client ids of its members (in memory, and the
+        # persistent ones recorded on disk)
+        self.share_members: dict[str, set[str]] = {}
+        for client_id, shares in self.state.shares.items():
+            for topic_filter in shares:
+                group, inner = split_shared(topic_filter)
+                self.share_members.setdefault(share_queue_name(group or "", inner), set()).add(client_id)
+        # A shared queue whose members were all clean sessions when the broker went
+        # down has no member any more.
+        vhost = core.vhosts.get(config.vhost)
+        if vhost is not None:
+            for name in [n for n in vhost.queues if n.startswith("mqtt-share-")]:
+                if name not in self.share_members:
+                    vhost.delete_queue(vhost.queues[name])
+        self.connections: set[MQTTConnection] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+        self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
+
+    @property
+    def vhost(self) -> VirtualHost:
+        vhost = self.core.vhosts.get(self.config.vhost)
+        if vhost is None:
+            raise CoreError("not_found", f"vhost {self.config.vhost} not found")
+        return vhost
+
+    async def listen(self, host: str, port: int, ssl: Any = None) -> int:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: MQTTConnection(self), host, port, ssl=ssl)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.server_disconnect(codec.SERVER_SHUTTING_DOWN, "broker shutdown", will=False)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        for session in self.sessions.values():
+            for timer in (session.expiry_timer, session.will_timer):
+                if timer is not None:
+                    timer.cancel()
+        self.retained.close()
+        self.state.close()
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def restore_session(self, client_id: str, vhost: VirtualHost) -> Session | None:
+        """A persistent session from the durable queues and bindings the core recovered."""
+        names = {f"mqtt-subscription-{client_id}qos{q}": q for q in (0, 1, 2)}
+        queues = {n: vhost.queues[n] for n in names if n in vhost.queues}
+        if not queues and client_id not in self.state.state and client_id not in self.state.shares:
+            return None
+        session = Session(client_id, True, None)
+        exchange = vhost.exchanges.get(EXCHANGE)
+        if exchange is not None:
+            for binding in list(exchange.bindings.values()):
+                queue = binding.destination
+                if getattr(queue, "name", None) not in queues:
+                    continue
+                args = binding.arguments
+                topic_filter = args.get("x-mqtt-filter", key_to_topic(binding.routing_key))
+                session.subscriptions[topic_filter] = SubOptions(
+                    topic_filter, names[queue.name], bool(args.get("x-mqtt-no-local")),
+                    bool(args.get("x-mqtt-retain-as-published")), args.get("x-mqtt-subscription-id"),
+                    queue.name, binding.routing_key, None,
+                )
+        for topic_filter, qos in self.state.shares.get(client_id, {}).items():
+            group, inner = split_shared(topic_filter)
+            session.subscriptions[topic_filter] = SubOptions(
+                inner, qos, False, False, None, share_queue_name(group or "", inner),
+                filter_to_key(inner), group,
+            )
+        session.refresh_special()
+        inbound, outbound = self.state.get(client_id)
+        session.awaiting_rel = inbound
+        for packet_id in outbound:  # PUBREL sent before the restart: sent again
+            record = Inflight(None, None, 2)
+            record.released = True
+            session.inflight[packet_id] = record
+        return session
+
+    def discard_session(self, session: Session, vhost: VirtualHost) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        for timer in (session.expiry_timer, session.will_timer):
+            if timer is not None:
+                timer.cancel()
+        session.expiry_timer = None
+        for qos in (0, 1, 2):
+            queue = vhost.queues.get(session.queue_name(qos))
+            if queue is not None:
+                vhost.delete_queue(queue)
+        for options in session.subscriptions.values():
+            if options.group is not None:
+                self.leave_share(session.client_id, options, vhost)
+        session.subscriptions.clear()
+        self.state.record(session.client_id, "drop")
+
+    def leave_share(self, client_id: str, options: SubOptions, vhost: VirtualHost) -> None:
+        """A member leaves a shared subscription; its queue goes with the last member."""
+        members = self.share_members.get(options.queue_name)
+        if members is not None:
+            members.discard(client_id)
+            if members:
+                return
+            del self.share_members[options.queue_name]
+        queue = vhost.queues.get(options.queue_name)
+        if queue is not None:
+            vhost.delete_queue(queue)
+
+    def session_ended(self, session: Session, vhost: VirtualHost) -> None:
+        """The connection of ``session`` is gone: keep it, expire it later, or drop it."""
+        if not session.persistent:
+            self.discard_session(session, vhost)
+            return
+        if session.expiry is not None:
+            session.expiry_timer = self.core.call_later(
+                session.expiry, lambda: self._expire(session, vhost)
+            )
+
+    def _expire(self, session: Session, vhost: VirtualHost) -> None:
+        session.expiry_timer = None
+        if session.connection is None:
+            self.discard_session(session, vhost)
+
+
+def share_queue_name(group: str, topic_filter: str) -> str:
+    return f"mqtt-share-{group}-{filter_to_key(topic_filter)}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+# --- a connection ---------------------------------------------------------------------------
+
+
+class MQTTConnection(asyncio.Protocol):
+    def __init__(self, server: MQTTServer) -> None:
+        self.server = server
+        self.core = server.core
+        self.config = server.config
+        self.parser = Parser(self.config.max_packet_size)
+        self.transport: Any = None
+        self.peer: Any = None
+        self.version = 4
+        self.session: Session | None = None
+        self.vhost: VirtualHost | None = None
+        self.publisher: Publisher | None = None
+        self.username: str | None = None
+        self.client_id = ""
+        self.will: codec.Will | None = None
+        self.keep_alive = 0
+        self.last_seen = time.monotonic()
+        self.can_send = True
+        self.closed = False
+        self.consumers: dict[str, MQTTConsumer] = {}
+        self.client_receive_max = 65535
+        self.client_max_packet = codec.MAX_REMAINING_LENGTH + 5
+        self.client_alias_max = 0
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
+        self.inbound_unacked = 0
+        # PUBACK/PUBREC in PUBLISH order: [packet, ready] pairs (see the module docstring)
+        self.acks: deque[list[Any]] = deque()
+        self._timer: Any = None
+        self._reading_paused = False
+
+    def session_inflight(self) -> dict[int, Inflight]:
+        session = self.session
+        return session.inflight if session is not None else {}
+
+    # --- transport --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(self.config.max_output)  # type: ignore[attr-defined]
+        self.server.connections.add(self)
+        self.server.counters["connections"] += 1
+        self._timer = self.core.call_later(self.config.handshake_timeout, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if self.session is None and not self.closed:
+            self.abort()
+
+    def pause_writing(self) -> None:
+        self.can_send = False
+
+    def resume_writing(self) -> None:
+        self.can_send = True
+        for consumer in list(self.consumers.values()):
+            consumer.queue.drain()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_seen = time.monotonic()
+        try:
+            packets = self.parser.feed(data)
+        except MQTTError as exc:
+            for packet in exc.packets:
+                if self.closed:
+                    return
+                self._dispatch_safely(packet)
+            if not self.closed:
+                self.protocol_error(exc.reason_code, exc.text)
+            return
+        for packet in packets:
+            if self.closed:
+                return
+            self._dispatch_safely(packet)
+        if self.core.alarms and not self._reading_paused and not self.closed and self.session:
+            # A resource alarm (memory, disk): stop reading publishers, as the AMQP
+            # listener does (connection.blocked); resumed when every alarm clears.
+            self._reading_paused = True
+            self.transport.pause_reading()
+            self.core.alarm_listeners.append(self._on_alarm)
+
+    def _on_alarm(self, alarms: set[str]) -> None:
+        if alarms or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self.core.alarm_listeners.remove(self._on_alarm)
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def _dispatch_safely(self, packet: Packet) -> None:
+        try:
+            self.dispatch(packet)
+        except MQTTError as exc:
+            self.protocol_error(exc.reason_code, exc.text)
+        except Exception:
+            log.exception("mqtt: internal error on %r", packet)
+            self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.teardown(publish_will=True)
+
+    def write(self, packet: Packet) -> None:
+        if not self.closed:
+            self.transport.write(encode(packet, self.version))
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+        self.teardown(publish_will=True)
+
+    def protocol_error(self, reason: int, text: str) -> None:
+        """Bad input: close (with DISCONNECT and the reason in 5.0, after CONNECT)."""
+        log.info("mqtt %s: closing: %s (reason 0x%02x)", self.client_id or self.peer, text, reason)
+        self.server.counters["refused"] += 1
+        if self.session is None and reason == codec.UNSUPPORTED_PROTOCOL_VERSION:
+            # MQTT-3.1.2-2: CONNACK "unacceptable protocol version", in 3.1.1 form (the
+            # client's version is the thing we do not know).
+            self.transport.write(encode(Connack(False, codec.V3_UNACCEPTABLE_PROTOCOL), 4))
+        self.server_disconnect(reason, text, will=True)
+
+    def server_disconnect(self, reason: int, text: str, *, will: bool) -> None:
+        if self.closed:
+            return
+        if self.version == 5 and self.session is not None:
+            props = {"reason_string": text[:200]} if text else {}
+            self.write(Disconnect(reason, props))
+        transport = self.transport
+        self.teardown(publish_will=will)
+        transport.close()
+
+    # --- teardown ---------------------------------------------------------------------
+
+    def teardown(self, publish_will: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.core.alarm_listeners.remove(self._on_alarm)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for consumer in self.consumers.values():
+            consumer.queue.remove_consumer(consumer)
+        self.consumers.clear()
+        session = self.session
+        vhost = self.vhost
+        if session is None or vhost is None:
+            return
+        # In-flight deliveries go back to their queues (DUP on the redelivery); QoS 2
+        # messages already released (PUBREL sent) stay in the session.
+        by_queue: dict[int, tuple[Queue, list[QueueEntry]]] = {}
+        for packet_id, record in list(session.inflight.items()):
+            if record.released:
+                continue
+            del session.inflight[packet_id]
+            if record.queue is not None and record.entry is not None and not record.queue.deleted:
+                by_queue.setdefault(id(record.queue), (record.queue, []))[1].append(record.entry)
+        for queue, entries in by_queue.values():
+            queue.requeue(entries)
+        if session.connection is self:
+            session.connection = None
+            if publish_will and self.will is not None:
+                self._schedule_will(session)
+            self.server.session_ended(session, vhost)
+        vhost.owner_closed(self)
+
+    def _schedule_will(self, session: Session) -> None:
+        will = self.will
+        assert will is not None
+        delay = will.properties.get("will_delay_interval", 0) if self.version == 5 else 0
+        if session.expiry is not None and session.persistent:
+            delay = min(delay, session.expiry)
+        elif not session.persistent:
+            delay = 0
+        publisher = self.publisher
+        client_id = self.client_id
+
+        def send() -> None:
+            session.will_timer = None
+            if session.connection is not None:
+                return  # the client came back in time: no will
+            _publish_will(self.server, publisher, will, client_id)
+
+        if delay:
+            session.will_timer = self.core.call_later(delay, send)
+        else:
+            _publish_will(self.server, publisher, will, client_id)
+
+    # --- packets ----------------------------------------------------------------------
+
+    def dispatch(self, packet: Packet) -> None:
+        if self.session is None:
+            if not isinstance(packet, Connect):
+                raise MQTTError(codec.PROTOCOL_ERROR, "the first packet must be CONNECT")
+            self.on_connect(packet)
+            return
+        if isinstance(packet, Publish):
+            self.on_publish(packet)
+        elif isinstance(packet, Ack):
+            self.on_ack(packet)
+        elif isinstance(packet, Subscribe):
+            self.on_subscribe(packet)
+        elif isinstance(packet, Unsubscribe):
+            self.on_unsubscribe(packet)
+        elif isinstance(packet, codec.Pingreq):
+            self.write(codec.Pingresp())
+        elif isinstance(packet, Disconnect):
+            self.on_disconnect(packet)
+        elif isinstance(packet, Connect):
+            raise MQTTError(codec.PROTOCOL_ERROR, "second CONNECT")
+        else:
+            raise MQTTError(codec.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
+
+    def _refuse(self, v3_code: int, v5_code: int, text: str) -> None:
+        log.info("mqtt %s: connection refused: %s", self.client_id or self.peer, text)
+        code = v5_code if self.version == 5 else v3_code
+        props = {"reason_string": text} if self.version == 5 else {}
+        self.write(Connack(False, code, props))
+        self.closed = True
+        self.server.connections.discard(self)
+        self.transport.close()
+
+    def on_connect(self, packet: Connect) -> None:
+        self.version = 5 if packet.version == 5 else 4
+        config = self.config
+        core = self.core
+        props = packet.properties
+        client_id = packet.client_id
+        assigned = None
+        if not client_id:
+            if not packet.clean_start and self.version == 4:
+                self._refuse(codec.V3_IDENTIFIER_REJECTED, codec.CLIENT_ID_NOT_VALID,
+                             "empty client id needs a clean session")
+                return
+            client_id = assigned = "baedal-" + uuid.uuid4().hex[:16]
+        self.client_id = client_id
+        if len(client_id.encode()) > MAX_CLIENT_ID:
+            # The id names the session's queues; 3.1.1 needs only 23 characters accepted.
+            self._refuse(codec.V3_IDENTIFIER_REJECTED, codec.CLIENT_ID_NOT_VALID,
+                         f"client id longer than {MAX_CLIENT_ID} bytes")
+            return
+        # Login against Baedal's users (anonymous only when configured).
+        if packet.username is None:
+            if not config.allow_anonymous:
+                self._refuse(codec.V3_NOT_AUTHORIZED, codec.NOT_AUTHORIZED,
+                             "anonymous connections are not allowed")
+                return
+            user = core.users.get(core.config.default_user)
+        else:
+            password = (packet.password or b"").decode("utf-8", "replace")
+            user = core.authenticate(packet.username, password)
+        if user is None:
+            self._refuse(codec.V3_BAD_USERNAME_OR_PASSWORD, codec.BAD_USERNAME_OR_PASSWORD,
+                         "bad user name or password")
+            return
+        if user.name in core.config.loopback_users and not _is_loopback(self.peer[0] if self.peer else ""):
+            self._refuse(codec.V3_NOT_AUTHORIZED, codec.NOT_AUTHORIZED,
+                         f"user '{user.name}' can only connect via localhost")
+            return
+        try:
+            vhost = self.server.vhost
+        except CoreError as exc:
+            self._refuse(codec.V3_SERVER_UNAVAILABLE, codec.SERVER_UNAVAILABLE, exc.text)
+            return
+        permission = core.permission(user.name, vhost.name)
+        if permission is None:
+            self._refuse(codec.V3_NOT_AUTHORIZED, codec.NOT_AUTHORIZED,
+                         f"access to vhost '{vhost.name}' refused for user '{user.name}'")
+            return
+        self.username = user.name
+        self.vhost = vhost
+        self.publisher = Publisher(core, vhost, user.name, permission)
+        self.will = packet.will
+        if self.version == 5:
+            self.client_receive_max = min(props.get("receive_maximum", 65535), config.max_inflight)
+            self.client_max_packet = props.get("maximum_packet_size", self.client_max_packet)
+            self.client_alias_max = props.get("topic_alias_maximum", 0)
+            expiry = props.get("session_expiry_interval", 0)
+            persistent = expiry > 0
+            session_expiry: int | None = None if expiry == 0xFFFFFFFF else expiry
+        else:
+            self.client_receive_max = config.max_inflight
+            persistent = not packet.clean_start
+            session_expiry = None
+        # Takeover: the same client id elsewhere is disconnected (its will is sent).
+        server = self.server
+        existing = server.sessions.get(client_id)
+        if existing is not None and existing.connection is not None:
+            existing.connection.server_disconnect(codec.SESSION_TAKEN_OVER, "session taken over",
+                                                  will=True)
+            existing = server.sessions.get(client_id)  # a clean one ended with that
+        if existing is None and not packet.clean_start:
+            existing = server.restore_session(client_id, vhost)
+        if existing is not None and packet.clean_start:
+            server.discard_session(existing, vhost)
+            existing = None
+        session_present = existing is not None
+        if existing is None:
+            session = Session(client_id, persistent, session_expiry)
+        else:
+            session = existing
+            if session.expiry_timer is not None:
+                session.expiry_timer.cancel()
+                session.expiry_timer = None
+            if session.will_timer is not None:  # came back within the will delay
+                session.will_timer.cancel()
+                session.will_timer = None
+            session.persistent = persistent
+            session.expiry = session_expiry
+        session.connection = self
+        server.sessions[client_id] = session
+        self.session = session
+        # Keep-alive: 1.5 x the interval without any packet closes the connection.
+        keep_alive = packet.keep_alive
+        server_keep_alive = None
+        if config.max_keep_alive and (keep_alive == 0 or keep_alive > config.max_keep_alive):
+            keep_alive = server_keep_alive = config.max_keep_alive
+        self.keep_alive = keep_alive
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if keep_alive:
+            self._timer = self.core.call_later(keep_alive * 1.5, self._check_keep_alive)
+        ack_props: dict[str, Any] = {}
+        if self.version == 5:
+            ack_props = {
+                "receive_maximum": config.receive_maximum,
+                "maximum_packet_size": config.max_packet_size,
+                "topic_alias_maximum": config.topic_alias_maximum,
+                "retain_available": 1,
+                "wildcard_subscription_available": 1,
+                "subscription_identifier_available": 1,
+                "shared_subscription_available": 1,
+            }
+            if assigned is not None:
+                ack_props["assigned_client_identifier"] = assigned
+            if server_keep_alive is not None:
+                ack_props["server_keep_alive"] = server_keep_alive
+        self.write(Connack(session_present, 0, ack_props))
+        # Resume the session: subscriptions' queues get consumers, PUBRELs are resent.
+        for packet_id, record in session.inflight.items():
+            if record.released:
+                self.write(Ack(codec.PUBREL, packet_id))
+        for options in list(session.subscriptions.values()):
+            try:
+                self._attach(options)
+            except CoreError as exc:
+                log.warning("mqtt %s: cannot resume subscription %s: %s", client_id,
+                            options.topic_filter, exc.text)
+
+    def _check_keep_alive(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        idle = time.monotonic() - self.last_seen
+        limit = self.keep_alive * 1.5
+        if idle >= limit:
+            log.info("mqtt %s: keep-alive expired", self.client_id)
+            self.server_disconnect(codec.KEEP_ALIVE_TIMEOUT, "keep alive timeout", will=True)
+            return
+        self._timer = self.core.call_later(limit - idle, self._check_keep_alive)
+
+    def on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        if (
+            self.version == 5
+            and session is not None
+            and "session_expiry_interval" in packet.properties
+        ):
+            expiry = packet.properties["session_expiry_interval"]
+            if expiry and not session.persistent:
+                raise MQTTError(codec.PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0")
+            session.persistent = expiry > 0
+            session.expiry = None if expiry == 0xFFFFFFFF else expiry
+        with_will = self.version == 5 and packet.reason_code == codec.DISCONNECT_WITH_WILL
+        if not with_will:
+            self.will = None
+        transport = self.transport
+        self.teardown(publish_will=with_will)
+        transport.close()
+
+    # --- publish (client → broker) ----------------------------------------------------
+
+    def _check_topic(self, topic: str, what: str) -> None:
+        config = self.config
+        if len(topic.encode()) > config.max_topic_length:
+            raise MQTTError(codec.TOPIC_NAME_INVALID if what == "topic" else codec.TOPIC_FILTER_INVALID,
+                            f"{what} longer than {config.max_topic_length} bytes")
+        if topic.count("/") + 1 > config.max_topic_levels:
+            raise MQTTError(codec.TOPIC_NAME_INVALID if what == "topic" else codec.TOPIC_FILTER_INVALID,
+                            f"{what} has more than {config.max_topic_levels} levels")
+
+    def on_publish(self, packet: Publish) -> None:
+        session = self.session
+        assert session is not None and self.publisher is not None
+        topic = packet.topic
+        alias = packet.properties.get("topic_alias") if self.version == 5 else None
+        if alias is not None:
+            if alias > self.config.topic_alias_maximum:
+                raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+            if topic:
+                self.aliases_in[alias] = topic
+            else:
+                known = self.aliases_in.get(alias)
+                if known is None:
+                    raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
+                topic = known
+        self._check_topic(topic, "topic")
+        if topic.startswith("$"):
+            # $-topics are the broker's ($SYS); clients may not publish to them.
+            if packet.qos == 1:
+                self.acks.append([Ack(codec.PUBACK, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
+            elif packet.qos == 2:
+                self.acks.append([Ack(codec.PUBREC, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
+            self._flush_acks()
+            return
+        qos = packet.qos
+        if qos == 2 and packet.packet_id in session.awaiting_rel:
+            # A resent QoS 2 PUBLISH we already have: PUBREC again, do not route twice.
+            self.acks.append([Ack(codec.PUBREC, packet.packet_id), True])
+            self._flush_acks()
+            return
+        # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
+        # the fsync) and QoS 2 ones not yet released by PUBREL.
+        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
+            raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+        self.server.counters["publish_in"] += 1
+        message = message_from_publish(packet, topic, self.client_id)
+        needs_sync = False
+        try:
+            result = self.publisher.publish(EXCHANGE, message)
+        except CoreError as exc:
+            log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
+            if qos == 0:
+                return
+            if self.version != 5:
+                # 3.1.1 has no negative acknowledgement: RabbitMQ closes the connection.
+                raise MQTTError(codec.NOT_AUTHORIZED, exc.text) from None
+            kind = codec.PUBACK if qos == 1 else codec.PUBREC
+            self.acks.append([Ack(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED,
+                                  {"reason_string": exc.text[:200]}), True])
+            self._flush_acks()
+            return
+        if packet.retain:
+            needs_sync = self.server.retained.set(
+                topic, packet.payload, qos, _retainable(packet.properties)
+            )
+        if qos == 0:
+            return
+        reason = codec.NO_MATCHING_SUBSCRIBERS if (
+            result.outcome & UNROUTABLE and self.version == 5
+        ) else 0
+        if result.refused:
+            reason = codec.QUOTA_EXCEEDED if self.version == 5 else 0
+        if qos == 2:
+            session.awaiting_rel.add(packet.packet_id or 0)
+            if session.persistent:
+                # Remembered on disk with the message (the PUBREC waits for that fsync).
+                self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
+                needs_sync = True
+        record = [Ack(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason), False]
+        self.acks.append(record)
+        counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
+        if counted:
+            self.inbound_unacked += 1
+        outcome = result.outcome | (NEEDS_SYNC if needs_sync else 0)
+
+        def stored() -> None:
+            record[1] = True
+            if counted:
+                self.inbound_unacked -= 1
+            self._flush_acks()
+
+        def failed(exc: BaseException) -> None:
+            if counted:
+                self.inbound_unacked -= 1
+            log.warning("mqtt %s: message not stored: %s", self.client_id, exc)
+            # Not stored: no acknowledgement may go out; the client resends after reconnect.
+            self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
+
+        if not self.publisher.when_stored(outcome, result.replicating, stored, failed):
+            stored()
+
+    def _flush_acks(self) -> None:
+        acks = self.acks
+        while acks and acks[0][1]:
+            self.write(acks.popleft()[0])
+
+    def on_ack(self, packet: Ack) -> None:
+        session = self.session
+        assert session is not None
+        kind = packet.kind
+        if kind == codec.PUBREL:
+            # Inbound QoS 2, step 3: forget the id, answer PUBCOMP.
+            known = packet.packet_id in session.awaiting_rel
+            session.awaiting_rel.discard(packet.packet_id)
+            if known and session.persistent:
+                self.server.state.record(self.client_id, "in-", packet.packet_id)
+            reason = 0 if known or self.version != 5 else codec.PACKET_ID_NOT_FOUND
+            self.write(Ack(codec.PUBCOMP, packet.packet_id, reason))
+            return
+        record = session.inflight.get(packet.packet_id)
+        if record is None:
+            return  # an ack for something no longer in flight (spec: ignore)
+        if kind == codec.PUBACK and record.qos == 1:
+            del session.inflight[packet.packet_id]
+            self._settle(record)
+        elif kind == codec.PUBREC and record.qos == 2 and not record.released:
+            if packet.reason_code >= 0x80:
+                del session.inflight[packet.packet_id]
+                self._settle(record)
+                return
+            record.released = True
+            if session.persistent:
+                self.server.state.record(self.client_id, "out+", packet.packet_id)
+            self._settle(record)  # the receiver owns the message now
+            self.write(Ack(codec.PUBREL, packet.packet_id))
+        elif kind == codec.PUBCOMP and record.released:
+            del session.inflight[packet.packet_id]
+            if session.persistent:
+                self.server.state.record(self.client_id, "out-", packet.packet_id)
+        else:
+            raise MQTTError(codec.PROTOCOL_ERROR, f"unexpected acknowledgement type {kind}")
+        # credit came back
+        for consumer in list(self.consumers.values()):
+            if consumer.qos:
+                consumer.queue.drain()
+
+    @staticmethod
+    def _settle(record: Inflight) -> None:
+        queue, entry = record.queue, record.entry
+        if queue is not None and entry is not None:
+            record.entry = None
+            queue.ack(entry)
+
+    # --- subscribe --------------------------------------------------------------------
+
+    def on_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        vhost = self.vhost
+        assert session is not None and vhost is not None and self.publisher is not None
+        sub_ids = packet.properties.get("subscription_identifier", [])
+        sub_id = sub_ids[0] if sub_ids else None
+        codes: list[int] = []
+        retained_to_send: list[tuple[SubOptions, int]] = []
+        permission = self.publisher.permission
+        for request in packet.subscriptions:
+            try:
+                group, topic_filter = split_shared(request.topic_filter)
+                codec.check_topic_filter(topic_filter)
+                self._check_topic(topic_filter, "topic filter")
+                if group is not None and request.no_local and self.version == 5:
+                    raise MQTTError(codec.PROTOCOL_ERROR, "no local on a shared subscription")
+            except ValueError:
+                codes.append(0x80 if self.version != 5 else codec.TOPIC_FILTER_INVALID)
+                continue
+            except MQTTError as exc:
+                if exc.reason_code == codec.PROTOCOL_ERROR:
+                    raise
+                codes.append(0x80 if self.version != 5 else exc.reason_code)
+                continue
+            key = request.topic_filter
+            if key not in session.subscriptions and len(session.subscriptions) >= self.config.max_subscriptions:
+                codes.append(0x80 if self.version != 5 else codec.QUOTA_EXCEEDED)
+                continue
+            if permission is None or not permission.allows("read", EXCHANGE):
+                codes.append(0x80 if self.version != 5 else codec.NOT_AUTHORIZED)
+                continue
+            qos = request.qos
+            if group is None:
+                queue_name = session.queue_name(qos)
+            else:
+                queue_name = share_queue_name(group, topic_filter)
+            options = SubOptions(topic_filter, qos, request.no_local, request.retain_as_published,
+                                 sub_id, queue_name, filter_to_key(topic_filter), group)
+            previous = session.subscriptions.get(key)
+            try:
+                if previous is not None and group is not None:
+                    # the same share again: stay a member (leaving could drop the queue)
+                    session.subscriptions[key] = options
+                    consumer = self.consumers.get(queue_name)
+                    if consumer is not None:
+                        consumer.qos = qos
+                        consumer.no_ack = qos == 0
+                    codes.append(qos)
+                    continue
+                if previous is not None:
+                    self._unbind(previous)
+                session.subscriptions[key] = options
+                self._attach(options)
+                if group is not None and session.persistent:
+                    self.server.state.record(self.client_id, "share+", [key, qos])
+            except CoreError as exc:
+                session.subscriptions.pop(key, None)
+                log.info("mqtt %s: subscribe %r refused: %s", self.client_id, key, exc.text)
+                codes.append(0x80 if self.version != 5 else codec.NOT_AUTHORIZED)
+                continue
+            codes.append(qos)
+            handling = request.retain_handling if self.version == 5 else 0
+            if group is None and (handling == 0 or (handling == 1 and previous is None)):
+                retained_to_send.append((options, qos))
+        session.refresh_special()
+        self.write(Suback(packet.packet_id, codes))
+        for options, qos in retained_to_send:
+            for message in self.server.retained.matching(options.topic_filter):
+                self._send_retained(message, options, qos)
+
+    def _ensure_queue(self, options: SubOptions) -> Queue:
+        session = self.session
+        vhost = self.vhost
+        assert session is not None and vhost is not None
+        queue = vhost.queues.get(options.queue_name)
+        if queue is not None:
+            return queue
+        if options.group is not None:
+            queue, _ = vhost.declare_queue(options.queue_name, durable=True)
+            return queue
+        if session.persistent:
+            arguments: dict[str, Any] = {}
+            if session.expiry is not None:
+                arguments["x-expires"] = max(session.expiry, 1) * 1000
+            queue, _ = vhost.declare_queue(options.queue_name, durable=True, arguments=arguments)
+        else:
+            queue, _ = vhost.declare_queue(options.queue_name, durable=False,
+                                           exclusive_owner=self, auto_delete=True)
+        return queue
+
+    def _attach(self, options: SubOptions) -> None:
+        """Bind the subscription and consume its queue on this connection."""
+        vhost = self.vhost
+        assert vhost is not None
+        queue = self._ensure_queue(options)
+        vhost.bind(EXCHANGE, queue, options.routing_key, options.binding_arguments())
+        if options.group is not None:
+            session = self.session
+            assert session is not None
+            self.server.share_members.setdefault(queue.name, set()).add(session.client_id)
+        if queue.name not in self.consumers:
+            consumer = MQTTConsumer(self, queue, options.qos, options.group is not None)
+            self.consumers[queue.name] = consumer
+            queue.add_consumer(consumer)
+
+    def _unbind(self, options: SubOptions) -> None:
+        vhost = self.vhost
+        assert vhost is not None
+        queue = vhost.queues.get(options.queue_name)
+        if queue is None:
+            return
+        if options.group is not None:
+            consumer = self.consumers.pop(queue.name, None)
+            if consumer is not None:
+                queue.remove_consumer(consumer)
+            session = self.session
+            assert session is not None
+            self.server.state.record(session.client_id, "share-",
+                                     [f"$share/{options.group}/{options.topic_filter}", 0])
+            self.server.leave_share(session.client_id, options, vhost)
+            return
+        vhost.unbind(EXCHANGE, queue, options.routing_key, options.binding_arguments())
+
+    def on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        for topic_filter in packet.topic_filters:
+            options = session.subscriptions.pop(topic_filter, None)
+            if options is None:
+                codes.append(codec.NO_SUBSCRIPTION_EXISTED)
+                continue
+            self._unbind(options)
+            codes.append(0)
+        session.refresh_special()
+        self.write(Unsuback(packet.packet_id, codes if self.version == 5 else []))
+
+    # --- deliver (broker → client) ----------------------------------------------------
+
+    def _matching_options(self, queue_name: str, topic: str) -> list[SubOptions]:
+        session = self.session
+        assert session is not None
+        return [
+            s for s in session.subscriptions.values()
+            if s.queue_name == queue_name and matches(s.topic_filter, topic)
+        ]
+
+    def deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
+        # Called from the core's drain, i.e. often inside *another* client's publish: a
+        # message this client cannot be sent must not fail that publish.
+        try:
+            self._deliver(consumer, queue, entry)
+        except Exception:
+            log.exception("mqtt %s: cannot deliver a message from %r", self.client_id, queue.name)
+            if entry.message is not None:
+                self._drop(consumer, queue, entry)
+
+    def _deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
+        message = entry.message
+        session = self.session
+        assert message is not None and session is not None
+        topic = key_to_topic(message.routing_key)
+        if "+" in topic or "#" in topic or not topic:
+            # An AMQP routing key that is no MQTT topic name (MQTT-4.7.3-1): not sent.
+            self._drop(consumer, queue, entry)
+            return
+        extension = message.extension
+        mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
+        publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
+        qos = min(publish_qos, consumer.qos)
+        retain = False
+        sub_ids: list[int] = []
+        if session.special or topic.startswith("$"):
+            matched = self._matching_options(queue.name, topic)
+            if not consumer.shared:
+                if mqtt_ext is not None and mqtt_ext.client_id == self.client_id:
+                    matched = [s for s in matched if not s.no_local]
+                if not matched:
+                    self._drop(consumer, queue, entry)
+                    return
+            if mqtt_ext is not None and mqtt_ext.retain and any(s.retain_as_published for s in matched):
+                retain = True
+            sub_ids = [s.sub_id for s in matched if s.sub_id is not None]
+        props: dict[str, Any] = {}
+        if self.version == 5:
+            found = publish_properties(message, time.time())
+            if found is None:
+                self._drop(consumer, queue, entry)
+                return
+            props = found
+            if sub_ids:
+                props["subscription_identifier"] = sub_ids
+        dup = entry.delivery_count > 0
+        entry.delivery_count += 1
+        packet_id = None
+        if qos:
+            packet_id = session.allocate_id()
+        packet = Publish(topic, message.body, qos, retain, dup and qos > 0, packet_id, props)
+        if not self._send_publish(packet):
+            self._drop(consumer, queue, entry)
+            return
+        self.server.counters["publish_out"] += 1
+        if qos:
+            assert packet_id is not None
+            session.inflight[packet_id] = Inflight(queue, entry, qos)
+            if consumer.no_ack:  # a QoS 0 queue never has qos > 0 deliveries
+                queue.settle_delivered(entry)
+        else:
+            if consumer.no_ack:
+                queue.settle_delivered(entry)
+            else:
+                queue.ack(entry)
+
+    def _drop(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
+        """A delivery that does not go out (no-local, expired, too large): settled."""
+        if consumer.no_ack:
+            queue.settle_delivered(entry)
+        else:
+            queue.ack(entry)
+
+    def _send_publish(self, packet: Publish) -> bool:
+        """Write a PUBLISH, with an outbound topic alias when the client allows them;
+        False when it is larger than the client's Maximum Packet Size (dropped)."""
+        if self.version == 5 and self.client_alias_max:
+            alias = self.aliases_out.get(packet.topic)
+            if alias is not None:
+                packet.properties["topic_alias"] = alias
+                full_topic = packet.topic
+                packet.topic = ""
+                data = encode(packet, 5)
+                packet.topic = full_topic
+            elif len(self.aliases_out) < self.client_alias_max:
+                alias = len(self.aliases_out) + 1
+                packet.properties["topic_alias"] = alias
+                data = encode(packet, 5)
+                if len(data) <= self.client_max_packet:  # the client learns it only if sent
+                    self.aliases_out[packet.topic] = alias
+            else:
+                data = encode(packet, 5)
+        else:
+            data = encode(packet, self.version)
+        if len(data) > self.client_max_packet:
+            return False
+        if not self.closed:
+            self.transport.write(data)
+        return True
+
+    def _send_retained(self, message: Any, options: SubOptions, sub_qos: int) -> None:
+        session = self.session
+        assert session is not None
+        qos = min(message.qos, sub_qos)
+        props: dict[str, Any] = {}
+        if self.version == 5:
+            props = dict(message.properties)
+            left = message.remaining_expiry(time.time())
+            if left is not None:
+                if left <= 0:
+                    return
+                props["message_expiry_interval"] = left
+            if options.sub_id is not None:
+                props["subscription_identifier"] = [options.sub_id]
+        packet_id = session.allocate_id() if qos else None
+        packet = Publish(message.topic, message.payload, qos, True, False, packet_id, props)
+        if self._send_publish(packet) and qos:
+            assert packet_id is not None
+            session.inflight[packet_id] = Inflight(None, None, qos)
+
+
+def _retainable(properties: dict[str, Any]) -> dict[str, Any]:
+    keep = ("payload_format_indicator", "message_expiry_interval", "content_type",
+            "response_topic", "correlation_data", "user_property")
+    return {k: v for k, v in properties.items() if k in keep}
+
+
+def _publish_will(server: MQTTServer, publisher: Publisher | None, will: codec.Will, client_id: str) -> None:
+    if publisher is None:
+        return
+    packet = Publish(will.topic, will.payload, will.qos, will.retain, False, None, will.properties)
+    message = message_from_publish(packet, will.topic, client_id)
+    try:
+        publisher.publish(EXCHANGE, message)
+    except CoreError as exc:
+        log.info("mqtt %s: will to %r refused: %s", client_id, will.topic, exc.text)
+        return
+    if will.retain:
+        server.retained.set(will.topic, will.payload, will.qos, _retainable(will.properties))
