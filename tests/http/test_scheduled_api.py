@@ -118,3 +118,33 @@ def test_ctl_lists_and_cancels_scheduled_messages(http_broker: Any, capsys: pyte
     capsys.readouterr()
     assert ctl.main(["--url", url, "cancel_scheduled", job["id"]]) == 1
     assert Api(url).json(f"/api/scheduled/{enc('/')}")["total_count"] == 0
+
+
+def test_an_http_publish_with_amq_headers_is_scheduled_too(http_broker: Any) -> None:
+    """The hook is in the one publish path: the management API's publish gets it too
+    (and STOMP's SEND will, as ActiveMQ users send these headers as strings)."""
+    api = Api(http_broker.http_url)
+    api.put("/api/queues/%2F/via-http", {"durable": True})
+    answer = api.post(
+        "/api/exchanges/%2F/amq.default/publish",
+        {
+            "routing_key": "via-http",
+            "payload": "hello",
+            "payload_encoding": "string",
+            "properties": {"delivery_mode": 2, "headers": {"AMQ_SCHEDULED_DELAY": "400"}},
+        },
+    )
+    assert answer.status_code == 200 and answer.json() == {"routed": True}
+    [job] = api.json("/api/scheduled/%2F")["items"]
+    assert job["routing_key"] == "via-http"
+    assert api.json("/api/queues/%2F/via-http")["messages"] == 0
+
+    def delivered() -> Any:
+        got = api.post("/api/queues/%2F/via-http/get", {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        items = got.json()
+        return items if items else None
+
+    [message] = poll_until(delivered, 10)
+    assert message["payload"] == "hello"
+    assert message["properties"]["headers"]["scheduledJobId"] == job["id"]
+    assert "AMQ_SCHEDULED_DELAY" not in message["properties"]["headers"]
