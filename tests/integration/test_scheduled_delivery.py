@@ -127,7 +127,7 @@ def test_amq_cron_starts_a_series_at_each_firing(broker: Broker, channel: Any, u
     scheduler = broker.core.scheduler
     fake = [1_700_000_050.0]  # 22:14:10 UTC: the next "* * * * *" firing is at 22:15:00
     real_clock = scheduler.clock
-    broker.call(lambda: setattr(scheduler, "clock", lambda: fake[0]))
+    broker.call(lambda: scheduler.set_clock(lambda: fake[0]))
     try:
         queue = unique("cron")
         channel.queue_declare(queue)
@@ -155,7 +155,7 @@ def test_amq_cron_starts_a_series_at_each_firing(broker: Broker, channel: Any, u
         assert len(_collect(channel, queue, 1)) == 1
         assert broker.call(lambda: scheduler.cancel("/", job["id"]))
     finally:
-        broker.call(lambda: setattr(scheduler, "clock", real_clock))
+        broker.call(lambda: scheduler.set_clock(real_clock))
 
 
 @pytest.mark.parametrize(

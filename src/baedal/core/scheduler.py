@@ -376,6 +376,12 @@ class Scheduler:
 
     # --- the timer ---------------------------------------------------------------------
 
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Read time from ``clock`` from now on (tests: a fake clock) and re-arm the timer,
+        whose due time was in the old clock's terms."""
+        self.clock = clock
+        self._arm()
+
     def wake(self) -> None:
         """Fire whatever is due by ``clock()`` now and re-arm (fake clocks in tests)."""
         self._fire_due()
