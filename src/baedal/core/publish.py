@@ -40,6 +40,14 @@ confirm waits for those too).  ``when_stored`` waits for both for adapters that 
 one publish at a time (HTTP, ``tx.commit``); the AMQP channel batches confirms itself
 (group commit) and waits on the same two things.
 
+Scheduled delivery (core/scheduler.py): ``admit`` looks for the ActiveMQ
+``AMQ_SCHEDULED_*`` headers (and ``x-delay`` on an ``x-delayed-message`` exchange) with one
+set test, only when the message has headers, and then returns a ``ScheduleRequest`` in
+the extra-keys slot; ``deliver`` checks for it only on its slow path (extra keys
+present) and hands the message to the scheduler instead of routing it: outcome 0, or
+``NEEDS_SYNC`` when the schedule log is durable, so the confirm waits for its fsync.
+A publish without headers (the AMQP fast path skips ``admit``) pays nothing.
+
 Blocking: while a resource alarm is up, ``blocked`` says why; the AMQP adapter stops
 reading the socket (``connection.blocked``), request/response adapters refuse (HTTP 503).
 
