@@ -290,7 +290,8 @@ class Scheduler:
             headers[JOB_ID_HEADER] = job_id
         else:
             headers[X_DELAY] = -request.delay_ms
-        message = message.derive(headers=headers)
+        # published_at 0: a stream stamps the copy with the time it fires, not this one.
+        message = message.derive(headers=headers, published_at=0.0)
         cron_next = cron_after(request.cron, now) if request.cron else None
         due = (cron_next if cron_next is not None else now) + request.delay_ms / 1000.0
         state = {
