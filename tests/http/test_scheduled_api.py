@@ -148,3 +148,20 @@ def test_an_http_publish_with_amq_headers_is_scheduled_too(http_broker: Any) -> 
     assert message["payload"] == "hello"
     assert message["properties"]["headers"]["scheduledJobId"] == job["id"]
     assert "AMQ_SCHEDULED_DELAY" not in message["properties"]["headers"]
+
+
+def test_deleting_a_vhost_cancels_its_scheduled_messages(http_broker: Any) -> None:
+    api = Api(http_broker.http_url)
+    api.put("/api/vhosts/doomed")
+    api.put("/api/permissions/doomed/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    connection = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url + "doomed"))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("q")
+    channel.basic_publish("", "q", b"x", pika.BasicProperties(headers={"AMQ_SCHEDULED_DELAY": 60_000}))
+    connection.close()
+    _publish(http_broker, "stays", [60_000])
+    assert api.json("/api/scheduled/doomed")["total_count"] == 1
+    assert api.delete("/api/vhosts/doomed").status_code == 204
+    listing = api.json("/api/scheduled")
+    assert [job["vhost"] for job in listing["items"]] == ["/"]
