@@ -103,6 +103,21 @@ def test_amq_scheduled_delay_as_a_string_header_works_as_stomp_sends_it(channel:
     assert _collect(channel, queue, 1)[0][1] == b"s"
 
 
+def test_artemis_absolute_delivery_time_is_honoured(broker: Broker, channel: Any, unique: Any) -> None:
+    queue = unique("artemis")
+    channel.queue_declare(queue)
+    due = time.time() + 0.6
+    _publish(channel, "", queue, b"at", {"_AMQ_SCHED_DELIVERY": int(due * 1000)})
+    [job] = [j for j in _jobs(broker) if j["routing_key"] == queue]
+    assert job["due"] == int(due * 1000)
+    assert _get(channel, queue) is None
+    [(properties, _body, _arrived)] = _collect(channel, queue, 1)
+    assert time.time() >= due - 0.01
+    assert "_AMQ_SCHED_DELIVERY" not in properties.headers
+    _publish(channel, "", queue, b"past", {"_AMQ_SCHED_DELIVERY": int((time.time() - 60) * 1000)})
+    assert _collect(channel, queue, 1)[0][1] == b"past"  # already due: at once
+
+
 def test_amq_period_and_repeat_deliver_one_plus_repeat_copies(broker: Broker, channel: Any, unique: Any) -> None:
     queue = unique("repeat")
     channel.queue_declare(queue)

@@ -2,6 +2,8 @@
 
 Two ways in, one mechanism:
 
+* ActiveMQ Artemis' ``_AMQ_SCHED_DELIVERY`` (absolute due time, ms since the epoch; one
+  delivery), on a publish from any protocol.
 * ActiveMQ's headers, on a publish from any protocol (they arrive as neutral headers):
   ``AMQ_SCHEDULED_DELAY`` (ms before the first delivery), ``AMQ_SCHEDULED_PERIOD`` (ms
   between repeats), ``AMQ_SCHEDULED_REPEAT`` (repeats after the first delivery, so
@@ -9,7 +11,7 @@ Two ways in, one mechanism:
   ``AMQ_SCHEDULED_CRON`` (a 5-field cron expression, evaluated in UTC; each cron firing
   starts a series of ``1 + repeat`` deliveries, the first after ``delay``, then every
   ``period``, as ActiveMQ documents).  The delivered copies carry the same headers
-  minus the four ``AMQ_SCHEDULED_*`` ones, plus ``scheduledJobId`` (the id the
+  minus the scheduling headers, plus ``scheduledJobId`` (the id the
   management API lists and cancels), so a consumer that re-publishes a copy does not
   schedule it again.
 * RabbitMQ's delayed-message exchange (``x-delayed-message``, core/exchange.py): a
@@ -79,7 +81,9 @@ AMQ_SCHEDULED_DELAY = "AMQ_SCHEDULED_DELAY"
 AMQ_SCHEDULED_PERIOD = "AMQ_SCHEDULED_PERIOD"
 AMQ_SCHEDULED_REPEAT = "AMQ_SCHEDULED_REPEAT"
 AMQ_SCHEDULED_CRON = "AMQ_SCHEDULED_CRON"
-AMQ_HEADERS = (AMQ_SCHEDULED_DELAY, AMQ_SCHEDULED_PERIOD, AMQ_SCHEDULED_REPEAT, AMQ_SCHEDULED_CRON)
+# ActiveMQ Artemis: one property, the absolute delivery time in ms since the epoch.
+AMQ_SCHED_DELIVERY = "_AMQ_SCHED_DELIVERY"
+AMQ_HEADERS = (AMQ_SCHEDULED_DELAY, AMQ_SCHEDULED_PERIOD, AMQ_SCHEDULED_REPEAT, AMQ_SCHEDULED_CRON, AMQ_SCHED_DELIVERY)
 JOB_ID_HEADER = "scheduledJobId"  # ActiveMQ's reserved name for the job id
 X_DELAY = "x-delay"
 DELAYED_EXCHANGE_TYPE = "x-delayed-message"
@@ -89,8 +93,9 @@ SCHEDULE_HEADERS = frozenset((*AMQ_HEADERS, X_DELAY))
 # Jobs published per timer callback before yielding to the loop (STYLE habit 7).
 FIRE_BATCH = 500
 # The loop's monotonic timer and the wall clock are different clocks: a timer may fire
-# a hair before the wall clock says a job is due.  Within this much it fires anyway.
-EARLY_TOLERANCE = 0.002
+# a hair before the wall clock says a job is due.  Then the timer is re-armed for the
+# rest (microseconds) rather than firing early: never before the due time.
+EARLY_TOLERANCE = 0.0
 
 
 class ScheduleRequest(list):  # type: ignore[type-arg]
@@ -102,15 +107,19 @@ class ScheduleRequest(list):  # type: ignore[type-arg]
     path that is already slow (extra keys present), so the fast path pays nothing.
     """
 
-    __slots__ = ("kind", "delay_ms", "period_ms", "repeat", "cron")
+    __slots__ = ("kind", "delay_ms", "period_ms", "repeat", "cron", "at")
 
-    def __init__(self, kind: str, delay_ms: int, period_ms: int = 0, repeat: int = 0, cron: str | None = None) -> None:
+    def __init__(
+        self, kind: str, delay_ms: int, period_ms: int = 0, repeat: int = 0, cron: str | None = None,
+        at: float | None = None,
+    ) -> None:
         super().__init__()
         self.kind = kind  # "activemq" or "x-delay"
         self.delay_ms = delay_ms
         self.period_ms = period_ms
         self.repeat = repeat
         self.cron = cron
+        self.at = at  # an absolute due time (Artemis' _AMQ_SCHED_DELIVERY), epoch seconds
 
 
 def _integer(headers: Mapping[str, Any], name: str) -> int | None:
@@ -168,6 +177,10 @@ def request_for(headers: Mapping[str, Any], exchange: Exchange) -> ScheduleReque
     Raises ``CoreError`` (``precondition_failed``) for a header that does not parse; the
     publish is refused rather than silently delivered at the wrong time.
     """
+    if AMQ_SCHED_DELIVERY in headers:
+        at_ms = _integer(headers, AMQ_SCHED_DELIVERY)
+        assert at_ms is not None
+        return ScheduleRequest("activemq", 0, at=at_ms / 1000.0)
     if AMQ_SCHEDULED_DELAY in headers or AMQ_SCHEDULED_PERIOD in headers or AMQ_SCHEDULED_REPEAT in headers or AMQ_SCHEDULED_CRON in headers:
         delay = max(0, _integer(headers, AMQ_SCHEDULED_DELAY) or 0)
         period = max(0, _integer(headers, AMQ_SCHEDULED_PERIOD) or 0)
@@ -293,7 +306,10 @@ class Scheduler:
         # published_at 0: a stream stamps the copy with the time it fires, not this one.
         message = message.derive(headers=headers, published_at=0.0)
         cron_next = cron_after(request.cron, now) if request.cron else None
-        due = (cron_next if cron_next is not None else now) + request.delay_ms / 1000.0
+        if request.at is not None:
+            due = request.at  # in the past: fires at once, as Artemis does
+        else:
+            due = (cron_next if cron_next is not None else now) + request.delay_ms / 1000.0
         state = {
             "id": job_id,
             "vhost": vhost,
