@@ -245,28 +245,28 @@ class Scheduler:
     # --- start-up ----------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Rebuild the heap from the store; returns how many jobs came back."""
-        latest: dict[str, Any] = {}
+        """Rebuild the heap from the store; returns how many jobs came back.  Reads each
+        job's state, not its message, and keeps only what a ``Job`` holds."""
+        latest: dict[str, Job] = {}
         stale: list[int] = []
         for stored in self.store.recover():
-            job_id = stored.state.get("id")
+            state = stored.state
+            job_id = state.get("id")
             if not isinstance(job_id, str):
                 stale.append(stored.position)
                 continue
             earlier = latest.get(job_id)
             if earlier is not None:
                 # A rewrite interrupted by a crash: the later record is the job.
-                if earlier.position < stored.position:
-                    stale.append(earlier.position)
-                else:
+                if earlier.position > stored.position:
                     stale.append(stored.position)
                     continue
-            latest[job_id] = stored
+                stale.append(earlier.position)
+            latest[job_id] = Job(job_id, state.get("vhost", "/"), stored.due, stored.position, state.get("size", 0))
         for position in stale:
             self.store.remove(position)
-        for job_id, stored in latest.items():
-            job = Job(job_id, stored.state.get("vhost", "/"), stored.due, stored.position, len(stored.message.body))
-            self.jobs[job_id] = job
+        for job in latest.values():
+            self.jobs[job.id] = job
             self._push(job)
         if latest:
             log.info("scheduler: %d scheduled message(s) recovered", len(latest))
@@ -325,6 +325,7 @@ class Scheduler:
             "cron_next": cron_next,
             "fired": 0,
             "created": now,
+            "size": len(message.body),
         }
         position, _stored = self.store.write(state, message, due)
         job = Job(job_id, vhost, due, position, len(message.body))

@@ -49,11 +49,12 @@ _STATE_LEN = struct.Struct("<I")
 
 
 class StoredJob:
-    """One job as read back: its position, due time, state dict and message."""
+    """One job as read back: its position, due time, state dict and message (None when
+    only the state was read, at recovery)."""
 
     __slots__ = ("position", "due", "state", "message")
 
-    def __init__(self, position: int, due: float, state: dict[str, Any], message: Message) -> None:
+    def __init__(self, position: int, due: float, state: dict[str, Any], message: Message | None) -> None:
         self.position = position
         self.due = due
         self.state = state
@@ -65,6 +66,13 @@ def encode_envelope(state: dict[str, Any], message: Message, due: float) -> Mess
     state_bytes = json.dumps(state, separators=(",", ":")).encode()
     body = _STATE_LEN.pack(len(state_bytes)) + state_bytes + inner
     return Message(state.get("exchange", ""), state.get("routing_key", ""), body, True, 0, None, due)
+
+
+def decode_state(envelope: Message) -> dict[str, Any]:
+    """Only the job's state (recovery: the message itself is read when the job fires)."""
+    body = envelope.body
+    (state_len,) = _STATE_LEN.unpack_from(body)
+    return json.loads(bytes(body[4 : 4 + state_len]))
 
 
 def decode_envelope(envelope: Message) -> tuple[dict[str, Any], Message]:
@@ -88,7 +96,8 @@ class ScheduleStore:
         return []  # nothing here is "delivered": the clean marker lists none
 
     def recover(self) -> Iterator[StoredJob]:
-        """Every job recovered at open, in log order, one record read at a time.
+        """Every job recovered at open, in log order, one record read at a time, state
+        only (``message`` None: bodies stay on disk until the job fires).
 
         Duplicate ids (a rewrite interrupted by a crash) are resolved by the caller,
         which keeps the later position and calls ``remove`` on the other.
@@ -98,8 +107,7 @@ class ScheduleStore:
             entry = self.log.read(position)
             if entry is None or entry.message is None:
                 continue
-            state, message = decode_envelope(entry.message)
-            yield StoredJob(position, float(entry.expires_at or 0.0), state, message)
+            yield StoredJob(position, float(entry.expires_at or 0.0), decode_state(entry.message), None)
 
     def write(self, state: dict[str, Any], message: Message, due: float) -> tuple[int, int]:
         """Append a job; returns (position, stored size).  Marks the log dirty in the

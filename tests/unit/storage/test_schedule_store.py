@@ -33,6 +33,8 @@ def test_jobs_come_back_with_due_time_state_and_the_message_as_published(tmp_pat
     jobs = list(store.recover())
     assert [(job.state["id"], job.due) for job in jobs] == [("a", 1_800_000_000.5), ("b", 1_800_000_001.0)]
     assert jobs[0].state["fired"] == 2
+    assert all(job.message is None for job in jobs)  # recovery reads state only
+    jobs = [store.read(job.position) for job in jobs]
     assert jobs[0].message.body == b"transient" and not jobs[0].message.persistent
     assert jobs[1].message.persistent
     assert jobs[1].message.headers == {"h": 1} and jobs[1].message.content_type == "text/plain"
