@@ -309,3 +309,40 @@ def test_delayed_exchange_survives_a_restart_with_its_bindings(tmp_path: Path) -
         assert body == b"kept"
         assert properties.headers["x-delay"] == -600
         connection.close()
+
+
+def test_the_confirm_of_a_scheduled_publish_waits_for_the_fsync_of_its_job(tmp_path: Path) -> None:
+    """Group commit: the job is in the schedule (listed) before its fsync is done, but
+    the publisher's basic.ack only comes after it."""
+    import os
+    import threading
+
+    release = threading.Event()
+    with Broker(port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("held", durable=True)
+
+        def held_fsync(fd: int) -> None:  # runs on the syncer's worker thread
+            release.wait(30)
+            os.fsync(fd)
+
+        broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", held_fsync))
+        confirmed = threading.Event()
+
+        def publish() -> None:
+            _publish(channel, "", "held", b"x", {"AMQ_SCHEDULED_DELAY": 60_000})
+            confirmed.set()
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        try:
+            wait_until(lambda: broker.call(broker.core.scheduler.count) == 1, 10, "job scheduled")
+            assert not confirmed.wait(0.3)  # stored in the log, not yet fsynced: no ack
+        finally:
+            release.set()
+        publisher.join(10)
+        assert confirmed.is_set()
+        broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", None))
+        connection.close()
