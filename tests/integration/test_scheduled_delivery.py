@@ -346,3 +346,20 @@ def test_the_confirm_of_a_scheduled_publish_waits_for_the_fsync_of_its_job(tmp_p
         assert confirmed.is_set()
         broker.call(lambda: setattr(broker.storage.syncer, "fsync_function", None))
         connection.close()
+
+
+def test_a_scheduled_publish_in_a_transaction_is_scheduled_at_commit(broker: Broker, unique: Any) -> None:
+    queue = unique("tx")
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+    channel.queue_declare(queue)
+    channel.tx_select()
+    _publish(channel, "", queue, b"tx", {"AMQ_SCHEDULED_DELAY": 300})
+    assert [j for j in _jobs(broker) if j["routing_key"] == queue] == []
+    channel.tx_commit()
+    assert len([j for j in _jobs(broker) if j["routing_key"] == queue]) == 1
+    _publish(channel, "", queue, b"rolled back", {"AMQ_SCHEDULED_DELAY": 100})
+    channel.tx_rollback()
+    assert [body for _p, body, _t in _collect(channel, queue, 1)] == [b"tx"]
+    assert [j for j in _jobs(broker) if j["routing_key"] == queue] == []
+    connection.close()
