@@ -165,3 +165,26 @@ def test_deleting_a_vhost_cancels_its_scheduled_messages(http_broker: Any) -> No
     assert api.delete("/api/vhosts/doomed").status_code == 204
     listing = api.json("/api/scheduled")
     assert [job["vhost"] for job in listing["items"]] == ["/"]
+
+
+def test_a_user_sees_only_the_scheduled_messages_of_vhosts_they_may_see(http_broker: Any) -> None:
+    admin = Api(http_broker.http_url)
+    for vhost in ("seen-a", "seen-b", "unseen"):
+        admin.put(f"/api/vhosts/{vhost}")
+        admin.put(f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+        connection = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url + vhost))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("q")
+        channel.basic_publish("", "q", vhost.encode(), pika.BasicProperties(headers={"AMQ_SCHEDULED_DELAY": 60_000}))
+        connection.close()
+    admin.put("/api/users/partial", {"password": "pw", "tags": "management"})
+    for vhost in ("seen-a", "seen-b"):
+        admin.put(f"/api/permissions/{vhost}/partial", {"configure": ".*", "write": ".*", "read": ".*"})
+    partial = Api(http_broker.http_url, ("partial", "pw"))
+    listing = partial.json("/api/scheduled?page_size=1")
+    assert listing["total_count"] == 2 and listing["page_count"] == 2
+    both = listing["items"] + partial.json("/api/scheduled?page=2&page_size=1")["items"]
+    assert sorted(job["vhost"] for job in both) == ["seen-a", "seen-b"]
+    assert partial.get("/api/scheduled/unseen").status_code == 403
+    assert admin.json("/api/scheduled")["total_count"] == 3

@@ -63,7 +63,7 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -343,12 +343,19 @@ class Scheduler:
             return len(self.jobs)
         return sum(1 for job in self.jobs.values() if job.vhost == vhost)
 
-    def list(self, vhost: str | None, offset: int = 0, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
-        """(total, one page of jobs in due order) for a vhost (None: every vhost)."""
-        jobs = [job for job in self.jobs.values() if vhost is None or job.vhost == vhost]
-        total = len(jobs)
+    def list(
+        self, vhost: str | Collection[str] | None, offset: int = 0, limit: int = 100
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """(total, one page of jobs in due order) for a vhost, a set of vhosts, or every
+        vhost (None).  Only the page's jobs are read from the store."""
+        if vhost is None:
+            jobs: Collection[Job] = self.jobs.values()
+        elif isinstance(vhost, str):
+            jobs = [job for job in self.jobs.values() if job.vhost == vhost]
+        else:
+            jobs = [job for job in self.jobs.values() if job.vhost in vhost]
         page = heapq.nsmallest(offset + limit, jobs, key=lambda job: (job.due, job.id))[offset:]
-        return total, [self.describe(job) for job in page]
+        return len(jobs), [self.describe(job) for job in page]
 
     def describe(self, job: Job) -> dict[str, Any]:
         stored = self.store.read(job.position)

@@ -77,15 +77,10 @@ def _page(request: web.Request, scheduler: Any, vhosts: list[str] | None) -> dic
     page = int(query_number(request, "page", 1, 1, 1_000_000_000))
     page_size = int(query_number(request, "page_size", 100, 1, MAX_PAGE_SIZE))
     offset = (page - 1) * page_size
-    if vhosts is None:
-        total, items = scheduler.list(None, offset, page_size)
-    elif len(vhosts) == 1:
-        total, items = scheduler.list(vhosts[0], offset, page_size)
-    else:  # a user who sees some vhosts only
-        allowed = set(vhosts)
-        _total, everything = scheduler.list(None, 0, scheduler.count())
-        matching = [item for item in everything if item["vhost"] in allowed]
-        total, items = len(matching), matching[offset : offset + page_size]
+    selection: str | set[str] | None = None
+    if vhosts is not None:
+        selection = vhosts[0] if len(vhosts) == 1 else set(vhosts)
+    total, items = scheduler.list(selection, offset, page_size)
     return {
         "items": items,
         "page": page,
