@@ -129,6 +129,7 @@ class Broker:
             fault = _fault_injection(os.environ.get(FAULT_INJECT_ENV))
             if fault is not None and self.storage is not None:
                 self.storage.syncer.fsync_function = fault
+        _open_scheduler(core, s, self.storage)
         self.amqp = AMQPServer(core)
         self.port = await self.amqp.listen(s.host, s.port)
         if s.tls_cert and s.tls_key:
@@ -352,6 +353,11 @@ class Broker:
         if kafka_syncer is not None:
             kafka_syncer.close()
             self._kafka_syncer = None
+        scheduler = getattr(self.core, "scheduler", None)
+        if scheduler is not None:
+            syncer = getattr(self.storage, "syncer", None)
+            # before the syncer its log uses goes away; no clean marker after a failed fsync
+            scheduler.close(clean=syncer is None or syncer.failure is None)
         if self.storage is not None:
             await self.storage.close()
             self.storage = None
@@ -475,6 +481,24 @@ def _open_storage(core: BrokerCore, settings: Settings, on_fatal: Any) -> Any:
     engine.open()
     core.storage = engine
     return engine
+
+
+def _open_scheduler(core: BrokerCore, settings: Settings, storage: Any) -> None:
+    """Scheduled delivery (core/scheduler.py): its log under ``<data_dir>/scheduled``
+    on the storage engine's syncer, or in memory without durable storage; jobs found
+    on disk are re-armed now, overdue ones fire as soon as the loop runs."""
+    from .core.scheduler import Scheduler
+    from .storage.schedule_store import MemoryScheduleStore, ScheduleStore
+
+    syncer = getattr(storage, "syncer", None)
+    if syncer is not None:
+        store: Any = ScheduleStore(settings.data_dir / "scheduled", syncer, segment_bytes=settings.segment_bytes)
+    else:
+        store = MemoryScheduleStore()
+    scheduler = Scheduler(core, store)
+    core.scheduler = scheduler  # type: ignore[attr-defined]
+    scheduler.recover()
+    scheduler.start()
 
 
 def _open_http(broker: Broker) -> Any:

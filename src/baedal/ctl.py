@@ -283,7 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("name", help="connection name as shown by 'list connections'")
     close.add_argument("--reason", default="closed by baedal ctl")
     close.set_defaults(func=cmd_close_connection)
+    _add_scheduled_commands(sub)
     return parser
+
+
+def _add_scheduled_commands(sub: Any) -> None:
+    """Scheduled messages (``/api/scheduled``): list them in due order, cancel one."""
+    lister = sub.add_parser("list_scheduled", help="list scheduled messages on --vhost, in due order")
+    _vhost_option(lister)
+    lister.add_argument("--page", type=int, default=1, help="page number, from 1")
+    lister.add_argument("--page-size", type=int, default=100, help="messages per page (max 500)")
+    lister.set_defaults(func=cmd_list_scheduled)
+    cancel = sub.add_parser("cancel_scheduled", help="cancel a scheduled message by id")
+    _vhost_option(cancel)
+    cancel.add_argument("name", metavar="ID", help="the id shown by list_scheduled")
+    cancel.set_defaults(func=cmd_cancel_scheduled)
 
 
 def _vhost_option(parser: argparse.ArgumentParser) -> None:
@@ -625,6 +639,48 @@ def cmd_close_connection(ctx: Context) -> int:
     name = ctx.args.name
     ctx.client.delete(f"/api/connections/{_segment(name)}", headers={"X-Reason": ctx.args.reason})
     return ctx.out.done(f"closed connection {name!r}")
+
+
+def cmd_list_scheduled(ctx: Context) -> int:
+    args = ctx.args
+    page = ctx.client.get(f"/api/scheduled/{ctx.vhost}?page={args.page}&page_size={args.page_size}")
+    if args.json:
+        ctx.out.json(page)
+        return 0
+    rows = [
+        [
+            job["id"],
+            job.get("due_at", ""),
+            job["exchange"] or "(AMQP default)",
+            job["routing_key"],
+            str(job["size"]),
+            _repeat_state(job),
+        ]
+        for job in page["items"]
+    ]
+    title = f"scheduled on vhost {args.vhost} (page {page['page']} of {page['page_count']}, {page['total_count']} in all)"
+    ctx.out.table(title, ["id", "due", "exchange", "routing key", "size", "repeat"], rows)
+    return 0
+
+
+def _repeat_state(job: dict[str, Any]) -> str:
+    parts = []
+    if job.get("cron"):
+        parts.append(f"cron {job['cron']}")
+    repeat = job.get("repeat", 0)
+    if repeat < 0:
+        parts.append(f"every {job.get('period', 0)} ms until cancelled")
+    elif repeat:
+        parts.append(f"{job.get('repeat_left', 0)} of {repeat} repeats left, every {job.get('period', 0)} ms")
+    if job.get("fired"):
+        parts.append(f"fired {job['fired']}")
+    return ", ".join(parts) or "once"
+
+
+def cmd_cancel_scheduled(ctx: Context) -> int:
+    job_id = ctx.args.name
+    ctx.client.delete(f"/api/scheduled/{ctx.vhost}/{_segment(job_id)}")
+    return ctx.out.done(f"cancelled scheduled message {job_id!r}")
 
 
 # --- table columns -----------------------------------------------------------------------

@@ -256,6 +256,9 @@ class BrokerCore:
             del self.topic_permissions[key]
         for key in [k for k in self.parameters if k[0] == name]:
             del self.parameters[key]
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:  # its scheduled messages go with it (core/scheduler.py)
+            scheduler.vhost_deleted(name)
         for conn in list(self.connections.values()):
             if getattr(conn, "vhost", None) is vhost:
                 conn.force_close(f"vhost '{name}' is deleted")

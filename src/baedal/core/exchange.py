@@ -9,6 +9,9 @@ virtual host follows exchange destinations and applies the alternate exchange.
 * topic   – a trie over dot-separated words with ``*`` (one word) and ``#`` (zero or
   more), plus a bounded cache of routing key → result that any binding change clears.
 * headers – ``x-match`` all / any / all-with-x / any-with-x over the message headers.
+* x-delayed-message – RabbitMQ's delayed-message exchange: routes as the type named by
+  its ``x-delayed-type`` argument (an inner exchange of that type holds the bindings);
+  a publish with an ``x-delay`` header is held by the scheduler first (core/scheduler.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from .properties import Timestamp
 
-EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-delayed-message")
 
 
 class Binding:
@@ -319,9 +322,60 @@ def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
     return want_all or matched_any
 
 
+class DelayedMessageExchange(Exchange):
+    """RabbitMQ's ``x-delayed-message`` exchange type (the delayed-message plugin).
+
+    Routing is delegated to an inner exchange of the ``x-delayed-type`` type, which
+    keeps the bindings' lookup structure; this object keeps the binding list like any
+    exchange, so listing, deletion and persistence of bindings need nothing special.
+    Holding a message back is not routing: ``Publisher.admit`` sees the ``x-delay``
+    header and hands the message to the scheduler, which calls ``route`` (through the
+    publish path) once it is due.  Declaration errors are the plugin's
+    (``rabbit_exchange_type_delayed_message:validate``): 406 when ``x-delayed-type`` is
+    missing or is ``x-delayed-message`` itself, 503 for an unknown type.  Redeclaring
+    compares only what the inner type compares (``alternate-exchange``), as the plugin
+    delegates ``assert_args_equivalence``.
+    """
+
+    type = "x-delayed-message"
+
+    def __init__(self, vhost: str, name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(vhost, name, *args, **kwargs)
+        from .vhost import CoreError  # vhost imports this module
+
+        delayed_type = self.arguments.get("x-delayed-type")
+        if isinstance(delayed_type, bytes):
+            delayed_type = delayed_type.decode("utf-8", "replace")
+        if delayed_type == self.type:
+            raise CoreError(
+                "precondition_failed",
+                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
+            )
+        if not isinstance(delayed_type, str):
+            raise CoreError(
+                "precondition_failed",
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            )
+        inner_class = EXCHANGE_CLASSES.get(delayed_type)
+        if inner_class is None:
+            raise CoreError("command_invalid", f"unknown exchange type '{delayed_type}'")
+        self.delayed_type = delayed_type
+        self.inner = inner_class(vhost, name, arguments=self.arguments)
+
+    def _added(self, binding: Binding) -> None:
+        self.inner.add_binding(binding)
+
+    def _removed(self, binding: Binding) -> None:
+        self.inner.remove_binding(binding.destination, binding.routing_key, binding.arguments)
+
+    def route(self, routing_key: str, message: Any) -> list[Any]:
+        return self.inner.route(routing_key, message)
+
+
 EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
     "direct": DirectExchange,
     "fanout": FanoutExchange,
     "topic": TopicExchange,
     "headers": HeadersExchange,
+    "x-delayed-message": DelayedMessageExchange,
 }

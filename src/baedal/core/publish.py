@@ -40,6 +40,14 @@ confirm waits for those too).  ``when_stored`` waits for both for adapters that 
 one publish at a time (HTTP, ``tx.commit``); the AMQP channel batches confirms itself
 (group commit) and waits on the same two things.
 
+Scheduled delivery (core/scheduler.py): ``admit`` looks for the ActiveMQ
+``AMQ_SCHEDULED_*`` headers (and ``x-delay`` on an ``x-delayed-message`` exchange) with one
+set test, only when the message has headers, and then returns a ``ScheduleRequest`` in
+the extra-keys slot; ``deliver`` checks for it only on its slow path (extra keys
+present) and hands the message to the scheduler instead of routing it: outcome 0, or
+``NEEDS_SYNC`` when the schedule log is durable, so the confirm waits for its fsync.
+A publish without headers (the AMQP fast path skips ``admit``) pays nothing.
+
 Blocking: while a resource alarm is up, ``blocked`` says why; the AMQP adapter stops
 reading the socket (``connection.blocked``), request/response adapters refuse (HTTP 503).
 
@@ -59,6 +67,7 @@ from ..cluster.replicator import replication_failure
 from .exchange import Exchange
 from .message import Message
 from .properties import DecodeError
+from .scheduler import SCHEDULE_HEADERS, ScheduleRequest, request_for
 from .vhost import CoreError
 
 if TYPE_CHECKING:
@@ -156,7 +165,7 @@ class Publisher:
             )
         if exchange.type == "topic":
             self.check_topic_write(exchange, message.routing_key)
-        return self._inspect(message)
+        return self._inspect(message, exchange)
 
     def check_topic_write(self, exchange: Exchange, routing_key: str) -> None:
         """Topic permissions (issue 9 item 9): a publish to a topic exchange needs the
@@ -178,7 +187,7 @@ class Publisher:
                 f"'{self.vhost.name}' refused for user '{self.user}'",
             )
 
-    def _inspect(self, message: Message) -> tuple[Message, list[str] | None]:
+    def _inspect(self, message: Message, exchange: Exchange) -> tuple[Message, list[str] | None]:
         try:
             user_id = message.user_id  # the first field read decodes them all
             headers = message.headers
@@ -193,10 +202,13 @@ class Publisher:
                 )
         if not headers:
             return message, None
+        # Scheduled delivery (core/scheduler.py): one set test, only for messages with
+        # headers.  The request travels to ``deliver`` in the extra-keys slot.
+        schedule = None if SCHEDULE_HEADERS.isdisjoint(headers) else request_for(headers, exchange)
         cc = headers.get("CC")
         bcc = headers.get("BCC")
         if not isinstance(cc, list) and not isinstance(bcc, list):
-            return message, None
+            return message, schedule
         # RabbitMQ (rabbit_basic): CC and BCC values are arrays of longstr routing keys;
         # BCC is removed from the message every queue gets.
         extra = [k for k in (cc if isinstance(cc, list) else []) if isinstance(k, str)]
@@ -205,6 +217,9 @@ class Publisher:
             stripped = dict(headers)
             del stripped["BCC"]
             message = message.derive(headers=stripped)
+        if schedule is not None:
+            schedule.extend(extra)
+            return message, schedule
         return message, extra
 
     # --- step 3: route, enqueue, count -------------------------------------------------
@@ -226,6 +241,8 @@ class Publisher:
             if not queues and exchange.alternate_exchange is not None:
                 queues = self.vhost.route(exchange, message, None)
         else:
+            if extra_keys.__class__ is ScheduleRequest:
+                return self._schedule(exchange, message, extra_keys)  # type: ignore[arg-type]
             queues = self.vhost.route(exchange, message, extra_keys)
         if not queues:
             counters = self.broker.counters
@@ -259,6 +276,25 @@ class Publisher:
                 outcome |= REFUSED
         exchange.publish_out_count += accepted_count
         return outcome
+
+    def _schedule(self, exchange: Exchange, message: Message, request: ScheduleRequest) -> int:
+        """Hand a message to the scheduler instead of routing it (core/scheduler.py):
+        accepted (never UNROUTABLE: routing happens when it fires), NEEDS_SYNC when the
+        schedule store is durable, REFUSED when it cannot be written."""
+        broker = self.broker
+        scheduler = getattr(broker, "scheduler", None)
+        if scheduler is None:  # a core without the app's wiring (tools, unit tests)
+            from ..storage.schedule_store import MemoryScheduleStore
+            from .scheduler import Scheduler
+
+            scheduler = broker.scheduler = Scheduler(broker, MemoryScheduleStore())  # type: ignore[attr-defined]
+        try:
+            durable = scheduler.schedule(self.vhost.name, exchange, message, request)
+        except OSError as exc:  # StorageError: the schedule log failed, sticky until reset
+            broker.write_failed(getattr(scheduler.store, "log", None), exc)
+            return REFUSED
+        exchange.publish_out_count += 1
+        return NEEDS_SYNC if durable else 0
 
     def take_replicating(self) -> list[Any] | None:
         """The replication handles of the last ``deliver``(s), handed to the adapter."""

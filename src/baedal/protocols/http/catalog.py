@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, metrics, openapi, rest
+from . import api, metrics, openapi, rest, scheduled
 from .auth import Access
 from .routes import Param, Route
 
@@ -1207,3 +1207,5 @@ ROUTES: list[Route] = [
         response={"type": "object"},
     ),
 ]
+
+ROUTES += scheduled.ROUTES  # scheduled messages (protocols/http/scheduled.py)

@@ -129,6 +129,12 @@ class BrokerCollector(Collector):
         yield _gauge("baedal_queues", "Queues", queue_count)
         yield _gauge("baedal_exchanges", "Exchanges", exchange_count)
         yield _gauge("baedal_vhosts", "Virtual hosts", len(core.vhosts))
+        scheduler = getattr(core, "scheduler", None)
+        if scheduler is not None:  # core/scheduler.py
+            yield _gauge("baedal_scheduled_messages", "Scheduled messages waiting to fire", scheduler.count())
+            yield CounterMetricFamily(
+                "baedal_scheduled_fired", "Scheduled deliveries made", value=scheduler.fired
+            )
         yield _gauge(
             "baedal_rest_leases",
             "Messages leased to REST and WebSocket clients",

@@ -1469,6 +1469,88 @@
     };
   }
 
+  // Scheduled messages (AMQ_SCHEDULED_* headers and x-delay on x-delayed-message
+  // exchanges): /api/scheduled, in due order, a page at a time; Cancel deletes a job.
+  function ScheduledPage() {
+    const PAGE_SIZE = 50;
+    let tableHolder;
+    let count;
+    let pager;
+    let page = 1;
+    return {
+      title: "Scheduled",
+      nav: "scheduled",
+      mount(root) {
+        tableHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        count = h("span", { class: "muted", "data-testid": "scheduled-count" });
+        pager = h("div", { class: "pager", "data-testid": "scheduled-pager" });
+        append(root, [h("div", { class: "page-head" }, h("h1", null, "Scheduled messages ", count)), card(null, tableHolder), pager]);
+      },
+      async refresh() {
+        const base = state.vhost ? `/api/scheduled/${enc(state.vhost)}` : "/api/scheduled";
+        let answer = await get(`${base}?page=${page}&page_size=${PAGE_SIZE}`);
+        if (answer && page > answer.page_count) {
+          page = answer.page_count;
+          answer = await get(`${base}?page=${page}&page_size=${PAGE_SIZE}`);
+        }
+        const jobs = (answer && answer.items) || [];
+        count.textContent = `(${answer ? answer.total_count : 0})`;
+        const repeatState = (j) => {
+          const parts = [];
+          if (j.cron) parts.push(`cron ${j.cron}`);
+          if (j.repeat < 0) parts.push(`every ${fmtNum(j.period)} ms until cancelled`);
+          else if (j.repeat > 0) parts.push(`${j.repeat_left} of ${j.repeat} repeats left, every ${fmtNum(j.period)} ms`);
+          return parts.join(", ") || "once";
+        };
+        const columns = [
+          { title: "Due", field: "due", cell: (j) => new Date(j.due).toLocaleString() },
+          { title: "Vhost", field: "vhost", cell: (j) => vhostLabel(j.vhost) },
+          { title: "Exchange", field: "exchange", cell: (j) => exchangeLabel(j.exchange) },
+          { title: "Routing key", field: "routing_key", cell: (j) => h("span", { class: "mono" }, j.routing_key) },
+          { title: "Size", num: true, field: "size", cell: (j) => fmtNum(j.size) },
+          { title: "Repeat", field: "repeat", cell: repeatState },
+          { title: "Id", field: "id", cell: (j) => h("span", { class: "mono" }, j.id) },
+          {
+            title: "",
+            class: "actions",
+            field: "actions",
+            cell: (j) =>
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "small danger",
+                  "data-testid": "scheduled-cancel",
+                  onclick: (e) => {
+                    if (!confirmAction(`Cancel scheduled message ${j.id}?`)) return;
+                    runAction(e.currentTarget, null, async () => {
+                      await api("DELETE", `/api/scheduled/${enc(j.vhost)}/${enc(j.id)}`);
+                      return `Scheduled message ${j.id} cancelled.`;
+                    });
+                  },
+                },
+                "Cancel"
+              ),
+          },
+        ];
+        replace(
+          tableHolder,
+          dataTable(columns, jobs, { testid: "scheduled-table", rowTestid: "scheduled-row", rowId: (j) => j.id, empty: "No scheduled messages." })
+        );
+        const pages = answer ? answer.page_count : 1;
+        const go = (to) => {
+          page = to;
+          refreshNow();
+        };
+        replace(pager, [
+          h("button", { type: "button", class: "small", "data-testid": "scheduled-prev", disabled: page <= 1, onclick: () => go(page - 1) }, "‹ Prev"),
+          h("span", { class: "muted" }, ` page ${page} of ${pages} `),
+          h("button", { type: "button", class: "small", "data-testid": "scheduled-next", disabled: page >= pages, onclick: () => go(page + 1) }, "Next ›"),
+        ]);
+      },
+    };
+  }
+
   // --- routing and polling ---------------------------------------------------------
 
   const ROUTES = [
@@ -1480,6 +1562,7 @@
     [/^#\/policies$/, () => PoliciesPage()],
     [/^#\/connections$/, () => ConnectionsPage()],
     [/^#\/channels$/, () => ChannelsPage()],
+    [/^#\/scheduled$/, () => ScheduledPage()],
   ];
 
   function route() {
