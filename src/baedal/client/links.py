@@ -230,10 +230,11 @@ class Link:
                     await step()
             except asyncio.CancelledError:
                 raise
-            except ClientError as exc:
+            except (ClientError, ValueError) as exc:
                 # The broker refused the topology (e.g. a queue declared with other
-                # flags): retrying would not help; report it to whoever waits.
-                self.failure = exc
+                # flags) or the client library refused a name: retrying would not help;
+                # report it to whoever waits.
+                self.failure = exc if isinstance(exc, ClientError) else ClientError(str(exc))
                 self._closed = True
                 self._up.set()
                 return
