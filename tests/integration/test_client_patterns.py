@@ -9,14 +9,23 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
-
-from baedal.client import PUB, PULL, PUSH, REP, REQ, SUB, AsyncContext, ClientError, Context, parse_endpoint
-
 from clientkit import TRANSPORTS, Endpoints, running_broker
+
+from baedal.client import (
+    PUB,
+    PULL,
+    PUSH,
+    REP,
+    REQ,
+    SUB,
+    AsyncContext,
+    ClientError,
+    Context,
+    parse_endpoint,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
