@@ -116,6 +116,11 @@ class AsyncSocket:
         assert link is not None
         kind = self.kind
         self._cancelled = False
+        # Deliveries still in hand from before a reconnect were never acknowledged: the
+        # broker has put them back (or lost them with a non-durable queue), so keeping
+        # them would hand out duplicates.
+        self._inbox.clear()
+        self._last = None
         if kind in (PUSH, PULL, REQ, REP):
             await link.declare_queue(self.name, durable=self.durable and kind in (PUSH, PULL))
             self.queue_name = self.name
