@@ -98,6 +98,10 @@ class Broker:
 
     async def start(self) -> None:
         s = self.settings
+        if s.inproc_name:  # refuse a taken name before opening anything
+            from .transport import inproc
+
+            inproc.check_free(s.inproc_name, self)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopped = asyncio.Event()

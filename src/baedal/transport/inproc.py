@@ -55,6 +55,12 @@ _sessions: dict[int, InprocSession] = {}
 Sink = Callable[[int, Message | None, bool], None]
 
 
+def check_free(name: str, broker: Any) -> None:
+    with _lock:
+        if name in _brokers and _brokers[name] is not broker:
+            raise ValueError(f"inproc://{name} is already registered in this process")
+
+
 def register(name: str, broker: Any) -> None:
     """Make ``broker`` reachable as ``inproc://name`` (called by ``Broker.start``)."""
     with _lock:
