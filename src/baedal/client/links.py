@@ -290,7 +290,7 @@ class InprocLink(Link):
         self.broker: Any = None
         self.session: Any = None
         self.same_loop = False
-        self._outbox: list[Message] = []
+        self._outbox: list[tuple[Message, bool]] = []
         self._flush_pending = False
 
     async def _connect(self) -> None:
@@ -357,20 +357,21 @@ class InprocLink(Link):
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, headers: dict[str, Any] | None = None, persistent: bool = False, confirm: bool = False, reply_to: str | None = None, correlation_id: str | None = None) -> None:
         if not self._up.is_set():
             await self.wait_up()
-        if headers is None and reply_to is None and correlation_id is None:
+        plain = headers is None and reply_to is None and correlation_id is None
+        if plain:
             message = Message(exchange, routing_key, body, persistent)
         else:
             message = Message.build(exchange, routing_key, body, persistent=persistent, headers=headers, reply_to=reply_to, correlation_id=correlation_id)
         session = self.session
         if self.same_loop and not confirm:
             try:
-                session.publish(message)
+                session.publish(message, False, plain)
             except CoreError as exc:
                 raise ClientError(f"{exc.kind}: {exc.text}") from None
             return
         if not confirm:
             # Fire and forget from another thread: batch into one loop hop.
-            self._outbox.append(message)
+            self._outbox.append((message, plain))
             if not self._flush_pending:
                 self._flush_pending = True
                 self.broker._loop.call_soon_threadsafe(self._flush, session)
@@ -381,9 +382,9 @@ class InprocLink(Link):
         """On the broker's loop: publish what other threads queued."""
         self._flush_pending = False
         outbox, self._outbox = self._outbox, []
-        for message in outbox:
+        for message, plain in outbox:
             try:
-                session.publish(message)
+                session.publish(message, False, plain)
             except CoreError as exc:
                 log.warning("inproc publish refused: %s", exc.text)
 

@@ -229,8 +229,12 @@ class InprocSession:
 
     # --- publish -------------------------------------------------------------------------
 
-    def publish(self, message: Message, mandatory: bool = False) -> int:
-        """The one publish path; returns ``core/publish.py``'s outcome bits."""
+    def publish(self, message: Message, mandatory: bool = False, plain: bool = False) -> int:
+        """The one publish path; returns ``core/publish.py``'s outcome bits.
+
+        ``plain``: the caller built the message without headers or user-id, so
+        ``Publisher.admit`` has nothing to inspect beyond the size and topic checks
+        (the AMQP channel skips it the same way when the property flags say so)."""
         if self.closed:
             raise CoreError("connection_forced", "session closed")
         exchange_name = message.exchange
@@ -238,8 +242,17 @@ class InprocSession:
             self._publish_reply(message)
             return 0
         publisher = self.publisher
-        exchange = publisher.target(exchange_name)
-        message, extra_keys = publisher.admit(exchange, message)
+        exchange = self.vhost.exchanges.get(exchange_name)
+        if exchange is None or exchange.internal or exchange_name not in publisher.write_checked:
+            exchange = publisher.target(exchange_name)  # raises the right refusal
+        extra_keys = None
+        if not plain:
+            message, extra_keys = publisher.admit(exchange, message)
+        else:
+            if len(message.body) > publisher.max_message_size:
+                publisher.admit(exchange, message)  # raises precondition_failed
+            if exchange.type == "topic":
+                publisher.check_topic_write(exchange, message.routing_key)
         return publisher.deliver(exchange, message, extra_keys, mandatory)
 
     def when_stored(self, outcome: int, on_stored: Callable[[], None], on_failed: Callable[[BaseException], None]) -> bool:
