@@ -492,7 +492,7 @@ class AMQPLink(Link):
         self.connection: Any = None
         self.channel: Any = None  # no confirms: fire-and-forget publishes
         self.confirm_channel: Any = None  # opened on first confirmed publish
-        self._acks: list[tuple[int, bool, bool]] = []
+        self._acks: list[tuple[Any, int, bool, bool]] = []
         self._ack_scheduled = False
 
     def _url(self) -> str:
@@ -577,7 +577,11 @@ class AMQPLink(Link):
                     if result is not None and type(result).__name__ == "Nack":
                         raise ClientError("the broker refused the message (nack)")
                 else:
-                    await self.channel.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties)
+                    # wait=False: queued for aiormq's writer, not waiting for its drain
+                    # (that wait costs several loop turns per message).
+                    await self.channel.basic_publish(
+                        body, exchange=exchange, routing_key=routing_key, properties=properties, wait=False
+                    )
                 return
             except ClientError:
                 raise
@@ -629,17 +633,23 @@ class AMQPLink(Link):
         channel = delivery.consumer
         if channel is None or delivery.generation != self.generation or not delivery.tag or channel.is_closed:
             return
-        if ack:
-            self.loop.create_task(_quietly(channel.basic_ack(delivery.tag)))
-        else:
-            self.loop.create_task(_quietly(channel.basic_reject(delivery.tag, requeue=requeue)))
+        # Batched: one task per loop turn sends every settlement queued meanwhile.
+        self._acks.append((channel, delivery.tag, ack, requeue))
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            self.loop.create_task(self._send_settlements())
 
-
-async def _quietly(coro: Awaitable[Any]) -> None:
-    try:
-        await coro
-    except Exception:
-        pass  # the connection died: the broker requeues what was not acked
+    async def _send_settlements(self) -> None:
+        self._ack_scheduled = False
+        acks, self._acks = self._acks, []
+        for channel, tag, ack, requeue in acks:
+            try:
+                if ack:
+                    await channel.basic_ack(tag, wait=False)
+                else:
+                    await channel.basic_reject(tag, requeue=requeue)
+            except Exception:
+                pass  # the connection died: the broker requeues what was not acked
 
 
 def make_link(url: str, loop: asyncio.AbstractEventLoop, *, timeout: float | None = None) -> Link:
