@@ -164,3 +164,18 @@ def test_unix_socket_settings_from_environment_and_flags() -> None:
     settings = load_settings(flags={"unix_socket": "/tmp/x.sock", "unix_socket_mode": "0666"}, environ={})
     assert settings.unix_socket == "/tmp/x.sock" and settings.unix_socket_mode == 0o666
     assert load_settings(environ={}).unix_socket_mode == 0o660
+
+
+async def test_garbage_on_the_unix_socket_gets_the_protocol_header_and_others_carry_on(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    address = str(socket_dir / "garbage.sock")
+    async with Broker(port=0, data_dir=tmp_path, unix_socket=address):
+        reader, writer = await asyncio.open_unix_connection(address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(64), 10)
+        assert answer == b"AMQP\x00\x00\x09\x01"  # AMQP 0-9-1 §4.2.2: the header, then close
+        assert await asyncio.wait_for(reader.read(64), 10) == b""
+        writer.close()
+        assert await roundtrip(address, "ipc-after-garbage") == b"over a unix socket"

@@ -43,6 +43,9 @@ from ..core.vhost import CoreError
 log = logging.getLogger("baedal.client")
 
 MULTIPART_HEADER = "x-multipart"
+# Publishes from another thread waiting for the broker's loop to take them: past this
+# many the sender waits for the loop to catch up (the in-process send buffer's bound).
+OUTBOX_LIMIT = 4096
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -88,7 +91,13 @@ def join_multipart(data: bytes | bytearray | memoryview | list[bytes] | tuple[by
 
 def split_multipart(body: bytes, headers: dict[str, Any] | None) -> list[bytes]:
     lengths = headers.get(MULTIPART_HEADER) if headers else None
-    if not isinstance(lengths, list) or sum(x for x in lengths if isinstance(x, int)) != len(body):
+    # Anything but a list of non-negative integers adding up to the body's length (a
+    # header another client set for its own reasons) means: one part.
+    if (
+        not isinstance(lengths, list)
+        or not all(type(x) is int and x >= 0 for x in lengths)
+        or sum(lengths) != len(body)
+    ):
         return [body]
     parts = []
     pos = 0
@@ -371,10 +380,15 @@ class InprocLink(Link):
             return
         if not confirm:
             # Fire and forget from another thread: batch into one loop hop.
-            self._outbox.append((message, plain))
+            outbox = self._outbox
+            outbox.append((message, plain))
             if not self._flush_pending:
                 self._flush_pending = True
                 self.broker._loop.call_soon_threadsafe(self._flush, session)
+            if len(outbox) >= OUTBOX_LIMIT:
+                # Bound: wait for one round trip to the broker's loop, which runs after
+                # the flush already scheduled (its callbacks run in order).
+                await self._on_broker(_nothing)
             return
         await self._publish_confirmed(session, message)
 
@@ -463,6 +477,10 @@ class InprocLink(Link):
             consumer.settle([delivery.tag], ack, requeue)
         else:
             self.broker._loop.call_soon_threadsafe(consumer.settle, [delivery.tag], ack, requeue)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _delivery(message: Message, tag: int, redelivered: bool, generation: int, consumer: Any) -> Delivery:

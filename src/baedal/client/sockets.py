@@ -187,7 +187,11 @@ class AsyncSocket:
                 raise ClientError("socket is not connected")
             waiter = self._waiter = loop.create_future()
             try:
-                await asyncio.wait_for(waiter, timeout)
+                if timeout is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout(timeout):
+                        await waiter
             finally:
                 self._waiter = None
 
@@ -284,7 +288,8 @@ class AsyncSocket:
         body, headers = join_multipart(data)
         future = await self._start_request(body, headers)
         try:
-            return await asyncio.wait_for(future, timeout if timeout is not None else self.timeout)
+            async with asyncio.timeout(timeout if timeout is not None else self.timeout):
+                return await future
         finally:
             self._pending.pop(future.correlation_id, None)  # type: ignore[attr-defined]
 
