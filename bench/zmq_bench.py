@@ -19,7 +19,7 @@ acknowledged.
 Baedal: the asyncio API (``AsyncContext``).  ``inproc``: the broker runs on the
 benchmark's own event loop with both sockets (messages handed over as objects: the
 path the issue's goal is about).  ``ipc``/``tcp``: a ``baedal serve`` subprocess
-(``--unix-socket``), both sockets in this process (aiormq underneath).  Every message
+(``--unix-socket``), both sockets in this process (``client/amqp.py``).  Every message
 goes through a queue and is acknowledged.  ``durable`` rows: a durable queue, persistent
 messages and ``send`` waiting until the broker has fsync'ed them (64 sends in flight,
 so group commit applies); REQ/REP has no durable mode (replies are transient by design).

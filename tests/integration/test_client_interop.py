@@ -121,3 +121,37 @@ def test_rpc_between_pika_and_the_pattern_sockets(transport: str, endpoints: End
             "", properties.reply_to, body + b"-pong", pika.BasicProperties(correlation_id=properties.correlation_id)
         )
         assert req.recv(timeout=10) == b"ping-pong"
+
+
+async def test_patterns_over_tcp_against_the_amqp_url_broker(amqp_url: str, unique) -> None:
+    """Baedal by default; with BAEDAL_TEST_AMQP_URL set, RabbitMQ itself (the client's
+    AMQP side must work against the reference broker, not only against Baedal)."""
+    from baedal.client import AsyncContext
+
+    url = "tcp://" + amqp_url.split("://", 1)[1]
+    jobs, news, rpc = unique("rq-jobs"), unique("rq-news"), unique("rq-rpc")
+    async with AsyncContext(timeout=10) as ctx:
+        push = await ctx.socket(PUSH, jobs, durable=True).connect(url)
+        pull = await ctx.socket(PULL, jobs, durable=True).connect(url)
+        await push.send([b"part1", b"part2"])  # confirmed by the broker
+        assert await pull.recv_multipart(timeout=10) == [b"part1", b"part2"]
+        pub = await ctx.socket(PUB, news).connect(url)
+        sub = await ctx.socket(SUB, news, hwm=2, prefetch=1).connect(url)
+        await sub.subscribe("x")
+        for i in range(5):
+            await pub.send(b"%d" % i, topic="x.y")
+        got = [await sub.recv(timeout=10) for _ in range(3)]
+        assert got == [b"0", b"1", b"2"]  # drop-newest: 1 in hand + hwm 2
+        rep = await ctx.socket(REP, rpc).connect(url)
+        req = await ctx.socket(REQ, rpc).connect(url)
+        await req.send(b"q")
+        await rep.send(await rep.recv(timeout=10) + b"!")
+        assert await req.recv(timeout=10) == b"q!"
+        pull.ack()
+    # Leave nothing behind on a shared broker.
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for queue in (jobs, rpc):
+        channel.queue_delete(queue)
+    channel.exchange_delete(news)
+    connection.close()
