@@ -238,3 +238,20 @@ async def test_pattern_objects_are_ordinary_queues_and_exchanges_in_the_manageme
             requests.get, f"{base}/api/exchanges/%2F/{news}/bindings/source", auth=auth, timeout=10
         )
         assert [b["routing_key"] for b in bindings.json()] == ["a.b.#"]
+        consumers = await asyncio.to_thread(requests.get, f"{base}/api/consumers", auth=auth, timeout=10)
+        mine = [c for c in consumers.json() if c["queue"]["name"] == sub.queue_name]
+        assert len(mine) == 1 and mine[0]["channel_details"]["name"].startswith("inproc://")
+        assert mine[0]["prefetch_count"] == 64 and mine[0]["ack_required"]
+
+
+async def test_a_socket_that_disagrees_with_the_existing_queue_gets_the_brokers_refusal(url: str, unique) -> None:
+    name = unique("mismatch")
+    async with AsyncContext(timeout=5) as ctx:
+        await ctx.socket(PUSH, name, durable=True).connect(url)
+        with pytest.raises(ClientError, match="inequivalent arg 'durable'"):
+            await ctx.socket(PULL, name).connect(url)  # not durable: 406 from the broker
+        # The first socket and the broker carry on.
+        pull = await ctx.socket(PULL, name, durable=True).connect(url)
+        push = ctx.sockets[0]
+        await push.send(b"still fine")
+        assert await pull.recv(timeout=5) == b"still fine"

@@ -244,6 +244,10 @@ class Link:
                 # report it to whoever waits.
                 self.failure = exc if isinstance(exc, ClientError) else ClientError(str(exc))
                 self._closed = True
+                try:
+                    await self._disconnect()
+                except Exception:
+                    pass
                 self._up.set()
                 return
             except Exception as exc:  # broker not there (yet): retry with backoff

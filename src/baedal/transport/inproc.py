@@ -102,6 +102,11 @@ class InprocConsumer:
         self.sink = sink
         self.next_tag = 1
 
+    @property
+    def description(self) -> str:
+        """How the management API names this consumer's channel."""
+        return f"inproc://{self.owner.broker.settings.inproc_name} ({self.owner.user})"
+
     def can_deliver(self) -> bool:
         return self.no_ack or not self.prefetch or len(self.unacked) < self.prefetch
 
