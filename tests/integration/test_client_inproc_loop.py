@@ -88,3 +88,18 @@ def test_two_brokers_cannot_share_an_inproc_name(tmp_path: Path) -> None:
     with Broker(port=0, data_dir=tmp_path / "a", inproc_name=name):
         with pytest.raises(ValueError, match="already registered"):
             Broker(port=0, data_dir=tmp_path / "b", inproc_name=name).start_in_thread()
+
+
+def test_a_sync_socket_on_a_stopped_in_process_broker_says_so(tmp_path: Path) -> None:
+    from baedal.client import ClientError
+
+    name = f"stopped-{os.getpid()}"
+    broker = Broker(port=0, data_dir=tmp_path, inproc_name=name)
+    broker.start_in_thread()
+    with Context(timeout=5) as ctx:
+        pull = ctx.socket(PULL, "gone").connect(f"inproc://{name}")
+        with pytest.raises(TimeoutError):
+            pull.recv(timeout=0.2)
+        broker.stop_thread()
+        with pytest.raises(ClientError):
+            pull.recv()  # no timeout: must not hang on the dead loop
