@@ -183,7 +183,7 @@ class Socket:
             return
         try:
             self._run(self.inner.close(), 15)
-        except RuntimeError:
+        except (RuntimeError, ClientError):
             pass  # the loop stopped under us (broker stopped first)
         self._loop = None
 
