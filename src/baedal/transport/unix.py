@@ -26,6 +26,16 @@ than steal its address (asyncio's own ``create_unix_server`` removes any socket 
 unconditionally, which would silently orphan a running broker; hence the own bind).
 A path that exists and is not a socket is never touched.  On close the file is removed
 if it is still the one this listener created (same inode).
+
+For another protocol's listener (STOMP, MQTT ...)::
+
+    listener = await listen_unix(lambda: StompConnection(server), "/run/baedal/stomp.sock")
+    ...
+    listener.close()            # stops serving, removes the file
+    await listener.wait_closed()
+
+and report the peer as local: ``transport.get_extra_info("peername")`` is not a
+``(host, port)`` tuple on a Unix socket (see ``AMQPConnection.connection_made``).
 """
 
 from __future__ import annotations
