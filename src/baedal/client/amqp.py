@@ -93,6 +93,9 @@ class AMQPClientConnection(asyncio.Protocol):
         self._heartbeat_interval = 0.0
         self._next_channel = 1
         self._confirming: set[int] = set()  # channels in confirm mode
+        # basic.publish arguments by (exchange, routing key): a socket publishes to one
+        # or a few, so each is encoded once.
+        self._publish_payloads: dict[tuple[str, str], bytes] = {}
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -232,6 +235,10 @@ class AMQPClientConnection(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
 
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
     async def drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()
@@ -279,7 +286,12 @@ class AMQPClientConnection(asyncio.Protocol):
         if channel is None:
             raise AMQPError(504, f"channel {number} is closed")
         self._check_open(channel)
-        payload = spec.BasicPublish(0, exchange, routing_key, False, False).encode()
+        key = (exchange, routing_key)
+        payload = self._publish_payloads.get(key)
+        if payload is None:
+            if len(self._publish_payloads) >= 1024:  # bounded: a cache, not a registry
+                self._publish_payloads.clear()
+            payload = self._publish_payloads[key] = spec.BasicPublish(0, exchange, routing_key, False, False).encode()
         for frame in content_frames(number, payload, properties, body, self.frame_max):
             self._send(frame)
         if number in self._confirming:

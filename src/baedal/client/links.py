@@ -579,6 +579,13 @@ class AMQPLink(Link):
         from .amqp import AMQPError, properties_block
 
         properties = properties_block(headers, persistent, reply_to, correlation_id)
+        connection = self.connection
+        if not confirm and self._up.is_set() and connection.writable:
+            try:  # the common case, without the retry machinery below
+                connection.publish(self.channel, exchange, routing_key, properties, body)
+                return
+            except (AMQPError, ConnectionError):
+                pass  # handled below
         while True:
             if not self._up.is_set():
                 await self.wait_up()
