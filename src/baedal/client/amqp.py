@@ -104,11 +104,19 @@ class AMQPClientConnection(asyncio.Protocol):
         transport.write(PROTOCOL_HEADER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        fault: AMQPFault | None = None
         try:
             events = self.reader.feed(data)
         except AMQPFault as exc:
-            self._fail(AMQPError(exc.code, f"from the broker: {exc.reply_text}"))
-            return
+            # The frames before the bad one still count (found by the fuzzer: fed byte by
+            # byte they would have been handled), then the connection is done.
+            events = getattr(exc, "events", [])
+            fault = exc
+        self._dispatch(events)
+        if fault is not None:
+            self._fail(AMQPError(fault.code, f"from the broker: {fault.reply_text}"))
+
+    def _dispatch(self, events: list[Any]) -> None:
         for event in events:
             if type(event) is ContentFrame:
                 method = event.method
