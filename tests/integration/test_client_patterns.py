@@ -255,3 +255,19 @@ async def test_a_socket_that_disagrees_with_the_existing_queue_gets_the_brokers_
         push = ctx.sockets[0]
         await push.send(b"still fine")
         assert await pull.recv(timeout=5) == b"still fine"
+
+
+def test_leaving_a_with_block_by_an_exception_gives_the_message_back(url: str, unique) -> None:
+    name = unique("failed-work")
+    with Context(timeout=10) as ctx:
+        ctx.socket(PUSH, name).connect(url).send(b"fragile")
+        with pytest.raises(ZeroDivisionError):
+            with ctx.socket(PULL, name).connect(url) as pull:
+                assert pull.recv(timeout=5) == b"fragile"
+                raise ZeroDivisionError("the work fails")
+        with ctx.socket(PULL, name).connect(url) as again:
+            delivery = again.recv_delivery(timeout=5)
+            assert delivery.body == b"fragile" and delivery.redelivered
+        with ctx.socket(PULL, name).connect(url) as last:
+            with pytest.raises(TimeoutError):  # acknowledged by the clean exit above
+                last.recv(timeout=0.3)

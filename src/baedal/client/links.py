@@ -435,22 +435,21 @@ class InprocLink(Link):
     async def consume(self, queue: str, receiver: Receiver, *, prefetch: int, no_ack: bool = False) -> None:
         session = self.session
         sink = self._sink(receiver)
-        consumer = await self._on_broker(lambda: session.consume(queue, sink, prefetch=prefetch, no_ack=no_ack))
-        sink.consumer = consumer  # type: ignore[attr-defined]
+        await self._on_broker(lambda: session.consume(queue, sink, prefetch=prefetch, no_ack=no_ack))
 
     async def reply_address(self, receiver: Receiver) -> str:
         session = self.session
         sink = self._sink(receiver)
         return await self._on_broker(lambda: session.reply_address(sink))
 
-    def _sink(self, receiver: Receiver) -> Callable[[int, Message | None, bool], None]:
+    def _sink(self, receiver: Receiver) -> Callable[[Any, int, Message | None, bool], None]:
         generation = self.generation
         link = self
 
         if self.same_loop:
 
-            def sink(tag: int, message: Message | None, redelivered: bool) -> None:
-                receiver(None if message is None else _delivery(message, tag, redelivered, generation, sink.consumer))  # type: ignore[attr-defined]
+            def sink(consumer: Any, tag: int, message: Message | None, redelivered: bool) -> None:
+                receiver(None if message is None else _delivery(message, tag, redelivered, generation, consumer))
 
         else:
             pending: list[Delivery | None] = []
@@ -463,13 +462,12 @@ class InprocLink(Link):
                 for item in batch:
                     receiver(item)
 
-            def sink(tag: int, message: Message | None, redelivered: bool) -> None:
-                pending.append(None if message is None else _delivery(message, tag, redelivered, generation, sink.consumer))  # type: ignore[attr-defined]
+            def sink(consumer: Any, tag: int, message: Message | None, redelivered: bool) -> None:
+                pending.append(None if message is None else _delivery(message, tag, redelivered, generation, consumer))
                 if not scheduled[0]:
                     scheduled[0] = True
                     link.loop.call_soon_threadsafe(drain)
 
-        sink.consumer = None  # type: ignore[attr-defined]
         return sink
 
     def settle(self, delivery: Delivery, ack: bool = True, requeue: bool = True) -> None:

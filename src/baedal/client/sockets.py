@@ -328,7 +328,8 @@ class AsyncSocket:
 
     async def close(self) -> None:
         """Acknowledge the last received message, leave the broker; prefetched messages
-        not yet received go back to the queue for others."""
+        not yet received go back to the queue for others.  (Leaving an ``async with``
+        block by an exception gives the last message back instead of acknowledging it.)"""
         link, self.link = self.link, None
         if link is None:
             return
@@ -345,7 +346,9 @@ class AsyncSocket:
     async def __aenter__(self) -> AsyncSocket:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.reject(requeue=True)  # the work failed: the message goes back, not acked
         await self.close()
 
 

@@ -190,5 +190,10 @@ class Socket:
     def __enter__(self) -> Socket:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and self._loop is not None and not self._loop.is_closed():
+            try:
+                self.reject(requeue=True)  # the work failed: give the message back
+            except Exception:
+                pass
         self.close()

@@ -50,9 +50,11 @@ _lock = threading.Lock()
 _brokers: dict[str, Any] = {}
 _sessions: dict[int, InprocSession] = {}
 
-# A sink receives (delivery tag, message, redelivered); tag 0 for no-ack deliveries.
-# ``None`` as the message means the consumer was cancelled by the broker.
-Sink = Callable[[int, Message | None, bool], None]
+# A sink receives (consumer, delivery tag, message, redelivered); tag 0 for no-ack
+# deliveries and replies (consumer None).  ``None`` as the message means the consumer
+# was cancelled by the broker.  The consumer comes with every call because the first
+# deliveries happen inside ``consume`` (the queue drains as soon as it is added).
+Sink = Callable[[Any, int, Message | None, bool], None]
 
 
 def check_free(name: str, broker: Any) -> None:
@@ -117,17 +119,17 @@ class InprocConsumer:
         entry.delivery_count += 1
         if self.no_ack:
             queue.settle_delivered(entry)
-            self.sink(0, message, redelivered)
+            self.sink(self, 0, message, redelivered)
             return
         tag = self.next_tag
         self.next_tag = tag + 1
         self.unacked[tag] = entry
-        self.sink(tag, message, redelivered)
+        self.sink(self, tag, message, redelivered)
 
     def cancelled_by_server(self, queue: Queue) -> None:
         self.owner.consumers.pop(self.tag, None)
         self.unacked.clear()  # the queue and its entries are gone
-        self.sink(0, None, False)
+        self.sink(self, 0, None, False)
 
     def settle(self, tags: list[int], ack: bool, requeue: bool) -> None:
         queue = self.queue
@@ -163,7 +165,7 @@ class _ReplyTarget:
         self.can_send = True
 
     def send_reply(self, consumer: object, entry: QueueEntry) -> None:
-        self.sink(0, entry.message, False)
+        self.sink(None, 0, entry.message, False)
 
 
 class InprocSession:
