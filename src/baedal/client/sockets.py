@@ -14,8 +14,9 @@ PUB/SUB    a topic exchange named NAME.  ``send(data, topic="a.b")`` publishes w
            routing key ``a.b``; ``subscribe("a")`` binds ``a.#``, so filters are
            prefixes of whole dot-separated words (``a`` matches ``a`` and ``a.b``, not
            ``ab``); ``subscribe("")`` takes everything.  A non-durable subscriber owns an
-           exclusive, auto-deleted queue holding at most ``hwm`` messages; past it the
-           ``overflow`` policy applies: ``"drop-newest"`` (ZeroMQ's PUB behaviour, the
+           exclusive, auto-deleted queue holding at most ``hwm`` messages (plus at most
+           ``prefetch`` already handed to the socket); past it the ``overflow`` policy
+           applies: ``"drop-newest"`` (ZeroMQ's PUB behaviour, the
            default: new messages are refused for that subscriber) or ``"drop-oldest"``.
            Both are counted per queue (``dropped`` in the management API,
            ``baedal_queue_messages_dropped_total`` in /metrics).  A durable subscriber
