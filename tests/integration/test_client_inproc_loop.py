@@ -103,3 +103,23 @@ def test_a_sync_socket_on_a_stopped_in_process_broker_says_so(tmp_path: Path) ->
         broker.stop_thread()
         with pytest.raises(ClientError):
             pull.recv()  # no timeout: must not hang on the dead loop
+
+
+def test_a_client_loop_that_ends_without_closing_its_socket_does_not_hurt_the_broker(tmp_path: Path) -> None:
+    name = f"abandoned-{os.getpid()}"
+    with Broker(port=0, data_dir=tmp_path, inproc_name=name) as broker:
+
+        async def careless() -> None:
+            ctx = AsyncContext(timeout=5)
+            pull = await ctx.socket(PULL, "orphan", prefetch=1).connect(f"inproc://{name}")
+            assert pull.link is not None and not pull.link.same_loop
+            # returns with the socket open; asyncio.run closes this loop
+
+        asyncio.run(careless())
+        with Context(timeout=10) as ctx:
+            push = ctx.socket(PUSH, "orphan").connect(f"inproc://{name}")
+            push.send(b"for nobody")  # delivered to the orphan consumer first ...
+            pull = ctx.socket(PULL, "orphan").connect(f"inproc://{name}")
+            assert pull.recv(timeout=10) == b"for nobody"  # ... and given back
+        queue = broker.call(lambda: broker.core.vhosts["/"].queues["orphan"])
+        assert queue.consumers == []  # the orphan session was closed, the others left

@@ -331,8 +331,19 @@ class InprocLink(Link):
         """Run ``fn`` on this link's loop (from the broker's loop)."""
         if self.same_loop:
             fn()
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the client's loop is closed: nobody is listening
+            self._abandoned()
+
+    def _abandoned(self) -> None:
+        """On the broker's loop: the client's loop closed without closing this socket
+        (e.g. ``asyncio.run`` ended).  Close the session, so its unacknowledged
+        deliveries go back to the queue, instead of failing inside the broker."""
+        session = self.session
+        if session is not None and not session.closed:
+            self.broker._loop.call_soon(session.close)
 
     async def _on_broker(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` on the broker's loop; CoreError becomes ClientError."""
@@ -466,7 +477,10 @@ class InprocLink(Link):
                 pending.append(None if message is None else _delivery(message, tag, redelivered, generation, consumer))
                 if not scheduled[0]:
                     scheduled[0] = True
-                    link.loop.call_soon_threadsafe(drain)
+                    try:
+                        link.loop.call_soon_threadsafe(drain)
+                    except RuntimeError:  # the client's loop is closed
+                        link._abandoned()
 
         return sink
 
