@@ -149,8 +149,16 @@ def test_clients_reconnect_after_a_broker_restart(transport: str, tmp_path: Path
             broker.stop()
             broker.start()
             push.send(b"after")  # waits for the reconnect, then goes through
-            got = [pull.recv(timeout=20), pull.recv(timeout=20)]
-            assert sorted(got) == [b"after", b"stored before the restart"]
+            got: list[bytes] = []
+            while not {b"after", b"stored before the restart"} <= set(got):
+                got.append(pull.recv(timeout=20))
+            # At least once: the ack of "before" travels on its own, and if the broker
+            # was already closing connections when it arrived, "before" comes back once.
+            assert sorted(set(got)) in (
+                [b"after", b"stored before the restart"],
+                [b"after", b"before", b"stored before the restart"],
+            )
+            assert len(got) == len(set(got))
 
             import threading
 
