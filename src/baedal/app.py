@@ -69,6 +69,9 @@ class Broker:
         self.mqtt_port: int | None = None
         self.mqtt_tls_port: int | None = None
         self._mqtt_syncer: Any = None
+        # Unix-socket listeners (transport/unix.py) and what clients connect to.
+        self._unix_listeners: list[Any] = []
+        self.unix_sockets: list[str] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -102,6 +105,10 @@ class Broker:
 
     async def start(self) -> None:
         s = self.settings
+        if s.inproc_name:  # refuse a taken name before opening anything
+            from .transport import inproc
+
+            inproc.check_free(s.inproc_name, self)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopped = asyncio.Event()
@@ -136,6 +143,10 @@ class Broker:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(s.tls_cert, s.tls_key)
             self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
+        if s.unix_socket:
+            listener = await self.amqp.listen_unix(s.unix_socket, s.unix_socket_mode)
+            self._unix_listeners.append(listener)
+            self.unix_sockets.append(f"amqp+unix:{s.unix_socket}")
         if s.kafka_port is not None:
             await self._start_kafka(loop)
         if s.stomp_port is not None:
@@ -146,6 +157,17 @@ class Broker:
             self.http = _open_http(self)
             if self.http is not None:
                 self.http_port = await self.http.start(s.http_host, s.http_port)
+                if s.http_unix_socket:
+                    from .transport.unix import bind_unix
+
+                    sock = bind_unix(s.http_unix_socket, s.unix_socket_mode)
+                    await self.http.start_unix(sock)
+                    self._unix_listeners.append(_BoundSocketFile(s.http_unix_socket))
+                    self.unix_sockets.append(f"http+unix:{s.http_unix_socket}")
+        if s.inproc_name:
+            from .transport import inproc
+
+            inproc.register(s.inproc_name, self)
         self._monitor = loop.create_task(self._watch_resources())
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
 
@@ -329,6 +351,10 @@ class Broker:
         if self._monitor is not None:
             self._monitor.cancel()
             self._monitor = None
+        if self.settings.inproc_name:
+            from .transport import inproc
+
+            await inproc.unregister(self.settings.inproc_name, self)
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -345,6 +371,10 @@ class Broker:
         if self._mqtt_syncer is not None:
             self._mqtt_syncer.close()
             self._mqtt_syncer = None
+        for listener in self._unix_listeners:
+            listener.close()  # removes the socket file
+        self._unix_listeners.clear()
+        self.unix_sockets.clear()
         if self.kafka is not None:
             await self.kafka.close()
             self.kafka.close_storage()  # before the syncer it uses goes away
@@ -438,6 +468,23 @@ def _connect_host(host: str) -> str:
     """An address clients can connect to for a listen address (IPv4 for a wildcard:
     librdkafka may resolve ``localhost`` to ``::1``)."""
     return host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+
+
+class _BoundSocketFile:
+    """The HTTP side's Unix socket file, removed at stop (aiohttp closes the socket)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._inode = None if address.startswith("@") else os.lstat(address).st_ino
+
+    def close(self) -> None:
+        if self._inode is None:
+            return
+        try:
+            if os.lstat(self.address).st_ino == self._inode:
+                os.unlink(self.address)
+        except FileNotFoundError:
+            pass
 
 
 def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:

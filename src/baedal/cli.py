@@ -65,6 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
         "kafka_advertised_host": args.kafka_advertised_host,
         "kafka_advertised_port": args.kafka_advertised_port,
         "stomp_port": args.stomp_port,
+        "unix_socket": args.unix_socket,
+        "unix_socket_mode": args.unix_socket_mode,
+        "http_unix_socket": args.http_unix_socket,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -79,6 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
         started = time.monotonic()
         await broker.start()
         print(f"baedal {__version__} listening on amqp://{settings.host}:{broker.port}", flush=True)
+        for address in broker.unix_sockets:
+            print(f"baedal listening on {address}", flush=True)
         if broker.tls_port:
             print(f"baedal listening on amqps://{settings.host}:{broker.tls_port}", flush=True)
         if broker.kafka_bootstrap:
@@ -156,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--stomp-port", help="STOMP port (default 61613, 'off' disables; env BAEDAL_STOMP_PORT)"
     )
+    serve.add_argument(
+        "--unix-socket",
+        help="also serve AMQP on this Unix socket: a path, or @name for a Linux abstract "
+        "name (env BAEDAL_UNIX_SOCKET)",
+    )
+    serve.add_argument(
+        "--unix-socket-mode", help="permissions of the socket file, octal (default 0660)"
+    )
+    serve.add_argument("--http-unix-socket", help="also serve HTTP on this Unix socket")
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)
     sub.add_parser("ctl", help="operate a running broker over HTTP (baedal ctl --help)", add_help=False)

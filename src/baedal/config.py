@@ -67,6 +67,15 @@ class Settings:
     mqtt_allow_anonymous: bool = False
     mqtt_max_packet_size: int = 16 * 1024 * 1024
     mqtt_max_keep_alive: int = 0  # 0: clients' keep-alive stands; else Server Keep Alive
+    # IPC (transport/unix.py): the AMQP listener also serves this Unix socket, a path or a
+    # Linux abstract name "@name"; the file gets unix_socket_mode (octal in files, the
+    # environment and flags: "0660").  http_unix_socket does the same for the HTTP side.
+    unix_socket: str | None = None
+    unix_socket_mode: int = 0o660
+    http_unix_socket: str | None = None
+    # In-process transport (transport/inproc.py): the name "inproc://NAME" reaches this
+    # broker from the same process; None registers nothing.
+    inproc_name: str | None = None
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -88,6 +97,8 @@ def _coerce(name: str, value: Any) -> Any:
         "", "none", "off", "0", "false"
     ):
         return None
+    if name == "unix_socket_mode" and isinstance(value, str):
+        return int(value, 8)
     if isinstance(default, bool):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "consumer_timeout":

@@ -202,6 +202,10 @@ class Queue:
         self.deliver_count = 0
         self.ack_count = 0
         self.redeliver_count = 0
+        # Messages the length limit took (x-overflow: drop-head dropped or dead-lettered
+        # them, reject-publish[-dlx] refused them): how a subscriber's high-water mark
+        # shows up in metrics (baedal.client's PUB/SUB).  Counted off the hot path.
+        self.dropped_count = 0
         self._reset_expires()
         self._arm_recovered_expiry()
         vhost.broker.note_ack_timeout(self.settings.consumer_timeout)
@@ -234,6 +238,7 @@ class Queue:
         store = self.store
         if settings.max_length is not None or settings.max_length_bytes is not None:
             if settings.overflow != "drop-head" and self._would_overflow(message):
+                self.dropped_count += 1
                 if settings.overflow == "reject-publish-dlx":
                     self._dead_letter_message(message, "maxlen")
                 return False
@@ -298,6 +303,7 @@ class Queue:
             entry = store.shift()
             if entry is None:
                 break
+            self.dropped_count += 1
             self._dead_letter_entry(entry, "maxlen")
 
     def _has_any_credit(self) -> bool:

@@ -186,10 +186,20 @@ class AMQPConnection:
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if peer else ("", 0)
         local = transport.get_extra_info("sockname")
-        # RabbitMQ's connection name format, which management tooling shows and passes back.
-        self.name = f"{self.peer[0]}:{self.peer[1]} -> {local[0]}:{local[1]}" if local else f"{self.peer[0]}:{self.peer[1]}"
+        if isinstance(peer, tuple):
+            self.peer = (peer[0], peer[1])
+            # RabbitMQ's connection name format, which management tooling shows and passes back.
+            self.name = f"{self.peer[0]}:{self.peer[1]} -> {local[0]}:{local[1]}" if local else f"{self.peer[0]}:{self.peer[1]}"
+        else:
+            # A Unix socket (transport/unix.py): the peer is on this machine by
+            # definition, so it counts as loopback (loopback_users may connect); the file's
+            # permissions decided who could reach it.
+            self.peer = ("localhost", 0)
+            if isinstance(local, bytes):  # an abstract name on Linux: b"\0name"
+                local = local.decode("utf-8", "replace")
+            where = local.replace("\0", "@", 1) if isinstance(local, str) else repr(local)
+            self.name = f"unix:{where}"
         broker = self.broker
         self.connected_at = broker.now()
         self._last_received = self.connected_at

@@ -7,6 +7,7 @@ import os
 import ssl
 from typing import TYPE_CHECKING
 
+from ...transport.unix import UnixListener, listen_unix
 from .connection import AMQPConnection
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ class AMQPServer:
         self.servers.append(server)
         sockets = server.sockets or []
         return sockets[0].getsockname()[1] if sockets else port
+
+    async def listen_unix(self, address: str, mode: int) -> UnixListener:
+        """Also serve AMQP on a Unix socket (a path or ``@name``; transport/unix.py)."""
+        listener = await listen_unix(lambda: AMQPConnection(self), address, mode=mode)
+        self.servers.append(listener.server)
+        return listener
 
     # --- direct reply-to -------------------------------------------------------------
 

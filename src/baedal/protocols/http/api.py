@@ -661,6 +661,8 @@ def queue_info(server: HTTPServer, vhost: VirtualHost, queue: Queue) -> dict[str
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.store.ready_bytes,
+        # Baedal's own: what the length limit dropped or refused (x-overflow).
+        "messages_dropped": getattr(queue, "dropped_count", 0),
         "consumers": len(queue.consumers),
         # consumer_capacity / consumer_utilisation are left out: RabbitMQ measures the
         # share of time the queue could deliver at once, which Baedal does not track.

@@ -19,6 +19,7 @@ import base64
 import binascii
 import enum
 import ipaddress
+import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -65,7 +66,9 @@ def authenticate(core: BrokerCore, request: web.Request) -> User:
     user = core.authenticate(username, password)
     if user is None:
         raise unauthorized("invalid credentials")
-    if username in core.config.loopback_users and not _is_loopback(request.remote or ""):
+    if username in core.config.loopback_users and not (
+        _is_loopback(request.remote or "") or _over_unix_socket(request)
+    ):
         # RabbitMQ's loopback_users: the default guest account only from localhost.
         raise unauthorized(f"user '{username}' can only connect via localhost")
     return user
@@ -124,6 +127,13 @@ def check_permission(
             f"{kind} access to '{name}' in vhost '{vhost}' refused for user '{user.name}'",
             "access_refused",
         )
+
+
+def _over_unix_socket(request: web.Request) -> bool:
+    """A request over a Unix socket (transport/unix.py) comes from this machine."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def _is_loopback(host: str) -> bool:

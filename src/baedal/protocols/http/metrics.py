@@ -60,6 +60,11 @@ class BrokerCollector(Collector):
         redelivered = CounterMetricFamily(
             "baedal_queue_messages_redelivered", "Messages delivered again", labels=labels
         )
+        dropped = CounterMetricFamily(
+            "baedal_queue_messages_dropped",
+            "Messages dropped or refused by the queue's length limit (x-overflow)",
+            labels=labels,
+        )
         # Streams (core/stream.py): size on disk, segments, offsets and readers.
         stream_bytes = GaugeMetricFamily(
             "baedal_stream_bytes_on_disk", "Bytes of the stream's segments on disk", labels=labels
@@ -96,6 +101,7 @@ class BrokerCollector(Collector):
                 delivered.add_metric(values, queue.deliver_count)
                 acked.add_metric(values, queue.ack_count)
                 redelivered.add_metric(values, queue.redeliver_count)
+                dropped.add_metric(values, getattr(queue, "dropped_count", 0))
                 stream_info = getattr(queue, "stream_info", None)
                 if stream_info is not None:
                     details = stream_info()
@@ -120,6 +126,7 @@ class BrokerCollector(Collector):
             delivered,
             acked,
             redelivered,
+            dropped,
         )
 
         channels = sum(len(getattr(c, "channels", {})) for c in list(core.connections.values()))

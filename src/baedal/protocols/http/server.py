@@ -116,6 +116,11 @@ class HTTPServer:
         log.info("baedal HTTP listening on http://%s:%d", host, self.port)
         return self.port
 
+    async def start_unix(self, sock: Any) -> None:
+        """Also serve on a bound Unix socket (transport/unix.py); after ``start``."""
+        assert self._runner is not None
+        await web.SockSite(self._runner, sock).start()
+
     async def stop(self) -> None:
         self.leases.close()
         await self.sampler.stop()
