@@ -47,7 +47,9 @@ from baedal_testing import wait_until
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(bool(os.environ.get("BAEDAL_TEST_AMQP_URL")), reason="restarts Baedal itself"),
+    pytest.mark.skipif(
+        bool(os.environ.get("BAEDAL_TEST_AMQP_URL")), reason="restarts Baedal itself"
+    ),
 ]
 
 ARGUMENTS = {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": 64 * 1024}
@@ -94,7 +96,9 @@ def body(i: int) -> bytes:
     return f"m{i}|".encode() + PADDING
 
 
-def read(port: int, name: str, offset: Any, expected: int, settle: float = 1.0) -> list[tuple[int, bytes]]:
+def read(
+    port: int, name: str, offset: Any, expected: int, settle: float = 1.0
+) -> list[tuple[int, bytes]]:
     """(offset, body) of what one consumer from ``offset`` gets: ``expected`` records, then
     ``settle`` seconds more to see that nothing else arrives."""
     with contextlib.closing(soak_kill9.connect(port)) as conn:
@@ -179,7 +183,9 @@ def test_damage_in_the_middle_of_a_sealed_segment_stops_readers_there_and_nothin
         what="the damaged batch reported in the broker's log",
     )
     report = [
-        line for line in broker.log_path.read_text(errors="replace").splitlines() if "damaged batch" in line
+        line
+        for line in broker.log_path.read_text(errors="replace").splitlines()
+        if "damaged batch" in line
     ]
     assert name in report[0] and victim_file.name in report[0] and "CRC" in report[0]
 
