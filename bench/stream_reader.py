@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/stream_reader.py --uri amqp://... --queue NAME \\
         --count 1000000 [--offset first] [--prefetch 1000] [--ack-every 500]
 
-Prints one JSON line: ``{"messages", "seconds", "rate", "first_s"}`` (seconds
+Prints one JSON line: ``{"messages", "seconds", "rate", "first_s", "client_cpu_s"}`` (seconds
 from basic.consume to the last delivery; ``first_s`` to the first one).
 
 Why not aiormq or pika: they build objects (and aiormq a task) per delivery, which at
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import time
 from typing import Any
 
@@ -78,7 +79,11 @@ async def read_stream(
         await asyncio.wait_for(done, timeout)
         elapsed = state["last"] - started
         delivered = connection.reader.delivered
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
+            # this process's CPU over its whole life: a client near 100 % of a core
+            # would be the limit, not the broker
+            "client_cpu_s": usage.ru_utime + usage.ru_stime,
             "messages": delivered,
             "seconds": elapsed,
             "rate": delivered / elapsed if elapsed > 0 else 0.0,
