@@ -153,7 +153,12 @@ def produce(bootstrap: str, topic: str, total_bytes: int) -> dict[str, Any]:
     for i in range(count):
         while True:
             try:
-                producer.produce(topic, value, key=None, on_delivery=delivered if i % 1000 == 0 or i == count - 1 else None)
+                producer.produce(
+                    topic,
+                    value,
+                    key=None,
+                    on_delivery=delivered if i % 1000 == 0 or i == count - 1 else None,
+                )
                 break
             except BufferError:
                 producer.poll(0.001)
@@ -163,7 +168,12 @@ def produce(bootstrap: str, topic: str, total_bytes: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     if remaining or failures:
         raise RuntimeError(f"produce: {remaining} not delivered, {failures} failed")
-    return {"messages": count, "bytes": count * RECORD, "seconds": elapsed, "mb_per_s": count * RECORD / elapsed / 1e6}
+    return {
+        "messages": count,
+        "bytes": count * RECORD,
+        "seconds": elapsed,
+        "mb_per_s": count * RECORD / elapsed / 1e6,
+    }
 
 
 def consumer_config(bootstrap: str) -> dict[str, Any]:
@@ -196,7 +206,12 @@ def consume(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
         consumer.close()
     if received < count:
         raise RuntimeError(f"consume: {received} of {count}")
-    return {"messages": received, "bytes": payload, "seconds": elapsed, "mb_per_s": payload / elapsed / 1e6}
+    return {
+        "messages": received,
+        "bytes": payload,
+        "seconds": elapsed,
+        "mb_per_s": payload / elapsed / 1e6,
+    }
 
 
 def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, results: Any) -> None:
@@ -210,7 +225,9 @@ def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, result
     while len(latencies) < count and time.monotonic() < deadline:
         for message in consumer.consume(num_messages=1000, timeout=0.5):
             if message.error() is None:
-                latencies.append(time.monotonic_ns() - int.from_bytes(message.value()[:8], "little"))
+                latencies.append(
+                    time.monotonic_ns() - int.from_bytes(message.value()[:8], "little")
+                )
     consumer.close()
     results.put(latencies)
 
@@ -219,7 +236,9 @@ def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, 
     count = int(rate * seconds)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Event(), context.Queue()
-    reader = context.Process(target=_latency_consumer, args=(bootstrap, topic, count, ready, results))
+    reader = context.Process(
+        target=_latency_consumer, args=(bootstrap, topic, count, ready, results)
+    )
     reader.start()
     try:
         if not ready.wait(60):
@@ -248,7 +267,13 @@ def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, 
     def pct(p: float) -> float:
         return latencies[min(int(p * len(latencies)), len(latencies) - 1)] / 1000
 
-    return {"messages": len(latencies), "rate": rate, "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": latencies[-1] / 1000}
+    return {
+        "messages": len(latencies),
+        "rate": rate,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "max_us": latencies[-1] / 1000,
+    }
 
 
 def dd(args: list[str]) -> float:
@@ -264,7 +289,16 @@ def dd(args: list[str]) -> float:
 def disk(directory: Path, megabytes: int) -> dict[str, Any]:
     path = directory / "dd-probe"
     try:
-        write = dd(["if=/dev/zero", f"of={path}", "bs=1M", f"count={megabytes}", "oflag=direct", "conv=fsync"])
+        write = dd(
+            [
+                "if=/dev/zero",
+                f"of={path}",
+                "bs=1M",
+                f"count={megabytes}",
+                "oflag=direct",
+                "conv=fsync",
+            ]
+        )
         read = dd([f"if={path}", "of=/dev/null", "bs=1M", "iflag=direct"])
     finally:
         path.unlink(missing_ok=True)
@@ -272,14 +306,25 @@ def disk(directory: Path, megabytes: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tansu", default=None, help="path of the tansu 0.6.0 binary (omit to skip Tansu)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tansu", default=None, help="path of the tansu 0.6.0 binary (omit to skip Tansu)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--produce-mb", type=int, default=1000, help="MB produced, then consumed, per broker per round")
+    parser.add_argument(
+        "--produce-mb",
+        type=int,
+        default=1000,
+        help="MB produced, then consumed, per broker per round",
+    )
     parser.add_argument("--latency-rate", type=int, default=10000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--disk-mb", type=int, default=1024)
-    parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir on the same disk")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="default: a temp dir on the same disk"
+    )
     parser.add_argument("--json", default=None, help="append one JSON line per measurement here")
     args = parser.parse_args()
 
@@ -291,7 +336,9 @@ def main() -> None:
         shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
         print(f"{scenario:<9} {broker:<7} {shown}", flush=True)
         if sink is not None:
-            sink.write(json.dumps({"scenario": scenario, "broker": broker, **result, **host}) + "\n")
+            sink.write(
+                json.dumps({"scenario": scenario, "broker": broker, **result, **host}) + "\n"
+            )
             sink.flush()
 
     try:
@@ -308,10 +355,18 @@ def main() -> None:
                     create_topic(broker.bootstrap, topic)
                     produced = produce(broker.bootstrap, topic, args.produce_mb * 10**6)
                     report("produce", broker.name, produced)
-                    report("consume", broker.name, consume(broker.bootstrap, topic, produced["messages"]))
+                    report(
+                        "consume",
+                        broker.name,
+                        consume(broker.bootstrap, topic, produced["messages"]),
+                    )
                     topic = f"bench-lat-{uuid.uuid4().hex[:8]}"
                     create_topic(broker.bootstrap, topic)
-                    report("latency", broker.name, latency(broker.bootstrap, topic, args.latency_rate, args.latency_seconds))
+                    report(
+                        "latency",
+                        broker.name,
+                        latency(broker.bootstrap, topic, args.latency_rate, args.latency_seconds),
+                    )
                 finally:
                     broker.stop()
                     shutil.rmtree(work / "baedal-data", ignore_errors=True)

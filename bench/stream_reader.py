@@ -94,7 +94,9 @@ async def read_stream(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--uri", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--count", type=int, required=True)
@@ -104,7 +106,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     result = asyncio.run(
-        read_stream(args.uri, args.queue, args.count, args.offset, args.prefetch, args.ack_every, args.timeout)
+        read_stream(
+            args.uri,
+            args.queue,
+            args.count,
+            args.offset,
+            args.prefetch,
+            args.ack_every,
+            args.timeout,
+        )
     )
     print(json.dumps(result), flush=True)
 

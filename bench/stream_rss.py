@@ -133,7 +133,9 @@ def read(port: int, name: str, count: int, prefetch: int, timeout: float) -> dic
         "--ack-every", str(max(prefetch // 2, 1)),
         "--timeout", str(timeout),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout + 30, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"stream_reader failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,7 +177,10 @@ def measure(
             raise RuntimeError(f"read {result['messages']} of {count} messages")
         quarter = (ended - began) / 4
         quarters = [
-            max((rss for t, rss in samples if began + i * quarter <= t < began + (i + 1) * quarter), default=0)
+            max(
+                (rss for t, rss in samples if began + i * quarter <= t < began + (i + 1) * quarter),
+                default=0,
+            )
             for i in range(4)
         ]
         return {
@@ -204,7 +209,9 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="10G", help="stream size, e.g. 300M, 10G")
     parser.add_argument("--body", type=int, default=65536, help="body bytes per message")
     parser.add_argument("--prefetch", type=int, default=100)
