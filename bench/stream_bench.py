@@ -3,34 +3,37 @@
     PYTHONPATH=src .venv/bin/python bench/stream_bench.py \\
         [--rabbitmq-url amqp://guest:guest@127.0.0.1:5672/ | --rabbitmq-url off] \\
         [--baedal-url URL]          # default: start `python -m baedal serve` on a temp dir
-        [--rounds 3] [--seconds 10] [--window 1000] [--size 1024] \\
-        [--read-count 1000000] [--rss-bytes 10G --rss-body 65536] [--json results.jsonl]
+        [--rounds 3] [--seconds 10] [--window 1000] [--size 1024] [--producers 1] \\
+        [--read-count 1000000] [--prefetch 1000] [--json results.jsonl]
 
 Scenarios (each round runs every scenario on each broker in turn, so slow drifts of the
 machine hit both alike):
 
 (a) **publish**: 1 KB persistent messages with publisher confirms, at most ``--window``
-    unconfirmed, into a fresh stream for ``--seconds``; confirmed msg/s.
-(b) **read from first**: a fresh stream is filled with ``--read-count`` messages (not
-    timed), then one consumer (``x-stream-offset: first``, prefetch 1000, acks with
-    multiple=true every 500) reads them all; msg/s.
-(c) **RSS while reading** (Baedal only, the broker this script starts; ``--rss-bytes``
-    e.g. ``10G``; 0 skips): a stream of that size (``--rss-body`` bytes per message) is
-    read from first while the broker's VmRSS is sampled; baseline and peak.
+    unconfirmed per producer, into a fresh stream for ``--seconds``; confirmed msg/s.
+(b) **read from first**: a fresh stream is filled with ``--read-count`` messages (the
+    same publisher, not timed), then one consumer (``x-stream-offset: first``, prefetch
+    ``--prefetch``, acks with multiple=true every prefetch/2) reads them all; msg/s from
+    the basic.consume request to the last delivery.
 
-Both brokers are driven by the same clients: scenario (a) by ``baedal perf`` (the
-repo's load tool, ``--queue-args`` declares the stream; ``--publish-client aiormq``
-uses aiormq instead), (b) and (c) by aiormq (one connection, one channel), since they
-need the ``x-stream-offset`` consumer argument that ``baedal perf`` does not send.
-aiormq costs a task per message: on a small machine it is the bottleneck of (b) (about
-5 k msg/s here with either broker), which understates the faster broker.  amqp-load
-(~/.cache/amqp-load) cannot be used: it declares its queue without arguments, which a
-stream refuses (406 inequivalent x-queue-type), and cannot pass ``x-stream-offset``.
+Clients (the same for both brokers, each in its own process):
+
+* (a) and the fill of (b): ``baedal perf`` (the repo's load tool: pre-encoded frames,
+  no object or task per message), ``--producers`` processes.  ``--publish-client
+  aiormq`` uses aiormq in this process instead (slower; for a cross-check).
+* (b): ``bench/stream_reader.py``, the same load-tool client as a single stream
+  consumer (deliveries counted in the frame parser, acks once per received chunk).
+  aiormq and pika build objects per delivery and top out near 5 k msg/s here, which
+  would measure the client.  The C tool amqp-load cannot be used for either: it
+  declares its queue without ``x-queue-type`` (a stream refuses that: 406
+  inequivalent arg) and cannot send ``x-stream-offset``.
+
+RSS while reading a large stream is ``bench/stream_rss.py``.
 
 A quick check that the script works (small sizes; no need for RabbitMQ)::
 
     PYTHONPATH=src .venv/bin/python bench/stream_bench.py --rabbitmq-url off \\
-        --rounds 1 --seconds 2 --read-count 20000 --rss-bytes 50M
+        --rounds 1 --seconds 2 --read-count 20000
 
 Results go to stdout as a table and, with ``--json``, one JSON line per measurement.
 """
@@ -49,30 +52,16 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiormq
+import psutil
 from pamqp.commands import Basic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak_kill9 import BrokerProcess  # noqa: E402  (the subprocess broker helper)
 
 PERSISTENT = Basic.Properties(delivery_mode=2)
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    text = text.strip().upper().rstrip("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 async def declare_stream(channel: Any, name: str) -> None:
@@ -129,37 +118,6 @@ async def publish(
     return confirmed, elapsed
 
 
-async def read_from_first(channel: Any, name: str, count: int, sample_pid: int | None = None) -> dict[str, float]:
-    """Consume ``count`` messages from first; msg/s (and RSS when ``sample_pid``)."""
-    await channel.basic_qos(prefetch_count=1000)
-    received = 0
-    done = asyncio.get_running_loop().create_future()
-    peak = baseline = rss_of(sample_pid) if sample_pid else 0
-
-    async def on_message(message: Any) -> None:
-        nonlocal received
-        received += 1
-        if received % 500 == 0 or received == count:
-            await channel.basic_ack(message.delivery_tag, multiple=True)
-        if received >= count and not done.done():
-            done.set_result(None)
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done.done():
-            peak = max(peak, rss_of(sample_pid))  # type: ignore[arg-type]
-            await asyncio.sleep(0.2)
-
-    sampler = asyncio.ensure_future(sample()) if sample_pid else None
-    started = time.perf_counter()
-    await channel.basic_consume(name, on_message, arguments={"x-stream-offset": "first"})
-    await done
-    elapsed = time.perf_counter() - started
-    if sampler is not None:
-        await sampler
-    return {"messages": received, "seconds": elapsed, "rate": received / elapsed, "rss_baseline": baseline, "rss_peak": peak}
-
-
 async def run_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.publish_client == "perf":
         return await run_publish_perf(url, args)
@@ -175,18 +133,30 @@ async def run_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await connection.close()
 
 
-async def run_publish_perf(url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_publish_perf(
+    url: str, args: argparse.Namespace, name: str | None = None, count: int | None = None
+) -> dict[str, Any]:
     """Scenario (a) with ``baedal perf`` (the repo's load tool: hand-written frames, no
-    task per message), which keeps the client from being the bottleneck."""
-    name = f"bench-stream-{uuid.uuid4().hex[:8]}"
+    task per message), which keeps the client from being the bottleneck.  With ``count``
+    it publishes that many into ``name`` and keeps the stream (the fill of (b))."""
+    keep = name is not None
+    name = name or f"bench-stream-{uuid.uuid4().hex[:8]}"
     queue_args = json.dumps(
         {"x-queue-type": "stream", "x-max-length-bytes": 20_000_000_000, "x-stream-max-segment-size-bytes": 100_000_000}
     )
     command = [
-        sys.executable, "-m", "baedal.perf", "--uri", url, "-x", "1", "-y", "0",
+        sys.executable, "-m", "baedal.perf", "--uri", url, "-x", str(args.producers), "-y", "0",
         "-s", str(args.size), "-f", "-c", str(args.window), "--durable-queue",
-        "--queue-args", queue_args, "-u", name, "-z", str(args.seconds), "--json", "--quiet",
-    ]
+        "--queue-args", queue_args, "-u", name, "--json", "--quiet",
+    ]  # fmt: skip
+    if args.producers > 1:
+        command += ["--processes", str(args.producers)]
+    if count is not None:
+        command += ["-C", str(-(-count // args.producers)), "--timeout", "1200"]
+    else:
+        command += ["-z", str(args.seconds)]
+    if keep:
+        command.append("--keep-queues")
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -200,27 +170,87 @@ async def run_publish_perf(url: str, args: argparse.Namespace) -> dict[str, Any]
     return {"messages": result["confirmed"], "seconds": result["pub_s"], "rate": result["pub_rate"]}
 
 
-async def run_read(url: str, args: argparse.Namespace, count: int, body_size: int, pid: int | None) -> dict[str, Any]:
+async def run_read(url: str, args: argparse.Namespace, count: int, pid: int | None = None) -> dict[str, Any]:
+    """Scenario (b): fill a fresh stream with ``count`` messages (baedal perf, not timed),
+    then read them all from first with bench/stream_reader.py in its own process."""
+    name = f"bench-stream-{uuid.uuid4().hex[:8]}"
+    filled = await run_publish_perf(url, args, name=name, count=count)
+    cpu_before = cpu_seconds(pid)
+    if filled["messages"] < count:
+        raise RuntimeError(f"fill confirmed only {filled['messages']} of {count}")
+    command = [
+        sys.executable, str(Path(__file__).resolve().parent / "stream_reader.py"),
+        "--uri", url, "--queue", name, "--count", str(filled["messages"]),
+        "--prefetch", str(args.prefetch), "--ack-every", str(args.prefetch // 2),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    try:
+        result = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"stream_reader failed: {stderr.decode()[-800:]}") from None
+    add_cpu(result, cpu_before, cpu_seconds(pid))
     connection = await aiormq.connect(url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        name = f"bench-stream-{uuid.uuid4().hex[:8]}"
-        await declare_stream(channel, name)
-        await publish(channel, name, b"r" * body_size, args.window, None, count)
-        reader = await connection.channel()
-        result = await read_from_first(reader, name, count, pid)
-        await reader.close()
+        channel = await connection.channel()
         await channel.queue_delete(name)
-        return result
     finally:
         await connection.close()
+    return result
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on ``port`` (RabbitMQ's beam.smp), if visible."""
+    for proc in psutil.process_iter(["name"]):
+        try:
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return proc.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def add_cpu(result: dict[str, Any], before: float | None, after: float | None) -> None:
+    """Add the broker's CPU over a scenario: seconds, per message (µs) and cores used.
+
+    CPU per message is the figure this shared, overloaded VM distorts least: throughput
+    measures each process's share of two contended cores as much as its efficiency.
+    RabbitMQ is shared with other engineers' tests, so its CPU figure is an upper bound.
+    """
+    if before is None or after is None or not result.get("messages"):
+        return
+    used = after - before
+    result["broker_cpu_s"] = used
+    result["broker_cpu_us"] = used / result["messages"] * 1e6
+    result["broker_cores"] = used / result["seconds"]
+
+
+async def with_cpu(pid: int | None, work: Any) -> dict[str, Any]:
+    """Run ``work`` (scenario (a)) and ``add_cpu`` over it."""
+    before = cpu_seconds(pid)
+    result = await work
+    add_cpu(result, before, cpu_seconds(pid))
+    return result
 
 
 def report(label: str, broker: str, result: dict[str, Any], sink: Any) -> None:
     line = {"scenario": label, "broker": broker, **result, "host": platform.node(), "cpus": os.cpu_count()}
     extra = ""
-    if result.get("rss_peak"):
-        extra = f"  RSS {result['rss_baseline'] / 2**20:.1f} -> peak {result['rss_peak'] / 2**20:.1f} MiB"
+    if "broker_cpu_us" in result:
+        extra = f"  broker {result['broker_cpu_us']:.1f} µs CPU/msg, {result['broker_cores']:.2f} cores"
     print(f"{label:<18} {broker:<9} {result['messages']:>10} msgs {result['seconds']:8.2f} s {result['rate']:>10.0f} msg/s{extra}")
     if sink is not None:
         sink.write(json.dumps(line) + "\n")
@@ -242,23 +272,16 @@ async def main_async(args: argparse.Namespace) -> None:
         assert process.process is not None
         brokers.append(("baedal", f"amqp://guest:guest@127.0.0.1:{process.port}/", process.process.pid))
     if args.rabbitmq_url != "off":
-        brokers.append(("rabbitmq", args.rabbitmq_url, None))
+        brokers.append(("rabbitmq", args.rabbitmq_url, listening_pid(urlparse(args.rabbitmq_url).port or 5672)))
     sink = open(args.json, "a") if args.json else None  # noqa: SIM115
     try:
         for round_index in range(args.rounds):
             print(f"--- round {round_index + 1}/{args.rounds}")
-            for name, url, _pid in brokers:
-                report("publish", name, await run_publish(url, args), sink)
-            if args.read_count:
-                for name, url, _pid in brokers:
-                    report("read-from-first", name, await run_read(url, args, args.read_count, args.size, None), sink)
-        rss_bytes = parse_size(args.rss_bytes)
-        if rss_bytes:
             for name, url, pid in brokers:
-                if pid is None:
-                    continue  # RSS only for the broker this script started
-                count = max(rss_bytes // args.rss_body, 1)
-                report("rss-read", name, await run_read(url, args, count, args.rss_body, pid), sink)
+                report("publish", name, await with_cpu(pid, run_publish(url, args)), sink)
+            if args.read_count:
+                for name, url, pid in brokers:
+                    report("read-from-first", name, await run_read(url, args, args.read_count, pid), sink)
     finally:
         if sink is not None:
             sink.close()
@@ -278,8 +301,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000, help="unconfirmed publishes at most")
     parser.add_argument("--size", type=int, default=1024, help="body bytes")
     parser.add_argument("--read-count", type=int, default=1_000_000, help="messages read from first (0 skips)")
-    parser.add_argument("--rss-bytes", default="0", help="stream size for the RSS scenario, e.g. 10G (0 skips)")
-    parser.add_argument("--rss-body", type=int, default=65536, help="body bytes in the RSS scenario")
+    parser.add_argument("--prefetch", type=int, default=1000, help="prefetch of the reader in (b)")
+    parser.add_argument(
+        "--producers", type=int, default=1, help="baedal perf producer processes in (a) and the fill of (b)"
+    )
     parser.add_argument(
         "--publish-client",
         choices=("perf", "aiormq"),

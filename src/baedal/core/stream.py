@@ -458,7 +458,7 @@ class CommitHandle:
 class StreamCursor:
     """One push consumer's position: a log reader plus one bounded chunk of records."""
 
-    __slots__ = ("consumer", "reader", "pending", "index", "delivered")
+    __slots__ = ("consumer", "reader", "pending", "index", "delivered", "failed_at")
 
     def __init__(self, consumer: Consumer, reader: Any) -> None:
         self.consumer = consumer
@@ -466,6 +466,7 @@ class StreamCursor:
         self.pending: list[Record] = []
         self.index = 0
         self.delivered = 0
+        self.failed_at = -1  # offset of the last failed read, logged once
 
     @property
     def offset(self) -> int:
@@ -827,7 +828,11 @@ class StreamQueue:
                         READ_CHUNK_BYTES, end_offset=committed
                     )
                 except OSError as exc:
-                    logger.error("stream %s: read failed: %s", self.name, exc)
+                    # A reader stuck at a damaged batch is retried on every drain (each
+                    # publish, each ack): say so once per position, not once per retry.
+                    if cursor.failed_at != cursor.reader.next_offset:
+                        cursor.failed_at = cursor.reader.next_offset
+                        logger.error("stream %s: read failed: %s", self.name, exc)
                     return False
                 cursor.index = 0
                 if not pending:

@@ -1192,6 +1192,11 @@ class StreamReader:
                     else:
                         fields = decode_header(view, pos, max_batch_bytes)
                 except RecordBatchError as exc:
+                    if batches:
+                        # Hand out the good batches before the damage first; the next
+                        # read starts at the damaged batch and raises there.
+                        self._position = position + pos
+                        return batches
                     raise StorageError(
                         errno_module.EIO, f"damaged batch at {position + pos}: {exc}", segment.path
                     ) from None

