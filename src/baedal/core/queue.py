@@ -598,6 +598,7 @@ class Queue:
         first entry it may have; a higher-priority consumer that took one ends the round
         for lower-priority ones (they get messages while it is blocked)."""
         budget = DRAIN_BATCH
+        rotate = not self.settings.single_active_consumer
         while True:
             delivered = False
             top: int | None = None
@@ -616,6 +617,8 @@ class Queue:
                     self._note_group(consumer, entry)
                 consumer.deliver(self, entry)
                 top = consumer.priority
+                if rotate:
+                    self._rotate(consumer)
                 budget -= 1
                 if budget == 0:
                     if self.message_count and not self._drain_scheduled:
@@ -624,6 +627,21 @@ class Queue:
                     return
             if not delivered or self.deleted:
                 return
+
+    def _rotate(self, consumer: Consumer) -> None:
+        """Round-robin: ``consumer`` goes to the end of its priority group."""
+        consumers = self.consumers
+        try:
+            i = consumers.index(consumer)
+        except ValueError:  # it went while being delivered to (its connection failed)
+            return
+        j = i + 1
+        n = len(consumers)
+        while j < n and consumers[j].priority == consumer.priority:
+            j += 1
+        if j - 1 != i:
+            consumers.insert(j, consumer)
+            del consumers[i]
 
     def _take_for(self, consumer: Consumer) -> QueueEntry | None:
         """Remove and return the first ready entry ``consumer`` may take, moving the ones
