@@ -242,3 +242,44 @@ def test_selectors_read_amqp_float_headers(amqp_url: str, unique) -> None:
             await connection.close()
 
     assert asyncio.run(scenario()) == [b"mid", b"top"]
+
+
+def test_unselected_messages_still_expire_and_are_dead_lettered(connection, unique) -> None:
+    queue, dead = unique("sel"), unique("sel-dead")
+    channel = connection.channel()
+    channel.queue_declare(dead, auto_delete=True)
+    channel.queue_declare(
+        queue,
+        auto_delete=True,
+        arguments={"x-message-ttl": 200, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
+    )
+    got: list[bytes] = []
+    subscribe(connection.channel(), queue, got, {"x-selector": "a = 1"})
+    for n in range(3):
+        publish(channel, queue, f"other-{n}", {"a": 2})
+    publish(channel, queue, "mine", {"a": 1})
+    pump(connection, lambda: got == [b"mine"], what="the match")
+    pump(
+        connection,
+        lambda: channel.queue_declare(dead, passive=True).method.message_count == 3,
+        what="the unselected messages expire",
+    )
+    assert channel.queue_declare(queue, passive=True).method.message_count == 0
+
+
+def test_max_length_counts_unselected_messages(connection, unique) -> None:
+    queue = unique("sel")
+    channel = connection.channel()
+    channel.queue_declare(queue, auto_delete=True, arguments={"x-max-length": 3})
+    got: list[bytes] = []
+    subscribe(connection.channel(), queue, got, {"x-selector": "a = 1"})
+    for n in range(6):
+        publish(channel, queue, str(n), {"a": 2})
+    publish(channel, queue, "mine", {"a": 1})
+    pump(connection, lambda: got == [b"mine"], what="the match")
+    assert channel.queue_declare(queue, passive=True).method.message_count == 3
+    rest: list[bytes] = []
+    subscribe(connection.channel(), queue, rest)
+    pump(connection, lambda: len(rest) == 3, what="the newest three")
+    settle(connection)
+    assert rest == [b"3", b"4", b"5"]

@@ -378,6 +378,8 @@ class Queue:
     def _enforce_drop_head(self) -> None:
         s = self.settings
         store = self.store
+        if self._selective and self.consumers:
+            self.drain()  # what a consumer can take now is not dropped
         while self.message_count and (
             (s.max_length is not None and self.message_count > s.max_length)
             or (
@@ -395,6 +397,10 @@ class Queue:
 
     def _has_any_credit(self) -> bool:
         return any(c.can_deliver() for c in self._eligible_consumers())
+
+    def _held_deadline(self) -> float | None:
+        deadlines = [entry.expires_at for entry in self._held if entry.expires_at is not None]
+        return min(deadlines) if deadlines else None
 
     def _held_bytes(self) -> int:
         held = self._held
@@ -680,6 +686,8 @@ class Queue:
             else:
                 insort(held, entry, key=key)
             memo[consumer] = entry.position
+            if entry.expires_at is not None and self._expiry_timer is None:
+                self._schedule_expiry()
         return None
 
     def _accepts(self, consumer: Consumer, selector: Any, entry: QueueEntry) -> bool:
@@ -838,11 +846,16 @@ class Queue:
 
     def _schedule_expiry(self) -> None:
         head = self.store.peek()
-        if head is None or head.expires_at is None:
+        deadline = None if head is None else head.expires_at
+        if self._held:  # held entries are the head too (selected consumers)
+            held_deadline = self._held_deadline()
+            if held_deadline is not None and (deadline is None or held_deadline < deadline):
+                deadline = held_deadline
+        if deadline is None:
             return
         # A wall-clock step makes this fire early or late; _expire_head re-checks the
         # head against the clock and re-arms, so an early firing costs one extra timer.
-        delay = max(0.0, head.expires_at - _wall_clock())
+        delay = max(0.0, deadline - _wall_clock())
         self._expiry_timer = self.vhost.broker.call_later(delay, self._expire_head)
 
     def _arm_recovered_expiry(self) -> None:
@@ -880,10 +893,19 @@ class Queue:
             assert entry is not None
             self._dead_letter_entry(entry, "expired")
             expired += 1
-        if store.ready_count:
-            head = store.peek()
-            if head is not None and head.expires_at is not None:
-                self._schedule_expiry()
+        if self._held:
+            # Held entries nobody selected expire here (at most HOLD_LIMIT to look at).
+            kept = []
+            for entry in self._held:
+                if entry.expires_at is not None and entry.expires_at <= now:
+                    self._dead_letter_entry(entry, "expired")
+                else:
+                    kept.append(entry)
+            self._held = kept
+            if not kept:
+                self._refresh_mode()
+        if store.ready_count or self._held:
+            self._schedule_expiry()
 
     def _reset_expires(self) -> None:
         expires = self.settings.expires
