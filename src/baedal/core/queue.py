@@ -23,10 +23,12 @@ Selected consumers and message groups (issue 12; ActiveMQ's semantics)
 A consumer may carry a ``selector`` (core/selector.py): it gets only the messages the
 selector matches.  A message with a ``JMSXGroupID`` header is pinned to the consumer that
 first received its group, while that consumer lives; ``JMSXGroupSeq = -1`` closes the
-group.  Both are off the plain path: the queue is *selective* only while some consumer
-has a selector, two or more consumers may receive (groups can only matter then), a
-group is pinned, or entries are held.  ``drain`` and ``publish`` check that one flag;
-otherwise nothing changes for them.
+group.  Both are off the plain path: the queue is *selective* (``_selective``, the one
+flag ``drain`` and ``publish`` check) only while some consumer has a selector or a group
+is pinned.  Finding groups means reading a message's headers, so the plain path does it
+only while two or more consumers may receive (``_grouping``; with one consumer every
+message goes to it anyway): the first grouped message delivered pins its group and
+switches the queue to the selective dispatch until no group is pinned.
 
 A selective queue serves each consumer with credit in turn (``_take_for``): the first
 entry, in queue order, that the consumer may take.  Entries taken off the store that the
@@ -345,6 +347,8 @@ class Queue:
                 entry = store.direct(message)
                 self.publish_count += 1
                 self._count_delivery(entry, consumer.no_ack)
+                if self._grouping:
+                    self._note_group(consumer, entry)
                 consumer.deliver(self, entry)
                 return True
         entry = store.append(message, expires_at)
@@ -434,7 +438,7 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
-        if self._selective:
+        if self._selective or self._grouping:
             self._forget_consumer(consumer)
         self.release_publishers()
         if not self.consumers:
@@ -495,6 +499,12 @@ class Queue:
                     continue
             if not self._count_delivery(entry, consumer.no_ack):
                 continue
+            if self._grouping:
+                self._note_group(consumer, entry)
+                if self._selective:  # that message pinned a group: dispatch changes
+                    consumer.deliver(self, entry)
+                    self._drain_selective()
+                    return
             consumer.deliver(self, entry)
             budget -= 1
             if budget == 0:
@@ -541,7 +551,7 @@ class Queue:
         """Recompute ``_selective`` after consumers or groups changed; a queue that no
         longer needs it puts its held entries back into the store, in order."""
         self._grouping = len(self._eligible_consumers()) >= 2 or bool(self._groups)
-        selective = self._grouping or any(
+        selective = bool(self._groups) or any(
             getattr(consumer, "selector", None) is not None for consumer in self.consumers
         )
         if not selective and self._held:
@@ -605,7 +615,8 @@ class Queue:
         for lower-priority ones (they get messages while it is blocked)."""
         budget = DRAIN_BATCH
         rotate = not self.settings.single_active_consumer
-        while True:
+        store = self.store
+        while store.ready_count or self._held:
             delivered = False
             top: int | None = None
             for consumer in list(self._eligible_consumers()):
@@ -719,6 +730,7 @@ class Queue:
                 self._refresh_mode()
             return
         self._groups[group] = consumer
+        self._selective = True  # a pinned group: the selective dispatch from now on
         if not consumer.no_ack:
             self._group_of_entry[entry] = group
             self._group_unacked[group] = self._group_unacked.get(group, 0) + 1

@@ -34,7 +34,6 @@ from ...core.publish import (
     when_stored,
 )
 from ...core.queue import Queue
-from ...core.selector import Selector, SelectorError, compile_selector
 from ...core.stream import StartError, StreamQueue, start_from_argument
 from ...core.vhost import REPLY_TO, REPLY_TO_PREFIX, CoreError
 from . import spec
@@ -61,6 +60,7 @@ from .codec import (
 from .properties import AmqpExtension, scan_properties, wire_extension
 
 if TYPE_CHECKING:
+    from ...core.selector import Selector
     from .connection import AMQPConnection
 
 _CORE_CODES = {
@@ -630,6 +630,9 @@ class Channel:
                 f"x-selector is not supported on stream queue '{queue.name}' in vhost '{self.vhost.name}'",
                 method,
             )
+        # Imported here: a broker whose clients never select pays nothing for it.
+        from ...core.selector import SelectorError, compile_selector
+
         try:
             return compile_selector(text)
         except SelectorError as exc:
