@@ -592,9 +592,19 @@ class Queue:
         if not held:
             self.store.requeue(entries)
             return
+        # An entry that belongs before the last held one is merged into the held head;
+        # one after it goes back to the store, which serves requeued entries (in
+        # position order) before its tail: either way the queue order is kept.
         key = self._held_key()
+        last = key(held[-1])
+        later = []
         for entry in entries:
-            insort(held, entry, key=key)
+            if key(entry) < last:
+                insort(held, entry, key=key)
+            else:
+                later.append(entry)
+        if later:
+            self.store.requeue(later)
         self._memo.clear()
 
     def _held_key(self) -> Any:
