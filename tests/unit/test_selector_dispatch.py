@@ -161,7 +161,7 @@ def check(
             if consumer.selector is not None and not consumer.selector.matches(message):
                 continue
             group = message.headers.get("JMSXGroupID")  # type: ignore[union-attr]
-            owner = queue._groups.get(group) if group is not None else None
+            owner = queue._selection.groups.get(group) if group is not None else None
             if owner is not None and owner is not consumer:
                 continue
             raise AssertionError(f"{consumer.tag} has credit and message {n} is ready for it")

@@ -42,13 +42,13 @@ Bounds: ``_held`` never grows past ``HOLD_LIMIT`` entries (ActiveMQ's ``maxPageS
 200 by default, is the same idea: selectors look at a window of paged-in messages).  A
 consumer whose matching messages lie deeper than that window waits until the messages in
 front are consumed, like ActiveMQ's.  Each consumer remembers the last held position it
-rejected (``_memo``), so a consumer does not re-test the same held entries on every
+rejected (``_Selection.memo``), so a consumer does not re-test the same held entries on every
 credit it gets back: a dispatch costs the new entries only, not O(held) each time
 (priority queues, whose held order is not position order, re-scan the window; it is
 bounded).  A memo is forgotten when an entry is merged back below it or a group is freed.
 
-Groups: ``_groups`` maps a group id to its owner.  An owner's unacked grouped deliveries
-are counted (``_group_unacked``); when the owner goes while some are unacked, the group is
+Groups: ``_Selection.groups`` maps a group id to its owner.  An owner's unacked grouped deliveries
+are counted (``_Selection.group_unacked``); when the owner goes while some are unacked, the group is
 ``_DRAINING`` (nobody may take it) until they are acked or come back (a closing channel
 requeues them after cancelling its consumers), so the next owner gets the group's
 messages in order.  Groups are only pinned while two or more consumers may receive: with
@@ -137,6 +137,18 @@ def _closes_group(sequence: Any) -> bool:
         except ValueError:
             return False
     return isinstance(sequence, int) and sequence == -1
+
+
+class _Selection:
+    """A queue's selected-consumer and message-group state (module docstring)."""
+
+    __slots__ = ("memo", "groups", "group_unacked", "group_of_entry")
+
+    def __init__(self) -> None:
+        self.memo: dict[Any, int] = {}  # consumer -> last held position it rejected
+        self.groups: dict[str, Any] = {}  # group id -> owner consumer, or _DRAINING
+        self.group_unacked: dict[str, int] = {}  # group id -> its owners' unacked deliveries
+        self.group_of_entry: dict[QueueEntry, str] = {}  # unacked grouped delivery -> group
 
 
 class QueueArgumentError(ValueError):
@@ -263,8 +275,9 @@ class Queue:
         self.settings = QueueSettings(self.arguments)
         self.policy: Any = None  # core.policy.Policy governing this queue, if any
         self.operator_policy: Any = None
-        self._quorum = self.settings.queue_type == "quorum"
-        self._limited = self._quorum or self.settings.delivery_limit is not None
+        # Quorum queues count redeliveries (x-delivery-count) and so does any queue with
+        # a delivery limit.
+        self._limited = self.settings.queue_type == "quorum" or self.settings.delivery_limit is not None
         self.store: Any = store if store is not None else MemoryStore()
         self.consumers: list[Consumer] = []
         self.unacked_count = 0
@@ -274,13 +287,13 @@ class Queue:
         self.throttled_publishers: set[Any] = set()  # adapters' flow control (see channel.py)
         # Selected consumers and message groups (module docstring): all idle unless
         # ``_selective``, the one flag the plain paths check.
+        # (Few instance attributes: past 30, CPython 3.11 stops sharing the instance
+        # dict's keys and every attribute read on the hot path gets slower, so the rest
+        # of the state lives in one ``_Selection``.)
         self._selective = False
         self._grouping = False
         self._held: list[QueueEntry] = []
-        self._memo: dict[Any, int] = {}
-        self._groups: dict[str, Any] = {}
-        self._group_unacked: dict[str, int] = {}
-        self._group_of_entry: dict[QueueEntry, str] = {}
+        self._selection = _Selection()
         self._expiry_timer: Any = None
         self._expires_timer: Any = None
         # counters for management / metrics
@@ -550,8 +563,8 @@ class Queue:
     def _refresh_mode(self) -> None:
         """Recompute ``_selective`` after consumers or groups changed; a queue that no
         longer needs it puts its held entries back into the store, in order."""
-        self._grouping = len(self._eligible_consumers()) >= 2 or bool(self._groups)
-        selective = bool(self._groups) or any(
+        self._grouping = len(self._eligible_consumers()) >= 2 or bool(self._selection.groups)
+        selective = bool(self._selection.groups) or any(
             getattr(consumer, "selector", None) is not None for consumer in self.consumers
         )
         if not selective and self._held:
@@ -561,7 +574,7 @@ class Queue:
     def _release_held(self, settle: bool) -> None:
         held = self._held
         self._held = []
-        self._memo.clear()
+        self._selection.memo.clear()
         if settle:
             for entry in held:
                 self.store.settle(entry)
@@ -572,17 +585,17 @@ class Queue:
     def _forget_consumer(self, consumer: Consumer) -> None:
         """A consumer went: its memo goes, and so do its groups, at once when none of
         their messages is unacked, else once those are settled or requeued."""
-        self._memo.pop(consumer, None)
-        groups = self._groups
+        self._selection.memo.pop(consumer, None)
+        groups = self._selection.groups
         if groups:
-            unacked = self._group_unacked
+            unacked = self._selection.group_unacked
             for group, owner in list(groups.items()):
                 if owner is consumer:
                     if unacked.get(group):
                         groups[group] = _DRAINING
                     else:
                         del groups[group]
-            self._memo.clear()
+            self._selection.memo.clear()
         self._refresh_mode()
 
     def _return(self, entries: list[QueueEntry]) -> None:
@@ -605,7 +618,7 @@ class Queue:
                 later.append(entry)
         if later:
             self.store.requeue(later)
-        self._memo.clear()
+        self._selection.memo.clear()
 
     def _held_key(self) -> Any:
         if isinstance(self.store, PriorityStore):
@@ -674,7 +687,7 @@ class Queue:
         """Remove and return the first ready entry ``consumer`` may take, moving the ones
         before it that it may not take from the store to ``_held`` (at most HOLD_LIMIT)."""
         held = self._held
-        memo = self._memo
+        memo = self._selection.memo
         selector = getattr(consumer, "selector", None)
         if held:
             start = 0
@@ -720,7 +733,7 @@ class Queue:
         if self._grouping:
             group = _group_of(message)
             if group is not None:
-                owner = self._groups.get(group)
+                owner = self._selection.groups.get(group)
                 if owner is not None and owner is not consumer:
                     return False
         return True
@@ -734,32 +747,32 @@ class Queue:
             return
         headers = message.headers or {}  # type: ignore[union-attr]
         if _closes_group(headers.get(GROUP_SEQUENCE_HEADER)):
-            if self._groups.pop(group, None) is not None:
-                self._memo.clear()  # its held messages may go to anyone now
-            if not self._groups:
+            if self._selection.groups.pop(group, None) is not None:
+                self._selection.memo.clear()  # its held messages may go to anyone now
+            if not self._selection.groups:
                 self._refresh_mode()
             return
-        self._groups[group] = consumer
+        self._selection.groups[group] = consumer
         self._selective = True  # a pinned group: the selective dispatch from now on
         if not consumer.no_ack:
-            self._group_of_entry[entry] = group
-            self._group_unacked[group] = self._group_unacked.get(group, 0) + 1
+            self._selection.group_of_entry[entry] = group
+            self._selection.group_unacked[group] = self._selection.group_unacked.get(group, 0) + 1
 
     def _group_entry_done(self, entry: QueueEntry) -> None:
         """A grouped delivery was acked, rejected or requeued; a draining group whose
         last unacked message this was is free again."""
-        group = self._group_of_entry.pop(entry, None)
+        group = self._selection.group_of_entry.pop(entry, None)
         if group is None:
             return
-        unacked = self._group_unacked
+        unacked = self._selection.group_unacked
         left = unacked[group] - 1
         if left:
             unacked[group] = left
             return
         del unacked[group]
-        if self._groups.get(group) is _DRAINING:
-            del self._groups[group]
-            self._memo.clear()
+        if self._selection.groups.get(group) is _DRAINING:
+            del self._selection.groups[group]
+            self._selection.memo.clear()
             self._refresh_mode()
             if self.consumers and not self._drain_scheduled and not self.deleted:
                 self._drain_scheduled = True
@@ -791,7 +804,7 @@ class Queue:
     def ack(self, entry: QueueEntry) -> None:
         self.unacked_count -= 1
         self.ack_count += 1
-        if self._group_of_entry:
+        if self._selection.group_of_entry:
             self._group_entry_done(entry)
         if not self.deleted:
             if self.durable:
@@ -803,7 +816,7 @@ class Queue:
 
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1
-        if self._group_of_entry:
+        if self._selection.group_of_entry:
             self._group_entry_done(entry)
         if self.deleted:
             return
@@ -816,7 +829,7 @@ class Queue:
     def requeue(self, entries: list[QueueEntry]) -> None:
         """Unacked entries of a closed channel come back, in their original order."""
         self.unacked_count -= len(entries)
-        if self._group_of_entry:
+        if self._selection.group_of_entry:
             for entry in entries:
                 self._group_entry_done(entry)
         if self.deleted or not entries:
@@ -854,8 +867,7 @@ class Queue:
         """
         old = self.settings
         self.settings = settings
-        self._quorum = settings.queue_type == "quorum"
-        self._limited = self._quorum or settings.delivery_limit is not None
+        self._limited = settings.queue_type == "quorum" or settings.delivery_limit is not None
         if settings.expires != old.expires:
             self._cancel_expires()
             self._reset_expires()
