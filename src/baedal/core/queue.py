@@ -116,6 +116,8 @@ def _position(entry: QueueEntry) -> int:
 
 def _group_of(message: Message) -> str | None:
     """The message's ``JMSXGroupID`` as a string, or None (no group)."""
+    if not message.may_have_header(GROUP_HEADER):
+        return None  # (an AMQP message's raw block said so: nothing decoded)
     headers = message.headers
     if not headers:
         return None
