@@ -177,3 +177,22 @@ def test_selective_dispatch_matches_the_model(operations: list[tuple[Any, Any, A
 @given(OPERATIONS)
 def test_selective_dispatch_matches_the_model_on_a_priority_queue(operations: list[tuple[Any, Any, Any]]) -> None:
     run(operations, {"x-max-priority": 2})
+
+
+def test_group_detection_decodes_nothing_for_an_amqp_message_without_the_header() -> None:
+    from baedal.core.queue import _group_of
+    from baedal.protocols.amqp.properties import AmqpExtension, BasicProperties, encode_properties
+
+    plain = Message("", "q", b"x", extension=AmqpExtension(encode_properties(BasicProperties(delivery_mode=2))))
+    assert not plain.may_have_header("JMSXGroupID")
+    assert _group_of(plain) is None
+    assert plain._fields is None  # still lazy: the raw block was searched, not decoded
+    grouped = Message(
+        "", "q", b"x", extension=AmqpExtension(encode_properties(BasicProperties(headers={"JMSXGroupID": "g-1"})))
+    )
+    assert _group_of(grouped) == "g-1"
+    no_block = Message("", "q", b"x", extension=AmqpExtension(None))
+    assert _group_of(no_block) is None
+    built = Message.build("", "q", b"x", headers={"JMSXGroupID": 7})  # a STOMP-style neutral message
+    assert built.may_have_header("JMSXGroupID") and _group_of(built) == "7"
+    assert _group_of(Message.build("", "q", b"x")) is None
