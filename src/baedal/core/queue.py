@@ -744,7 +744,9 @@ class Queue:
         """A grouped message goes to ``consumer``: the group is (still) its own, or is
         closed by ``JMSXGroupSeq = -1``."""
         message = entry.message
-        group = None if message is None else _group_of(message)
+        if message is None or not message.may_have_header(GROUP_HEADER):
+            return  # the common case, decided without decoding anything
+        group = _group_of(message)
         if group is None:
             return
         headers = message.headers or {}  # type: ignore[union-attr]
