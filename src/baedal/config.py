@@ -49,6 +49,8 @@ class Settings:
     auto_create_topics: bool = True
     num_partitions: int = 1
     kafka_max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
+    # Kafka topics are streams in this vhost (protocols/kafka/topics.py).
+    kafka_vhost: str = "/"
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}

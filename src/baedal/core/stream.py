@@ -528,6 +528,9 @@ class StreamQueue:
         log.before_close = self._flush_pending
         self._drain_scheduled = False
         self._retention_timer: Any = None
+        # Called once each, the next time committed_offset advances (Kafka's long-polling
+        # fetches wait on this; a pull reader has no cursor to drain).
+        self.commit_waiters: list[Any] = []
         self.publish_count = 0
         self.deliver_count = 0
         self.ack_count = 0
@@ -717,6 +720,10 @@ class StreamQueue:
             limit = replicating[0][0]
         if limit > self.committed_offset:
             self.committed_offset = limit
+            if self.commit_waiters:
+                waiters, self.commit_waiters = self.commit_waiters, []
+                for waiter in waiters:
+                    waiter()
         committed = self.committed_offset
         handles = self._handles
         while handles and handles[0].target is not None and handles[0].target <= committed:
@@ -760,7 +767,45 @@ class StreamQueue:
         for handle in handles:
             handle.finish(exc)
 
-    # --- pull (Kafka fetch later) -----------------------------------------------------
+    # --- raw batches (Kafka produce) ---------------------------------------------------
+
+    def append_batch(self, data: bytearray) -> tuple[Any, CommitHandle]:
+        """Store one Kafka RecordBatch as received (only its base offset is rewritten,
+        ``StreamLog.append_batch``) and return (``AppendResult``, a ``CommitHandle`` done
+        once the batch is committed: fsynced and, with a replicator, replicated).
+
+        Records published by other protocols in this loop turn are appended first, so
+        offsets follow arrival order.  Raises ``RecordBatchError`` for a bad batch and
+        ``StorageError``/``OSError`` when the log cannot write (the log stays failed).
+        """
+        log_ = self.log
+        if log_.failure is not None:
+            raise log_.failure
+        if self._pending and not self._flush_pending():
+            assert self._lost is not None
+            raise self._lost
+        try:
+            result = log_.append_batch(data)
+        except OSError as exc:
+            self.vhost.broker.write_failed(None, exc)
+            raise
+        self.publish_count += result.last_offset - result.base_offset + 1
+        self._appended(result.base_offset, result.last_offset)
+        return result, self.commit_handle(result.last_offset + 1)
+
+    def commit_handle(self, target: int) -> CommitHandle:
+        """A handle done once ``committed_offset`` reaches ``target``."""
+        handle = CommitHandle()
+        handle.target = target
+        if target <= self.committed_offset:
+            handle.finish()
+            return handle
+        self._handles.append(handle)
+        if not self._commit_waiting:
+            self._wait_for_commit()
+        return handle
+
+    # --- pull (Kafka fetch) -----------------------------------------------------------
 
     def read(self, offset: int, max_bytes: int) -> list[Batch]:
         """Whole committed batches from ``offset`` (at least one if there is one, then

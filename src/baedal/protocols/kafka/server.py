@@ -34,13 +34,13 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from ...core.stream import CommitHandle
 from ...storage.record_batch import (
     TRANSACTIONAL_MASK,
     RecordBatchError,
     batch_size_at,
     decode_header,
 )
-from ...storage.segment import StorageError
 from .codec import (
     API_VERSIONS_KEY,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -55,7 +55,7 @@ from .codec import (
 )
 from .groups import Group, GroupCoordinator
 from .producers import ProducerTable
-from .topics import Partition, TopicRegistry, legal_topic_name
+from .topics import Partition, TopicError, TopicRegistry, legal_topic_name
 
 log = logging.getLogger("baedal.kafka")
 
@@ -72,6 +72,7 @@ PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
 JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
 CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 19, 20, 22
+CREATE_PARTITIONS = 37
 ADVERTISED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8),
     FETCH: (4, 11),
@@ -87,6 +88,7 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     INIT_PRODUCER_ID: (0, 1),
     CREATE_TOPICS: (2, 4),
     DELETE_TOPICS: (1, 3),
+    CREATE_PARTITIONS: (0, 1),
     API_VERSIONS_KEY: (0, 3),
 }
 DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
@@ -262,6 +264,8 @@ class KafkaConnection(asyncio.Protocol):
             self._reply(request, self._create_topics(request))
         elif key == DELETE_TOPICS:
             self._reply(request, self._delete_topics(request))
+        elif key == CREATE_PARTITIONS:
+            self._reply(request, self._create_partitions(request))
         elif key == INIT_PRODUCER_ID:
             self._reply(request, self._init_producer_id(request))
         elif key == OFFSET_FETCH:
@@ -362,7 +366,11 @@ class KafkaConnection(asyncio.Protocol):
                 if not legal_topic_name(name):
                     error = ErrorCode.invalid_topic_exception
                 elif allow_create and self.config.auto_create_topics:
-                    partitions = registry.create(name, self.config.num_partitions)
+                    try:
+                        partitions = registry.create(name, self.config.num_partitions)
+                    except TopicError as exc:
+                        log.warning("kafka: auto-creating topic %s failed: %s", name, exc)
+                        error = ErrorCode.invalid_topic_exception
                 else:
                     error = ErrorCode.unknown_topic_or_partition
             topics.append(
@@ -407,9 +415,8 @@ class KafkaConnection(asyncio.Protocol):
 
     def _produce(self, request: Request) -> None:
         body = request.body
-        registry = self.registry
         results: list[tuple[str, list[tuple[int, ErrorCode, int]]]] = []
-        appended: list[tuple[Partition, int]] = []
+        appended: list[CommitHandle] = []
         for topic in body.topic_data:
             partition_results: list[tuple[int, ErrorCode, int]] = []
             for data in topic.partition_data:
@@ -418,15 +425,8 @@ class KafkaConnection(asyncio.Protocol):
             results.append((topic.name, partition_results))
         acks = body.acks
         failed = any(error is not ErrorCode.none for _, parts in results for _, error, _ in parts)
-        syncer = registry.syncer
-
-        def advance() -> None:
-            for partition, next_offset in appended:
-                partition.advance(next_offset)
 
         if acks == 0:
-            if appended:
-                syncer.after_sync(advance)
             if failed:
                 # No response exists to carry the error: Kafka closes the connection so
                 # the client refreshes its metadata (KafkaApis.handleProduceRequest).
@@ -435,18 +435,29 @@ class KafkaConnection(asyncio.Protocol):
         slot = self.new_slot()
 
         def answer(override: ErrorCode | None = None) -> None:
-            if override is None:
-                advance()
             final = [
                 (name, [(index, override or error, base) for index, error, base in parts])
                 for name, parts in results
             ]
             self.fill(slot, encode_response(request.correlation_id, self._produce_response(request, final)))
 
+        # Baedal's durability promise: acks=1/all are answered only once the streams
+        # committed the batches (fsynced; one node: the leader is the whole ISR).
+        # One callback per partition written, not per record.
+        waiting = [len(appended)]
+        failure: list[BaseException] = []
+
+        def done(handle: CommitHandle) -> None:
+            exc = handle.exception()
+            if exc is not None:
+                failure.append(exc)
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                answer(ErrorCode.kafka_storage_error if failure else None)
+
         if appended:
-            # Baedal's durability promise: acks=1/all are answered only after the fsync
-            # that covers the batch (one node: the leader is the whole ISR).
-            syncer.after_sync(answer, lambda exc: answer(ErrorCode.kafka_storage_error))
+            for handle in appended:
+                handle.add_done_callback(done)
         else:
             answer()
 
@@ -455,7 +466,7 @@ class KafkaConnection(asyncio.Protocol):
         topic: str,
         index: int,
         records: bytes | None,
-        appended: list[tuple[Partition, int]],
+        appended: list[CommitHandle],
     ) -> tuple[ErrorCode, int]:
         partition = self.registry.partition(topic, index)
         if partition is None:
@@ -481,19 +492,19 @@ class KafkaConnection(asyncio.Protocol):
                 if duplicate is not None:
                     # A retry of a batch already stored: same answer, nothing appended.
                     # It still waits for the fsync (the original may not be covered yet).
-                    appended.append((partition, partition.log.next_offset))
+                    appended.append(partition.stream.commit_handle(partition.log.next_offset))
                     return ErrorCode.none, duplicate
-            result = partition.log.append_batch(bytearray(records))
+            result, handle = partition.stream.append_batch(bytearray(records))
             if producer_id >= 0:
                 producers.appended(
                     topic, index, producer_id, epoch, sequence, count, result.base_offset
                 )
         except RecordBatchError:
             return ErrorCode.corrupt_message, -1
-        except StorageError:
+        except OSError:
             log.exception("kafka append to %s-%d failed", topic, index)
             return ErrorCode.kafka_storage_error, -1
-        appended.append((partition, result.last_offset + 1))
+        appended.append(handle)
         return ErrorCode.none, result.base_offset
 
     def _produce_response(
@@ -580,7 +591,15 @@ class KafkaConnection(asyncio.Protocol):
                 error, message = ErrorCode.invalid_replication_factor, "single-node broker"
             elif not body.validate_only:
                 # Topic configs are accepted but not applied in this slice.
-                registry.create(topic.name, partitions)
+                try:
+                    registry.create(topic.name, partitions)
+                except TopicError as exc:
+                    error = (
+                        ErrorCode.topic_already_exists
+                        if exc.reason == "exists"
+                        else ErrorCode.invalid_topic_exception
+                    )
+                    message = str(exc)
             results.append(
                 build(result_cls, name=topic.name, error_code=error, error_message=message)
             )
@@ -595,6 +614,32 @@ class KafkaConnection(asyncio.Protocol):
             error = ErrorCode.none if deleted else ErrorCode.unknown_topic_or_partition
             results.append(build(result_cls, name=name, error_code=error))
         return build(cls, throttle_time=NO_THROTTLE, responses=tuple(results))
+
+    def _create_partitions(self, request: Request) -> Any:
+        body = request.body
+        cls = schema(CREATE_PARTITIONS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "results")
+        results = []
+        for topic in body.topics:
+            error, message = ErrorCode.none, None
+            current = self.registry.get(topic.name)
+            if current is None:
+                error, message = ErrorCode.unknown_topic_or_partition, f"no topic {topic.name!r}"
+            elif topic.assignments:
+                # One node: there is no placement to choose.
+                error, message = ErrorCode.invalid_replica_assignment, "single-node broker"
+            elif topic.count <= len(current):
+                error = ErrorCode.invalid_partitions
+                message = f"topic has {len(current)} partition(s); {topic.count} is not more"
+            elif not body.validate_only:
+                try:
+                    self.registry.add_partitions(topic.name, topic.count)
+                except TopicError as exc:
+                    error, message = ErrorCode.invalid_partitions, str(exc)
+            results.append(
+                build(result_cls, name=topic.name, error_code=error, error_message=message)
+            )
+        return build(cls, throttle_time=NO_THROTTLE, results=tuple(results))
 
     # -- InitProducerId ------------------------------------------------------------------------
 
