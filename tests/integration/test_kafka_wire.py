@@ -430,3 +430,67 @@ def test_fetch_returns_whole_batches_within_max_bytes_and_always_the_first(
     for i, sent in enumerate(batches):  # as sent, apart from the base offset
         stored = everything[i * size : (i + 1) * size]
         assert stored[8:] == sent[8:] and struct.unpack_from(">q", stored)[0] == i
+
+
+def test_fetch_sends_the_stored_batches_byte_for_byte_with_sendfile(
+    broker: Broker, client: RawKafka
+) -> None:
+    create_topic(client, "sendfile")
+    sent = [
+        build_batch([b"plain-%d" % i for i in range(10)]),
+        build_batch([b"z" * 3000, b"y" * 3000], compression=GZIP),
+        build_batch([b"tail"]),
+    ]
+    for batch in sent:
+        produce(client, "sendfile", batch)
+    stored = stored_batches(broker, "sendfile")
+    before = broker.call(lambda: broker.kafka.sendfile_bytes)
+    partition = fetch(client, "sendfile", 0).responses[0].partitions[0]
+    received = bytes(partition.records)
+    assert received == b"".join(stored)  # the compressed batch passes through untouched
+    assert received[len(stored[0]) + 8:len(stored[0]) + len(stored[1])] == sent[1][8:]
+    assert partition.high_watermark == 13
+    # The records went out with os.sendfile, not through a Python buffer.
+    assert broker.call(lambda: broker.kafka.sendfile_bytes) - before == len(received)
+    # A fetch from inside the second batch starts at that batch; a small limit still
+    # returns one whole batch (KIP-74).
+    inside = fetch(client, "sendfile", 11, partition_max_bytes=10).responses[0].partitions[0]
+    assert bytes(inside.records) == stored[1]
+
+
+def test_pipelined_fetches_and_metadata_answers_keep_request_order(
+    broker: Broker, client: RawKafka
+) -> None:
+    from kio.schema.metadata.v8.request import MetadataRequest, MetadataRequestTopic
+
+    create_topic(client, "order")
+    produce(client, "order", build_batch([b"x" * 50_000 for _ in range(10)]))
+    frames = []
+    for _ in range(5):
+        frames.append(client.frame(METADATA, 8, MetadataRequest(
+            topics=(MetadataRequestTopic(name="order"),),
+            allow_auto_topic_creation=False,
+            include_cluster_authorized_operations=False,
+            include_topic_authorized_operations=False,
+        )))
+        first = client.correlation
+        from kio.schema.fetch.v11.request import FetchPartition, FetchRequest, FetchTopic
+
+        frames.append(client.frame(FETCH, 11, FetchRequest(
+            max_wait=datetime.timedelta(0), min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+            session_id=0, session_epoch=-1,
+            topics=(FetchTopic(topic="order", partitions=(FetchPartition(
+                partition=0, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
+                partition_max_bytes=1 << 20),)),),
+            forgotten_topics_data=(), rack_id="",
+        )))
+        assert client.correlation == first + 1
+    client.send_raw(b"".join(frames))
+    correlations = []
+    sizes = []
+    for _ in range(10):
+        data = client.read_frame()
+        correlations.append(struct.unpack_from(">i", data, 0)[0])
+        sizes.append(len(data))
+    assert correlations == list(range(correlations[0], correlations[0] + 10))
+    assert all(size > 500_000 for size in sizes[1::2])  # every fetch carried the batch

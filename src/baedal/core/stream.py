@@ -819,6 +819,37 @@ class StreamQueue:
         only if ``offset`` is below ``committed_offset``; the caller trims)."""
         return self.log.file_ranges(offset, max_bytes)
 
+    def committed_file_ranges(self, offset: int, max_bytes: int) -> list[FileRange]:
+        """``file_ranges`` cut at ``committed_offset`` (Kafka fetch with ``os.sendfile``).
+
+        ``committed_offset`` is always a batch boundary (it only moves to the end of an
+        appended batch), so cutting the range there keeps whole batches.  Empty when
+        nothing at or after ``offset`` is committed.  Raises ``OffsetOutOfRange``.
+        """
+        committed = self.committed_offset
+        log_ = self.log
+        log_.check_offset(offset)
+        if offset >= committed:
+            return []
+        ranges = log_.file_ranges(offset, max_bytes)
+        if committed >= log_.next_offset:
+            return ranges
+        segment, position = log_._locate(committed)
+        kept: list[FileRange] = []
+        cut = False
+        for file_range in ranges:
+            if not cut and file_range.path == segment.path:
+                cut = True
+                if file_range.position < position:
+                    file_range.length = min(file_range.length, position - file_range.position)
+                    kept.append(file_range)
+                    continue
+            if cut:
+                file_range.close()
+            else:
+                kept.append(file_range)
+        return kept
+
     # --- push consumers ---------------------------------------------------------------
 
     def add_consumer(

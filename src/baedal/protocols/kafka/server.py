@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from ...storage.record_batch import (
     batch_size_at,
     decode_header,
 )
+from ...storage.stream_log import FileRange, OffsetOutOfRange
 from .codec import (
     API_VERSIONS_KEY,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -49,6 +51,7 @@ from .codec import (
     RequestDecoder,
     UnsupportedVersion,
     build,
+    encode_fetch_response,
     encode_response,
     nested,
     schema,
@@ -93,6 +96,9 @@ ADVERTISED: dict[int, tuple[int, int]] = {
 }
 DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
 
+# Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
+BYTES_IN, RECORDS_IN, BYTES_OUT = 0, 1, 2
+
 EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
 
@@ -118,6 +124,16 @@ class KafkaServer:
         self.producers = ProducerTable()
         self.connections: set[KafkaConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        # (topic, partition) -> [bytes in, records in, bytes out]; bytes out counts the
+        # record batches fetches sent (file ranges included), not the frame overhead.
+        self._traffic: dict[tuple[str, int], list[int]] = {}
+        self.sendfile_bytes = 0  # bytes fetches sent with os.sendfile (the rest: copied)
+
+    def traffic(self, topic: str, index: int) -> list[int]:
+        counters = self._traffic.get((topic, index))
+        if counters is None:
+            counters = self._traffic[(topic, index)] = [0, 0, 0]
+        return counters
 
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -155,18 +171,25 @@ class KafkaConnection(asyncio.Protocol):
         self._reading_paused = False
         self._fetches: set[_PendingFetch] = set()
         self.closed = False
+        self._socket_fd: int | None = None  # for os.sendfile; None on TLS
 
     # -- transport callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._socket_fd = sock.fileno()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
         for fetch in list(self._fetches):
             fetch.cancel()
+        for slot in self._slots:
+            if isinstance(slot[0], FileResponse):
+                _close_ranges(slot[0].parts)
         self._slots.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -300,10 +323,47 @@ class KafkaConnection(asyncio.Protocol):
         ready: list[bytes] = []
         slots = self._slots
         while slots and slots[0][0] is not None:
-            ready.append(slots.popleft()[0])
+            data = slots.popleft()[0]
+            if type(data) is bytes:
+                ready.append(data)
+                continue
+            if ready:
+                transport.writelines(ready)
+                ready = []
+            if not self._send_file_response(transport, data.parts):
+                return
         if ready:
             transport.writelines(ready)
         self._update_reading()
+
+    def _send_file_response(self, transport: asyncio.Transport, parts: list[Any]) -> bool:
+        """Write a Fetch response whose records are file ranges, in its turn.
+
+        When the transport has nothing buffered, everything before this response is in
+        the kernel already, so the frame goes straight to the socket: header bytes with
+        ``os.write``, records with ``os.sendfile`` (no copy through Python).  What the
+        socket does not take now, and the whole response when the transport is still
+        buffering (or on TLS), goes through ``transport.writelines`` after reading the
+        ranges: later responses queue behind it, so the order is kept either way.
+        """
+        rest = parts
+        try:
+            fd = self._socket_fd
+            if fd is not None and transport.get_write_buffer_size() == 0:
+                rest, sent = write_direct(fd, parts)
+                self.server.sendfile_bytes += sent
+            else:
+                rest = [_materialise(p) for p in parts]
+        except OSError as exc:
+            _close_ranges(parts)
+            log.info("kafka connection lost while sending a fetch: %s", exc)
+            self.closed = True
+            transport.abort()
+            return False
+        _close_ranges(parts)
+        if rest:
+            transport.writelines(rest)
+        return True
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -881,6 +941,7 @@ class _PendingFetch:
         if size >= max(body.min_bytes, 1) or wait_ms <= 0 or response is None:
             self._answer(response)
             return
+        _close_ranges(response)
         # Long poll: wake on any of our partitions advancing, or at max_wait.
         self.connection._fetches.add(self)
         self.timer = self.connection.loop.call_later(wait_ms / 1000, self._timeout)
@@ -908,6 +969,7 @@ class _PendingFetch:
         if size >= max(self.request.body.min_bytes, 1) or response is None:
             self._finish(response)
         else:
+            _close_ranges(response)
             self._watch()
 
     def _timeout(self) -> None:
@@ -933,69 +995,112 @@ class _PendingFetch:
         connection = self.connection
         if response is None:
             response = self._collect(force=True)[1]
-        connection.fill(self.slot, encode_response(self.request.correlation_id, response))
+        if connection.closed:
+            _close_ranges(response)
+            return
+        connection.fill(self.slot, FileResponse(response))
 
     def _collect(self, force: bool = False) -> tuple[int, Any]:
-        """(bytes of records found, response).  Response None = an error: answer now."""
+        """(bytes of records found, response parts).  Parts None = an error: answer now.
+
+        Records are the stream's committed batches as file ranges (``os.sendfile``
+        when the connection writes them, see ``KafkaConnection._send_file_response``);
+        whoever drops the parts closes the ranges.
+        """
         request = self.request
         body = request.body
-        cls = schema(FETCH, request.api_version, EntityType.response)
-        topic_cls = nested(cls, "responses")
-        partition_cls = nested(topic_cls, "partitions")
         registry = self.connection.registry
         budget = body.max_bytes
         total = 0
         any_error = False
-        topics = []
+        topics: list[tuple[str, list[Any]]] = []
         for topic in body.topics:
-            answers = []
+            answers: list[Any] = []
             for asked in topic.partitions:
                 partition = registry.partition(topic.topic, asked.partition)
                 error = ErrorCode.none
-                records = b""
+                chunks: list[Any] = []
                 high_watermark = log_start = -1
                 if partition is None:
                     error = ErrorCode.unknown_topic_or_partition
                 else:
-                    stream = partition.log
-                    high_watermark = partition.durable_offset
-                    log_start = stream.first_offset
+                    stream = partition.stream
+                    high_watermark = stream.committed_offset
+                    log_start = stream.log.first_offset
                     offset = asked.fetch_offset
-                    if not log_start <= offset <= stream.next_offset:
+                    if not log_start <= offset <= stream.log.next_offset:
                         error = ErrorCode.offset_out_of_range
                     elif offset < high_watermark and budget > 0:
                         # KIP-74: the first batch goes out whole even past the limits;
                         # a fetch inside a batch gets that whole batch (the client
                         # skips the records below its offset).
                         limit = min(asked.partition_max_bytes, budget)
-                        batches = stream.reader(offset).read(limit, end_offset=high_watermark)
-                        records = b"".join(batch.data for batch in batches)
-                        budget -= len(records)
-                        total += len(records)
+                        try:
+                            chunks = stream.committed_file_ranges(offset, limit)
+                        except OffsetOutOfRange:  # retention ran meanwhile
+                            error = ErrorCode.offset_out_of_range
+                        size = sum(chunk.length for chunk in chunks)
+                        budget -= size
+                        total += size
+                        self.connection.server.traffic(topic.topic, asked.partition)[BYTES_OUT] += size
                 if error is not ErrorCode.none:
                     any_error = True
-                answers.append(
-                    build(
-                        partition_cls,
-                        partition_index=asked.partition,
-                        error_code=error,
-                        high_watermark=high_watermark,
-                        last_stable_offset=high_watermark,
-                        log_start_offset=log_start,
-                        aborted_transactions=None,
-                        preferred_read_replica=-1,
-                        records=records,
-                    )
-                )
-            topics.append(build(topic_cls, topic=topic.topic, partitions=tuple(answers)))
-        response = build(
-            cls,
-            throttle_time=NO_THROTTLE,
-            error_code=ErrorCode.none,
-            session_id=0,
-            responses=tuple(topics),
-        )
+                answers.append((asked.partition, error.value, high_watermark, log_start, chunks))
+            topics.append((topic.topic, answers))
+        parts = encode_fetch_response(request.correlation_id, request.api_version, topics)
         if any_error and not force:
+            _close_ranges(parts)
             return total, None
-        return total, response
+        return total, parts
 
+
+class FileResponse:
+    """A response whose parts include file ranges: written by ``_send_file_response``."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+
+def _close_ranges(parts: list[Any] | None) -> None:
+    for part in parts or ():
+        if isinstance(part, FileRange):
+            part.close()
+
+
+def _materialise(part: Any) -> bytes:
+    return part.read() if isinstance(part, FileRange) else part
+
+
+def write_direct(fd: int, parts: list[Any]) -> tuple[list[Any], int]:
+    """Write ``parts`` to the non-blocking socket ``fd`` (``os.sendfile`` for file
+    ranges) until the kernel buffer is full; returns (what is left, as bytes; the
+    bytes ``os.sendfile`` sent)."""
+    by_sendfile = 0
+    for i, part in enumerate(parts):
+        if isinstance(part, FileRange):
+            sent = 0
+            while sent < part.length:
+                try:
+                    count = os.sendfile(fd, part.fd, part.position + sent, part.length - sent)
+                except BlockingIOError:
+                    break
+                if count == 0:  # the file ended early: cannot happen for a kept range
+                    raise OSError(f"sendfile: {part!r} ended at {sent}")
+                sent += count
+                by_sendfile += count
+            if sent < part.length:
+                rest = os.pread(part.fd, part.length - sent, part.position + sent)
+                return [rest] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
+        else:
+            view = memoryview(part)
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += os.write(fd, view[sent:])
+                except BlockingIOError:
+                    break
+            if sent < len(view):
+                return [bytes(view[sent:])] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
+    return [], by_sendfile
