@@ -166,6 +166,8 @@ class Broker:
             num_partitions=s.num_partitions,
             max_message_bytes=s.kafka_max_message_bytes,
             max_output=s.max_connection_output,
+            sasl=s.kafka_sasl,
+            loopback_users=tuple(s.loopback_users),
         )
         server = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
         try:

@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         "kafka_port": args.kafka_port,
         "kafka_advertised_host": args.kafka_advertised_host,
         "kafka_advertised_port": args.kafka_advertised_port,
+        "kafka_sasl": True if args.kafka_sasl else None,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--kafka-advertised-port", help="port Kafka clients are told to connect to (default: the Kafka port)"
+    )
+    serve.add_argument(
+        "--kafka-sasl", action="store_true",
+        help="require SASL PLAIN with a Baedal user on the Kafka listener (env BAEDAL_KAFKA_SASL)",
     )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)

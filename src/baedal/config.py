@@ -51,6 +51,8 @@ class Settings:
     kafka_max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
     # Kafka topics are streams in this vhost (protocols/kafka/topics.py).
     kafka_vhost: str = "/"
+    # Require SASL PLAIN (against Baedal's users) on the Kafka listener.
+    kafka_sasl: bool = False
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}

@@ -494,3 +494,35 @@ def test_pipelined_fetches_and_metadata_answers_keep_request_order(
         sizes.append(len(data))
     assert correlations == list(range(correlations[0], correlations[0] + 10))
     assert all(size > 500_000 for size in sizes[1::2])  # every fetch carried the batch
+
+
+def test_transactional_apis_answer_invalid_request_and_the_connection_stays_usable(
+    client: RawKafka,
+) -> None:
+    answer = client.request(
+        26, 2, transactional_id="tx", producer_id=1, producer_epoch=0, committed=True
+    )
+    assert answer.error_code.value == 42  # INVALID_REQUEST
+    answer = client.request(25, 2, transactional_id="tx", producer_id=1, producer_epoch=0, group_id="g")
+    assert answer.error_code.value == 42
+    create_topic(client, "after-txn")  # still served
+
+
+def test_requests_before_sasl_close_the_connection_when_sasl_is_required(tmp_path: Path) -> None:
+    with Broker(port=0, data_dir=tmp_path, kafka_sasl=True) as broker:
+        assert broker.kafka_port is not None
+        connection = RawKafka(broker.kafka_port)
+        try:
+            versions = connection.request(API_VERSIONS, 0)  # allowed before authentication
+            assert {k.api_key for k in versions.api_keys} >= {17, 36}
+            connection.send_raw(b"")
+            from kio.schema.metadata.v8.request import MetadataRequest
+
+            connection.send_raw(connection.frame(METADATA, 8, MetadataRequest(
+                topics=None, allow_auto_topic_creation=False,
+                include_cluster_authorized_operations=False,
+                include_topic_authorized_operations=False,
+            )))
+            assert connection.closed_by_peer()
+        finally:
+            connection.close()

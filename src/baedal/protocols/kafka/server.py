@@ -43,6 +43,7 @@ from ...storage.record_batch import (
     decode_header,
 )
 from ...storage.stream_log import FileRange, OffsetOutOfRange
+from . import admin
 from .codec import (
     API_VERSIONS_KEY,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -93,8 +94,28 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     DELETE_TOPICS: (1, 3),
     CREATE_PARTITIONS: (0, 1),
     API_VERSIONS_KEY: (0, 3),
+    admin.DESCRIBE_CONFIGS: (0, 3),
+    admin.INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    admin.LIST_GROUPS: (0, 2),
+    admin.DESCRIBE_GROUPS: (0, 4),
+    admin.DELETE_GROUPS: (0, 1),
+    admin.DESCRIBE_CLUSTER: (0, 0),
+    # Handshake v0 would be followed by raw SASL tokens outside Kafka framing; v1 wraps
+    # them in SaslAuthenticate, which every current client uses.
+    admin.SASL_HANDSHAKE: (1, 1),
+    admin.SASL_AUTHENTICATE: (0, 1),
 }
-DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
+# Transactional APIs are decoded (answered INVALID_REQUEST) but not advertised.
+DECODED: dict[int, tuple[int, int]] = {
+    **ADVERTISED,
+    PRODUCE: (3, 8),
+    admin.ADD_PARTITIONS_TO_TXN: (0, 2),
+    admin.ADD_OFFSETS_TO_TXN: (0, 2),
+    admin.END_TXN: (0, 2),
+    admin.TXN_OFFSET_COMMIT: (0, 2),
+}
+# What a connection may send before SASL authentication when kafka_sasl is on.
+BEFORE_AUTHENTICATION = frozenset({API_VERSIONS_KEY, admin.SASL_HANDSHAKE, admin.SASL_AUTHENTICATE})
 
 # Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
 BYTES_IN, RECORDS_IN, BYTES_OUT = 0, 1, 2
@@ -112,6 +133,8 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_output: int = 8 * 1024 * 1024
+    sasl: bool = False  # require SASL PLAIN (Baedal's users) before any other request
+    loopback_users: tuple[str, ...] = ()
 
 
 class KafkaServer:
@@ -172,12 +195,18 @@ class KafkaConnection(asyncio.Protocol):
         self._fetches: set[_PendingFetch] = set()
         self.closed = False
         self._socket_fd: int | None = None  # for os.sendfile; None on TLS
+        self.authenticated = not server.config.sasl
+        self.user: str | None = None
+        self._sasl_mechanism: str | None = None
+        self.peer_host = ""
 
     # -- transport callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if peer else ""
         sock = transport.get_extra_info("socket")
         if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._socket_fd = sock.fileno()
@@ -261,6 +290,9 @@ class KafkaConnection(asyncio.Protocol):
 
     def _dispatch(self, request: Request) -> None:
         key = request.api_key
+        if not self.authenticated and key not in BEFORE_AUTHENTICATION:
+            # Kafka closes a connection that skips SASL (SaslServerAuthenticator).
+            raise KafkaProtocolError(f"api key {key} before SASL authentication")
         if key == PRODUCE:
             self._produce(request)
         elif key == FETCH:
@@ -289,6 +321,32 @@ class KafkaConnection(asyncio.Protocol):
             self._reply(request, self._delete_topics(request))
         elif key == CREATE_PARTITIONS:
             self._reply(request, self._create_partitions(request))
+        elif key == admin.DESCRIBE_CONFIGS:
+            self._reply(request, admin.describe_configs(self, request))
+        elif key == admin.INCREMENTAL_ALTER_CONFIGS:
+            self._reply(request, admin.incremental_alter_configs(self, request))
+        elif key == admin.LIST_GROUPS:
+            self._reply(request, admin.list_groups(self, request))
+        elif key == admin.DESCRIBE_GROUPS:
+            self._reply(request, admin.describe_groups(self, request))
+        elif key == admin.DELETE_GROUPS:
+            response, deleted = admin.delete_groups(self, request)
+            data = encode_response(request.correlation_id, response)
+            slot = self.new_slot()
+            if deleted:  # the tombstones are on disk before the answer, like commits
+                self.registry.syncer.after_sync(
+                    lambda: self.fill(slot, data), lambda exc: self._protocol_error(exc)
+                )
+            else:
+                self.fill(slot, data)
+        elif key == admin.DESCRIBE_CLUSTER:
+            self._reply(request, admin.describe_cluster(self, request, NODE_ID, CLUSTER_ID))
+        elif key == admin.SASL_HANDSHAKE:
+            self._sasl_handshake(request)
+        elif key == admin.SASL_AUTHENTICATE:
+            self._sasl_authenticate(request)
+        elif key in admin.TRANSACTION_APIS:
+            self._reply(request, admin.transaction_refused(request))
         elif key == INIT_PRODUCER_ID:
             self._reply(request, self._init_producer_id(request))
         elif key == OFFSET_FETCH:
@@ -533,7 +591,10 @@ class KafkaConnection(asyncio.Protocol):
             return ErrorCode.unknown_topic_or_partition, -1
         if not records:
             return ErrorCode.corrupt_message, -1
-        if len(records) > self.config.max_message_bytes:
+        limit = partition.stream.arguments.get(
+            admin.MAX_MESSAGE_BYTES_ARGUMENT, self.config.max_message_bytes
+        )
+        if len(records) > limit:
             return ErrorCode.message_too_large, -1
         try:
             if len(records) >= 12 and batch_size_at(records) != len(records):
@@ -565,6 +626,9 @@ class KafkaConnection(asyncio.Protocol):
             log.exception("kafka append to %s-%d failed", topic, index)
             return ErrorCode.kafka_storage_error, -1
         appended.append(handle)
+        counters = self.server.traffic(topic, index)
+        counters[BYTES_IN] += len(records)
+        counters[RECORDS_IN] += count
         return ErrorCode.none, result.base_offset
 
     def _produce_response(
@@ -649,10 +713,15 @@ class KafkaConnection(asyncio.Protocol):
             elif topic.replication_factor not in (-1, 1):
                 # One node: there is nobody to replicate to until clustering lands.
                 error, message = ErrorCode.invalid_replication_factor, "single-node broker"
-            elif not body.validate_only:
-                # Topic configs are accepted but not applied in this slice.
+            else:
                 try:
-                    registry.create(topic.name, partitions)
+                    arguments = admin.config_changes_for_create(topic.configs)
+                except admin.ConfigError as exc:
+                    error, message = ErrorCode.invalid_config, str(exc)
+                    arguments = None
+                try:
+                    if arguments is not None and not body.validate_only:
+                        registry.create(topic.name, partitions, arguments)
                 except TopicError as exc:
                     error = (
                         ErrorCode.topic_already_exists
@@ -701,16 +770,68 @@ class KafkaConnection(asyncio.Protocol):
             )
         return build(cls, throttle_time=NO_THROTTLE, results=tuple(results))
 
+    # -- SASL -----------------------------------------------------------------------------------
+
+    def _sasl_handshake(self, request: Request) -> None:
+        cls = schema(admin.SASL_HANDSHAKE, request.api_version, EntityType.response)
+        mechanism = request.body.mechanism
+        error = ErrorCode.none
+        if mechanism != "PLAIN":
+            error = ErrorCode.unsupported_sasl_mechanism
+        elif self._sasl_mechanism is not None or self.user is not None:
+            error = ErrorCode.illegal_sasl_state
+        else:
+            self._sasl_mechanism = mechanism
+        self._reply(request, build(cls, error_code=error, mechanisms=("PLAIN",)))
+
+    def _sasl_authenticate(self, request: Request) -> None:
+        """SASL PLAIN (RFC 4616: authzid NUL authcid NUL passwd) against Baedal's users,
+        with the loopback-only rule AMQP applies (``loopback_users``).  A failure is
+        answered SASL_AUTHENTICATION_FAILED and the connection closed, as Kafka does."""
+        cls = schema(admin.SASL_AUTHENTICATE, request.api_version, EntityType.response)
+        if self._sasl_mechanism is None or self.user is not None:
+            self._reply(request, build(
+                cls, error_code=ErrorCode.illegal_sasl_state,
+                error_message="SaslHandshake first", auth_bytes=b"", session_lifetime=NO_THROTTLE,
+            ))
+            raise KafkaProtocolError("SaslAuthenticate out of order")
+        user = None
+        fields = bytes(request.body.auth_bytes).split(b"\0")
+        if len(fields) == 3:
+            _authzid, name, password = (f.decode("utf-8", "replace") for f in fields)
+            user = self.registry.vhost.broker.authenticate(name, password)
+            if (
+                user is not None
+                and user.name in self.config.loopback_users
+                and not _is_loopback(self.peer_host)
+            ):
+                user = None
+        if user is None:
+            self._reply(request, build(
+                cls, error_code=ErrorCode.sasl_authentication_failed,
+                error_message="Authentication failed: invalid credentials",
+                auth_bytes=b"", session_lifetime=NO_THROTTLE,
+            ))
+            raise KafkaProtocolError("SASL PLAIN authentication failed")
+        self.user = user.name
+        self.authenticated = True
+        self._reply(request, build(
+            cls, error_code=ErrorCode.none, error_message=None, auth_bytes=b"", session_lifetime=NO_THROTTLE
+        ))
+
     # -- InitProducerId ------------------------------------------------------------------------
 
     def _init_producer_id(self, request: Request) -> Any:
         cls = schema(INIT_PRODUCER_ID, request.api_version, EntityType.response)
         if request.body.transactional_id is not None:
             # Transactions are not served (issue 11): a clear error, never a hang.
+            # librdkafka retries InitProducerId on INVALID_REQUEST for ever; an
+            # authorization failure is fatal in every client (librdkafka, Java,
+            # kafka-python), so a transactional producer stops at once.
             return build(
                 cls,
                 throttle_time=NO_THROTTLE,
-                error_code=ErrorCode.invalid_request,
+                error_code=ErrorCode.transactional_id_authorization_failed,
                 producer_id=-1,
                 producer_epoch=-1,
             )
@@ -1104,3 +1225,12 @@ def write_direct(fd: int, parts: list[Any]) -> tuple[list[Any], int]:
             if sent < len(view):
                 return [bytes(view[sent:])] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
     return [], by_sendfile
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
