@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, metrics, openapi, rest
+from . import api, kafka, metrics, openapi, rest
 from .auth import Access
 from .routes import Param, Route
 
@@ -1207,3 +1207,6 @@ ROUTES: list[Route] = [
         response={"type": "object"},
     ),
 ]
+
+# Kafka topics and groups (protocols/http/kafka.py).
+ROUTES += kafka.ROUTES
