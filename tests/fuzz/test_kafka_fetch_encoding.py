@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
-from baedal.protocols.kafka.codec import build, encode_fetch_response, encode_response, nested, schema
+from baedal.protocols.kafka.codec import (
+    build,
+    encode_fetch_response,
+    encode_response,
+    nested,
+    schema,
+)
 
 FETCH = 1
 
