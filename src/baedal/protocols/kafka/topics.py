@@ -32,9 +32,9 @@ Naming (RabbitMQ's super streams, so the same layout reads the same on both brok
 watermark.  Fetches are served below it and long polls wait on the stream's
 ``commit_waiters``.
 
-Data written by the first Kafka slice under ``<data_dir>/kafka/<topic>-<n>/`` (never
-released: the project has shipped no version) is not migrated; ``warn_unmigrated``
-logs what is left there.
+Data written by the first Kafka slice under ``<data_dir>/kafka/<topic>-<n>/`` is not
+migrated: that slice was never released (0.1.0, commit 61b0588, has no Kafka listener),
+so only development data directories hold it; ``warn_unmigrated`` logs what is there.
 """
 
 from __future__ import annotations
