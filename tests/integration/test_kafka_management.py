@@ -53,6 +53,8 @@ def test_topics_groups_lag_and_metrics_are_visible(broker: Broker, capsys: pytes
         if got >= 10:
             break
     assert got == 10
+    for _ in range(3):  # the next fetches (from offset 5) count the records as out
+        assert not consumer.poll(timeout_ms=200)
     # Commit partition 0 fully and partition 1 two records short: lag 2.
     from kafka.structs import OffsetAndMetadata
 
@@ -69,6 +71,8 @@ def test_topics_groups_lag_and_metrics_are_visible(broker: Broker, capsys: pytes
             for p in seen["partitions"]] == [(0, "seen-0", 0, 5, 5), (1, "seen-1", 0, 5, 5)]
     assert all(p["bytes_in"] > 0 and p["bytes_out"] >= p["bytes_in"] for p in seen["partitions"])
     assert all(p["bytes_on_disk"] > 0 for p in seen["partitions"])
+    # The consumer fetched past all five records of each partition.
+    assert [p["records_out"] for p in seen["partitions"]] == [5, 5]
 
     groups = {g["group_id"]: g for g in get(broker, "/api/kafka/groups")}
     watchers = groups["watchers"]

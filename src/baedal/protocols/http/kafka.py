@@ -10,7 +10,9 @@ members (client id, assigned partitions decoded from the consumer protocol's
 assignment) and committed offsets with lag (high watermark - committed offset).
 
 ``/metrics`` gets ``KafkaCollector``: per topic/partition
-``baedal_kafka_partition_{bytes_in,records_in,bytes_out}_total`` counters, the
+``baedal_kafka_partition_{bytes_in,records_in,bytes_out,records_out}_total`` counters
+(records out: counted when a connection's next fetch of the partition moves past them),
+the
 partition's offsets, and ``baedal_kafka_group_lag`` per group/topic/partition.
 
 Everything is read on the broker's loop thread (the HTTP server runs on it), so the
@@ -90,6 +92,7 @@ def topic_info(kafka: Any, name: str, partitions: list[Any]) -> dict[str, Any]:
                 "bytes_in": counters[0],
                 "records_in": counters[1],
                 "bytes_out": counters[2],
+                "records_out": counters[3],
             }
         )
     return {
@@ -203,7 +206,7 @@ PARTITION = {
         key: _INT
         for key in (
             "partition", "first_offset", "next_offset", "high_watermark", "messages",
-            "bytes_on_disk", "segments", "bytes_in", "records_in", "bytes_out",
+            "bytes_on_disk", "segments", "bytes_in", "records_in", "bytes_out", "records_out",
         )
     }
     | {"stream": _STR},
@@ -269,6 +272,11 @@ class KafkaCollector:
             ),
             "bytes_out": CounterMetricFamily(
                 "baedal_kafka_partition_bytes_out", "Record batch bytes fetched", labels=labels
+            ),
+            "records_out": CounterMetricFamily(
+                "baedal_kafka_partition_records_out",
+                "Records consumers fetched and moved past (counted at their next fetch)",
+                labels=labels,
             ),
         }
         high = GaugeMetricFamily(

@@ -118,7 +118,10 @@ DECODED: dict[int, tuple[int, int]] = {
 BEFORE_AUTHENTICATION = frozenset({API_VERSIONS_KEY, admin.SASL_HANDSHAKE, admin.SASL_AUTHENTICATE})
 
 # Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
-BYTES_IN, RECORDS_IN, BYTES_OUT = 0, 1, 2
+# Records out are counted as consumers move past them: a fetch served as file ranges
+# carries whole batches whose record counts are not read, so a connection's next fetch
+# of the partition at a higher offset counts the records between the two offsets.
+BYTES_IN, RECORDS_IN, BYTES_OUT, RECORDS_OUT = 0, 1, 2, 3
 
 EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
@@ -147,15 +150,15 @@ class KafkaServer:
         self.producers = ProducerTable()
         self.connections: set[KafkaConnection] = set()
         self._server: asyncio.base_events.Server | None = None
-        # (topic, partition) -> [bytes in, records in, bytes out]; bytes out counts the
-        # record batches fetches sent (file ranges included), not the frame overhead.
+        # (topic, partition) -> [bytes in, records in, bytes out, records out]; bytes out
+        # counts the record batches fetches sent, not the frame overhead.
         self._traffic: dict[tuple[str, int], list[int]] = {}
         self.sendfile_bytes = 0  # bytes fetches sent with os.sendfile (the rest: copied)
 
     def traffic(self, topic: str, index: int) -> list[int]:
         counters = self._traffic.get((topic, index))
         if counters is None:
-            counters = self._traffic[(topic, index)] = [0, 0, 0]
+            counters = self._traffic[(topic, index)] = [0, 0, 0, 0]
         return counters
 
     async def listen(self, host: str, port: int) -> int:
@@ -195,6 +198,8 @@ class KafkaConnection(asyncio.Protocol):
         self._fetches: set[_PendingFetch] = set()
         self.closed = False
         self._socket_fd: int | None = None  # for os.sendfile; None on TLS
+        # (topic, partition) -> the offset this connection last fetched from (RECORDS_OUT)
+        self.fetch_positions: dict[tuple[str, int], int] = {}
         self.authenticated = not server.config.sasl
         self.user: str | None = None
         self._sasl_mechanism: str | None = None
@@ -1149,6 +1154,11 @@ class _PendingFetch:
                     high_watermark = stream.committed_offset
                     log_start = stream.log.first_offset
                     offset = asked.fetch_offset
+                    key = (topic.topic, asked.partition)
+                    previous = self.connection.fetch_positions.get(key)
+                    if previous is not None and previous < offset <= high_watermark:
+                        self.connection.server.traffic(*key)[RECORDS_OUT] += offset - previous
+                    self.connection.fetch_positions[key] = offset
                     if not log_start <= offset <= stream.log.next_offset:
                         error = ErrorCode.offset_out_of_range
                     elif offset < high_watermark and budget > 0:
