@@ -124,7 +124,7 @@ def test_pending_records_are_written_at_a_clean_shutdown(tmp_path: Path) -> None
             from baedal.core.message import Message
 
             for i in range(3):
-                stream.publish(Message("", "kept", b"\x10\x00\x02", b"%d" % i, persistent=True))
+                stream.publish(Message("", "kept", b"%d" % i, persistent=True))
 
         broker.call(publish_without_a_turn_end)  # the shutdown follows at once
     with Broker(port=0, http_port=0, data_dir=tmp_path) as broker:
