@@ -183,3 +183,32 @@ def test_a_stream_declared_over_amqp_is_listed_as_a_kafka_topic_and_grows_into_a
     assert bindings == [("grown", "0", 0), ("grown-1", "1", 1), ("grown-2", "2", 2)]
     consumed = kafka_records(bootstrap, "grown", 2)
     assert sorted((r.partition, r.value) for r in consumed) == [(0, b"before"), (2, b"to two")]
+
+
+def test_a_waiting_amqp_stream_consumer_is_woken_by_a_kafka_produce(broker: Broker) -> None:
+    bootstrap = broker.kafka_bootstrap
+    assert bootstrap is not None
+    connection = amqp(broker)
+    try:
+        channel = connection.channel()
+        channel.queue_declare("live", durable=True, arguments={"x-queue-type": "stream"})
+        channel.basic_qos(prefetch_count=10)
+        got: list[bytes] = []
+        channel.basic_consume(
+            "live",
+            lambda ch, m, p, body: (got.append(body), ch.basic_ack(m.delivery_tag)),
+            arguments={"x-stream-offset": "next"},
+        )
+        connection.process_data_events(0.2)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+        try:
+            for i in range(3):
+                producer.send("live", value=b"late-%d" % i).get(10)
+        finally:
+            producer.close()
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        assert got == [b"late-0", b"late-1", b"late-2"]
+    finally:
+        connection.close()
