@@ -212,3 +212,21 @@ def test_a_waiting_amqp_stream_consumer_is_woken_by_a_kafka_produce(broker: Brok
         assert got == [b"late-0", b"late-1", b"late-2"]
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_an_amqp_stream_consumer_reads_compressed_kafka_batches(broker: Broker, codec: str) -> None:
+    from confluent_kafka import Producer
+
+    topic = f"compressed-{codec}"
+    producer = Producer({"bootstrap.servers": broker.kafka_bootstrap, "compression.type": codec, "linger.ms": 5})
+    values = [b"value-%d-" % i + b"x" * 200 for i in range(20)]
+    for value in values:
+        producer.produce(topic, value=value, key=b"k")
+    assert producer.flush(15) == 0
+    connection = amqp(broker)
+    try:
+        got = consume_stream(connection, topic, 20)
+    finally:
+        connection.close()
+    assert [body for _m, _p, body in got] == values
