@@ -11,6 +11,7 @@ import datetime
 import io
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -526,3 +527,30 @@ def test_requests_before_sasl_close_the_connection_when_sasl_is_required(tmp_pat
             assert connection.closed_by_peer()
         finally:
             connection.close()
+
+
+def test_an_undecodable_compressed_batch_cancels_the_amqp_stream_reader_not_its_connection(
+    broker: Broker, client: RawKafka
+) -> None:
+    import crc32c
+    import pika
+
+    create_topic(client, "garbled")
+    batch = bytearray(build_batch([b"x" * 300, b"y" * 300], compression=GZIP))
+    batch[61 + 10 : 61 + 30] = b"\xee" * 20  # damage the gzip payload (after the header)
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))  # a valid CRC
+    answer = produce(client, "garbled", bytes(batch)).responses[0].partition_responses[0]
+    assert answer.error_code.value == 0  # stored as sent: batches are not inflated on produce
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=10)
+        channel.basic_consume("garbled", lambda *a: None, arguments={"x-stream-offset": "first"})
+        deadline = time.monotonic() + 10
+        while channel.consumer_tags and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        assert not channel.consumer_tags  # basic.cancel from the broker
+        assert channel.is_open and connection.is_open
+        channel.queue_declare("garbled", passive=True)  # the connection still works
+    finally:
+        connection.close()

@@ -905,6 +905,18 @@ class StreamQueue:
                 except OSError as exc:
                     logger.error("stream %s: read failed: %s", self.name, exc)
                     return False
+                except RecordBatchError as exc:
+                    # A batch kept as a Kafka producer sent it whose records cannot be
+                    # decoded (compressed data damaged under a valid CRC, or a codec
+                    # this install lacks): this reader cannot pass it.  Cancel the
+                    # consumer (AMQP basic.cancel), not its connection, and say where.
+                    logger.error(
+                        "stream %s: consumer cancelled at offset %d: %s",
+                        self.name, cursor.reader.next_offset, exc,
+                    )
+                    self.remove_consumer(consumer)
+                    consumer.cancelled_by_server(self)
+                    return False
                 cursor.index = 0
                 if not pending:
                     return False
