@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, metrics, openapi, rest, scheduled
+from . import api, kafka, metrics, openapi, rest, scheduled
 from .auth import Access
 from .routes import Param, Route
 
@@ -1209,3 +1209,5 @@ ROUTES: list[Route] = [
 ]
 
 ROUTES += scheduled.ROUTES  # scheduled messages (protocols/http/scheduled.py)
+# Kafka topics and groups (protocols/http/kafka.py).
+ROUTES += kafka.ROUTES
