@@ -41,13 +41,13 @@ link busy, small enough that a thousand stalled clients cost 8 GiB at worst.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import struct
 from typing import TYPE_CHECKING, Any
 
 from ...core.properties import DecodeError, decode_table
 from ...core.vhost import VirtualHost
+from ...transport.address import is_loopback
 from . import spec
 from .channel import Channel
 from .codec import (
@@ -524,7 +524,7 @@ class AMQPConnection:
             log.warning("login refused for user %r from %s (mechanism %s)", username, self.name, mechanism)
             self._refuse_login(f"Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.")
             return
-        if user.name in self.broker.config.loopback_users and not _is_loopback(self.peer[0] if self.peer else ""):
+        if user.name in self.broker.config.loopback_users and not is_loopback(self.peer[0] if self.peer else ""):
             self._refuse_login(f"user '{user.name}' can only connect via localhost")
             return
         self.username = user.name
@@ -806,14 +806,3 @@ def _negotiate(name: str, client: int, server: int, minimum: int) -> int:
             NOT_ALLOWED, f"negotiated {name} = {client} is higher than the maximum allowed value ({server})", 10, 31
         )
     return client
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return host in ("localhost",)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-

@@ -18,12 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ...transport.address import is_loopback
 from .errors import HTTPError
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def authenticate(core: BrokerCore, request: web.Request) -> User:
     if user is None:
         raise unauthorized("invalid credentials")
     if username in core.config.loopback_users and not (
-        _is_loopback(request.remote or "") or _over_unix_socket(request)
+        is_loopback(request.remote or "") or _over_unix_socket(request)
     ):
         # RabbitMQ's loopback_users: the default guest account only from localhost.
         raise unauthorized(f"user '{username}' can only connect via localhost")
@@ -134,13 +134,3 @@ def _over_unix_socket(request: web.Request) -> bool:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     return sock is not None and sock.family == socket.AF_UNIX
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return host == "localhost"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback

@@ -43,6 +43,7 @@ from ...storage.record_batch import (
     decode_header,
 )
 from ...storage.stream_log import FileRange, OffsetOutOfRange
+from ...transport.address import is_loopback
 from . import admin
 from .codec import (
     API_VERSIONS_KEY,
@@ -808,7 +809,7 @@ class KafkaConnection(asyncio.Protocol):
             if (
                 user is not None
                 and user.name in self.config.loopback_users
-                and not _is_loopback(self.peer_host)
+                and not is_loopback(self.peer_host)
             ):
                 user = None
         if user is None:
@@ -1235,12 +1236,3 @@ def write_direct(fd: int, parts: list[Any]) -> tuple[list[Any], int]:
             if sent < len(view):
                 return [bytes(view[sent:])] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
     return [], by_sendfile
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return host == "localhost"

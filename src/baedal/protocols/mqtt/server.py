@@ -48,7 +48,6 @@ too.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import struct
@@ -61,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from ...core.message import Extension, Message, QueueEntry, register_extension
 from ...core.publish import NEEDS_SYNC, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
+from ...transport.address import is_loopback
 from . import codec
 from .codec import (
     Ack,
@@ -475,16 +475,6 @@ def share_queue_name(group: str, topic_filter: str) -> str:
     return f"mqtt-share-{group}-{filter_to_key(topic_filter)}"
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return host == "localhost"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 # --- a connection ---------------------------------------------------------------------------
 
 
@@ -750,7 +740,7 @@ class MQTTConnection(asyncio.Protocol):
             self._refuse(codec.V3_BAD_USERNAME_OR_PASSWORD, codec.BAD_USERNAME_OR_PASSWORD,
                          "bad user name or password")
             return
-        if user.name in core.config.loopback_users and not _is_loopback(self.peer[0] if self.peer else ""):
+        if user.name in core.config.loopback_users and not is_loopback(self.peer[0] if self.peer else ""):
             self._refuse(codec.V3_NOT_AUTHORIZED, codec.NOT_AUTHORIZED,
                          f"user '{user.name}' can only connect via localhost")
             return

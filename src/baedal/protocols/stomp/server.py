@@ -68,6 +68,7 @@ from ... import __version__
 from ...core.message import Message, QueueEntry
 from ...core.publish import Publisher
 from ...core.vhost import CoreError
+from ...transport.address import is_loopback
 from .codec import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_LINE,
@@ -680,7 +681,7 @@ class StompConnection(asyncio.Protocol):
         if user is None:
             log.warning("STOMP login refused for user %r from %s", login, self.name)
             raise StompFault("Bad CONNECT", f"Access refused for user '{login}'")
-        if user.name in config.loopback_users and not _is_loopback(self.peer[0]):
+        if user.name in config.loopback_users and not is_loopback(self.peer[0]):
             raise StompFault("Bad CONNECT", f"user '{user.name}' can only connect via localhost")
         vhost_name = frame.get("host") or "/"
         vhost = self.broker.vhosts.get(vhost_name)
@@ -1236,15 +1237,3 @@ def _header_text(value: Any) -> str | None:
     if value is None or isinstance(value, list | dict):
         return None
     return str(value)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return host == "localhost"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
