@@ -88,9 +88,12 @@ def test_rest_messaging_needs_only_a_user_with_permissions(users, shared_http_br
 
 
 def test_guest_is_refused_from_a_non_loopback_address(shared_http_broker):
-    from baedal.protocols.http.auth import _is_loopback
+    # The HTTP side uses the one rule every protocol's login uses (transport/address.py).
+    from baedal.protocols.http import auth
+    from baedal.transport.address import is_loopback
 
-    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and not _is_loopback("10.1.2.3")
+    assert auth.is_loopback is is_loopback
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("10.1.2.3")
 
 
 @pytest.mark.parametrize(
