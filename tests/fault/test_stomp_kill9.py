@@ -4,8 +4,8 @@ scheduled SENDs pending at the crash fire after the restart.
 A ``baedal serve`` subprocess (STOMP on a free port).  Each round:
 
 1. a stomp.py producer sends ``TOTAL`` persistent messages (``persistent:true``), each
-   with a ``receipt`` header, to a durable ``/queue/`` of the round, from a thread,
-   while the test counts RECEIPTs (Baedal answers a persistent SEND's receipt only once
+   with a ``receipt`` header, to a durable ``/queue/`` of the round, from a thread, at
+   most ``WINDOW`` unreceipted at a time, while the test counts RECEIPTs (Baedal answers a persistent SEND's receipt only once
    the message is stored, like a publisher confirm);
 2. before that, the round's ``SCHEDULED`` SENDs carrying ``AMQ_SCHEDULED_DELAY`` (each
    receipted) were sent, due a few seconds later, so they are pending at the crash;
@@ -42,8 +42,9 @@ from baedal_testing import wait_until
 pytestmark = pytest.mark.timeout(150)
 
 ROUNDS = 3
-TOTAL = 3000
+TOTAL = 1000
 KILL_AFTER_RECEIPTS = 400
+WINDOW = 50
 SCHEDULED = 50
 SCHEDULE_DELAY_MS = 4000  # fires after the restart (kill + start take well under this)
 
@@ -156,9 +157,14 @@ def _round(broker: _Broker, number: int) -> dict[str, int]:
 
     def produce() -> None:
         # stomp.py's send only writes to the socket: sends pipeline, receipts come back
-        # on its receiver thread.  The kill ends this loop with a socket error.
+        # on its receiver thread.  At most WINDOW SENDs are unreceipted (like MQTT's
+        # in-flight window): without it every SEND is written, and stored, long before
+        # stomp.py's receiver thread has read the receipts, and the kill would land after
+        # the last one.  The kill ends this loop with a socket error.
         with contextlib.suppress(Exception):
             for i in range(TOTAL):
+                while i - len(listener.receipts) >= WINDOW and broker.process is not None:
+                    time.sleep(0.001)
                 producer.send(queue, f"m{number}-{i}", receipt=f"m-{i}", headers={"persistent": "true"})
                 sent.append(i)
 
@@ -207,5 +213,5 @@ def test_stomp_kill9_keeps_receipted_and_scheduled_sends(tmp_path: Path) -> None
         assert result["lost"] == 0, result
         assert result["scheduled_fired"] == SCHEDULED, result
         assert result["scheduled_duplicates"] == 0, result
-    # the kill landed mid-stream (SENDs in flight, unreceipted) in at least one round
-    assert any(result["receipted"] < TOTAL for result in results), results
+        # the kill landed mid-stream: SENDs were still to be written
+        assert result["sent"] < TOTAL, result
