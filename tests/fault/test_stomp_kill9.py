@@ -177,7 +177,8 @@ def _round(broker: _Broker, number: int) -> dict[str, int]:
     receipted = {f"m{number}-{r.removeprefix('m-')}" for r in set(listener.receipts)}
     thread.join(10)
     _close(producer)
-    assert time.monotonic() - scheduled_at < SCHEDULE_DELAY_MS / 1000, "too slow: scheduled ones fired before the kill"
+    killed_after = time.monotonic() - scheduled_at
+    assert killed_after < SCHEDULE_DELAY_MS / 1000, "too slow: scheduled ones fell due before the kill"
 
     broker.start()
     got = _drain(broker, queue, receipted, 20)
@@ -194,6 +195,7 @@ def _round(broker: _Broker, number: int) -> dict[str, int]:
         "duplicates": len(got) - len(set(got)),
         "duplicates_of_receipted": sum(1 for b in set(got) if b in receipted and got.count(b) > 1),
         "scheduled": SCHEDULED,
+        "killed_s_after_scheduling": round(killed_after, 2),
         "scheduled_fired": len(set(fired) & scheduled_expected),
         "scheduled_duplicates": len(fired) - len(set(fired)),
     }
