@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, metrics, openapi, rest, scheduled
+from . import api, metrics, mqtt_api, openapi, rest, scheduled
 from .auth import Access
 from .routes import Param, Route
 
@@ -1209,3 +1209,4 @@ ROUTES: list[Route] = [
 ]
 
 ROUTES += scheduled.ROUTES  # scheduled messages (protocols/http/scheduled.py)
+ROUTES += mqtt_api.ROUTES  # MQTT sessions and retained messages (protocols/http/mqtt_api.py)
