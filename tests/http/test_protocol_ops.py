@@ -44,14 +44,17 @@ def ops_broker(tmp_path: Path) -> Iterator[Broker]:
 class MQTTPeer:
     """A paho-mqtt client on its own network thread, recording what it sees."""
 
-    def __init__(self, broker: Broker, client_id: str, *, v5: bool, clean: bool = True) -> None:
+    def __init__(self, broker: Broker, client_id: str, *, v5: bool, clean: bool = True, websocket: bool = False) -> None:
         self.protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=self.protocol,
             clean_session=None if v5 else clean,
+            transport="websockets" if websocket else "tcp",
         )
+        if websocket:
+            self.client.ws_set_options(path="/mqtt")
         self.client.username_pw_set("guest", "guest")
         self.client.reconnect_delay_set(min_delay=60, max_delay=120)  # stay closed when closed
         self.connected = threading.Event()
@@ -62,7 +65,7 @@ class MQTTPeer:
         self.client.on_message = lambda c, u, m: self.messages.append(m)
         self.v5 = v5
         self.clean = clean
-        self.port = broker.mqtt_port
+        self.port = broker.http_port if websocket else broker.mqtt_port
 
     def start(self) -> MQTTPeer:
         if self.v5:
@@ -181,6 +184,10 @@ def test_every_protocol_is_listed_and_each_can_be_closed(ops_broker: Broker) -> 
         assert one["protocol"] == "MQTT 5.0" and one["client_id"] == "ops-v5"
         assert {c["protocol"] for c in api.json("/api/vhosts/%2F/connections")} >= want
         assert api.json("/api/overview")["object_totals"]["connections"] == 5
+        # Channel listings hold AMQP's channels only, with every protocol connected.
+        assert [c["connection_details"]["name"] for c in api.json("/api/channels")] == []
+        assert api.json(f"/api/connections/{enc(mqtt5['name'])}/channels") == []
+        assert api.json(f"/api/connections/{enc(inproc['name'])}/channels") == []
 
         # Close each from the API; each client learns it its protocol's way.
         _close(api, mqtt5["name"])
@@ -212,6 +219,24 @@ def test_every_protocol_is_listed_and_each_can_be_closed(ops_broker: Broker) -> 
             stomp_conn.disconnect()
         if amqp.is_open:
             amqp.close()
+
+
+def test_mqtt_over_websocket_is_listed_and_closable(ops_broker: Broker) -> None:
+    api = Api(ops_broker.http_url)
+    peer = MQTTPeer(ops_broker, "ops-ws", v5=True, websocket=True).start()
+    try:
+        (row,) = poll_until(lambda: api.json("/api/connections"))
+        assert row["protocol"] == "Web MQTT 5.0" and row["client_id"] == "ops-ws"
+        assert row["port"] == ops_broker.http_port
+        assert api.json("/api/mqtt/sessions/ops-ws")["protocol"] == "Web MQTT 5.0"
+        text = _metrics(ops_broker)
+        assert _metric(text, "baedal_connections", 'protocol="mqtt"') == 1
+        _close(api, row["name"])
+        poll_until(lambda: peer.disconnects)
+        assert peer.disconnects[0] == 0x98
+        poll_until(lambda: api.json("/api/connections") == [])
+    finally:
+        peer.stop()
 
 
 def test_metrics_count_per_protocol(ops_broker: Broker) -> None:

@@ -1126,7 +1126,7 @@ async def list_channels(request: web.Request) -> web.Response:
         [
             channel_info(server_of(request), c, ch)
             for c in _visible_connections(request)
-            for ch in list(c.channels.values())
+            for ch in list(getattr(c, "channels", {}).values())  # MQTT, inproc: none
         ]
     )
 
@@ -1134,7 +1134,8 @@ async def list_channels(request: web.Request) -> web.Response:
 async def list_connection_channels(request: web.Request) -> web.Response:
     connection = _connection(request)
     server = server_of(request)
-    return reply([channel_info(server, connection, ch) for ch in list(connection.channels.values())])
+    channels = getattr(connection, "channels", {})  # MQTT and in-process: none
+    return reply([channel_info(server, connection, ch) for ch in list(channels.values())])
 
 
 def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, Any]:

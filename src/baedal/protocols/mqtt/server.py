@@ -638,7 +638,9 @@ class MQTTConnection(asyncio.Protocol):
 
     @property
     def protocol(self) -> str:
-        return "MQTT 5.0" if self.version == 5 else "MQTT 3.1.1"
+        # "Web MQTT" over WebSocket, as RabbitMQ names it (websocket.py's transport has ws)
+        web = "Web " if hasattr(self.transport, "ws") else ""
+        return f"{web}MQTT 5.0" if self.version == 5 else f"{web}MQTT 3.1.1"
 
     def describe(self) -> dict[str, Any]:
         """This connection as ``/api/connections`` shows one (AMQP's fields, plus the
