@@ -673,7 +673,7 @@ class MQTTConnection(asyncio.Protocol):
             "channels": 0,
             "timeout": self.keep_alive,
             "state": state,
-            "client_properties": {"client_id": self.client_id},
+            "client_properties": {"client_id": self.client_id, "product": "MQTT client"},  # as RabbitMQ
             "recv_oct": self.recv_bytes,
             "send_oct": self.send_bytes,
             "send_pend": pending,
