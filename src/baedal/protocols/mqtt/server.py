@@ -519,7 +519,6 @@ class MQTTConnection(asyncio.Protocol):
         self._timer: Any = None
         self._reading_paused = False
         # For operators (describe()): plain int increments, nothing per message else.
-        self.name = ""
         self.connected_at = time.time()
         self.recv_bytes = 0
         self.send_bytes = 0
@@ -533,9 +532,6 @@ class MQTTConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        peer = self.peer if isinstance(self.peer, tuple) and len(self.peer) >= 2 else ("", 0)
-        self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}" if isinstance(local, tuple) else f"mqtt {id(self):x}"
         transport.set_write_buffer_limits(self.config.max_output)  # type: ignore[attr-defined]
         self.server.connections.add(self)
         self.server.counters["connections"] += 1
@@ -635,6 +631,16 @@ class MQTTConnection(asyncio.Protocol):
         transport.close()
 
     # --- operators --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The management API's name, as RabbitMQ's: "peer -> local" (built when asked,
+        so an idle client costs no string)."""
+        peer = self.peer if isinstance(self.peer, tuple) and len(self.peer) >= 2 else ("", 0)
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if isinstance(local, tuple):
+            return f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
+        return f"mqtt {id(self):x}"
 
     @property
     def protocol(self) -> str:
