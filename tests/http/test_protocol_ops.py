@@ -376,8 +376,11 @@ def test_ctl_shows_protocols_sessions_and_retained(ops_broker: Broker) -> None:
         peer.stop()
 
 
-def test_ctl_list_mqtt_sessions_without_mqtt(tmp_path: Path) -> None:
+def test_without_mqtt_ctl_says_so_and_metrics_still_answer(tmp_path: Path) -> None:
     with Broker(host="127.0.0.1", port=0, http_port=0, data_dir=tmp_path, mqtt_port=None) as broker:
         result = _ctl(broker, "list_mqtt_sessions")
         assert result.returncode != 0
         assert "MQTT" in result.stderr
+        text = _metrics(broker)  # the per-protocol families without an MQTT listener
+        assert _metric(text, "baedal_connections", 'protocol="mqtt"') == 0
+        assert "baedal_mqtt_retained_messages" not in text
