@@ -186,7 +186,7 @@ def test_every_protocol_is_listed_and_each_can_be_closed(ops_broker: Broker) -> 
         assert api.json("/api/overview")["object_totals"]["connections"] == 5
         text = _metrics(ops_broker)
         for protocol, count in (("amqp", 1), ("stomp", 1), ("mqtt", 2), ("inproc", 1)):
-            assert _metric(text, "baedal_connections", f'protocol="{protocol}"') == count
+            assert _metric(text, "baedal_connections", f'protocol="{protocol}"') == count, protocol
         # Channel listings hold AMQP's channels only, with every protocol connected.
         assert [c["connection_details"]["name"] for c in api.json("/api/channels")] == []
         assert api.json(f"/api/connections/{enc(mqtt5['name'])}/channels") == []

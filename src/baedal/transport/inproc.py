@@ -174,6 +174,8 @@ class _ReplyTarget:
 class InprocSession:
     """One client's attachment to an in-process broker; runs on the broker's loop."""
 
+    protocol = "inproc"  # as the management API and /metrics label it
+
     def __init__(self, broker: Any, user: str | None = None, on_lost: Callable[[], None] | None = None) -> None:
         core = broker.core
         if core is None:
@@ -344,7 +346,7 @@ class InprocSession:
         return {
             "name": self.name,
             "type": "direct",
-            "protocol": "inproc",
+            "protocol": self.protocol,
             "peer_host": "",
             "peer_port": 0,
             "host": f"inproc://{self.broker.settings.inproc_name}",
