@@ -15,6 +15,11 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; browser tests will be skipped" >&2
 fi
+# The Kafka interop tests also drive Debian's kcat (they skip without it).
+if ! command -v kcat >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -z "${BAEDAL_NO_APT:-}" ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null) \
+    || echo "warning: could not install kcat; kcat tests will be skipped" >&2
+fi
 mkdir -p test-artifacts
 .venv/bin/ruff check src tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

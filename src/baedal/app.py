@@ -175,14 +175,18 @@ class Broker:
         from .protocols.kafka.groups import GroupCoordinator, OffsetStore
         from .protocols.kafka.server import KafkaConfig, KafkaServer
         from .protocols.kafka.topics import TopicRegistry
-        from .storage.syncer import Syncer
 
         s = self.settings
         syncer = getattr(self.storage, "syncer", None)
-        if syncer is None:  # no durable engine: Kafka partitions still need group commit
-            syncer = self._kafka_syncer = Syncer(on_fatal=self._storage_fatal, loop=loop)
-        registry = TopicRegistry(s.data_dir / "kafka", syncer, segment_bytes=s.segment_bytes)
-        registry.open()
+        if syncer is None or self.core is None:
+            # Topics are streams, and streams live in the durable store.
+            log.warning("kafka listener off: Kafka topics need the durable store (durable_store)")
+            return
+        vhost = self.core.vhosts.get(s.kafka_vhost)
+        if vhost is None:
+            raise ValueError(f"kafka_vhost {s.kafka_vhost!r}: no such vhost")
+        registry = TopicRegistry(vhost, syncer)
+        registry.warn_unmigrated(s.data_dir / "kafka")
         offsets = OffsetStore(s.data_dir / "kafka" / "__consumer_offsets.jsonl", syncer)
         offsets.open()
         # An embedded broker on an ephemeral AMQP port takes an ephemeral Kafka port too,
@@ -196,6 +200,8 @@ class Broker:
             num_partitions=s.num_partitions,
             max_message_bytes=s.kafka_max_message_bytes,
             max_output=s.max_connection_output,
+            sasl=s.kafka_sasl,
+            loopback_users=tuple(s.loopback_users),
         )
         server = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
         try:

@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         "unix_socket": args.unix_socket,
         "unix_socket_mode": args.unix_socket_mode,
         "http_unix_socket": args.http_unix_socket,
+        "kafka_sasl": True if args.kafka_sasl else None,
     }
     settings = load_settings(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--unix-socket-mode", help="permissions of the socket file, octal (default 0660)"
     )
     serve.add_argument("--http-unix-socket", help="also serve HTTP on this Unix socket")
+    serve.add_argument(
+        "--kafka-sasl", action="store_true",
+        help="require SASL PLAIN with a Baedal user on the Kafka listener (env BAEDAL_KAFKA_SASL)",
+    )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)
     sub.add_parser("ctl", help="operate a running broker over HTTP (baedal ctl --help)", add_help=False)

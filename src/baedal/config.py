@@ -76,6 +76,10 @@ class Settings:
     # In-process transport (transport/inproc.py): the name "inproc://NAME" reaches this
     # broker from the same process; None registers nothing.
     inproc_name: str | None = None
+    # Kafka topics are streams in this vhost (protocols/kafka/topics.py).
+    kafka_vhost: str = "/"
+    # Require SASL PLAIN (against Baedal's users) on the Kafka listener.
+    kafka_sasl: bool = False
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}

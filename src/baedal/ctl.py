@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("kind", choices=LIST_KINDS)
     listing.set_defaults(func=cmd_list)
 
+    kafka = sub.add_parser("kafka", help="Kafka topic partitions or consumer groups (Baedal only)")
+    kafka.add_argument("kind", choices=("topics", "groups"))
+    kafka.set_defaults(func=cmd_kafka)
+
     declare = sub.add_parser("declare", help="declare a queue or an exchange")
     declare_sub = declare.add_subparsers(dest="kind", metavar="KIND")
     declare_sub.required = True
@@ -428,6 +432,43 @@ def cmd_list(ctx: Context) -> int:
     ctx.out.table(
         title, [header for header, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
     )
+    return 0
+
+
+def cmd_kafka(ctx: Context) -> int:
+    """One row per topic partition (offsets, size, traffic) or per group partition
+    (member, committed offset, lag), from ``/api/kafka/...``."""
+    kind = ctx.args.kind
+    data = ctx.client.get(f"/api/kafka/{kind}") or []
+    if ctx.args.json:
+        ctx.out.json(data)
+        return 0
+    rows: list[list[str]] = []
+    if kind == "topics":
+        headers = ["topic", "partition", "stream", "first", "high watermark", "bytes on disk",
+                   "records in", "bytes in", "bytes out"]
+        for topic in data:
+            for p in topic["partitions"]:
+                rows.append([str(v) for v in (
+                    topic["name"], p["partition"], p["stream"], p["first_offset"], p["high_watermark"],
+                    p["bytes_on_disk"], p["records_in"], p["bytes_in"], p["bytes_out"],
+                )])
+    else:
+        headers = ["group", "state", "members", "topic", "partition", "member", "committed", "lag"]
+        for group in data:
+            owner = {
+                (a["topic"], n): m["client_id"] or m["member_id"]
+                for m in group["members"] for a in m["assignment"] for n in a["partitions"]
+            }
+            if not group["offsets"]:
+                rows.append([group["group_id"], group["state"], str(len(group["members"])), "", "", "", "", ""])
+            for o in group["offsets"]:
+                rows.append([str(v) for v in (
+                    group["group_id"], group["state"], len(group["members"]), o["topic"], o["partition"],
+                    owner.get((o["topic"], o["partition"]), ""), o["committed_offset"],
+                    "" if o["lag"] is None else o["lag"],
+                )])
+    ctx.out.table(f"kafka {kind}", headers, rows)
     return 0
 
 

@@ -111,3 +111,22 @@ def test_serve_kafka_round_trip_through_the_cli(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(30) == 0
+
+
+def test_partition_directories_of_the_unreleased_first_slice_are_reported_not_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "kafka" / "orders-0"
+    old.mkdir(parents=True)
+    (old / "00000000000000000000.log").write_bytes(b"old slice data")
+    with caplog.at_level("WARNING", logger="baedal.kafka"), Broker(port=0, data_dir=tmp_path) as broker:
+        assert broker.kafka_port is not None
+        topics = broker.call(lambda: list(broker.kafka.registry.topics()))
+    assert topics == []  # not served as a topic
+    assert any("not migrated" in r.getMessage() and "orders-0" in r.getMessage() for r in caplog.records)
+    assert (old / "00000000000000000000.log").read_bytes() == b"old slice data"  # left alone
+
+
+def test_kafka_stays_off_without_the_durable_store(tmp_path: Path) -> None:
+    with Broker(port=0, data_dir=tmp_path, durable_store=False) as broker:
+        assert broker.kafka_port is None  # topics are streams, and streams need the store

@@ -11,6 +11,7 @@ import datetime
 import io
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,126 @@ def test_fetch_returns_whole_batches_within_max_bytes_and_always_the_first(
     for i, sent in enumerate(batches):  # as sent, apart from the base offset
         stored = everything[i * size : (i + 1) * size]
         assert stored[8:] == sent[8:] and struct.unpack_from(">q", stored)[0] == i
+
+
+def test_fetch_sends_the_stored_batches_byte_for_byte_with_sendfile(
+    broker: Broker, client: RawKafka
+) -> None:
+    create_topic(client, "sendfile")
+    sent = [
+        build_batch([b"plain-%d" % i for i in range(10)]),
+        build_batch([b"z" * 3000, b"y" * 3000], compression=GZIP),
+        build_batch([b"tail"]),
+    ]
+    for batch in sent:
+        produce(client, "sendfile", batch)
+    stored = stored_batches(broker, "sendfile")
+    before = broker.call(lambda: broker.kafka.sendfile_bytes)
+    partition = fetch(client, "sendfile", 0).responses[0].partitions[0]
+    received = bytes(partition.records)
+    assert received == b"".join(stored)  # the compressed batch passes through untouched
+    assert received[len(stored[0]) + 8:len(stored[0]) + len(stored[1])] == sent[1][8:]
+    assert partition.high_watermark == 13
+    # The records went out with os.sendfile, not through a Python buffer.
+    assert broker.call(lambda: broker.kafka.sendfile_bytes) - before == len(received)
+    # A fetch from inside the second batch starts at that batch; a small limit still
+    # returns one whole batch (KIP-74).
+    inside = fetch(client, "sendfile", 11, partition_max_bytes=10).responses[0].partitions[0]
+    assert bytes(inside.records) == stored[1]
+
+
+def test_pipelined_fetches_and_metadata_answers_keep_request_order(
+    broker: Broker, client: RawKafka
+) -> None:
+    from kio.schema.metadata.v8.request import MetadataRequest, MetadataRequestTopic
+
+    create_topic(client, "order")
+    produce(client, "order", build_batch([b"x" * 50_000 for _ in range(10)]))
+    frames = []
+    for _ in range(5):
+        frames.append(client.frame(METADATA, 8, MetadataRequest(
+            topics=(MetadataRequestTopic(name="order"),),
+            allow_auto_topic_creation=False,
+            include_cluster_authorized_operations=False,
+            include_topic_authorized_operations=False,
+        )))
+        first = client.correlation
+        from kio.schema.fetch.v11.request import FetchPartition, FetchRequest, FetchTopic
+
+        frames.append(client.frame(FETCH, 11, FetchRequest(
+            max_wait=datetime.timedelta(0), min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+            session_id=0, session_epoch=-1,
+            topics=(FetchTopic(topic="order", partitions=(FetchPartition(
+                partition=0, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
+                partition_max_bytes=1 << 20),)),),
+            forgotten_topics_data=(), rack_id="",
+        )))
+        assert client.correlation == first + 1
+    client.send_raw(b"".join(frames))
+    correlations = []
+    sizes = []
+    for _ in range(10):
+        data = client.read_frame()
+        correlations.append(struct.unpack_from(">i", data, 0)[0])
+        sizes.append(len(data))
+    assert correlations == list(range(correlations[0], correlations[0] + 10))
+    assert all(size > 500_000 for size in sizes[1::2])  # every fetch carried the batch
+
+
+def test_transactional_apis_answer_invalid_request_and_the_connection_stays_usable(
+    client: RawKafka,
+) -> None:
+    answer = client.request(
+        26, 2, transactional_id="tx", producer_id=1, producer_epoch=0, committed=True
+    )
+    assert answer.error_code.value == 42  # INVALID_REQUEST
+    answer = client.request(25, 2, transactional_id="tx", producer_id=1, producer_epoch=0, group_id="g")
+    assert answer.error_code.value == 42
+    create_topic(client, "after-txn")  # still served
+
+
+def test_requests_before_sasl_close_the_connection_when_sasl_is_required(tmp_path: Path) -> None:
+    with Broker(port=0, data_dir=tmp_path, kafka_sasl=True) as broker:
+        assert broker.kafka_port is not None
+        connection = RawKafka(broker.kafka_port)
+        try:
+            versions = connection.request(API_VERSIONS, 0)  # allowed before authentication
+            assert {k.api_key for k in versions.api_keys} >= {17, 36}
+            connection.send_raw(b"")
+            from kio.schema.metadata.v8.request import MetadataRequest
+
+            connection.send_raw(connection.frame(METADATA, 8, MetadataRequest(
+                topics=None, allow_auto_topic_creation=False,
+                include_cluster_authorized_operations=False,
+                include_topic_authorized_operations=False,
+            )))
+            assert connection.closed_by_peer()
+        finally:
+            connection.close()
+
+
+def test_an_undecodable_compressed_batch_cancels_the_amqp_stream_reader_not_its_connection(
+    broker: Broker, client: RawKafka
+) -> None:
+    import crc32c
+    import pika
+
+    create_topic(client, "garbled")
+    batch = bytearray(build_batch([b"x" * 300, b"y" * 300], compression=GZIP))
+    batch[61 + 10 : 61 + 30] = b"\xee" * 20  # damage the gzip payload (after the header)
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))  # a valid CRC
+    answer = produce(client, "garbled", bytes(batch)).responses[0].partition_responses[0]
+    assert answer.error_code.value == 0  # stored as sent: batches are not inflated on produce
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=10)
+        channel.basic_consume("garbled", lambda *a: None, arguments={"x-stream-offset": "first"})
+        deadline = time.monotonic() + 10
+        while channel.consumer_tags and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        assert not channel.consumer_tags  # basic.cancel from the broker
+        assert channel.is_open and connection.is_open
+        channel.queue_declare("garbled", passive=True)  # the connection still works
+    finally:
+        connection.close()

@@ -219,6 +219,14 @@ def test_default_idempotent_producer_works(broker: Broker) -> None:
     ]
 
 
+def streams_in_default_vhost(broker: Broker) -> list[str]:
+    def names() -> list[str]:
+        queues = broker.core.vhosts["/"].queues
+        return sorted(name for name, queue in queues.items() if getattr(queue, "is_stream", False))
+
+    return broker.call(names)  # type: ignore[no-any-return]
+
+
 def test_admin_creates_and_deletes_topics(broker: Broker, tmp_path: Path) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
@@ -229,15 +237,16 @@ def test_admin_creates_and_deletes_topics(broker: Broker, tmp_path: Path) -> Non
     try:
         admin.create_topics([NewTopic("made", 3, 1)])
         assert "made" in admin.list_topics()
-        assert sorted(p.name for p in (tmp_path / "kafka").iterdir() if p.is_dir()) == [
-            "made-0", "made-1", "made-2",
-        ]
+        # Three partitions: a super stream (the exchange "made" and streams made-<n>).
+        assert streams_in_default_vhost(broker) == ["made-0", "made-1", "made-2"]
+        assert broker.call(lambda: broker.core.vhosts["/"].exchanges["made"].type) == "direct"
         with pytest.raises(TopicAlreadyExistsError):
             admin.create_topics([NewTopic("made", 1, 1)], raise_errors=True)
         with pytest.raises(InvalidReplicationFactorError):
             admin.create_topics([NewTopic("replicated", 1, 3)], raise_errors=True)
         admin.delete_topics(["made"])
         assert "made" not in admin.list_topics()
-        assert not [p for p in (tmp_path / "kafka").iterdir() if p.is_dir()]
+        assert streams_in_default_vhost(broker) == []
+        assert broker.call(lambda: "made" in broker.core.vhosts["/"].exchanges) is False
     finally:
         admin.close()

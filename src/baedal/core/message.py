@@ -105,6 +105,12 @@ class Extension:
         the leftovers stay, any cached wire form of the old message does not."""
         return self
 
+    def may_have_header(self, name: str) -> bool:
+        """False only if the message certainly has no header ``name``, found without
+        decoding the fields (an adapter holding its raw wire form can search it).  The
+        default does not know: True."""
+        return True
+
 
 class StoredExtension(Extension):
     """Leftovers read back from a record for a protocol no adapter has registered."""
@@ -341,6 +347,14 @@ class Message:
     @property
     def size(self) -> int:
         return len(self.body)
+
+    def may_have_header(self, name: str) -> bool:
+        """False only if the message certainly has no header ``name``: a cheap check
+        for code that looks for one rare header on every message (message groups), so
+        that a message whose fields are still undecoded stays so."""
+        if self._fields is None and self.extension is not None:
+            return self.extension.may_have_header(name)
+        return True
 
     def fields(self) -> dict[str, Any]:
         """The neutral fields as a dict (decoding them if needed)."""

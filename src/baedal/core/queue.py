@@ -18,6 +18,45 @@ the adapter calls ``drain`` again.
 Consumer choice: highest ``priority`` first; round-robin among equals; with
 single-active-consumer only the first registered consumer receives.
 
+Selected consumers and message groups (issue 12; ActiveMQ's semantics)
+----------------------------------------------------------------------
+A consumer may carry a ``selector`` (core/selector.py): it gets only the messages the
+selector matches.  A message with a ``JMSXGroupID`` header is pinned to the consumer that
+first received its group, while that consumer lives; ``JMSXGroupSeq = -1`` closes the
+group.  Both are off the plain path: the queue is *selective* (``_selective``, the one
+flag ``drain`` and ``publish`` check) only while some consumer has a selector or a group
+is pinned.  Finding groups means reading a message's headers, so the plain path does it
+only while two or more consumers may receive (``_grouping``; with one consumer every
+message goes to it anyway): the first grouped message delivered pins its group and
+switches the queue to the selective dispatch until no group is pinned.
+
+A selective queue serves each consumer with credit in turn (``_take_for``): the first
+entry, in queue order, that the consumer may take.  Entries taken off the store that the
+consumer may not take go to ``_held``, a list in queue order that sits before the store
+(held entries are the head of the queue: ``message_count`` counts them, ``basic.get``,
+purge and drop-head take them first; requeued entries are merged into it while it is not
+empty so order is kept).  So a message nobody selects stays, in order, for a later
+consumer, and a consumer never sees its messages out of order.
+
+Bounds: ``_held`` never grows past ``HOLD_LIMIT`` entries (ActiveMQ's ``maxPageSize``,
+200 by default, is the same idea: selectors look at a window of paged-in messages).  A
+consumer whose matching messages lie deeper than that window waits until the messages in
+front are consumed, like ActiveMQ's.  Each consumer remembers the last held position it
+rejected (``_Selection.memo``), so a consumer does not re-test the same held entries on every
+credit it gets back: a dispatch costs the new entries only, not O(held) each time
+(priority queues, whose held order is not position order, re-scan the window; it is
+bounded).  A memo is forgotten when an entry is merged back below it or a group is freed.
+
+Groups: ``_Selection.groups`` maps a group id to its owner.  An owner's unacked grouped deliveries
+are counted (``_Selection.group_unacked``); when the owner goes while some are unacked, the group is
+``_DRAINING`` (nobody may take it) until they are acked or come back (a closing channel
+requeues them after cancelling its consumers), so the next owner gets the group's
+messages in order.  Groups are only pinned while two or more consumers may receive: with
+one consumer every message goes to it anyway, and the plain path stays free of header
+reads.  (So a group whose messages were in flight to the only consumer when a second one
+subscribed is not pinned to the first: documented, as ActiveMQ's
+``consumersBeforeDispatchStarts`` is for the same race.)
+
 Expiry is lazy as in RabbitMQ: an expired entry is dropped or dead-lettered when it
 reaches the head; one timer per queue fires when the head's TTL runs out, so
 dead-letter "delay queues" work without consumers.  Deadlines (``QueueEntry.expires_at``)
@@ -32,6 +71,7 @@ queue is recovered.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right, insort
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..cluster.replicator import ACKED, AUTO_ACKED, DELETED, PURGED
@@ -43,6 +83,10 @@ if TYPE_CHECKING:
     from .vhost import VirtualHost
 
 DRAIN_BATCH = 256
+HOLD_LIMIT = 1024  # entries a selective queue holds aside at its head (see the docstring)
+GROUP_HEADER = "JMSXGroupID"
+GROUP_SEQUENCE_HEADER = "JMSXGroupSeq"
+_DRAINING: Any = object()  # a group whose owner went while some of its messages were unacked
 
 # Message deadlines are wall-clock (see the module docstring); bound once, so reading
 # the clock costs one C call on the publish and delivery paths.
@@ -57,10 +101,56 @@ class Consumer(Protocol):
     exclusive: bool
     no_ack: bool
     owner: Any  # the connection, for exclusive-queue and auto-delete bookkeeping
+    # None, or a core.selector.Selector: the consumer gets only matching messages.
+    # Adapters default it to None; one that has no such attribute counts as None.
+    selector: Any
 
     def can_deliver(self) -> bool: ...
     def deliver(self, queue: Queue, entry: QueueEntry) -> None: ...
     def cancelled_by_server(self, queue: Queue) -> None: ...
+
+
+def _position(entry: QueueEntry) -> int:
+    return entry.position
+
+
+def _group_of(message: Message) -> str | None:
+    """The message's ``JMSXGroupID`` as a string, or None (no group)."""
+    if not message.may_have_header(GROUP_HEADER):
+        return None  # (an AMQP message's raw block said so: nothing decoded)
+    headers = message.headers
+    if not headers:
+        return None
+    group = headers.get(GROUP_HEADER)
+    if group is None:
+        return None
+    if group.__class__ is bytes:
+        return group.decode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
+    return str(group)
+
+
+def _closes_group(sequence: Any) -> bool:
+    """``JMSXGroupSeq = -1`` (an AMQP integer, or a STOMP string header) closes a group."""
+    if sequence is None or sequence.__class__ is bool:
+        return False
+    if isinstance(sequence, (bytes, str)):
+        try:
+            return int(sequence) == -1
+        except ValueError:
+            return False
+    return isinstance(sequence, int) and sequence == -1
+
+
+class _Selection:
+    """A queue's selected-consumer and message-group state (module docstring)."""
+
+    __slots__ = ("memo", "groups", "group_unacked", "group_of_entry")
+
+    def __init__(self) -> None:
+        self.memo: dict[Any, int] = {}  # consumer -> last held position it rejected
+        self.groups: dict[str, Any] = {}  # group id -> owner consumer, or _DRAINING
+        self.group_unacked: dict[str, int] = {}  # group id -> its owners' unacked deliveries
+        self.group_of_entry: dict[QueueEntry, str] = {}  # unacked grouped delivery -> group
 
 
 class QueueArgumentError(ValueError):
@@ -139,9 +229,9 @@ class QueueSettings:
         if qtype not in ("classic", "quorum", "stream"):
             raise QueueArgumentError(f"invalid arg 'x-queue-type' for queue: {qtype!r}")
         self.queue_type = qtype
-        self.delivery_limit = (
-            _int_arg(arguments, "x-delivery-limit", -1) if qtype == "quorum" else None
-        )
+        # Quorum queues have it in RabbitMQ; Baedal also honours it on classic queues
+        # (a message delivered more than this many times is dead-lettered).
+        self.delivery_limit = _int_arg(arguments, "x-delivery-limit", -1)
         # Delivery acknowledgement timeout for this queue's deliveries (ms), overriding
         # the broker's consumer_timeout (RabbitMQ 3.12+; 0 disables it for the queue).
         self.consumer_timeout = _int_arg(arguments, "x-consumer-timeout", 0)
@@ -187,7 +277,9 @@ class Queue:
         self.settings = QueueSettings(self.arguments)
         self.policy: Any = None  # core.policy.Policy governing this queue, if any
         self.operator_policy: Any = None
-        self._quorum = self.settings.queue_type == "quorum"
+        # Quorum queues count redeliveries (x-delivery-count) and so does any queue with
+        # a delivery limit.
+        self._limited = self.settings.queue_type == "quorum" or self.settings.delivery_limit is not None
         self.store: Any = store if store is not None else MemoryStore()
         self.consumers: list[Consumer] = []
         self.unacked_count = 0
@@ -195,6 +287,15 @@ class Queue:
         self._had_consumer = False
         self._drain_scheduled = False
         self.throttled_publishers: set[Any] = set()  # adapters' flow control (see channel.py)
+        # Selected consumers and message groups (module docstring): all idle unless
+        # ``_selective``, the one flag the plain paths check.
+        # (Few instance attributes: past 30, CPython 3.11 stops sharing the instance
+        # dict's keys and every attribute read on the hot path gets slower, so the rest
+        # of the state lives in one ``_Selection``.)
+        self._selective = False
+        self._grouping = False
+        self._held: list[QueueEntry] = []
+        self._selection = _Selection()
         self._expiry_timer: Any = None
         self._expires_timer: Any = None
         # counters for management / metrics
@@ -214,7 +315,7 @@ class Queue:
 
     @property
     def message_count(self) -> int:
-        return self.store.ready_count
+        return self.store.ready_count + len(self._held)
 
     @property
     def exclusive(self) -> bool:
@@ -251,7 +352,13 @@ class Queue:
             # TTL 0 with nobody to take it now: expires at once (RabbitMQ semantics).
             self._dead_letter_message(message, "expired")
             return True
-        if not store.ready_count and self.consumers and not store.durable and expires_at is None:
+        if (
+            not store.ready_count
+            and self.consumers
+            and not store.durable
+            and expires_at is None
+            and not self._selective
+        ):
             # Direct hand-off: an empty in-memory queue and a consumer with credit, so
             # the message goes straight out without passing through the store (the
             # common case of a queue consumed as fast as it is fed).
@@ -260,6 +367,8 @@ class Queue:
                 entry = store.direct(message)
                 self.publish_count += 1
                 self._count_delivery(entry, consumer.no_ack)
+                if self._grouping:
+                    self._note_group(consumer, entry)
                 consumer.deliver(self, entry)
                 return True
         entry = store.append(message, expires_at)
@@ -276,31 +385,36 @@ class Queue:
     def _would_overflow(self, message: Message) -> bool:
         s = self.settings
         store = self.store
-        if s.max_length is not None and store.ready_count >= s.max_length:
+        if s.max_length is not None and self.message_count >= s.max_length:
             return not self._has_ready_consumer()
         if (
             s.max_length_bytes is not None
-            and store.ready_bytes + len(message.body) > s.max_length_bytes
+            and store.ready_bytes + self._held_bytes() + len(message.body) > s.max_length_bytes
         ):
             return not self._has_ready_consumer()
         return False
 
     def _has_ready_consumer(self) -> bool:
-        return self.store.ready_count == 0 and any(
+        return self.message_count == 0 and any(
             c.can_deliver() for c in self._eligible_consumers()
         )
 
     def _enforce_drop_head(self) -> None:
         s = self.settings
         store = self.store
-        while store.ready_count and (
-            (s.max_length is not None and store.ready_count > s.max_length)
-            or (s.max_length_bytes is not None and store.ready_bytes > s.max_length_bytes)
+        if self._selective and self.consumers:
+            self.drain()  # what a consumer can take now is not dropped
+        while self.message_count and (
+            (s.max_length is not None and self.message_count > s.max_length)
+            or (
+                s.max_length_bytes is not None
+                and store.ready_bytes + self._held_bytes() > s.max_length_bytes
+            )
         ):
-            if self.consumers and self._has_any_credit():
+            if self.consumers and self._has_any_credit() and not self._selective:
                 self.drain()
                 continue
-            entry = store.shift()
+            entry = self._held.pop(0) if self._held else store.shift()
             if entry is None:
                 break
             self.dropped_count += 1
@@ -308,6 +422,14 @@ class Queue:
 
     def _has_any_credit(self) -> bool:
         return any(c.can_deliver() for c in self._eligible_consumers())
+
+    def _held_deadline(self) -> float | None:
+        deadlines = [entry.expires_at for entry in self._held if entry.expires_at is not None]
+        return min(deadlines) if deadlines else None
+
+    def _held_bytes(self) -> int:
+        held = self._held
+        return sum(entry.size for entry in held) if held else 0
 
     # --- consumers ---------------------------------------------------------------------
 
@@ -329,6 +451,7 @@ class Queue:
         consumers.insert(index, consumer)
         self._had_consumer = True
         self._cancel_expires()
+        self._refresh_mode()
         self.drain()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -336,6 +459,8 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        if self._selective or self._grouping:
+            self._forget_consumer(consumer)
         self.release_publishers()
         if not self.consumers:
             if self.auto_delete and self._had_consumer:
@@ -374,6 +499,9 @@ class Queue:
 
     def drain(self) -> None:
         """Deliver ready entries while some consumer has credit (at most DRAIN_BATCH)."""
+        if self._selective:
+            self._drain_selective()
+            return
         store = self.store
         budget = DRAIN_BATCH
         now: float | None = None
@@ -392,6 +520,12 @@ class Queue:
                     continue
             if not self._count_delivery(entry, consumer.no_ack):
                 continue
+            if self._grouping:
+                self._note_group(consumer, entry)
+                if self._selective:  # that message pinned a group: dispatch changes
+                    consumer.deliver(self, entry)
+                    self._drain_selective()
+                    return
             consumer.deliver(self, entry)
             budget -= 1
             if budget == 0:
@@ -404,7 +538,7 @@ class Queue:
         """Book an entry about to go out; False if the delivery limit took it instead."""
         if entry.delivery_count:
             self.redeliver_count += 1
-            if self._quorum and self._over_delivery_limit(entry):
+            if self._limited and self._over_delivery_limit(entry):
                 return False
         self.deliver_count += 1
         if not no_ack:
@@ -412,8 +546,10 @@ class Queue:
         return True
 
     def _over_delivery_limit(self, entry: QueueEntry) -> bool:
-        """Quorum-queue semantics: ``x-delivery-count`` header on redeliveries, and the
-        message is dead-lettered (reason ``delivery_limit``) past ``x-delivery-limit``."""
+        """Quorum-queue semantics, on classic queues too when they have a limit:
+        ``x-delivery-count`` header on redeliveries, and the message is dead-lettered
+        (reason ``delivery_limit``; dropped without a dead-letter exchange) past
+        ``x-delivery-limit``."""
         limit = self.settings.delivery_limit
         if limit is not None and limit >= 0 and entry.delivery_count > limit:
             self._dead_letter_entry(entry, "delivery_limit")
@@ -430,12 +566,235 @@ class Queue:
         if not self.deleted:
             self.drain()
 
+    # --- selected consumers and message groups (module docstring) ---------------------
+
+    def _refresh_mode(self) -> None:
+        """Recompute ``_selective`` after consumers or groups changed; a queue that no
+        longer needs it puts its held entries back into the store, in order."""
+        self._grouping = len(self._eligible_consumers()) >= 2 or bool(self._selection.groups)
+        selective = bool(self._selection.groups) or any(
+            getattr(consumer, "selector", None) is not None for consumer in self.consumers
+        )
+        if not selective and self._held:
+            self._release_held(settle=False)
+        self._selective = selective
+
+    def _release_held(self, settle: bool) -> None:
+        held = self._held
+        self._held = []
+        self._selection.memo.clear()
+        if settle:
+            for entry in held:
+                self.store.settle(entry)
+        else:
+            # Shifted but never delivered: the store takes them back as ready, in order.
+            self.store.requeue(held)
+
+    def _forget_consumer(self, consumer: Consumer) -> None:
+        """A consumer went: its memo goes, and so do its groups, at once when none of
+        their messages is unacked, else once those are settled or requeued."""
+        self._selection.memo.pop(consumer, None)
+        groups = self._selection.groups
+        if groups:
+            unacked = self._selection.group_unacked
+            for group, owner in list(groups.items()):
+                if owner is consumer:
+                    if unacked.get(group):
+                        groups[group] = _DRAINING
+                    else:
+                        del groups[group]
+            self._selection.memo.clear()
+        self._refresh_mode()
+
+    def _return(self, entries: list[QueueEntry]) -> None:
+        """Entries become ready again: merged into the held head while there is one (so
+        order is kept), else given back to the store."""
+        held = self._held
+        if not held:
+            self.store.requeue(entries)
+            return
+        # An entry that belongs before the last held one is merged into the held head;
+        # one after it goes back to the store, which serves requeued entries (in
+        # position order) before its tail: either way the queue order is kept.
+        key = self._held_key()
+        last = key(held[-1])
+        later = []
+        for entry in entries:
+            if key(entry) < last:
+                insort(held, entry, key=key)
+            else:
+                later.append(entry)
+        if later:
+            self.store.requeue(later)
+        self._selection.memo.clear()
+
+    def _held_key(self) -> Any:
+        if isinstance(self.store, PriorityStore):
+            top = self.store.max_priority
+
+            def priority_order(entry: QueueEntry) -> tuple[int, int]:
+                message = entry.message
+                priority = 0 if message is None else min(message.priority, top)
+                return (-priority, entry.position)
+
+            return priority_order
+        return _position
+
+    def _drain_selective(self) -> None:
+        """``drain`` for a selective queue: each consumer with credit in turn takes the
+        first entry it may have; a higher-priority consumer that took one ends the round
+        for lower-priority ones (they get messages while it is blocked)."""
+        budget = DRAIN_BATCH
+        rotate = not self.settings.single_active_consumer
+        store = self.store
+        while store.ready_count or self._held:
+            delivered = False
+            top: int | None = None
+            for consumer in list(self._eligible_consumers()):
+                if top is not None and consumer.priority < top:
+                    break
+                if not consumer.can_deliver():
+                    continue
+                entry = self._take_for(consumer)
+                if entry is None:
+                    continue
+                delivered = True
+                if not self._count_delivery(entry, consumer.no_ack):
+                    continue  # the delivery limit took it
+                if self._grouping:
+                    self._note_group(consumer, entry)
+                consumer.deliver(self, entry)
+                top = consumer.priority
+                if rotate:
+                    self._rotate(consumer)
+                budget -= 1
+                if budget == 0:
+                    if self.message_count and not self._drain_scheduled:
+                        self._drain_scheduled = True
+                        self.vhost.broker.call_soon(self._scheduled_drain)
+                    return
+            if not delivered or self.deleted:
+                return
+
+    def _rotate(self, consumer: Consumer) -> None:
+        """Round-robin: ``consumer`` goes to the end of its priority group."""
+        consumers = self.consumers
+        try:
+            i = consumers.index(consumer)
+        except ValueError:  # it went while being delivered to (its connection failed)
+            return
+        j = i + 1
+        n = len(consumers)
+        while j < n and consumers[j].priority == consumer.priority:
+            j += 1
+        if j - 1 != i:
+            consumers.insert(j, consumer)
+            del consumers[i]
+
+    def _take_for(self, consumer: Consumer) -> QueueEntry | None:
+        """Remove and return the first ready entry ``consumer`` may take, moving the ones
+        before it that it may not take from the store to ``_held`` (at most HOLD_LIMIT)."""
+        held = self._held
+        memo = self._selection.memo
+        selector = getattr(consumer, "selector", None)
+        if held:
+            start = 0
+            last = memo.get(consumer)
+            if last is not None and not isinstance(self.store, PriorityStore):
+                start = bisect_right(held, last, key=_position)
+            for index in range(start, len(held)):
+                entry = held[index]
+                if self._accepts(consumer, selector, entry):
+                    del held[index]
+                    return entry
+            memo[consumer] = held[-1].position
+        store = self.store
+        key = self._held_key() if isinstance(store, PriorityStore) else None
+        now: float | None = None
+        while store.ready_count and len(held) < HOLD_LIMIT:
+            entry = store.shift()
+            if entry is None:
+                return None
+            if entry.expires_at is not None:
+                if now is None:
+                    now = _wall_clock()
+                if entry.expires_at <= now:
+                    self._dead_letter_entry(entry, "expired")
+                    continue
+            if self._accepts(consumer, selector, entry):
+                return entry
+            if key is None:
+                held.append(entry)  # the store hands entries out in position order
+            else:
+                insort(held, entry, key=key)
+            memo[consumer] = entry.position
+            if entry.expires_at is not None and self._expiry_timer is None:
+                self._schedule_expiry()
+        return None
+
+    def _accepts(self, consumer: Consumer, selector: Any, entry: QueueEntry) -> bool:
+        message = entry.message
+        if message is None:
+            return True  # (a store always loads what it hands out)
+        if selector is not None and not selector.matches(message):
+            return False
+        if self._grouping:
+            group = _group_of(message)
+            if group is not None:
+                owner = self._selection.groups.get(group)
+                if owner is not None and owner is not consumer:
+                    return False
+        return True
+
+    def _note_group(self, consumer: Consumer, entry: QueueEntry) -> None:
+        """A grouped message goes to ``consumer``: the group is (still) its own, or is
+        closed by ``JMSXGroupSeq = -1``."""
+        message = entry.message
+        if message is None or not message.may_have_header(GROUP_HEADER):
+            return  # the common case, decided without decoding anything
+        group = _group_of(message)
+        if group is None:
+            return
+        headers = message.headers or {}  # type: ignore[union-attr]
+        if _closes_group(headers.get(GROUP_SEQUENCE_HEADER)):
+            if self._selection.groups.pop(group, None) is not None:
+                self._selection.memo.clear()  # its held messages may go to anyone now
+            if not self._selection.groups:
+                self._refresh_mode()
+            return
+        self._selection.groups[group] = consumer
+        self._selective = True  # a pinned group: the selective dispatch from now on
+        if not consumer.no_ack:
+            self._selection.group_of_entry[entry] = group
+            self._selection.group_unacked[group] = self._selection.group_unacked.get(group, 0) + 1
+
+    def _group_entry_done(self, entry: QueueEntry) -> None:
+        """A grouped delivery was acked, rejected or requeued; a draining group whose
+        last unacked message this was is free again."""
+        group = self._selection.group_of_entry.pop(entry, None)
+        if group is None:
+            return
+        unacked = self._selection.group_unacked
+        left = unacked[group] - 1
+        if left:
+            unacked[group] = left
+            return
+        del unacked[group]
+        if self._selection.groups.get(group) is _DRAINING:
+            del self._selection.groups[group]
+            self._selection.memo.clear()
+            self._refresh_mode()
+            if self.consumers and not self._drain_scheduled and not self.deleted:
+                self._drain_scheduled = True
+                self.vhost.broker.call_soon(self._scheduled_drain)
+
     def get(self, no_ack: bool) -> QueueEntry | None:
         """basic.get: the next unexpired entry, or None."""
         self._reset_expires()
         store = self.store
+        held = self._held
         while True:
-            entry = store.shift()
+            entry = held.pop(0) if held else store.shift()
             if entry is None:
                 return None
             if entry.expires_at is not None and entry.expires_at <= _wall_clock():
@@ -455,6 +814,8 @@ class Queue:
     def ack(self, entry: QueueEntry) -> None:
         self.unacked_count -= 1
         self.ack_count += 1
+        if self._selection.group_of_entry:
+            self._group_entry_done(entry)
         if not self.deleted:
             if self.durable:
                 self.vhost.broker.replicator.settled(self, entry, ACKED)
@@ -465,10 +826,12 @@ class Queue:
 
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1
+        if self._selection.group_of_entry:
+            self._group_entry_done(entry)
         if self.deleted:
             return
         if requeue:
-            self.store.requeue([entry])
+            self._return([entry])
             self._after_requeue()
         else:
             self._dead_letter_entry(entry, "rejected")
@@ -476,9 +839,12 @@ class Queue:
     def requeue(self, entries: list[QueueEntry]) -> None:
         """Unacked entries of a closed channel come back, in their original order."""
         self.unacked_count -= len(entries)
+        if self._selection.group_of_entry:
+            for entry in entries:
+                self._group_entry_done(entry)
         if self.deleted or not entries:
             return
-        self.store.requeue(entries)
+        self._return(entries)
         self._after_requeue()
 
     def _after_requeue(self) -> None:
@@ -488,6 +854,9 @@ class Queue:
 
     def purge(self) -> int:
         count = self.store.purge()
+        if self._held:
+            count += len(self._held)
+            self._release_held(settle=True)
         if self.durable:
             self.vhost.broker.replicator.cleared(self, PURGED, count)
         return count
@@ -495,7 +864,8 @@ class Queue:
     def delete_store(self) -> None:
         """The queue is being deleted: its store and every entry in it go."""
         if self.durable:
-            self.vhost.broker.replicator.cleared(self, DELETED, self.store.ready_count)
+            self.vhost.broker.replicator.cleared(self, DELETED, self.message_count)
+        self._held.clear()
         self.store.delete()
 
     def apply_settings(self, settings: QueueSettings) -> None:
@@ -507,7 +877,7 @@ class Queue:
         """
         old = self.settings
         self.settings = settings
-        self._quorum = settings.queue_type == "quorum"
+        self._limited = settings.queue_type == "quorum" or settings.delivery_limit is not None
         if settings.expires != old.expires:
             self._cancel_expires()
             self._reset_expires()
@@ -520,11 +890,16 @@ class Queue:
 
     def _schedule_expiry(self) -> None:
         head = self.store.peek()
-        if head is None or head.expires_at is None:
+        deadline = None if head is None else head.expires_at
+        if self._held:  # held entries are the head too (selected consumers)
+            held_deadline = self._held_deadline()
+            if held_deadline is not None and (deadline is None or held_deadline < deadline):
+                deadline = held_deadline
+        if deadline is None:
             return
         # A wall-clock step makes this fire early or late; _expire_head re-checks the
         # head against the clock and re-arms, so an early firing costs one extra timer.
-        delay = max(0.0, head.expires_at - _wall_clock())
+        delay = max(0.0, deadline - _wall_clock())
         self._expiry_timer = self.vhost.broker.call_later(delay, self._expire_head)
 
     def _arm_recovered_expiry(self) -> None:
@@ -562,10 +937,19 @@ class Queue:
             assert entry is not None
             self._dead_letter_entry(entry, "expired")
             expired += 1
-        if store.ready_count:
-            head = store.peek()
-            if head is not None and head.expires_at is not None:
-                self._schedule_expiry()
+        if self._held:
+            # Held entries nobody selected expire here (at most HOLD_LIMIT to look at).
+            kept = []
+            for entry in self._held:
+                if entry.expires_at is not None and entry.expires_at <= now:
+                    self._dead_letter_entry(entry, "expired")
+                else:
+                    kept.append(entry)
+            self._held = kept
+            if not kept:
+                self._refresh_mode()
+        if store.ready_count or self._held:
+            self._schedule_expiry()
 
     def _reset_expires(self) -> None:
         expires = self.settings.expires

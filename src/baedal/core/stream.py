@@ -529,6 +529,9 @@ class StreamQueue:
         log.before_close = self._flush_pending
         self._drain_scheduled = False
         self._retention_timer: Any = None
+        # Called once each, the next time committed_offset advances (Kafka's long-polling
+        # fetches wait on this; a pull reader has no cursor to drain).
+        self.commit_waiters: list[Any] = []
         self.publish_count = 0
         self.deliver_count = 0
         self.ack_count = 0
@@ -718,6 +721,10 @@ class StreamQueue:
             limit = replicating[0][0]
         if limit > self.committed_offset:
             self.committed_offset = limit
+            if self.commit_waiters:
+                waiters, self.commit_waiters = self.commit_waiters, []
+                for waiter in waiters:
+                    waiter()
         committed = self.committed_offset
         handles = self._handles
         while handles and handles[0].target is not None and handles[0].target <= committed:
@@ -761,7 +768,45 @@ class StreamQueue:
         for handle in handles:
             handle.finish(exc)
 
-    # --- pull (Kafka fetch later) -----------------------------------------------------
+    # --- raw batches (Kafka produce) ---------------------------------------------------
+
+    def append_batch(self, data: bytearray) -> tuple[Any, CommitHandle]:
+        """Store one Kafka RecordBatch as received (only its base offset is rewritten,
+        ``StreamLog.append_batch``) and return (``AppendResult``, a ``CommitHandle`` done
+        once the batch is committed: fsynced and, with a replicator, replicated).
+
+        Records published by other protocols in this loop turn are appended first, so
+        offsets follow arrival order.  Raises ``RecordBatchError`` for a bad batch and
+        ``StorageError``/``OSError`` when the log cannot write (the log stays failed).
+        """
+        log_ = self.log
+        if log_.failure is not None:
+            raise log_.failure
+        if self._pending and not self._flush_pending():
+            assert self._lost is not None
+            raise self._lost
+        try:
+            result = log_.append_batch(data)
+        except OSError as exc:
+            self.vhost.broker.write_failed(None, exc)
+            raise
+        self.publish_count += result.last_offset - result.base_offset + 1
+        self._appended(result.base_offset, result.last_offset)
+        return result, self.commit_handle(result.last_offset + 1)
+
+    def commit_handle(self, target: int) -> CommitHandle:
+        """A handle done once ``committed_offset`` reaches ``target``."""
+        handle = CommitHandle()
+        handle.target = target
+        if target <= self.committed_offset:
+            handle.finish()
+            return handle
+        self._handles.append(handle)
+        if not self._commit_waiting:
+            self._wait_for_commit()
+        return handle
+
+    # --- pull (Kafka fetch) -----------------------------------------------------------
 
     def read(self, offset: int, max_bytes: int) -> list[Batch]:
         """Whole committed batches from ``offset`` (at least one if there is one, then
@@ -774,6 +819,37 @@ class StreamQueue:
         """``read`` as descriptor ranges for ``os.sendfile`` (uncommitted bytes included
         only if ``offset`` is below ``committed_offset``; the caller trims)."""
         return self.log.file_ranges(offset, max_bytes)
+
+    def committed_file_ranges(self, offset: int, max_bytes: int) -> list[FileRange]:
+        """``file_ranges`` cut at ``committed_offset`` (Kafka fetch with ``os.sendfile``).
+
+        ``committed_offset`` is always a batch boundary (it only moves to the end of an
+        appended batch), so cutting the range there keeps whole batches.  Empty when
+        nothing at or after ``offset`` is committed.  Raises ``OffsetOutOfRange``.
+        """
+        committed = self.committed_offset
+        log_ = self.log
+        log_.check_offset(offset)
+        if offset >= committed:
+            return []
+        ranges = log_.file_ranges(offset, max_bytes)
+        if committed >= log_.next_offset:
+            return ranges
+        segment, position = log_._locate(committed)
+        kept: list[FileRange] = []
+        cut = False
+        for file_range in ranges:
+            if not cut and file_range.path == segment.path:
+                cut = True
+                if file_range.position < position:
+                    file_range.length = min(file_range.length, position - file_range.position)
+                    kept.append(file_range)
+                    continue
+            if cut:
+                file_range.close()
+            else:
+                kept.append(file_range)
+        return kept
 
     # --- push consumers ---------------------------------------------------------------
 
@@ -833,6 +909,18 @@ class StreamQueue:
                     if cursor.failed_at != cursor.reader.next_offset:
                         cursor.failed_at = cursor.reader.next_offset
                         logger.error("stream %s: read failed: %s", self.name, exc)
+                    return False
+                except RecordBatchError as exc:
+                    # A batch kept as a Kafka producer sent it whose records cannot be
+                    # decoded (compressed data damaged under a valid CRC, or a codec
+                    # this install lacks): this reader cannot pass it.  Cancel the
+                    # consumer (AMQP basic.cancel), not its connection, and say where.
+                    logger.error(
+                        "stream %s: consumer cancelled at offset %d: %s",
+                        self.name, cursor.reader.next_offset, exc,
+                    )
+                    self.remove_consumer(consumer)
+                    consumer.cancelled_by_server(self)
                     return False
                 cursor.index = 0
                 if not pending:

@@ -85,6 +85,14 @@ _MAGIC_OFFSET = 16
 CODEC_MASK = 0x07
 CODEC_NONE = 0
 CODEC_GZIP = 1
+CODEC_SNAPPY = 2
+CODEC_LZ4 = 3
+CODEC_ZSTD = 4
+# Kafka's snappy payloads use the xerial framing (the Java client's SnappyOutputStream):
+# this magic, a version and a compatible version (int32 each), then blocks of
+# int32 length + one raw snappy block.
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_XERIAL_HEADER = 16
 TIMESTAMP_TYPE_MASK = 0x08  # 1 = LogAppendTime
 TRANSACTIONAL_MASK = 0x10
 CONTROL_MASK = 0x20
@@ -428,6 +436,12 @@ def check_appendable(fields: tuple[int, ...]) -> None:
 
 
 def _inflate(payload: memoryview, codec: int, max_inflated_bytes: int) -> bytes:
+    if codec == CODEC_SNAPPY:
+        return _inflate_snappy(payload, max_inflated_bytes)
+    if codec == CODEC_LZ4:
+        return _inflate_lz4(payload, max_inflated_bytes)
+    if codec == CODEC_ZSTD:
+        return _inflate_zstd(payload, max_inflated_bytes)
     if codec != CODEC_GZIP:
         raise UnsupportedCompression(f"compression codec {codec} is not supported")
     inflater = zlib.decompressobj(wbits=31)  # gzip container
@@ -441,6 +455,92 @@ def _inflate(payload: memoryview, codec: int, max_inflated_bytes: int) -> bytes:
     if len(out) > max_inflated_bytes:
         raise RecordBatchError(f"compressed records inflate past {max_inflated_bytes} bytes")
     return out
+
+
+# Snappy, LZ4 and zstd come from optional packages (cramjam, lz4, zstandard): without
+# them a batch in that codec is still stored and fetched by Kafka clients as is; only
+# decoding its records (an AMQP reader) raises UnsupportedCompression.  Every decoder
+# is bounded: the inflated size is checked before (snappy: its length headers) or
+# while (lz4, zstd: at most max_inflated_bytes + 1 bytes asked for) inflating.
+
+
+def _inflate_snappy(payload: memoryview, max_inflated_bytes: int) -> bytes:
+    try:
+        import cramjam
+    except ImportError:
+        raise UnsupportedCompression("snappy needs the cramjam package") from None
+    data = bytes(payload)
+    if data.startswith(_XERIAL_MAGIC):
+        blocks = []
+        pos = _XERIAL_HEADER
+        while pos < len(data):
+            if len(data) - pos < 4:
+                raise RecordBatchError("bad snappy data: truncated xerial block header")
+            (length,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            if length < 0 or length > len(data) - pos:
+                raise RecordBatchError("bad snappy data: xerial block past the payload")
+            blocks.append(data[pos : pos + length])
+            pos += length
+    else:
+        blocks = [data]  # a raw snappy block (some producers send it unframed)
+    out = []
+    total = 0
+    for block in blocks:
+        try:
+            total += cramjam.snappy.decompress_raw_len(block)
+            if total > max_inflated_bytes:
+                raise RecordBatchError(f"compressed records inflate past {max_inflated_bytes} bytes")
+            out.append(bytes(cramjam.snappy.decompress_raw(block)))
+        except cramjam.DecompressionError as exc:
+            raise RecordBatchError(f"bad snappy data: {exc}") from None
+    return b"".join(out)
+
+
+def _inflate_lz4(payload: memoryview, max_inflated_bytes: int) -> bytes:
+    try:
+        import lz4.frame
+    except ImportError:
+        raise UnsupportedCompression("lz4 needs the lz4 package") from None
+    inflater = lz4.frame.LZ4FrameDecompressor()
+    try:
+        out = inflater.decompress(bytes(payload), max_length=max_inflated_bytes + 1)
+    except RuntimeError as exc:
+        raise RecordBatchError(f"bad lz4 data: {exc}") from None
+    if len(out) > max_inflated_bytes:
+        raise RecordBatchError(f"compressed records inflate past {max_inflated_bytes} bytes")
+    if not inflater.eof:
+        raise RecordBatchError("bad lz4 data: truncated frame")
+    return bytes(out)
+
+
+def _inflate_zstd(payload: memoryview, max_inflated_bytes: int) -> bytes:
+    try:
+        import io
+
+        import zstandard
+    except ImportError:
+        raise UnsupportedCompression("zstd needs the zstandard package") from None
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(bytes(payload)), read_across_frames=True
+        )
+        out = reader.read(max_inflated_bytes + 1)
+    except zstandard.ZstdError as exc:
+        raise RecordBatchError(f"bad zstd data: {exc}") from None
+    if len(out) > max_inflated_bytes:
+        raise RecordBatchError(f"compressed records inflate past {max_inflated_bytes} bytes")
+    # The bounded reader returns what a truncated frame yields without complaint; a
+    # second pass (bounded by the first: the same input cannot inflate further) tells a
+    # whole frame from a cut one.
+    checker = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        checker.decompress(bytes(payload))
+    except zstandard.ZstdError as exc:
+        raise RecordBatchError(f"bad zstd data: {exc}") from None
+    if not checker.eof:
+        raise RecordBatchError("bad zstd data: truncated frame")
+    return bytes(out)
 
 
 def decode_records(

@@ -60,6 +60,7 @@ from .codec import (
 from .properties import AmqpExtension, scan_properties, wire_extension
 
 if TYPE_CHECKING:
+    from ...core.selector import Selector
     from .connection import AMQPConnection
 
 _CORE_CODES = {
@@ -114,6 +115,7 @@ class AMQPConsumer:
         "unacked",
         "owner",
         "arguments",
+        "selector",
     )
 
     def __init__(
@@ -138,6 +140,7 @@ class AMQPConsumer:
         self.unacked = 0
         self.owner = channel.connection
         self.arguments = arguments
+        self.selector: Selector | None = None  # x-selector (core/selector.py)
 
     def can_deliver(self) -> bool:
         channel = self.channel
@@ -573,6 +576,7 @@ class Channel:
         self._check("read", queue.name, method)
         if not tag:
             tag = "amq.ctag-" + os.urandom(16).hex()[:22]
+        selector = self._selector_argument(queue, method)
         if type(queue) is StreamQueue:
             self._consume_stream(queue, tag, method)
             return
@@ -601,10 +605,38 @@ class Channel:
             self.prefetch_count,
             method.arguments,
         )
+        consumer.selector = selector
         self.consumers[tag] = consumer
         if not method.nowait:
             self.reply(spec.BasicConsumeOk(consumer_tag=tag))
         queue.add_consumer(consumer)
+
+    def _selector_argument(self, queue: Any, method: spec.BasicConsume) -> Selector | None:
+        """The ``x-selector`` consumer argument (ActiveMQ's SQL-92 selector, as STOMP's
+        ``selector`` header), compiled once; blank is no selector.  A bad one is 406
+        with the parser's message; streams have no selected consumers (406 too)."""
+        text = method.arguments.get("x-selector")
+        if text is None:
+            return None
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        if not isinstance(text, str):
+            raise _soft(PRECONDITION_FAILED, f"invalid x-selector {text!r}: not a string", method)
+        if not text.strip():
+            return None
+        if type(queue) is StreamQueue:
+            raise _soft(
+                PRECONDITION_FAILED,
+                f"x-selector is not supported on stream queue '{queue.name}' in vhost '{self.vhost.name}'",
+                method,
+            )
+        # Imported here: a broker whose clients never select pays nothing for it.
+        from ...core.selector import SelectorError, compile_selector
+
+        try:
+            return compile_selector(text)
+        except SelectorError as exc:
+            raise _soft(PRECONDITION_FAILED, f"invalid x-selector: {exc}", method) from None
 
     def _consume_stream(self, stream: StreamQueue, tag: str, method: spec.BasicConsume) -> None:
         """basic.consume on a stream, as RabbitMQ 3.10.8 answers it: a consumer prefetch

@@ -464,6 +464,11 @@ class AmqpExtension(Extension):
             extra = self.extra_properties()
         return b"" if extra is None else encode_properties(extra)
 
+    def may_have_header(self, name: str) -> bool:
+        # A header's name is in the block as its UTF-8 bytes: absent there, absent.
+        block = self.properties
+        return block is not None and name.encode() in block
+
     def derived(self) -> Extension | None:
         extra = self.extra_properties()
         if extra is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, metrics, mqtt_api, openapi, rest, scheduled
+from . import api, kafka, metrics, mqtt_api, openapi, rest, scheduled
 from .auth import Access
 from .routes import Param, Route
 
@@ -1219,3 +1219,5 @@ ROUTES: list[Route] = [
 
 ROUTES += scheduled.ROUTES  # scheduled messages (protocols/http/scheduled.py)
 ROUTES += mqtt_api.ROUTES  # MQTT sessions and retained messages (protocols/http/mqtt_api.py)
+# Kafka topics and groups (protocols/http/kafka.py).
+ROUTES += kafka.ROUTES

@@ -283,6 +283,9 @@ def _uptime(core: object) -> float:
 def registry_for(server: HTTPServer) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(server))
+    from .kafka import KafkaCollector
+
+    registry.register(KafkaCollector(server))
     return registry
 
 

@@ -328,7 +328,10 @@ class OffsetStore:
                         group, topic, partition, offset, metadata = json.loads(line)
                     except (ValueError, TypeError):
                         break
-                    self.committed[(group, topic, partition)] = (offset, metadata)
+                    if topic is None:  # DeleteGroups' tombstone: the group's offsets go
+                        self._forget(group)
+                    else:
+                        self.committed[(group, topic, partition)] = (offset, metadata)
                     good += len(line)
             if good != self.path.stat().st_size:
                 log.warning(
@@ -336,8 +339,20 @@ class OffsetStore:
                 )
                 os.truncate(self.path, good)
 
+    def _forget(self, group: str) -> None:
+        for key in [key for key in self.committed if key[0] == group]:
+            del self.committed[key]
+
+    def delete_group(self, group: str) -> None:
+        """Forget every committed offset of ``group`` (a tombstone line on disk)."""
+        self._forget(group)
+        self._write(group, None, None, None, None)
+
     def commit(self, group: str, topic: str, partition: int, offset: int, metadata: str | None) -> None:
         self.committed[(group, topic, partition)] = (offset, metadata)
+        self._write(group, topic, partition, offset, metadata)
+
+    def _write(self, group: str, topic: Any, partition: Any, offset: Any, metadata: Any) -> None:
         if self._file is None:  # opened on first use: brokers without groups hold no fd
             self._file = open(self.path, "ab")  # noqa: SIM115  # held open for appends
             directory = os.open(self.path.parent, os.O_RDONLY)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +35,15 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from ...core.stream import CommitHandle
 from ...storage.record_batch import (
     TRANSACTIONAL_MASK,
     RecordBatchError,
     batch_size_at,
     decode_header,
 )
-from ...storage.segment import StorageError
+from ...storage.stream_log import FileRange, OffsetOutOfRange
+from . import admin
 from .codec import (
     API_VERSIONS_KEY,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -49,13 +52,14 @@ from .codec import (
     RequestDecoder,
     UnsupportedVersion,
     build,
+    encode_fetch_response,
     encode_response,
     nested,
     schema,
 )
 from .groups import Group, GroupCoordinator
 from .producers import ProducerTable
-from .topics import Partition, TopicRegistry, legal_topic_name
+from .topics import Partition, TopicError, TopicRegistry, legal_topic_name
 
 log = logging.getLogger("baedal.kafka")
 
@@ -72,6 +76,7 @@ PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
 JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 11, 12, 13, 14
 CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 19, 20, 22
+CREATE_PARTITIONS = 37
 ADVERTISED: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 8),
     FETCH: (4, 11),
@@ -87,9 +92,36 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     INIT_PRODUCER_ID: (0, 1),
     CREATE_TOPICS: (2, 4),
     DELETE_TOPICS: (1, 3),
+    CREATE_PARTITIONS: (0, 1),
     API_VERSIONS_KEY: (0, 3),
+    admin.DESCRIBE_CONFIGS: (0, 3),
+    admin.INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    admin.LIST_GROUPS: (0, 2),
+    admin.DESCRIBE_GROUPS: (0, 4),
+    admin.DELETE_GROUPS: (0, 1),
+    admin.DESCRIBE_CLUSTER: (0, 0),
+    # Handshake v0 would be followed by raw SASL tokens outside Kafka framing; v1 wraps
+    # them in SaslAuthenticate, which every current client uses.
+    admin.SASL_HANDSHAKE: (1, 1),
+    admin.SASL_AUTHENTICATE: (0, 1),
 }
-DECODED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 8)}
+# Transactional APIs are decoded (answered INVALID_REQUEST) but not advertised.
+DECODED: dict[int, tuple[int, int]] = {
+    **ADVERTISED,
+    PRODUCE: (3, 8),
+    admin.ADD_PARTITIONS_TO_TXN: (0, 2),
+    admin.ADD_OFFSETS_TO_TXN: (0, 2),
+    admin.END_TXN: (0, 2),
+    admin.TXN_OFFSET_COMMIT: (0, 2),
+}
+# What a connection may send before SASL authentication when kafka_sasl is on.
+BEFORE_AUTHENTICATION = frozenset({API_VERSIONS_KEY, admin.SASL_HANDSHAKE, admin.SASL_AUTHENTICATE})
+
+# Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
+# Records out are counted as consumers move past them: a fetch served as file ranges
+# carries whole batches whose record counts are not read, so a connection's next fetch
+# of the partition at a higher offset counts the records between the two offsets.
+BYTES_IN, RECORDS_IN, BYTES_OUT, RECORDS_OUT = 0, 1, 2, 3
 
 EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
@@ -104,6 +136,8 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_output: int = 8 * 1024 * 1024
+    sasl: bool = False  # require SASL PLAIN (Baedal's users) before any other request
+    loopback_users: tuple[str, ...] = ()
 
 
 class KafkaServer:
@@ -116,6 +150,16 @@ class KafkaServer:
         self.producers = ProducerTable()
         self.connections: set[KafkaConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        # (topic, partition) -> [bytes in, records in, bytes out, records out]; bytes out
+        # counts the record batches fetches sent, not the frame overhead.
+        self._traffic: dict[tuple[str, int], list[int]] = {}
+        self.sendfile_bytes = 0  # bytes fetches sent with os.sendfile (the rest: copied)
+
+    def traffic(self, topic: str, index: int) -> list[int]:
+        counters = self._traffic.get((topic, index))
+        if counters is None:
+            counters = self._traffic[(topic, index)] = [0, 0, 0, 0]
+        return counters
 
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -153,18 +197,33 @@ class KafkaConnection(asyncio.Protocol):
         self._reading_paused = False
         self._fetches: set[_PendingFetch] = set()
         self.closed = False
+        self._socket_fd: int | None = None  # for os.sendfile; None on TLS
+        # (topic, partition) -> the offset this connection last fetched from (RECORDS_OUT)
+        self.fetch_positions: dict[tuple[str, int], int] = {}
+        self.authenticated = not server.config.sasl
+        self.user: str | None = None
+        self._sasl_mechanism: str | None = None
+        self.peer_host = ""
 
     # -- transport callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if peer else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._socket_fd = sock.fileno()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
         for fetch in list(self._fetches):
             fetch.cancel()
+        for slot in self._slots:
+            if isinstance(slot[0], FileResponse):
+                _close_ranges(slot[0].parts)
         self._slots.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -236,6 +295,9 @@ class KafkaConnection(asyncio.Protocol):
 
     def _dispatch(self, request: Request) -> None:
         key = request.api_key
+        if not self.authenticated and key not in BEFORE_AUTHENTICATION:
+            # Kafka closes a connection that skips SASL (SaslServerAuthenticator).
+            raise KafkaProtocolError(f"api key {key} before SASL authentication")
         if key == PRODUCE:
             self._produce(request)
         elif key == FETCH:
@@ -262,6 +324,34 @@ class KafkaConnection(asyncio.Protocol):
             self._reply(request, self._create_topics(request))
         elif key == DELETE_TOPICS:
             self._reply(request, self._delete_topics(request))
+        elif key == CREATE_PARTITIONS:
+            self._reply(request, self._create_partitions(request))
+        elif key == admin.DESCRIBE_CONFIGS:
+            self._reply(request, admin.describe_configs(self, request))
+        elif key == admin.INCREMENTAL_ALTER_CONFIGS:
+            self._reply(request, admin.incremental_alter_configs(self, request))
+        elif key == admin.LIST_GROUPS:
+            self._reply(request, admin.list_groups(self, request))
+        elif key == admin.DESCRIBE_GROUPS:
+            self._reply(request, admin.describe_groups(self, request))
+        elif key == admin.DELETE_GROUPS:
+            response, deleted = admin.delete_groups(self, request)
+            data = encode_response(request.correlation_id, response)
+            slot = self.new_slot()
+            if deleted:  # the tombstones are on disk before the answer, like commits
+                self.registry.syncer.after_sync(
+                    lambda: self.fill(slot, data), lambda exc: self._protocol_error(exc)
+                )
+            else:
+                self.fill(slot, data)
+        elif key == admin.DESCRIBE_CLUSTER:
+            self._reply(request, admin.describe_cluster(self, request, NODE_ID, CLUSTER_ID))
+        elif key == admin.SASL_HANDSHAKE:
+            self._sasl_handshake(request)
+        elif key == admin.SASL_AUTHENTICATE:
+            self._sasl_authenticate(request)
+        elif key in admin.TRANSACTION_APIS:
+            self._reply(request, admin.transaction_refused(request))
         elif key == INIT_PRODUCER_ID:
             self._reply(request, self._init_producer_id(request))
         elif key == OFFSET_FETCH:
@@ -296,10 +386,47 @@ class KafkaConnection(asyncio.Protocol):
         ready: list[bytes] = []
         slots = self._slots
         while slots and slots[0][0] is not None:
-            ready.append(slots.popleft()[0])
+            data = slots.popleft()[0]
+            if type(data) is bytes:
+                ready.append(data)
+                continue
+            if ready:
+                transport.writelines(ready)
+                ready = []
+            if not self._send_file_response(transport, data.parts):
+                return
         if ready:
             transport.writelines(ready)
         self._update_reading()
+
+    def _send_file_response(self, transport: asyncio.Transport, parts: list[Any]) -> bool:
+        """Write a Fetch response whose records are file ranges, in its turn.
+
+        When the transport has nothing buffered, everything before this response is in
+        the kernel already, so the frame goes straight to the socket: header bytes with
+        ``os.write``, records with ``os.sendfile`` (no copy through Python).  What the
+        socket does not take now, and the whole response when the transport is still
+        buffering (or on TLS), goes through ``transport.writelines`` after reading the
+        ranges: later responses queue behind it, so the order is kept either way.
+        """
+        rest = parts
+        try:
+            fd = self._socket_fd
+            if fd is not None and transport.get_write_buffer_size() == 0:
+                rest, sent = write_direct(fd, parts)
+                self.server.sendfile_bytes += sent
+            else:
+                rest = [_materialise(p) for p in parts]
+        except OSError as exc:
+            _close_ranges(parts)
+            log.info("kafka connection lost while sending a fetch: %s", exc)
+            self.closed = True
+            transport.abort()
+            return False
+        _close_ranges(parts)
+        if rest:
+            transport.writelines(rest)
+        return True
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -362,7 +489,11 @@ class KafkaConnection(asyncio.Protocol):
                 if not legal_topic_name(name):
                     error = ErrorCode.invalid_topic_exception
                 elif allow_create and self.config.auto_create_topics:
-                    partitions = registry.create(name, self.config.num_partitions)
+                    try:
+                        partitions = registry.create(name, self.config.num_partitions)
+                    except TopicError as exc:
+                        log.warning("kafka: auto-creating topic %s failed: %s", name, exc)
+                        error = ErrorCode.invalid_topic_exception
                 else:
                     error = ErrorCode.unknown_topic_or_partition
             topics.append(
@@ -407,9 +538,8 @@ class KafkaConnection(asyncio.Protocol):
 
     def _produce(self, request: Request) -> None:
         body = request.body
-        registry = self.registry
         results: list[tuple[str, list[tuple[int, ErrorCode, int]]]] = []
-        appended: list[tuple[Partition, int]] = []
+        appended: list[CommitHandle] = []
         for topic in body.topic_data:
             partition_results: list[tuple[int, ErrorCode, int]] = []
             for data in topic.partition_data:
@@ -418,15 +548,8 @@ class KafkaConnection(asyncio.Protocol):
             results.append((topic.name, partition_results))
         acks = body.acks
         failed = any(error is not ErrorCode.none for _, parts in results for _, error, _ in parts)
-        syncer = registry.syncer
-
-        def advance() -> None:
-            for partition, next_offset in appended:
-                partition.advance(next_offset)
 
         if acks == 0:
-            if appended:
-                syncer.after_sync(advance)
             if failed:
                 # No response exists to carry the error: Kafka closes the connection so
                 # the client refreshes its metadata (KafkaApis.handleProduceRequest).
@@ -435,18 +558,29 @@ class KafkaConnection(asyncio.Protocol):
         slot = self.new_slot()
 
         def answer(override: ErrorCode | None = None) -> None:
-            if override is None:
-                advance()
             final = [
                 (name, [(index, override or error, base) for index, error, base in parts])
                 for name, parts in results
             ]
             self.fill(slot, encode_response(request.correlation_id, self._produce_response(request, final)))
 
+        # Baedal's durability promise: acks=1/all are answered only once the streams
+        # committed the batches (fsynced; one node: the leader is the whole ISR).
+        # One callback per partition written, not per record.
+        waiting = [len(appended)]
+        failure: list[BaseException] = []
+
+        def done(handle: CommitHandle) -> None:
+            exc = handle.exception()
+            if exc is not None:
+                failure.append(exc)
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                answer(ErrorCode.kafka_storage_error if failure else None)
+
         if appended:
-            # Baedal's durability promise: acks=1/all are answered only after the fsync
-            # that covers the batch (one node: the leader is the whole ISR).
-            syncer.after_sync(answer, lambda exc: answer(ErrorCode.kafka_storage_error))
+            for handle in appended:
+                handle.add_done_callback(done)
         else:
             answer()
 
@@ -455,14 +589,17 @@ class KafkaConnection(asyncio.Protocol):
         topic: str,
         index: int,
         records: bytes | None,
-        appended: list[tuple[Partition, int]],
+        appended: list[CommitHandle],
     ) -> tuple[ErrorCode, int]:
         partition = self.registry.partition(topic, index)
         if partition is None:
             return ErrorCode.unknown_topic_or_partition, -1
         if not records:
             return ErrorCode.corrupt_message, -1
-        if len(records) > self.config.max_message_bytes:
+        limit = partition.stream.arguments.get(
+            admin.MAX_MESSAGE_BYTES_ARGUMENT, self.config.max_message_bytes
+        )
+        if len(records) > limit:
             return ErrorCode.message_too_large, -1
         try:
             if len(records) >= 12 and batch_size_at(records) != len(records):
@@ -481,19 +618,22 @@ class KafkaConnection(asyncio.Protocol):
                 if duplicate is not None:
                     # A retry of a batch already stored: same answer, nothing appended.
                     # It still waits for the fsync (the original may not be covered yet).
-                    appended.append((partition, partition.log.next_offset))
+                    appended.append(partition.stream.commit_handle(partition.log.next_offset))
                     return ErrorCode.none, duplicate
-            result = partition.log.append_batch(bytearray(records))
+            result, handle = partition.stream.append_batch(bytearray(records))
             if producer_id >= 0:
                 producers.appended(
                     topic, index, producer_id, epoch, sequence, count, result.base_offset
                 )
         except RecordBatchError:
             return ErrorCode.corrupt_message, -1
-        except StorageError:
+        except OSError:
             log.exception("kafka append to %s-%d failed", topic, index)
             return ErrorCode.kafka_storage_error, -1
-        appended.append((partition, result.last_offset + 1))
+        appended.append(handle)
+        counters = self.server.traffic(topic, index)
+        counters[BYTES_IN] += len(records)
+        counters[RECORDS_IN] += count
         return ErrorCode.none, result.base_offset
 
     def _produce_response(
@@ -578,9 +718,22 @@ class KafkaConnection(asyncio.Protocol):
             elif topic.replication_factor not in (-1, 1):
                 # One node: there is nobody to replicate to until clustering lands.
                 error, message = ErrorCode.invalid_replication_factor, "single-node broker"
-            elif not body.validate_only:
-                # Topic configs are accepted but not applied in this slice.
-                registry.create(topic.name, partitions)
+            else:
+                try:
+                    arguments = admin.config_changes_for_create(topic.configs)
+                except admin.ConfigError as exc:
+                    error, message = ErrorCode.invalid_config, str(exc)
+                    arguments = None
+                try:
+                    if arguments is not None and not body.validate_only:
+                        registry.create(topic.name, partitions, arguments)
+                except TopicError as exc:
+                    error = (
+                        ErrorCode.topic_already_exists
+                        if exc.reason == "exists"
+                        else ErrorCode.invalid_topic_exception
+                    )
+                    message = str(exc)
             results.append(
                 build(result_cls, name=topic.name, error_code=error, error_message=message)
             )
@@ -596,16 +749,94 @@ class KafkaConnection(asyncio.Protocol):
             results.append(build(result_cls, name=name, error_code=error))
         return build(cls, throttle_time=NO_THROTTLE, responses=tuple(results))
 
+    def _create_partitions(self, request: Request) -> Any:
+        body = request.body
+        cls = schema(CREATE_PARTITIONS, request.api_version, EntityType.response)
+        result_cls = nested(cls, "results")
+        results = []
+        for topic in body.topics:
+            error, message = ErrorCode.none, None
+            current = self.registry.get(topic.name)
+            if current is None:
+                error, message = ErrorCode.unknown_topic_or_partition, f"no topic {topic.name!r}"
+            elif topic.assignments:
+                # One node: there is no placement to choose.
+                error, message = ErrorCode.invalid_replica_assignment, "single-node broker"
+            elif topic.count <= len(current):
+                error = ErrorCode.invalid_partitions
+                message = f"topic has {len(current)} partition(s); {topic.count} is not more"
+            elif not body.validate_only:
+                try:
+                    self.registry.add_partitions(topic.name, topic.count)
+                except TopicError as exc:
+                    error, message = ErrorCode.invalid_partitions, str(exc)
+            results.append(
+                build(result_cls, name=topic.name, error_code=error, error_message=message)
+            )
+        return build(cls, throttle_time=NO_THROTTLE, results=tuple(results))
+
+    # -- SASL -----------------------------------------------------------------------------------
+
+    def _sasl_handshake(self, request: Request) -> None:
+        cls = schema(admin.SASL_HANDSHAKE, request.api_version, EntityType.response)
+        mechanism = request.body.mechanism
+        error = ErrorCode.none
+        if mechanism != "PLAIN":
+            error = ErrorCode.unsupported_sasl_mechanism
+        elif self._sasl_mechanism is not None or self.user is not None:
+            error = ErrorCode.illegal_sasl_state
+        else:
+            self._sasl_mechanism = mechanism
+        self._reply(request, build(cls, error_code=error, mechanisms=("PLAIN",)))
+
+    def _sasl_authenticate(self, request: Request) -> None:
+        """SASL PLAIN (RFC 4616: authzid NUL authcid NUL passwd) against Baedal's users,
+        with the loopback-only rule AMQP applies (``loopback_users``).  A failure is
+        answered SASL_AUTHENTICATION_FAILED and the connection closed, as Kafka does."""
+        cls = schema(admin.SASL_AUTHENTICATE, request.api_version, EntityType.response)
+        if self._sasl_mechanism is None or self.user is not None:
+            self._reply(request, build(
+                cls, error_code=ErrorCode.illegal_sasl_state,
+                error_message="SaslHandshake first", auth_bytes=b"", session_lifetime=NO_THROTTLE,
+            ))
+            raise KafkaProtocolError("SaslAuthenticate out of order")
+        user = None
+        fields = bytes(request.body.auth_bytes).split(b"\0")
+        if len(fields) == 3:
+            _authzid, name, password = (f.decode("utf-8", "replace") for f in fields)
+            user = self.registry.vhost.broker.authenticate(name, password)
+            if (
+                user is not None
+                and user.name in self.config.loopback_users
+                and not _is_loopback(self.peer_host)
+            ):
+                user = None
+        if user is None:
+            self._reply(request, build(
+                cls, error_code=ErrorCode.sasl_authentication_failed,
+                error_message="Authentication failed: invalid credentials",
+                auth_bytes=b"", session_lifetime=NO_THROTTLE,
+            ))
+            raise KafkaProtocolError("SASL PLAIN authentication failed")
+        self.user = user.name
+        self.authenticated = True
+        self._reply(request, build(
+            cls, error_code=ErrorCode.none, error_message=None, auth_bytes=b"", session_lifetime=NO_THROTTLE
+        ))
+
     # -- InitProducerId ------------------------------------------------------------------------
 
     def _init_producer_id(self, request: Request) -> Any:
         cls = schema(INIT_PRODUCER_ID, request.api_version, EntityType.response)
         if request.body.transactional_id is not None:
             # Transactions are not served (issue 11): a clear error, never a hang.
+            # librdkafka retries InitProducerId on INVALID_REQUEST for ever; an
+            # authorization failure is fatal in every client (librdkafka, Java,
+            # kafka-python), so a transactional producer stops at once.
             return build(
                 cls,
                 throttle_time=NO_THROTTLE,
-                error_code=ErrorCode.invalid_request,
+                error_code=ErrorCode.transactional_id_authorization_failed,
                 producer_id=-1,
                 producer_epoch=-1,
             )
@@ -836,6 +1067,7 @@ class _PendingFetch:
         if size >= max(body.min_bytes, 1) or wait_ms <= 0 or response is None:
             self._answer(response)
             return
+        _close_ranges(response)
         # Long poll: wake on any of our partitions advancing, or at max_wait.
         self.connection._fetches.add(self)
         self.timer = self.connection.loop.call_later(wait_ms / 1000, self._timeout)
@@ -863,6 +1095,7 @@ class _PendingFetch:
         if size >= max(self.request.body.min_bytes, 1) or response is None:
             self._finish(response)
         else:
+            _close_ranges(response)
             self._watch()
 
     def _timeout(self) -> None:
@@ -888,69 +1121,126 @@ class _PendingFetch:
         connection = self.connection
         if response is None:
             response = self._collect(force=True)[1]
-        connection.fill(self.slot, encode_response(self.request.correlation_id, response))
+        if connection.closed:
+            _close_ranges(response)
+            return
+        connection.fill(self.slot, FileResponse(response))
 
     def _collect(self, force: bool = False) -> tuple[int, Any]:
-        """(bytes of records found, response).  Response None = an error: answer now."""
+        """(bytes of records found, response parts).  Parts None = an error: answer now.
+
+        Records are the stream's committed batches as file ranges (``os.sendfile``
+        when the connection writes them, see ``KafkaConnection._send_file_response``);
+        whoever drops the parts closes the ranges.
+        """
         request = self.request
         body = request.body
-        cls = schema(FETCH, request.api_version, EntityType.response)
-        topic_cls = nested(cls, "responses")
-        partition_cls = nested(topic_cls, "partitions")
         registry = self.connection.registry
         budget = body.max_bytes
         total = 0
         any_error = False
-        topics = []
+        topics: list[tuple[str, list[Any]]] = []
         for topic in body.topics:
-            answers = []
+            answers: list[Any] = []
             for asked in topic.partitions:
                 partition = registry.partition(topic.topic, asked.partition)
                 error = ErrorCode.none
-                records = b""
+                chunks: list[Any] = []
                 high_watermark = log_start = -1
                 if partition is None:
                     error = ErrorCode.unknown_topic_or_partition
                 else:
-                    stream = partition.log
-                    high_watermark = partition.durable_offset
-                    log_start = stream.first_offset
+                    stream = partition.stream
+                    high_watermark = stream.committed_offset
+                    log_start = stream.log.first_offset
                     offset = asked.fetch_offset
-                    if not log_start <= offset <= stream.next_offset:
+                    key = (topic.topic, asked.partition)
+                    previous = self.connection.fetch_positions.get(key)
+                    if previous is not None and previous < offset <= high_watermark:
+                        self.connection.server.traffic(*key)[RECORDS_OUT] += offset - previous
+                    self.connection.fetch_positions[key] = offset
+                    if not log_start <= offset <= stream.log.next_offset:
                         error = ErrorCode.offset_out_of_range
                     elif offset < high_watermark and budget > 0:
                         # KIP-74: the first batch goes out whole even past the limits;
                         # a fetch inside a batch gets that whole batch (the client
                         # skips the records below its offset).
                         limit = min(asked.partition_max_bytes, budget)
-                        batches = stream.reader(offset).read(limit, end_offset=high_watermark)
-                        records = b"".join(batch.data for batch in batches)
-                        budget -= len(records)
-                        total += len(records)
+                        try:
+                            chunks = stream.committed_file_ranges(offset, limit)
+                        except OffsetOutOfRange:  # retention ran meanwhile
+                            error = ErrorCode.offset_out_of_range
+                        size = sum(chunk.length for chunk in chunks)
+                        budget -= size
+                        total += size
+                        self.connection.server.traffic(topic.topic, asked.partition)[BYTES_OUT] += size
                 if error is not ErrorCode.none:
                     any_error = True
-                answers.append(
-                    build(
-                        partition_cls,
-                        partition_index=asked.partition,
-                        error_code=error,
-                        high_watermark=high_watermark,
-                        last_stable_offset=high_watermark,
-                        log_start_offset=log_start,
-                        aborted_transactions=None,
-                        preferred_read_replica=-1,
-                        records=records,
-                    )
-                )
-            topics.append(build(topic_cls, topic=topic.topic, partitions=tuple(answers)))
-        response = build(
-            cls,
-            throttle_time=NO_THROTTLE,
-            error_code=ErrorCode.none,
-            session_id=0,
-            responses=tuple(topics),
-        )
+                answers.append((asked.partition, error.value, high_watermark, log_start, chunks))
+            topics.append((topic.topic, answers))
+        parts = encode_fetch_response(request.correlation_id, request.api_version, topics)
         if any_error and not force:
+            _close_ranges(parts)
             return total, None
-        return total, response
+        return total, parts
 
+
+class FileResponse:
+    """A response whose parts include file ranges: written by ``_send_file_response``."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+
+def _close_ranges(parts: list[Any] | None) -> None:
+    for part in parts or ():
+        if isinstance(part, FileRange):
+            part.close()
+
+
+def _materialise(part: Any) -> bytes:
+    return part.read() if isinstance(part, FileRange) else part
+
+
+def write_direct(fd: int, parts: list[Any]) -> tuple[list[Any], int]:
+    """Write ``parts`` to the non-blocking socket ``fd`` (``os.sendfile`` for file
+    ranges) until the kernel buffer is full; returns (what is left, as bytes; the
+    bytes ``os.sendfile`` sent)."""
+    by_sendfile = 0
+    for i, part in enumerate(parts):
+        if isinstance(part, FileRange):
+            sent = 0
+            while sent < part.length:
+                try:
+                    count = os.sendfile(fd, part.fd, part.position + sent, part.length - sent)
+                except BlockingIOError:
+                    break
+                if count == 0:  # the file ended early: cannot happen for a kept range
+                    raise OSError(f"sendfile: {part!r} ended at {sent}")
+                sent += count
+                by_sendfile += count
+            if sent < part.length:
+                rest = os.pread(part.fd, part.length - sent, part.position + sent)
+                return [rest] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
+        else:
+            view = memoryview(part)
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += os.write(fd, view[sent:])
+                except BlockingIOError:
+                    break
+            if sent < len(view):
+                return [bytes(view[sent:])] + [_materialise(p) for p in parts[i + 1:]], by_sendfile
+    return [], by_sendfile
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

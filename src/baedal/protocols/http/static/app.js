@@ -1693,6 +1693,68 @@
     };
   }
 
+  function KafkaPage() {
+    let topicsHolder;
+    let groupsHolder;
+    return {
+      title: "Kafka",
+      nav: "kafka",
+      mount(root) {
+        topicsHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        groupsHolder = h("div");
+        append(root, [h("div", { class: "page-head" }, h("h1", null, "Kafka")), card("Topic partitions", topicsHolder), card("Consumer groups", groupsHolder)]);
+      },
+      async refresh() {
+        const topics = (await get("/api/kafka/topics")) || [];
+        const partitions = [];
+        for (const t of topics) for (const p of t.partitions) partitions.push(Object.assign({ topic: t.name, vhost: t.vhost }, p));
+        replace(
+          topicsHolder,
+          dataTable(
+            [
+              { title: "Topic", field: "topic", cell: (p) => p.topic },
+              { title: "Partition", num: true, field: "partition", cell: (p) => fmtNum(p.partition) },
+              { title: "Stream", field: "stream", cell: (p) => h("a", { href: queueRoute(p.vhost, p.stream) }, p.stream) },
+              { title: "First offset", num: true, field: "first_offset", cell: (p) => fmtNum(p.first_offset) },
+              { title: "High watermark", num: true, field: "high_watermark", cell: (p) => fmtNum(p.high_watermark) },
+              { title: "On disk", num: true, field: "bytes_on_disk", cell: (p) => fmtBytes(p.bytes_on_disk) },
+              { title: "Records in", num: true, field: "records_in", cell: (p) => fmtNum(p.records_in) },
+              { title: "Bytes in", num: true, field: "bytes_in", cell: (p) => fmtBytes(p.bytes_in) },
+              { title: "Bytes out", num: true, field: "bytes_out", cell: (p) => fmtBytes(p.bytes_out) },
+            ],
+            partitions,
+            { testid: "kafka-partitions-table", rowTestid: "kafka-partition-row", rowId: (p) => `${p.topic}-${p.partition}`, empty: "No Kafka topics." }
+          )
+        );
+        const groups = (await get("/api/kafka/groups")) || [];
+        const rows = [];
+        for (const g of groups) {
+          const owner = {};
+          for (const m of g.members) for (const a of m.assignment) for (const n of a.partitions) owner[`${a.topic}/${n}`] = m.client_id || m.member_id;
+          if (!g.offsets.length) rows.push({ group: g.group_id, state: g.state, members: g.members.length, topic: "–", partition: null, committed: null, lag: null, member: "–" });
+          for (const o of g.offsets) rows.push({ group: g.group_id, state: g.state, members: g.members.length, topic: o.topic, partition: o.partition, committed: o.committed_offset, lag: o.lag, member: owner[`${o.topic}/${o.partition}`] || "–" });
+        }
+        replace(
+          groupsHolder,
+          dataTable(
+            [
+              { title: "Group", field: "group", cell: (r) => r.group },
+              { title: "State", field: "state", cell: (r) => r.state },
+              { title: "Members", num: true, field: "members", cell: (r) => fmtNum(r.members) },
+              { title: "Topic", field: "topic", cell: (r) => r.topic },
+              { title: "Partition", num: true, field: "partition", cell: (r) => (r.partition === null ? "–" : fmtNum(r.partition)) },
+              { title: "Assigned to", field: "member", cell: (r) => h("span", { class: "mono" }, r.member) },
+              { title: "Committed", num: true, field: "committed", cell: (r) => (r.committed === null ? "–" : fmtNum(r.committed)) },
+              { title: "Lag", num: true, field: "lag", cell: (r) => (r.lag === null ? "–" : fmtNum(r.lag)) },
+            ],
+            rows,
+            { testid: "kafka-groups-table", rowTestid: "kafka-group-row", rowId: (r) => `${r.group}-${r.topic}-${r.partition}`, empty: "No consumer groups." }
+          )
+        );
+      },
+    };
+  }
+
   // --- routing and polling ---------------------------------------------------------
 
   const ROUTES = [
@@ -1706,6 +1768,7 @@
     [/^#\/channels$/, () => ChannelsPage()],
     [/^#\/scheduled$/, () => ScheduledPage()],
     [/^#\/mqtt$/, () => MqttPage()],
+    [/^#\/kafka$/, () => KafkaPage()],
   ];
 
   function route() {
