@@ -288,7 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("--reason", default="closed by baedal ctl")
     close.set_defaults(func=cmd_close_connection)
     _add_scheduled_commands(sub)
+    _add_protocol_commands(sub)
     return parser
+
+
+def _add_protocol_commands(sub: Any) -> None:
+    """rabbitmqctl-style names for what operators of MQTT (and every protocol) ask."""
+    connections = sub.add_parser("list_connections", help="list connections of every protocol")
+    connections.set_defaults(func=cmd_list, kind="connections")
+    sessions = sub.add_parser("list_mqtt_sessions", help="list MQTT sessions, connected or not")
+    sessions.set_defaults(func=cmd_list_mqtt_sessions)
+    retained = sub.add_parser("list_retained", help="list MQTT retained messages, by topic")
+    retained.add_argument("--page", type=int, default=1, help="page number, from 1")
+    retained.add_argument("--page-size", type=int, default=100, help="messages per page (max 500)")
+    retained.set_defaults(func=cmd_list_retained)
 
 
 def _add_scheduled_commands(sub: Any) -> None:
@@ -704,6 +717,38 @@ def cmd_list_scheduled(ctx: Context) -> int:
     return 0
 
 
+def cmd_list_mqtt_sessions(ctx: Context) -> int:
+    sessions = ctx.client.get("/api/mqtt/sessions") or []
+    if ctx.args.json:
+        ctx.out.json(sessions)
+        return 0
+    rows = [
+        [
+            s["client_id"],
+            "yes" if s["connected"] else "",
+            "persistent" if s["persistent"] else "clean",
+            "never" if s["persistent"] and s.get("expiry") is None else str(s.get("expiry") or 0),
+            ", ".join(f"{sub['filter']} (QoS {sub['qos']}) -> {sub['queue']}" for sub in s["subscriptions"]),
+            str(s.get("inflight", 0)),
+        ]
+        for s in sessions
+    ]
+    ctx.out.table("mqtt sessions", ["client id", "connected", "session", "expiry (s)", "subscriptions", "in flight"], rows)
+    return 0
+
+
+def cmd_list_retained(ctx: Context) -> int:
+    args = ctx.args
+    page = ctx.client.get(f"/api/mqtt/retained?page={args.page}&page_size={args.page_size}")
+    if args.json:
+        ctx.out.json(page)
+        return 0
+    rows = [[m["topic"], str(m["size"]), str(m["qos"])] for m in page["items"]]
+    title = f"retained messages (page {page['page']} of {page['page_count']}, {page['total_count']} in all)"
+    ctx.out.table(title, ["topic", "size", "qos"], rows)
+    return 0
+
+
 def _repeat_state(job: dict[str, Any]) -> str:
     parts = []
     if job.get("cron"):
@@ -797,9 +842,10 @@ LIST_COLUMNS: dict[str, list[tuple[str, Any]]] = {
     ],
     "connections": [
         ("name", _field("name")),
+        ("protocol", _field("protocol", default="AMQP 0-9-1")),  # RabbitMQ lists it too
         ("user", _field("user")),
         ("vhost", _field("vhost")),
-        ("client", _field("client_properties", "product")),
+        ("client", lambda r: str(r.get("client_id") or (r.get("client_properties") or {}).get("product", ""))),
         ("channels", _field("channels", default=0)),
         ("state", _field("state")),
     ],

@@ -201,7 +201,7 @@ def test_metrics_expose_queue_and_broker_state_without_auth(shared_http_broker):
         assert _metric(text, "baedal_queue_messages_published_total", labels) == 4
         assert _metric(text, "baedal_queue_messages_delivered_total", labels) == 2
         assert _metric(text, "baedal_queue_messages_acked_total", labels) == 1
-        assert _metric(text, "baedal_connections") >= 1
+        assert _metric(text, "baedal_connections", 'protocol="amqp"') >= 1
         assert _metric(text, "baedal_channels") >= 1
         assert _metric(text, "baedal_messages_unroutable_total") >= 1
         for name in (

@@ -34,8 +34,10 @@ original order, so a puller that dies mid-work loses nothing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _brokers: dict[str, Any] = {}
 _sessions: dict[int, InprocSession] = {}
+_numbers = itertools.count(1)  # names sessions for the management API
 
 # A sink receives (consumer, delivery tag, message, redelivered); tag 0 for no-ack
 # deliveries and replies (consumer None).  ``None`` as the message means the consumer
@@ -171,6 +174,8 @@ class _ReplyTarget:
 class InprocSession:
     """One client's attachment to an in-process broker; runs on the broker's loop."""
 
+    protocol = "inproc"  # as the management API and /metrics label it
+
     def __init__(self, broker: Any, user: str | None = None, on_lost: Callable[[], None] | None = None) -> None:
         core = broker.core
         if core is None:
@@ -187,6 +192,8 @@ class InprocSession:
         self._reply_token: str | None = None
         self._reply_target: _ReplyTarget | None = None
         self._tags = 0
+        self.name = f"inproc {broker.settings.inproc_name} #{next(_numbers)}"
+        self.connected_at = time.time()
         with _lock:
             _sessions[id(self)] = self
 
@@ -326,6 +333,50 @@ class InprocSession:
             self._reply_token = None
         if lost and self.on_lost is not None:
             self.on_lost()
+
+
+    # --- operators (the management API lists sessions beside network connections) ------
+
+    @property
+    def username(self) -> str:
+        return self.user
+
+    def describe(self) -> dict[str, Any]:
+        """This session as ``/api/connections`` shows a connection."""
+        return {
+            "name": self.name,
+            "type": "direct",
+            "protocol": self.protocol,
+            "peer_host": "",
+            "peer_port": 0,
+            "host": f"inproc://{self.broker.settings.inproc_name}",
+            "port": 0,
+            "user": self.user,
+            "vhost": self.vhost.name,
+            "channels": 1 if not self.closed else 0,
+            "consumers": len(self.consumers),
+            "unacked": sum(len(c.unacked) for c in self.consumers.values()),
+            "published": self.publisher.publish_count,
+            "state": "closed" if self.closed else "running",
+            "client_properties": {"product": "baedal.client", "transport": "inproc"},
+            "recv_oct": 0,  # nothing is encoded: no bytes move
+            "send_oct": 0,
+            "send_pend": 0,
+            "connected_at": int(self.connected_at * 1000),
+            "ssl": False,
+            "auth_mechanism": "none",
+        }
+
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: the client sees its link lost (and reconnects if it
+        is meant to, as after a broker restart)."""
+        self.close(lost=True)
+
+
+def sessions_of(broker: Any) -> list[InprocSession]:
+    """The open sessions on ``broker`` (for the management API and /metrics)."""
+    with _lock:
+        return [s for s in _sessions.values() if s.broker is broker and not s.closed]
 
 
 async def wait_for_broker(name: str, timeout: float | None = None) -> Any:

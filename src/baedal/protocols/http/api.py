@@ -173,7 +173,7 @@ async def overview(request: web.Request) -> web.Response:
                 },
             },
             "object_totals": {
-                "connections": len(core.connections),
+                "connections": len(core.connections) + len(other_connections(server.broker)),
                 "channels": channels,
                 "exchanges": sum(len(v.exchanges) for v in visible),
                 "queues": sum(len(v.queues) for v in visible),
@@ -976,7 +976,24 @@ async def delete_binding(request: web.Request) -> web.Response:
 # --- connections, channels, consumers --------------------------------------------------
 
 
+def other_connections(broker: Any) -> list[Any]:
+    """Connections kept outside ``core.connections``: MQTT (its server's set, once past
+    CONNECT) and in-process sessions.  Each has ``describe()`` and ``force_close``."""
+    found: list[Any] = []
+    mqtt = getattr(broker, "mqtt", None)
+    if mqtt is not None:
+        found.extend(c for c in list(mqtt.connections) if c.session is not None and not c.closed)
+    if getattr(broker.settings, "inproc_name", None):
+        from ...transport import inproc
+
+        found.extend(inproc.sessions_of(broker))
+    return found
+
+
 def connection_info(connection: Any) -> dict[str, Any]:
+    describe = getattr(connection, "describe", None)
+    if describe is not None:  # MQTT, in-process: they say what they are
+        return {"node": node_name(), **describe()}
     peer = connection.peer or ("", 0)
     sock = (
         connection.transport.get_extra_info("sockname")
@@ -1021,7 +1038,8 @@ def _visible_connections(request: web.Request) -> list[Any]:
     core = _core(request)
     user = _user(request)
     found = []
-    for connection in list(core.connections.values()):
+    connections = list(core.connections.values()) + other_connections(server_of(request).broker)
+    for connection in connections:
         if (
             getattr(connection, "vhost", None) is None
             and user is not None
@@ -1108,7 +1126,7 @@ async def list_channels(request: web.Request) -> web.Response:
         [
             channel_info(server_of(request), c, ch)
             for c in _visible_connections(request)
-            for ch in list(c.channels.values())
+            for ch in list(getattr(c, "channels", {}).values())  # MQTT, inproc: none
         ]
     )
 
@@ -1116,7 +1134,8 @@ async def list_channels(request: web.Request) -> web.Response:
 async def list_connection_channels(request: web.Request) -> web.Response:
     connection = _connection(request)
     server = server_of(request)
-    return reply([channel_info(server, connection, ch) for ch in list(connection.channels.values())])
+    channels = getattr(connection, "channels", {})  # MQTT and in-process: none
+    return reply([channel_info(server, connection, ch) for ch in list(channels.values())])
 
 
 def consumer_info(vhost: VirtualHost, queue: Queue, consumer: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, kafka, metrics, openapi, rest, scheduled
+from . import api, kafka, metrics, mqtt_api, openapi, rest, scheduled
 from .auth import Access
 from .routes import Param, Route
 
@@ -326,6 +326,15 @@ CONNECTION = obj(
         "send_oct": INTEGER,
         "send_pend": {"type": "integer", "description": "bytes owed to the client, not yet sent"},
         "auth_mechanism": {"type": "string", "description": "as negotiated: PLAIN or AMQPLAIN"},
+        "protocol": {
+            "type": "string",
+            "description": "AMQP 0-9-1, STOMP 1.x, Web STOMP 1.x, MQTT 3.1.1, MQTT 5.0, Web MQTT ..., inproc",
+        },
+        "client_id": {"type": "string", "description": "MQTT only: the client identifier"},
+        "keep_alive": {"type": "integer", "description": "MQTT only: keep-alive in force, seconds"},
+        "clean_session": {"type": "boolean", "description": "MQTT only"},
+        "subscriptions": {"type": "integer", "description": "MQTT only: the session's subscriptions"},
+        "inflight": {"type": "integer", "description": "MQTT only: QoS 1/2 deliveries awaiting the client"},
     },
     (
         "name",
@@ -1209,5 +1218,6 @@ ROUTES: list[Route] = [
 ]
 
 ROUTES += scheduled.ROUTES  # scheduled messages (protocols/http/scheduled.py)
+ROUTES += mqtt_api.ROUTES  # MQTT sessions and retained messages (protocols/http/mqtt_api.py)
 # Kafka topics and groups (protocols/http/kafka.py).
 ROUTES += kafka.ROUTES

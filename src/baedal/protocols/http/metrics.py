@@ -130,7 +130,7 @@ class BrokerCollector(Collector):
         )
 
         channels = sum(len(getattr(c, "channels", {})) for c in list(core.connections.values()))
-        yield _gauge("baedal_connections", "Open client connections", len(core.connections))
+        yield from _protocol_families(server)
         yield _gauge("baedal_channels", "Open channels", channels)
         yield _gauge("baedal_consumers", "Consumers on all queues", consumer_total)
         yield _gauge("baedal_queues", "Queues", queue_count)
@@ -213,6 +213,61 @@ class BrokerCollector(Collector):
             alarm.add_metric([resource], 1 if resource in core.alarms else 0)
         yield alarm
         yield _gauge("baedal_uptime_seconds", "Seconds since the broker started", _uptime(core))
+
+
+def _protocol_of(connection: object) -> str:
+    """The ``protocol`` label: the protocol family, without its version."""
+    text = str(getattr(connection, "protocol", "AMQP 0-9-1")).lower()
+    for family in ("amqp", "stomp", "mqtt", "inproc"):
+        if family in text:
+            return family
+    return text.split(" ")[0]
+
+
+def _protocol_families(server: HTTPServer) -> Iterator[Metric]:
+    """Connections per protocol, and what the MQTT and STOMP adapters count."""
+    from .api import other_connections
+
+    broker = server.broker
+    by_protocol = dict.fromkeys(("amqp", "stomp", "mqtt", "inproc"), 0)
+    for connection in list(server.core.connections.values()) + other_connections(broker):
+        protocol = _protocol_of(connection)
+        by_protocol[protocol] = by_protocol.get(protocol, 0) + 1
+    connections = GaugeMetricFamily(
+        "baedal_connections", "Open client connections, by protocol", labels=["protocol"]
+    )
+    for protocol, count in by_protocol.items():
+        connections.add_metric([protocol], count)
+    yield connections
+    received = CounterMetricFamily(
+        "baedal_protocol_messages_received",
+        "Messages published by clients of a protocol adapter",
+        labels=["protocol"],
+    )
+    delivered = CounterMetricFamily(
+        "baedal_protocol_messages_delivered",
+        "Messages delivered to clients of a protocol adapter",
+        labels=["protocol"],
+    )
+    mqtt = getattr(broker, "mqtt", None)
+    stomp = getattr(broker, "stomp", None)
+    if mqtt is not None:
+        received.add_metric(["mqtt"], mqtt.counters["publish_in"])
+        delivered.add_metric(["mqtt"], mqtt.counters["publish_out"])
+    if stomp is not None:
+        received.add_metric(["stomp"], stomp.counters["received"])
+        delivered.add_metric(["stomp"], stomp.counters["delivered"])
+    yield received
+    yield delivered
+    if mqtt is not None:
+        yield _gauge("baedal_mqtt_retained_messages", "MQTT retained messages", len(mqtt.retained.messages))
+        sessions = GaugeMetricFamily(
+            "baedal_mqtt_sessions", "MQTT sessions held in memory", labels=["state"]
+        )
+        connected = sum(1 for s in list(mqtt.sessions.values()) if s.connection is not None)
+        sessions.add_metric(["connected"], connected)
+        sessions.add_metric(["disconnected"], len(mqtt.sessions) - connected)
+        yield sessions
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

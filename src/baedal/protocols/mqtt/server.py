@@ -508,6 +508,10 @@ class MQTTConnection(asyncio.Protocol):
         self.acks: deque[list[Any]] = deque()
         self._timer: Any = None
         self._reading_paused = False
+        # For operators (describe()): plain int increments, nothing per message else.
+        self.connected_at = time.time()
+        self.recv_bytes = 0
+        self.send_bytes = 0
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
@@ -540,6 +544,7 @@ class MQTTConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_seen = time.monotonic()
+        self.recv_bytes += len(data)
         try:
             packets = self.parser.feed(data)
         except MQTTError as exc:
@@ -586,7 +591,9 @@ class MQTTConnection(asyncio.Protocol):
 
     def write(self, packet: Packet) -> None:
         if not self.closed:
-            self.transport.write(encode(packet, self.version))
+            data = encode(packet, self.version)
+            self.send_bytes += len(data)
+            self.transport.write(data)
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
@@ -612,6 +619,80 @@ class MQTTConnection(asyncio.Protocol):
         transport = self.transport
         self.teardown(publish_will=will)
         transport.close()
+
+    # --- operators --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The management API's name, as RabbitMQ's: "peer -> local" (built when asked,
+        so an idle client costs no string)."""
+        peer = self.peer if isinstance(self.peer, tuple) and len(self.peer) >= 2 else ("", 0)
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if isinstance(local, tuple):
+            return f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
+        return f"mqtt {id(self):x}"
+
+    @property
+    def protocol(self) -> str:
+        # "Web MQTT" over WebSocket, as RabbitMQ names it (websocket.py's transport has ws)
+        web = "Web " if hasattr(self.transport, "ws") else ""
+        return f"{web}MQTT 5.0" if self.version == 5 else f"{web}MQTT 3.1.1"
+
+    def describe(self) -> dict[str, Any]:
+        """This connection as ``/api/connections`` shows one (AMQP's fields, plus the
+        MQTT ones: client id, keep-alive, clean session, subscriptions, in flight)."""
+        peer = self.peer if isinstance(self.peer, tuple) and len(self.peer) >= 2 else ("", 0)
+        transport = self.transport
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        session = self.session
+        pending = 0
+        if transport is not None and not self.closed and hasattr(transport, "get_write_buffer_size"):
+            pending = transport.get_write_buffer_size()
+        if self.closed:
+            state = "closed"
+        elif session is None:
+            state = "starting"
+        elif self._reading_paused:
+            state = "blocked"
+        else:
+            state = "running" if self.can_send else "flow"
+        return {
+            "name": self.name,
+            "type": "network",
+            "protocol": self.protocol,
+            "peer_host": str(peer[0]),
+            "peer_port": int(peer[1]),
+            "host": str(local[0]) if isinstance(local, tuple) else "",
+            "port": int(local[1]) if isinstance(local, tuple) else 0,
+            "user": self.username or "",
+            "vhost": self.vhost.name if self.vhost is not None else None,
+            "channels": 0,
+            "timeout": self.keep_alive,
+            "state": state,
+            "client_properties": {"client_id": self.client_id, "product": "MQTT client"},  # as RabbitMQ
+            "recv_oct": self.recv_bytes,
+            "send_oct": self.send_bytes,
+            "send_pend": pending,
+            "connected_at": int(self.connected_at * 1000),
+            "ssl": transport is not None and transport.get_extra_info("sslcontext") is not None,
+            "auth_mechanism": "MQTT",
+            "client_id": self.client_id,
+            "keep_alive": self.keep_alive,
+            "clean_session": session is not None and not session.persistent,
+            "session_expiry": session.expiry if session is not None else None,
+            "subscriptions": len(session.subscriptions) if session is not None else 0,
+            "inflight": len(session.inflight) if session is not None else 0,
+        }
+
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: MQTT 5.0 clients get DISCONNECT 0x98 (Administrative
+        action); the will is published, as for any close the client did not ask for."""
+        if self.closed:
+            return
+        if self.session is None:
+            self.abort()
+            return
+        self.server_disconnect(codec.ADMINISTRATIVE_ACTION, reason, will=True)
 
     # --- teardown ---------------------------------------------------------------------
 
@@ -1266,6 +1347,7 @@ class MQTTConnection(asyncio.Protocol):
         if len(data) > self.client_max_packet:
             return False
         if not self.closed:
+            self.send_bytes += len(data)
             self.transport.write(data)
         return True
 

@@ -314,6 +314,8 @@ class StompServer:
         self.broker = broker
         self.config = config
         self.servers: list[asyncio.AbstractServer] = []
+        # /metrics: SEND frames published and MESSAGE frames delivered (int increments).
+        self.counters = {"received": 0, "delivered": 0}
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         loop = asyncio.get_running_loop()
@@ -790,6 +792,7 @@ class StompConnection(asyncio.Protocol):
         self._receipt_deferred = publisher.when_stored(outcome, replicating, stored, failed)
 
     def _publish(self, frame: Frame, destination: Destination) -> tuple[int, list[Any] | None]:
+        self.server.counters["received"] += 1
         vhost = self.vhost
         publisher = self.publisher
         assert vhost is not None and publisher is not None
@@ -1027,6 +1030,7 @@ class StompConnection(asyncio.Protocol):
         body = message.body
         headers.append(("content-length", str(len(body))))
         self.write(encode_frame("MESSAGE", headers, body, self.version))
+        self.server.counters["delivered"] += 1
         if subscription.no_ack:
             queue.settle_delivered(entry)
         else:

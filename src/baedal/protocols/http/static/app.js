@@ -1356,22 +1356,46 @@
     return typeof connection[counter] === "number" ? h("span", { title: "total since connected" }, fmtBytes(connection[counter])) : "–";
   }
 
+  // The protocol family of a connection ("MQTT 5.0" -> "mqtt"), for the filter.
+  function protocolFamily(c) {
+    const text = (c.protocol || "AMQP 0-9-1").toLowerCase();
+    return ["amqp", "stomp", "mqtt", "inproc"].find((f) => text.includes(f)) || text;
+  }
+
   function ConnectionsPage() {
     let tableHolder;
     let count;
+    let protocolFilter;
     return {
       title: "Connections",
       nav: "connections",
       mount(root) {
         tableHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
         count = h("span", { class: "muted", "data-testid": "connections-count" });
-        append(root, [h("div", { class: "page-head" }, h("h1", null, "Connections ", count)), card(null, tableHolder)]);
+        // Every protocol's connections are listed; the filter narrows to one family.
+        protocolFilter = h(
+          "select",
+          { id: "connections-protocol", "data-testid": "connections-protocol", onchange: () => refreshNow() },
+          [
+            ["", "All protocols"],
+            ["amqp", "AMQP"],
+            ["stomp", "STOMP"],
+            ["mqtt", "MQTT"],
+            ["inproc", "In-process"],
+          ].map(([value, label]) => h("option", { value }, label))
+        );
+        append(root, [
+          h("div", { class: "page-head" }, h("h1", null, "Connections ", count), field("Protocol ", protocolFilter)),
+          card(null, tableHolder),
+        ]);
       },
       async refresh() {
         let connections = (await get("/api/connections")) || [];
         if (state.vhost) connections = connections.filter((c) => c.vhost === state.vhost);
+        if (protocolFilter.value) connections = connections.filter((c) => protocolFamily(c) === protocolFilter.value);
         count.textContent = `(${connections.length})`;
         const client = (c) => {
+          if (c.client_id) return c.client_id; // MQTT: the client identifier
           const props = c.client_properties || {};
           return [props.product, props.version].filter(Boolean).join(" ") || "–";
         };
@@ -1551,6 +1575,124 @@
     };
   }
 
+  // MQTT: sessions (connected or not, with the core queue each subscription maps to)
+  // from /api/mqtt/sessions, and retained messages from /api/mqtt/retained a page at a
+  // time; a disconnected session and a retained message can be deleted.
+  function MqttPage() {
+    const PAGE_SIZE = 50;
+    let sessionsHolder;
+    let retainedHolder;
+    let sessionCount;
+    let retainedCount;
+    let pager;
+    let page = 1;
+    return {
+      title: "MQTT",
+      nav: "mqtt",
+      mount(root) {
+        sessionsHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        retainedHolder = h("div", null, h("p", { class: "muted" }, "Loading…"));
+        sessionCount = h("span", { class: "muted", "data-testid": "mqtt-session-count" });
+        retainedCount = h("span", { class: "muted", "data-testid": "mqtt-retained-count" });
+        pager = h("div", { class: "pager", "data-testid": "mqtt-retained-pager" });
+        append(root, [
+          h("div", { class: "page-head" }, h("h1", null, "MQTT")),
+          card(null, h("h2", null, "Sessions ", sessionCount), sessionsHolder),
+          card(null, h("h2", null, "Retained messages ", retainedCount), retainedHolder, pager),
+        ]);
+      },
+      async refresh() {
+        const sessions = (await get("/api/mqtt/sessions").catch(() => null)) || [];
+        let answer = await get(`/api/mqtt/retained?page=${page}&page_size=${PAGE_SIZE}`).catch(() => null);
+        if (answer && page > answer.page_count) {
+          page = answer.page_count;
+          answer = await get(`/api/mqtt/retained?page=${page}&page_size=${PAGE_SIZE}`);
+        }
+        sessionCount.textContent = `(${sessions.length})`;
+        const deleteButton = (testid, what, path, done) =>
+          h(
+            "button",
+            {
+              type: "button",
+              class: "small danger",
+              "data-testid": testid,
+              onclick: (e) => {
+                if (!confirmAction(`Delete ${what}?`)) return;
+                runAction(e.currentTarget, null, async () => {
+                  await api("DELETE", path);
+                  return done;
+                });
+              },
+            },
+            "Delete"
+          );
+        const subscriptions = (s) =>
+          s.subscriptions.length
+            ? h(
+                "ul",
+                { class: "plain" },
+                s.subscriptions.map((sub) => h("li", { class: "mono" }, `${sub.filter} (QoS ${sub.qos}) → ${sub.queue}`))
+              )
+            : "–";
+        replace(
+          sessionsHolder,
+          dataTable(
+            [
+              { title: "Client id", field: "client_id", cell: (s) => h("span", { class: "mono" }, s.client_id) },
+              { title: "Connected", field: "connected", cell: (s) => (s.connected ? s.protocol || "yes" : "no") },
+              { title: "Session", field: "persistent", cell: (s) => (s.persistent ? "persistent" : "clean") },
+              { title: "Expiry", field: "expiry", cell: (s) => (s.persistent && s.expiry === null ? "never" : `${fmtNum(s.expiry || 0)} s`) },
+              { title: "Subscriptions", field: "subscriptions", cell: subscriptions },
+              { title: "In flight", num: true, field: "inflight", cell: (s) => fmtNum(s.inflight || 0) },
+              {
+                title: "",
+                class: "actions",
+                field: "actions",
+                cell: (s) =>
+                  s.connected
+                    ? ""
+                    : deleteButton("mqtt-session-delete", `MQTT session ${s.client_id}`, `/api/mqtt/sessions/${enc(s.client_id)}`, `MQTT session ${s.client_id} deleted.`),
+              },
+            ],
+            sessions,
+            { testid: "mqtt-sessions-table", rowTestid: "mqtt-session-row", rowId: (s) => s.client_id, empty: "No MQTT session." }
+          )
+        );
+        const retained = (answer && answer.items) || [];
+        retainedCount.textContent = `(${answer ? answer.total_count : 0})`;
+        replace(
+          retainedHolder,
+          dataTable(
+            [
+              { title: "Topic", field: "topic", cell: (m) => h("span", { class: "mono" }, m.topic) },
+              { title: "Size", num: true, field: "size", cell: (m) => fmtNum(m.size) },
+              { title: "QoS", num: true, field: "qos", cell: (m) => String(m.qos) },
+              { title: "Stored", field: "stored_at", cell: (m) => new Date(m.stored_at).toLocaleString() },
+              {
+                title: "",
+                class: "actions",
+                field: "actions",
+                cell: (m) => deleteButton("mqtt-retained-delete", `the retained message on ${m.topic}`, `/api/mqtt/retained/${enc(m.topic)}`, `Retained message on ${m.topic} deleted.`),
+              },
+            ],
+            retained,
+            { testid: "mqtt-retained-table", rowTestid: "mqtt-retained-row", rowId: (m) => m.topic, empty: "No retained message." }
+          )
+        );
+        const pages = answer ? answer.page_count : 1;
+        const go = (to) => {
+          page = to;
+          refreshNow();
+        };
+        replace(pager, [
+          h("button", { type: "button", class: "small", "data-testid": "mqtt-retained-prev", disabled: page <= 1, onclick: () => go(page - 1) }, "‹ Prev"),
+          h("span", { class: "muted" }, ` page ${page} of ${pages} `),
+          h("button", { type: "button", class: "small", "data-testid": "mqtt-retained-next", disabled: page >= pages, onclick: () => go(page + 1) }, "Next ›"),
+        ]);
+      },
+    };
+  }
+
   function KafkaPage() {
     let topicsHolder;
     let groupsHolder;
@@ -1625,6 +1767,7 @@
     [/^#\/connections$/, () => ConnectionsPage()],
     [/^#\/channels$/, () => ChannelsPage()],
     [/^#\/scheduled$/, () => ScheduledPage()],
+    [/^#\/mqtt$/, () => MqttPage()],
     [/^#\/kafka$/, () => KafkaPage()],
   ];
 
