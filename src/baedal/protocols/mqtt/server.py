@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("baedal.mqtt")
 
 EXCHANGE = "amq.topic"
+_FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnection._emit)
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 
@@ -518,6 +519,12 @@ class MQTTConnection(asyncio.Protocol):
         self.acks: deque[list[Any]] = deque()
         self._timer: Any = None
         self._reading_paused = False
+        # Output of one read (or one loop turn) goes out in one transport write: a
+        # syscall per PUBLISH/PUBACK was most of the broker's time at high rates.
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._in_read = False
+        self._flush_pending = False
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
@@ -549,6 +556,14 @@ class MQTTConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self._in_read = True
+        try:
+            self._received(data)
+        finally:
+            self._in_read = False
+            self._flush()
+
+    def _received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
         try:
             packets = self.parser.feed(data)
@@ -596,7 +611,33 @@ class MQTTConnection(asyncio.Protocol):
 
     def write(self, packet: Packet) -> None:
         if not self.closed:
-            self.transport.write(encode(packet, self.version))
+            self._emit(encode(packet, self.version))
+
+    def _emit(self, data: bytes) -> None:
+        """Queue output; written at the end of the current read, or by one ``call_soon``
+        when produced outside a read (a delivery caused by another client's PUBLISH).
+        Past ``_FLUSH_AT`` bytes it is written at once, so the transport's high-water
+        mark (``pause_writing``) still stops a queue draining into a slow client."""
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= _FLUSH_AT:
+            self._flush()
+        elif not self._in_read and not self._flush_pending:
+            self._flush_pending = True
+            self.core.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_pending = False
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_bytes = 0
+        if not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
@@ -610,6 +651,7 @@ class MQTTConnection(asyncio.Protocol):
         if self.session is None and reason == codec.UNSUPPORTED_PROTOCOL_VERSION:
             # MQTT-3.1.2-2: CONNACK "unacceptable protocol version", in 3.1.1 form (the
             # client's version is the thing we do not know).
+            self._flush()
             self.transport.write(encode(Connack(False, codec.V3_UNACCEPTABLE_PROTOCOL), 4))
         self.server_disconnect(reason, text, will=True)
 
@@ -619,6 +661,7 @@ class MQTTConnection(asyncio.Protocol):
         if self.version == 5 and self.session is not None:
             props = {"reason_string": text[:200]} if text else {}
             self.write(Disconnect(reason, props))
+        self._flush()
         transport = self.transport
         self.teardown(publish_will=will)
         transport.close()
@@ -713,6 +756,7 @@ class MQTTConnection(asyncio.Protocol):
         code = v5_code if self.version == 5 else v3_code
         props = {"reason_string": text} if self.version == 5 else {}
         self.write(Connack(False, code, props))
+        self._flush()
         self.closed = True
         self.server.connections.discard(self)
         self.transport.close()
@@ -872,6 +916,7 @@ class MQTTConnection(asyncio.Protocol):
         with_will = self.version == 5 and packet.reason_code == codec.DISCONNECT_WITH_WILL
         if not with_will:
             self.will = None
+        self._flush()
         transport = self.transport
         self.teardown(publish_will=with_will)
         transport.close()
@@ -1276,7 +1321,7 @@ class MQTTConnection(asyncio.Protocol):
         if len(data) > self.client_max_packet:
             return False
         if not self.closed:
-            self.transport.write(data)
+            self._emit(data)
         return True
 
     def _send_retained(self, message: Any, options: SubOptions, sub_qos: int) -> None:
