@@ -364,13 +364,14 @@ def _raise_child_limit() -> None:
 
 
 class BrokerProcess:
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, profile: str | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         work = workdir / f"{kind}-{self.port}"
         work.mkdir(parents=True)
         if kind == "baedal":
-            command = [sys.executable, "-m", "baedal", "serve", "--port", str(free_port()),
+            prof = ["-m", "cProfile", "-o", f"{profile}/baedal-{self.port}.prof"] if profile else []
+            command = [sys.executable, *prof, "-m", "baedal", "serve", "--port", str(free_port()),
                        "--mqtt-port", str(self.port), "--http-port", "off", "--kafka-port", "off",
                        "--stomp-port", "off", "--data-dir", str(work / "data"), "--log-level", "warning"]
             self.auth: tuple[str, str] | None = ("guest", "guest")
@@ -573,6 +574,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
+    parser.add_argument("--profile", help="run Baedal under cProfile, writing baedal-PORT.prof here")
     args = parser.parse_args()
     if not shutil.which(MOSQUITTO) and any(b.startswith("mosquitto") for b in args.brokers.split(",")):
         print(f"{MOSQUITTO} not found", file=sys.stderr)
@@ -590,7 +592,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmp:
         for rnd in range(1, args.rounds + 1):
             for kind in args.brokers.split(","):
-                broker = BrokerProcess(kind, Path(tmp))
+                broker = BrokerProcess(kind, Path(tmp), args.profile)
                 try:
                     for name in args.tests.split(","):
                         load = os.getloadavg()[0]
