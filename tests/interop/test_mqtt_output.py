@@ -128,3 +128,27 @@ def test_subscriber_that_stops_reading_is_bounded_then_gets_everything(broker: B
     assert peak <= bound, peak
     pub.close()
     sub.close()
+
+
+def test_idle_connection_memory_is_bounded(broker: Broker) -> None:
+    """What the broker allocates for an idle connected client (tracemalloc, Python heap
+    only).  4.0 KiB when written; 6.1 KiB before the connection had ``__slots__`` and a
+    lazily created ack queue.  The bound catches a regression, not noise."""
+    import gc
+    import tracemalloc
+
+    socks = [Raw(broker.mqtt_port, f"warm-{i}") for i in range(20)]  # warm caches first
+    count = 300
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        socks += [Raw(broker.mqtt_port, f"idle-{i}") for i in range(count)]
+        wait_until(lambda: len(broker.mqtt.connections) >= count + 20, 10, "all connected")
+        gc.collect()
+        per_client = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+        for s in socks:
+            s.close()
+    assert per_client < 5 * 1024, per_client
