@@ -43,6 +43,12 @@ connection (after a DISCONNECT with a reason code in 5.0); nothing else is touch
 The middle of a QoS 2 exchange of a persistent session (ids awaiting PUBREL from the
 client, PUBRELs awaiting PUBCOMP) is kept in ``sessionstate.py`` so it survives a restart
 too.
+
+Output: packets are queued and written with one ``transport.write`` at the end of each
+read, or by one ``call_soon`` per loop turn when produced outside a read (deliveries
+caused by another client's PUBLISH, fsync completions).  64 KiB of queued output is
+written at once, so the transport's high-water mark and ``pause_writing`` still stop a
+queue draining into a client that does not read.
 """
 
 from __future__ import annotations
