@@ -494,6 +494,7 @@ class MQTTConnection(asyncio.Protocol):
         "closed", "consumers", "client_receive_max", "client_max_packet", "client_alias_max",
         "aliases_in", "aliases_out", "inbound_unacked", "acks", "_timer", "_reading_paused",
         "_out", "_out_bytes", "_in_read", "_flush_pending", "__weakref__",
+        "connected_at", "recv_bytes", "send_bytes",  # for operators (describe())
     )
 
     def __init__(self, server: MQTTServer) -> None:
@@ -525,19 +526,16 @@ class MQTTConnection(asyncio.Protocol):
         self.acks: deque[list[Any]] | None = None  # created at the first PUBLISH (760 B each)
         self._timer: Any = None
         self._reading_paused = False
-<<<<<<< HEAD
         # For operators (describe()): plain int increments, nothing per message else.
         self.connected_at = time.time()
         self.recv_bytes = 0
         self.send_bytes = 0
-=======
         # Output of one read (or one loop turn) goes out in one transport write: a
         # syscall per PUBLISH/PUBACK was most of the broker's time at high rates.
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._in_read = False
         self._flush_pending = False
->>>>>>> i13-mqttx
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
@@ -625,11 +623,6 @@ class MQTTConnection(asyncio.Protocol):
 
     def write(self, packet: Packet) -> None:
         if not self.closed:
-<<<<<<< HEAD
-            data = encode(packet, self.version)
-            self.send_bytes += len(data)
-            self.transport.write(data)
-=======
             self._emit(encode(packet, self.version))
 
     def _emit(self, data: bytes) -> None:
@@ -639,6 +632,7 @@ class MQTTConnection(asyncio.Protocol):
         mark (``pause_writing``) still stops a queue draining into a slow client."""
         self._out.append(data)
         self._out_bytes += len(data)
+        self.send_bytes += len(data)
         if self._out_bytes >= _FLUSH_AT:
             self._flush()
         elif not self._in_read and not self._flush_pending:
@@ -657,7 +651,6 @@ class MQTTConnection(asyncio.Protocol):
         self._out_bytes = 0
         if not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
->>>>>>> i13-mqttx
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
@@ -1418,12 +1411,7 @@ class MQTTConnection(asyncio.Protocol):
         if len(data) > self.client_max_packet:
             return False
         if not self.closed:
-<<<<<<< HEAD
-            self.send_bytes += len(data)
-            self.transport.write(data)
-=======
             self._emit(data)
->>>>>>> i13-mqttx
         return True
 
     def _send_retained(self, message: Any, options: SubOptions, sub_qos: int) -> None:
