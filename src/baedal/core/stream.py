@@ -340,6 +340,23 @@ def record_to_message(
     string headers.  A record with no ``x-baedal-ext-*`` leftovers reads back
     persistent (it is in a durable log).
     """
+    if len(headers) == 1:
+        # The common record (an AMQP publish with no properties but delivery-mode 2:
+        # only the exchange header): no neutral fields to look for, nothing to decode
+        # later either.  Same result as the general loop below.
+        name, raw = headers[0]
+        if name == EXCHANGE_HEADER:
+            message = Message(
+                raw.decode("utf-8", "replace") if raw else "",
+                key.decode("utf-8", "replace") if key else "",
+                value if value is not None else b"",
+                True,
+                0,
+                None,
+                (timestamp_ms or 0) / 1000.0,
+            )
+            message.adopt_fields(NO_FIELDS)
+            return message
     exchange = ""
     strings: list[Any] = [None, None, None, None, None, None]
     timestamp: int | None = None
