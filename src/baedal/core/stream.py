@@ -480,7 +480,8 @@ class StreamCursor:
     def __init__(self, consumer: Consumer, reader: Any) -> None:
         self.consumer = consumer
         self.reader = reader
-        self.pending: list[Record] = []
+        # ``record_batch.decode_rows`` tuples: (offset, timestamp, key, value, headers, ...)
+        self.pending: list[tuple[Any, ...]] = []
         self.index = 0
         self.delivered = 0
         self.failed_at = -1  # offset of the last failed read, logged once
@@ -489,7 +490,7 @@ class StreamCursor:
     def offset(self) -> int:
         """The offset of the next record this consumer will get."""
         if self.index < len(self.pending):
-            return self.pending[self.index].offset
+            return self.pending[self.index][0]
         return self.reader.next_offset
 
 
@@ -841,7 +842,7 @@ class StreamQueue:
                 if cursor.reader.next_offset >= committed:
                     return False
                 try:
-                    cursor.pending = pending = cursor.reader.read_records(
+                    cursor.pending = pending = cursor.reader.read_rows(
                         READ_CHUNK_BYTES, end_offset=committed
                     )
                 except OSError as exc:
@@ -856,10 +857,10 @@ class StreamQueue:
                     return False
                 if delivered:
                     return True  # one disk read per cursor per call
-            record = pending[cursor.index]
+            offset, timestamp, key, value, headers, _attributes = pending[cursor.index]
             cursor.index += 1
-            message = record_to_message(record.key, record.value, record.headers, record.timestamp)
-            entry = QueueEntry(record.offset, message, len(message.body))
+            message = record_to_message(key, value, headers, timestamp)
+            entry = QueueEntry(offset, message, len(message.body))
             delivered += 1
             cursor.delivered += 1
             self.deliver_count += 1
