@@ -56,7 +56,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
-from ..storage.record_batch import Record, RecordBatchError
+from ..storage.record_batch import Record, RecordBatchError, encode_headers
 from ..storage.segment import StorageError
 from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
 from .message import NO_FIELDS, Extension, Message, QueueEntry, load_extension
@@ -538,6 +538,7 @@ class StreamQueue:
         # Records published but not yet appended (one batch per loop turn, see publish).
         self._pending: list[Record] = []
         self._pending_bytes = 0
+        self._exchange_headers: dict[str, bytes] = {}  # see publish
         self._flush_registered = False
         self._flushed_target = 0  # log.next_offset after the last syncer-job flush
         self._lost: StorageError | None = None  # accepted records an append lost
@@ -619,9 +620,35 @@ class StreamQueue:
         if log_.failure is not None:
             self.vhost.broker.write_failed(None, log_.failure)
             return False
-        key, value, headers, timestamp_ms = message_to_record(message)
-        record = Record(value, key, headers, timestamp_ms)
-        size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
+        extension = message.extension
+        if (
+            message.field_values() is NO_FIELDS
+            and message.persistent
+            and not message.priority
+            and message.expiration_ms is None
+            and (extension is None or not extension.leftovers())
+        ):
+            # The common record (what message_to_record gives for it: the exchange
+            # header alone), its header section encoded once per exchange.
+            exchange = message.exchange
+            headers = self._exchange_headers.get(exchange)
+            if headers is None:
+                headers = encode_headers(((EXCHANGE_HEADER, exchange.encode()),))
+                if len(self._exchange_headers) < 64:
+                    self._exchange_headers[exchange] = headers
+            routing_key = message.routing_key
+            value = message.body
+            record = Record(
+                value,
+                routing_key.encode() if routing_key else None,
+                headers,
+                int((message.published_at or time.time()) * 1000),
+            )
+            size = len(value) + len(headers)
+        else:
+            key, value, headers, timestamp_ms = message_to_record(message)
+            record = Record(value, key, headers, timestamp_ms)
+            size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
         if size >= PENDING_MAX_BYTES or log_.syncer is None:
             # Alone and at once: a huge record (refused by itself if it exceeds the batch
             # bound), or no syncer to tell us when a turn ends.

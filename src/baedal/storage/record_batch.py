@@ -68,6 +68,7 @@ __all__ = [
     "decode_records",
     "decode_rows",
     "encode_batch",
+    "encode_headers",
     "set_base_offset",
 ]
 
@@ -110,7 +111,8 @@ class Record:
     """One neutral record: what every protocol's message maps onto.
 
     ``timestamp`` is milliseconds since the epoch (Kafka's unit); ``offset`` is set when
-    the record is read back from a log (``-1`` before it is appended).
+    the record is read back from a log (``-1`` before it is appended).  For writing,
+    ``headers`` may also be the section already encoded (``encode_headers``).
     """
 
     __slots__ = ("key", "value", "headers", "timestamp", "attributes", "offset")
@@ -315,7 +317,9 @@ def encode_batch(
             )
         )
         headers = record.headers
-        if headers:
+        if headers.__class__ is bytes:  # already encoded (``encode_headers``)
+            tail = headers
+        elif headers:
             n = len(headers)
             parts = [small[n] if n < limit else varint(n)]
             add = parts.extend
@@ -359,6 +363,24 @@ def encode_batch(
     )
     struct.pack_into(">I", out, _CRC_OFFSET, crc32c.crc32c(memoryview(out)[_ATTRIBUTES_OFFSET:]))
     return out
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
+    """A record's header section (count, then each key and value) as ``encode_batch``
+    writes it.  A ``Record`` whose ``headers`` is this ``bytes`` is encoded with it as
+    is: a writer whose records repeat one header set encodes it once."""
+    out = bytearray()
+    _write_varint(out, len(headers))
+    for name, value in headers:
+        encoded = name.encode()
+        _write_varint(out, len(encoded))
+        out += encoded
+        if value is None:
+            out += _NULL
+        else:
+            _write_varint(out, len(value))
+            out += value
+    return bytes(out)
 
 
 def set_base_offset(batch: bytearray | memoryview, base_offset: int) -> None:
