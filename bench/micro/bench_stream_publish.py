@@ -26,8 +26,6 @@ from baedal.core.stream import StreamQueue
 from baedal.storage.stream_log import StreamLog
 from baedal.storage.syncer import Syncer
 
-PROPERTIES = bytes([0x10, 0x00, 2])  # delivery-mode 2 only
-
 
 class _Broker:
     def __init__(self, syncer: Syncer) -> None:
@@ -64,7 +62,7 @@ def run(messages: int, per_turn: int, size: int, fsync: bool, quiet: bool) -> No
     with tempfile.TemporaryDirectory(prefix="baedal-bench-sp-") as tmp:
         log = StreamLog.open(Path(tmp) / "s", syncer=syncer)
         stream = StreamQueue(_VHost(_Broker(syncer)), "s", log)  # type: ignore[arg-type]
-        message = Message("", "s", PROPERTIES, body, persistent=True, published_at=time.time())
+        message = Message("", "s", body, persistent=True, published_at=time.time())
         publish = stream.publish
         start = time.perf_counter()
         done = 0

@@ -56,7 +56,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
-from ..storage.record_batch import Record, RecordBatchError
+from ..storage.record_batch import Record, RecordBatchError, encode_headers
 from ..storage.segment import StorageError
 from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
 from .message import NO_FIELDS, Extension, Message, QueueEntry, load_extension
@@ -340,6 +340,23 @@ def record_to_message(
     string headers.  A record with no ``x-baedal-ext-*`` leftovers reads back
     persistent (it is in a durable log).
     """
+    if len(headers) == 1:
+        # The common record (an AMQP publish with no properties but delivery-mode 2:
+        # only the exchange header): no neutral fields to look for, nothing to decode
+        # later either.  Same result as the general loop below.
+        name, raw = headers[0]
+        if name == EXCHANGE_HEADER:
+            message = Message(
+                raw.decode("utf-8", "replace") if raw else "",
+                key.decode("utf-8", "replace") if key else "",
+                value if value is not None else b"",
+                True,
+                0,
+                None,
+                (timestamp_ms or 0) / 1000.0,
+            )
+            message.adopt_fields(NO_FIELDS)
+            return message
     exchange = ""
     strings: list[Any] = [None, None, None, None, None, None]
     timestamp: int | None = None
@@ -463,7 +480,8 @@ class StreamCursor:
     def __init__(self, consumer: Consumer, reader: Any) -> None:
         self.consumer = consumer
         self.reader = reader
-        self.pending: list[Record] = []
+        # ``record_batch.decode_rows`` tuples: (offset, timestamp, key, value, headers, ...)
+        self.pending: list[tuple[Any, ...]] = []
         self.index = 0
         self.delivered = 0
         self.failed_at = -1  # offset of the last failed read, logged once
@@ -472,7 +490,7 @@ class StreamCursor:
     def offset(self) -> int:
         """The offset of the next record this consumer will get."""
         if self.index < len(self.pending):
-            return self.pending[self.index].offset
+            return self.pending[self.index][0]
         return self.reader.next_offset
 
 
@@ -520,6 +538,7 @@ class StreamQueue:
         # Records published but not yet appended (one batch per loop turn, see publish).
         self._pending: list[Record] = []
         self._pending_bytes = 0
+        self._exchange_headers: dict[str, bytes] = {}  # see publish
         self._flush_registered = False
         self._flushed_target = 0  # log.next_offset after the last syncer-job flush
         self._lost: StorageError | None = None  # accepted records an append lost
@@ -604,9 +623,35 @@ class StreamQueue:
         if log_.failure is not None:
             self.vhost.broker.write_failed(None, log_.failure)
             return False
-        key, value, headers, timestamp_ms = message_to_record(message)
-        record = Record(value, key, headers, timestamp_ms)
-        size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
+        extension = message.extension
+        if (
+            message.field_values() is NO_FIELDS
+            and message.persistent
+            and not message.priority
+            and message.expiration_ms is None
+            and (extension is None or not extension.leftovers())
+        ):
+            # The common record (what message_to_record gives for it: the exchange
+            # header alone), its header section encoded once per exchange.
+            exchange = message.exchange
+            headers = self._exchange_headers.get(exchange)
+            if headers is None:
+                headers = encode_headers(((EXCHANGE_HEADER, exchange.encode()),))
+                if len(self._exchange_headers) < 64:
+                    self._exchange_headers[exchange] = headers
+            routing_key = message.routing_key
+            value = message.body
+            record = Record(
+                value,
+                routing_key.encode() if routing_key else None,
+                headers,
+                int((message.published_at or time.time()) * 1000),
+            )
+            size = len(value) + len(headers)
+        else:
+            key, value, headers, timestamp_ms = message_to_record(message)
+            record = Record(value, key, headers, timestamp_ms)
+            size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
         if size >= PENDING_MAX_BYTES or log_.syncer is None:
             # Alone and at once: a huge record (refused by itself if it exceeds the batch
             # bound), or no syncer to tell us when a turn ends.
@@ -900,7 +945,7 @@ class StreamQueue:
                 if cursor.reader.next_offset >= committed:
                     return False
                 try:
-                    cursor.pending = pending = cursor.reader.read_records(
+                    cursor.pending = pending = cursor.reader.read_rows(
                         READ_CHUNK_BYTES, end_offset=committed
                     )
                 except OSError as exc:
@@ -927,10 +972,10 @@ class StreamQueue:
                     return False
                 if delivered:
                     return True  # one disk read per cursor per call
-            record = pending[cursor.index]
+            offset, timestamp, key, value, headers, _attributes = pending[cursor.index]
             cursor.index += 1
-            message = record_to_message(record.key, record.value, record.headers, record.timestamp)
-            entry = QueueEntry(record.offset, message, len(message.body))
+            message = record_to_message(key, value, headers, timestamp)
+            entry = QueueEntry(offset, message, len(message.body))
             delivered += 1
             cursor.delivered += 1
             self.deliver_count += 1

@@ -66,7 +66,9 @@ __all__ = [
     "check_batch",
     "decode_header",
     "decode_records",
+    "decode_rows",
     "encode_batch",
+    "encode_headers",
     "set_base_offset",
 ]
 
@@ -117,7 +119,8 @@ class Record:
     """One neutral record: what every protocol's message maps onto.
 
     ``timestamp`` is milliseconds since the epoch (Kafka's unit); ``offset`` is set when
-    the record is read back from a log (``-1`` before it is appended).
+    the record is read back from a log (``-1`` before it is appended).  For writing,
+    ``headers`` may also be the section already encoded (``encode_headers``).
     """
 
     __slots__ = ("key", "value", "headers", "timestamp", "attributes", "offset")
@@ -322,7 +325,9 @@ def encode_batch(
             )
         )
         headers = record.headers
-        if headers:
+        if headers.__class__ is bytes:  # already encoded (``encode_headers``)
+            tail = headers
+        elif headers:
             n = len(headers)
             parts = [small[n] if n < limit else varint(n)]
             add = parts.extend
@@ -366,6 +371,24 @@ def encode_batch(
     )
     struct.pack_into(">I", out, _CRC_OFFSET, crc32c.crc32c(memoryview(out)[_ATTRIBUTES_OFFSET:]))
     return out
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
+    """A record's header section (count, then each key and value) as ``encode_batch``
+    writes it.  A ``Record`` whose ``headers`` is this ``bytes`` is encoded with it as
+    is: a writer whose records repeat one header set encodes it once."""
+    out = bytearray()
+    _write_varint(out, len(headers))
+    for name, value in headers:
+        encoded = name.encode()
+        _write_varint(out, len(encoded))
+        out += encoded
+        if value is None:
+            out += _NULL
+        else:
+            _write_varint(out, len(value))
+            out += value
+    return bytes(out)
 
 
 def set_base_offset(batch: bytearray | memoryview, base_offset: int) -> None:
@@ -548,10 +571,40 @@ def decode_records(
 ) -> list[Record]:
     """Every record of one whole batch (CRC checked), with absolute offsets.
 
-    Not for the hot path of a Kafka fetch (that serves bytes); for AMQP delivery,
-    recovery tools and tests.
+    Not for the hot path of a Kafka fetch (that serves bytes); for recovery tools,
+    Kafka's produce checks and tests.  (A stream's push readers use ``decode_rows``.)
     """
-    fields, size = check_batch(data, 0, max(len(data), BATCH_HEADER_SIZE))
+    return [
+        Record(value, key, headers, timestamp, attributes, offset)
+        for offset, timestamp, key, value, headers, attributes in decode_rows(
+            data, max_inflated_bytes
+        )
+    ]
+
+
+# Header names seen so far (a stream's records repeat a handful): bytes -> str without a
+# UTF-8 decode per record.  Bounded (names up to 64 bytes, at most 1024 of them): past
+# that, names are decoded and not kept.
+_NAME_CACHE: dict[bytes, str] = {}
+_NAME_CACHE_LIMIT = 1024
+
+
+def decode_rows(
+    data: bytes | memoryview,
+    max_inflated_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    check_crc: bool = True,
+) -> list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]]:
+    """``decode_records`` as plain tuples ``(offset, timestamp, key, value, headers,
+    attributes)``: the same checks and errors, no object per record beyond the tuple
+    (a stream read delivers each record once, so a ``Record`` would be built only to
+    be taken apart again).  ``check_crc=False``: the caller has just checked it (a
+    ``StreamReader`` verifies every batch it returns), so it is not computed twice.
+    """
+    if check_crc:
+        fields, size = check_batch(data, 0, max(len(data), BATCH_HEADER_SIZE))
+    else:
+        fields = decode_header(data, 0, max(len(data), BATCH_HEADER_SIZE))
+        size = fields[1] + BATCH_OVERHEAD
     if size != len(data):
         raise RecordBatchError(f"{len(data) - size} bytes after the batch")
     base_offset = fields[0]
@@ -570,7 +623,9 @@ def decode_records(
     # before allocating anything.
     if count * 7 > end:
         raise RecordBatchError(f"record count {count} cannot fit in {end} bytes")
-    records: list[Record] = []
+    records: list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]] = []
+    append = records.append
+    names = _NAME_CACHE
     pos = 0
     read_varint = _read_varint
     zigzag = _ZIGZAG
@@ -596,11 +651,17 @@ def decode_records(
             byte = buffer[pos]
             if byte < 0x80:
                 timestamp_delta, pos = zigzag[byte], pos + 1
+            elif buffer[pos + 1] < 0x80 and pos + 2 <= stop:
+                raw = (byte & 0x7F) | (buffer[pos + 1] << 7)
+                timestamp_delta, pos = (raw >> 1) ^ -(raw & 1), pos + 2
             else:
                 timestamp_delta, pos = read_varint(buffer, pos, stop)
             byte = buffer[pos]
             if byte < 0x80:
                 offset_delta, pos = zigzag[byte], pos + 1
+            elif buffer[pos + 1] < 0x80 and pos + 2 <= stop:  # deltas 64..8191
+                raw = (byte & 0x7F) | (buffer[pos + 1] << 7)
+                offset_delta, pos = (raw >> 1) ^ -(raw & 1), pos + 2
             else:
                 offset_delta, pos = read_varint(buffer, pos, stop)
             if not 0 <= offset_delta <= last_delta:
@@ -646,10 +707,15 @@ def decode_records(
                     name_length, pos = read_varint(buffer, pos, stop)
                 if name_length < 0 or pos + name_length > stop:
                     raise RecordBatchError(f"bad header key length {name_length}")
-                try:
-                    name = str(buffer[pos : pos + name_length], "utf-8")
-                except UnicodeDecodeError:
-                    raise RecordBatchError("header key is not UTF-8") from None
+                raw_name = buffer[pos : pos + name_length]
+                name = names.get(raw_name)
+                if name is None:
+                    try:
+                        name = str(raw_name, "utf-8")
+                    except UnicodeDecodeError:
+                        raise RecordBatchError("header key is not UTF-8") from None
+                    if name_length <= 64 and len(names) < _NAME_CACHE_LIMIT:
+                        names[raw_name] = name
                 pos += name_length
                 byte = buffer[pos]
                 if byte < 0x80:
@@ -666,10 +732,8 @@ def decode_records(
             if pos != stop:
                 raise RecordBatchError("record length does not match its fields")
             timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
-            records.append(
-                Record(
-                    value, key, headers, timestamp, record_attributes, base_offset + offset_delta
-                )
+            append(
+                (base_offset + offset_delta, timestamp, key, value, headers, record_attributes)
             )
     except IndexError:
         raise RecordBatchError("record truncated") from None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...cluster.replicator import replication_failure
 from ...core.exchange import EXCHANGE_CLASSES, Exchange
-from ...core.message import Message, QueueEntry, parse_expiration
+from ...core.message import NO_FIELDS, Message, QueueEntry, parse_expiration
 from ...core.properties import DecodeError
 from ...core.publish import (
     NEEDS_SYNC,
@@ -187,14 +187,57 @@ def with_stream_offset(properties: bytes, offset: int) -> bytes:
     )
 
 
-class AMQPStreamConsumer(AMQPConsumer):
-    """A consumer of a stream: each delivery carries its offset as ``x-stream-offset``."""
+# The block of a message with no neutral fields, priority or expiry (the common stream
+# record) plus its offset, packed in one call: flags (headers, and delivery-mode when
+# persistent), a one-entry headers table, delivery-mode 2.
+_PERSISTENT_OFFSET_BLOCK = struct.Struct(">HI17sqB")
+_TRANSIENT_OFFSET_BLOCK = struct.Struct(">HI17sq")
+_OFFSET_TABLE_SIZE = len(_STREAM_OFFSET_KEY) + 8
 
-    __slots__ = ()
+
+class AMQPStreamConsumer(AMQPConsumer):
+    """A consumer of a stream: each delivery carries its offset as ``x-stream-offset``.
+
+    ``names_for``/``names``: the last exchange and routing key pair and its wire form; a
+    stream's records mostly share one, so it is encoded once per consumer, not per
+    delivery.
+    """
+
+    __slots__ = ("names_exchange", "names_key", "names")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.names_exchange: str | None = None
+        self.names_key: str | None = None
+        self.names = b""
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
         assert message is not None
+        if (
+            message.extension is None
+            and message.field_values() is NO_FIELDS
+            and not message.priority
+            and message.expiration_ms is None
+        ):
+            # Fast path: the block is known without encoding anything.
+            if message.persistent:
+                block = _PERSISTENT_OFFSET_BLOCK.pack(
+                    0x3000, _OFFSET_TABLE_SIZE, _STREAM_OFFSET_KEY, entry.position, 2
+                )
+            else:
+                block = _TRANSIENT_OFFSET_BLOCK.pack(
+                    0x2000, _OFFSET_TABLE_SIZE, _STREAM_OFFSET_KEY, entry.position
+                )
+            exchange = message.exchange
+            routing_key = message.routing_key
+            if exchange != self.names_exchange or routing_key != self.names_key:
+                self.names_exchange = exchange
+                self.names_key = routing_key
+                self.names = encode_short_string(exchange) + encode_short_string(routing_key)
+            message.extension = AmqpExtension(block, self.names)
+            self.channel.send_delivery(self, queue, entry)
+            return
         # The message was read back for this cursor alone, so its extension may be
         # changed: its block (encoded from the neutral fields) gains the offset header.
         extension = wire_extension(message)

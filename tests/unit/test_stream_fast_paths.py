@@ -1,0 +1,140 @@
+"""The stream's fast paths give exactly what the general paths give.
+
+* publish: a record whose header section was encoded once (``encode_headers``) is the
+  same bytes as one encoded from the header list;
+* read: ``decode_rows`` is ``decode_records`` as tuples; ``record_to_message``'s
+  shortcut for the exchange-only record equals the general mapping; the AMQP stream
+  consumer's packed block equals ``encode_block`` + ``with_stream_offset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baedal.core.message import NO_FIELDS, Message, QueueEntry
+from baedal.core.stream import EXCHANGE_HEADER, message_to_record, record_to_message
+from baedal.protocols.amqp.channel import AMQPStreamConsumer, with_stream_offset
+from baedal.protocols.amqp.properties import (
+    AmqpExtension,
+    BasicProperties,
+    decode_properties,
+    encode_block,
+    encode_properties,
+)
+from baedal.storage.record_batch import (
+    Record,
+    RecordBatchError,
+    decode_records,
+    decode_rows,
+    encode_batch,
+    encode_headers,
+)
+
+header_lists = st.lists(
+    st.tuples(
+        st.text(max_size=40) | st.just("k" * 3000),
+        st.none() | st.binary(max_size=40) | st.just(b"v" * 2100),
+    ),
+    max_size=5,
+)
+
+
+@given(header_lists, st.binary(max_size=300), st.none() | st.binary(max_size=20))
+def test_pre_encoded_headers_encode_to_the_same_batch(
+    headers: list[tuple[str, bytes | None]], value: bytes, key: bytes | None
+) -> None:
+    listed = encode_batch([Record(value, key, headers, 1000)] * 3, 7, now_ms=5)
+    encoded = encode_batch([Record(value, key, encode_headers(headers), 1000)] * 3, 7, now_ms=5)
+    assert encoded == listed
+    assert [r.headers for r in decode_records(bytes(encoded))] == [headers] * 3
+
+
+def _batch() -> bytearray:
+    records = [
+        Record(b"v%d" % i, b"k" if i % 2 else None, [(EXCHANGE_HEADER, b"ex"), ("h", None)], 1000 + i * 300)
+        for i in range(200)  # offset deltas and timestamp deltas past one varint byte
+    ]
+    return encode_batch(records, 40, now_ms=1)
+
+
+def test_rows_are_the_records_as_tuples() -> None:
+    data = bytes(_batch())
+    records = decode_records(data)
+    rows = decode_rows(data)
+    assert rows == [
+        (r.offset, r.timestamp, r.key, r.value, r.headers, r.attributes) for r in records
+    ]
+    assert rows[-1][0] == 239 and rows[-1][1] == 1000 + 199 * 300
+
+
+def test_rows_without_crc_check_still_refuse_bad_records() -> None:
+    data = _batch()
+    data[23] ^= 0xFF  # lastOffsetDelta's top byte: negative, a bad header either way
+    with pytest.raises(RecordBatchError):
+        decode_rows(bytes(data))
+    with pytest.raises(RecordBatchError):
+        decode_rows(bytes(data), check_crc=False)
+    for position in range(61, 120):  # damage inside the first records
+        damaged = _batch()
+        damaged[position] ^= 0x41
+        with pytest.raises(RecordBatchError):
+            decode_rows(bytes(damaged))  # the CRC notices
+        try:  # without it: decoded or refused, but only ever with the codec's error
+            decode_rows(bytes(damaged), check_crc=False)
+        except RecordBatchError:
+            pass
+
+
+def _general(key: bytes | None, value: bytes, raw: bytes, timestamp_ms: int) -> Message:
+    # The general loop, reached by adding a header the loop ignores on its own merits:
+    # an unknown plain header becomes an application header, so compare the rest.
+    return record_to_message(key, value, [(EXCHANGE_HEADER, raw), ("x", b"1")], timestamp_ms)
+
+
+@pytest.mark.parametrize("exchange", ["", "shop", "é"])
+@pytest.mark.parametrize("key", [None, b"orders.new"])
+def test_the_exchange_only_record_reads_back_as_the_general_mapping_says(
+    exchange: str, key: bytes | None
+) -> None:
+    message = Message(exchange, (key or b"").decode(), b"body", True, extension=AmqpExtension(b"\x10\x00\x02"))
+    record_key, value, headers, timestamp_ms = message_to_record(message)
+    assert record_key == key and [name for name, _v in headers] == [EXCHANGE_HEADER]
+    fast = record_to_message(record_key, value, headers, timestamp_ms)
+    general = _general(record_key, value, headers[0][1], timestamp_ms)
+    for name in ("exchange", "routing_key", "body", "persistent", "priority", "expiration_ms", "published_at"):
+        assert getattr(fast, name) == getattr(general, name), name
+    assert fast.field_values() is NO_FIELDS and fast.extension is None
+    assert encode_block(fast) == encode_properties(BasicProperties(delivery_mode=2))
+
+
+class _Channel:
+    """Just what ``AMQPStreamConsumer.deliver`` hands its delivery to."""
+
+    connection = None
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send_delivery(self, consumer: Any, queue: Any, entry: QueueEntry) -> None:
+        extension = entry.message.extension  # type: ignore[union-attr]
+        self.sent.append((extension.properties, extension.wire_names))
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("offset", [0, 255, 2**40])
+def test_the_packed_offset_block_is_the_spliced_block(persistent: bool, offset: int) -> None:
+    channel = _Channel()
+    consumer = AMQPStreamConsumer("c", None, channel, False, False, 0, 10, {})  # type: ignore[arg-type]
+    for exchange, routing_key in [("", "s"), ("", "s"), ("ex", "s"), ("ex", "t")]:
+        message = Message(exchange, routing_key, b"b", persistent)
+        message.adopt_fields(NO_FIELDS)
+        expected = with_stream_offset(encode_block(message), offset)
+        consumer.deliver(None, QueueEntry(offset, message, 1))  # type: ignore[arg-type]
+        block, names = channel.sent[-1]
+        assert block == expected
+        assert decode_properties(block).headers == {"x-stream-offset": offset}
+        assert names == bytes((len(exchange),)) + exchange.encode() + bytes((len(routing_key),)) + routing_key.encode()
