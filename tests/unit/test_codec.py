@@ -132,6 +132,20 @@ def test_a_connection_fault_is_sticky() -> None:
     assert again.value is first.value
 
 
+def test_events_before_a_connection_fault_are_handed_over_once() -> None:
+    """Found by the connection fuzz: the sticky fault carried the events parsed before
+    it, so a later read handed an already-handled publish to the connection again."""
+    r = reader()
+    publish = b"".join(content_frames(1, spec.BasicPublish(routing_key="q").encode(), b"\x00\x00", b"hi", FRAME_MAX))
+    with pytest.raises(ConnectionFault) as first:
+        r.feed(PROTOCOL_HEADER + publish + frame(8, 1, b""))
+    assert [type(event) for event in first.value.events] == [ProtocolHeader, ContentFrame]  # type: ignore[attr-defined]
+    with pytest.raises(ConnectionFault) as again:
+        r.feed(publish)
+    assert again.value is first.value
+    assert again.value.events == []  # type: ignore[attr-defined]
+
+
 def test_frame_too_large_is_refused_from_its_seven_byte_header_alone() -> None:
     r = reader()
     r.feed(PROTOCOL_HEADER)

@@ -271,6 +271,9 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[Any]:
         if self.failed is not None:
+            # The events parsed before the failure went out with its first raise; a
+            # later feed must not hand them over again (they were handled already).
+            self.failed.events = []  # type: ignore[attr-defined]
             raise self.failed
         buf = self._leftover + data if self._leftover else data
         events: list[Any] = []
