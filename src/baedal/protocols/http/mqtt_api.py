@@ -34,9 +34,16 @@ from aiohttp import web
 
 from .auth import Access, check_permission, visible_vhosts
 from .errors import HTTPError, not_found
-from .routes import Param, Route, no_content, query_number, reply, server_of
-
-MAX_PAGE_SIZE = 500
+from .routes import (
+    MAX_PAGE_SIZE,
+    Route,
+    no_content,
+    page_params,
+    page_schema,
+    query_number,
+    reply,
+    server_of,
+)
 
 SUBSCRIPTION: dict[str, Any] = {
     "type": "object",
@@ -78,22 +85,8 @@ RETAINED: dict[str, Any] = {
     },
     "required": ["topic", "size", "qos"],
 }
-RETAINED_PAGE: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": RETAINED},
-        "page": {"type": "integer"},
-        "page_size": {"type": "integer"},
-        "page_count": {"type": "integer"},
-        "item_count": {"type": "integer"},
-        "total_count": {"type": "integer"},
-    },
-    "required": ["items", "page", "page_size", "page_count", "total_count"],
-}
-PAGE_PARAMS = (
-    Param("page", {"type": "integer", "minimum": 1}, "Page number, from 1"),
-    Param("page_size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, "Retained messages per page (100)"),
-)
+RETAINED_PAGE: dict[str, Any] = page_schema(RETAINED)
+PAGE_PARAMS = page_params("Retained messages")
 
 _QUEUE_PREFIX = "mqtt-subscription-"
 

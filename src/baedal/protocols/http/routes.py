@@ -142,3 +142,31 @@ def query_number(
             400, f"query parameter '{name}' must be between {minimum:g} and {maximum:g}"
         )
     return number
+
+
+MAX_PAGE_SIZE = 500  # the largest page a paginated listing answers
+
+
+def page_schema(item: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of one page of a paginated listing of ``item``s (the shape the
+    scheduled-message and MQTT retained listings answer)."""
+    return {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "page": {"type": "integer"},
+            "page_size": {"type": "integer"},
+            "page_count": {"type": "integer"},
+            "item_count": {"type": "integer"},
+            "total_count": {"type": "integer"},
+        },
+        "required": ["items", "page", "page_size", "page_count", "total_count"],
+    }
+
+
+def page_params(what: str) -> tuple[Param, Param]:
+    """The ``page`` / ``page_size`` query parameters of a paginated listing."""
+    return (
+        Param("page", {"type": "integer", "minimum": 1}, "Page number, from 1"),
+        Param("page_size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, f"{what} per page (100)"),
+    )

@@ -24,9 +24,16 @@ from aiohttp import web
 
 from .auth import Access, check_permission, visible_vhosts
 from .errors import HTTPError, not_found
-from .routes import Param, Route, no_content, query_number, reply, server_of
-
-MAX_PAGE_SIZE = 500
+from .routes import (
+    MAX_PAGE_SIZE,
+    Route,
+    no_content,
+    page_params,
+    page_schema,
+    query_number,
+    reply,
+    server_of,
+)
 
 JOB: dict[str, Any] = {
     "type": "object",
@@ -48,22 +55,8 @@ JOB: dict[str, Any] = {
     },
     "required": ["id", "vhost", "due", "exchange", "routing_key", "size", "repeat", "repeat_left"],
 }
-PAGE: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "items": {"type": "array", "items": JOB},
-        "page": {"type": "integer"},
-        "page_size": {"type": "integer"},
-        "page_count": {"type": "integer"},
-        "item_count": {"type": "integer"},
-        "total_count": {"type": "integer"},
-    },
-    "required": ["items", "page", "page_size", "page_count", "total_count"],
-}
-PAGE_PARAMS = (
-    Param("page", {"type": "integer", "minimum": 1}, "Page number, from 1"),
-    Param("page_size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, "Jobs per page (100)"),
-)
+PAGE: dict[str, Any] = page_schema(JOB)
+PAGE_PARAMS = page_params("Jobs")
 
 
 def _scheduler(request: web.Request) -> Any:
