@@ -5,10 +5,7 @@ test_scheduled_console.py (Debian's chromium driven by Playwright; skipped witho
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,40 +13,11 @@ import pika
 import pytest
 from httphelpers import Api, poll_until
 
-CHROMIUM = Path(os.environ.get("BAEDAL_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-expect = sync_api.expect
+# The browser, page and expect of the console's own browser tests (module-level skip
+# without Chromium/playwright comes with them).
+from test_console_browser import browser_context, expect, page  # noqa: E402, F401  # fixtures used by name
 
 pytestmark = pytest.mark.timeout(120)
-UI_TIMEOUT_MS = 15_000
-
-
-@pytest.fixture
-def page(tmp_path: Path, http_broker: Any) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-            headless=True,
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        expect.set_options(timeout=UI_TIMEOUT_MS)
-        try:
-            page = context.new_page()
-            page.on("dialog", lambda dialog: dialog.accept())
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-            assert not errors, f"JavaScript errors in the console: {errors}"
-        finally:
-            context.close()
 
 
 def _mqtt_client(broker: Any, client_id: str) -> Any:
@@ -63,7 +31,7 @@ def _mqtt_client(broker: Any, client_id: str) -> Any:
     return client
 
 
-def test_connections_filter_and_mqtt_page(page: Any, http_broker: Any) -> None:
+def test_connections_filter_and_mqtt_page(page: Any, http_broker: Any) -> None:  # noqa: F811
     api = Api(http_broker.http_url)
     amqp = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url))
     client = _mqtt_client(http_broker, "console-mqtt")

@@ -4,53 +4,21 @@ chromium driven by Playwright; skipped without it)."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 from httphelpers import Api
 
-CHROMIUM = Path(os.environ.get("BAEDAL_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-expect = sync_api.expect
+# The browser, page and expect of the console's own browser tests (module-level skip
+# without Chromium/playwright comes with them).
+from test_console_browser import browser_context, expect, page  # noqa: E402, F401  # fixtures used by name
 
 pytestmark = pytest.mark.timeout(120)
-UI_TIMEOUT_MS = 15_000
 
 
-@pytest.fixture
-def page(tmp_path: Path, http_broker: Any) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-            headless=True,
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        expect.set_options(timeout=UI_TIMEOUT_MS)
-        try:
-            page = context.new_page()
-            page.on("dialog", lambda dialog: dialog.accept())
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-            assert not errors, f"JavaScript errors in the console: {errors}"
-        finally:
-            context.close()
-
-
-def test_scheduled_page_lists_pages_and_cancels(page: Any, http_broker: Any) -> None:
+def test_scheduled_page_lists_pages_and_cancels(page: Any, http_broker: Any) -> None:  # noqa: F811
     connection = pika.BlockingConnection(pika.URLParameters(http_broker.amqp_url))
     channel = connection.channel()
     channel.confirm_delivery()
