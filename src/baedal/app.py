@@ -560,6 +560,9 @@ class _BoundSocketFile:
     def close(self) -> None:
         if self._inode is None:
             return
+        from .transport.unix import forget_renamed
+
+        forget_renamed(os.path.abspath(self.address))
         try:
             if os.lstat(self.address).st_ino == self._inode:
                 os.unlink(self.address)

@@ -56,5 +56,7 @@ def connection_name(peer: tuple[str, int], local: Any) -> str:
     if isinstance(local, bytes):
         local = local.decode("utf-8", "replace")
     if isinstance(local, str):
-        return "unix:" + local.replace("\0", "@", 1)
+        from .unix import listening_path  # (bound under a temporary name, then renamed)
+
+        return "unix:" + listening_path(local).replace("\0", "@", 1)
     return f"{peer[0]}:{peer[1]}"
