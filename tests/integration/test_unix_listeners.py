@@ -14,12 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +36,6 @@ from baedal.transport.unix import socket_address
 from baedal_testing import wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # Short (sun_path is 108 bytes) and searchable by everyone, so a refusal in the
-    # permission test comes from the socket file's mode, not from its directory.
-    path = Path(tempfile.mkdtemp(prefix="bu-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 def abstract_name() -> str:
