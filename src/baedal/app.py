@@ -164,6 +164,7 @@ class Broker:
                     await self.http.start_unix(sock)
                     self._unix_listeners.append(_BoundSocketFile(s.http_unix_socket))
                     self.unix_sockets.append(f"http+unix:{s.http_unix_socket}")
+                    log.info("baedal listening on http+unix:%s", s.http_unix_socket)
         if s.inproc_name:
             from .transport import inproc
 

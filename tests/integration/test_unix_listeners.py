@@ -149,28 +149,6 @@ def test_stomp_frames_over_a_linux_abstract_name_and_the_same_authentication(tmp
         assert again.startswith(b"CONNECTED\n")
 
 
-def test_a_unix_peer_is_local_by_its_socket_family_not_by_an_empty_host() -> None:
-    # The Unix rule is decided by the socket's family, not by an empty peer host.
-    from baedal.transport.address import LOCAL_PEER, peer_address
-
-    class Transport:
-        def __init__(self, extra: dict[str, Any]) -> None:
-            self.extra = extra
-
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return self.extra.get(name, default)
-
-    tcp = socket.socket()
-    unix = socket.socket(socket.AF_UNIX)
-    try:
-        assert peer_address(Transport({"peername": ("10.0.0.1", 5), "socket": tcp})) == ("10.0.0.1", 5)
-        assert peer_address(Transport({"peername": None, "socket": tcp})) == ("", 0)
-        assert peer_address(Transport({"peername": "", "socket": unix})) == LOCAL_PEER
-    finally:
-        tcp.close()
-        unix.close()
-
-
 # --- MQTT -------------------------------------------------------------------------------
 
 
