@@ -315,11 +315,24 @@ class Segment(AppendOnlyFile, SegmentReads):
 
     def read(self, offset: int) -> tuple[int, bytes]:
         """The record at ``offset`` as (kind, payload), CRC-checked."""
-        head = self.pread(offset, RECORD_HEADER_SIZE)
-        if len(head) < RECORD_HEADER_SIZE:
-            raise StorageError(errno_module.EIO, f"no record at offset {offset}", self.path)
-        length, crc, kind = RECORD_HEADER.unpack(head)
-        payload = self.pread(offset + RECORD_HEADER_SIZE, length)
+        # The shared ``pread`` inlined for the two reads: this is a priority queue's
+        # read by position.  ``written`` always ends at a record boundary, so a record
+        # that starts below it is in the kernel whole.
+        if offset >= self.written and self._buffer:
+            self.flush()
+        fd = self._read_fd
+        if fd < 0:
+            fd = self.read_fd()
+        try:
+            head = os.pread(fd, RECORD_HEADER_SIZE, offset)
+            if len(head) < RECORD_HEADER_SIZE:
+                raise StorageError(errno_module.EIO, f"no record at offset {offset}", self.path)
+            length, crc, kind = RECORD_HEADER.unpack(head)
+            payload = os.pread(fd, length, offset + RECORD_HEADER_SIZE)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
         if len(payload) != length or crc32c.crc32c(payload, _KIND_SEED[kind]) != crc:
             raise StorageError(errno_module.EIO, f"damaged record at offset {offset}", self.path)
         return kind, payload
