@@ -1031,6 +1031,13 @@ class StreamQueue:
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1
 
+    def settle_many(self, count: int, acked: bool) -> None:
+        """``count`` deliveries settled at once (an adapter that tracks a consumer's
+        deliveries as a count, not one entry each: ``deliver_rows``)."""
+        self.unacked_count -= count
+        if acked:
+            self.ack_count += count
+
     def requeue(self, entries: list[QueueEntry]) -> None:
         """A channel closed with deliveries unacked: nothing to put back (a stream keeps
         every record); a new consumer chooses where to start."""

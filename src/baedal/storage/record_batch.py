@@ -574,8 +574,8 @@ def decode_records(
     Not for the hot path of a Kafka fetch (that serves bytes); for recovery tools,
     Kafka's produce checks and tests.  (A stream's push readers use ``decode_rows``.)
     """
-    return [
-        Record(value, key, headers, timestamp, attributes, offset)
+    return [  # each its own headers list (rows may share one)
+        Record(value, key, list(headers), timestamp, attributes, offset)
         for offset, timestamp, key, value, headers, attributes in decode_rows(
             data, max_inflated_bytes
         )
@@ -599,6 +599,10 @@ def decode_rows(
     (a stream read delivers each record once, so a ``Record`` would be built only to
     be taken apart again).  ``check_crc=False``: the caller has just checked it (a
     ``StreamReader`` verifies every batch it returns), so it is not computed twice.
+
+    Consecutive records whose header sections are the same bytes (a stream fed by one
+    publisher: every AMQP publish to one exchange has the same ``x-baedal-exchange``
+    header) share one headers list, decoded once: treat ``headers`` as read-only.
     """
     if check_crc:
         fields, size = check_batch(data, 0, max(len(data), BATCH_HEADER_SIZE))
@@ -629,6 +633,9 @@ def decode_rows(
     pos = 0
     read_varint = _read_varint
     zigzag = _ZIGZAG
+    section = b""  # the previous record's header section and what it decoded to
+    section_size = -1
+    headers: list[tuple[str, bytes | None]] = []
     # Varints below 64 (most lengths, deltas and counts) are one byte and record and
     # value lengths below 8 KiB two: decoded inline (``_ZIGZAG`` undoes the zig-zag of
     # one byte), the rest by ``_read_varint``.  An IndexError means a field ran off the
@@ -691,6 +698,14 @@ def decode_rows(
             if value_length >= 0:
                 value = buffer[pos : pos + value_length]
                 pos += value_length
+            # The header section runs from its count to the record's end: the same
+            # bytes as the previous record's mean the same headers.
+            if pos + section_size == stop and buffer.startswith(section, pos):
+                pos = stop
+                timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
+                append((base_offset + offset_delta, timestamp, key, value, headers, record_attributes))
+                continue
+            section_start = pos
             byte = buffer[pos]
             if byte < 0x80:
                 header_count, pos = zigzag[byte], pos + 1
@@ -698,7 +713,7 @@ def decode_rows(
                 header_count, pos = read_varint(buffer, pos, stop)
             if header_count < 0 or header_count * 2 > stop - pos:
                 raise RecordBatchError(f"bad header count {header_count}")
-            headers: list[tuple[str, bytes | None]] = []
+            headers = []
             for _h in range(header_count):
                 byte = buffer[pos]
                 if byte < 0x80:
@@ -731,6 +746,8 @@ def decode_rows(
                 headers.append((name, header_value))
             if pos != stop:
                 raise RecordBatchError("record length does not match its fields")
+            section = buffer[section_start:stop]
+            section_size = stop - section_start
             timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
             append(
                 (base_offset + offset_delta, timestamp, key, value, headers, record_attributes)

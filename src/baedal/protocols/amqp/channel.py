@@ -1004,7 +1004,16 @@ class Channel:
             for queue, entries in by_queue.values():
                 queue.requeue(entries)
             return
+        shared: list[_Unacked] | None = None
         for record in records:
+            if record.entry is None:
+                # A stream consumer's batch-path deliveries share one record
+                # (AMQPStreamConsumer): settled in bulk below, not one by one.
+                if shared is None:
+                    shared = [record]
+                elif record not in shared:
+                    shared.append(record)
+                continue
             self._release(record)
             queue = record.queue
             if how == "ack":
@@ -1013,6 +1022,15 @@ class Channel:
                 queue.reject(record.entry, False)
             if record.consumer is not None and queue not in touched:
                 touched.append(queue)
+        if shared is not None:
+            for record in shared:
+                count = records.count(record)
+                self.unacked_count -= count
+                record.consumer.unacked -= count  # type: ignore[union-attr]
+                stream = record.queue
+                stream.settle_many(count, how == "ack")  # type: ignore[attr-defined]
+                if stream not in touched:
+                    touched.append(stream)
         if self.global_prefetch:
             self.drain_consumers()
         else:
