@@ -3,6 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/stream_bench.py \\
         [--rabbitmq-url amqp://guest:guest@127.0.0.1:5672/ | --rabbitmq-url off] \\
         [--baedal-url URL]          # default: start `python -m baedal serve` on a temp dir
+        [--compare-url URL ...]     # other Baedal builds in the same interleaved run
         [--rounds 3] [--seconds 10] [--window 1000] [--size 1024] [--producers 1] \\
         [--read-count 1000000] [--prefetch 1000] [--json results.jsonl]
 
@@ -380,6 +381,8 @@ async def main_async(args: argparse.Namespace) -> None:
         process.start()
         assert process.process is not None
         brokers.append(("baedal", f"amqp://guest:guest@127.0.0.1:{process.port}/", process.process.pid))
+    for url in args.compare_url:  # other Baedal builds (e.g. main), measured as baedal-2, ...
+        brokers.append((f"baedal-{len(brokers) + 1}", url, listening_pid(urlparse(url).port or 5672)))
     if args.rabbitmq_url != "off":
         brokers.append(("rabbitmq", args.rabbitmq_url, listening_pid(urlparse(args.rabbitmq_url).port or 5672)))
     args.tool = build_tool() if args.client == "c" else None
@@ -406,6 +409,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baedal-url", default=None, help="a running Baedal (default: start one)")
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/", help="'off' to skip")
+    parser.add_argument(
+        "--compare-url",
+        action="append",
+        default=[],
+        help="another running Baedal to interleave (before/after a change); repeatable",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="publish duration per round")
     parser.add_argument("--window", type=int, default=1000, help="unconfirmed publishes at most")
