@@ -277,27 +277,37 @@ class AMQPStreamConsumer(AMQPConsumer):
         frame_max = connection.frame_max
         largest = min(65536, frame_max - 8) if frame_max else 65536
         frames = self.row_frames
+        if frames is not None:
+            head, method, middle, block_head, tail = frames
         pair = self.row_names
+        # Rows of one batch with the same header bytes share one headers list
+        # (record_batch.decode_rows): checked once per list, not per record.
+        checked: list[Any] | None = None
+        checked_key: bytes | None = None
         first_tag = tag = channel.next_delivery_tag
         parts: list[bytes] = []
         end_byte = FRAME_END_BYTE
         for index in range(start, start + credit):
             offset, _timestamp, key, value, headers, _attributes = rows[index]
-            if len(headers) != 1:
-                break
-            name, exchange = headers[0]
-            if name != EXCHANGE_HEADER or not value or len(value) > largest:
-                break
-            if pair is None or pair[0] != exchange or pair[1] != key:
-                try:
-                    frames = self._row_frames(exchange, key)
-                except ValueError:  # a name too long for a short string: general path
+            if headers is not checked or key != checked_key:
+                if len(headers) != 1:
                     break
-                pair = self.row_names = (exchange, key)
-                self.row_frames = frames
-            assert frames is not None
-            head, method, middle, block_head, tail = frames
-            size = len(value)
+                name, exchange = headers[0]
+                if name != EXCHANGE_HEADER:
+                    break
+                if pair is None or pair[0] != exchange or pair[1] != key:
+                    try:
+                        frames = self._row_frames(exchange, key)
+                    except ValueError:  # a name too long for a short string: general path
+                        break
+                    pair = self.row_names = (exchange, key)
+                    self.row_frames = frames
+                    head, method, middle, block_head, tail = frames
+                checked = headers
+                checked_key = key
+            size = len(value) if value is not None else 0
+            if not size or size > largest:
+                break
             parts += (
                 head.pack(method, tag, middle, size, block_head, offset, tail, size),
                 value,
