@@ -50,8 +50,11 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import crc32c
+
+from .._speedups import load as load_speedup
 
 __all__ = [
     "BATCH_HEADER",
@@ -588,6 +591,10 @@ def decode_records(
 _NAME_CACHE: dict[bytes, str] = {}
 _NAME_CACHE_LIMIT = 1024
 
+# decode_rows' record loop compiled (optional: see baedal/_speedups), or None.
+_records_c = load_speedup("_records")
+_speedup: Any = _records_c.decode_body if _records_c is not None else None
+
 
 def decode_rows(
     data: bytes | memoryview,
@@ -627,6 +634,15 @@ def decode_rows(
     # before allocating anything.
     if count * 7 > end:
         raise RecordBatchError(f"record count {count} cannot fit in {end} bytes")
+    if _speedup is not None:
+        # The same loop in C (baedal/_speedups/_records.c); None = not something it
+        # decodes (bad data, numbers past 64 bits): the loop below answers instead.
+        rows = _speedup(
+            buffer, count, base_offset, last_delta, base_timestamp, max_timestamp,
+            log_append_time, _NAME_CACHE, _NAME_CACHE_LIMIT,
+        )  # fmt: skip
+        if rows is not None:
+            return rows  # type: ignore[no-any-return]
     records: list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]] = []
     append = records.append
     names = _NAME_CACHE
