@@ -559,11 +559,14 @@ class Scheduler:
 
     def wake(self) -> None:
         """Fire whatever is due by ``clock()`` now and re-arm (fake clocks in tests)."""
-        while True:
+        for _ in range(1_000_000):  # bounded: each round fires or loads something
             self._tick()
-            if not self._loading and not (self._heap and self._heap[0][0] <= self.clock()):
-                break
-            if self._closed:
+            now = self.clock()
+            if self._closed or not (
+                self._loading
+                or (self._heap and self._heap[0][0] <= now)
+                or (self._unloaded and self._unloaded[0] * BUCKET_SECONDS - LOAD_AHEAD <= now)
+            ):
                 break
 
     def _arm(self) -> None:
