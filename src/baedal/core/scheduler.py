@@ -25,27 +25,45 @@ Theory of operation
 The publish path (core/publish.py) spots the headers in ``Publisher.admit`` (only for a
 message that has headers: the AMQP fast path never gets there) and hands a
 ``ScheduleRequest`` to ``deliver``, which calls ``Scheduler.schedule`` instead of
-routing.  ``schedule`` writes the job to the schedule store (storage/schedule_store.py:
-a segment log, group-committed by the broker's one ``Syncer``) and returns whether the
+routing.  ``schedule`` appends the job to the schedule store and returns whether the
 publisher's confirm must wait for an fsync, exactly as for a persistent message reaching
 a durable queue; so a confirm is sent only once the job is on disk.
 
-Memory holds, per job, its id, vhost, due time, store position and size (``Job``), plus
-a heap of (due, sequence, id).  Bodies stay on disk: a job is read back when it fires or
-is listed.  One timer (``loop.call_later``) is armed for the earliest due time; never a
-task or timer per message.  When it fires, every job due by then is published through
-the one publish path (``Publisher.deliver``, routing as of that moment: bindings added or
-removed since the publish count, as in the plugin), at most ``FIRE_BATCH`` per callback
-(the rest continue with ``call_soon``, so one huge backlog cannot starve the loop).  A
-repeating job is rewritten with its next due time; the old record is settled only after
-the fsync covering the delivery (``after_sync``), so a crash in between delivers at
-least once rather than losing a repetition.  A cancelled or rewritten job leaves a stale
-heap entry that is skipped when popped (lazy deletion: cancel costs O(1)).
+Memory does not grow with the number of waiting jobs.  The store
+(storage/schedule_buckets.py) keeps every job on disk in a log per *bucket* of due
+time (10 s), with a small summary per bucket (live jobs per vhost).  This scheduler holds
+in memory only the *window*: the jobs of the buckets whose time span starts within
+``LOAD_AHEAD`` seconds, as a heap of (due, seq, bucket, envelope bytes).  A bucket
+comes into the window a slice of ``LOAD_BATCH`` records per callback, so reading it never
+stalls the loop for long.  A job published into a bucket already in the window goes
+straight onto the heap too; one published further ahead is only appended to its
+bucket's log.  Jobs that repeat (period/repeat/cron) live in their own log, always in
+the window (they are few and keep their id while they move through time).
+
+One timer (``loop.call_later``) is armed for the earlier of the next due job and the
+next bucket to load: never a task or timer per message, and no fixed poll.  When it
+fires, every job due by then is published through the one publish path
+(``Publisher.deliver``, routing as of that moment: bindings added or removed since the
+publish count, as in the plugin), at most ``FIRE_BATCH`` per callback (the rest continue
+with ``call_soon``).  Firing decodes the binary envelope once (one ``struct`` unpack and
+the message record).  The fired jobs of a callback are tombstoned in their bucket
+together, after the fsync covering their deliveries (``after_sync``): a crash in
+between delivers at least once rather than losing.  A repeating job is appended again
+with its next due time and its old record tombstoned the same way.  A bucket whose jobs
+are all done and settled, and whose span is over, is deleted whole.
+
+A job's id is ``<bucket>-<seq>`` (``r-<seq>`` for a recurring job), so the management
+API's look-up and cancel read that one bucket, and nothing maps ids to jobs in memory.
+A cancel is a tombstone; the job's heap entry, if it has one, goes stale and is skipped
+when popped (lazy deletion).  Listing walks the buckets in due order, skipping whole
+buckets by their counts, and reads only those the page falls in.
 
 Due times are wall-clock (``clock``, seconds since the epoch) so they keep their meaning
-across a restart; at start-up the store's records rebuild the heap and anything overdue
-fires at once, in due order.  ``clock`` can be replaced (tests use a fake clock and call
-``wake()``); the timer then re-checks the head against the clock whenever it fires.
+across a restart.  At start-up the store reads bucket summaries, not jobs (a bucket
+written after its last summary checkpoint, i.e. before a kill -9, is re-scanned alone);
+overdue buckets come into the window one at a time and fire at once, in due order.
+``clock`` can be replaced (tests use a fake clock and call ``wake()``); the timer then
+re-checks the head against the clock whenever it fires.
 
 Routability cannot be known when a scheduled message is published (the plugin's README
 says the same of its mandatory flag).  Baedal does not send ``basic.return`` for a
