@@ -26,7 +26,8 @@ What it does:
 5. Samples the broker's RSS and CPU time every second.
 
 Output: a human summary and an RSS-over-time table on stderr, and one JSON line on
-stdout: firing error (ms) min/p50/p90/p99/p99.9/max, messages received / lost /
+stdout: firing error (ms) min/p50/p90/p99/p99.9/max (and per slice of the window),
+messages received / lost /
 duplicated / early, RSS MiB at start / after publishing / peak while firing / end, the
 RSS series (every ``--table-step`` seconds), broker CPU µs per job while publishing
 (scheduling) and while firing, the load average, and whether publishing overran the
@@ -243,6 +244,18 @@ def main() -> None:
             "p99.9": round(_percentile(ordered, 99.9), 2),
             "max": round(ordered[-1] * 1000, 2),
         }
+    # Firing error by due time, one row per --table-step seconds of the window:
+    # [seconds into the window, messages, p50 ms, p99 ms, max ms] (where lateness sits).
+    slices: dict[int, list[float]] = {}
+    first_due_ms = round(first_due * 1000)
+    for value, index in zip(errors, indexes, strict=True):
+        due_offset = (first_due_ms + round(index * step * 1000)) / 1000 - first_due
+        slices.setdefault(max(0, int(due_offset // args.table_step)), []).append(value)
+    result["error_series"] = [
+        [round(key * args.table_step), len(values), round(_percentile(values, 50), 1),
+         round(_percentile(values, 99), 1), round(values[-1] * 1000, 1)]
+        for key, values in sorted((key, sorted(values)) for key, values in slices.items())
+    ]
     # RSS over time, one row per --table-step seconds, relative to publish start.
     series = []
     next_at = publish_started

@@ -204,17 +204,19 @@ def job_due(payload: bytes) -> float:
     return float(struct.unpack_from("<d", payload)[0])
 
 
-def walk_records(data: bytes, start: int = 0) -> tuple[list[tuple[int, bytes]], int]:
-    """Every whole, CRC-correct record of a job log from ``start``: ([(offset, payload)],
-    end of the last good record).  Stops at the first short or corrupt record (a torn
-    tail: the log is append-only with one writer, so damage is only ever at the end)."""
+def walk_records(data: bytes, start: int = 0, limit: int = -1) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole, CRC-correct records of a job log from ``start`` (at most ``limit``,
+    all if negative): ([(offset, payload)], where the next record would start).  Stops
+    at the first short or corrupt record (a torn tail: the log is append-only with one
+    writer, so damage is only ever at the end)."""
     records = []
     pos = start
     size = len(data)
     head = _RECORD.size
     unpack = _RECORD.unpack_from
     crc32 = zlib.crc32
-    while pos + head <= size:
+    while pos + head <= size and limit != 0:
+        limit -= 1
         length, crc = unpack(data, pos)
         end = pos + head + length
         if end > size:
