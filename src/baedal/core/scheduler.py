@@ -93,6 +93,7 @@ from ..storage.schedule_buckets import (
     KIND_X_DELAY,
     KINDS,
     RECURRING,
+    RECURRING_COMPACT_MIN,
     Bucket,
     JobRecord,
     decode_job,
@@ -754,6 +755,11 @@ class Scheduler:
                 store.tombstone(bucket, offsets)
                 store.maybe_checkpoint(bucket)
                 self._maybe_drop(bucket)
+                if (
+                    bucket.index == RECURRING and bucket.pending == 0
+                    and bucket.records > 2 * len(bucket.live or ()) + RECURRING_COMPACT_MIN
+                ):
+                    store.compact_recurring()
 
         def failed(exc: BaseException) -> None:
             pending.discard(settle)  # no tombstone: the jobs fire again after a restart

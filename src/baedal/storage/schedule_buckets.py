@@ -35,10 +35,13 @@ tombstones applied.  So after a crash the work is bounded by what was written si
 last checkpoint of each bucket, and after a clean stop it is one small file per bucket.
 
 Jobs that repeat (``AMQ_SCHEDULED_PERIOD``/``REPEAT``/``CRON``) live in one more log,
-``recurring.jobs`` (+ ``.gone``), always held in memory by the scheduler: each firing
-rewrites the job with its next due time and tombstones the old record, so the job keeps
-its id while it moves through time.  Recurring jobs are a catalogue (a few per
-application), not a backlog; the log is compacted when it is opened.
+``recurring-<generation>.jobs`` (+ ``.gone``), always held in memory by the scheduler:
+each firing appends the job with its next due time and tombstones the old record, so the
+job keeps its id while it moves through time.  Recurring jobs are a catalogue (a few per
+application), not a backlog.  The log is compacted (its live jobs written to the next
+generation, fsynced, renamed into place, then the old generation deleted: a crash at
+any point leaves one whole generation, the highest) when it is opened and whenever its
+dead records outnumber the live ones by ``RECURRING_COMPACT_MIN``.
 
 The envelope (``encode_job``/``decode_job``), binary so that firing decodes it with one
 ``struct`` unpack plus a few short strings::
@@ -93,6 +96,7 @@ log = logging.getLogger("baedal.storage")
 # 3 M small summaries; shorter buckets mean more files, longer ones a larger window.
 BUCKET_SECONDS = 10.0
 RECURRING = -1  # the bucket index of the recurring-jobs log
+RECURRING_COMPACT_MIN = 4096
 # Summary checkpoint after this many appends + tombstones in a bucket (bounds the
 # re-scan after a crash to the records written since).
 CHECKPOINT_EVENTS = 4096
@@ -281,6 +285,7 @@ class BucketScheduleStore:
         self.failure: BaseException | None = None
         self._writers: OrderedDict[str, Any] = OrderedDict()
         self._seq = 0
+        self._generation = 0  # of the recurring log
         self.migrated: list[Any] = []  # legacy jobs found at open (StoredJob), see _migrate_legacy
         # Counters (tests, start-up log): records walked at open, buckets scanned.
         self.scanned_records = 0
@@ -371,9 +376,8 @@ class BucketScheduleStore:
 
     # --- names ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _stem(index: int) -> str:
-        return "recurring" if index == RECURRING else f"{index:012d}"
+    def _stem(self, index: int) -> str:
+        return f"recurring-{self._generation:06d}" if index == RECURRING else f"{index:012d}"
 
     # --- recovery ------------------------------------------------------------------------
 
@@ -385,12 +389,18 @@ class BucketScheduleStore:
                 stems.add(stem)
             elif extension.endswith("tmp"):
                 self._unlink(name)  # an interrupted summary write: the old one stands
-        for name in self._names():  # summaries or tombstones of a bucket already gone
+        generations = sorted(int(stem[10:]) for stem in stems if stem.startswith("recurring-"))
+        if generations:
+            self._generation = generations[-1]  # the highest is whole (renamed into place)
+        stems = {stem for stem in stems if not stem.startswith("recurring-")}
+        if generations:
+            stems.add(self._stem(RECURRING))
+        for name in self._names():  # files of a bucket or generation already gone
             stem, _, extension = name.partition(".")
-            if extension in ("sum", "gone") and stem not in stems:
+            if extension in ("sum", "gone", "jobs") and stem not in stems:
                 self._unlink(name)
         for stem in sorted(stems):
-            index = RECURRING if stem == "recurring" else int(stem)
+            index = RECURRING if stem.startswith("recurring-") else int(stem)
             bucket = self.recurring if index == RECURRING else Bucket(index)
             if index == RECURRING or not self._trust_summary(bucket):
                 self._scan(bucket)
@@ -468,17 +478,46 @@ class BucketScheduleStore:
             return
         self._rewrite_recurring(list(latest.values()))
 
+    def compact_recurring(self) -> None:
+        """Runtime compaction: the live jobs (``recurring.live``) into the next generation;
+        ``live`` is updated with their new offsets.  The caller makes sure no tombstone
+        of this log is pending."""
+        bucket = self.recurring
+        live = bucket.live or {}
+        alive = {offset: seq for seq, offset in live.items()}
+        data = self._read_file(self._stem(RECURRING) + ".jobs")[: bucket.size]
+        records, _end = walk_records(data)
+        payloads = []
+        offsets: dict[int, int] = {}
+        position = 0
+        for offset, payload in records:
+            seq = alive.get(offset)
+            if seq is not None:
+                offsets[seq] = position
+                position += _RECORD.size + len(payload)
+                payloads.append(payload)
+        try:
+            self._rewrite_recurring(payloads)
+        except OSError as exc:  # the old generation stands
+            log.warning("schedule store: recurring log not compacted: %s", exc)
+            return
+        live.clear()
+        live.update(offsets)
+
     def _rewrite_recurring(self, payloads: list[bytes]) -> None:
         bucket = self.recurring
-        tmp = self.path / "recurring.jobs.tmp"
+        old = self._stem(RECURRING)
+        new = f"recurring-{self._generation + 1:06d}"
+        tmp = self.path / (new + ".jobs.tmp")
         data = b"".join(_RECORD.pack(len(p), zlib.crc32(p)) + p for p in payloads)
         with open(tmp, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        self._unlink("recurring.jobs")
-        os.replace(tmp, self.path / "recurring.jobs")
-        self._unlink("recurring.gone")
+        os.replace(tmp, self.path / (new + ".jobs"))
+        self._generation += 1
+        for extension in (".jobs", ".gone"):
+            self._unlink(old + extension)
         bucket.size, bucket.records, bucket.gone_bytes = len(data), len(payloads), 0
 
     def _migrate_legacy(self, segment_bytes: int) -> None:
@@ -693,8 +732,11 @@ class MemoryScheduleStore(BucketScheduleStore):
     def _rewrite_recurring(self, payloads: list[bytes]) -> None:
         bucket = self.recurring
         data = b"".join(_RECORD.pack(len(p), zlib.crc32(p)) + p for p in payloads)
-        self._files["recurring.jobs"] = bytearray(data)
-        self._files.pop("recurring.gone", None)
+        old = self._stem(RECURRING)
+        self._generation += 1
+        self._files[self._stem(RECURRING) + ".jobs"] = bytearray(data)
+        self._files.pop(old + ".jobs", None)
+        self._files.pop(old + ".gone", None)
         bucket.size, bucket.records, bucket.gone_bytes = len(data), len(payloads), 0
 
     def _migrate_legacy(self, segment_bytes: int) -> None:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from baedal.core import scheduler as scheduler_module
 from baedal.core.broker import BrokerCore
 from baedal.core.message import Message
 from baedal.core.scheduler import LOAD_AHEAD, Scheduler, ScheduleRequest, job_id_for, parse_job_id
@@ -202,7 +203,8 @@ def test_a_recurring_job_rewritten_before_a_crash_comes_back_once(tmp_path: Path
     assert rig.advance(T0 + 1) == [b"tick"]  # fired and rewritten with its next due time
     rig.close(clean=False)
     # A crash before the old record's tombstone (written after the fsync) leaves both.
-    (tmp_path / "buckets" / "recurring.gone").unlink()
+    [gone] = (tmp_path / "buckets").glob("recurring-*.gone")
+    gone.unlink()
     rig = Rig(tmp_path, now=T0 + 1.5)
     assert rig.scheduler.count() == 1
     assert rig.advance(T0 + 2) == [b"tick"]  # once, not twice
@@ -211,8 +213,43 @@ def test_a_recurring_job_rewritten_before_a_crash_comes_back_once(tmp_path: Path
     rig.close()
     # Opening compacts the recurring log to its live job.
     store = ScheduleStore(tmp_path, Syncer(), segment_bytes=SEGMENT)
-    assert store.recurring.records == 1 and not (tmp_path / "buckets" / "recurring.gone").exists()
+    assert store.recurring.records == 1 and not list((tmp_path / "buckets").glob("recurring-*.gone"))
+    assert len(list((tmp_path / "buckets").glob("recurring-*.jobs"))) == 1
     store.close()
+
+
+def test_the_recurring_log_is_compacted_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "RECURRING_COMPACT_MIN", 5)
+    rig = Rig(tmp_path, now=T0)
+    rig.at(T0 + 1, b"fast", period_ms=100, repeat=-1)
+    rig.at(T0 + 3600, b"slow", period_ms=3_600_000, repeat=-1)
+    fired = []
+    for step in range(1, 101):  # 100 firings of "fast": 100 records appended
+        fired += rig.advance(T0 + 1 + step / 10)
+    assert fired == [b"fast"] * 101
+    assert rig.store.recurring.records <= 2 * 2 + 5 + 1  # compacted on the way
+    assert len(list((tmp_path / "buckets").glob("recurring-*.jobs"))) == 1
+    rig.close(clean=False)
+    rig = Rig(tmp_path, now=T0 + 11.05)
+    assert sorted(job["repeat"] for job in rig.scheduler.list("/")[1]) == [-1, -1]
+    assert rig.advance(T0 + 11.1) == [b"fast"]
+    rig.close()
+
+
+def test_a_bucket_larger_than_a_load_slice_comes_in_over_several_callbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "LOAD_BATCH", 7)
+    rig = Rig(tmp_path, now=T0)
+    for i in range(50):
+        rig.at(T0 + 3600 + (49 - i) / 10, b"%d" % (49 - i))
+    rig.scheduler.cancel("/", job_id_for(BUCKET0 + 360, rig.store._seq))  # the one due first
+    rig.now = T0 + 3600 - LOAD_AHEAD
+    rig.scheduler._tick()
+    bucket = rig.store.buckets[BUCKET0 + 360]
+    assert len(bucket.live) == 7  # one slice so far
+    assert rig.advance(T0 + 3610) == [b"%d" % i for i in range(1, 50)]
+    rig.close()
 
 
 def test_summaries_are_checkpointed_while_a_bucket_fills(tmp_path: Path) -> None:
