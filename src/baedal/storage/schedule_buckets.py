@@ -233,6 +233,21 @@ def walk_records(data: bytes, start: int = 0, limit: int = -1) -> tuple[list[tup
     return records, pos
 
 
+class _DirectoryTarget:
+    """The bucket directory's descriptor, as a ``Syncer`` target."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Bucket:
     """One bucket's summary, and while the scheduler holds it in its window, the map of
     its live jobs (``live``: seq -> offset)."""
@@ -299,6 +314,9 @@ class BucketScheduleStore:
 
     def _prepare(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        # A new bucket file is durable only once its directory entry is: the directory
+        # is fsynced with the next group commit after a file is created.
+        self._directory = _DirectoryTarget(os.open(self.path, os.O_RDONLY))
 
     def _names(self) -> list[str]:
         return os.listdir(self.path)
@@ -307,7 +325,11 @@ class BucketScheduleStore:
         writers = self._writers
         handle = writers.get(name)
         if handle is None:
-            handle = writers[name] = open(self.path / name, "ab", buffering=WRITE_BUFFER)  # noqa: SIM115
+            path = self.path / name
+            created = not path.exists()
+            handle = writers[name] = open(path, "ab", buffering=WRITE_BUFFER)  # noqa: SIM115
+            if created and self.syncer is not None:
+                self.syncer.mark_dirty(self._directory)
             if len(writers) > MAX_OPEN_FILES:
                 _old_name, old = writers.popitem(last=False)
                 self._retire(old)
@@ -683,6 +705,11 @@ class BucketScheduleStore:
                 self.syncer.forget(handle)
             handle.close()
         self._writers.clear()
+        if self.syncer is not None:
+            self.syncer.forget(self._directory)
+            self.syncer.retire(self._directory, self._directory.close)
+        else:
+            self._directory.close()
 
 
 class MemoryScheduleStore(BucketScheduleStore):
