@@ -311,7 +311,6 @@ class Scheduler:
 
     def _load_recurring(self) -> None:
         bucket = self.store.recurring
-        bucket.live = {}
         latest: dict[int, tuple[int, bytes]] = {}
         stale: list[int] = []
         for offset, payload in self.store.records(bucket):
@@ -320,6 +319,7 @@ class Scheduler:
                 stale.append(latest[seq][0])
             latest[seq] = (offset, payload)
         self.store.tombstone(bucket, stale)
+        bucket.live = {}
         for seq, (offset, payload) in latest.items():
             job = decode_job(payload)
             bucket.live[seq] = offset
@@ -628,7 +628,7 @@ class Scheduler:
         self._timer_due = None
         if self._closed:
             return
-        now = self._last_tick = self.clock()
+        now = self.clock()
         self._start_loading(now)
         if self._loading:
             self._load_slice()
@@ -637,7 +637,10 @@ class Scheduler:
             # Jobs of a bucket still being read may be due before what the heap holds:
             # fire only what comes before that bucket, so firing stays in due order.
             limit = min(limit, min(item[0].index for item in self._loading) * BUCKET_SECONDS - 1e-6)
+        fired = self.fired
         more = self._fire_due(limit)
+        if self.fired != fired:
+            self._last_tick = now  # the floor spaces ticks that fired, not the ones that found nothing
         if self._closed:
             return
         for bucket in self._window:

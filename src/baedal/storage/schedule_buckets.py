@@ -97,6 +97,7 @@ log = logging.getLogger("baedal.storage")
 BUCKET_SECONDS = 10.0
 RECURRING = -1  # the bucket index of the recurring-jobs log
 RECURRING_COMPACT_MIN = 4096
+MIGRATED_MARKER = "MIGRATED"  # the legacy layout was rewritten here and synced
 # Summary checkpoint after this many appends + tombstones in a bucket (bounds the
 # re-scan after a crash to the records written since).
 CHECKPOINT_EVENTS = 4096
@@ -543,6 +544,9 @@ class BucketScheduleStore:
         bucket.size, bucket.records, bucket.gone_bytes = len(data), len(payloads), 0
 
     def _migrate_legacy(self, segment_bytes: int) -> None:
+        if (self.path / MIGRATED_MARKER).exists():
+            self._delete_legacy()  # migrated and synced before a crash: only the deletes remain
+            return
         if not any(name.endswith(".seg") for name in os.listdir(self.directory)):
             return
         from .schedule_store import LegacyScheduleStore
@@ -554,12 +558,23 @@ class BucketScheduleStore:
         # then fsyncs the new files and deletes the old segments.
 
     def finish_migration(self) -> None:
+        """After the scheduler rewrote every legacy job: make them durable, then mark the
+        migration done (so a crash while deleting the old files cannot migrate twice),
+        then delete the old layout."""
         self.sync()
+        os.fsync(self._directory.fileno())
+        with open(self.path / MIGRATED_MARKER, "wb") as marker:
+            os.fsync(marker.fileno())
+        os.fsync(self._directory.fileno())
+        self._delete_legacy()
+        self.migrated = []
+
+    def _delete_legacy(self) -> None:
         for name in os.listdir(self.directory):
             path = self.directory / name
             if path.is_file():
                 path.unlink()
-        self.migrated = []
+        (self.path / MIGRATED_MARKER).unlink(missing_ok=True)
 
     # --- the scheduler's operations ----------------------------------------------------
 
@@ -643,7 +658,7 @@ class BucketScheduleStore:
         stem = self._stem(bucket.index)
         data = self._read_file(stem + ".jobs")[: bucket.size]
         records, _end = walk_records(data)
-        if bucket.live is not None and bucket.index != RECURRING:
+        if bucket.live is not None:  # loaded: tombstones may still be pending, live is exact
             alive = set(bucket.live.values())
             return [(offset, payload) for offset, payload in records if offset in alive]
         dead = self._dead(bucket)

@@ -297,12 +297,10 @@ def _legacy_state(job_id: str, **extra: object) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-def legacy_data(tmp_path: Path) -> Path:
+def write_legacy(directory: Path) -> None:
     """A ``scheduled`` directory in the first layout, written by its own writer (the
     code main shipped, kept as ``LegacyScheduleStore``): two one-shot jobs, a repeating
     job rewritten once before a crash (two records, the later wins), a settled job."""
-    directory = tmp_path / "scheduled"
     store = LegacyScheduleStore(directory, Syncer(), segment_bytes=SEGMENT)
 
     def message(body: bytes) -> Message:
@@ -316,7 +314,12 @@ def legacy_data(tmp_path: Path) -> Path:
     store.remove(gone)
     store.close(clean=False)
     assert list(directory.glob("*.seg"))
-    return directory
+
+
+@pytest.fixture
+def legacy_data(tmp_path: Path) -> Path:
+    write_legacy(tmp_path / "scheduled")
+    return tmp_path / "scheduled"
 
 
 def test_data_in_the_first_layout_is_migrated_and_fires_as_scheduled(legacy_data: Path) -> None:
@@ -333,6 +336,19 @@ def test_data_in_the_first_layout_is_migrated_and_fires_as_scheduled(legacy_data
     assert rig.scheduler.count() == 3
     fired = rig.advance(T0 + 30)
     assert fired == [b"rep", b"rep", b"rep", b"two", b"one"]
+    rig.close()
+
+
+def test_a_crash_between_the_synced_migration_and_the_old_files_deletion_does_not_migrate_twice(
+    legacy_data: Path,
+) -> None:
+    rig = Rig(legacy_data, now=T0)
+    rig.close()
+    write_legacy(legacy_data)  # the old files still there, as if the crash came before their deletion
+    (legacy_data / "buckets" / "MIGRATED").touch()  # ... and after the migration was synced
+    rig = Rig(legacy_data, now=T0)
+    assert rig.scheduler.count() == 3 and not list(legacy_data.glob("*.seg"))
+    assert not (legacy_data / "buckets" / "MIGRATED").exists()
     rig.close()
 
 
