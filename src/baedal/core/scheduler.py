@@ -278,7 +278,8 @@ class Scheduler:
         self._heap: list[tuple[float, int, Bucket, bytes]] = []
         # Buckets with jobs on disk and none in memory, by index (a min-heap).
         self._unloaded: list[int] = []
-        # Buckets being read into the window a slice per callback: [bucket, records, next].
+        # Buckets being read into the window a slice per callback:
+        # [bucket, its log's bytes, where the next record starts, tombstoned offsets].
         self._loading: list[list[Any]] = []
         self._recurring_vhosts: dict[int, str] = {}  # recurring seq -> vhost
         self._timer: Any = None
@@ -401,6 +402,8 @@ class Scheduler:
         # emptied and deleted); its due time stays exact in the envelope.
         index = RECURRING if recurring else int(max(due, now) // BUCKET_SECONDS)
         bucket = store.bucket_for(index)
+        if index == RECURRING and bucket.live is None:
+            self._load_recurring()  # a scheduler made without ``recover`` (tools, tests)
         if bucket.live is None and bucket.records == 0:
             if index * BUCKET_SECONDS - LOAD_AHEAD <= now:
                 bucket.live = {}  # a new bucket already in the window: nothing to read

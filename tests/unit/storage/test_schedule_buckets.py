@@ -378,3 +378,15 @@ def test_recurring_ids_and_bucket_ids_parse_back() -> None:
     assert parse_job_id("r-ff") == (RECURRING, 255)
     assert parse_job_id("abc-1") == (0xABC, 1)
     assert parse_job_id("nonsense") is None and parse_job_id("") is None
+
+
+def test_a_scheduler_made_without_recover_still_fires_recurring_jobs() -> None:
+    core = BrokerCore()
+    queue, _ = core.vhosts["/"].declare_queue("q")
+    now = [T0]
+    scheduler = Scheduler(core, MemoryScheduleStore(), clock=lambda: now[0])  # as publish.py's fallback
+    message = Message.build("", "q", b"r", persistent=False)
+    scheduler.schedule("/", core.vhosts["/"].exchanges[""], message, ScheduleRequest("activemq", 100, 100, 1))
+    now[0] = T0 + 1
+    scheduler.wake()
+    assert [queue.get(True).message.body for _ in range(2)] == [b"r", b"r"]
