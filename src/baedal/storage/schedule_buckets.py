@@ -717,8 +717,11 @@ class BucketScheduleStore:
             except OSError as exc:
                 log.warning("schedule store: close: %s", exc)
             if self.syncer is not None:
+                # An fsync job may have this descriptor in flight: closed after it.
                 self.syncer.forget(handle)
-            handle.close()
+                self.syncer.retire(handle, handle.close)
+            else:
+                handle.close()
         self._writers.clear()
         if self.syncer is not None:
             self.syncer.forget(self._directory)
