@@ -161,6 +161,21 @@ def build_tool() -> Path | None:
     return TOOL_BINARY
 
 
+async def run_json_client(command: list[str], what: str) -> dict[str, Any]:
+    """Run a client process that prints its result as a JSON line last; that result."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    try:
+        result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"{what} failed: {stderr.decode()[-800:]}") from None
+    if process.returncode:
+        print(f"  warning: {what}: {stderr.decode()[-300:]}", file=sys.stderr)
+    return result
+
+
 async def run_tool(tool: Path, mode: str, url: str, name: str, *options: str) -> dict[str, Any]:
     """One run of the C client; its JSON line."""
     parsed = urlparse(url)
@@ -169,16 +184,7 @@ async def run_tool(tool: Path, mode: str, url: str, name: str, *options: str) ->
         "--user", parsed.username or "guest", "--password", parsed.password or "guest",
         "--vhost", (parsed.path[1:] if parsed.path and parsed.path != "/" else "/"), "--queue", name, *options,
     ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await process.communicate()
-    try:
-        result = json.loads(stdout.decode().strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise RuntimeError(f"stream-load {mode} failed: {stderr.decode()[-500:]}") from None
-    if process.returncode:
-        print(f"  warning: stream-load {mode}: {stderr.decode()[-300:]}", file=sys.stderr)
+    result = await run_json_client(command, f"stream-load {mode}")
     result.pop("mode", None)
     result["client"] = "stream-load.c"
     return result
@@ -279,14 +285,7 @@ async def run_read(url: str, args: argparse.Namespace, count: int, pid: int | No
         "--uri", url, "--queue", name, "--count", str(filled["messages"]),
         "--prefetch", str(args.prefetch), "--ack-every", str(args.prefetch // 2),
     ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await process.communicate()
-    try:
-        result = json.loads(stdout.decode().strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise RuntimeError(f"stream_reader failed: {stderr.decode()[-800:]}") from None
+    result = await run_json_client(command, "stream_reader")
     result["client"] = "stream_reader.py"
     add_cpu(result, cpu_before, cpu_seconds(pid))
     await delete_queue(url, name)
