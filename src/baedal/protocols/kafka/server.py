@@ -54,6 +54,7 @@ from .codec import (
     UnsupportedVersion,
     build,
     encode_fetch_response,
+    encode_produce_response,
     encode_response,
     nested,
     schema,
@@ -538,36 +539,50 @@ class KafkaConnection(asyncio.Protocol):
     # -- Produce ------------------------------------------------------------------------------
 
     def _produce(self, request: Request) -> None:
-        body = request.body
-        results: list[tuple[str, list[tuple[int, ErrorCode, int]]]] = []
+        body = request.body  # codec.ProduceBody: records are views into the frame
+        results: list[tuple[str, list[tuple[int, int, int, int]]]] = []
         appended: list[CommitHandle] = []
+        failed = False
+        registry = self.registry
         for topic in body.topic_data:
-            partition_results: list[tuple[int, ErrorCode, int]] = []
+            partition_results: list[tuple[int, int, int, int]] = []
             for data in topic.partition_data:
                 error, base = self._append(topic.name, data.index, data.records, appended)
-                partition_results.append((data.index, error, base))
+                if error is not ErrorCode.none:
+                    failed = True
+                partition = registry.partition(topic.name, data.index)
+                log_start = partition.log.first_offset if partition is not None else -1
+                partition_results.append((data.index, error.value, base, log_start))
             results.append((topic.name, partition_results))
-        acks = body.acks
-        failed = any(error is not ErrorCode.none for _, parts in results for _, error, _ in parts)
 
-        if acks == 0:
+        if body.acks == 0:
             if failed:
                 # No response exists to carry the error: Kafka closes the connection so
                 # the client refreshes its metadata (KafkaApis.handleProduceRequest).
                 raise KafkaProtocolError("acks=0 produce failed")
             return
         slot = self.new_slot()
+        correlation_id, version = request.correlation_id, request.api_version
 
-        def answer(override: ErrorCode | None = None) -> None:
-            final = [
-                (name, [(index, override or error, base) for index, error, base in parts])
-                for name, parts in results
-            ]
-            self.fill(slot, encode_response(request.correlation_id, self._produce_response(request, final)))
+        def answer(storage_failed: bool = False) -> None:
+            final = results
+            if storage_failed:
+                error = ErrorCode.kafka_storage_error.value
+                final = [
+                    (name, [(index, error, base, start) for index, _e, base, start in parts])
+                    for name, parts in results
+                ]
+            self.fill(slot, encode_produce_response(correlation_id, version, final))
 
         # Baedal's durability promise: acks=1/all are answered only once the streams
         # committed the batches (fsynced; one node: the leader is the whole ISR).
         # One callback per partition written, not per record.
+        if not appended:
+            answer()
+            return
+        if len(appended) == 1:  # the common request: one partition
+            appended[0].add_done_callback(lambda handle: answer(handle.exception() is not None))
+            return
         waiting = [len(appended)]
         failure: list[BaseException] = []
 
@@ -577,19 +592,16 @@ class KafkaConnection(asyncio.Protocol):
                 failure.append(exc)
             waiting[0] -= 1
             if waiting[0] == 0:
-                answer(ErrorCode.kafka_storage_error if failure else None)
+                answer(bool(failure))
 
-        if appended:
-            for handle in appended:
-                handle.add_done_callback(done)
-        else:
-            answer()
+        for handle in appended:
+            handle.add_done_callback(done)
 
     def _append(
         self,
         topic: str,
         index: int,
-        records: bytes | None,
+        records: memoryview | None,
         appended: list[CommitHandle],
     ) -> tuple[ErrorCode, int]:
         partition = self.registry.partition(topic, index)
@@ -621,7 +633,10 @@ class KafkaConnection(asyncio.Protocol):
                     # It still waits for the fsync (the original may not be covered yet).
                     appended.append(partition.stream.commit_handle(partition.log.next_offset))
                     return ErrorCode.none, duplicate
-            result, handle = partition.stream.append_batch(bytearray(records))
+            # The batch is validated (header, CRC, offsets) and appended as one unit,
+            # its base offset rewritten in place in the request frame: no record is
+            # decoded and the bytes are not copied again before the write.
+            result, handle = partition.stream.append_batch(records)
             if producer_id >= 0:
                 producers.appended(
                     topic, index, producer_id, epoch, sequence, count, result.base_offset
@@ -636,33 +651,6 @@ class KafkaConnection(asyncio.Protocol):
         counters[BYTES_IN] += len(records)
         counters[RECORDS_IN] += count
         return ErrorCode.none, result.base_offset
-
-    def _produce_response(
-        self, request: Request, results: list[tuple[str, list[tuple[int, ErrorCode, int]]]]
-    ) -> Any:
-        cls = schema(PRODUCE, request.api_version, EntityType.response)
-        topic_cls = nested(cls, "responses")
-        partition_cls = nested(topic_cls, "partition_responses")
-        registry = self.registry
-        topics = []
-        for name, parts in results:
-            responses = []
-            for index, error, base in parts:
-                partition = registry.partition(name, index)
-                responses.append(
-                    build(
-                        partition_cls,
-                        index=index,
-                        error_code=error,
-                        base_offset=base,
-                        log_append_time=None,
-                        log_start_offset=partition.log.first_offset if partition else -1,
-                        record_errors=(),
-                        error_message=None,
-                    )
-                )
-            topics.append(build(topic_cls, name=name, partition_responses=tuple(responses)))
-        return build(cls, responses=tuple(topics), throttle_time=NO_THROTTLE)
 
     # -- ListOffsets --------------------------------------------------------------------------
 
