@@ -145,7 +145,7 @@ def produce_frame(correlation_id: int, batch: bytes, topic: str = TOPIC) -> byte
 def one_batch(records: int, value_size: int) -> bytes:
     value = os.urandom(value_size)
     now = int(time.time() * 1000)
-    return bytes(encode_batch([Record(value, None, b"", now)] * records, 0, now_ms=now))
+    return bytes(encode_batch([Record(value, None, (), now)] * records, 0, now_ms=now))
 
 
 async def start_broker(data_dir: Path, fsync: bool) -> Broker:
