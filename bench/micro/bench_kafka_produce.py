@@ -164,7 +164,9 @@ async def start_broker(data_dir: Path, fsync: bool) -> Broker:
     return broker
 
 
-def connect(broker: Broker, sink_fd: int | None = None) -> tuple[KafkaConnection, CountingTransport]:
+def connect(
+    broker: Broker, sink_fd: int | None = None
+) -> tuple[KafkaConnection, CountingTransport]:
     connection = KafkaConnection(broker.kafka)
     transport = CountingTransport(sink_fd)
     connection.connection_made(transport)  # type: ignore[arg-type]

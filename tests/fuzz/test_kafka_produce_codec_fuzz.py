@@ -64,8 +64,10 @@ def frame(version: int, correlation: int, body: bytes) -> bytes:
 
 def normalised(body: Any) -> tuple[Any, ...]:
     """Hand-decoded and kio-decoded bodies as the same plain tuple."""
-    timeout = body.timeout_ms if isinstance(body, ProduceBody) else int(
-        body.timeout.total_seconds() * 1000
+    timeout = (
+        body.timeout_ms
+        if isinstance(body, ProduceBody)
+        else int(body.timeout.total_seconds() * 1000)
     )
     return (
         body.transactional_id,
