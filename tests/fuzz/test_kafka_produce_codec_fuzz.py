@@ -67,7 +67,7 @@ def normalised(body: Any) -> tuple[Any, ...]:
     timeout = (
         body.timeout_ms
         if isinstance(body, ProduceBody)
-        else int(body.timeout.total_seconds() * 1000)
+        else round(body.timeout / datetime.timedelta(milliseconds=1))
     )
     return (
         body.transactional_id,
