@@ -543,6 +543,25 @@ def main() -> None:
         one, five, _fifteen = os.getloadavg()
         return {"load_1m": one, "load_5m": five}
 
+    def run_client(broker: Broker, client: str) -> None:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topic(broker.bootstrap, topic)
+        if client == "kcat":
+            produced = measured(
+                broker, produce_kcat, broker.bootstrap, topic,
+                args.produce_mb * 10**6, work,
+            )  # fmt: skip
+            consumed = measured(
+                broker, consume_kcat, broker.bootstrap, topic,
+                produced["messages"], RECORD - 1,
+            )  # fmt: skip
+        else:
+            produced = measured(broker, produce, broker.bootstrap, topic, args.produce_mb * 10**6)
+            consumed = measured(broker, consume, broker.bootstrap, topic, produced["messages"])
+        tag = {"client": client, **load()}
+        report("produce", broker.name, {**produced, **tag})
+        report("consume", broker.name, {**consumed, **tag})
+
     try:
         for round_index in range(args.rounds):
             print(f"--- round {round_index + 1}/{args.rounds}", flush=True)
@@ -555,27 +574,12 @@ def main() -> None:
                 broker = start()
                 try:
                     for client in clients:
-                        topic = f"bench-{uuid.uuid4().hex[:8]}"
-                        create_topic(broker.bootstrap, topic)
-                        if client == "kcat":
-                            produced = measured(
-                                broker, produce_kcat, broker.bootstrap, topic,
-                                args.produce_mb * 10**6, work,
-                            )  # fmt: skip
-                            consumed = measured(
-                                broker, consume_kcat, broker.bootstrap, topic,
-                                produced["messages"], RECORD - 1,
-                            )  # fmt: skip
-                        else:
-                            produced = measured(
-                                broker, produce, broker.bootstrap, topic, args.produce_mb * 10**6
+                        try:
+                            run_client(broker, client)
+                        except RuntimeError as exc:  # e.g. a peer this client cannot use
+                            report(
+                                "error", broker.name, {"client": client, "error": str(exc)[:500]}
                             )
-                            consumed = measured(
-                                broker, consume, broker.bootstrap, topic, produced["messages"]
-                            )
-                        tag = {"client": client, **load()}
-                        report("produce", broker.name, {**produced, **tag})
-                        report("consume", broker.name, {**consumed, **tag})
                     topic = f"bench-lat-{uuid.uuid4().hex[:8]}"
                     create_topic(broker.bootstrap, topic)
                     report(
