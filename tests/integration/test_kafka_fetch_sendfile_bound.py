@@ -33,13 +33,20 @@ def client(broker: Broker) -> Iterator[RawKafka]:
     connection.close()
 
 
-def fetch(client: RawKafka, topic: str, offsets: dict[int, int], limit: int) -> Any:
+def fetch(
+    client: RawKafka,
+    topic: str,
+    offsets: dict[int, int],
+    limit: int,
+    min_bytes: int = 1,
+    wait_ms: int = 0,
+) -> Any:
     """One Fetch v11 of ``limit`` bytes per partition (and in all) from ``offsets``."""
     return client.request(
         FETCH,
         11,
-        max_wait=datetime.timedelta(milliseconds=0),
-        min_bytes=1,
+        max_wait=datetime.timedelta(milliseconds=wait_ms),
+        min_bytes=min_bytes,
         max_bytes=limit * len(offsets),
         isolation_level=0,
         session_id=0,
@@ -114,3 +121,19 @@ def test_the_bound_is_shared_and_every_partition_asked_for_gets_records(
     sizes = [len(bytes(p.records)) for p in response.responses[0].partitions]
     assert all(size > 0 for size in sizes)  # the busy first partition does not starve
     assert sum(sizes) <= SENDFILE_RESPONSE_BYTES
+
+
+def test_a_min_bytes_above_the_bound_does_not_make_every_fetch_wait_out_max_wait(
+    client: RawKafka,
+) -> None:
+    create_topic(client, "patient")
+    batch = build_batch([b"m" * 1000] * 60)
+    for _ in range(2 * SENDFILE_RESPONSE_BYTES // len(batch)):
+        produce(client, "patient", batch)
+    # max_wait 60 s, the client's socket timeout 10 s: an answer held for min_bytes
+    # (never reachable under the bound) would time the request out.
+    client.sock.settimeout(10)
+    limit = 10 * 1024 * 1024
+    response = fetch(client, "patient", {0: 0}, limit, min_bytes=limit, wait_ms=60_000)
+    records = bytes(response.responses[0].partitions[0].records)
+    assert 0 < len(records) <= SENDFILE_RESPONSE_BYTES

@@ -1051,7 +1051,16 @@ def _offset_for_time(partition: Partition, timestamp_ms: int) -> tuple[int, int]
 class _PendingFetch:
     """One Fetch request until it is answered: now, when data arrives, or at max_wait."""
 
-    __slots__ = ("connection", "request", "slot", "timer", "waiting", "done")
+    __slots__ = (
+        "connection",
+        "request",
+        "slot",
+        "timer",
+        "waiting",
+        "done",
+        "partition_cap",
+        "min_bytes",
+    )
 
     def __init__(self, connection: KafkaConnection, request: Request, slot: list[Any]) -> None:
         self.connection = connection
@@ -1060,12 +1069,25 @@ class _PendingFetch:
         self.timer: asyncio.TimerHandle | None = None
         self.waiting: list[Partition] = []
         self.done = False
+        body = request.body
+        self.partition_cap = body.max_bytes
+        self.min_bytes = max(body.min_bytes, 1)
+        if connection._socket_fd is not None:
+            # SENDFILE_RESPONSE_BYTES, per partition so every partition asked for gets
+            # its share (a bound on the whole answer would leave the later partitions
+            # of a busy first one unserved).  A min_bytes above a share could then never
+            # be met and every fetch would wait out max_wait; half a share is enough to
+            # answer: an answer cut by the share holds at least that much unless the
+            # batch after it is itself over half a share (then the wait is max_wait).
+            asked = sum(len(topic.partitions) for topic in body.topics)
+            self.partition_cap = max(SENDFILE_RESPONSE_BYTES // max(asked, 1), 64 * 1024)
+            self.min_bytes = min(self.min_bytes, self.partition_cap // 2)
 
     def run(self) -> None:
         body = self.request.body
         wait_ms = int(body.max_wait.total_seconds() * 1000)
         size, response = self._collect()
-        if size >= max(body.min_bytes, 1) or wait_ms <= 0 or response is None:
+        if size >= self.min_bytes or wait_ms <= 0 or response is None:
             self._answer(response)
             return
         _close_ranges(response)
@@ -1093,7 +1115,7 @@ class _PendingFetch:
             return
         self._unwatch()
         size, response = self._collect()
-        if size >= max(self.request.body.min_bytes, 1) or response is None:
+        if size >= self.min_bytes or response is None:
             self._finish(response)
         else:
             _close_ranges(response)
@@ -1138,12 +1160,7 @@ class _PendingFetch:
         body = request.body
         registry = self.connection.registry
         budget = body.max_bytes
-        # Per partition, so every partition asked for gets its share (a cap on the
-        # whole answer would leave the later partitions of a busy first one unserved).
-        partition_cap = budget
-        if self.connection._socket_fd is not None:
-            asked_count = sum(len(topic.partitions) for topic in body.topics)
-            partition_cap = max(SENDFILE_RESPONSE_BYTES // max(asked_count, 1), 64 * 1024)
+        partition_cap = self.partition_cap
         total = 0
         any_error = False
         topics: list[tuple[str, list[Any]]] = []
