@@ -3,6 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/stream_bench.py \\
         [--rabbitmq-url amqp://guest:guest@127.0.0.1:5672/ | --rabbitmq-url off] \\
         [--baedal-url URL]          # default: start `python -m baedal serve` on a temp dir
+        [--compare-url URL ...]     # other Baedal builds in the same interleaved run
         [--rounds 3] [--seconds 10] [--window 1000] [--size 1024] [--producers 1] \\
         [--read-count 1000000] [--prefetch 1000] [--json results.jsonl]
 
@@ -18,7 +19,13 @@ machine hit both alike):
 
 Clients (the same for both brokers, each in its own process):
 
-* (a) and the fill of (b): ``baedal perf`` (the repo's load tool: pre-encoded frames,
+* ``--client c`` (the default): ``bench/tools/stream-load.c``, a small librabbitmq
+  client (publish with confirms from pre-encoded frames; a stream reader counting
+  deliveries), compiled on first use into ``~/.cache/stream-load/`` with ``cc`` (needs
+  ``librabbitmq-dev``).  It costs about a third of the Python clients' CPU per message,
+  which matters on a 2-vCPU machine where the broker needs the other core.  Without a
+  compiler or the library the script warns and uses the Python clients below.
+* ``--client python``, (a) and the fill of (b): ``baedal perf`` (the repo's load tool: pre-encoded frames,
   no object or task per message), ``--producers`` processes.  ``--publish-client
   aiormq`` uses aiormq in this process instead (slower; for a cross-check).
 * (b): ``bench/stream_reader.py``, the same load-tool client as a single stream
@@ -46,6 +53,8 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,7 +127,72 @@ async def publish(
     return confirmed, elapsed
 
 
+TOOL_SOURCE = Path(__file__).resolve().parent / "tools" / "stream-load.c"
+TOOL_BINARY = Path.home() / ".cache" / "stream-load" / "stream-load"
+
+
+def build_tool() -> Path | None:
+    """Compile bench/tools/stream-load.c into ~/.cache (again when the source is newer);
+    None, with a warning, when there is no compiler or librabbitmq."""
+    if TOOL_BINARY.exists() and TOOL_BINARY.stat().st_mtime >= TOOL_SOURCE.stat().st_mtime:
+        return TOOL_BINARY
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("  warning: no C compiler: using the Python clients", file=sys.stderr)
+        return None
+    libs = ["-lrabbitmq"]
+    if shutil.which("pkg-config"):
+        found = subprocess.run(["pkg-config", "--libs", "librabbitmq"], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            libs = found.stdout.split()
+    TOOL_BINARY.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(TOOL_BINARY), str(TOOL_SOURCE), *libs],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        print(
+            "  warning: cannot build stream-load (apt-get install librabbitmq-dev?): "
+            f"{built.stderr.strip()[-300:]}; using the Python clients",
+            file=sys.stderr,
+        )
+        return None
+    return TOOL_BINARY
+
+
+async def run_tool(tool: Path, mode: str, url: str, name: str, *options: str) -> dict[str, Any]:
+    """One run of the C client; its JSON line."""
+    parsed = urlparse(url)
+    command = [
+        str(tool), mode, "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5672),
+        "--user", parsed.username or "guest", "--password", parsed.password or "guest",
+        "--vhost", (parsed.path[1:] if parsed.path and parsed.path != "/" else "/"), "--queue", name, *options,
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    try:
+        result = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"stream-load {mode} failed: {stderr.decode()[-500:]}") from None
+    if process.returncode:
+        print(f"  warning: stream-load {mode}: {stderr.decode()[-300:]}", file=sys.stderr)
+    result.pop("mode", None)
+    result["client"] = "stream-load.c"
+    return result
+
+
 async def run_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.tool is not None:
+        name = f"bench-stream-{uuid.uuid4().hex[:8]}"
+        result = await run_tool(
+            args.tool, "publish", url, name, "--declare", "--seconds", str(args.seconds),
+            "--size", str(args.size), "--window", str(args.window),
+        )  # fmt: skip
+        await delete_queue(url, name)
+        return result
     if args.publish_client == "perf":
         return await run_publish_perf(url, args)
     connection = await aiormq.connect(url)
@@ -167,17 +241,39 @@ async def run_publish_perf(
         raise RuntimeError(f"baedal perf failed: {stderr.decode()[-500:]}") from None
     if not result.get("ok"):
         print(f"  warning: baedal perf reports a problem: {result.get('errors')}", file=sys.stderr)
-    return {"messages": result["confirmed"], "seconds": result["pub_s"], "rate": result["pub_rate"]}
+    return {
+        "messages": result["confirmed"],
+        "seconds": result["pub_s"],
+        "rate": result["pub_rate"],
+        "client": "baedal-perf",
+        "client_cpu_s": result.get("tool_cpu_s"),
+    }
 
 
 async def run_read(url: str, args: argparse.Namespace, count: int, pid: int | None = None) -> dict[str, Any]:
     """Scenario (b): fill a fresh stream with ``count`` messages (baedal perf, not timed),
     then read them all from first with bench/stream_reader.py in its own process."""
     name = f"bench-stream-{uuid.uuid4().hex[:8]}"
-    filled = await run_publish_perf(url, args, name=name, count=count)
-    cpu_before = cpu_seconds(pid)
+    tool = args.tool
+    if tool is not None:
+        filled = await run_tool(
+            tool, "publish", url, name, "--declare", "--count", str(count), "--size", str(args.size),
+            "--window", str(args.window),
+        )  # fmt: skip
+    else:
+        filled = await run_publish_perf(url, args, name=name, count=count)
     if filled["messages"] < count:
         raise RuntimeError(f"fill confirmed only {filled['messages']} of {count}")
+    if tool is not None:
+        cpu_before = cpu_seconds(pid)
+        result = await run_tool(
+            tool, "read", url, name, "--count", str(count), "--prefetch", str(args.prefetch),
+            "--ack-every", str(args.prefetch // 2),
+        )  # fmt: skip
+        add_cpu(result, cpu_before, cpu_seconds(pid))
+        await delete_queue(url, name)
+        return result
+    cpu_before = cpu_seconds(pid)
     command = [
         sys.executable, str(Path(__file__).resolve().parent / "stream_reader.py"),
         "--uri", url, "--queue", name, "--count", str(filled["messages"]),
@@ -191,14 +287,19 @@ async def run_read(url: str, args: argparse.Namespace, count: int, pid: int | No
         result = json.loads(stdout.decode().strip().splitlines()[-1])
     except (IndexError, ValueError):
         raise RuntimeError(f"stream_reader failed: {stderr.decode()[-800:]}") from None
+    result["client"] = "stream_reader.py"
     add_cpu(result, cpu_before, cpu_seconds(pid))
+    await delete_queue(url, name)
+    return result
+
+
+async def delete_queue(url: str, name: str) -> None:
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel()
         await channel.queue_delete(name)
     finally:
         await connection.close()
-    return result
 
 
 def listening_pid(port: int) -> int | None:
@@ -247,10 +348,19 @@ async def with_cpu(pid: int | None, work: Any) -> dict[str, Any]:
 
 
 def report(label: str, broker: str, result: dict[str, Any], sink: Any) -> None:
-    line = {"scenario": label, "broker": broker, **result, "host": platform.node(), "cpus": os.cpu_count()}
+    line = {
+        "scenario": label,
+        "broker": broker,
+        **result,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg()[0],
+    }
     extra = ""
     if "broker_cpu_us" in result:
         extra = f"  broker {result['broker_cpu_us']:.1f} µs CPU/msg, {result['broker_cores']:.2f} cores"
+    if result.get("client_cpu_s") is not None and result.get("messages"):
+        extra += f"  client {result['client_cpu_s'] / result['messages'] * 1e6:.1f} µs/msg"
     print(f"{label:<18} {broker:<9} {result['messages']:>10} msgs {result['seconds']:8.2f} s {result['rate']:>10.0f} msg/s{extra}")
     if sink is not None:
         sink.write(json.dumps(line) + "\n")
@@ -271,8 +381,11 @@ async def main_async(args: argparse.Namespace) -> None:
         process.start()
         assert process.process is not None
         brokers.append(("baedal", f"amqp://guest:guest@127.0.0.1:{process.port}/", process.process.pid))
+    for url in args.compare_url:  # other Baedal builds (e.g. main), measured as baedal-2, ...
+        brokers.append((f"baedal-{len(brokers) + 1}", url, listening_pid(urlparse(url).port or 5672)))
     if args.rabbitmq_url != "off":
         brokers.append(("rabbitmq", args.rabbitmq_url, listening_pid(urlparse(args.rabbitmq_url).port or 5672)))
+    args.tool = build_tool() if args.client == "c" else None
     sink = open(args.json, "a") if args.json else None  # noqa: SIM115
     try:
         for round_index in range(args.rounds):
@@ -296,6 +409,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baedal-url", default=None, help="a running Baedal (default: start one)")
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/", help="'off' to skip")
+    parser.add_argument(
+        "--compare-url",
+        action="append",
+        default=[],
+        help="another running Baedal to interleave (before/after a change); repeatable",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="publish duration per round")
     parser.add_argument("--window", type=int, default=1000, help="unconfirmed publishes at most")
@@ -304,6 +423,12 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=1000, help="prefetch of the reader in (b)")
     parser.add_argument(
         "--producers", type=int, default=1, help="baedal perf producer processes in (a) and the fill of (b)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("c", "python"),
+        default="c",
+        help="c: bench/tools/stream-load.c for (a) and (b) (default); python: baedal perf and stream_reader.py",
     )
     parser.add_argument(
         "--publish-client",

@@ -363,3 +363,33 @@ def test_a_scheduled_publish_in_a_transaction_is_scheduled_at_commit(broker: Bro
     assert [body for _p, body, _t in _collect(channel, queue, 1)] == [b"tx"]
     assert [j for j in _jobs(broker) if j["routing_key"] == queue] == []
     connection.close()
+
+
+def test_stopping_while_an_fsync_of_a_scheduled_job_is_in_flight_is_a_clean_stop(tmp_path: Path) -> None:
+    """The schedule store's close must not close a descriptor an fsync job still has in
+    flight (the worker would fail with EBADF and the broker stop as after a failed fsync)."""
+    import os
+    import threading
+
+    release = threading.Event()
+    with Broker(port=0, data_dir=tmp_path) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+        channel = connection.channel()
+        channel.queue_declare("held.stop", durable=True)
+        syncer = broker.storage.syncer
+
+        entered = threading.Event()
+
+        def held_fsync(fd: int) -> None:  # the syncer's worker thread
+            entered.set()
+            release.wait(30)
+            os.fsync(fd)
+
+        broker.call(lambda: setattr(syncer, "fsync_function", held_fsync))
+        _publish(channel, "", "held.stop", b"x", {"AMQ_SCHEDULED_DELAY": 60_000})
+        broker.call(broker.core.request_sync)  # an fsync job with the bucket file in flight
+        assert entered.wait(10), "an fsync job started"
+        threading.Timer(0.5, release.set).start()  # lets it finish while the broker stops
+    assert syncer.failure is None
+    with Broker(port=0, data_dir=tmp_path) as broker:
+        assert broker.call(broker.core.scheduler.count) == 1

@@ -442,6 +442,114 @@ def test_prefetch_bounds_unacked_deliveries_and_acks_return_credit(
     assert len(tags) == 6
 
 
+def test_a_mixed_stream_reads_back_in_order_with_its_offsets(
+    connection: pika.BlockingConnection, stream: str, unique
+) -> None:
+    # Plain persistent records (the broker's batch path) interleaved with every shape
+    # that is not: properties, an empty body, a body over one frame, a transient one,
+    # and a record routed through an exchange with its own routing key.
+    exchange = unique("x")
+    channel = connection.channel()
+    channel.exchange_declare(exchange, "direct")
+    channel.queue_bind(stream, exchange, "k")
+    channel.confirm_delivery()
+    sent: list[tuple[str, str, bytes, dict[str, Any]]] = []
+    for i in range(60):
+        shape = i % 6
+        body = f"plain {i}".encode()
+        props: dict[str, Any] = {"delivery_mode": 2}
+        target, key = "", stream
+        if shape == 1:
+            props.update(content_type="text/plain", headers={"n": i})
+        elif shape == 2:
+            body = b""
+        elif shape == 3:
+            body = bytes(range(256)) * 800  # 204,800 bytes: more than pika's frame_max
+        elif shape == 4:
+            props["delivery_mode"] = 1
+        elif shape == 5:
+            target, key = exchange, "k"
+        channel.basic_publish(target, key, body, pika.BasicProperties(**props))
+        sent.append((target, key, body, props))
+    for prefetch in (1000, 2):
+        got = _consume(connection, stream, len(sent), "first", prefetch=prefetch)
+        assert [b for *_x, b in got] == [body for *_x, body, _p in sent]
+        assert _offsets(got) == list(range(len(sent)))
+        for (method, properties, _body), (target, key, _b, props) in zip(got, sent, strict=True):
+            assert (method.exchange, method.routing_key, method.redelivered) == (target, key, False)
+            assert properties.delivery_mode == props["delivery_mode"]
+            assert properties.content_type == props.get("content_type")
+            headers = dict(properties.headers)
+            del headers["x-stream-offset"]
+            assert headers == props.get("headers", {})
+    channel.exchange_delete(exchange)
+
+
+def _deliveries(channel: Any, stream: str, prefetch: int) -> list[int]:
+    """Consume from first on ``channel`` (no acks) until a full prefetch has arrived."""
+    connection = channel.connection
+    channel.basic_qos(prefetch_count=prefetch)
+    tags: list[int] = []
+    channel.basic_consume(
+        stream, lambda ch, m, p, b: tags.append(m.delivery_tag), arguments={"x-stream-offset": "first"}
+    )
+    wait_until(lambda: connection.process_data_events(0.05) or len(tags) >= prefetch, what="a full prefetch")
+    return tags
+
+
+def test_acking_a_stream_delivery_twice_is_an_unknown_delivery_tag(amqp_url: str, stream: str) -> None:
+    conn = _connect(amqp_url)
+    _publish(conn.channel(), stream, [b"a", b"b", b"c", b"d"])
+    conn.close()
+
+    def ack_twice(channel: Any) -> None:
+        tags = _deliveries(channel, stream, 4)
+        channel.basic_ack(tags[2])
+        channel.basic_ack(tags[0], multiple=True)
+        channel.basic_ack(tags[2])
+        channel.basic_qos(prefetch_count=4)  # a round trip: the refusal arrives first
+
+    assert _refusal(amqp_url, ack_twice) == ("channel", 406, "PRECONDITION_FAILED - unknown delivery tag 3")
+
+
+def test_stream_deliveries_acked_one_by_one_out_of_order_return_credit(
+    connection: pika.BlockingConnection, stream: str
+) -> None:
+    _publish(connection.channel(), stream, [f"o{i}".encode() for i in range(20)])
+    channel = connection.channel()
+    tags = _deliveries(channel, stream, 5)
+    while len(tags) < 20:
+        held = list(tags[-5:])
+        for tag in reversed(held):  # newest first: each ack frees one credit
+            channel.basic_ack(tag)
+        wanted = min(20, len(tags) + 5)
+        wait_until(
+            lambda wanted=wanted: connection.process_data_events(0.05) or len(tags) >= wanted,
+            what="five more deliveries",
+        )
+    connection.process_data_events(0.2)
+    assert tags == list(range(1, 21))
+
+
+def test_closing_with_unacked_stream_deliveries_loses_nothing(
+    amqp_url: str, connection: pika.BlockingConnection, stream: str
+) -> None:
+    bodies = [f"u{i}".encode() for i in range(50)]
+    _publish(connection.channel(), stream, bodies)
+    other = _connect(amqp_url)
+    channel = other.channel()
+    tags = _deliveries(channel, stream, 20)
+    channel.basic_ack(tags[4], multiple=True)
+    # five more arrive; take them all in (pika nacks on close whatever it still holds
+    # undispatched, which a stream refuses with 540)
+    wait_until(lambda: other.process_data_events(0.05) or len(tags) >= 25, what="five more")
+    other.process_data_events(0.2)
+    assert len(tags) == 25
+    other.close()  # twenty unacked: the stream keeps them, nothing is redelivered
+    got = _consume(connection, stream, 50, "first", prefetch=20)
+    assert [b for *_x, b in got] == bodies and not any(m.redelivered for m, _p, _b in got)
+
+
 def test_exchanges_route_into_a_stream(connection: pika.BlockingConnection, stream: str, unique) -> None:
     exchange = unique("x")
     channel = connection.channel()

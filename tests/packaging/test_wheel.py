@@ -92,12 +92,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"work": work, "wheel": wheel, "sdist": sdist}
 
 
+# Not runtime files: the optional C speed-ups' source (the sdist carries it, checked
+# below) and a build of them in the checkout (each wheel builds its own, or none).
+_BUILD_ONLY = {".pyc", ".c", ".so", ".pyd"}
+
+
 def _package_files() -> set[str]:
     """Every file under src/baedal a running broker may load (sources and data)."""
     return {
         path.relative_to(REPO / "src").as_posix()
         for path in (REPO / "src" / "baedal").rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in _BUILD_ONLY
     }
 
 
@@ -116,6 +121,8 @@ def test_sdist_contains_every_runtime_file(built: dict[str, Path]) -> None:
     missing = {f"src/{name}" for name in _package_files()} - names
     assert not missing, f"not in the sdist: {sorted(missing)}"
     assert {"pyproject.toml", "README.md", "MANIFEST.in"} <= names
+    # what an install from the sdist needs to build the optional speed-ups
+    assert {"setup.py", "src/baedal/_speedups/_records.c"} <= names
 
 
 def test_broker_installed_from_the_wheel_serves_console_and_amqp(built: dict[str, Path]) -> None:

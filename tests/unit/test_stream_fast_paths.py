@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from baedal.core.message import NO_FIELDS, Message, QueueEntry
 from baedal.core.stream import EXCHANGE_HEADER, message_to_record, record_to_message
-from baedal.protocols.amqp.channel import AMQPStreamConsumer, with_stream_offset
+from baedal.protocols.amqp.channel import AMQPStreamConsumer, Channel, with_stream_offset
 from baedal.protocols.amqp.properties import (
     AmqpExtension,
     BasicProperties,
@@ -43,6 +43,7 @@ header_lists = st.lists(
 )
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # a loaded 2-vCPU machine
 @given(header_lists, st.binary(max_size=300), st.none() | st.binary(max_size=20))
 def test_pre_encoded_headers_encode_to_the_same_batch(
     headers: list[tuple[str, bytes | None]], value: bytes, key: bytes | None
@@ -138,3 +139,106 @@ def test_the_packed_offset_block_is_the_spliced_block(persistent: bool, offset: 
         assert block == expected
         assert decode_properties(block).headers == {"x-stream-offset": offset}
         assert names == bytes((len(exchange),)) + exchange.encode() + bytes((len(routing_key),)) + routing_key.encode()
+
+
+# --- the batch path: records straight to frames (AMQPStreamConsumer.deliver_rows) -----------
+
+
+class _Connection:
+    def __init__(self, frame_max: int) -> None:
+        self.frame_max = frame_max
+        self.out: list[bytes] = []
+        self.writes = 0
+        self.write_paused = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.writes += 1
+
+    def write_many(self, frames: list[bytes]) -> None:
+        self.out.extend(frames)
+        self.writes += 1
+
+
+class _RealChannel:
+    """The state ``Channel.send_delivery`` and ``deliver_rows`` use, with the real
+    ``send_delivery`` (so the general path is the channel's own code)."""
+
+    def __init__(self, number: int, frame_max: int) -> None:
+        self.number = number
+        self.connection = _Connection(frame_max)
+        self.next_delivery_tag = 1
+        self.unacked: dict[int, Any] = {}
+        self.unacked_count = 0
+        self.global_prefetch = 0
+        self.can_send = True
+
+    def send_delivery(self, consumer: Any, queue: Any, entry: QueueEntry) -> None:
+        Channel.send_delivery(self, consumer, queue, entry)  # type: ignore[arg-type]
+
+
+def _general_delivery(consumer: AMQPStreamConsumer, row: tuple[Any, ...]) -> None:
+    """What ``StreamQueue._drain_cursor`` does with a record the batch path leaves."""
+    offset, timestamp, key, value, headers, _attributes = row
+    message = record_to_message(key, value, headers, timestamp)
+    consumer.deliver(None, QueueEntry(offset, message, len(message.body)))  # type: ignore[arg-type]
+
+
+def _mixed_rows() -> list[tuple[Any, ...]]:
+    records = []
+    for i in range(40):
+        shape = i % 8
+        headers: list[tuple[str, bytes | None]] = [(EXCHANGE_HEADER, b"shop" if i % 3 else b"")]
+        value = b"v%d" % i * (i + 1)
+        if shape == 3:
+            headers.append(("content-type", b"text/plain"))  # not the common record
+        elif shape == 5:
+            value = b""  # no body frame
+        elif shape == 6:
+            value = b"L" * 5000  # more than one body frame at frame_max 4096
+        elif shape == 7:
+            headers = [("k", b"from kafka")]  # no exchange header
+        records.append(Record(value, b"key.%d" % (i % 2) if i % 4 else None, headers, 1000 + i))
+    return decode_rows(bytes(encode_batch(records, 1000, now_ms=1)))
+
+
+@pytest.mark.parametrize("frame_max", [4096, 131072])
+@pytest.mark.parametrize("step", [1, 3, 40])
+def test_the_batch_path_writes_what_the_general_path_writes(frame_max: int, step: int) -> None:
+    rows = _mixed_rows()
+    general_channel = _RealChannel(3, frame_max)
+    general = AMQPStreamConsumer("ctag", None, general_channel, False, False, 0, 1000, {})  # type: ignore[arg-type]
+    for row in rows:
+        _general_delivery(general, row)
+    batch_channel = _RealChannel(3, frame_max)
+    batch = AMQPStreamConsumer("ctag", None, batch_channel, False, False, 0, 1000, {})  # type: ignore[arg-type]
+    index = 0
+    while index < len(rows):  # as the stream's drain loop: batch first, else one general
+        taken = batch.deliver_rows(None, rows, index, min(len(rows), index + step))  # type: ignore[arg-type]
+        if taken:
+            index += taken
+            continue
+        _general_delivery(batch, rows[index])
+        index += 1
+    assert b"".join(batch_channel.connection.out) == b"".join(general_channel.connection.out)
+    assert batch_channel.next_delivery_tag == general_channel.next_delivery_tag == len(rows) + 1
+    assert sorted(batch_channel.unacked) == sorted(general_channel.unacked) == list(range(1, len(rows) + 1))
+    assert batch.unacked == general.unacked == batch_channel.unacked_count == len(rows)
+    if step == 40:  # a run of common records is one write
+        assert batch_channel.connection.writes < general_channel.connection.writes
+
+
+def test_the_batch_path_takes_no_more_than_the_credit() -> None:
+    rows = [row for row in _mixed_rows() if len(row[4]) == 1 and row[4][0][0] == EXCHANGE_HEADER and row[3]]
+    rows = [row for row in rows if len(row[3]) < 4000]
+    channel = _RealChannel(1, 131072)
+    consumer = AMQPStreamConsumer("c", None, channel, False, False, 0, 5, {})  # type: ignore[arg-type]
+    assert consumer.deliver_rows(None, rows, 0, len(rows)) == 5  # type: ignore[arg-type]
+    assert consumer.deliver_rows(None, rows, 5, len(rows)) == 0  # type: ignore[arg-type]
+    consumer.unacked = 2  # three settled
+    channel.global_prefetch = 6  # the channel-wide bound is tighter: 6 - 5
+    assert consumer.deliver_rows(None, rows, 5, len(rows)) == 1  # type: ignore[arg-type]
+    channel.global_prefetch = 0
+    channel.can_send = False
+    assert consumer.deliver_rows(None, rows, 6, len(rows)) == 0  # type: ignore[arg-type]
+    assert channel.next_delivery_tag == 7

@@ -25,27 +25,45 @@ Theory of operation
 The publish path (core/publish.py) spots the headers in ``Publisher.admit`` (only for a
 message that has headers: the AMQP fast path never gets there) and hands a
 ``ScheduleRequest`` to ``deliver``, which calls ``Scheduler.schedule`` instead of
-routing.  ``schedule`` writes the job to the schedule store (storage/schedule_store.py:
-a segment log, group-committed by the broker's one ``Syncer``) and returns whether the
+routing.  ``schedule`` appends the job to the schedule store and returns whether the
 publisher's confirm must wait for an fsync, exactly as for a persistent message reaching
 a durable queue; so a confirm is sent only once the job is on disk.
 
-Memory holds, per job, its id, vhost, due time, store position and size (``Job``), plus
-a heap of (due, sequence, id).  Bodies stay on disk: a job is read back when it fires or
-is listed.  One timer (``loop.call_later``) is armed for the earliest due time; never a
-task or timer per message.  When it fires, every job due by then is published through
-the one publish path (``Publisher.deliver``, routing as of that moment: bindings added or
-removed since the publish count, as in the plugin), at most ``FIRE_BATCH`` per callback
-(the rest continue with ``call_soon``, so one huge backlog cannot starve the loop).  A
-repeating job is rewritten with its next due time; the old record is settled only after
-the fsync covering the delivery (``after_sync``), so a crash in between delivers at
-least once rather than losing a repetition.  A cancelled or rewritten job leaves a stale
-heap entry that is skipped when popped (lazy deletion: cancel costs O(1)).
+Memory does not grow with the number of waiting jobs.  The store
+(storage/schedule_buckets.py) keeps every job on disk in a log per *bucket* of due
+time (10 s), with a small summary per bucket (live jobs per vhost).  This scheduler holds
+in memory only the *window*: the jobs of the buckets whose time span starts within
+``LOAD_AHEAD`` seconds, as a heap of (due, seq, bucket, envelope bytes).  A bucket
+comes into the window a slice of ``LOAD_BATCH`` records per callback, so reading it never
+stalls the loop for long.  A job published into a bucket already in the window goes
+straight onto the heap too; one published further ahead is only appended to its
+bucket's log.  Jobs that repeat (period/repeat/cron) live in their own log, always in
+the window (they are few and keep their id while they move through time).
+
+One timer (``loop.call_later``) is armed for the earlier of the next due job and the
+next bucket to load: never a task or timer per message, and no fixed poll.  When it
+fires, every job due by then is published through the one publish path
+(``Publisher.deliver``, routing as of that moment: bindings added or removed since the
+publish count, as in the plugin), at most ``FIRE_BATCH`` per callback (the rest continue
+with ``call_soon``).  Firing decodes the binary envelope once (one ``struct`` unpack and
+the message record).  Fired jobs are tombstoned in their buckets every 25 ms,
+in one batch, after the fsync covering their deliveries (``after_sync``): a crash in
+between delivers at least once rather than losing.  A repeating job is appended again
+with its next due time and its old record tombstoned the same way.  A bucket whose jobs
+are all done and settled, and whose span is over, is deleted whole.
+
+A job's id is ``<bucket>-<seq>`` (``r-<seq>`` for a recurring job), so the management
+API's look-up and cancel read that one bucket, and nothing maps ids to jobs in memory.
+A cancel is a tombstone; the job's heap entry, if it has one, goes stale and is skipped
+when popped (lazy deletion).  Listing walks the buckets in due order, skipping whole
+buckets by their counts, and reads only those the page falls in.
 
 Due times are wall-clock (``clock``, seconds since the epoch) so they keep their meaning
-across a restart; at start-up the store's records rebuild the heap and anything overdue
-fires at once, in due order.  ``clock`` can be replaced (tests use a fake clock and call
-``wake()``); the timer then re-checks the head against the clock whenever it fires.
+across a restart.  At start-up the store reads bucket summaries, not jobs (a bucket
+written after its last summary checkpoint, i.e. before a kill -9, is re-scanned alone);
+overdue buckets come into the window one at a time and fire at once, in due order.
+``clock`` can be replaced (tests use a fake clock and call ``wake()``); the timer then
+re-checks the head against the clock whenever it fires.
 
 Routability cannot be known when a scheduled message is published (the plugin's README
 says the same of its mandatory flag).  Baedal does not send ``basic.return`` for a
@@ -61,13 +79,29 @@ from __future__ import annotations
 
 import heapq
 import logging
+import struct
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..storage.record import body_size, decode_record, encode_record
+from ..storage.schedule_buckets import (
+    BUCKET_SECONDS,
+    KIND_ACTIVEMQ,
+    KIND_X_DELAY,
+    KINDS,
+    RECURRING,
+    RECURRING_COMPACT_MIN,
+    Bucket,
+    JobRecord,
+    decode_job,
+    encode_job,
+    job_due,
+    job_seq,
+    walk_records,
+)
 from .message import Message
 from .vhost import CoreError
 
@@ -92,10 +126,22 @@ SCHEDULE_HEADERS = frozenset((*AMQ_HEADERS, X_DELAY))
 
 # Jobs published per timer callback before yielding to the loop (STYLE habit 7).
 FIRE_BATCH = 500
-# The loop's monotonic timer and the wall clock are different clocks: a timer may fire
-# a hair before the wall clock says a job is due.  Then the timer is re-armed for the
-# rest (microseconds) rather than firing early: never before the due time.
-EARLY_TOLERANCE = 0.0
+# A bucket is read into the window this long before its time span starts, a slice of
+# ``LOAD_BATCH`` records per callback, so that reading 17k jobs (a 10 s bucket at
+# 1,700/s) is spread over the seconds before they are due instead of one long stall.
+# (2,000 records took 20-90 ms a slice on a loaded 2-core VM: the firing error showed
+# it at every bucket load; 500 keep a slice to a few ms.)
+LOAD_AHEAD = 5.0
+LOAD_BATCH = 500
+# After downtime, overdue buckets are loaded one at a time while the window holds fewer
+# than this many jobs: a backlog is worked off without all of it in memory at once.
+WINDOW_BACKLOG = 50_000
+# Fired jobs are tombstoned in batches handed to the syncer this often (see
+# ``_settle_after_sync``).
+SETTLE_INTERVAL = 0.025
+# The shortest time between two timer ticks (see ``_arm``).
+TICK_FLOOR = 0.005
+_DUE_SEQ = struct.Struct("<dQ")  # the first two envelope fields
 
 
 class ScheduleRequest(list):  # type: ignore[type-arg]
@@ -208,17 +254,18 @@ def request_for(headers: Mapping[str, Any], exchange: Exchange) -> ScheduleReque
     return None
 
 
-class Job:
-    """One scheduled job as memory keeps it: ids and times, never the body."""
+def job_id_for(index: int, seq: int) -> str:
+    """A job's id names where it lives: its bucket (``r`` for the recurring log) and its
+    sequence, so a cancel or a look-up reads one bucket, never an index of every job."""
+    return f"r-{seq:x}" if index == RECURRING else f"{index:x}-{seq:x}"
 
-    __slots__ = ("id", "vhost", "due", "position", "size")
 
-    def __init__(self, job_id: str, vhost: str, due: float, position: int, size: int) -> None:
-        self.id = job_id
-        self.vhost = vhost
-        self.due = due
-        self.position = position
-        self.size = size
+def parse_job_id(job_id: str) -> tuple[int, int] | None:
+    where, _, seq = job_id.partition("-")
+    try:
+        return (RECURRING if where == "r" else int(where, 16)), int(seq, 16)
+    except ValueError:
+        return None
 
 
 class Scheduler:
@@ -228,65 +275,103 @@ class Scheduler:
         self.core = core
         self.store = store
         self.clock = clock
-        self.jobs: dict[str, Job] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._sequence = 0
+        # The near window: (due, seq, bucket, envelope payload) for every job of a loaded
+        # bucket; an entry whose seq is no longer in ``bucket.live`` is stale (lazy delete).
+        self._heap: list[tuple[float, int, Bucket, bytes]] = []
+        # Buckets with jobs on disk and none in memory, by index (a min-heap).
+        self._unloaded: list[int] = []
+        # Buckets being read into the window a slice per callback:
+        # [bucket, its log's bytes, where the next record starts, tombstoned offsets].
+        self._loading: list[list[Any]] = []
+        self._recurring_vhosts: dict[int, str] = {}  # recurring seq -> vhost
         self._timer: Any = None
         self._timer_due: float | None = None
+        self._last_tick = 0.0
         self._publishers: dict[str, Any] = {}
-        self._pending_settles: set[int] = set()
+        self._pending: set[Callable[[], None]] = set()  # tombstone writes waiting for an fsync
+        self._unsettled: dict[Bucket, list[int]] = {}  # fired, not yet handed to the syncer
+        self._settle_timer: Any = None
+        self._window: list[Bucket] = []  # loaded buckets (not the recurring log)
         self._closed = False
         # Counters (metrics, tests).
         self.scheduled = 0
         self.fired = 0
         self.dropped = 0
         self.cancelled = 0
+        self.loaded_buckets = 0
 
     # --- start-up ----------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Rebuild the heap from the store; returns how many jobs came back.  Reads each
-        job's state, not its message, and keeps only what a ``Job`` holds."""
-        latest: dict[str, Job] = {}
+        """Arm the schedule from the store's bucket summaries (no job is read, except the
+        recurring ones, which live in memory); returns how many jobs wait."""
+        store = self.store
+        for index in store.buckets:
+            heapq.heappush(self._unloaded, index)
+        self._load_recurring()
+        if store.migrated:
+            self._migrate(store.migrated)
+            store.finish_migration()
+        total = self.count()
+        if total:
+            log.info("scheduler: %d scheduled message(s) recovered", total)
+        return total
+
+    def _load_recurring(self) -> None:
+        bucket = self.store.recurring
+        latest: dict[int, tuple[int, bytes]] = {}
         stale: list[int] = []
-        for stored in self.store.recover():
-            state = stored.state
-            job_id = state.get("id")
-            if not isinstance(job_id, str):
-                stale.append(stored.position)
-                continue
-            earlier = latest.get(job_id)
-            if earlier is not None:
-                # A rewrite interrupted by a crash: the later record is the job.
-                if earlier.position > stored.position:
-                    stale.append(stored.position)
-                    continue
-                stale.append(earlier.position)
-            latest[job_id] = Job(job_id, state.get("vhost", "/"), stored.due, stored.position, state.get("size", 0))
-        for position in stale:
-            self.store.remove(position)
-        for job in latest.values():
-            self.jobs[job.id] = job
-            self._push(job)
-        if latest:
-            log.info("scheduler: %d scheduled message(s) recovered", len(latest))
-        return len(latest)
+        for offset, payload in self.store.records(bucket):
+            seq = job_seq(payload)
+            if seq in latest:  # a rewrite whose old record's tombstone a crash prevented
+                stale.append(latest[seq][0])
+            latest[seq] = (offset, payload)
+        self.store.tombstone(bucket, stale)
+        bucket.live = {}
+        for seq, (offset, payload) in latest.items():
+            job = decode_job(payload)
+            bucket.live[seq] = offset
+            self._recurring_vhosts[seq] = job.vhost
+            heapq.heappush(self._heap, (job.due, seq, bucket, payload))
+
+    def _migrate(self, legacy_jobs: list[Any]) -> None:
+        """Rewrite jobs of the first layout (storage/schedule_store.py) as envelopes."""
+        for stored in legacy_jobs:
+            state, message = stored.state, stored.message
+            kind = KIND_X_DELAY if state.get("kind") == "x-delay" else KIND_ACTIVEMQ
+            repeat_left = int(state.get("repeat_left", 0) or 0)
+            cron = state.get("cron") or None
+            recurring = repeat_left != 0 or cron is not None
+            self._store_job(
+                state.get("vhost", "/"), state.get("exchange", ""), message, kind, stored.due,
+                int(state.get("delay", 0) or 0), int(state.get("period", 0) or 0),
+                int(state.get("repeat", 0) or 0), repeat_left, cron, state.get("cron_next"),
+                list(state.get("extra") or ()), recurring, self.clock(), int(state.get("fired", 0) or 0),
+            )
+        log.info("scheduler: %d job(s) migrated from the legacy schedule log", len(legacy_jobs))
 
     def start(self) -> None:
         self._arm()
 
     def close(self, clean: bool = True) -> None:
-        """Stop the timer and close the store.  Settles still waiting for an fsync are
-        done now (the store's close syncs them with everything else); after a failed
-        fsync (``clean=False``) they are left, so the jobs fire again after restart."""
+        """Stop the timer and close the store.  Tombstones still waiting for an fsync are
+        written now (the store's close syncs them with everything else); after a failed
+        fsync (``clean=False``) they are not, so those jobs fire again after restart."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         if clean:
-            for position in self._pending_settles:
-                self.store.remove(position)
-        self._pending_settles.clear()
+            settled, self._unsettled = self._unsettled, {}
+            for bucket, offsets in settled.items():  # the store's close syncs them
+                bucket.pending -= 1
+                self.store.tombstone(bucket, offsets)
+            for settle in list(self._pending):
+                settle()  # each takes itself out of the set: the syncer's later call is a no-op
+        self._pending.clear()
         self.store.close(clean)
 
     # --- scheduling (the publish path) -------------------------------------------------
@@ -295,109 +380,213 @@ class Scheduler:
         """Store a job for ``message``; returns True when the store is durable (the
         confirm waits for the fsync).  Raises ``OSError`` when the store cannot write."""
         now = self.clock()
-        job_id = uuid.uuid4().hex
-        headers = dict(message.headers or {})
-        if request.kind == "activemq":
-            for name in AMQ_HEADERS:
-                headers.pop(name, None)
-            headers[JOB_ID_HEADER] = job_id
-        else:
-            headers[X_DELAY] = -request.delay_ms
-        # published_at 0: a stream stamps the copy with the time it fires, not this one.
-        message = message.derive(headers=headers, published_at=0.0)
         cron_next = cron_after(request.cron, now) if request.cron else None
         if request.at is not None:
             due = request.at  # in the past: fires at once, as Artemis does
         else:
             due = (cron_next if cron_next is not None else now) + request.delay_ms / 1000.0
-        state = {
-            "id": job_id,
-            "vhost": vhost,
-            "exchange": exchange.name,
-            "routing_key": message.routing_key,
-            "extra": list(request),
-            "kind": request.kind,
-            "delay": request.delay_ms,
-            "period": request.period_ms,
-            "repeat": request.repeat,
-            "repeat_left": request.repeat,
-            "cron": request.cron,
-            "cron_next": cron_next,
-            "fired": 0,
-            "created": now,
-            "size": len(message.body),
-        }
-        position, _stored = self.store.write(state, message, due)
-        job = Job(job_id, vhost, due, position, len(message.body))
-        self.jobs[job_id] = job
+        recurring = request.repeat != 0 or request.cron is not None
+        kind = KIND_ACTIVEMQ if request.kind == "activemq" else KIND_X_DELAY
+        self._store_job(
+            vhost, exchange.name, message, kind, due, request.delay_ms, request.period_ms, request.repeat,
+            request.repeat, request.cron, cron_next, list(request), recurring, now, 0,
+        )
         self.scheduled += 1
-        self._push(job)
-        if self._timer_due is None or due < self._timer_due:
-            self._arm()
         return self.store.durable
+
+    def _store_job(
+        self, vhost: str, exchange: str, message: Message, kind: int, due: float, delay: int, period: int,
+        repeat: int, repeat_left: int, cron: str | None, cron_next: float | None, extra: list[str],
+        recurring: bool, now: float, fired: int,
+    ) -> None:
+        store = self.store
+        # A job already overdue goes to the current bucket (never to one already
+        # emptied and deleted); its due time stays exact in the envelope.
+        index = RECURRING if recurring else int(max(due, now) // BUCKET_SECONDS)
+        bucket = store.bucket_for(index)
+        if index == RECURRING and bucket.live is None:
+            self._load_recurring()  # a scheduler made without ``recover`` (tools, tests)
+        if bucket.live is None and bucket.records == 0:
+            if index * BUCKET_SECONDS - LOAD_AHEAD <= now:
+                bucket.live = {}  # a new bucket already in the window: nothing to read
+                self._window.append(bucket)
+            else:
+                heapq.heappush(self._unloaded, index)  # loaded when its time comes
+        seq = store.next_seq()
+        headers = dict(message.headers or {})
+        if kind == KIND_ACTIVEMQ:
+            for name in AMQ_HEADERS:
+                headers.pop(name, None)
+            headers[JOB_ID_HEADER] = job_id_for(index, seq)
+        else:
+            headers[X_DELAY] = -delay
+        # published_at 0: a stream stamps the copy with the time it fires, not this one.
+        message = message.derive(headers=headers, published_at=0.0)
+        job = JobRecord(
+            due, seq, kind, delay, period, repeat, repeat_left, fired, cron_next, now, vhost, exchange,
+            message.routing_key, cron, extra,
+        )
+        payload = encode_job(job, encode_record(message, None))
+        offset = store.append(bucket, payload, vhost, seq)
+        live = bucket.live
+        if live is not None:  # in the window (or the recurring log): straight to the heap
+            live[seq] = offset
+            if recurring:
+                self._recurring_vhosts[seq] = vhost
+            heapq.heappush(self._heap, (due, seq, bucket, payload))
+            if self._timer_due is None or due < self._timer_due:
+                self._arm()
+        else:
+            store.maybe_checkpoint(bucket)
+            if self._timer_due is None or index * BUCKET_SECONDS - LOAD_AHEAD < self._timer_due:
+                self._arm()
 
     # --- management --------------------------------------------------------------------
 
-    def count(self, vhost: str | None = None) -> int:
+    def count(self, vhost: str | Collection[str] | None = None) -> int:
+        recurring = self._recurring_vhosts
         if vhost is None:
-            return len(self.jobs)
-        return sum(1 for job in self.jobs.values() if job.vhost == vhost)
+            extra = len(recurring)
+        elif isinstance(vhost, str):
+            extra = sum(1 for name in recurring.values() if name == vhost)
+        else:
+            extra = sum(1 for name in recurring.values() if name in vhost)
+        return self.store.count(vhost) + extra
 
     def list(
         self, vhost: str | Collection[str] | None, offset: int = 0, limit: int = 100
     ) -> tuple[int, list[dict[str, Any]]]:
         """(total, one page of jobs in due order) for a vhost, a set of vhosts, or every
-        vhost (None).  Only the page's jobs are read from the store."""
-        if vhost is None:
-            jobs: Collection[Job] = self.jobs.values()
-        elif isinstance(vhost, str):
-            jobs = [job for job in self.jobs.values() if job.vhost == vhost]
-        else:
-            jobs = [job for job in self.jobs.values() if job.vhost in vhost]
-        page = heapq.nsmallest(offset + limit, jobs, key=lambda job: (job.due, job.id))[offset:]
-        return len(jobs), [self.describe(job) for job in page]
+        vhost (None).  Whole buckets before the page are skipped by their counts; only
+        the buckets the page falls in are read from disk."""
+        selection = vhost
 
-    def describe(self, job: Job) -> dict[str, Any]:
-        stored = self.store.read(job.position)
-        state = stored.state if stored is not None else {}
-        repeat_left = state.get("repeat_left", 0)
+        def chosen(name: str) -> bool:
+            if selection is None:
+                return True
+            if isinstance(selection, str):
+                return name == selection
+            return name in selection
+
+        store = self.store
+        recurring: dict[int, list[bytes]] = {}
+        bucket = store.recurring
+        for seq, where in list((bucket.live or {}).items()):
+            if chosen(self._recurring_vhosts.get(seq, "")):
+                payload = store.read(bucket, where)
+                if payload is not None:
+                    recurring.setdefault(int(job_due(payload) // BUCKET_SECONDS), []).append(payload)
+        total = store.count(selection) + sum(len(group) for group in recurring.values())
+        skip = offset
+        page: list[dict[str, Any]] = []
+        for index in sorted({*store.buckets, *recurring}):
+            if len(page) >= limit:
+                break
+            one = store.buckets.get(index)
+            size = (one.count_in(selection) if one is not None else 0) + len(recurring.get(index, ()))
+            if skip >= size:
+                skip -= size
+                continue
+            payloads = list(recurring.get(index, ()))
+            if one is not None and one.count_in(selection):
+                payloads.extend(p for _o, p in store.records(one))
+            jobs = [(job, payload) for payload in payloads if chosen((job := decode_job(payload)).vhost)]
+            jobs.sort(key=lambda pair: (pair[0].due, pair[0].seq))
+            taken = jobs[skip : skip + limit - len(page)]
+            skip = 0
+            page.extend(self.describe(job, index, payload) for job, payload in taken)
+        return total, page
+
+    def describe(self, job: JobRecord, index: int, payload: bytes) -> dict[str, Any]:
+        try:
+            size = body_size(payload, job.message_at)
+        except Exception:  # a listing must not fail on one odd record
+            size = 0
+        if job.seq in self._recurring_vhosts:
+            index = RECURRING
         return {
-            "id": job.id,
+            "id": job_id_for(index, job.seq),
             "vhost": job.vhost,
             "due": round(job.due * 1000),
             "due_at": datetime.fromtimestamp(job.due, UTC).isoformat(timespec="milliseconds"),
-            "exchange": state.get("exchange", ""),
-            "routing_key": state.get("routing_key", ""),
-            "size": job.size,
-            "kind": state.get("kind", ""),
-            "delay": state.get("delay", 0),
-            "period": state.get("period", 0),
-            "repeat": state.get("repeat", 0),
-            "repeat_left": repeat_left,
-            "cron": state.get("cron"),
-            "fired": state.get("fired", 0),
+            "exchange": job.exchange,
+            "routing_key": job.routing_key,
+            "size": size,
+            "kind": KINDS[job.kind],
+            "delay": job.delay,
+            "period": job.period,
+            "repeat": job.repeat,
+            "repeat_left": job.repeat_left,
+            "cron": job.cron,
+            "fired": job.fired,
         }
 
-    def get(self, vhost: str, job_id: str) -> dict[str, Any] | None:
-        job = self.jobs.get(job_id)
-        if job is None or job.vhost != vhost:
+    def _find(self, vhost: str, job_id: str) -> tuple[Bucket, int, JobRecord, bytes] | None:
+        """(bucket, offset, envelope, payload) of a waiting job, reading one bucket at most."""
+        where = parse_job_id(job_id)
+        if where is None:
             return None
-        return self.describe(job)
+        index, seq = where
+        store = self.store
+        bucket = store.recurring if index == RECURRING else store.buckets.get(index)
+        if bucket is None:
+            return None
+        if bucket.live is not None:
+            offset = bucket.live.get(seq)
+            payload = store.read(bucket, offset) if offset is not None else None
+        else:
+            payload = None
+            for where, candidate in store.records(bucket):
+                if job_seq(candidate) == seq:
+                    offset, payload = where, candidate
+                    break
+        if payload is None:
+            return None
+        job = decode_job(payload)
+        if job.vhost != vhost:
+            return None
+        return bucket, offset, job, payload  # type: ignore[return-value]
+
+    def get(self, vhost: str, job_id: str) -> dict[str, Any] | None:
+        found = self._find(vhost, job_id)
+        if found is None:
+            return None
+        bucket, _offset, job, payload = found
+        return self.describe(job, bucket.index, payload)
 
     def cancel(self, vhost: str, job_id: str) -> bool:
-        """Remove a job; its heap entry goes stale and is skipped.  False if unknown."""
-        job = self.jobs.get(job_id)
-        if job is None or job.vhost != vhost:
+        """Cancel a job: a tombstone in its bucket (its heap entry, if any, goes stale and
+        is skipped).  False if unknown."""
+        found = self._find(vhost, job_id)
+        if found is None:
             return False
-        del self.jobs[job_id]
-        self.store.remove(job.position)
+        bucket, offset, job, _payload = found
+        self._cancel(bucket, offset, job)
         self.core.request_sync()
-        self.cancelled += 1
         return True
 
+    def _cancel(self, bucket: Bucket, offset: int, job: JobRecord) -> None:
+        vhost = job.vhost
+        if bucket.live is not None:
+            bucket.live.pop(job.seq, None)
+        if bucket.index == RECURRING:
+            self._recurring_vhosts.pop(job.seq, None)
+        else:
+            bucket.vhosts[vhost] = bucket.vhosts.get(vhost, 1) - 1
+        self.store.tombstone(bucket, [offset])
+        self.cancelled += 1
+        self._maybe_drop(bucket)
+
     def vhost_deleted(self, vhost: str) -> None:
-        for job in [job for job in self.jobs.values() if job.vhost == vhost]:
-            self.cancel(vhost, job.id)
+        store = self.store
+        for bucket in [*store.buckets.values(), store.recurring]:
+            if bucket.index != RECURRING and not bucket.vhosts.get(vhost):
+                continue
+            for offset, payload in store.records(bucket):
+                job = decode_job(payload)
+                if job.vhost == vhost:
+                    self._cancel(bucket, offset, job)
+        self.core.request_sync()
 
     # --- the timer ---------------------------------------------------------------------
 
@@ -409,100 +598,238 @@ class Scheduler:
 
     def wake(self) -> None:
         """Fire whatever is due by ``clock()`` now and re-arm (fake clocks in tests)."""
-        self._fire_due()
-
-    def _push(self, job: Job) -> None:
-        self._sequence += 1
-        heapq.heappush(self._heap, (job.due, self._sequence, job.id))
+        for _ in range(1_000_000):  # bounded: each round fires or loads something
+            self._tick()
+            now = self.clock()
+            if self._closed or not (
+                self._loading
+                or (self._heap and self._heap[0][0] <= now)
+                or (self._unloaded and self._unloaded[0] * BUCKET_SECONDS - LOAD_AHEAD <= now)
+            ):
+                break
 
     def _arm(self) -> None:
+        """One timer, for the earlier of the next due job and the next bucket to load."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
             self._timer_due = None
-        if self._closed:
+        if self._closed or self.core.loop is None:
+            return
+        if self._loading:
+            self._timer_due = self.clock()
+            self._timer = self.core.loop.call_soon(self._tick)
             return
         heap = self._heap
-        jobs = self.jobs
-        while heap and (heap[0][2] not in jobs or jobs[heap[0][2]].due != heap[0][0]):
-            heapq.heappop(heap)  # stale: cancelled or rewritten
-        if not heap or self.core.loop is None:
+        while heap and heap[0][1] not in heap[0][2].live:  # type: ignore[operator]
+            heapq.heappop(heap)  # stale: cancelled
+        due = heap[0][0] if heap else None
+        if self._unloaded:
+            load_at = self._unloaded[0] * BUCKET_SECONDS - LOAD_AHEAD
+            due = load_at if due is None else min(due, load_at)
+        if due is None:
             return
-        due = heap[0][0]
         self._timer_due = due
-        self._timer = self.core.loop.call_later(max(0.0, due - self.clock()), self._fire_due)
+        now = self.clock()
+        # Dense due times (1,700/s is one every 0.6 ms) share a tick: at most one per
+        # TICK_FLOOR, so each tick's fsync, tombstone write and socket writes serve a
+        # handful of jobs instead of one, for at most TICK_FLOOR of added lateness.
+        delay = max(due - now, self._last_tick + TICK_FLOOR - now, 0.0)
+        self._timer = self.core.loop.call_later(delay, self._tick)
 
-    def _fire_due(self) -> None:
+    def _tick(self) -> None:
+        """The timer: start loading buckets coming into the window, load a slice, fire
+        what is due (at most ``FIRE_BATCH``), and re-arm (``call_soon`` while work is
+        left, so one huge backlog cannot starve the loop)."""
         self._timer = None
         self._timer_due = None
         if self._closed:
             return
         now = self.clock()
-        heap = self._heap
-        jobs = self.jobs
-        fired = 0
-        while heap and heap[0][0] <= now + EARLY_TOLERANCE:
-            due, _sequence, job_id = heapq.heappop(heap)
-            job = jobs.get(job_id)
-            if job is None or job.due != due:
-                continue
-            try:
-                self._fire(job, now)
-            except Exception:  # one bad job must not stop the others
-                log.exception("scheduler: job %s failed to fire", job_id)
-                jobs.pop(job_id, None)
-            fired += 1
-            if fired >= FIRE_BATCH and self.core.loop is not None:
-                self._timer_due = now
-                self._timer = self.core.loop.call_soon(self._fire_due)
-                return
-        self._arm()
-
-    def _fire(self, job: Job, now: float) -> None:
-        stored = self.store.read(job.position)
-        if stored is None:  # lost with a failed write
-            del self.jobs[job.id]
+        self._start_loading(now)
+        limit = now
+        if self._loading:
+            # Jobs of a bucket still being read may be due before what the heap holds:
+            # fire only what comes before that bucket, so firing stays in due order.
+            limit = min(limit, min(item[0].index for item in self._loading) * BUCKET_SECONDS - 1e-6)
+        fired = self.fired
+        more = self._fire_due(limit)  # first: what is due does not wait for a load slice
+        if self.fired != fired:
+            self._last_tick = now  # the floor spaces ticks that fired, not the ones that found nothing
+        if self._closed:
             return
-        state = stored.state
-        message = stored.message
-        self._publish(state, message)
-        self.fired += 1
-        state["fired"] = state.get("fired", 0) + 1
-        old_position = job.position
-        next_due = self._next_due(state, job.due, now)
-        if next_due is None:
-            del self.jobs[job.id]
+        if self._loading:
+            self._load_slice()
+            more = more or bool(self._heap and self._heap[0][0] <= self.clock())
+        for bucket in self._window:
+            if not bucket.live:
+                self._maybe_drop(bucket)
+        if more and self.core.loop is not None:
+            self._timer_due = now
+            self._timer = self.core.loop.call_soon(self._tick)
         else:
-            job.position, _size = self.store.write(state, message, next_due)
-            job.due = next_due
-            self._push(job)
-        self._settle_after_sync(old_position)
+            self._arm()
 
-    def _settle_after_sync(self, position: int) -> None:
-        """Settle a job's old record once the fsync covering the delivery it made (and
-        its rewrite) is done: a crash before then delivers again, never loses."""
+    def _start_loading(self, now: float) -> None:
+        unloaded = self._unloaded
         store = self.store
-        pending = self._pending_settles
-        pending.add(position)
+        while unloaded and unloaded[0] * BUCKET_SECONDS - LOAD_AHEAD <= now:
+            index = unloaded[0]
+            overdue = (index + 1) * BUCKET_SECONDS <= now
+            if overdue and (self._loading or len(self._heap) >= WINDOW_BACKLOG):
+                break  # a backlog after downtime: one bucket at a time, as the heap drains
+            heapq.heappop(unloaded)
+            bucket = store.buckets.get(index)
+            if bucket is None or bucket.live is not None:
+                continue
+            data, dead = store.read_all(bucket)  # one read; walked a slice per callback
+            bucket.live = {}
+            self._window.append(bucket)
+            self.loaded_buckets += 1
+            self._loading.append([bucket, data, 0, dead])
+
+    def _load_slice(self) -> None:
+        """Walk up to ``LOAD_BATCH`` records of the buckets being loaded onto the heap."""
+        budget = LOAD_BATCH
+        heap = self._heap
+        push = heapq.heappush
+        unpack = _DUE_SEQ.unpack_from
+        while self._loading and budget > 0:
+            item = self._loading[0]
+            bucket, data, start, dead = item
+            wanted = budget
+            records, end = walk_records(data, start, wanted)
+            live = bucket.live
+            for offset, payload in records:
+                if offset not in dead:
+                    due, seq = unpack(payload)
+                    live[seq] = offset
+                    push(heap, (due, seq, bucket, payload))
+            budget -= len(records)
+            if len(records) < wanted or end >= len(data):
+                self._loading.pop(0)  # the whole log read (a torn tail stops it too)
+                self._maybe_drop(bucket)
+            else:
+                item[2] = end
+
+    def _fire_due(self, limit: float) -> bool:
+        """Publish every job due by ``limit``, up to ``FIRE_BATCH``; True if more are due.
+        Their tombstones are written in one go after the fsync covering the deliveries."""
+        heap = self._heap
+        pop = heapq.heappop
+        settled: dict[Bucket, list[int]] = {}
+        fired = 0
+        while heap and heap[0][0] <= limit:
+            due, seq, bucket, payload = pop(heap)
+            live = bucket.live
+            offset = live.get(seq)  # type: ignore[union-attr]
+            if offset is None:
+                continue  # cancelled
+            try:
+                job = decode_job(payload)
+                self._publish(job, payload)
+                self.fired += 1
+                if bucket.index == RECURRING:
+                    self._repeat(job, payload, bucket, seq, due)
+                else:
+                    del live[seq]  # type: ignore[union-attr]
+                    bucket.vhosts[job.vhost] = bucket.vhosts.get(job.vhost, 1) - 1
+            except Exception:  # one bad job must not stop the others
+                log.exception("scheduler: job %s failed to fire", job_id_for(bucket.index, seq))
+                live.pop(seq, None)  # type: ignore[union-attr]
+                self._recurring_vhosts.pop(seq, None)
+            settled.setdefault(bucket, []).append(offset)
+            fired += 1
+            if fired >= FIRE_BATCH:
+                break
+        if settled:
+            self._settle_after_sync(settled)
+        return bool(heap and heap[0][0] <= limit)
+
+    def _repeat(self, job: JobRecord, payload: bytes, bucket: Bucket, seq: int, due: float) -> None:
+        """Rewrite a recurring job with its next due time (or end it)."""
+        job.fired += 1
+        next_due = self._next_due(job, due, self.clock())
+        if next_due is None:
+            del bucket.live[seq]  # type: ignore[union-attr]
+            self._recurring_vhosts.pop(seq, None)
+            return
+        job.due = next_due
+        new_payload = encode_job(job, memoryview(payload)[job.message_at :])
+        bucket.live[seq] = self.store.append(bucket, new_payload, job.vhost, seq)  # type: ignore[index]
+        heapq.heappush(self._heap, (next_due, seq, bucket, new_payload))
+
+    def _settle_after_sync(self, settled: dict[Bucket, list[int]]) -> None:
+        """Collect fired jobs to tombstone; the batch is handed to the syncer every
+        ``SETTLE_INTERVAL`` (not per tick: at most 40 fsync requests a second from
+        firing instead of one per tick; a kill -9 re-fires at most the last 25 ms)."""
+        unsettled = self._unsettled
+        for bucket, offsets in settled.items():
+            known = unsettled.get(bucket)
+            if known is None:
+                unsettled[bucket] = offsets
+                bucket.pending += 1
+            else:
+                known.extend(offsets)
+        loop = self.core.loop
+        if loop is None or self.core.storage is None:
+            self._flush_unsettled()
+        elif self._settle_timer is None:
+            self._settle_timer = loop.call_later(SETTLE_INTERVAL, self._flush_unsettled)
+
+    def _flush_unsettled(self) -> None:
+        """Tombstone the collected jobs once the fsync covering their deliveries (and
+        rewrites) is done: a crash before then delivers again, never loses."""
+        self._settle_timer = None
+        settled, self._unsettled = self._unsettled, {}
+        if not settled:
+            return
+        store = self.store
+        pending = self._pending
 
         def settle() -> None:
-            if position in pending:
-                pending.discard(position)
-                store.remove(position)
+            if settle not in pending and self.core.storage is not None:
+                return  # already run (at close)
+            pending.discard(settle)
+            for bucket, offsets in settled.items():
+                bucket.pending -= 1
+                store.tombstone(bucket, offsets)
+                store.maybe_checkpoint(bucket)
+                self._maybe_drop(bucket)
+                if (
+                    bucket.index == RECURRING and bucket.pending == 0
+                    and bucket.records > 2 * len(bucket.live or ()) + RECURRING_COMPACT_MIN
+                ):
+                    store.compact_recurring()
 
         def failed(exc: BaseException) -> None:
-            pending.discard(position)  # the record stays: the job fires again after restart
+            pending.discard(settle)  # no tombstone: the jobs fire again after a restart
+            for bucket in settled:
+                bucket.pending -= 1
 
-        if not self.core.after_sync(settle, failed):
+        if self.core.after_sync(settle, failed):
+            pending.add(settle)
+        else:
             settle()
 
+    def _maybe_drop(self, bucket: Bucket) -> None:
+        """Delete a loaded bucket's files once every job in it is done and settled and no
+        new job can land in it (its time span is over)."""
+        if (
+            bucket.index != RECURRING and bucket.live is not None and not bucket.live and bucket.pending == 0
+            and not bucket.deleted and (bucket.index + 1) * BUCKET_SECONDS <= self.clock()
+            and not any(item[0] is bucket for item in self._loading)
+        ):
+            self.store.drop(bucket)
+            self._window = [other for other in self._window if other is not bucket]
+
     @staticmethod
-    def _next_due(state: dict[str, Any], due: float, now: float) -> float | None:
-        repeat_left = state.get("repeat_left", 0)
-        period = state.get("period", 0) / 1000.0
+    def _next_due(job: JobRecord, due: float, now: float) -> float | None:
+        repeat_left = job.repeat_left
+        period = job.period / 1000.0
         if repeat_left != 0:
             if repeat_left > 0:
-                state["repeat_left"] = repeat_left - 1
+                job.repeat_left = repeat_left - 1
                 return due + period
             # Until cancelled: after downtime, skip the missed periods (deliver once now,
             # then keep the phase) instead of a burst of every one of them.
@@ -510,24 +837,23 @@ class Scheduler:
             if next_due < now:
                 next_due += ((now - next_due) // period + 1) * period
             return next_due
-        cron = state.get("cron")
-        if cron:
-            cron_next = cron_after(cron, max(state.get("cron_next") or now, now))
-            state["cron_next"] = cron_next
-            state["repeat_left"] = state.get("repeat", 0)
-            return cron_next + state.get("delay", 0) / 1000.0
+        if job.cron:
+            cron_next = cron_after(job.cron, max(job.cron_next or now, now))
+            job.cron_next = cron_next
+            job.repeat_left = job.repeat
+            return cron_next + job.delay / 1000.0
         return None
 
-    def _publish(self, state: dict[str, Any], message: Message) -> None:
+    def _publish(self, job: JobRecord, payload: bytes) -> None:
         core = self.core
-        vhost = core.vhosts.get(state.get("vhost", "/"))
-        exchange = vhost.exchanges.get(state.get("exchange", "")) if vhost is not None else None
+        vhost = core.vhosts.get(job.vhost)
+        exchange = vhost.exchanges.get(job.exchange) if vhost is not None else None
         if vhost is None or exchange is None:
             self.dropped += 1
             core.counters["unroutable"] += 1
             log.warning(
                 "scheduler: job %s dropped: exchange '%s' in vhost '%s' no longer exists",
-                state.get("id"), state.get("exchange"), state.get("vhost"),
+                job.seq, job.exchange, job.vhost,
             )
             return
         publisher = self._publishers.get(vhost.name)
@@ -535,8 +861,8 @@ class Scheduler:
             from .publish import Publisher
 
             publisher = self._publishers[vhost.name] = Publisher(core, vhost, "", None)
-        extra = state.get("extra") or None
-        outcome = publisher.deliver(exchange, message, extra, False)
+        message, _expires = decode_record(payload[job.message_at :])
+        outcome = publisher.deliver(exchange, message, job.extra or None, False)
         publisher.take_replicating()
         if outcome & 1:  # UNROUTABLE
             self.dropped += 1

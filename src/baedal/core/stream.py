@@ -32,7 +32,13 @@ One consumer interface, two ways to read
   ``can_deliver()`` says the consumer has credit; each delivery is a ``QueueEntry``
   whose ``position`` is the record's offset and whose message is ``record_to_message``.
   Credit comes back when the adapter settles (``ack``), which only counts: nothing is
-  deleted.  Work per call is bounded: at most ``DRAIN_BATCH`` deliveries and
+  deleted.  A consumer may also offer ``deliver_rows(stream, rows, start, stop)``: the
+  cursor's decoded records themselves (``record_batch.decode_rows`` tuples, neutral:
+  offset, timestamp, key, value, headers, attributes), of which it takes as many from
+  ``rows[start:stop]`` as its credit allows, in order, and returns how many.  It may stop
+  early at a record it has no fast form for; that one then goes through ``deliver`` as
+  above.  This is how an adapter turns a chunk of records into wire frames in one go,
+  with no ``Message`` or ``QueueEntry`` per record (the AMQP stream consumer does).  Work per call is bounded: at most ``DRAIN_BATCH`` deliveries and
   ``READ_CHUNK_BYTES`` read per cursor, then one ``call_soon`` for the rest, so reading
   a huge stream never holds the whole stream in memory nor the loop for long.
 * **Pull by offset** (Kafka fetch later): ``read(offset, max_bytes)`` returns whole
@@ -937,6 +943,7 @@ class StreamQueue:
         consumer = cursor.consumer
         delivered = 0
         committed = self.committed_offset
+        deliver_rows = getattr(consumer, "deliver_rows", None)
         while consumer.can_deliver():
             if delivered >= DRAIN_BATCH:
                 return True
@@ -972,6 +979,22 @@ class StreamQueue:
                     return False
                 if delivered:
                     return True  # one disk read per cursor per call
+            if deliver_rows is not None:
+                index = cursor.index
+                count = deliver_rows(
+                    self, pending, index, min(len(pending), index + DRAIN_BATCH - delivered)
+                )
+                if count:
+                    delivered += count
+                    cursor.delivered += count
+                    self.deliver_count += count
+                    self.unacked_count += count
+                    cursor.index = index = index + count
+                    if index >= len(pending):
+                        cursor.pending = []
+                        cursor.index = 0
+                    continue
+                # Nothing taken with credit left: this record needs the general path.
             offset, timestamp, key, value, headers, _attributes = pending[cursor.index]
             cursor.index += 1
             message = record_to_message(key, value, headers, timestamp)
@@ -1007,6 +1030,13 @@ class StreamQueue:
 
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1
+
+    def settle_many(self, count: int, acked: bool) -> None:
+        """``count`` deliveries settled at once (an adapter that tracks a consumer's
+        deliveries as a count, not one entry each: ``deliver_rows``)."""
+        self.unacked_count -= count
+        if acked:
+            self.ack_count += count
 
     def requeue(self, entries: list[QueueEntry]) -> None:
         """A channel closed with deliveries unacked: nothing to put back (a stream keeps

@@ -50,8 +50,11 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import crc32c
+
+from .._speedups import load as load_speedup
 
 __all__ = [
     "BATCH_HEADER",
@@ -574,8 +577,8 @@ def decode_records(
     Not for the hot path of a Kafka fetch (that serves bytes); for recovery tools,
     Kafka's produce checks and tests.  (A stream's push readers use ``decode_rows``.)
     """
-    return [
-        Record(value, key, headers, timestamp, attributes, offset)
+    return [  # each its own headers list (rows may share one)
+        Record(value, key, list(headers), timestamp, attributes, offset)
         for offset, timestamp, key, value, headers, attributes in decode_rows(
             data, max_inflated_bytes
         )
@@ -588,6 +591,10 @@ def decode_records(
 _NAME_CACHE: dict[bytes, str] = {}
 _NAME_CACHE_LIMIT = 1024
 
+# decode_rows' record loop compiled (optional: see baedal/_speedups), or None.
+_records_c = load_speedup("_records")
+_speedup: Any = _records_c.decode_body if _records_c is not None else None
+
 
 def decode_rows(
     data: bytes | memoryview,
@@ -599,6 +606,10 @@ def decode_rows(
     (a stream read delivers each record once, so a ``Record`` would be built only to
     be taken apart again).  ``check_crc=False``: the caller has just checked it (a
     ``StreamReader`` verifies every batch it returns), so it is not computed twice.
+
+    Consecutive records whose header sections are the same bytes (a stream fed by one
+    publisher: every AMQP publish to one exchange has the same ``x-baedal-exchange``
+    header) share one headers list, decoded once: treat ``headers`` as read-only.
     """
     if check_crc:
         fields, size = check_batch(data, 0, max(len(data), BATCH_HEADER_SIZE))
@@ -623,12 +634,24 @@ def decode_rows(
     # before allocating anything.
     if count * 7 > end:
         raise RecordBatchError(f"record count {count} cannot fit in {end} bytes")
+    if _speedup is not None:
+        # The same loop in C (baedal/_speedups/_records.c); None = not something it
+        # decodes (bad data, numbers past 64 bits): the loop below answers instead.
+        rows = _speedup(
+            buffer, count, base_offset, last_delta, base_timestamp, max_timestamp,
+            log_append_time, _NAME_CACHE, _NAME_CACHE_LIMIT,
+        )  # fmt: skip
+        if rows is not None:
+            return rows  # type: ignore[no-any-return]
     records: list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]] = []
     append = records.append
     names = _NAME_CACHE
     pos = 0
     read_varint = _read_varint
     zigzag = _ZIGZAG
+    section = b""  # the previous record's header section and what it decoded to
+    section_size = -1
+    headers: list[tuple[str, bytes | None]] = []
     # Varints below 64 (most lengths, deltas and counts) are one byte and record and
     # value lengths below 8 KiB two: decoded inline (``_ZIGZAG`` undoes the zig-zag of
     # one byte), the rest by ``_read_varint``.  An IndexError means a field ran off the
@@ -691,6 +714,14 @@ def decode_rows(
             if value_length >= 0:
                 value = buffer[pos : pos + value_length]
                 pos += value_length
+            # The header section runs from its count to the record's end: the same
+            # bytes as the previous record's mean the same headers.
+            if pos + section_size == stop and buffer.startswith(section, pos):
+                pos = stop
+                timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
+                append((base_offset + offset_delta, timestamp, key, value, headers, record_attributes))
+                continue
+            section_start = pos
             byte = buffer[pos]
             if byte < 0x80:
                 header_count, pos = zigzag[byte], pos + 1
@@ -698,7 +729,7 @@ def decode_rows(
                 header_count, pos = read_varint(buffer, pos, stop)
             if header_count < 0 or header_count * 2 > stop - pos:
                 raise RecordBatchError(f"bad header count {header_count}")
-            headers: list[tuple[str, bytes | None]] = []
+            headers = []
             for _h in range(header_count):
                 byte = buffer[pos]
                 if byte < 0x80:
@@ -731,6 +762,8 @@ def decode_rows(
                 headers.append((name, header_value))
             if pos != stop:
                 raise RecordBatchError("record length does not match its fields")
+            section = buffer[section_start:stop]
+            section_size = stop - section_start
             timestamp = max_timestamp if log_append_time else base_timestamp + timestamp_delta
             append(
                 (base_offset + offset_delta, timestamp, key, value, headers, record_attributes)

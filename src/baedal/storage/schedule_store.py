@@ -1,6 +1,11 @@
-"""Where scheduled messages wait: one segment log for the whole broker.
+"""The first on-disk layout of scheduled messages, kept to read and migrate it.
 
-Theory of operation
+Scheduled messages now live in time buckets (storage/schedule_buckets.py, which this
+module re-exports as ``ScheduleStore`` and ``MemoryScheduleStore``).  A data directory
+written before holds the layout below; ``BucketScheduleStore`` finds its segments at
+open, reads every job through ``LegacyScheduleStore.read_all`` and rewrites it.
+
+Theory of operation (the legacy layout)
 -------------------
 A scheduled message (``core/scheduler.py``) is stored as one record of an ordinary
 ``SegmentStore`` (``queue_store.py``) used in its externally ordered mode
@@ -26,8 +31,6 @@ A job that fires and repeats is rewritten as a new record (the log is append-onl
 and the old one settled; a crash in between leaves two records with the same id, and
 ``recover`` keeps the later one (higher position) and settles the other.
 
-``MemoryScheduleStore`` has the same interface without a disk, for a broker started
-without durable storage.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from typing import Any
 from ..core.message import Message, QueueEntry
 from .queue_store import SegmentStore
 from .record import decode_record, encode_record
+from .schedule_buckets import BucketScheduleStore as ScheduleStore
+from .schedule_buckets import MemoryScheduleStore
 from .syncer import Syncer
 
-__all__ = ["MemoryScheduleStore", "ScheduleStore", "StoredJob"]
+__all__ = ["LegacyScheduleStore", "MemoryScheduleStore", "ScheduleStore", "StoredJob"]
 
 _STATE_LEN = struct.Struct("<I")
 
@@ -83,8 +88,8 @@ def decode_envelope(envelope: Message) -> tuple[dict[str, Any], Message]:
     return state, message
 
 
-class ScheduleStore:
-    """Scheduled messages on a segment log (see the module docstring)."""
+class LegacyScheduleStore:
+    """Scheduled messages on a segment log (the legacy layout: see the module docstring)."""
 
     durable = True
 
@@ -108,6 +113,22 @@ class ScheduleStore:
             if entry is None or entry.message is None:
                 continue
             yield StoredJob(position, float(entry.expires_at or 0.0), decode_state(entry.message), None)
+
+    def read_all(self) -> Iterator[StoredJob]:
+        """Every job with its message, the later record of a duplicated id only (a
+        rewrite interrupted by a crash), for the migration to the bucket layout."""
+        latest: dict[str, StoredJob] = {}
+        for recovered in list(self.recover()):
+            job_id = recovered.state.get("id")
+            if not isinstance(job_id, str):
+                continue
+            earlier = latest.get(job_id)
+            if earlier is None or earlier.position < recovered.position:
+                latest[job_id] = recovered
+        for recovered in sorted(latest.values(), key=lambda job: job.position):
+            stored = self.read(recovered.position)
+            if stored is not None:
+                yield stored
 
     def write(self, state: dict[str, Any], message: Message, due: float) -> tuple[int, int]:
         """Append a job; returns (position, stored size).  Marks the log dirty in the
@@ -134,32 +155,3 @@ class ScheduleStore:
 
     def close(self, clean: bool = True) -> None:
         self.log.close(clean)
-
-
-class MemoryScheduleStore:
-    """The same interface, in memory (a broker without durable storage)."""
-
-    durable = False
-
-    def __init__(self) -> None:
-        self._jobs: dict[int, StoredJob] = {}
-        self._next = 1
-        self.failure = None
-
-    def recover(self) -> Iterator[StoredJob]:
-        return iter(())
-
-    def write(self, state: dict[str, Any], message: Message, due: float) -> tuple[int, int]:
-        position = self._next
-        self._next += 1
-        self._jobs[position] = StoredJob(position, due, state, message)
-        return position, len(message.body)
-
-    def read(self, position: int) -> StoredJob | None:
-        return self._jobs.get(position)
-
-    def remove(self, position: int) -> None:
-        self._jobs.pop(position, None)
-
-    def close(self, clean: bool = True) -> None:
-        self._jobs.clear()

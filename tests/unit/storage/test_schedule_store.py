@@ -1,15 +1,15 @@
-"""The schedule log (storage/schedule_store.py) and the scheduler's recovery from it:
-jobs come back with their due times and messages, a rewrite interrupted by a crash
-leaves the later record, settled jobs stay gone, a torn tail loses only the torn job."""
+"""The first schedule layout (storage/schedule_store.py ``LegacyScheduleStore``), kept to
+migrate data directories written before the bucket layout: jobs come back with their due
+times and messages, a rewrite interrupted by a crash leaves the later record, settled jobs
+stay gone, a torn tail loses only the torn job.  (The migration itself:
+test_schedule_buckets.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from baedal.core.broker import BrokerCore
 from baedal.core.message import Message
-from baedal.core.scheduler import Scheduler
-from baedal.storage.schedule_store import ScheduleStore
+from baedal.storage.schedule_store import LegacyScheduleStore as ScheduleStore
 from baedal.storage.syncer import Syncer
 
 SEGMENT = 1 << 20
@@ -50,15 +50,9 @@ def test_settled_jobs_stay_gone_and_the_later_of_two_records_wins(tmp_path: Path
     store.close(clean=False)
 
     store = ScheduleStore(tmp_path, Syncer(), segment_bytes=SEGMENT)
-    scheduler = Scheduler(BrokerCore(), store, clock=lambda: 0.0)
-    assert scheduler.recover() == 1
-    [job] = scheduler.jobs.values()
-    assert (job.id, job.due) == ("twice", 300.0)
-    assert scheduler.store.read(job.position).state["fired"] == 1
-    store.close()
-    # The stale record was settled at recovery: a third start sees one record only.
-    store = ScheduleStore(tmp_path, Syncer(), segment_bytes=SEGMENT)
-    assert [job.due for job in store.recover()] == [300.0]
+    [job] = store.read_all()  # what the migration reads: the later record of "twice"
+    assert (job.state["id"], job.due, job.state["fired"]) == ("twice", 300.0, 1)
+    assert job.message is not None and job.message.body == b"2"
     store.close()
 
 

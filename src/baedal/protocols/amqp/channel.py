@@ -34,14 +34,18 @@ from ...core.publish import (
     when_stored,
 )
 from ...core.queue import Queue
-from ...core.stream import StartError, StreamQueue, start_from_argument
+from ...core.stream import EXCHANGE_HEADER, StartError, StreamQueue, start_from_argument
 from ...core.vhost import REPLY_TO, REPLY_TO_PREFIX, CoreError
 from . import spec
 from .codec import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
     COMMAND_INVALID,
+    FRAME_BODY,
+    FRAME_END_BYTE,
     FRAME_ERROR,
+    FRAME_HEADER,
+    FRAME_METHOD,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -193,23 +197,132 @@ def with_stream_offset(properties: bytes, offset: int) -> bytes:
 _PERSISTENT_OFFSET_BLOCK = struct.Struct(">HI17sqB")
 _TRANSIENT_OFFSET_BLOCK = struct.Struct(">HI17sq")
 _OFFSET_TABLE_SIZE = len(_STREAM_OFFSET_KEY) + 8
+_FRAME_HEADER = struct.Struct(">BHI")
+_DELIVER_PREFIX = struct.pack(">HH", 60, 60)  # basic.deliver
+_CLASS_WEIGHT = struct.pack(">HH", 60, 0)  # content header: class basic, weight 0
 
 
 class AMQPStreamConsumer(AMQPConsumer):
     """A consumer of a stream: each delivery carries its offset as ``x-stream-offset``.
 
-    ``names_for``/``names``: the last exchange and routing key pair and its wire form; a
-    stream's records mostly share one, so it is encoded once per consumer, not per
-    delivery.
+    ``names_exchange``/``names_key``/``names``: the last exchange and routing key pair
+    and its wire form; a stream's records mostly share one, so it is encoded once per
+    consumer, not per delivery.
+
+    ``deliver_rows`` (the batch path, ``core/stream.py``): the common record (an AMQP
+    publish whose only property was delivery-mode 2: its one header is the exchange)
+    goes from the decoded record straight to its three frames, packed by one
+    ``struct`` call per record around the body, and a whole chunk of them is one
+    ``bytes`` join and one connection write.  No ``Message``, ``QueueEntry`` or
+    ``_Unacked`` per record: every tag of the chunk maps to this consumer's one shared
+    ``_Unacked`` (``settled``), since settling a stream delivery only returns credit
+    (RabbitMQ streams never redeliver an unacked message to a consumer; a nack or
+    reject of one is refused by ``_refuse_settle_on_stream``).  Any other record shape,
+    an empty body or one that needs more than one body frame stops the batch, and the
+    stream sends that record through ``deliver``.
     """
 
-    __slots__ = ("names_exchange", "names_key", "names")
+    __slots__ = ("names_exchange", "names_key", "names", "row_names", "row_frames", "settled")
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.names_exchange: str | None = None
         self.names_key: str | None = None
         self.names = b""
+        # (exchange bytes, routing key bytes) of the last record taken by deliver_rows,
+        # and its constant pieces (``_row_frames``).
+        self.row_names: tuple[bytes | None, bytes | None] | None = None
+        self.row_frames: tuple[struct.Struct, bytes, bytes, bytes, bytes] | None = None
+        self.settled = _Unacked(self.queue, None, self)
+
+    def _row_frames(
+        self, exchange: bytes | None, key: bytes | None
+    ) -> tuple[struct.Struct, bytes, bytes, bytes, bytes]:
+        """The constant pieces of a batch-path delivery for one exchange/routing-key
+        pair: the same names as ``record_to_message`` + ``send_delivery`` give."""
+        names = encode_short_string(
+            exchange.decode("utf-8", "replace") if exchange else ""
+        ) + encode_short_string(key.decode("utf-8", "replace") if key else "")
+        channel = self.channel.number
+        tag_wire = self.tag_wire
+        # basic.deliver method frame up to the delivery tag
+        method = _FRAME_HEADER.pack(FRAME_METHOD, channel, 13 + len(tag_wire) + len(names))
+        method += _DELIVER_PREFIX + tag_wire
+        # redelivered=0, names, frame end, content header frame up to the body size
+        middle = (
+            b"\x00" + names + FRAME_END_BYTE
+            + _FRAME_HEADER.pack(FRAME_HEADER, channel, 12 + _PERSISTENT_OFFSET_BLOCK.size)
+            + _CLASS_WEIGHT
+        )  # fmt: skip
+        # the block's constant head: flags (headers, delivery-mode), table size, key
+        block_head = struct.pack(">HI", 0x3000, _OFFSET_TABLE_SIZE) + _STREAM_OFFSET_KEY
+        # delivery-mode 2, frame end, body frame up to its size
+        tail = b"\x02" + FRAME_END_BYTE + struct.pack(">BH", FRAME_BODY, channel)
+        head = struct.Struct(f">{len(method)}sQ{len(middle)}sQ{len(block_head)}sq{len(tail)}sI")
+        return head, method, middle, block_head, tail
+
+    def deliver_rows(self, stream: StreamQueue, rows: list[tuple[Any, ...]], start: int, stop: int) -> int:
+        """Deliver ``rows[start:stop]`` within credit as far as they take the batch path
+        (class docstring); the number delivered."""
+        channel = self.channel
+        credit = stop - start
+        if self.prefetch:
+            credit = min(credit, self.prefetch - self.unacked)
+        limit = channel.global_prefetch
+        if limit:
+            credit = min(credit, limit - channel.unacked_count)
+        if credit <= 0 or not channel.can_send:
+            return 0
+        connection = channel.connection
+        frame_max = connection.frame_max
+        largest = min(65536, frame_max - 8) if frame_max else 65536
+        frames = self.row_frames
+        if frames is not None:
+            head, method, middle, block_head, tail = frames
+        pair = self.row_names
+        # Rows of one batch with the same header bytes share one headers list
+        # (record_batch.decode_rows): checked once per list, not per record.
+        checked: list[Any] | None = None
+        checked_key: bytes | None = None
+        first_tag = tag = channel.next_delivery_tag
+        parts: list[bytes] = []
+        end_byte = FRAME_END_BYTE
+        for index in range(start, start + credit):
+            offset, _timestamp, key, value, headers, _attributes = rows[index]
+            if headers is not checked or key != checked_key:
+                if len(headers) != 1:
+                    break
+                name, exchange = headers[0]
+                if name != EXCHANGE_HEADER:
+                    break
+                if pair is None or pair[0] != exchange or pair[1] != key:
+                    try:
+                        frames = self._row_frames(exchange, key)
+                    except ValueError:  # a name too long for a short string: general path
+                        break
+                    pair = self.row_names = (exchange, key)
+                    self.row_frames = frames
+                    head, method, middle, block_head, tail = frames
+                checked = headers
+                checked_key = key
+            size = len(value) if value is not None else 0
+            if not size or size > largest:
+                break
+            parts += (
+                head.pack(method, tag, middle, size, block_head, offset, tail, size),
+                value,
+                end_byte,
+            )
+            tag += 1
+        count = tag - first_tag
+        if not count:
+            return 0
+        connection.write(b"".join(parts))
+        channel.next_delivery_tag = tag
+        channel.unacked.update(dict.fromkeys(range(first_tag, tag), self.settled))
+        self.unacked += count
+        channel.unacked_count += count
+        return count
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
@@ -249,9 +362,12 @@ class AMQPStreamConsumer(AMQPConsumer):
 
 
 class _Unacked:
+    """One unsettled delivery (``entry`` is None for a stream consumer's batch-path
+    deliveries, which share one record: see ``AMQPStreamConsumer``)."""
+
     __slots__ = ("queue", "entry", "consumer")
 
-    def __init__(self, queue: Queue, entry: QueueEntry, consumer: AMQPConsumer | None) -> None:
+    def __init__(self, queue: Queue, entry: QueueEntry | None, consumer: AMQPConsumer | None) -> None:
         self.queue = queue
         self.entry = entry
         self.consumer = consumer
@@ -898,7 +1014,16 @@ class Channel:
             for queue, entries in by_queue.values():
                 queue.requeue(entries)
             return
+        shared: list[_Unacked] | None = None
         for record in records:
+            if record.entry is None:
+                # A stream consumer's batch-path deliveries share one record
+                # (AMQPStreamConsumer): settled in bulk below, not one by one.
+                if shared is None:
+                    shared = [record]
+                elif record not in shared:
+                    shared.append(record)
+                continue
             self._release(record)
             queue = record.queue
             if how == "ack":
@@ -907,6 +1032,15 @@ class Channel:
                 queue.reject(record.entry, False)
             if record.consumer is not None and queue not in touched:
                 touched.append(queue)
+        if shared is not None:
+            for record in shared:
+                count = records.count(record)
+                self.unacked_count -= count
+                record.consumer.unacked -= count  # type: ignore[union-attr]
+                stream = record.queue
+                stream.settle_many(count, how == "ack")  # type: ignore[attr-defined]
+                if stream not in touched:
+                    touched.append(stream)
         if self.global_prefetch:
             self.drain_consumers()
         else:

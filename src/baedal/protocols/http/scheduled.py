@@ -7,8 +7,10 @@ endpoints give both kinds of job (``AMQ_SCHEDULED_*`` headers and ``x-delay`` on
 management API paginates (``page`` from 1, ``page_size`` up to 500; the answer has
 ``items``, ``page``, ``page_size``, ``page_count``, ``item_count``, ``total_count``).
 
-Listing reads each listed job's record from the schedule log (memory holds only ids and
-due times), so a page costs ``page_size`` reads however many jobs wait.
+Listing is paginated from disk (core/scheduler.py): whole buckets of due time before the
+page are skipped by their per-vhost counts, and only the buckets the page falls in are
+read, so a page costs a bucket or two however many jobs wait.  A job id names its
+bucket, so showing or cancelling one reads that bucket only.
 
 Cancelling needs the ``configure`` permission on the job's target exchange (the same
 check as deleting that exchange would need); a job that has just fired for the last

@@ -1,0 +1,30 @@
+"""Optional compiled speed-ups, each with a pure-Python twin that stays the reference.
+
+``_records`` (``_records.c``): the record loop of ``storage.record_batch.decode_rows``,
+which was about two thirds of the CPU of reading a stream over AMQP.  It is built by
+``pip install`` when a C compiler and Python's headers are there (``setup.py`` marks it
+optional: without them the install still succeeds, pure Python), or in a checkout with
+``python setup.py build_ext --inplace``.
+
+Every user goes through ``load(name)``, which returns None when the module is not built
+or when ``BAEDAL_NO_SPEEDUPS`` is set (to any non-empty value): the test suite runs the
+stream tests both ways, and the C code only ever answers for inputs the Python code
+would decode (it hands everything else back; see the C file's header).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+
+def load(name: str) -> ModuleType | None:
+    """The compiled module ``baedal._speedups.<name>``, or None (not built, or disabled
+    by ``BAEDAL_NO_SPEEDUPS``)."""
+    if os.environ.get("BAEDAL_NO_SPEEDUPS"):
+        return None
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError:
+        return None
