@@ -2,7 +2,8 @@
 
     PYTHONPATH=src .venv/bin/python bench/kafka_bench.py --tansu /path/to/tansu \\
         [--rounds 2] [--produce-mb 1000] [--latency-rate 10000 --latency-seconds 10] \\
-        [--disk-mb 1024] [--json docs/results/....jsonl]
+        [--disk-mb 1024] [--clients confluent,kcat] [--profile DIR] \\
+        [--json docs/results/....jsonl]
 
 Measured in one run, interleaved per round (disk, then each broker in turn), so drifts of
 this shared machine hit all alike (issue 11, "How it is shown"):
@@ -23,7 +24,21 @@ this shared machine hit all alike (issue 11, "How it is shown"):
 * **latency**: a producer paced at ``--latency-rate`` records/s for
   ``--latency-seconds`` (same producer settings; each value starts with
   ``time.monotonic_ns()``), a consumer in another process (one clock on Linux)
-  receiving them; p50 / p99 / max produce-to-consume latency.
+  receiving them with ``poll()``; p50 / p99 / max produce-to-consume latency.
+  (``consume(num_messages=N, timeout=t)`` is not used there: librdkafka returns from it
+  only when N messages are in or t ran out, which at 10k records/s and N = 1000 adds
+  up to 100 ms to every record: that was most of the 57-73 ms p50 measured before.)
+
+Costs, per measurement: the broker's CPU seconds (utime + stime from
+``/proc/<pid>/stat``) and the client's (``time.process_time()`` of the bench process,
+every librdkafka thread included; ``getrusage(RUSAGE_CHILDREN)`` for kcat), both also
+per MB; and the broker's RSS sampled from ``/proc/<pid>/status`` every 0.2 s while the
+topic grows and while it is read from the start (start / peak / end, MB).  ``--clients``
+picks the clients: ``confluent`` (confluent-kafka from Python, ``consume()`` batching),
+``kcat`` (librdkafka from C: ``kcat -P -l file`` to produce, ``kcat -C -o beginning -e``
+to /dev/null to consume, so Python's per-record cost is out of the client).  Large
+``--produce-mb`` runs print progress every ~5 %.  ``--profile DIR`` runs Baedal under
+cProfile (``DIR/baedal-<round>.prof``; it slows the broker, so not for figures).
 
 Brokers: Baedal (``python -m baedal serve`` subprocess, its Kafka listener on a free
 port, data in a temp dir on disk) and Tansu 0.6.0 (``tansu broker --storage-engine
@@ -43,12 +58,14 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -88,6 +105,19 @@ class Broker:
             self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
         wait_for_port(port, self.process)
 
+    def cpu_seconds(self) -> float:
+        """utime + stime of the broker process (every thread)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -98,12 +128,15 @@ class Broker:
                 self.process.wait(10)
 
 
-def start_baedal(work: Path) -> Broker:
+def start_baedal(work: Path, profile: Path | None = None) -> Broker:
     data = work / "baedal-data"
     data.mkdir(exist_ok=True)
     port = free_port()
+    python = [sys.executable]
+    if profile is not None:
+        python += ["-m", "cProfile", "-o", str(profile)]
     command = [
-        sys.executable, "-m", "baedal", "serve", "--port", str(free_port()), "--http-port", "off",
+        *python, "-m", "baedal", "serve", "--port", str(free_port()), "--http-port", "off",
         "--kafka-port", str(port), "--data-dir", str(data),
     ]  # fmt: skip
     return Broker("baedal", command, port, work / "baedal.log")
@@ -117,6 +150,59 @@ def start_tansu(binary: str, work: Path) -> Broker:
         "--storage-engine", "memory://tansu/",
     ]  # fmt: skip
     return Broker("tansu", command, port, work / "tansu.log")
+
+
+class RssSampler:
+    """The broker's RSS every ``interval`` s in a thread: start / peak / end (MB)."""
+
+    def __init__(self, broker: Broker, interval: float = 0.2) -> None:
+        self.broker = broker
+        self.interval = interval
+        self.samples: list[float] = [broker.rss_mb()]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                self.samples.append(self.broker.rss_mb())
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self.samples.append(self.broker.rss_mb())
+        return {
+            "rss_start_mb": self.samples[0],
+            "rss_peak_mb": max(self.samples),
+            "rss_end_mb": self.samples[-1],
+        }
+
+
+def measured(broker: Broker | None, run: Any, *args: Any) -> dict[str, Any]:
+    """``run(*args)`` plus the broker's CPU seconds and RSS, and the client's CPU.
+
+    ``run`` returns its result dict; a ``client_cpu_s`` already in it (kcat, a child
+    process) wins over this process's CPU time.
+    """
+    sampler = RssSampler(broker) if broker is not None else None
+    broker_cpu = broker.cpu_seconds() if broker is not None else 0.0
+    client_cpu = time.process_time()
+    try:
+        result = run(*args)
+    finally:
+        rss = sampler.stop() if sampler is not None else {}
+    result.setdefault("client_cpu_s", time.process_time() - client_cpu)
+    megabytes = result.get("bytes", 0) / 1e6
+    if broker is not None:
+        result["broker_cpu_s"] = broker.cpu_seconds() - broker_cpu
+        if megabytes:
+            result["broker_cpu_s_per_mb"] = result["broker_cpu_s"] / megabytes
+        result.update(rss)
+    if megabytes:
+        result["client_cpu_s_per_mb"] = result["client_cpu_s"] / megabytes
+    return result
 
 
 def create_topic(bootstrap: str, name: str) -> None:
@@ -150,7 +236,15 @@ def produce(bootstrap: str, topic: str, total_bytes: int) -> dict[str, Any]:
             failures += 1
 
     started = time.perf_counter()
+    step = max(count // 20, 1) if count * RECORD >= 2 * 10**9 else 0
     for i in range(count):
+        if step and i and i % step == 0:
+            elapsed = time.perf_counter() - started
+            print(
+                f"  produce {i * RECORD / 1e9:.1f} GB of {count * RECORD / 1e9:.1f} "
+                f"({i * RECORD / elapsed / 1e6:.0f} MB/s)",
+                flush=True,
+            )
         while True:
             try:
                 producer.produce(
@@ -193,9 +287,19 @@ def consume(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     received = 0
     payload = 0
     started = time.perf_counter()
-    deadline = started + 900
+    deadline = started + 3600
+    step = max(count // 20, 1) if count * RECORD >= 2 * 10**9 else 0
+    shown = 0
     try:
         while received < count and time.perf_counter() < deadline:
+            if step and received - shown >= step:
+                shown = received
+                elapsed = time.perf_counter() - started
+                print(
+                    f"  consume {received * RECORD / 1e9:.1f} GB "
+                    f"({received * RECORD / elapsed / 1e6:.0f} MB/s)",
+                    flush=True,
+                )
             for message in consumer.consume(num_messages=10000, timeout=1.0):
                 if message.error() is not None:
                     raise KafkaException(message.error())
@@ -214,6 +318,87 @@ def consume(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     }
 
 
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+
+
+def _kcat_config(arguments: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in arguments.items():
+        if key != "bootstrap.servers":
+            out += ["-X", f"{key}={value}"]
+    return out
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def produce_kcat(bootstrap: str, topic: str, total_bytes: int, work: Path) -> dict[str, Any]:
+    """kcat -P -l: one record per line of a file (1023 bytes + newline), the same
+    producer settings as ``producer_config``; kcat waits for every delivery at exit."""
+    assert KCAT is not None
+    count = total_bytes // RECORD
+    lines = work / "kcat-records"
+    line = os.urandom(RECORD // 2).hex()[: RECORD - 1].encode() + b"\n"
+    with open(lines, "wb") as out:
+        chunk = line * 1024
+        for _ in range(count // 1024):
+            out.write(chunk)
+        out.write(line * (count % 1024))
+    config = producer_config(bootstrap)
+    config.pop("queue.buffering.max.kbytes")
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [KCAT, "-P", "-b", bootstrap, "-t", topic, "-l", *_kcat_config(config), str(lines)],
+            capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+    finally:
+        lines.unlink(missing_ok=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or "ERROR" in done.stderr:
+        raise RuntimeError(f"kcat produce failed ({done.returncode}): {done.stderr[-2000:]}")
+    # kcat strips the newline: values are RECORD - 1 bytes.
+    return {
+        "messages": count,
+        "bytes": count * (RECORD - 1),
+        "seconds": elapsed,
+        "mb_per_s": count * (RECORD - 1) / elapsed / 1e6,
+        "client_cpu_s": _children_cpu() - cpu,
+    }
+
+
+def consume_kcat(bootstrap: str, topic: str, count: int, value_bytes: int) -> dict[str, Any]:
+    """kcat -C from the beginning to the end of the partition, values to /dev/null."""
+    assert KCAT is not None
+    config = consumer_config(bootstrap)
+    for key in ("group.id", "auto.offset.reset", "enable.auto.commit"):
+        config.pop(key)
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        done = subprocess.run(
+            [KCAT, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-f", "%s",
+             *_kcat_config(config)],
+            stdout=sink, stderr=subprocess.PIPE, text=True, timeout=3600,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    # kcat's last stderr line: "% Reached end of topic T [0] at offset N: exiting"
+    match = re.search(r"Reached end of topic .* at offset (\d+)", done.stderr)
+    if done.returncode != 0 or match is None or int(match.group(1)) < count:
+        raise RuntimeError(f"kcat consume failed ({done.returncode}): {done.stderr[-2000:]}")
+    payload = count * value_bytes
+    return {
+        "messages": count,
+        "bytes": payload,
+        "seconds": elapsed,
+        "mb_per_s": payload / elapsed / 1e6,
+        "client_cpu_s": _children_cpu() - cpu,
+    }
+
+
 def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, results: Any) -> None:
     consumer = Consumer(consumer_config(bootstrap))
     consumer.subscribe([topic])
@@ -223,11 +408,10 @@ def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, result
     latencies: list[int] = []
     deadline = time.monotonic() + 300
     while len(latencies) < count and time.monotonic() < deadline:
-        for message in consumer.consume(num_messages=1000, timeout=0.5):
-            if message.error() is None:
-                latencies.append(
-                    time.monotonic_ns() - int.from_bytes(message.value()[:8], "little")
-                )
+        # poll(), not consume(num_messages=...): see the module docstring.
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            latencies.append(time.monotonic_ns() - int.from_bytes(message.value()[:8], "little"))
     consumer.close()
     results.put(latencies)
 
@@ -319,6 +503,14 @@ def main() -> None:
         default=1000,
         help="MB produced, then consumed, per broker per round",
     )
+    parser.add_argument(
+        "--clients",
+        default="confluent",
+        help="comma-separated: confluent (Python confluent-kafka), kcat (C); default confluent",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="run Baedal under cProfile, output here"
+    )
     parser.add_argument("--latency-rate", type=int, default=10000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--disk-mb", type=int, default=1024)
@@ -333,7 +525,7 @@ def main() -> None:
     host = {"host": platform.node(), "cpus": os.cpu_count()}
 
     def report(scenario: str, broker: str, result: dict[str, Any]) -> None:
-        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
+        shown = {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in result.items()}
         print(f"{scenario:<9} {broker:<7} {shown}", flush=True)
         if sink is not None:
             sink.write(
@@ -341,32 +533,67 @@ def main() -> None:
             )
             sink.flush()
 
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    if "kcat" in clients and KCAT is None:
+        parser.error("--clients kcat: kcat is not installed")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    def load() -> dict[str, float]:
+        one, five, _fifteen = os.getloadavg()
+        return {"load_1m": one, "load_5m": five}
+
+    def run_client(broker: Broker, client: str) -> None:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topic(broker.bootstrap, topic)
+        if client == "kcat":
+            produced = measured(
+                broker, produce_kcat, broker.bootstrap, topic,
+                args.produce_mb * 10**6, work,
+            )  # fmt: skip
+            consumed = measured(
+                broker, consume_kcat, broker.bootstrap, topic,
+                produced["messages"], RECORD - 1,
+            )  # fmt: skip
+        else:
+            produced = measured(broker, produce, broker.bootstrap, topic, args.produce_mb * 10**6)
+            consumed = measured(broker, consume, broker.bootstrap, topic, produced["messages"])
+        tag = {"client": client, **load()}
+        report("produce", broker.name, {**produced, **tag})
+        report("consume", broker.name, {**consumed, **tag})
+
     try:
         for round_index in range(args.rounds):
             print(f"--- round {round_index + 1}/{args.rounds}", flush=True)
-            report("disk", "dd", disk(work, args.disk_mb))
-            starters = [("baedal", lambda: start_baedal(work))]
+            report("disk", "dd", {**disk(work, args.disk_mb), **load()})
+            profile = args.profile / f"baedal-{round_index + 1}.prof" if args.profile else None
+            starters = [("baedal", lambda profile=profile: start_baedal(work, profile))]
             if args.tansu:
                 starters.append(("tansu", lambda: start_tansu(args.tansu, work)))
             for _name, start in starters:
                 broker = start()
                 try:
-                    topic = f"bench-{uuid.uuid4().hex[:8]}"
-                    create_topic(broker.bootstrap, topic)
-                    produced = produce(broker.bootstrap, topic, args.produce_mb * 10**6)
-                    report("produce", broker.name, produced)
-                    report(
-                        "consume",
-                        broker.name,
-                        consume(broker.bootstrap, topic, produced["messages"]),
-                    )
+                    for client in clients:
+                        try:
+                            run_client(broker, client)
+                        except RuntimeError as exc:  # e.g. a peer this client cannot use
+                            report(
+                                "error", broker.name, {"client": client, "error": str(exc)[:500]}
+                            )
                     topic = f"bench-lat-{uuid.uuid4().hex[:8]}"
                     create_topic(broker.bootstrap, topic)
                     report(
                         "latency",
                         broker.name,
-                        latency(broker.bootstrap, topic, args.latency_rate, args.latency_seconds),
-                    )
+                        {
+                            **measured(
+                                broker, latency, broker.bootstrap, topic,
+                                args.latency_rate, args.latency_seconds,
+                            ),
+                            "client": "confluent",
+                            **load(),
+                        },
+                    )  # fmt: skip
                 finally:
                     broker.stop()
                     shutil.rmtree(work / "baedal-data", ignore_errors=True)

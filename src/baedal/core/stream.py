@@ -821,9 +821,9 @@ class StreamQueue:
 
     # --- raw batches (Kafka produce) ---------------------------------------------------
 
-    def append_batch(self, data: bytearray) -> tuple[Any, CommitHandle]:
+    def append_batch(self, data: bytearray | memoryview) -> tuple[Any, CommitHandle]:
         """Store one Kafka RecordBatch as received (only its base offset is rewritten,
-        ``StreamLog.append_batch``) and return (``AppendResult``, a ``CommitHandle`` done
+        in place: ``StreamLog.append_batch``) and return (``AppendResult``, a ``CommitHandle`` done
         once the batch is committed: fsynced and, with a replicator, replicated).
 
         Records published by other protocols in this loop turn are appended first, so

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import segment as segment_module
 from .record_batch import (
     BATCH_HEADER_SIZE,
     BATCH_OVERHEAD,
@@ -123,6 +124,9 @@ DEFAULT_READ_BYTES = 1024 * 1024
 # Bytes read per pread while validating or scanning headers: big enough that small
 # batches cost one syscall per ~thousand, small enough to stay trivial in memory.
 SCAN_CHUNK_BYTES = 256 * 1024
+# A batch at least this large (a Kafka producer's batch: up to batch.size, 64 KiB) is written
+# to the file from where it lies, not through the writer's buffer (``_LogWriter.append``).
+DIRECT_WRITE_BYTES = 16 * 1024
 # Relative offsets in the index are u32 (Kafka: int32); roll before they overflow.
 MAX_RELATIVE_OFFSET = 2**31 - 1
 LOG_SUFFIX = ".log"
@@ -202,6 +206,36 @@ class _LogWriter(Appender):
         AppendOnlyFile.flush(self)
         for index in self.indexes:
             index.flush()
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer ``data``; a big batch goes to the kernel at once, from where it lies.
+
+        Copying a batch of ``DIRECT_WRITE_BYTES`` or more into the buffer saves few
+        ``write`` calls (the buffer flushes every few such batches anyway) and costs a
+        copy of each; writing it directly saves the copy (a produced 64 KiB batch
+        crosses the 64 KiB buffer's limit every time, so it would be one ``write`` per
+        batch either way).  Order is kept (what is buffered goes first),
+        and a failure is sticky as for a flush: the batch is in ``lost_bytes()`` and
+        ``written`` stays at the last whole write.
+        """
+        if len(data) < DIRECT_WRITE_BYTES:
+            self._append(data)  # type: ignore[arg-type]
+            return
+        AppendOnlyFile.flush(self)  # raises a sticky failure, or on a closed file
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += segment_module._write_fd(self._fd, view[done:])
+        except OSError as exc:
+            self.failure = StorageError(
+                exc.errno, f"write failed: {exc.strerror or exc}", self.path
+            )
+            self._lost = bytes(view)
+            raise self.failure from exc
+        finally:
+            view.release()
+        self.written += done
 
 
 class _Segment(SegmentReads):
@@ -672,13 +706,18 @@ class StreamLog:
         batch = encode_batch(records, self.next_offset, now_ms=int(self.clock() * 1000))
         return self._append(batch, len(records), _max_timestamp(batch))
 
-    def append_batch(self, data: bytes | bytearray) -> AppendResult:
+    def append_batch(self, data: bytes | bytearray | memoryview) -> AppendResult:
         """Append one Kafka RecordBatch v2 as received; only its base offset is rewritten.
 
-        A ``bytearray`` is rewritten in place (no copy).  Raises ``RecordBatchError``
-        for a batch that is not whole, fails its CRC, or has non-dense offsets.
+        A ``bytearray`` or writable ``memoryview`` (a slice of a Kafka request frame) is
+        rewritten in place (no copy).  Raises ``RecordBatchError`` for a batch that is
+        not whole, fails its CRC, or has non-dense offsets.  No record is decoded: the
+        header's count and max timestamp are all the log and its indexes need.
         """
-        batch = data if isinstance(data, bytearray) else bytearray(data)
+        if isinstance(data, bytearray) or (isinstance(data, memoryview) and not data.readonly):
+            batch = data
+        else:
+            batch = bytearray(data)
         fields, size = check_batch(batch, 0, self.max_batch_bytes)
         if size != len(batch):
             raise RecordBatchError(f"{len(batch) - size} bytes after the batch")
@@ -686,7 +725,9 @@ class StreamLog:
         set_base_offset(batch, self.next_offset)
         return self._append(batch, fields[12], fields[8])
 
-    def _append(self, batch: bytearray, count: int, max_timestamp: int) -> AppendResult:
+    def _append(
+        self, batch: bytearray | memoryview, count: int, max_timestamp: int
+    ) -> AppendResult:
         if self.failure is not None:
             raise self.failure
         if self.closed:

@@ -14,7 +14,15 @@ api_version int16, correlation_id int32, client_id`` with an **int16** length ev
 flexible headers (``RequestHeader.json``: "so that older brokers can read the header
 of an ApiVersions request").  Only then do we know whether the header carries a tagged
 field section (header v2 = flexible request versions) and which body schema applies;
-the body is decoded by ``kio`` (generated from Kafka's message JSON).
+the body is decoded by ``kio`` (generated from Kafka's message JSON), except Produce,
+which is decoded by hand (``decode_produce``): it is the one request whose size grows
+with the data, and kio copies each record batch into a ``bytes`` object (and its
+generic reader costs more than the rest of the produce path).  The hand decoder gives
+each partition's records as a ``memoryview`` into the request frame, which is a
+``bytearray`` the decoder hands over: the log rewrites the batch's base offset in place
+and writes it from there, so a produced batch is copied once in user space (into the
+frame), not four times.  Produce responses are hand-encoded too
+(``encode_produce_response``), as Fetch responses are (below).
 
 Errors come in two families, as in h11: ``KafkaProtocolError`` means the peer broke the
 protocol and the connection must close (Kafka closes on a malformed request, an
@@ -70,7 +78,7 @@ class Request:
     api_version: int
     correlation_id: int
     client_id: str | None
-    body: Any  # the kio request dataclass
+    body: Any  # the kio request dataclass (``ProduceBody`` for Produce)
     size: int  # bytes on the wire, for bounds and metrics
 
 
@@ -136,8 +144,15 @@ class RequestDecoder:
             raise self.failed
         if len(buffer) < 4 + size:
             return None
-        frame = bytes(buffer[4 : 4 + size])
-        del buffer[: 4 + size]
+        if len(buffer) == 4 + size:
+            # The buffer is exactly this frame (the common case for a big request): it
+            # becomes the frame, no copy; deleting from a bytearray's front is O(1).
+            del buffer[:4]
+            frame = buffer
+            self._buffer = bytearray()
+        else:
+            frame = buffer[4 : 4 + size]  # one copy, into a bytearray of its own
+            del buffer[: 4 + size]
         try:
             return self._decode(frame)
         except UnsupportedVersion as exc:
@@ -149,7 +164,7 @@ class RequestDecoder:
             self.failed = exc
             raise
 
-    def _decode(self, frame: bytes) -> Request:
+    def _decode(self, frame: bytearray) -> Request:
         api_key, api_version, correlation_id, client_id_length = _HEADER.unpack_from(frame, 0)
         position = _HEADER.size
         client_id: str | None = None
@@ -170,8 +185,12 @@ class RequestDecoder:
             raise UnsupportedVersion(api_key, api_version, correlation_id) from None
         if cls.__flexible__:
             position = _skip_tagged_fields(frame, position)
+        if api_key == PRODUCE_KEY and api_version <= MAX_HAND_DECODED_PRODUCE:
+            body = decode_produce(frame, position)
+            return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
         try:
-            body, used = _reader(cls)(frame, position)
+            # kio's native reader takes read-only buffers only.
+            body, used = _reader(cls)(memoryview(frame).toreadonly(), position)
         except Exception as exc:  # kio raises several types for malformed input
             raise KafkaProtocolError(f"malformed {cls.__name__}: {exc}") from None
         if position + used != len(frame):
@@ -179,6 +198,157 @@ class RequestDecoder:
                 f"{len(frame) - position - used} trailing bytes after {cls.__name__}"
             )
         return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
+
+
+# --- Produce, by hand ----------------------------------------------------------------------
+
+PRODUCE_KEY = 0
+# v3-v8: RecordBatch v2, not flexible (v9 brings compact fields; it is not served).
+MAX_HAND_DECODED_PRODUCE = 8
+_INT16_AT = struct.Struct(">h").unpack_from
+_INT32_AT = struct.Struct(">i").unpack_from
+_ACKS_TIMEOUT = struct.Struct(">hi")
+_PARTITION_HEAD = struct.Struct(">ii")  # index, records length
+
+
+class ProducePartition:
+    """One ``partition_data`` entry: its records are a view into the request frame."""
+
+    __slots__ = ("index", "records")
+
+    def __init__(self, index: int, records: memoryview | None) -> None:
+        self.index = index
+        self.records = records
+
+
+class ProduceTopic:
+    __slots__ = ("name", "partition_data")
+
+    def __init__(self, name: str, partition_data: list[ProducePartition]) -> None:
+        self.name = name
+        self.partition_data = partition_data
+
+
+class ProduceBody:
+    """A Produce request v3-v8 (the fields kio's ``ProduceRequest`` has, same names)."""
+
+    __slots__ = ("transactional_id", "acks", "timeout_ms", "topic_data")
+
+    def __init__(
+        self,
+        transactional_id: str | None,
+        acks: int,
+        timeout_ms: int,
+        topic_data: list[ProduceTopic],
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.acks = acks
+        self.timeout_ms = timeout_ms
+        self.topic_data = topic_data
+
+
+def decode_produce(frame: bytearray, position: int) -> ProduceBody:
+    """Produce v3-v8 body at ``position`` to the end of ``frame``.
+
+    Layout (ProduceRequest.json, non-flexible versions): ``transactional_id`` nullable
+    string (int16 length), ``acks`` int16, ``timeout_ms`` int32, then ``topic_data``:
+    int32 count of (``name`` string, int32 count of (``index`` int32, ``records``
+    nullable bytes with an int32 length)).  Every count and length is checked against
+    the bytes left before anything is built from it, so a hostile count costs nothing.
+    Raises ``KafkaProtocolError`` for anything malformed or trailing.
+    """
+    end = len(frame)
+    try:
+        length = _INT16_AT(frame, position)[0]
+        position += 2
+        transactional_id: str | None = None
+        if length >= 0:
+            if position + length > end:
+                raise KafkaProtocolError("truncated transactional_id")
+            transactional_id = frame[position : position + length].decode()
+            position += length
+        elif length != -1:
+            raise KafkaProtocolError(f"transactional_id length {length}")
+        acks, timeout_ms = _ACKS_TIMEOUT.unpack_from(frame, position)
+        position += 6
+        topic_count = _INT32_AT(frame, position)[0]
+        position += 4
+        # A topic takes at least 6 bytes (name length + partition count).
+        if topic_count < 0 or topic_count * 6 > end - position:
+            raise KafkaProtocolError(f"topic_data count {topic_count}")
+        view = memoryview(frame)
+        topics: list[ProduceTopic] = []
+        for _ in range(topic_count):
+            length = _INT16_AT(frame, position)[0]
+            position += 2
+            if length < 0 or position + length > end:
+                raise KafkaProtocolError(f"topic name length {length}")
+            name = frame[position : position + length].decode()
+            position += length
+            partition_count = _INT32_AT(frame, position)[0]
+            position += 4
+            # A partition takes at least 8 bytes (index + records length).
+            if partition_count < 0 or partition_count * 8 > end - position:
+                raise KafkaProtocolError(f"partition_data count {partition_count}")
+            partitions: list[ProducePartition] = []
+            for _ in range(partition_count):
+                index, length = _PARTITION_HEAD.unpack_from(frame, position)
+                position += 8
+                records: memoryview | None = None
+                if length >= 0:
+                    if position + length > end:
+                        raise KafkaProtocolError(f"records length {length} past the frame")
+                    records = view[position : position + length]
+                    position += length
+                elif length != -1:
+                    raise KafkaProtocolError(f"records length {length}")
+                partitions.append(ProducePartition(index, records))
+            topics.append(ProduceTopic(name, partitions))
+    except struct.error:
+        raise KafkaProtocolError("truncated ProduceRequest") from None
+    except UnicodeDecodeError:
+        raise KafkaProtocolError("ProduceRequest: a string is not UTF-8") from None
+    if position != end:
+        raise KafkaProtocolError(f"{end - position} trailing bytes after ProduceRequest")
+    return ProduceBody(transactional_id, acks, timeout_ms, topics)
+
+
+_PRODUCE_PARTITION = struct.Struct(">ihqq")  # index, error, base offset, log append time
+_INT64 = struct.Struct(">q")
+_V8_PARTITION_TAIL = b"\0\0\0\0\xff\xff"  # record_errors: empty; error_message: null
+
+
+def encode_produce_response(
+    correlation_id: int,
+    version: int,
+    topics: list[tuple[str, list[tuple[int, int, int, int]]]],
+) -> bytes:
+    """A whole Produce response frame v3-v8 (header v0).
+
+    ``topics``: (name, [(partition index, error code, base offset, log start offset)]).
+    Per partition: ``log_append_time`` is always -1 (create time; LogAppendTime topics
+    are not served), ``log_start_offset`` from v5, and from v8 an empty
+    ``record_errors`` and a null ``error_message``; ``throttle_time_ms`` last.
+    """
+    if not 3 <= version <= MAX_HAND_DECODED_PRODUCE:
+        raise ValueError(f"produce v{version} is not hand-encoded")
+    out = bytearray(_SIZE.size)
+    out += _CORRELATION.pack(correlation_id)
+    out += _INT32.pack(len(topics))
+    for name, partitions in topics:
+        encoded = name.encode()
+        out += _INT16.pack(len(encoded))
+        out += encoded
+        out += _INT32.pack(len(partitions))
+        for index, error, base_offset, log_start in partitions:
+            out += _PRODUCE_PARTITION.pack(index, error, base_offset, -1)
+            if version >= 5:
+                out += _INT64.pack(log_start)
+            if version >= 8:
+                out += _V8_PARTITION_TAIL
+    out += _INT32.pack(0)  # throttle_time_ms
+    _SIZE.pack_into(out, 0, len(out) - 4)
+    return bytes(out)
 
 
 def _read_uvarint(data: bytes, position: int) -> tuple[int, int]:
