@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...core.message import Extension, Message, QueueEntry, register_extension
+from ...core.properties import encode_table
 from ...core.publish import NEEDS_SYNC, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
 from ...transport.address import is_loopback
@@ -82,6 +83,9 @@ from .codec import (
     Unsuback,
     Unsubscribe,
     encode,
+    encode_ack,
+    encode_publish,
+    encode_topic,
 )
 from .retained import RetainedStore
 from .sessionstate import SessionStateStore
@@ -98,6 +102,7 @@ EXCHANGE = "amq.topic"
 _FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnection._emit)
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
+_CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
 
 
 @dataclass
@@ -119,11 +124,26 @@ class MQTTConfig:
 # --- the MQTT part of a message -------------------------------------------------------------
 
 
+# The neutral fields of a PUBLISH without properties: only the QoS header, whose typed-map
+# bytes are one of three constants (``MQTTExtension.decode_fields``), so neither the
+# publish nor a record of it encodes a header table.
+_PLAIN_FIELDS = tuple(
+    [None, None, None, None, None, None, None, encode_table({QOS_HEADER: qos})] for qos in (0, 1, 2)
+)
+
+
 class MQTTExtension(Extension):
     """What an MQTT publish carries besides the neutral fields: its QoS and retain flag,
-    the publishing client (no-local), payload format and binary correlation data."""
+    the publishing client (no-local), payload format and binary correlation data.
 
-    __slots__ = ("qos", "retain", "client_id", "payload_format", "correlation_data")
+    The extension of a PUBLISH without MQTT 5.0 properties is shared by every such
+    message of one connection with the same QoS and retain flag (``plain_extension``):
+    it is read-only, and its record bytes (``leftovers``) are encoded once.  Those
+    messages are built with lazy neutral fields (``Message(...)``, not ``build``);
+    ``decode_fields`` gives them the one header, ``x-mqtt-publish-qos``, from a constant.
+    """
+
+    __slots__ = ("qos", "retain", "client_id", "payload_format", "correlation_data", "_leftovers")
     protocol = "mqtt"
 
     def __init__(self, qos: int, retain: bool, client_id: str, payload_format: int | None,
@@ -133,13 +153,24 @@ class MQTTExtension(Extension):
         self.client_id = client_id
         self.payload_format = payload_format
         self.correlation_data = correlation_data
+        self._leftovers: bytes | None = None
+
+    def decode_fields(self, message: Message) -> None:
+        # Only a message of ``message_from_plain_publish`` has lazy fields (the others
+        # are built with every field), and all it has is the QoS header.
+        message.adopt_fields(_PLAIN_FIELDS[self.qos])
 
     def leftovers(self) -> bytes:
-        cid = self.client_id.encode()
-        corr = self.correlation_data or b""
-        flags = (1 if self.retain else 0) | (2 if self.correlation_data is not None else 0)
-        flags |= 4 if self.payload_format is not None else 0
-        return struct.pack(">BBBH", self.qos, flags, self.payload_format or 0, len(cid)) + cid + corr
+        data = self._leftovers
+        if data is None:
+            cid = self.client_id.encode()
+            corr = self.correlation_data or b""
+            flags = (1 if self.retain else 0) | (2 if self.correlation_data is not None else 0)
+            flags |= 4 if self.payload_format is not None else 0
+            data = self._leftovers = (
+                struct.pack(">BBBH", self.qos, flags, self.payload_format or 0, len(cid)) + cid + corr
+            )
+        return data
 
     def derived(self) -> Extension | None:
         return self
@@ -494,6 +525,8 @@ class MQTTConnection(asyncio.Protocol):
         "closed", "consumers", "client_receive_max", "client_max_packet", "client_alias_max",
         "aliases_in", "aliases_out", "inbound_unacked", "acks", "_timer", "_reading_paused",
         "_out", "_out_bytes", "_in_read", "_flush_pending", "__weakref__",
+        # the publish/deliver fast paths (created at first use; see on_publish/_deliver)
+        "_extensions", "_keys", "_topics_out", "_unsynced", "_unsynced_counted", "_credit_back",
         "connected_at", "recv_bytes", "send_bytes",  # for operators (describe())
     )
 
@@ -536,6 +569,13 @@ class MQTTConnection(asyncio.Protocol):
         self._out_bytes = 0
         self._in_read = False
         self._flush_pending = False
+        self._extensions: dict[int, MQTTExtension] | None = None  # by qos | retain << 2
+        self._keys: dict[str, str] | None = None  # checked topic -> routing key
+        self._topics_out: dict[str, tuple[str, bytes] | None] | None = None  # key -> topic
+        # PUBACK/PUBREC records of this read waiting for one fsync (``_request_sync``)
+        self._unsynced: list[list[Any]] = []
+        self._unsynced_counted = 0
+        self._credit_back = False  # a PUBACK/PUBREC/PUBCOMP in this read freed in-flight room
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
@@ -570,6 +610,13 @@ class MQTTConnection(asyncio.Protocol):
         self._in_read = True
         try:
             self._received(data)
+            if self._unsynced:
+                self._request_sync()
+            if self._credit_back:
+                self._credit_back = False
+                for consumer in list(self.consumers.values()):
+                    if consumer.qos:
+                        consumer.queue.drain()
         finally:
             self._in_read = False
             self._flush()
@@ -1026,30 +1073,42 @@ class MQTTConnection(asyncio.Protocol):
         if acks is None:
             acks = self.acks = deque()
         topic = packet.topic
-        alias = packet.properties.get("topic_alias") if self.version == 5 else None
-        if alias is not None:
-            if alias > self.config.topic_alias_maximum:
-                raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
-            if topic:
-                self.aliases_in[alias] = topic
-            else:
-                known = self.aliases_in.get(alias)
-                if known is None:
-                    raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
-                topic = known
-        self._check_topic(topic, "topic")
-        if topic.startswith("$"):
-            # $-topics are the broker's ($SYS); clients may not publish to them.
-            if packet.qos == 1:
-                acks.append([Ack(codec.PUBACK, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
-            elif packet.qos == 2:
-                acks.append([Ack(codec.PUBREC, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
-            self._flush_acks()
-            return
+        properties = packet.properties
+        if properties and self.version == 5:
+            alias = properties.get("topic_alias")
+            if alias is not None:
+                if alias > self.config.topic_alias_maximum:
+                    raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+                if topic:
+                    self.aliases_in[alias] = topic
+                else:
+                    known = self.aliases_in.get(alias)
+                    if known is None:
+                        raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
+                    topic = known
         qos = packet.qos
+        keys = self._keys
+        key = keys.get(topic) if keys is not None else None
+        if key is None:
+            # First PUBLISH to this topic on this connection: the checks, then the
+            # routing key remembered (only for topics that pass, and never a $-topic).
+            self._check_topic(topic, "topic")
+            if topic.startswith("$"):
+                # $-topics are the broker's ($SYS); clients may not publish to them.
+                if qos:
+                    kind = codec.PUBACK if qos == 1 else codec.PUBREC
+                    acks.append([self._ack_wire(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
+                    self._flush_acks()
+                return
+            key = topic_to_key(topic)
+            if keys is None:
+                keys = self._keys = {}
+            elif len(keys) >= _CACHE_SIZE:
+                keys.clear()
+            keys[topic] = key
         if qos == 2 and packet.packet_id in session.awaiting_rel:
             # A resent QoS 2 PUBLISH we already have: PUBREC again, do not route twice.
-            acks.append([Ack(codec.PUBREC, packet.packet_id), True])
+            acks.append([encode_ack(codec.PUBREC, packet.packet_id), True])
             self._flush_acks()
             return
         # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
@@ -1057,7 +1116,13 @@ class MQTTConnection(asyncio.Protocol):
         if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
-        message = message_from_publish(packet, topic, self.client_id)
+        if properties:
+            message = message_from_publish(packet, topic, self.client_id)
+        else:
+            # The common PUBLISH (3.1.1, or 5.0 without properties): the message's fields
+            # stay lazy and its extension is shared (``plain_extension``).
+            message = Message(EXCHANGE, key, packet.payload, qos > 0, 0, None, time.time(),
+                              self.plain_extension(qos, packet.retain))
         needs_sync = False
         try:
             result = self.publisher.publish(EXCHANGE, message)
@@ -1069,13 +1134,13 @@ class MQTTConnection(asyncio.Protocol):
                 # 3.1.1 has no negative acknowledgement: RabbitMQ closes the connection.
                 raise MQTTError(codec.NOT_AUTHORIZED, exc.text) from None
             kind = codec.PUBACK if qos == 1 else codec.PUBREC
-            acks.append([Ack(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED,
-                                  {"reason_string": exc.text[:200]}), True])
+            acks.append([encode(Ack(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED,
+                                    {"reason_string": exc.text[:200]}), 5), True])
             self._flush_acks()
             return
         if packet.retain:
             needs_sync = self.server.retained.set(
-                topic, packet.payload, qos, _retainable(packet.properties)
+                topic, packet.payload, qos, _retainable(properties)
             )
         if qos == 0:
             return
@@ -1090,12 +1155,28 @@ class MQTTConnection(asyncio.Protocol):
                 # Remembered on disk with the message (the PUBREC waits for that fsync).
                 self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
                 needs_sync = True
-        record = [Ack(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason), False]
+        record = [self._ack_wire(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason),
+                  False]
         acks.append(record)
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
             self.inbound_unacked += 1
-        outcome = result.outcome | (NEEDS_SYNC if needs_sync else 0)
+        outcome = result.outcome
+        replicating = result.replicating
+        if not replicating:
+            if needs_sync or outcome & NEEDS_SYNC:
+                # One fsync wait for every PUBLISH of this read (``_request_sync`` at
+                # the end of the read), as AMQP confirms are grouped.
+                self._unsynced.append(record)
+                if counted:
+                    self._unsynced_counted += 1
+                return
+            record[1] = True
+            if counted:
+                self.inbound_unacked -= 1
+            self._flush_acks()
+            return
+        outcome |= NEEDS_SYNC if needs_sync else 0
 
         def stored() -> None:
             record[1] = True
@@ -1110,13 +1191,57 @@ class MQTTConnection(asyncio.Protocol):
             # Not stored: no acknowledgement may go out; the client resends after reconnect.
             self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
 
-        if not self.publisher.when_stored(outcome, result.replicating, stored, failed):
+        if not self.publisher.when_stored(outcome, replicating, stored, failed):
+            stored()
+
+    def plain_extension(self, qos: int, retain: bool) -> MQTTExtension:
+        """The shared extension of this connection's PUBLISHes without properties."""
+        extensions = self._extensions
+        if extensions is None:
+            extensions = self._extensions = {}
+        index = qos | (4 if retain else 0)
+        extension = extensions.get(index)
+        if extension is None:
+            extension = extensions[index] = MQTTExtension(qos, retain, self.client_id, None, None)
+        return extension
+
+    def _ack_wire(self, kind: int, packet_id: int, reason: int) -> bytes:
+        if reason and self.version == 5:
+            return encode(Ack(kind, packet_id, reason), 5)
+        return encode_ack(kind, packet_id)
+
+    def _request_sync(self) -> None:
+        """The PUBACKs/PUBRECs of this read go out after one fsync covering them all."""
+        records = self._unsynced
+        counted = self._unsynced_counted
+        self._unsynced = []
+        self._unsynced_counted = 0
+        if self.closed:
+            return
+
+        def stored() -> None:
+            for record in records:
+                record[1] = True
+            self.inbound_unacked -= counted
+            self._flush_acks()
+
+        def failed(exc: BaseException) -> None:
+            self.inbound_unacked -= counted
+            log.warning("mqtt %s: messages not stored: %s", self.client_id, exc)
+            # Not stored: no acknowledgement may go out; the client resends after reconnect.
+            self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
+
+        if not self.core.after_sync(stored, failed):
             stored()
 
     def _flush_acks(self) -> None:
         acks = self.acks
+        if not acks or not acks[0][1] or self.closed:
+            return
+        ready = []
         while acks and acks[0][1]:
-            self.write(acks.popleft()[0])
+            ready.append(acks.popleft()[0])
+        self._emit(ready[0] if len(ready) == 1 else b"".join(ready))
 
     def on_ack(self, packet: Ack) -> None:
         session = self.session
@@ -1146,17 +1271,16 @@ class MQTTConnection(asyncio.Protocol):
             if session.persistent:
                 self.server.state.record(self.client_id, "out+", packet.packet_id)
             self._settle(record)  # the receiver owns the message now
-            self.write(Ack(codec.PUBREL, packet.packet_id))
+            self._emit(encode_ack(codec.PUBREL, packet.packet_id))
         elif kind == codec.PUBCOMP and record.released:
             del session.inflight[packet.packet_id]
             if session.persistent:
                 self.server.state.record(self.client_id, "out-", packet.packet_id)
         else:
             raise MQTTError(codec.PROTOCOL_ERROR, f"unexpected acknowledgement type {kind}")
-        # credit came back
-        for consumer in list(self.consumers.values()):
-            if consumer.qos:
-                consumer.queue.drain()
+        # Credit came back: the QoS 1/2 queues are drained once at the end of the read
+        # (data_received), not once per acknowledgement.
+        self._credit_back = True
 
     @staticmethod
     def _settle(record: Inflight) -> None:
@@ -1328,12 +1452,50 @@ class MQTTConnection(asyncio.Protocol):
         message = entry.message
         session = self.session
         assert message is not None and session is not None
-        topic = key_to_topic(message.routing_key)
-        if "+" in topic or "#" in topic or not topic:
-            # An AMQP routing key that is no MQTT topic name (MQTT-4.7.3-1): not sent.
+        topics = self._topics_out
+        if topics is None:
+            topics = self._topics_out = {}
+        key = message.routing_key
+        found_topic = topics.get(key, False)
+        if found_topic is False:
+            topic = key_to_topic(key)
+            if "+" in topic or "#" in topic or not topic:
+                found_topic = None  # no MQTT topic name (MQTT-4.7.3-1): never sent
+            else:
+                found_topic = (topic, encode_topic(topic))
+            if len(topics) >= _CACHE_SIZE:
+                topics.clear()
+            topics[key] = found_topic
+        if found_topic is None:
             self._drop(consumer, queue, entry)
             return
+        topic, topic_wire = found_topic
         extension = message.extension
+        if not session.special and self.version == 4 and topic[0] != "$":
+            # The common delivery: no per-subscription options to match, no properties,
+            # the topic's wire form from the cache: the packet from its pieces.
+            qos = consumer.qos
+            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
+                qos = extension.qos  # type: ignore[union-attr]
+            dup = entry.delivery_count > 0
+            entry.delivery_count += 1
+            packet_id = session.allocate_id() if qos else None
+            data = encode_publish(topic_wire, message.body, qos, False, dup and qos > 0, packet_id, None)
+            if len(data) > self.client_max_packet:
+                self._drop(consumer, queue, entry)
+                return
+            if not self.closed:
+                self._emit(data)
+            self.server.counters["publish_out"] += 1
+            if qos:
+                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[index]
+                if consumer.no_ack:
+                    queue.settle_delivered(entry)
+            elif consumer.no_ack:
+                queue.settle_delivered(entry)
+            else:
+                queue.ack(entry)
+            return
         mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
         publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
         qos = min(publish_qos, consumer.qos)
