@@ -673,7 +673,7 @@ class Parser:
     def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5, version: int | None = None) -> None:
         self.max_packet_size = max_packet_size
         self.version = version
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None  # an incomplete packet's bytes (none: idle)
         self._failed: MQTTError | None = None
         self._needed = 0  # bytes the buffer must hold before a packet can be whole
         self._topics: dict[bytes, str] | None = None  # created at the first PUBLISH
@@ -683,13 +683,13 @@ class Parser:
             raise MQTTError(self._failed.reason_code, self._failed.text)
         buffer = self._buffer
         view: bytes
-        if buffer:
+        if buffer is not None:
             buffer += data
             if len(buffer) < self._needed:
                 return []  # a large packet still arriving: nothing to scan
             self._needed = 0
             view = bytes(buffer)
-            buffer.clear()
+            self._buffer = None
         else:
             view = bytes(data) if data.__class__ is not bytes else data
         packets: list[Packet] = []
@@ -779,17 +779,17 @@ class Parser:
                 append(packet)
                 pos = end
             if pos < size:
-                buffer += view[pos:] if pos else view
+                self._buffer = bytearray(view[pos:] if pos else view)
         except MQTTError as exc:
             self._failed = exc
             exc.packets = packets
-            buffer.clear()
+            self._buffer = None
             raise
         return packets
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
 
 # --- encoding -----------------------------------------------------------------------------

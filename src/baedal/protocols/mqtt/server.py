@@ -103,6 +103,30 @@ _FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnect
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
+KEEP_ALIVE_TICK = 0.5  # seconds between the listener's keep-alive sweeps (MQTTServer.watch)
+_NO_LIMIT = codec.MAX_REMAINING_LENGTH + 5  # one shared int, not one per connection
+_NO_IDS: frozenset[int] = frozenset()  # a session's awaiting_rel until its first QoS 2 PUBLISH
+
+
+class _EmptyMap(dict):  # type: ignore[type-arg]
+    """The one shared, empty stand-in for a connection's consumers and a session's
+    subscriptions and in-flight map while it has none (an empty dict is 64 bytes, for
+    every idle client).  Reads work as on any empty dict; writing raises, so the code
+    that adds (``_attach``, ``on_subscribe``, ``allocate_id``) gives the owner its own
+    dict first, and a forgotten case fails loudly instead of sharing state."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the shared empty map is read-only: give the owner its own dict")
+
+    __setitem__ = setdefault = update = _refuse  # type: ignore[assignment]
+
+
+_EMPTY: Any = _EmptyMap()
+_NO_CONSUMERS: dict[str, Any] = _EMPTY
+# keep-alive values as int objects shared between connections (600 is 28 bytes each)
+_KEEP_ALIVES: dict[int, int] = {}
 
 
 @dataclass
@@ -309,13 +333,19 @@ class Inflight:
 class Session:
     """A client id's state; outlives connections when persistent."""
 
+    __slots__ = ("client_id", "persistent", "expiry", "subscriptions", "inflight", "awaiting_rel",
+                 "next_id", "connection", "expiry_timer", "will_timer", "special")
+
     def __init__(self, client_id: str, persistent: bool, expiry: int | None) -> None:
         self.client_id = client_id
         self.persistent = persistent
         self.expiry = expiry  # seconds; None: never (3.1.1 clean_session=0)
-        self.subscriptions: dict[str, SubOptions] = {}  # keyed by the filter as subscribed
-        self.inflight: dict[int, Inflight] = {}
-        self.awaiting_rel: set[int] = set()  # inbound QoS 2 ids between PUBREC and PUBREL
+        # keyed by the filter as subscribed; both _EMPTY until the first entry
+        self.subscriptions: dict[str, SubOptions] = _EMPTY
+        self.inflight: dict[int, Inflight] = _EMPTY
+        # inbound QoS 2 ids between PUBREC and PUBREL (a set from the first one on: an
+        # empty set is 216 bytes, for every idle client)
+        self.awaiting_rel: set[int] | frozenset[int] = _NO_IDS
         self.next_id = 1
         self.connection: MQTTConnection | None = None
         self.expiry_timer: Any = None
@@ -326,6 +356,8 @@ class Session:
         return f"mqtt-subscription-{self.client_id}qos{qos}"
 
     def allocate_id(self) -> int:
+        if self.inflight is _EMPTY:  # every insertion into inflight follows this call
+            self.inflight = {}
         for _ in range(65535):
             packet_id = self.next_id
             self.next_id = packet_id % 65535 + 1
@@ -398,6 +430,13 @@ class MQTTServer:
         self.connections: set[MQTTConnection] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
+        # Keep-alive and handshake deadlines: one sweep every KEEP_ALIVE_TICK for the
+        # whole listener instead of a TimerHandle per connection (~0.5 KB each under
+        # uvloop).  ``tick`` counts sweeps; ``_due`` maps a tick to the connections to
+        # check then (each connection is in at most one live bucket: ``watch``).
+        self.tick = 0
+        self._due: dict[int, list[MQTTConnection]] = {}
+        self._sweeper: Any = None
 
     @property
     def vhost(self) -> VirtualHost:
@@ -412,7 +451,40 @@ class MQTTServer:
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
+    def watch(self, connection: MQTTConnection, ticks: int) -> None:
+        """Call ``connection.check_idle()`` at the sweep ``ticks`` from now, unless an
+        earlier check is already booked (that one books the next).  The tick counts
+        sweeps that ran, so a stalled loop makes a check late, never early."""
+        due = self.tick + ticks
+        booked = connection._due
+        if self.tick < booked <= due:
+            return
+        connection._due = due
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [connection]
+        else:
+            bucket.append(connection)
+        if self._sweeper is None:
+            self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep)
+
+    def _sweep(self) -> None:
+        self.tick += 1
+        tick = self.tick
+        bucket = self._due.pop(tick, None)
+        for connection in bucket or ():
+            if connection._due == tick:  # else booked again for an earlier tick, or closed
+                connection._due = 0
+                try:
+                    connection.check_idle()
+                except Exception:
+                    log.exception("mqtt %s: keep-alive check failed", connection.client_id)
+        self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep) if self._due else None
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             server.close()
         for connection in list(self.connections):
@@ -436,6 +508,8 @@ class MQTTServer:
         if not queues and client_id not in self.state.state and client_id not in self.state.shares:
             return None
         session = Session(client_id, True, None)
+        session.subscriptions = {}
+        session.inflight = {}
         exchange = vhost.exchanges.get(EXCHANGE)
         if exchange is not None:
             for binding in list(exchange.bindings.values()):
@@ -520,10 +594,11 @@ class MQTTConnection(asyncio.Protocol):
     # Slots: past ~30 attributes an instance __dict__ is resized to a 1.5 KiB table;
     # with 10,000 idle clients that was 40 % of the broker's memory per connection.
     __slots__ = (
-        "server", "core", "config", "parser", "transport", "peer", "version", "session", "vhost",
-        "publisher", "username", "client_id", "will", "keep_alive", "last_seen", "can_send",
-        "closed", "consumers", "client_receive_max", "client_max_packet", "client_alias_max",
-        "aliases_in", "aliases_out", "inbound_unacked", "acks", "_timer", "_reading_paused",
+        "server", "core", "config", "parser", "transport", "version", "session", "vhost",
+        "publisher", "permission", "username", "client_id", "will", "keep_alive", "last_seen",
+        "can_send", "closed", "consumers", "client_receive_max", "client_max_packet",
+        "client_alias_max", "aliases_in", "aliases_out", "inbound_unacked", "acks", "_due",
+        "_reading_paused",
         "_out", "_out_bytes", "_in_read", "_flush_pending", "__weakref__",
         # the publish/deliver fast paths (created at first use; see on_publish/_deliver)
         "_extensions", "_keys", "_topics_out", "_unsynced", "_unsynced_counted", "_credit_back",
@@ -536,28 +611,33 @@ class MQTTConnection(asyncio.Protocol):
         self.config = server.config
         self.parser = Parser(self.config.max_packet_size)
         self.transport: Any = None
-        self.peer: Any = None
         self.version = 4
         self.session: Session | None = None
         self.vhost: VirtualHost | None = None
+        # Created at the first PUBLISH or will (``_get_publisher``): an idle client has
+        # none; its permission is kept for SUBSCRIBE.
         self.publisher: Publisher | None = None
+        self.permission: Any = None
         self.username: str | None = None
         self.client_id = ""
         self.will: codec.Will | None = None
         self.keep_alive = 0
-        self.last_seen = time.monotonic()
+        # Keep-alive without a timer per connection: the listener's sweep tick of the
+        # last read (an int the server already holds, so a read allocates nothing) and
+        # the tick of this connection's next check (``MQTTServer.watch``).
+        self.last_seen = server.tick
+        self._due = 0
         self.can_send = True
         self.closed = False
-        self.consumers: dict[str, MQTTConsumer] = {}
+        self.consumers: dict[str, MQTTConsumer] = _NO_CONSUMERS
         self.client_receive_max = 65535
-        self.client_max_packet = codec.MAX_REMAINING_LENGTH + 5
+        self.client_max_packet = _NO_LIMIT
         self.client_alias_max = 0
-        self.aliases_in: dict[int, str] = {}
-        self.aliases_out: dict[str, int] = {}
+        self.aliases_in: dict[int, str] | None = None  # MQTT 5.0 topic aliases, at first use
+        self.aliases_out: dict[str, int] | None = None
         self.inbound_unacked = 0
         # PUBACK/PUBREC in PUBLISH order: [packet, ready] pairs (see the module docstring)
         self.acks: deque[list[Any]] | None = None  # created at the first PUBLISH (760 B each)
-        self._timer: Any = None
         self._reading_paused = False
         # For operators (describe()): plain int increments, nothing per message else.
         self.connected_at = time.time()
@@ -565,7 +645,7 @@ class MQTTConnection(asyncio.Protocol):
         self.send_bytes = 0
         # Output of one read (or one loop turn) goes out in one transport write: a
         # syscall per PUBLISH/PUBACK was most of the broker's time at high rates.
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None
         self._out_bytes = 0
         self._in_read = False
         self._flush_pending = False
@@ -573,28 +653,56 @@ class MQTTConnection(asyncio.Protocol):
         self._keys: dict[str, str] | None = None  # checked topic -> routing key
         self._topics_out: dict[str, tuple[str, bytes] | None] | None = None  # key -> topic
         # PUBACK/PUBREC records of this read waiting for one fsync (``_request_sync``)
-        self._unsynced: list[list[Any]] = []
+        self._unsynced: list[list[Any]] | None = None
         self._unsynced_counted = 0
         self._credit_back = False  # a PUBACK/PUBREC/PUBCOMP in this read freed in-flight room
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
-        return session.inflight if session is not None else {}
+        return session.inflight if session is not None else _EMPTY
 
     # --- transport --------------------------------------------------------------------
 
+    @property
+    def peer(self) -> Any:
+        """The client's address, asked of the transport when needed (uvloop builds a new
+        tuple per call: kept, it was 146 bytes per idle client)."""
+        transport = self.transport
+        if transport is None:
+            return None
+        try:
+            return transport.get_extra_info("peername")
+        except Exception:  # a closed uvloop transport may refuse
+            return None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(self.config.max_output)  # type: ignore[attr-defined]
-        self.server.connections.add(self)
-        self.server.counters["connections"] += 1
-        self._timer = self.core.call_later(self.config.handshake_timeout, self._handshake_expired)
+        server = self.server
+        server.connections.add(self)
+        server.counters["connections"] += 1
+        # The handshake deadline: the first check_idle finds no session and aborts.
+        server.watch(self, math.ceil(self.config.handshake_timeout / KEEP_ALIVE_TICK) + 1)
 
-    def _handshake_expired(self) -> None:
-        self._timer = None
-        if self.session is None and not self.closed:
+    def check_idle(self) -> None:
+        """Called by the listener's sweep at this connection's due tick: the CONNECT
+        did not come in time, or the keep-alive ran out (1.5 x the interval without a
+        packet, MQTT-3.1.2-24), or a later check is booked."""
+        if self.closed:
+            return
+        if self.session is None:
             self.abort()
+            return
+        if not self.keep_alive:
+            return
+        server = self.server
+        # +1: a read seen at tick t may have come just before tick t + 1.
+        due = self.last_seen + math.ceil(self.keep_alive * 1.5 / KEEP_ALIVE_TICK) + 1
+        if due <= server.tick:
+            log.info("mqtt %s: keep-alive expired", self.client_id)
+            self.server_disconnect(codec.KEEP_ALIVE_TIMEOUT, "keep alive timeout", will=True)
+            return
+        server.watch(self, due - server.tick)
 
     def pause_writing(self) -> None:
         self.can_send = False
@@ -622,7 +730,7 @@ class MQTTConnection(asyncio.Protocol):
             self._flush()
 
     def _received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        self.last_seen = self.server.tick
         self.recv_bytes += len(data)
         try:
             packets = self.parser.feed(data)
@@ -677,7 +785,11 @@ class MQTTConnection(asyncio.Protocol):
         when produced outside a read (a delivery caused by another client's PUBLISH).
         Past ``_FLUSH_AT`` bytes it is written at once, so the transport's high-water
         mark (``pause_writing``) still stops a queue draining into a slow client."""
-        self._out.append(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
         self._out_bytes += len(data)
         self.send_bytes += len(data)
         if self._out_bytes >= _FLUSH_AT:
@@ -694,7 +806,7 @@ class MQTTConnection(asyncio.Protocol):
         out = self._out
         if not out:
             return
-        self._out = []
+        self._out = None
         self._out_bytes = 0
         if not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -810,12 +922,9 @@ class MQTTConnection(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             self.core.alarm_listeners.remove(self._on_alarm)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for consumer in self.consumers.values():
             consumer.queue.remove_consumer(consumer)
-        self.consumers.clear()
+        self.consumers = _NO_CONSUMERS
         session = self.session
         vhost = self.vhost
         if session is None or vhost is None:
@@ -846,7 +955,7 @@ class MQTTConnection(asyncio.Protocol):
             delay = min(delay, session.expiry)
         elif not session.persistent:
             delay = 0
-        publisher = self.publisher
+        publisher = self._get_publisher() if self.vhost is not None else None
         client_id = self.client_id
 
         def send() -> None:
@@ -944,7 +1053,7 @@ class MQTTConnection(asyncio.Protocol):
             return
         self.username = user.name
         self.vhost = vhost
-        self.publisher = Publisher(core, vhost, user.name, permission)
+        self.permission = permission
         self.will = packet.will
         if self.version == 5:
             self.client_receive_max = min(props.get("receive_maximum", 65535), config.max_inflight)
@@ -990,12 +1099,11 @@ class MQTTConnection(asyncio.Protocol):
         server_keep_alive = None
         if config.max_keep_alive and (keep_alive == 0 or keep_alive > config.max_keep_alive):
             keep_alive = server_keep_alive = config.max_keep_alive
+        if len(_KEEP_ALIVES) < 1024:
+            keep_alive = _KEEP_ALIVES.setdefault(keep_alive, keep_alive)
         self.keep_alive = keep_alive
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if keep_alive:
-            self._timer = self.core.call_later(keep_alive * 1.5, self._check_keep_alive)
+            server.watch(self, math.ceil(keep_alive * 1.5 / KEEP_ALIVE_TICK) + 1)
         ack_props: dict[str, Any] = {}
         if self.version == 5:
             ack_props = {
@@ -1022,18 +1130,6 @@ class MQTTConnection(asyncio.Protocol):
             except CoreError as exc:
                 log.warning("mqtt %s: cannot resume subscription %s: %s", client_id,
                             options.topic_filter, exc.text)
-
-    def _check_keep_alive(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        idle = time.monotonic() - self.last_seen
-        limit = self.keep_alive * 1.5
-        if idle >= limit:
-            log.info("mqtt %s: keep-alive expired", self.client_id)
-            self.server_disconnect(codec.KEEP_ALIVE_TIMEOUT, "keep alive timeout", will=True)
-            return
-        self._timer = self.core.call_later(limit - idle, self._check_keep_alive)
 
     def on_disconnect(self, packet: Disconnect) -> None:
         session = self.session
@@ -1066,9 +1162,19 @@ class MQTTConnection(asyncio.Protocol):
             raise MQTTError(codec.TOPIC_NAME_INVALID if what == "topic" else codec.TOPIC_FILTER_INVALID,
                             f"{what} has more than {config.max_topic_levels} levels")
 
+    def _get_publisher(self) -> Publisher:
+        publisher = self.publisher
+        if publisher is None:
+            assert self.vhost is not None and self.username is not None
+            publisher = self.publisher = Publisher(self.core, self.vhost, self.username, self.permission)
+        return publisher
+
     def on_publish(self, packet: Publish) -> None:
         session = self.session
-        assert session is not None and self.publisher is not None
+        assert session is not None
+        publisher = self.publisher
+        if publisher is None:
+            publisher = self._get_publisher()
         acks = self.acks
         if acks is None:
             acks = self.acks = deque()
@@ -1080,9 +1186,11 @@ class MQTTConnection(asyncio.Protocol):
                 if alias > self.config.topic_alias_maximum:
                     raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
                 if topic:
+                    if self.aliases_in is None:
+                        self.aliases_in = {}
                     self.aliases_in[alias] = topic
                 else:
-                    known = self.aliases_in.get(alias)
+                    known = self.aliases_in.get(alias) if self.aliases_in is not None else None
                     if known is None:
                         raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
                     topic = known
@@ -1125,7 +1233,7 @@ class MQTTConnection(asyncio.Protocol):
                               self.plain_extension(qos, packet.retain))
         needs_sync = False
         try:
-            result = self.publisher.publish(EXCHANGE, message)
+            result = publisher.publish(EXCHANGE, message)
         except CoreError as exc:
             log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
             if qos == 0:
@@ -1150,7 +1258,10 @@ class MQTTConnection(asyncio.Protocol):
         if result.refused:
             reason = codec.QUOTA_EXCEEDED if self.version == 5 else 0
         if qos == 2:
-            session.awaiting_rel.add(packet.packet_id or 0)
+            awaiting = session.awaiting_rel
+            if awaiting is _NO_IDS:
+                awaiting = session.awaiting_rel = set()
+            awaiting.add(packet.packet_id or 0)  # type: ignore[union-attr]
             if session.persistent:
                 # Remembered on disk with the message (the PUBREC waits for that fsync).
                 self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
@@ -1167,7 +1278,11 @@ class MQTTConnection(asyncio.Protocol):
             if needs_sync or outcome & NEEDS_SYNC:
                 # One fsync wait for every PUBLISH of this read (``_request_sync`` at
                 # the end of the read), as AMQP confirms are grouped.
-                self._unsynced.append(record)
+                unsynced = self._unsynced
+                if unsynced is None:
+                    self._unsynced = [record]
+                else:
+                    unsynced.append(record)
                 if counted:
                     self._unsynced_counted += 1
                 return
@@ -1191,7 +1306,7 @@ class MQTTConnection(asyncio.Protocol):
             # Not stored: no acknowledgement may go out; the client resends after reconnect.
             self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
 
-        if not self.publisher.when_stored(outcome, replicating, stored, failed):
+        if not publisher.when_stored(outcome, replicating, stored, failed):
             stored()
 
     def plain_extension(self, qos: int, retain: bool) -> MQTTExtension:
@@ -1214,9 +1329,9 @@ class MQTTConnection(asyncio.Protocol):
         """The PUBACKs/PUBRECs of this read go out after one fsync covering them all."""
         records = self._unsynced
         counted = self._unsynced_counted
-        self._unsynced = []
+        self._unsynced = None
         self._unsynced_counted = 0
-        if self.closed:
+        if self.closed or records is None:
             return
 
         def stored() -> None:
@@ -1250,7 +1365,8 @@ class MQTTConnection(asyncio.Protocol):
         if kind == codec.PUBREL:
             # Inbound QoS 2, step 3: forget the id, answer PUBCOMP.
             known = packet.packet_id in session.awaiting_rel
-            session.awaiting_rel.discard(packet.packet_id)
+            if known:
+                session.awaiting_rel.discard(packet.packet_id)  # type: ignore[union-attr]
             if known and session.persistent:
                 self.server.state.record(self.client_id, "in-", packet.packet_id)
             reason = 0 if known or self.version != 5 else codec.PACKET_ID_NOT_FOUND
@@ -1294,12 +1410,14 @@ class MQTTConnection(asyncio.Protocol):
     def on_subscribe(self, packet: Subscribe) -> None:
         session = self.session
         vhost = self.vhost
-        assert session is not None and vhost is not None and self.publisher is not None
+        assert session is not None and vhost is not None
+        if session.subscriptions is _EMPTY:
+            session.subscriptions = {}
         sub_ids = packet.properties.get("subscription_identifier", [])
         sub_id = sub_ids[0] if sub_ids else None
         codes: list[int] = []
         retained_to_send: list[tuple[SubOptions, int]] = []
-        permission = self.publisher.permission
+        permission = self.permission
         for request in packet.subscriptions:
             try:
                 group, topic_filter = split_shared(request.topic_filter)
@@ -1393,6 +1511,8 @@ class MQTTConnection(asyncio.Protocol):
             self.server.share_members.setdefault(queue.name, set()).add(session.client_id)
         if queue.name not in self.consumers:
             consumer = MQTTConsumer(self, queue, options.qos, options.group is not None)
+            if self.consumers is _NO_CONSUMERS:
+                self.consumers = {}
             self.consumers[queue.name] = consumer
             queue.add_consumer(consumer)
 
@@ -1553,19 +1673,22 @@ class MQTTConnection(asyncio.Protocol):
         """Write a PUBLISH, with an outbound topic alias when the client allows them;
         False when it is larger than the client's Maximum Packet Size (dropped)."""
         if self.version == 5 and self.client_alias_max:
-            alias = self.aliases_out.get(packet.topic)
+            aliases = self.aliases_out
+            if aliases is None:
+                aliases = self.aliases_out = {}
+            alias = aliases.get(packet.topic)
             if alias is not None:
                 packet.properties["topic_alias"] = alias
                 full_topic = packet.topic
                 packet.topic = ""
                 data = encode(packet, 5)
                 packet.topic = full_topic
-            elif len(self.aliases_out) < self.client_alias_max:
-                alias = len(self.aliases_out) + 1
+            elif len(aliases) < self.client_alias_max:
+                alias = len(aliases) + 1
                 packet.properties["topic_alias"] = alias
                 data = encode(packet, 5)
                 if len(data) <= self.client_max_packet:  # the client learns it only if sent
-                    self.aliases_out[packet.topic] = alias
+                    aliases[packet.topic] = alias
             else:
                 data = encode(packet, 5)
         else:
