@@ -248,11 +248,15 @@ class Message:
             encoded_headers,
         ]
 
-    def adopt_fields(self, fields: list[Any]) -> None:
+    def adopt_fields(self, fields: list[Any], headers: dict[str, Any] | None = _UNSET) -> None:
         """Take ``fields`` (``SCALAR_FIELDS`` values, then the encoded headers) as this
         message's neutral fields, without copying; it may be shared read-only between
-        messages (an extension's cache of a common wire form)."""
+        messages (an extension's cache of a common wire form).  ``headers``, if given,
+        is the decoded form of the encoded headers, shared read-only the same way (an
+        extension whose few header sets are constants: MQTT's ``x-mqtt-publish-qos``)."""
         self._fields = fields
+        if headers is not _UNSET:
+            self._headers = headers
 
     def _load_fields(self) -> list[Any]:
         extension = self.extension

@@ -151,8 +151,11 @@ class MQTTConfig:
 # The neutral fields of a PUBLISH without properties: only the QoS header, whose typed-map
 # bytes are one of three constants (``MQTTExtension.decode_fields``), so neither the
 # publish nor a record of it encodes a header table.
+# The decoded form is shared too (read-only, as every message's headers are): the core
+# reads every message's headers at publish (CC/BCC, scheduling).
+_PLAIN_HEADERS = tuple({QOS_HEADER: qos} for qos in (0, 1, 2))
 _PLAIN_FIELDS = tuple(
-    [None, None, None, None, None, None, None, encode_table({QOS_HEADER: qos})] for qos in (0, 1, 2)
+    [None, None, None, None, None, None, None, encode_table(headers)] for headers in _PLAIN_HEADERS
 )
 
 
@@ -182,7 +185,7 @@ class MQTTExtension(Extension):
     def decode_fields(self, message: Message) -> None:
         # Only a message of ``message_from_plain_publish`` has lazy fields (the others
         # are built with every field), and all it has is the QoS header.
-        message.adopt_fields(_PLAIN_FIELDS[self.qos])
+        message.adopt_fields(_PLAIN_FIELDS[self.qos], _PLAIN_HEADERS[self.qos])
 
     def leftovers(self) -> bytes:
         data = self._leftovers
