@@ -10,6 +10,8 @@ mosquitto-persist, so the machine's load falls on all of them alike):
   the CLI), data directory in a temporary directory.  QoS 1 rows use a persistent session
   (``clean_session`` false): the subscription is a durable queue and a QoS 1 PUBLISH is
   a persistent message, PUBACKed once it is on disk (group-committed fsync).
+* ``baedal-asyncio`` (not in the default list): the same with ``BAEDAL_USE_UVLOOP=false``
+  (the standard library's event loop; ``baedal`` runs on uvloop, the default).
 * ``mosquitto``: ``/usr/sbin/mosquitto -c conf``: a listener on 127.0.0.1, anonymous
   allowed, ``max_queued_messages 0`` (unlimited; the default 1000 drops QoS 1 messages
   for a subscriber behind by more than that, which would make its throughput a count of
@@ -369,13 +371,15 @@ class BrokerProcess:
         self.port = free_port()
         work = workdir / f"{kind}-{self.port}"
         work.mkdir(parents=True)
-        if kind == "baedal":
+        if kind.startswith("baedal"):
             prof = ["-m", "cProfile", "-o", f"{profile}/baedal-{self.port}.prof"] if profile else []
             command = [sys.executable, *prof, "-m", "baedal", "serve", "--port", str(free_port()),
                        "--mqtt-port", str(self.port), "--http-port", "off", "--kafka-port", "off",
                        "--stomp-port", "off", "--data-dir", str(work / "data"), "--log-level", "warning"]
             self.auth: tuple[str, str] | None = ("guest", "guest")
             env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+            if kind == "baedal-asyncio":  # the standard library's loop instead of uvloop
+                env["BAEDAL_USE_UVLOOP"] = "false"
         else:
             conf = work / "mosquitto.conf"
             lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",

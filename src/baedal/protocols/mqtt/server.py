@@ -396,10 +396,21 @@ class MQTTConsumer:
         connection = self.connection
         if not connection.can_send:
             return False
-        return self.qos == 0 or len(connection.session_inflight()) < connection.client_receive_max
+        if self.qos == 0:
+            return True
+        session = connection.session
+        return session is None or len(session.inflight) < connection.client_receive_max
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
-        self.connection.deliver(self, queue, entry)
+        # Called from the core's drain, i.e. often inside *another* client's publish: a
+        # message this client cannot be sent must not fail that publish.
+        connection = self.connection
+        try:
+            connection._deliver(self, queue, entry)
+        except Exception:
+            log.exception("mqtt %s: cannot deliver a message from %r", connection.client_id, queue.name)
+            if entry.message is not None:
+                connection._drop(self, queue, entry)
 
     def cancelled_by_server(self, queue: Queue) -> None:
         self.connection.consumers.pop(queue.name, None)
@@ -745,10 +756,21 @@ class MQTTConnection(asyncio.Protocol):
             if not self.closed:
                 self.protocol_error(exc.reason_code, exc.text)
             return
+        on_publish = self.on_publish
         for packet in packets:
             if self.closed:
                 return
-            self._dispatch_safely(packet)
+            if packet.__class__ is Publish and self.session is not None:
+                # The packet most reads are made of, without _dispatch_safely/dispatch.
+                try:
+                    on_publish(packet)  # type: ignore[arg-type]
+                except MQTTError as exc:
+                    self.protocol_error(exc.reason_code, exc.text)
+                except Exception:
+                    log.exception("mqtt: internal error on %r", packet)
+                    self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            else:
+                self._dispatch_safely(packet)
         if self.core.alarms and not self._reading_paused and not self.closed and self.session:
             # A resource alarm (memory, disk): stop reading publishers, as the AMQP
             # listener does (connection.blocked); resumed when every alarm clears.
@@ -1562,14 +1584,7 @@ class MQTTConnection(asyncio.Protocol):
         ]
 
     def deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
-        # Called from the core's drain, i.e. often inside *another* client's publish: a
-        # message this client cannot be sent must not fail that publish.
-        try:
-            self._deliver(consumer, queue, entry)
-        except Exception:
-            log.exception("mqtt %s: cannot deliver a message from %r", self.client_id, queue.name)
-            if entry.message is not None:
-                self._drop(consumer, queue, entry)
+        consumer.deliver(queue, entry)  # (the guarded call is MQTTConsumer.deliver)
 
     def _deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
