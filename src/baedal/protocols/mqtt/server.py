@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.message import Extension, Message, QueueEntry, register_extension
 from ...core.properties import encode_table
-from ...core.publish import NEEDS_SYNC, UNROUTABLE, Publisher
+from ...core.publish import NEEDS_SYNC, REFUSED, REPLICATING, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
 from ...transport.address import is_loopback
 from . import codec
@@ -1258,7 +1258,10 @@ class MQTTConnection(asyncio.Protocol):
                               self.plain_extension(qos, packet.retain))
         needs_sync = False
         try:
-            result = publisher.publish(EXCHANGE, message)
+            # Publisher.publish's three steps, without its per-message PublishResult.
+            exchange = publisher.target(EXCHANGE)
+            message, extra_keys = publisher.admit(exchange, message)
+            outcome = publisher.deliver(exchange, message, extra_keys)
         except CoreError as exc:
             log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
             if qos == 0:
@@ -1276,11 +1279,13 @@ class MQTTConnection(asyncio.Protocol):
                 topic, packet.payload, qos, _retainable(properties)
             )
         if qos == 0:
+            if outcome & REPLICATING:
+                publisher.take_replicating()  # nobody waits for them
             return
         reason = codec.NO_MATCHING_SUBSCRIBERS if (
-            result.outcome & UNROUTABLE and self.version == 5
+            outcome & UNROUTABLE and self.version == 5
         ) else 0
-        if result.refused:
+        if outcome & REFUSED:
             reason = codec.QUOTA_EXCEEDED if self.version == 5 else 0
         if qos == 2:
             awaiting = session.awaiting_rel
@@ -1297,8 +1302,7 @@ class MQTTConnection(asyncio.Protocol):
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
             self.inbound_unacked += 1
-        outcome = result.outcome
-        replicating = result.replicating
+        replicating = publisher.take_replicating() if outcome & REPLICATING else None
         if not replicating:
             if needs_sync or outcome & NEEDS_SYNC:
                 # One fsync wait for every PUBLISH of this read (``_request_sync`` at
