@@ -16,8 +16,9 @@ between the bytes in and the bytes out is the broker's own code, so
 PUBLISHes and a QoS 1 subscription: a durable queue on the real storage engine in a
 temporary data directory, each message a record, the PUBACK sent after the
 group-committed fsync (the syncer thread), as ``bench/mqtt_bench.py --tests qos1``.
-The bench waits for every PUBACK of a batch (sleeping in the loop's ``select``, so the
-wait itself costs next to no instructions) before the next batch.
+The bench waits for every PUBACK of a batch (on ``Syncer.synced()``: the loop blocks
+in its ``select`` while the fsync thread works, so the wait costs next to no
+instructions and the count does not depend on the disk's speed) before the next batch.
 
 The bench's own share (building the input once, scanning the subscriber's output for
 packet ids, the PUBACK bytes) is included and the same on every commit.
@@ -147,7 +148,7 @@ async def run(messages: int, batch: int, size: int, qos: int) -> tuple[float, in
     for _ in range(messages // batch):
         publisher.data_received(chunk)
         while publisher.inbound_unacked:  # the PUBACKs wait for the fsync (syncer thread)
-            await asyncio.sleep(0.0005)
+            await storage.syncer.synced()  # a wait in the loop's select, not a poll
         await asyncio.sleep(0)  # the subscriber's output flush
         out = b"".join(subscriber_transport.chunks)
         subscriber_transport.chunks.clear()
