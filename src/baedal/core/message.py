@@ -248,15 +248,18 @@ class Message:
             encoded_headers,
         ]
 
-    def adopt_fields(self, fields: list[Any], headers: dict[str, Any] | None = _UNSET) -> None:
+    def adopt_fields(self, fields: list[Any]) -> None:
         """Take ``fields`` (``SCALAR_FIELDS`` values, then the encoded headers) as this
         message's neutral fields, without copying; it may be shared read-only between
-        messages (an extension's cache of a common wire form).  ``headers``, if given,
-        is the decoded form of the encoded headers, shared read-only the same way (an
-        extension whose few header sets are constants: MQTT's ``x-mqtt-publish-qos``)."""
+        messages (an extension's cache of a common wire form)."""
         self._fields = fields
-        if headers is not _UNSET:
-            self._headers = headers
+
+    def adopt_fields_and_headers(self, fields: list[Any], headers: dict[str, Any] | None) -> None:
+        """``adopt_fields`` plus ``headers``, the decoded form of ``fields[7]``, shared
+        read-only the same way (an extension whose few header sets are constants: MQTT's
+        ``x-mqtt-publish-qos``), so that reading the headers decodes nothing."""
+        self._fields = fields
+        self._headers = headers
 
     def _load_fields(self) -> list[Any]:
         extension = self.extension

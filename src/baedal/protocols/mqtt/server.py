@@ -185,7 +185,7 @@ class MQTTExtension(Extension):
     def decode_fields(self, message: Message) -> None:
         # Only a message of ``message_from_plain_publish`` has lazy fields (the others
         # are built with every field), and all it has is the QoS header.
-        message.adopt_fields(_PLAIN_FIELDS[self.qos], _PLAIN_HEADERS[self.qos])
+        message.adopt_fields_and_headers(_PLAIN_FIELDS[self.qos], _PLAIN_HEADERS[self.qos])
 
     def leftovers(self) -> bytes:
         data = self._leftovers
