@@ -49,6 +49,26 @@ read, or by one ``call_soon`` per loop turn when produced outside a read (delive
 caused by another client's PUBLISH, fsync completions).  64 KiB of queued output is
 written at once, so the transport's high-water mark and ``pause_writing`` still stop a
 queue draining into a client that does not read.
+
+Per-message costs (issue 13, measured in docs/benchmarks.md with
+``bench/micro/bench_mqtt_pipeline.py``):
+
+* A PUBLISH without properties (every 3.1.1 one) becomes a ``Message`` with lazy neutral
+  fields and an ``MQTTExtension`` shared by all such messages of the connection with the
+  same QoS and retain flag; its only header, ``x-mqtt-publish-qos``, is a constant in both
+  its encoded and decoded forms, so neither the core's header check nor a record encodes
+  or decodes a table.  A topic's checks and routing key are remembered per connection.
+* The PUBACKs (PUBRECs) of one read wait for one ``after_sync`` (``_request_sync``), as
+  AMQP confirms do, and leave in one write; acknowledgements from a subscriber drain its
+  queues once per read, not once per PUBACK.
+* A delivery to a 3.1.1 client without per-subscription options is built from the
+  topic's cached wire form (``codec.encode_publish``).
+
+Idle connections: keep-alive and the CONNECT deadline are one sweep per listener every
+``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
+``TimerHandle`` per connection; a read only stores the current tick.  Everything a
+connection or session needs only once it publishes, subscribes or uses MQTT 5.0
+features (publisher, maps, sets, buffers) is created then.
 """
 
 from __future__ import annotations
@@ -103,6 +123,7 @@ _FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnect
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
+_wall_clock = time.time
 KEEP_ALIVE_TICK = 0.5  # seconds between the listener's keep-alive sweeps (MQTTServer.watch)
 _NO_LIMIT = codec.MAX_REMAINING_LENGTH + 5  # one shared int, not one per connection
 _NO_IDS: frozenset[int] = frozenset()  # a session's awaiting_rel until its first QoS 2 PUBLISH
@@ -1254,8 +1275,11 @@ class MQTTConnection(asyncio.Protocol):
         else:
             # The common PUBLISH (3.1.1, or 5.0 without properties): the message's fields
             # stay lazy and its extension is shared (``plain_extension``).
-            message = Message(EXCHANGE, key, packet.payload, qos > 0, 0, None, time.time(),
-                              self.plain_extension(qos, packet.retain))
+            extensions = self._extensions
+            extension = extensions.get(qos | (4 if packet.retain else 0)) if extensions is not None else None
+            if extension is None:
+                extension = self.plain_extension(qos, packet.retain)
+            message = Message(EXCHANGE, key, packet.payload, qos > 0, 0, None, _wall_clock(), extension)
         needs_sync = False
         try:
             # Publisher.publish's three steps, without its per-message PublishResult.
