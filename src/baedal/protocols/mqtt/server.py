@@ -1280,6 +1280,8 @@ class MQTTConnection(asyncio.Protocol):
             if extension is None:
                 extension = self.plain_extension(qos, packet.retain)
             message = Message(EXCHANGE, key, packet.payload, qos > 0, 0, None, _wall_clock(), extension)
+            # Set now rather than on first read: the core's admit reads them at once.
+            message.adopt_fields_and_headers(_PLAIN_FIELDS[qos], _PLAIN_HEADERS[qos])
         needs_sync = False
         try:
             # Publisher.publish's three steps, without its per-message PublishResult.
