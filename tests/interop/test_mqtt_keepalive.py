@@ -103,3 +103,22 @@ def test_keep_alive_zero_is_never_closed_for_silence(broker: Broker) -> None:
     sock.settimeout(5)
     assert sock.recv(16) == b"\xd0\x00"
     sock.close()
+
+
+def test_closed_connections_leave_the_keep_alive_buckets_at_once(tmp_path: Path) -> None:
+    """A closed connection is not kept (with its transport and session) until its next
+    keep-alive or handshake check: churn of clients with a long keep-alive must not pile
+    them up.  (The default 10 s handshake deadline: a check that came round would empty
+    the buckets too, so this must not wait that long.)"""
+    broker = Broker(host="127.0.0.1", port=0, data_dir=tmp_path, handshake_timeout=30.0)
+    broker.start_in_thread()
+    try:
+        socks = [connect(broker, f"ka-churn-{i}", keep_alive=600) for i in range(20)]
+        assert sum(len(b) for b in broker.mqtt._due.values()) == 20
+        for sock in socks:
+            sock.sendall(encode(codec.Disconnect()))
+            sock.close()
+        wait_until(lambda: not broker.mqtt.connections, 5, "all closed")
+        wait_until(lambda: sum(len(b) for b in broker.mqtt._due.values()) == 0, 5, "none left in the buckets")
+    finally:
+        broker.stop_thread()

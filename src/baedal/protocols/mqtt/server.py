@@ -468,9 +468,10 @@ class MQTTServer:
         # Keep-alive and handshake deadlines: one sweep every KEEP_ALIVE_TICK for the
         # whole listener instead of a TimerHandle per connection (~0.5 KB each under
         # uvloop).  ``tick`` counts sweeps; ``_due`` maps a tick to the connections to
-        # check then (each connection is in at most one live bucket: ``watch``).
+        # check then (each connection is in at most one bucket: ``watch``; a closed one
+        # leaves at once, ``unwatch``, so nothing closed is kept until its tick).
         self.tick = 0
-        self._due: dict[int, list[MQTTConnection]] = {}
+        self._due: dict[int, set[MQTTConnection]] = {}
         self._sweeper: Any = None
 
     @property
@@ -492,28 +493,39 @@ class MQTTServer:
         sweeps that ran, so a stalled loop makes a check late, never early."""
         due = self.tick + ticks
         booked = connection._due
-        if self.tick < booked <= due:
-            return
+        if booked:
+            if booked <= due:
+                return
+            self.unwatch(connection)
         connection._due = due
         bucket = self._due.get(due)
         if bucket is None:
-            self._due[due] = [connection]
+            self._due[due] = {connection}
         else:
-            bucket.append(connection)
+            bucket.add(connection)
         if self._sweeper is None:
             self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep)
+
+    def unwatch(self, connection: MQTTConnection) -> None:
+        booked = connection._due
+        if booked:
+            connection._due = 0
+            bucket = self._due.get(booked)
+            if bucket is not None:
+                bucket.discard(connection)
+                if not bucket:
+                    del self._due[booked]
 
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick
         bucket = self._due.pop(tick, None)
         for connection in bucket or ():
-            if connection._due == tick:  # else booked again for an earlier tick, or closed
-                connection._due = 0
-                try:
-                    connection.check_idle()
-                except Exception:
-                    log.exception("mqtt %s: keep-alive check failed", connection.client_id)
+            connection._due = 0
+            try:
+                connection.check_idle()
+            except Exception:
+                log.exception("mqtt %s: keep-alive check failed", connection.client_id)
         self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep) if self._due else None
 
     async def close(self) -> None:
@@ -965,6 +977,7 @@ class MQTTConnection(asyncio.Protocol):
             return
         self.closed = True
         self.server.connections.discard(self)
+        self.server.unwatch(self)
         if self._reading_paused:
             self._reading_paused = False
             self.core.alarm_listeners.remove(self._on_alarm)
@@ -1048,6 +1061,7 @@ class MQTTConnection(asyncio.Protocol):
         self._flush()
         self.closed = True
         self.server.connections.discard(self)
+        self.server.unwatch(self)
         self.transport.close()
 
     def on_connect(self, packet: Connect) -> None:
