@@ -17,12 +17,13 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .core.broker import BrokerConfig, BrokerCore
+from .protocols.amqp.connection import AMQPConnection
 from .protocols.amqp.server import AMQPServer
 
 log = logging.getLogger("baedal")
@@ -137,21 +138,20 @@ class Broker:
             if fault is not None and self.storage is not None:
                 self.storage.syncer.fsync_function = fault
         _open_scheduler(core, s, self.storage)
-        self.amqp = AMQPServer(core)
-        self.port = await self.amqp.listen(s.host, s.port)
-        if s.tls_cert and s.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-            self.tls_port = await self.amqp.listen(s.host, s.tls_port, context)
+        self.amqp = amqp = AMQPServer(core)
+        port = await self._listen("amqp", lambda port: amqp.listen(s.host, port), s.port, announce=False)
+        assert port is not None  # AMQP has no default to give up: a failure is fatal
+        self.port = port
+        tls = self._tls_context()
+        if tls is not None:
+            self.tls_port = await self._listen("amqps", lambda port: amqp.listen(s.host, port, tls), s.tls_port)
         if s.unix_socket:
-            listener = await self.amqp.listen_unix(s.unix_socket, s.unix_socket_mode)
-            self._unix_listeners.append(listener)
-            self.unix_sockets.append(f"amqp+unix:{s.unix_socket}")
-        if s.kafka_port is not None:
+            await self._listen_unix("amqp", lambda: AMQPConnection(amqp), s.unix_socket)
+        if s.kafka_port is not None or s.kafka_unix_socket:
             await self._start_kafka(loop)
-        if s.stomp_port is not None:
+        if s.stomp_port is not None or s.stomp_unix_socket:
             await self._start_stomp()
-        if s.mqtt_port is not None:
+        if s.mqtt_port is not None or s.mqtt_unix_socket:
             await self._start_mqtt(loop)
         if s.http_port is not None:
             self.http = _open_http(self)
@@ -164,6 +164,7 @@ class Broker:
                     await self.http.start_unix(sock)
                     self._unix_listeners.append(_BoundSocketFile(s.http_unix_socket))
                     self.unix_sockets.append(f"http+unix:{s.http_unix_socket}")
+                    log.info("baedal listening on http+unix:%s", s.http_unix_socket)
         if s.inproc_name:
             from .transport import inproc
 
@@ -171,9 +172,89 @@ class Broker:
         self._monitor = loop.create_task(self._watch_resources())
         log.info("baedal listening on amqp://%s:%d", s.host, self.port)
 
+    # --- listeners: one way to start each, for every protocol --------------------------
+
+    async def _listen(
+        self,
+        scheme: str,
+        listen: Callable[[int], Awaitable[int]],
+        port: int | None,
+        *,
+        default: int | None = None,
+        announce: bool = True,
+    ) -> int | None:
+        """Start one TCP (or TLS) listener with ``listen(port)`` and return its port.
+
+        ``default`` is the protocol's well-known port (Kafka 9092, STOMP 61613, MQTT
+        1883, MQTT/TLS 8883), and only it may be given up: an embedded broker on an
+        ephemeral AMQP port (``port=0``) takes an ephemeral port instead, so tests never
+        collide on it, and when the default port is taken the listener is turned off
+        with a warning (None) rather than fail the start: an AMQP-only user, or a second
+        broker on this machine, must not fail because something else owns 1883.  A port
+        asked for explicitly that cannot be bound is fatal, as for AMQP.
+        """
+        wanted = port
+        if port is None:
+            return None
+        if default is not None and port == default and self.settings.port == 0:
+            port = 0
+        try:
+            bound = await listen(port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or default is None or wanted != default:
+                raise
+            log.warning("%s listener off: default port %d is in use (%s)", scheme, default, exc)
+            return None
+        if announce:
+            log.info("baedal listening on %s://%s:%d", scheme, self.settings.host, bound)
+        return bound
+
+    async def _listen_unix(self, scheme: str, factory: Callable[[], asyncio.BaseProtocol], address: str) -> None:
+        """Also serve ``factory()`` connections on the Unix socket ``address`` (a path or
+        ``@name``; transport/unix.py): the TCP listener's connection class, so the same
+        authentication, behind the file's ``unix_socket_mode``.  Failing to bind is
+        fatal (an address asked for explicitly), as for a TCP port."""
+        from .transport.unix import listen_unix
+
+        listener = await listen_unix(factory, address, mode=self.settings.unix_socket_mode)
+        self._unix_listeners.append(listener)
+        self.unix_sockets.append(f"{scheme}+unix:{address}")
+        log.info("baedal listening on %s+unix:%s", scheme, address)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The server TLS context for every TLS listener, or None without cert and key."""
+        s = self.settings
+        if not (s.tls_cert and s.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+        return context
+
+    def listeners(self) -> list[dict[str, Any]]:
+        """What this broker listens on, for the management API (``/api/overview``):
+        RabbitMQ's protocol names (``amqp``, ``amqp/ssl``, ``mqtt/ssl`` ...), and for a
+        Unix socket its path or ``@name`` as the address, port 0, ``"transport": "unix"``."""
+        s = self.settings
+        rows: list[dict[str, Any]] = []
+        for protocol, port in (
+            ("amqp", self.port),
+            ("amqp/ssl", self.tls_port),
+            ("kafka", self.kafka_port if self.kafka is not None else None),
+            ("stomp", self.stomp_port),
+            ("stomp/ssl", self.stomp_tls_port),
+            ("mqtt", self.mqtt_port),
+            ("mqtt/ssl", self.mqtt_tls_port),
+        ):
+            if port is not None:
+                rows.append({"protocol": protocol, "ip_address": s.host, "port": port})
+        for entry in self.unix_sockets:
+            scheme, _, address = entry.partition("+unix:")
+            rows.append({"protocol": scheme, "ip_address": address, "port": 0, "transport": "unix"})
+        return rows
+
     async def _start_kafka(self, loop: asyncio.AbstractEventLoop) -> None:
         from .protocols.kafka.groups import GroupCoordinator, OffsetStore
-        from .protocols.kafka.server import KafkaConfig, KafkaServer
+        from .protocols.kafka.server import KafkaConfig, KafkaConnection, KafkaServer
         from .protocols.kafka.topics import TopicRegistry
 
         s = self.settings
@@ -189,10 +270,6 @@ class Broker:
         registry.warn_unmigrated(s.data_dir / "kafka")
         offsets = OffsetStore(s.data_dir / "kafka" / "__consumer_offsets.jsonl", syncer)
         offsets.open()
-        # An embedded broker on an ephemeral AMQP port takes an ephemeral Kafka port too,
-        # so tests never collide on 9092.
-        port = 0 if s.port == 0 and s.kafka_port == 9092 else s.kafka_port
-        assert port is not None
         config = KafkaConfig(
             advertised_host=s.kafka_advertised_host or _connect_host(s.host),
             advertised_port=0,
@@ -205,22 +282,26 @@ class Broker:
         )
         server = KafkaServer(registry, GroupCoordinator(offsets, loop), config)
         try:
-            self.kafka_port = await server.listen(s.host, port)
-        except OSError as exc:
+            self.kafka_port = await self._listen(
+                "kafka", lambda port: server.listen(s.host, port), s.kafka_port, default=9092
+            )
+            if self.kafka_port is None and not s.kafka_unix_socket:
+                server.close_storage()
+                return
+            if s.kafka_unix_socket:
+                # For local tools: Kafka clients (librdkafka, kafka-python, the JVM
+                # client) only dial host:port, and Metadata still advertises the TCP
+                # listener, so a client would leave the socket after bootstrap.
+                await self._listen_unix("kafka", lambda: KafkaConnection(server), s.kafka_unix_socket)
+        except BaseException:
+            await server.close()  # (a listener that is up; nothing when none is)
             server.close_storage()
-            if exc.errno != errno.EADDRINUSE or s.kafka_port != 9092:
-                raise
-            # Only the *default* port: an AMQP-only user (or a second broker on this
-            # machine) must not fail to start because something else owns 9092.  A port
-            # asked for explicitly that cannot be bound is fatal, as for AMQP.
-            log.warning("kafka listener off: default port 9092 is in use (%s)", exc)
-            return
+            raise
         self.kafka = server
-        config.advertised_port = s.kafka_advertised_port or self.kafka_port
-        log.info("baedal listening on kafka://%s:%d", s.host, self.kafka_port)
+        config.advertised_port = s.kafka_advertised_port or self.kafka_port or 0
 
     async def _start_stomp(self) -> None:
-        from .protocols.stomp.server import StompConfig, StompServer
+        from .protocols.stomp.server import StompConfig, StompConnection, StompServer
 
         s = self.settings
         assert self.core is not None
@@ -236,27 +317,25 @@ class Broker:
             default_pass=s.default_pass,
         )
         server = StompServer(self.core, config)
-        # As for Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
-        # STOMP port, and only the *default* port may be silently given up.
-        port = 0 if s.port == 0 and s.stomp_port == 61613 else s.stomp_port
-        assert port is not None
-        try:
-            self.stomp_port = await server.listen(s.host, port)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or s.stomp_port != 61613:
-                raise
-            log.warning("stomp listener off: default port 61613 is in use (%s)", exc)
+        self.stomp_port = await self._listen(
+            "stomp", lambda port: server.listen(s.host, port), s.stomp_port, default=61613
+        )
+        if self.stomp_port is None and not s.stomp_unix_socket:
             return
-        self.stomp = server
-        if s.tls_cert and s.tls_key and s.stomp_tls_port is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-            self.stomp_tls_port = await server.listen(s.host, s.stomp_tls_port, context)
-        log.info("baedal listening on stomp://%s:%d", s.host, self.stomp_port)
+        self.stomp = server  # from here on stop() closes it, whatever fails below
+        tls = self._tls_context()
+        if tls is not None and self.stomp_port is not None:
+            self.stomp_tls_port = await self._listen(
+                "stomps", lambda port: server.listen(s.host, port, tls), s.stomp_tls_port
+            )
+        if s.stomp_unix_socket:
+            await self._listen_unix("stomp", lambda: StompConnection(server), s.stomp_unix_socket)
+
     async def _start_mqtt(self, loop: asyncio.AbstractEventLoop) -> None:
         from .protocols.mqtt.retained import RetainedStore
         from .protocols.mqtt.server import MQTTConfig, MQTTServer
         from .protocols.mqtt.sessionstate import SessionStateStore
+        from .protocols.mqtt.unix import UnixMQTTConnection
         from .storage.syncer import Syncer
 
         s = self.settings
@@ -281,33 +360,27 @@ class Broker:
             max_output=s.max_connection_output,
         )
         server = MQTTServer(self.core, config, retained, state)
-        # Like Kafka: an embedded broker on an ephemeral AMQP port takes an ephemeral
-        # MQTT port; only the *default* port may be skipped when it is taken.
-        port = 0 if s.port == 0 and s.mqtt_port == 1883 else s.mqtt_port
-        assert port is not None
+
         try:
-            self.mqtt_port = await server.listen(s.host, port)
-        except OSError as exc:
+            self.mqtt_port = await self._listen(
+                "mqtt", lambda port: server.listen(s.host, port), s.mqtt_port, default=1883
+            )
+        except BaseException:
             retained.close()
             state.close()
-            if exc.errno != errno.EADDRINUSE or s.mqtt_port != 1883:
-                raise
-            log.warning("mqtt listener off: default port 1883 is in use (%s)", exc)
+            raise
+        if self.mqtt_port is None and not s.mqtt_unix_socket:
+            retained.close()
+            state.close()
             return
-        self.mqtt = server
-        log.info("baedal listening on mqtt://%s:%d", s.host, self.mqtt_port)
-        if s.tls_cert and s.tls_key and s.mqtt_tls_port is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert, s.tls_key)
-            tls_port = 0 if s.port == 0 and s.mqtt_tls_port == 8883 else s.mqtt_tls_port
-            try:
-                self.mqtt_tls_port = await server.listen(s.host, tls_port, context)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or s.mqtt_tls_port != 8883:
-                    raise
-                log.warning("mqtts listener off: default port 8883 is in use (%s)", exc)
-                return
-            log.info("baedal listening on mqtts://%s:%d", s.host, self.mqtt_tls_port)
+        self.mqtt = server  # from here on stop() closes it (and its stores)
+        tls = self._tls_context()
+        if tls is not None and self.mqtt_port is not None:
+            self.mqtt_tls_port = await self._listen(
+                "mqtts", lambda port: server.listen(s.host, port, tls), s.mqtt_tls_port, default=8883
+            )
+        if s.mqtt_unix_socket:
+            await self._listen_unix("mqtt", lambda: UnixMQTTConnection(server), s.mqtt_unix_socket)
 
     @property
     def exit_status(self) -> int:
@@ -357,6 +430,12 @@ class Broker:
         if self._monitor is not None:
             self._monitor.cancel()
             self._monitor = None
+        # Unix sockets first: no new connection arrives while each protocol closes its
+        # own (their servers below close the connections these listeners accepted).
+        for listener in self._unix_listeners:
+            listener.close()  # removes the socket file
+        self._unix_listeners.clear()
+        self.unix_sockets.clear()
         if self.settings.inproc_name:
             from .transport import inproc
 
@@ -377,10 +456,6 @@ class Broker:
         if self._mqtt_syncer is not None:
             self._mqtt_syncer.close()
             self._mqtt_syncer = None
-        for listener in self._unix_listeners:
-            listener.close()  # removes the socket file
-        self._unix_listeners.clear()
-        self.unix_sockets.clear()
         if self.kafka is not None:
             await self.kafka.close()
             self.kafka.close_storage()  # before the syncer it uses goes away
@@ -486,6 +561,9 @@ class _BoundSocketFile:
     def close(self) -> None:
         if self._inode is None:
             return
+        from .transport.unix import forget_renamed
+
+        forget_renamed(os.path.abspath(self.address))
         try:
             if os.lstat(self.address).st_ino == self._inode:
                 os.unlink(self.address)

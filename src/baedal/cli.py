@@ -68,6 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
         "unix_socket": args.unix_socket,
         "unix_socket_mode": args.unix_socket_mode,
         "http_unix_socket": args.http_unix_socket,
+        "stomp_unix_socket": args.stomp_unix_socket,
+        "mqtt_unix_socket": args.mqtt_unix_socket,
+        "kafka_unix_socket": args.kafka_unix_socket,
         "kafka_sasl": True if args.kafka_sasl else None,
     }
     settings = load_settings(args.config, flags)
@@ -171,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unix-socket-mode", help="permissions of the socket file, octal (default 0660)"
     )
     serve.add_argument("--http-unix-socket", help="also serve HTTP on this Unix socket")
+    for protocol, name in (("stomp", "STOMP"), ("mqtt", "MQTT"), ("kafka", "Kafka (for local tools)")):
+        serve.add_argument(
+            f"--{protocol}-unix-socket",
+            help=f"also serve {name} on this Unix socket: a path or @name, mode --unix-socket-mode "
+            f"(env BAEDAL_{protocol.upper()}_UNIX_SOCKET)",
+        )
     serve.add_argument(
         "--kafka-sasl", action="store_true",
         help="require SASL PLAIN with a Baedal user on the Kafka listener (env BAEDAL_KAFKA_SASL)",

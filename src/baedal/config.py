@@ -73,6 +73,12 @@ class Settings:
     unix_socket: str | None = None
     unix_socket_mode: int = 0o660
     http_unix_socket: str | None = None
+    # The same for STOMP, MQTT and Kafka (same mode, same authentication as their TCP
+    # listeners; each serves its Unix socket even when its TCP port is off).  Kafka
+    # clients only dial host:port: the Kafka socket is for local tools.
+    stomp_unix_socket: str | None = None
+    mqtt_unix_socket: str | None = None
+    kafka_unix_socket: str | None = None
     # In-process transport (transport/inproc.py): the name "inproc://NAME" reaches this
     # broker from the same process; None registers nothing.
     inproc_name: str | None = None

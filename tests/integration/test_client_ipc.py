@@ -41,20 +41,6 @@ async def roundtrip(address: str, queue_name: str) -> bytes:
         return message.body
 
 
-@pytest.fixture
-def socket_dir() -> Path:
-    # Short (sun_path is 108 bytes) and searchable by everyone, so a refusal in the
-    # permission test comes from the socket file's mode, not from its directory.
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
 async def test_aio_pika_publishes_and_gets_over_a_unix_socket_path(tmp_path: Path, socket_dir: Path) -> None:
     address = str(socket_dir / "amqp.sock")
     async with Broker(port=0, data_dir=tmp_path, unix_socket=address) as broker:

@@ -25,8 +25,9 @@ import crc32c
 
 from . import segment as segment_module
 from .segment import DEFAULT_FLUSH_BYTES, AppendOnlyFile, StorageError
+from .segment_files import SegmentNaming
 
-__all__ = ["AckFile", "ack_path", "load_acks"]
+__all__ = ["ACK_NAMING", "AckFile", "ack_path", "load_acks"]
 
 log = logging.getLogger("baedal.storage")
 
@@ -37,8 +38,12 @@ _OFFSET = struct.Struct("<I")
 ACK_ENTRY_SIZE = ACK_ENTRY.size
 
 
+# One ack file per queue segment, named like it: ``0000000001.ack`` for ``0000000001.seg``.
+ACK_NAMING = SegmentNaming(".ack", 10)
+
+
 def ack_path(directory: Path, segment_id: int) -> Path:
-    return directory / f"{segment_id:010d}.ack"
+    return ACK_NAMING.path(directory, segment_id)
 
 
 def _entry(offset: int) -> bytes:

@@ -75,7 +75,7 @@ from typing import Protocol
 
 from baedal.core.message import Message, QueueEntry
 
-from .ackfile import AckFile, ack_path, load_acks
+from .ackfile import ACK_NAMING, AckFile, ack_path, load_acks
 from .record import (
     MIN_RECORD_SIZE,
     body_size,
@@ -90,12 +90,14 @@ from .segment import (
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
+    SEGMENT_NAMING,
     SEGMENT_VERSION,
     Segment,
     StorageError,
     record_crc,
     segment_path,
 )
+from .segment_files import SegmentDirectory, truncate_torn_tail
 from .syncer import Syncer
 
 __all__ = [
@@ -157,18 +159,6 @@ class _SegmentInfo:
         self.damaged: list[tuple[int, int]] | None = None
 
 
-class _Directory:
-    """The store directory as a sync target: creating/deleting files needs its fsync."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-
 class SegmentStore:
     """A durable queue's messages on the segment log (see the module docstring)."""
 
@@ -220,7 +210,7 @@ class SegmentStore:
         # expiry timer at start-up, not wait for a client to touch it.
         self.recovered_deadlines = False
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._dir = _Directory(os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY))
+        self._dir = SegmentDirectory(self.directory)
         self._recover()
 
     @classmethod
@@ -756,14 +746,10 @@ class SegmentStore:
                 )
             # From here on, a crash must be seen as unclean.
             marker.unlink()
-            os.fsync(self._dir.fd)
-        seg_ids: list[int] = []
-        for path in self.directory.glob("*.seg"):
-            try:
-                seg_ids.append(int(path.stem))
-            except ValueError:
-                log.warning("store %s: ignoring unexpected file %s", self.directory, path.name)
-        seg_ids.sort()
+            self._dir.fsync()
+        seg_ids, strays = SEGMENT_NAMING.list(self.directory)
+        for path in strays:
+            log.warning("store %s: ignoring unexpected file %s", self.directory, path.name)
         ready_total = 0
         bytes_total = 0
         skipped_total = 0
@@ -775,13 +761,10 @@ class SegmentStore:
                 ready_total += ready
                 bytes_total += ready_bytes
         live = set(self._segments)
-        for path in self.directory.glob("*.ack"):
-            try:
-                orphan = int(path.stem) not in live
-            except ValueError:
-                continue
-            if orphan:
-                path.unlink()
+        ack_ids, _strays = ACK_NAMING.list(self.directory)
+        for segment_id in ack_ids:
+            if segment_id not in live:
+                ack_path(self.directory, segment_id).unlink()
         if seg_ids:
             self._next_segment_id = seg_ids[-1] + 1
         if clean_state is not None:
@@ -838,9 +821,7 @@ class SegmentStore:
         self.recovery.damaged_bytes += sum(resume - start for start, resume in scan.damaged)
         if scan.valid_size < len(data):
             self.recovery.truncated_bytes += len(data) - scan.valid_size
-            with open(path, "r+b") as file:
-                file.truncate(scan.valid_size)
-                os.fsync(file.fileno())
+            truncate_torn_tail(path, scan.valid_size)
         acked_persistent = [offset for offset in scan.persistent if offset in acked]
         skip = scan.transient + acked_persistent
         ready = len(scan.persistent) - len(acked_persistent)
@@ -890,7 +871,7 @@ class SegmentStore:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, self.directory / CLEAN_MARKER)
-        os.fsync(self._dir.fd)
+        self._dir.fsync()
 
     def _release_files(self) -> None:
         for info in self._segments.values():
@@ -901,8 +882,7 @@ class SegmentStore:
                 self.syncer.forget(file)
                 self.syncer.retire(file, file.close)
         self.syncer.forget(self._dir)
-        fd = self._dir.fd
-        self.syncer.retire(self._dir, lambda: os.close(fd))
+        self._dir.close(self.syncer)
         self._segments.clear()
         self._writer = None
         self._writer_info = None

@@ -23,8 +23,11 @@ owner calls ``truncate_to_last_good()``, which cuts the file back to the last by
 is known to have been written whole.  What was in the buffer at the failure is handed
 back by ``lost_bytes()`` so the owner can undo its bookkeeping for those records.
 
-``AppendOnlyFile`` holds that buffered, sticky-failing writer; ``Segment`` adds the
-record format and reads, ``ackfile.AckFile`` adds the ack format.
+``AppendOnlyFile`` holds that buffered, sticky-failing writer (streams' segments and
+indexes use it too); ``Segment`` adds the queue's record format, ``ackfile.AckFile`` adds
+the ack format.  Naming, creation, reads by ``pread``, sendfile ranges, torn-tail
+truncation and the directory's fsync are the segment-file layer that queues and streams
+share: ``segment_files`` (``Segment`` reads through its ``SegmentReads``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ from pathlib import Path
 
 import crc32c
 
+from .segment_files import (
+    SegmentNaming,
+    SegmentReads,
+    StorageError,
+    create_segment_file,
+)
+
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "RECORD_HEADER",
@@ -46,6 +56,7 @@ __all__ = [
     "StorageError",
     "record_crc",
     "segment_path",
+    "SEGMENT_NAMING",
 ]
 
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
@@ -77,27 +88,12 @@ def record_crc(kind: int, payload: bytes | memoryview) -> int:
     return crc32c.crc32c(payload, _KIND_SEED[kind])
 
 
+# A queue's segment files: ``0000000001.seg``, numbered from 1 in write order.
+SEGMENT_NAMING = SegmentNaming(".seg", 10)
+
+
 def segment_path(directory: Path, segment_id: int) -> Path:
-    return directory / f"{segment_id:010d}.seg"
-
-
-class StorageError(OSError):
-    """A storage operation failed; ``errno`` is the original OS error number.
-
-    It subclasses ``OSError`` so ``err.errno == errno.ENOSPC`` reads naturally, and so
-    callers that already handle OSError keep working.
-    """
-
-    def __init__(
-        self, errno: int | None, message: str, path: str | os.PathLike[str] | None = None
-    ) -> None:
-        super().__init__(errno if errno is not None else errno_module.EIO, message)
-        self.path = None if path is None else str(path)
-
-    def __str__(self) -> str:
-        name = errno_module.errorcode.get(self.errno or 0, str(self.errno))
-        where = f" ({self.path})" if self.path else ""
-        return f"[{name}] {self.strerror}{where}"
+    return SEGMENT_NAMING.path(directory, segment_id)
 
 
 class AppendOnlyFile:
@@ -217,7 +213,7 @@ class AppendOnlyFile:
                 self._fd = -1
 
 
-class Segment(AppendOnlyFile):
+class Segment(AppendOnlyFile, SegmentReads):
     """One segment file: appends while it is the writer, reads by offset always."""
 
     __slots__ = ("segment_id", "capacity", "_read_fd", "writable")
@@ -250,10 +246,7 @@ class Segment(AppendOnlyFile):
     ) -> Segment:
         """Create a new, empty segment; the header is written (not synced) at once."""
         path = segment_path(directory, segment_id)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot create segment: {exc.strerror}", path) from exc
+        fd = create_segment_file(path)
         header = SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, 0)
         try:
             written = _write_fd(fd, header)
@@ -313,33 +306,33 @@ class Segment(AppendOnlyFile):
 
     # -- reading ---------------------------------------------------------------------
 
-    def _reader(self) -> int:
-        if self._read_fd < 0:
-            self._read_fd = os.open(self.path, os.O_RDONLY)
-        return self._read_fd
+    # ``read_fd``, ``pread``, ``release_reader`` and ``file_range`` are the shared
+    # ``SegmentReads``; this is the one thing they need from the writer.
 
-    def release_reader(self) -> None:
-        """Close the read descriptor (re-opened on demand) so idle segments hold no fds."""
-        if self._read_fd >= 0:
-            os.close(self._read_fd)
-            self._read_fd = -1
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Raw bytes at ``offset``; flushes first if they are still buffered."""
-        if offset + length > self.written and self._buffer:
+    def _flush_through(self, end: int) -> None:
+        if end > self.written and self._buffer:
             self.flush()
-        try:
-            return os.pread(self._reader(), length, offset)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
 
     def read(self, offset: int) -> tuple[int, bytes]:
         """The record at ``offset`` as (kind, payload), CRC-checked."""
-        head = self.pread(offset, RECORD_HEADER_SIZE)
-        if len(head) < RECORD_HEADER_SIZE:
-            raise StorageError(errno_module.EIO, f"no record at offset {offset}", self.path)
-        length, crc, kind = RECORD_HEADER.unpack(head)
-        payload = self.pread(offset + RECORD_HEADER_SIZE, length)
+        # The shared ``pread`` inlined for the two reads: this is a priority queue's
+        # read by position.  ``written`` always ends at a record boundary, so a record
+        # that starts below it is in the kernel whole.
+        if offset >= self.written and self._buffer:
+            self.flush()
+        fd = self._read_fd
+        if fd < 0:
+            fd = self.read_fd()
+        try:
+            head = os.pread(fd, RECORD_HEADER_SIZE, offset)
+            if len(head) < RECORD_HEADER_SIZE:
+                raise StorageError(errno_module.EIO, f"no record at offset {offset}", self.path)
+            length, crc, kind = RECORD_HEADER.unpack(head)
+            payload = os.pread(fd, length, offset + RECORD_HEADER_SIZE)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
         if len(payload) != length or crc32c.crc32c(payload, _KIND_SEED[kind]) != crc:
             raise StorageError(errno_module.EIO, f"damaged record at offset {offset}", self.path)
         return kind, payload

@@ -91,6 +91,15 @@ from .record_batch import (
     set_base_offset,
 )
 from .segment import AppendOnlyFile, StorageError
+from .segment_files import (
+    FileRange,
+    SegmentDirectory,
+    SegmentNaming,
+    SegmentReads,
+    create_segment_file,
+    open_segment_for_append,
+    truncate_torn_tail,
+)
 from .stream_index import OFFSET_ENTRY, TIME_ENTRY, Appender, SparseIndex
 from .syncer import Syncer
 
@@ -117,6 +126,10 @@ SCAN_CHUNK_BYTES = 256 * 1024
 # Relative offsets in the index are u32 (Kafka: int32); roll before they overflow.
 MAX_RELATIVE_OFFSET = 2**31 - 1
 LOG_SUFFIX = ".log"
+# Segment files are named by their base offset (Kafka's layout); the naming, creation,
+# reads, sendfile ranges and torn-tail truncation are the layer shared with durable
+# queues (``segment_files``).
+LOG_NAMING = SegmentNaming(LOG_SUFFIX, 20)
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
 
@@ -176,52 +189,6 @@ class RecoveryReport:
         )
 
 
-class FileRange:
-    """Bytes of one segment file for ``os.sendfile``: whole batches, ``length`` bytes.
-
-    ``fd`` is this range's own duplicate of the segment's descriptor, so it stays valid
-    even if retention deletes the segment; the caller closes it (``close()`` or ``with``).
-    """
-
-    __slots__ = ("path", "fd", "position", "length", "base_offset")
-
-    def __init__(self, path: Path, fd: int, position: int, length: int, base_offset: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.position = position
-        self.length = length
-        self.base_offset = base_offset  # of the first batch in the range
-
-    def read(self) -> bytes:
-        return os.pread(self.fd, self.length, self.position)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> FileRange:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<FileRange {self.path.name} @{self.position} +{self.length}>"
-
-
-class _Directory:
-    """The stream directory as a syncer target: segment creation and deletion."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def fileno(self) -> int:
-        return self.fd
-
-
 class _LogWriter(Appender):
     """The active segment's writer; flushing it also flushes its two index files."""
 
@@ -237,8 +204,11 @@ class _LogWriter(Appender):
             index.flush()
 
 
-class _Segment:
-    """One segment: its files and a few numbers; the active one also has a writer."""
+class _Segment(SegmentReads):
+    """One segment: its files and a few numbers; the active one also has a writer.
+
+    Reads (``read_fd``, ``pread``, ``file_range``) are the shared ``SegmentReads``.
+    """
 
     __slots__ = (
         "base_offset",
@@ -258,7 +228,7 @@ class _Segment:
 
     def __init__(self, directory: Path, base_offset: int) -> None:
         self.base_offset = base_offset
-        self.path = directory / f"{base_offset:020d}{LOG_SUFFIX}"
+        self.path = LOG_NAMING.path(directory, base_offset)
         self.index = SparseIndex(self.path.with_suffix(INDEX_SUFFIX), OFFSET_ENTRY)
         self.time_index = SparseIndex(self.path.with_suffix(TIME_INDEX_SUFFIX), TIME_ENTRY)
         self.size = 0
@@ -271,29 +241,10 @@ class _Segment:
         self._read_fd = -1
         self.deleted = False
 
-    def read_fd(self) -> int:
-        if self._read_fd < 0:
-            try:
-                self._read_fd = os.open(self.path, os.O_RDONLY)
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno, f"cannot open segment: {exc.strerror}", self.path
-                ) from exc
-        return self._read_fd
-
-    def pread(self, position: int, length: int) -> bytes:
-        """Bytes at ``position`` (fewer at the end); flushes first if they are buffered."""
+    def _flush_through(self, end: int) -> None:
         writer = self.writer
-        if (
-            writer is not None
-            and position + length > writer.written
-            and writer.size > writer.written
-        ):
+        if writer is not None and end > writer.written and writer.size > writer.written:
             writer.flush()
-        try:
-            return os.pread(self.read_fd(), length, position)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
 
     def headers(
         self, position: int, end: int, chunk_bytes: int
@@ -321,9 +272,7 @@ class _Segment:
             position += fields[1] + BATCH_OVERHEAD
 
     def close_files(self) -> None:
-        if self._read_fd >= 0:
-            os.close(self._read_fd)
-            self._read_fd = -1
+        self.release_reader()
         self.index.close()
         self.time_index.close()
 
@@ -364,7 +313,7 @@ class StreamLog:
         self.clock = clock
         self._segments: list[_Segment] = []
         self._bases: list[int] = []  # base offsets of _segments, for bisect
-        self._dir: _Directory | None = None
+        self._dir: SegmentDirectory | None = None
         self.recovery = RecoveryReport()
         self.removed_by_retention = 0  # segments, for metrics
         self.failure: StorageError | None = None
@@ -382,7 +331,7 @@ class StreamLog:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         stream = cls(path, **settings)
-        stream._dir = _Directory(path)
+        stream._dir = SegmentDirectory(path)
         stream._recover()
         return stream
 
@@ -393,8 +342,8 @@ class StreamLog:
             name = entry.name
             if name.endswith(".tmp"):
                 entry.unlink()  # an index rebuild that did not finish
-            elif name.endswith(LOG_SUFFIX) and name[: -len(LOG_SUFFIX)].isdigit():
-                bases.append(int(name[: -len(LOG_SUFFIX)]))
+            elif (base := LOG_NAMING.parse(name)) is not None:
+                bases.append(base)
         bases.sort()
         for entry in list(directory.iterdir()):
             stem, _, suffix = entry.name.partition(".")
@@ -503,7 +452,7 @@ class StreamLog:
         assert offsets is not None and times is not None
         truncated = scan.first_bad < size
         if truncated:
-            self._truncate(segment.path, scan.first_bad)
+            truncate_torn_tail(segment.path, scan.first_bad)
             self.recovery.truncations.append(
                 Truncation(segment.path, scan.first_bad, size - scan.first_bad, scan.reason)
             )
@@ -643,18 +592,6 @@ class StreamLog:
         result.max_timestamp = max_timestamp
         return result
 
-    @staticmethod
-    def _truncate(path: Path, size: int) -> None:
-        try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot truncate: {exc.strerror}", path) from exc
-
     def _activate(self, segment: _Segment) -> None:
         """Open ``segment`` (already recovered) for appends."""
         for index in (segment.index, segment.time_index):
@@ -664,24 +601,14 @@ class StreamLog:
                 if entries is None:
                     raise StorageError(None, "index vanished during recovery", index.path)
                 index.open_existing(entries, writable=True)
-        try:
-            fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
-        except OSError as exc:
-            raise StorageError(
-                exc.errno, f"cannot open segment: {exc.strerror}", segment.path
-            ) from exc
+        fd = open_segment_for_append(segment.path)
         writer = _LogWriter(segment.path, fd, segment.size, self.flush_bytes)
         writer.indexes = (segment.index, segment.time_index)
         segment.writer = writer
 
     def _create_segment(self, base_offset: int) -> _Segment:
         segment = _Segment(self.directory, base_offset)
-        try:
-            fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        except OSError as exc:
-            raise StorageError(
-                exc.errno, f"cannot create segment: {exc.strerror}", segment.path
-            ) from exc
+        fd = create_segment_file(segment.path)
         segment.index = SparseIndex.create(segment.index.path, OFFSET_ENTRY)
         segment.time_index = SparseIndex.create(segment.time_index.path, TIME_ENTRY)
         writer = _LogWriter(segment.path, fd, 0, self.flush_bytes)
@@ -861,7 +788,7 @@ class StreamLog:
 
     def _fsync_directory(self) -> None:
         if self._dir is not None:
-            os.fsync(self._dir.fd)
+            self._dir.fsync()
 
     def close(self) -> None:
         """Sync (when no write failed) and release every descriptor."""
@@ -888,11 +815,7 @@ class StreamLog:
                     segment.writer = None
                 segment.close_files()
             if self._dir is not None:
-                fd = self._dir.fd
-                if self.syncer is not None:
-                    self.syncer.retire(self._dir, lambda: os.close(fd))
-                else:
-                    os.close(fd)
+                self._dir.close(self.syncer)
                 self._dir = None
 
     def _active_files(self) -> list[Any]:

@@ -50,6 +50,23 @@ from typing import Any
 
 DEFAULT_MODE = 0o660
 
+# The temporary name a socket was bound under (see "Addresses") -> the path it was
+# renamed to.  ``getsockname()`` keeps answering the name given to ``bind``, so a
+# connection's local address is the temporary one; ``listening_path`` maps it back for
+# connection names.  One entry per open listener, removed when it closes.
+_renamed: dict[str, str] = {}
+
+
+def listening_path(sockname: str) -> str:
+    """The path clients connect to, for a listening socket's ``getsockname()``."""
+    return _renamed.get(sockname, sockname)
+
+
+def forget_renamed(path: str) -> None:
+    """Drop ``listening_path``'s entry for a socket file that is being closed."""
+    for temporary in [t for t, final in _renamed.items() if final == path]:
+        del _renamed[temporary]
+
 
 def socket_address(address: str) -> str:
     """The address ``bind``/``connect`` take: ``@name`` becomes the abstract ``\\0name``."""
@@ -102,6 +119,7 @@ def bind_unix(address: str, mode: int = DEFAULT_MODE) -> socket.socket:
             try:
                 os.chmod(temporary, mode)
                 os.rename(temporary, path)
+                _renamed[temporary] = path
             except BaseException:
                 os.unlink(temporary)
                 raise
@@ -130,6 +148,8 @@ class UnixListener:
     def close(self) -> None:
         self.server.close()
         path = self.path
+        if path is not None:
+            forget_renamed(path)
         if path is not None and self._inode is not None:
             try:
                 if os.lstat(path).st_ino == self._inode:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.properties import DecodeError, decode_table
 from ...core.vhost import VirtualHost
-from ...transport.address import is_loopback
+from ...transport.address import connection_name, is_loopback
 from . import spec
 from .channel import Channel
 from .codec import (
@@ -196,10 +196,7 @@ class AMQPConnection:
             # definition, so it counts as loopback (loopback_users may connect); the file's
             # permissions decided who could reach it.
             self.peer = ("localhost", 0)
-            if isinstance(local, bytes):  # an abstract name on Linux: b"\0name"
-                local = local.decode("utf-8", "replace")
-            where = local.replace("\0", "@", 1) if isinstance(local, str) else repr(local)
-            self.name = f"unix:{where}"
+            self.name = connection_name(self.peer, local)  # the socket's real path or @name
         broker = self.broker
         self.connected_at = broker.now()
         self._last_received = self.connected_at

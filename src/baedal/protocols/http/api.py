@@ -133,14 +133,8 @@ async def overview(request: web.Request) -> web.Response:
     depth_rates = sampler.queue_totals_rates
     channels = sum(len(getattr(c, "channels", {})) for c in core.connections.values())
     visible = [core.vhosts[n] for n in visible_vhosts(core, _user(request)) if n in core.vhosts]
-    listeners = [
-        {
-            "node": node_name(),
-            "protocol": "amqp",
-            "ip_address": server.broker.settings.host,
-            "port": server.broker.port,
-        }
-    ]
+    # Every protocol's TCP, TLS and Unix-socket listeners (app.py Broker.listeners).
+    listeners = [{"node": node_name(), **listener} for listener in server.broker.listeners()]
     if server.port is not None:
         listeners.append(
             {

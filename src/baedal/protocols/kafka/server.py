@@ -43,7 +43,7 @@ from ...storage.record_batch import (
     decode_header,
 )
 from ...storage.stream_log import FileRange, OffsetOutOfRange
-from ...transport.address import is_loopback
+from ...transport.address import is_loopback, peer_address
 from . import admin
 from .codec import (
     API_VERSIONS_KEY,
@@ -211,8 +211,7 @@ class KafkaConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.server.connections.add(self)
-        peer = transport.get_extra_info("peername")
-        self.peer_host = str(peer[0]) if peer else ""
+        self.peer_host = peer_address(transport)[0]  # "localhost" on a Unix socket
         sock = transport.get_extra_info("socket")
         if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._socket_fd = sock.fileno()

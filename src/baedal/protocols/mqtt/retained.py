@@ -10,7 +10,7 @@ payload).  A write is marked dirty on the broker's group-commit syncer
 fsync as the message's queues.  Opening replays the file (a line torn by a crash was
 never acknowledged and is dropped) and rewrites it compacted, through a temporary
 file renamed over the old one, so the file does not grow without bound across
-restarts.
+restarts (the file itself: storage/jsonl.py, shared with sessionstate.py).
 
 Matching a new subscription against retained topics is a scan; retained sets are
 small next to subscription counts (mosquitto scans its retain tree the same way).
@@ -19,13 +19,12 @@ small next to subscription counts (mosquitto scans its retain tree the same way)
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ...storage.jsonl import JsonLinesFile
 from .topics import matches
 
 log = logging.getLogger("baedal.mqtt")
@@ -73,61 +72,30 @@ class RetainedStore:
         self.path = path
         self.syncer = syncer
         self.messages: dict[str, Retained] = {}
-        self._file: Any = None
+        self._file = JsonLinesFile(path, syncer, log, "mqtt retained")
 
     def open(self) -> None:
-        path = self.path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            with open(path, "rb") as file:
-                for line in file:
-                    if not line.endswith(b"\n"):
-                        log.warning("mqtt retained: dropped a torn last line")
-                        break
-                    try:
-                        record = json.loads(line)
-                        topic = record["t"]
-                        if "p" in record:
-                            self.messages[topic] = Retained(
-                                topic, base64.b64decode(record["p"]), int(record["q"]),
-                                _props_from_json(record.get("x") or {}), float(record["at"]),
-                            )
-                        else:
-                            self.messages.pop(topic, None)
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("mqtt retained: dropped an unreadable line")
-                        break
-        # Compact: the live messages only, written whole before the old file goes.
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            for message in self.messages.values():
-                file.write(self._line(message))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        self._fsync_directory()
-        self._file = open(path, "ab")  # noqa: SIM115  # held open for appends
+        self._file.open(self._apply, lambda: map(self._record, self.messages.values()))
 
-    def _fsync_directory(self) -> None:
-        assert self.path is not None
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+    def _apply(self, record: dict[str, Any]) -> None:
+        topic = record["t"]
+        if "p" in record:
+            self.messages[topic] = Retained(
+                topic, base64.b64decode(record["p"]), int(record["q"]),
+                _props_from_json(record.get("x") or {}), float(record["at"]),
+            )
+        else:
+            self.messages.pop(topic, None)
 
     @staticmethod
-    def _line(message: Retained) -> bytes:
-        record = {
+    def _record(message: Retained) -> dict[str, Any]:
+        return {
             "t": message.topic,
             "p": base64.b64encode(message.payload).decode(),
             "q": message.qos,
             "x": _props_to_json(message.properties),
             "at": message.stored_at,
         }
-        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
     def set(self, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> bool:
         """Store (or, for an empty payload, clear) a topic's retained message; True when
@@ -135,18 +103,12 @@ class RetainedStore:
         if not payload:
             if self.messages.pop(topic, None) is None:
                 return False
-            self._write(json.dumps({"t": topic}, separators=(",", ":")).encode() + b"\n")
+            self._file.append({"t": topic})
             return True
         message = Retained(topic, payload, qos, properties, time.time())
         self.messages[topic] = message
-        self._write(self._line(message))
+        self._file.append(self._record(message))
         return True
-
-    def _write(self, line: bytes) -> None:
-        if self._file is None:
-            return
-        self._file.write(line)
-        self.syncer.mark_dirty(self._file)
 
     def matching(self, topic_filter: str) -> list[Retained]:
         now = time.time()
@@ -160,11 +122,4 @@ class RetainedStore:
         return found
 
     def close(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            file.flush()
-            os.fsync(file.fileno())
-            self.syncer.forget(file)
-            # A sync job may be fsyncing this descriptor right now: close it after that
-            # job (closing it under the worker could fsync whatever reuses the number).
-            self.syncer.retire(file, file.close)
+        self._file.close()

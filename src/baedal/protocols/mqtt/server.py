@@ -645,7 +645,7 @@ class MQTTConnection(asyncio.Protocol):
     # Slots: past ~30 attributes an instance __dict__ is resized to a 1.5 KiB table;
     # with 10,000 idle clients that was 40 % of the broker's memory per connection.
     __slots__ = (
-        "server", "core", "config", "parser", "transport", "version", "session", "vhost",
+        "server", "core", "config", "parser", "transport", "_peer", "version", "session", "vhost",
         "publisher", "permission", "username", "client_id", "will", "keep_alive", "last_seen",
         "can_send", "closed", "consumers", "client_receive_max", "client_max_packet",
         "client_alias_max", "aliases_in", "aliases_out", "inbound_unacked", "acks", "_due",
@@ -662,6 +662,7 @@ class MQTTConnection(asyncio.Protocol):
         self.config = server.config
         self.parser = Parser(self.config.max_packet_size)
         self.transport: Any = None
+        self._peer: Any = None  # see ``peer``
         self.version = 4
         self.session: Session | None = None
         self.vhost: VirtualHost | None = None
@@ -717,7 +718,10 @@ class MQTTConnection(asyncio.Protocol):
     @property
     def peer(self) -> Any:
         """The client's address, asked of the transport when needed (uvloop builds a new
-        tuple per call: kept, it was 146 bytes per idle client)."""
+        tuple per call: kept, it was 146 bytes per idle client), unless a listener set
+        one (the Unix-socket listener sets ``LOCAL_PEER``)."""
+        if self._peer is not None:
+            return self._peer
         transport = self.transport
         if transport is None:
             return None
@@ -725,6 +729,10 @@ class MQTTConnection(asyncio.Protocol):
             return transport.get_extra_info("peername")
         except Exception:  # a closed uvloop transport may refuse
             return None
+
+    @peer.setter
+    def peer(self, value: Any) -> None:
+        self._peer = value
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport

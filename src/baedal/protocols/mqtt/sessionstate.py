@@ -18,16 +18,18 @@ op, packet id]`` with op ``in+``/``in-``/``out+``/``out-``, ``[client id, "share
 [filter, qos]]`` / ``[client id, "share-", [filter, 0]]``, and ``[client id, "drop", 0]``
 when a session ends.  Writes are marked dirty on the broker's group-commit syncer;
 an ``in+`` is covered by the fsync the PUBREC already waits for.  Opening replays the
-file (a torn last line was never acknowledged) and rewrites it compacted.
+file (a torn last line was never acknowledged) and rewrites it compacted (the file
+itself: storage/jsonl.py, shared with retained.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ...storage.jsonl import JsonLinesFile
 
 log = logging.getLogger("baedal.mqtt")
 
@@ -38,43 +40,24 @@ class SessionStateStore:
         self.syncer = syncer
         self.state: dict[str, tuple[set[int], set[int]]] = {}  # client id -> (in, out)
         self.shares: dict[str, dict[str, int]] = {}  # client id -> {$share filter: qos}
-        self._file: Any = None
+        self._file = JsonLinesFile(path, syncer, log, "mqtt session state")
 
     def open(self) -> None:
-        path = self.path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            with open(path, "rb") as file:
-                for line in file:
-                    if not line.endswith(b"\n"):
-                        break  # torn by a crash: never acknowledged
-                    try:
-                        client_id, op, value = json.loads(line)
-                        self._apply(str(client_id), str(op), value)
-                    except (ValueError, TypeError):
-                        log.warning("mqtt session state: dropped an unreadable line")
-                        break
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            for client_id, (inbound, outbound) in self.state.items():
-                for packet_id in sorted(inbound):
-                    file.write(self._line(client_id, "in+", packet_id))
-                for packet_id in sorted(outbound):
-                    file.write(self._line(client_id, "out+", packet_id))
-            for client_id, shares in self.shares.items():
-                for topic_filter, qos in shares.items():
-                    file.write(self._line(client_id, "share+", [topic_filter, qos]))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        self._file = open(path, "ab")  # noqa: SIM115  # held open for appends
+        self._file.open(self._replay, self._snapshot)
+
+    def _replay(self, record: Any) -> None:
+        client_id, op, value = record
+        self._apply(str(client_id), str(op), value)
+
+    def _snapshot(self) -> Iterator[list[Any]]:
+        for client_id, (inbound, outbound) in self.state.items():
+            for packet_id in sorted(inbound):
+                yield [client_id, "in+", packet_id]
+            for packet_id in sorted(outbound):
+                yield [client_id, "out+", packet_id]
+        for client_id, shares in self.shares.items():
+            for topic_filter, qos in shares.items():
+                yield [client_id, "share+", [topic_filter, qos]]
 
     def _apply(self, client_id: str, op: str, value: Any) -> None:
         if op == "drop":
@@ -103,28 +86,15 @@ class SessionStateStore:
         if not inbound and not outbound:
             del self.state[client_id]
 
-    @staticmethod
-    def _line(client_id: str, op: str, value: Any) -> bytes:
-        return json.dumps([client_id, op, value], separators=(",", ":")).encode() + b"\n"
-
     def record(self, client_id: str, op: str, value: Any = 0) -> None:
         if op == "drop" and client_id not in self.state and client_id not in self.shares:
             return
         self._apply(client_id, op, value)
-        if self._file is not None:
-            self._file.write(self._line(client_id, op, value))
-            self.syncer.mark_dirty(self._file)
+        self._file.append([client_id, op, value])
 
     def get(self, client_id: str) -> tuple[set[int], set[int]]:
         inbound, outbound = self.state.get(client_id, (set(), set()))
         return set(inbound), set(outbound)
 
     def close(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            file.flush()
-            os.fsync(file.fileno())
-            self.syncer.forget(file)
-            # A sync job may be fsyncing this descriptor right now: close it after that
-            # job (closing it under the worker could fsync whatever reuses the number).
-            self.syncer.retire(file, file.close)
+        self._file.close()

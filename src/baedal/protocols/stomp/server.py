@@ -68,7 +68,7 @@ from ... import __version__
 from ...core.message import Message, QueueEntry
 from ...core.publish import Publisher
 from ...core.vhost import CoreError
-from ...transport.address import is_loopback
+from ...transport.address import connection_name, is_loopback, peer_address
 from .codec import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_LINE,
@@ -443,10 +443,8 @@ class StompConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        local = transport.get_extra_info("sockname")
-        self.name = f"{self.peer[0]}:{self.peer[1]} -> {local[0]}:{local[1]}" if local else f"{self.peer[0]}:{self.peer[1]}"
+        self.peer = peer_address(transport)  # a Unix socket's peer is local
+        self.name = connection_name(self.peer, transport.get_extra_info("sockname"))
         broker = self.broker
         self.connected_at = broker.now()
         self._last_received = broker.now()
