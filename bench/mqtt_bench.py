@@ -10,6 +10,10 @@ mosquitto-persist, so the machine's load falls on all of them alike):
   the CLI), data directory in a temporary directory.  QoS 1 rows use a persistent session
   (``clean_session`` false): the subscription is a durable queue and a QoS 1 PUBLISH is
   a persistent message, PUBACKed once it is on disk (group-committed fsync).
+* ``baedal-asyncio`` (not in the default list): the same with ``BAEDAL_USE_UVLOOP=false``
+  (the standard library's event loop; ``baedal`` runs on uvloop, the default).
+* ``baedal-base`` (not in the default list): ``baedal`` from the ``src`` directory given
+  with ``--base-src`` (another commit), for a before/after comparison in one run.
 * ``mosquitto``: ``/usr/sbin/mosquitto -c conf``: a listener on 127.0.0.1, anonymous
   allowed, ``max_queued_messages 0`` (unlimited; the default 1000 drops QoS 1 messages
   for a subscriber behind by more than that, which would make its throughput a count of
@@ -364,18 +368,24 @@ def _raise_child_limit() -> None:
 
 
 class BrokerProcess:
-    def __init__(self, kind: str, workdir: Path, profile: str | None = None) -> None:
+    def __init__(self, kind: str, workdir: Path, profile: str | None = None, base_src: str | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         work = workdir / f"{kind}-{self.port}"
         work.mkdir(parents=True)
-        if kind == "baedal":
+        if kind.startswith("baedal"):
             prof = ["-m", "cProfile", "-o", f"{profile}/baedal-{self.port}.prof"] if profile else []
             command = [sys.executable, *prof, "-m", "baedal", "serve", "--port", str(free_port()),
                        "--mqtt-port", str(self.port), "--http-port", "off", "--kafka-port", "off",
                        "--stomp-port", "off", "--data-dir", str(work / "data"), "--log-level", "warning"]
             self.auth: tuple[str, str] | None = ("guest", "guest")
             env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+            if kind == "baedal-base":  # another checkout's code, for before/after in one run
+                if not base_src:
+                    raise RuntimeError("baedal-base needs --base-src")
+                env["PYTHONPATH"] = base_src
+            if kind == "baedal-asyncio":  # the standard library's loop instead of uvloop
+                env["BAEDAL_USE_UVLOOP"] = "false"
         else:
             conf = work / "mosquitto.conf"
             lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
@@ -575,6 +585,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
     parser.add_argument("--profile", help="run Baedal under cProfile, writing baedal-PORT.prof here")
+    parser.add_argument("--base-src", help="the src directory the baedal-base broker runs (e.g. an "
+                        "exported main: git archive main src | tar -x -C /tmp/main)")
     args = parser.parse_args()
     if not shutil.which(MOSQUITTO) and any(b.startswith("mosquitto") for b in args.brokers.split(",")):
         print(f"{MOSQUITTO} not found", file=sys.stderr)
@@ -592,7 +604,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmp:
         for rnd in range(1, args.rounds + 1):
             for kind in args.brokers.split(","):
-                broker = BrokerProcess(kind, Path(tmp), args.profile)
+                broker = BrokerProcess(kind, Path(tmp), args.profile, args.base_src)
                 try:
                     for name in args.tests.split(","):
                         load = os.getloadavg()[0]

@@ -186,3 +186,49 @@ def test_grammar_errors_carry_reason_codes() -> None:
     assert error_of(b"\x30\x03\x00\x01+") == codec.TOPIC_NAME_INVALID  # wildcard in a topic
     assert error_of(b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00") == codec.MALFORMED_PACKET
     assert error_of(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00", None) == codec.UNSUPPORTED_PROTOCOL_VERSION
+
+
+def one_frame_outcome(first: int, body: bytes, version: int) -> tuple[object, int | None]:
+    """What ``decode_packet`` (the general, bounds-checked decoder) makes of one frame."""
+    try:
+        return codec.decode_packet(first >> 4, first & 0x0F, body, version), None
+    except MQTTError as exc:
+        return None, exc.reason_code
+
+
+@st.composite
+def publish_like_bodies(draw: st.DrawFn, version: int) -> bytes:
+    """PUBLISH bodies, valid and nearly valid: topic length and bytes (wildcards, bad
+    UTF-8, U+0000, empty), packet id (0 too), a property block (empty or not), payload."""
+    topic = draw(st.one_of(
+        topic_text.map(lambda t: t.encode()),
+        st.sampled_from([b"", b"a/+", b"#", b"\xff\xfe", b"a\x00b", b"$SYS/x"]),
+    ))
+    length = len(topic) if draw(st.integers(0, 9)) else draw(st.integers(0, 70))
+    body = length.to_bytes(2, "big") + topic + draw(st.sampled_from([b"", b"\x00\x00", b"\x00\x01", b"\xff\xff"]))
+    if version == 5:
+        body += draw(st.sampled_from([b"", b"\x00", b"\x02\x23\x00\x05", b"\x05\x01"]))
+    return body + draw(st.binary(max_size=20))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from([4, 5]), st.data())
+def test_inline_publish_and_puback_decode_as_the_general_decoder_does(version: int, data: st.DataObject) -> None:
+    """``Parser.feed`` decodes PUBLISH and plain PUBACK inline; for every flag byte and
+    body it must give the packet or the error ``decode_packet`` gives (the topic cache
+    included: the same frame fed twice)."""
+    first = data.draw(st.one_of(st.integers(0x30, 0x3F), st.sampled_from([0x40, 0x41, 0x42, 0x50, 0x62])))
+    if first >> 4 == codec.PUBLISH:
+        body = data.draw(publish_like_bodies(version))
+    else:
+        body = data.draw(st.one_of(st.binary(min_size=2, max_size=2), st.binary(max_size=5)))
+    frame = bytes((first,)) + codec.encode_varint(len(body)) + body
+    expected_packet, expected_error = one_frame_outcome(first, body, version)
+    parser = Parser(MAX_PACKET, version)
+    for _ in range(2):
+        try:
+            got = parser.feed(frame)
+        except MQTTError as exc:
+            assert (None, exc.reason_code) == (expected_packet, expected_error)
+            return
+        assert expected_error is None and got == [expected_packet]

@@ -254,6 +254,13 @@ class Message:
         messages (an extension's cache of a common wire form)."""
         self._fields = fields
 
+    def adopt_fields_and_headers(self, fields: list[Any], headers: dict[str, Any] | None) -> None:
+        """``adopt_fields`` plus ``headers``, the decoded form of ``fields[7]``, shared
+        read-only the same way (an extension whose few header sets are constants: MQTT's
+        ``x-mqtt-publish-qos``), so that reading the headers decodes nothing."""
+        self._fields = fields
+        self._headers = headers
+
     def _load_fields(self) -> list[Any]:
         extension = self.extension
         if extension is None:

@@ -646,33 +646,66 @@ def _decode_connect(reader: _Reader) -> Connect:
                    protocol_name=protocol_name)
 
 
+_TOPIC_CACHE_SIZE = 256  # validated PUBLISH topics remembered per connection (Parser)
+
+
 class Parser:
-    """Incremental decoder of one connection's byte stream (see the module docstring)."""
+    """Incremental decoder of one connection's byte stream (see the module docstring).
+
+    The common packets of a busy connection, PUBLISH (without MQTT 5.0 properties) and a
+    plain PUBACK, are decoded inline in ``feed`` rather than through ``decode_packet``'s
+    bounds-checked reader: they are most of a publisher's and a subscriber's input.  The
+    inline path takes exactly the packets it can decode completely and leaves anything
+    unusual (a flag or length to refuse, properties, a packet id 0) to
+    ``decode_packet``, so both paths give the same packets and the same errors.  A
+    validated topic is remembered by its raw bytes (at most ``_TOPIC_CACHE_SIZE``; the
+    cache is dropped whole when full), so a device publishing to a few topics pays the
+    UTF-8 and wildcard checks once.
+
+    Input is parsed from the ``bytes`` a read gave when nothing is buffered (slices of
+    ``bytes`` are the payloads, one copy each); only an incomplete tail is kept.  While
+    a packet larger than what is buffered is awaited, reads are only appended
+    (``_needed``), so a large packet arriving in many reads is not rescanned.
+    """
+
+    __slots__ = ("max_packet_size", "version", "_buffer", "_failed", "_needed", "_topics")
 
     def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5, version: int | None = None) -> None:
         self.max_packet_size = max_packet_size
         self.version = version
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None  # an incomplete packet's bytes (none: idle)
         self._failed: MQTTError | None = None
+        self._needed = 0  # bytes the buffer must hold before a packet can be whole
+        self._topics: dict[bytes, str] | None = None  # created at the first PUBLISH
 
     def feed(self, data: bytes) -> list[Packet]:
         if self._failed is not None:
             raise MQTTError(self._failed.reason_code, self._failed.text)
         buffer = self._buffer
-        buffer += data
+        view: bytes
+        if buffer is not None:
+            buffer += data
+            if len(buffer) < self._needed:
+                return []  # a large packet still arriving: nothing to scan
+            self._needed = 0
+            view = bytes(buffer)
+            self._buffer = None
+        else:
+            view = bytes(data) if data.__class__ is not bytes else data
         packets: list[Packet] = []
+        append = packets.append
+        pos = 0
         try:
-            pos = 0
-            size = len(buffer)
+            size = len(view)
             while size - pos >= 2:
-                first = buffer[pos]
+                first = view[pos]
                 remaining = 0
                 i = pos + 1
                 shift = 0
                 while True:
                     if i >= size:
                         break
-                    b = buffer[i]
+                    b = view[i]
                     remaining |= (b & 0x7F) << shift
                     i += 1
                     if not b & 0x80:
@@ -687,35 +720,76 @@ class Parser:
                 if total > self.max_packet_size:
                     raise MQTTError(PACKET_TOO_LARGE,
                                     f"packet of {total} bytes over the limit of {self.max_packet_size}")
-                if size - i < remaining:
+                end = i + remaining
+                if end > size:
+                    self._needed = total
                     break
                 ptype = first >> 4
+                version = self.version
+                if ptype == PUBLISH and version is not None and remaining >= 3:
+                    # Inline PUBLISH: QoS 0-2, DUP only with QoS > 0, a non-empty topic
+                    # (cached or checked here), a packet id other than 0, no properties.
+                    qos = (first >> 1) & 3
+                    if qos != 3 and (qos or not first & 8):
+                        start = i + 2
+                        topic_end = start + ((view[i] << 8) | view[i + 1])
+                        body = topic_end + 2 if qos else topic_end
+                        packet_id = ((view[topic_end] << 8) | view[topic_end + 1]) if qos and body <= end else None
+                        if version == 5:
+                            body += 1
+                        if (
+                            start < topic_end and body <= end and packet_id != 0
+                            and (version == 4 or view[body - 1] == 0)
+                        ):
+                            raw = view[start:topic_end]
+                            topics = self._topics
+                            if topics is None:
+                                topics = self._topics = {}
+                            topic = topics.get(raw)
+                            if topic is None:
+                                topic = check_utf8(raw)
+                                if has_wildcard(topic):
+                                    raise MQTTError(TOPIC_NAME_INVALID, "wildcard in a PUBLISH topic")
+                                if len(topics) >= _TOPIC_CACHE_SIZE:
+                                    topics.clear()
+                                topics[raw] = topic
+                            append(Publish(topic, view[body:end], qos, bool(first & 1), bool(first & 8),
+                                           packet_id, {}))
+                            pos = end
+                            continue
+                elif first == 0x40 and remaining == 2 and version is not None:
+                    packet_id = (view[i] << 8) | view[i + 1]
+                    if packet_id:  # a plain PUBACK (inline)
+                        append(Ack(PUBACK, packet_id))
+                        pos = end
+                        continue
                 if ptype == 0:
                     raise MQTTError(MALFORMED_PACKET, "reserved packet type 0")
-                body = memoryview(buffer)[i:i + remaining]
+                body_view = memoryview(view)[i:end]
                 try:
-                    if self.version is None and ptype != CONNECT:
+                    if version is None and ptype != CONNECT:
                         version = 4
                     else:
-                        version = self.version or 4
-                    packet = decode_packet(ptype, first & 0x0F, body, version)
+                        version = version or 4
+                    packet = decode_packet(ptype, first & 0x0F, body_view, version)
                 finally:
-                    body.release()
+                    body_view.release()
                 if isinstance(packet, Connect) and self.version is None:
                     self.version = 5 if packet.version == 5 else 4
-                packets.append(packet)
-                pos = i + remaining
-            del buffer[:pos]
+                append(packet)
+                pos = end
+            if pos < size:
+                self._buffer = bytearray(view[pos:] if pos else view)
         except MQTTError as exc:
             self._failed = exc
             exc.packets = packets
-            buffer.clear()
+            self._buffer = None
             raise
         return packets
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -772,18 +846,49 @@ def _frame(first: int, body: bytes) -> bytes:
     return bytes((first,)) + encode_varint(len(body)) + body
 
 
+_HEAD_SHORT = struct.Struct(">BB")  # fixed header with a one-byte remaining length
+_PUBACK_WIRE = struct.Struct(">BBH")  # a whole PUBACK/PUBREC/PUBREL/PUBCOMP without reason
+
+
+def encode_ack(kind: int, packet_id: int) -> bytes:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP with reason 0 and no properties (the same
+    bytes in 3.1.1 and 5.0)."""
+    return _PUBACK_WIRE.pack((kind << 4) | (2 if kind == PUBREL else 0), 2, packet_id)
+
+
+def encode_topic(topic: str) -> bytes:
+    """A topic as a PUBLISH carries it (length-prefixed UTF-8): a sender of many
+    PUBLISHes to one topic encodes it once (``encode_publish``)."""
+    return _utf8(topic)
+
+
+def encode_publish(topic_wire: bytes, payload: bytes, qos: int, retain: bool, dup: bool,
+                   packet_id: int | None, properties: bytes | None) -> bytes:
+    """A PUBLISH from its pieces: the topic from ``encode_topic``, the MQTT 5.0 property
+    block already encoded (``None`` for 3.1.1)."""
+    first = 0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    size = len(topic_wire) + len(payload)
+    if qos:
+        assert packet_id is not None
+        size += 2
+    if properties is not None:
+        size += len(properties)
+    head = _HEAD_SHORT.pack(first, size) if size < 128 else bytes((first,)) + encode_varint(size)
+    if qos:
+        if properties is None:
+            return b"".join((head, topic_wire, _U16S.pack(packet_id), payload))  # type: ignore[arg-type]
+        return b"".join((head, topic_wire, _U16S.pack(packet_id), properties, payload))  # type: ignore[arg-type]
+    if properties is None:
+        return b"".join((head, topic_wire, payload))
+    return b"".join((head, topic_wire, properties, payload))
+
+
 def encode(packet: Packet, version: int = 4) -> bytes:
     """The wire bytes of ``packet`` for a connection of ``version`` (4 or 5)."""
     v5 = version == 5
     if isinstance(packet, Publish):
-        body = _utf8(packet.topic)
-        if packet.qos:
-            assert packet.packet_id is not None
-            body += _U16S.pack(packet.packet_id)
-        if v5:
-            body += encode_properties(packet.properties)
-        first = 0x30 | (8 if packet.dup else 0) | (packet.qos << 1) | (1 if packet.retain else 0)
-        return bytes((first,)) + encode_varint(len(body) + len(packet.payload)) + body + packet.payload
+        return encode_publish(_utf8(packet.topic), packet.payload, packet.qos, packet.retain, packet.dup,
+                              packet.packet_id, encode_properties(packet.properties) if v5 else None)
     if isinstance(packet, Ack):
         body = _U16S.pack(packet.packet_id)
         if v5 and (packet.reason_code or packet.properties):

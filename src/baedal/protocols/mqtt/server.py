@@ -49,11 +49,32 @@ read, or by one ``call_soon`` per loop turn when produced outside a read (delive
 caused by another client's PUBLISH, fsync completions).  64 KiB of queued output is
 written at once, so the transport's high-water mark and ``pause_writing`` still stop a
 queue draining into a client that does not read.
+
+Per-message costs (issue 13, measured in docs/benchmarks.md with
+``bench/micro/bench_mqtt_pipeline.py``):
+
+* A PUBLISH without properties (every 3.1.1 one) becomes a ``Message`` with lazy neutral
+  fields and an ``MQTTExtension`` shared by all such messages of the connection with the
+  same QoS and retain flag; its only header, ``x-mqtt-publish-qos``, is a constant in both
+  its encoded and decoded forms, so neither the core's header check nor a record encodes
+  or decodes a table.  A topic's checks and routing key are remembered per connection.
+* The PUBACKs (PUBRECs) of one read wait for one ``after_sync`` (``_request_sync``), as
+  AMQP confirms do, and leave in one write; acknowledgements from a subscriber drain its
+  queues once per read, not once per PUBACK.
+* A delivery to a 3.1.1 client without per-subscription options is built from the
+  topic's cached wire form (``codec.encode_publish``).
+
+Idle connections: keep-alive and the CONNECT deadline are one sweep per listener every
+``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
+``TimerHandle`` per connection; a read only stores the current tick.  Everything a
+connection or session needs only once it publishes, subscribes or uses MQTT 5.0
+features (publisher, maps, sets, buffers) is created then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import struct
@@ -64,7 +85,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...core.message import Extension, Message, QueueEntry, register_extension
-from ...core.publish import NEEDS_SYNC, UNROUTABLE, Publisher
+from ...core.properties import encode_table
+from ...core.publish import NEEDS_SYNC, REFUSED, REPLICATING, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
 from ...transport.address import is_loopback
 from . import codec
@@ -82,6 +104,9 @@ from .codec import (
     Unsuback,
     Unsubscribe,
     encode,
+    encode_ack,
+    encode_publish,
+    encode_topic,
 )
 from .retained import RetainedStore
 from .sessionstate import SessionStateStore
@@ -98,6 +123,32 @@ EXCHANGE = "amq.topic"
 _FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnection._emit)
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
+_CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
+_wall_clock = time.time
+KEEP_ALIVE_TICK = 0.5  # seconds between the listener's keep-alive sweeps (MQTTServer.watch)
+_NO_LIMIT = codec.MAX_REMAINING_LENGTH + 5  # one shared int, not one per connection
+_NO_IDS: frozenset[int] = frozenset()  # a session's awaiting_rel until its first QoS 2 PUBLISH
+
+
+class _EmptyMap(dict):  # type: ignore[type-arg]
+    """The one shared, empty stand-in for a connection's consumers and a session's
+    subscriptions and in-flight map while it has none (an empty dict is 64 bytes, for
+    every idle client).  Reads work as on any empty dict; writing raises, so the code
+    that adds (``_attach``, ``on_subscribe``, ``allocate_id``) gives the owner its own
+    dict first, and a forgotten case fails loudly instead of sharing state."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the shared empty map is read-only: give the owner its own dict")
+
+    __setitem__ = setdefault = update = _refuse  # type: ignore[assignment]
+
+
+_EMPTY: Any = _EmptyMap()
+_NO_CONSUMERS: dict[str, Any] = _EMPTY
+# keep-alive values as int objects shared between connections (600 is 28 bytes each)
+_KEEP_ALIVES: dict[int, int] = {}
 
 
 @dataclass
@@ -119,11 +170,29 @@ class MQTTConfig:
 # --- the MQTT part of a message -------------------------------------------------------------
 
 
+# The neutral fields of a PUBLISH without properties: only the QoS header, whose typed-map
+# bytes are one of three constants (``MQTTExtension.decode_fields``), so neither the
+# publish nor a record of it encodes a header table.
+# The decoded form is shared too (read-only, as every message's headers are): the core
+# reads every message's headers at publish (CC/BCC, scheduling).
+_PLAIN_HEADERS = tuple({QOS_HEADER: qos} for qos in (0, 1, 2))
+_PLAIN_FIELDS = tuple(
+    [None, None, None, None, None, None, None, encode_table(headers)] for headers in _PLAIN_HEADERS
+)
+
+
 class MQTTExtension(Extension):
     """What an MQTT publish carries besides the neutral fields: its QoS and retain flag,
-    the publishing client (no-local), payload format and binary correlation data."""
+    the publishing client (no-local), payload format and binary correlation data.
 
-    __slots__ = ("qos", "retain", "client_id", "payload_format", "correlation_data")
+    The extension of a PUBLISH without MQTT 5.0 properties is shared by every such
+    message of one connection with the same QoS and retain flag (``plain_extension``):
+    it is read-only, and its record bytes (``leftovers``) are encoded once.  Those
+    messages are built with lazy neutral fields (``Message(...)``, not ``build``);
+    ``decode_fields`` gives them the one header, ``x-mqtt-publish-qos``, from a constant.
+    """
+
+    __slots__ = ("qos", "retain", "client_id", "payload_format", "correlation_data", "_leftovers")
     protocol = "mqtt"
 
     def __init__(self, qos: int, retain: bool, client_id: str, payload_format: int | None,
@@ -133,13 +202,24 @@ class MQTTExtension(Extension):
         self.client_id = client_id
         self.payload_format = payload_format
         self.correlation_data = correlation_data
+        self._leftovers: bytes | None = None
+
+    def decode_fields(self, message: Message) -> None:
+        # Only a message of ``message_from_plain_publish`` has lazy fields (the others
+        # are built with every field), and all it has is the QoS header.
+        message.adopt_fields_and_headers(_PLAIN_FIELDS[self.qos], _PLAIN_HEADERS[self.qos])
 
     def leftovers(self) -> bytes:
-        cid = self.client_id.encode()
-        corr = self.correlation_data or b""
-        flags = (1 if self.retain else 0) | (2 if self.correlation_data is not None else 0)
-        flags |= 4 if self.payload_format is not None else 0
-        return struct.pack(">BBBH", self.qos, flags, self.payload_format or 0, len(cid)) + cid + corr
+        data = self._leftovers
+        if data is None:
+            cid = self.client_id.encode()
+            corr = self.correlation_data or b""
+            flags = (1 if self.retain else 0) | (2 if self.correlation_data is not None else 0)
+            flags |= 4 if self.payload_format is not None else 0
+            data = self._leftovers = (
+                struct.pack(">BBBH", self.qos, flags, self.payload_format or 0, len(cid)) + cid + corr
+            )
+        return data
 
     def derived(self) -> Extension | None:
         return self
@@ -278,13 +358,19 @@ class Inflight:
 class Session:
     """A client id's state; outlives connections when persistent."""
 
+    __slots__ = ("client_id", "persistent", "expiry", "subscriptions", "inflight", "awaiting_rel",
+                 "next_id", "connection", "expiry_timer", "will_timer", "special")
+
     def __init__(self, client_id: str, persistent: bool, expiry: int | None) -> None:
         self.client_id = client_id
         self.persistent = persistent
         self.expiry = expiry  # seconds; None: never (3.1.1 clean_session=0)
-        self.subscriptions: dict[str, SubOptions] = {}  # keyed by the filter as subscribed
-        self.inflight: dict[int, Inflight] = {}
-        self.awaiting_rel: set[int] = set()  # inbound QoS 2 ids between PUBREC and PUBREL
+        # keyed by the filter as subscribed; both _EMPTY until the first entry
+        self.subscriptions: dict[str, SubOptions] = _EMPTY
+        self.inflight: dict[int, Inflight] = _EMPTY
+        # inbound QoS 2 ids between PUBREC and PUBREL (a set from the first one on: an
+        # empty set is 216 bytes, for every idle client)
+        self.awaiting_rel: set[int] | frozenset[int] = _NO_IDS
         self.next_id = 1
         self.connection: MQTTConnection | None = None
         self.expiry_timer: Any = None
@@ -295,6 +381,8 @@ class Session:
         return f"mqtt-subscription-{self.client_id}qos{qos}"
 
     def allocate_id(self) -> int:
+        if self.inflight is _EMPTY:  # every insertion into inflight follows this call
+            self.inflight = {}
         for _ in range(65535):
             packet_id = self.next_id
             self.next_id = packet_id % 65535 + 1
@@ -330,10 +418,21 @@ class MQTTConsumer:
         connection = self.connection
         if not connection.can_send:
             return False
-        return self.qos == 0 or len(connection.session_inflight()) < connection.client_receive_max
+        if self.qos == 0:
+            return True
+        session = connection.session
+        return session is None or len(session.inflight) < connection.client_receive_max
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
-        self.connection.deliver(self, queue, entry)
+        # Called from the core's drain, i.e. often inside *another* client's publish: a
+        # message this client cannot be sent must not fail that publish.
+        connection = self.connection
+        try:
+            connection._deliver(self, queue, entry)
+        except Exception:
+            log.exception("mqtt %s: cannot deliver a message from %r", connection.client_id, queue.name)
+            if entry.message is not None:
+                connection._drop(self, queue, entry)
 
     def cancelled_by_server(self, queue: Queue) -> None:
         self.connection.consumers.pop(queue.name, None)
@@ -367,6 +466,16 @@ class MQTTServer:
         self.connections: set[MQTTConnection] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
+        # Keep-alive and handshake deadlines: one sweep every KEEP_ALIVE_TICK for the
+        # whole listener instead of a TimerHandle per connection (~0.5 KB each under
+        # uvloop).  ``tick`` counts sweeps; ``_due`` maps a tick to the connections to
+        # check then (each connection is in at most one bucket: ``watch``; a closed one
+        # leaves at once, ``unwatch``, so nothing closed is kept until its tick).
+        self.tick = 0
+        # Lists, not sets: 8 bytes per idle client instead of ~50; leaving one is a
+        # C-speed identity scan of one bucket (the connections due in the same tick).
+        self._due: dict[int, list[MQTTConnection]] = {}
+        self._sweeper: Any = None
 
     @property
     def vhost(self) -> VirtualHost:
@@ -381,7 +490,52 @@ class MQTTServer:
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
+    def watch(self, connection: MQTTConnection, ticks: int) -> None:
+        """Call ``connection.check_idle()`` at the sweep ``ticks`` from now, unless an
+        earlier check is already booked (that one books the next).  The tick counts
+        sweeps that ran, so a stalled loop makes a check late, never early."""
+        due = self.tick + ticks
+        booked = connection._due
+        if booked:
+            if booked <= due:
+                return
+            self.unwatch(connection)
+        connection._due = due
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [connection]
+        else:
+            bucket.append(connection)
+        if self._sweeper is None:
+            self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep)
+
+    def unwatch(self, connection: MQTTConnection) -> None:
+        booked = connection._due
+        if booked:
+            connection._due = 0
+            bucket = self._due.get(booked)
+            if bucket is not None:
+                with contextlib.suppress(ValueError):
+                    bucket.remove(connection)
+                if not bucket:
+                    del self._due[booked]
+
+    def _sweep(self) -> None:
+        self.tick += 1
+        tick = self.tick
+        bucket = self._due.pop(tick, None)
+        for connection in bucket or ():
+            connection._due = 0
+            try:
+                connection.check_idle()
+            except Exception:
+                log.exception("mqtt %s: keep-alive check failed", connection.client_id)
+        self._sweeper = self.core.call_later(KEEP_ALIVE_TICK, self._sweep) if self._due else None
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             server.close()
         for connection in list(self.connections):
@@ -405,6 +559,8 @@ class MQTTServer:
         if not queues and client_id not in self.state.state and client_id not in self.state.shares:
             return None
         session = Session(client_id, True, None)
+        session.subscriptions = {}
+        session.inflight = {}
         exchange = vhost.exchanges.get(EXCHANGE)
         if exchange is not None:
             for binding in list(exchange.bindings.values()):
@@ -489,11 +645,14 @@ class MQTTConnection(asyncio.Protocol):
     # Slots: past ~30 attributes an instance __dict__ is resized to a 1.5 KiB table;
     # with 10,000 idle clients that was 40 % of the broker's memory per connection.
     __slots__ = (
-        "server", "core", "config", "parser", "transport", "peer", "version", "session", "vhost",
-        "publisher", "username", "client_id", "will", "keep_alive", "last_seen", "can_send",
-        "closed", "consumers", "client_receive_max", "client_max_packet", "client_alias_max",
-        "aliases_in", "aliases_out", "inbound_unacked", "acks", "_timer", "_reading_paused",
+        "server", "core", "config", "parser", "transport", "_peer", "version", "session", "vhost",
+        "publisher", "permission", "username", "client_id", "will", "keep_alive", "last_seen",
+        "can_send", "closed", "consumers", "client_receive_max", "client_max_packet",
+        "client_alias_max", "aliases_in", "aliases_out", "inbound_unacked", "acks", "_due",
+        "_reading_paused",
         "_out", "_out_bytes", "_in_read", "_flush_pending", "__weakref__",
+        # the publish/deliver fast paths (created at first use; see on_publish/_deliver)
+        "_extensions", "_keys", "_topics_out", "_unsynced", "_unsynced_counted", "_credit_back",
         "connected_at", "recv_bytes", "send_bytes",  # for operators (describe())
     )
 
@@ -503,28 +662,34 @@ class MQTTConnection(asyncio.Protocol):
         self.config = server.config
         self.parser = Parser(self.config.max_packet_size)
         self.transport: Any = None
-        self.peer: Any = None
+        self._peer: Any = None  # see ``peer``
         self.version = 4
         self.session: Session | None = None
         self.vhost: VirtualHost | None = None
+        # Created at the first PUBLISH or will (``_get_publisher``): an idle client has
+        # none; its permission is kept for SUBSCRIBE.
         self.publisher: Publisher | None = None
+        self.permission: Any = None
         self.username: str | None = None
         self.client_id = ""
         self.will: codec.Will | None = None
         self.keep_alive = 0
-        self.last_seen = time.monotonic()
+        # Keep-alive without a timer per connection: the listener's sweep tick of the
+        # last read (an int the server already holds, so a read allocates nothing) and
+        # the tick of this connection's next check (``MQTTServer.watch``).
+        self.last_seen = server.tick
+        self._due = 0
         self.can_send = True
         self.closed = False
-        self.consumers: dict[str, MQTTConsumer] = {}
+        self.consumers: dict[str, MQTTConsumer] = _NO_CONSUMERS
         self.client_receive_max = 65535
-        self.client_max_packet = codec.MAX_REMAINING_LENGTH + 5
+        self.client_max_packet = _NO_LIMIT
         self.client_alias_max = 0
-        self.aliases_in: dict[int, str] = {}
-        self.aliases_out: dict[str, int] = {}
+        self.aliases_in: dict[int, str] | None = None  # MQTT 5.0 topic aliases, at first use
+        self.aliases_out: dict[str, int] | None = None
         self.inbound_unacked = 0
         # PUBACK/PUBREC in PUBLISH order: [packet, ready] pairs (see the module docstring)
         self.acks: deque[list[Any]] | None = None  # created at the first PUBLISH (760 B each)
-        self._timer: Any = None
         self._reading_paused = False
         # For operators (describe()): plain int increments, nothing per message else.
         self.connected_at = time.time()
@@ -532,29 +697,71 @@ class MQTTConnection(asyncio.Protocol):
         self.send_bytes = 0
         # Output of one read (or one loop turn) goes out in one transport write: a
         # syscall per PUBLISH/PUBACK was most of the broker's time at high rates.
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None
         self._out_bytes = 0
         self._in_read = False
         self._flush_pending = False
+        self._extensions: dict[int, MQTTExtension] | None = None  # by qos | retain << 2
+        self._keys: dict[str, str] | None = None  # checked topic -> routing key
+        self._topics_out: dict[str, tuple[str, bytes] | None] | None = None  # key -> topic
+        # PUBACK/PUBREC records of this read waiting for one fsync (``_request_sync``)
+        self._unsynced: list[list[Any]] | None = None
+        self._unsynced_counted = 0
+        self._credit_back = False  # a PUBACK/PUBREC/PUBCOMP in this read freed in-flight room
 
     def session_inflight(self) -> dict[int, Inflight]:
         session = self.session
-        return session.inflight if session is not None else {}
+        return session.inflight if session is not None else _EMPTY
 
     # --- transport --------------------------------------------------------------------
 
+    @property
+    def peer(self) -> Any:
+        """The client's address, asked of the transport when needed (uvloop builds a new
+        tuple per call: kept, it was 146 bytes per idle client), unless a listener set
+        one (the Unix-socket listener sets ``LOCAL_PEER``)."""
+        if self._peer is not None:
+            return self._peer
+        transport = self.transport
+        if transport is None:
+            return None
+        try:
+            return transport.get_extra_info("peername")
+        except Exception:  # a closed uvloop transport may refuse
+            return None
+
+    @peer.setter
+    def peer(self, value: Any) -> None:
+        self._peer = value
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(self.config.max_output)  # type: ignore[attr-defined]
-        self.server.connections.add(self)
-        self.server.counters["connections"] += 1
-        self._timer = self.core.call_later(self.config.handshake_timeout, self._handshake_expired)
+        server = self.server
+        server.connections.add(self)
+        server.counters["connections"] += 1
+        # The handshake deadline: the first check_idle finds no session and aborts.
+        server.watch(self, math.ceil(self.config.handshake_timeout / KEEP_ALIVE_TICK) + 1)
 
-    def _handshake_expired(self) -> None:
-        self._timer = None
-        if self.session is None and not self.closed:
+    def check_idle(self) -> None:
+        """Called by the listener's sweep at this connection's due tick: the CONNECT
+        did not come in time, or the keep-alive ran out (1.5 x the interval without a
+        packet, MQTT-3.1.2-24), or a later check is booked."""
+        if self.closed:
+            return
+        if self.session is None:
             self.abort()
+            return
+        if not self.keep_alive:
+            return
+        server = self.server
+        # +1: a read seen at tick t may have come just before tick t + 1.
+        due = self.last_seen + math.ceil(self.keep_alive * 1.5 / KEEP_ALIVE_TICK) + 1
+        if due <= server.tick:
+            log.info("mqtt %s: keep-alive expired", self.client_id)
+            self.server_disconnect(codec.KEEP_ALIVE_TIMEOUT, "keep alive timeout", will=True)
+            return
+        server.watch(self, due - server.tick)
 
     def pause_writing(self) -> None:
         self.can_send = False
@@ -570,12 +777,19 @@ class MQTTConnection(asyncio.Protocol):
         self._in_read = True
         try:
             self._received(data)
+            if self._unsynced:
+                self._request_sync()
+            if self._credit_back:
+                self._credit_back = False
+                for consumer in list(self.consumers.values()):
+                    if consumer.qos:
+                        consumer.queue.drain()
         finally:
             self._in_read = False
             self._flush()
 
     def _received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        self.last_seen = self.server.tick
         self.recv_bytes += len(data)
         try:
             packets = self.parser.feed(data)
@@ -587,10 +801,21 @@ class MQTTConnection(asyncio.Protocol):
             if not self.closed:
                 self.protocol_error(exc.reason_code, exc.text)
             return
+        on_publish = self.on_publish
         for packet in packets:
             if self.closed:
                 return
-            self._dispatch_safely(packet)
+            if packet.__class__ is Publish and self.session is not None:
+                # The packet most reads are made of, without _dispatch_safely/dispatch.
+                try:
+                    on_publish(packet)  # type: ignore[arg-type]
+                except MQTTError as exc:
+                    self.protocol_error(exc.reason_code, exc.text)
+                except Exception:
+                    log.exception("mqtt: internal error on %r", packet)
+                    self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            else:
+                self._dispatch_safely(packet)
         if self.core.alarms and not self._reading_paused and not self.closed and self.session:
             # A resource alarm (memory, disk): stop reading publishers, as the AMQP
             # listener does (connection.blocked); resumed when every alarm clears.
@@ -630,7 +855,11 @@ class MQTTConnection(asyncio.Protocol):
         when produced outside a read (a delivery caused by another client's PUBLISH).
         Past ``_FLUSH_AT`` bytes it is written at once, so the transport's high-water
         mark (``pause_writing``) still stops a queue draining into a slow client."""
-        self._out.append(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
         self._out_bytes += len(data)
         self.send_bytes += len(data)
         if self._out_bytes >= _FLUSH_AT:
@@ -647,7 +876,7 @@ class MQTTConnection(asyncio.Protocol):
         out = self._out
         if not out:
             return
-        self._out = []
+        self._out = None
         self._out_bytes = 0
         if not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -760,15 +989,13 @@ class MQTTConnection(asyncio.Protocol):
             return
         self.closed = True
         self.server.connections.discard(self)
+        self.server.unwatch(self)
         if self._reading_paused:
             self._reading_paused = False
             self.core.alarm_listeners.remove(self._on_alarm)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for consumer in self.consumers.values():
             consumer.queue.remove_consumer(consumer)
-        self.consumers.clear()
+        self.consumers = _NO_CONSUMERS
         session = self.session
         vhost = self.vhost
         if session is None or vhost is None:
@@ -799,7 +1026,7 @@ class MQTTConnection(asyncio.Protocol):
             delay = min(delay, session.expiry)
         elif not session.persistent:
             delay = 0
-        publisher = self.publisher
+        publisher = self._get_publisher() if self.vhost is not None else None
         client_id = self.client_id
 
         def send() -> None:
@@ -846,6 +1073,7 @@ class MQTTConnection(asyncio.Protocol):
         self._flush()
         self.closed = True
         self.server.connections.discard(self)
+        self.server.unwatch(self)
         self.transport.close()
 
     def on_connect(self, packet: Connect) -> None:
@@ -897,7 +1125,7 @@ class MQTTConnection(asyncio.Protocol):
             return
         self.username = user.name
         self.vhost = vhost
-        self.publisher = Publisher(core, vhost, user.name, permission)
+        self.permission = permission
         self.will = packet.will
         if self.version == 5:
             self.client_receive_max = min(props.get("receive_maximum", 65535), config.max_inflight)
@@ -943,12 +1171,11 @@ class MQTTConnection(asyncio.Protocol):
         server_keep_alive = None
         if config.max_keep_alive and (keep_alive == 0 or keep_alive > config.max_keep_alive):
             keep_alive = server_keep_alive = config.max_keep_alive
+        if len(_KEEP_ALIVES) < 1024:
+            keep_alive = _KEEP_ALIVES.setdefault(keep_alive, keep_alive)
         self.keep_alive = keep_alive
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if keep_alive:
-            self._timer = self.core.call_later(keep_alive * 1.5, self._check_keep_alive)
+            server.watch(self, math.ceil(keep_alive * 1.5 / KEEP_ALIVE_TICK) + 1)
         ack_props: dict[str, Any] = {}
         if self.version == 5:
             ack_props = {
@@ -975,18 +1202,6 @@ class MQTTConnection(asyncio.Protocol):
             except CoreError as exc:
                 log.warning("mqtt %s: cannot resume subscription %s: %s", client_id,
                             options.topic_filter, exc.text)
-
-    def _check_keep_alive(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        idle = time.monotonic() - self.last_seen
-        limit = self.keep_alive * 1.5
-        if idle >= limit:
-            log.info("mqtt %s: keep-alive expired", self.client_id)
-            self.server_disconnect(codec.KEEP_ALIVE_TIMEOUT, "keep alive timeout", will=True)
-            return
-        self._timer = self.core.call_later(limit - idle, self._check_keep_alive)
 
     def on_disconnect(self, packet: Disconnect) -> None:
         session = self.session
@@ -1019,37 +1234,61 @@ class MQTTConnection(asyncio.Protocol):
             raise MQTTError(codec.TOPIC_NAME_INVALID if what == "topic" else codec.TOPIC_FILTER_INVALID,
                             f"{what} has more than {config.max_topic_levels} levels")
 
+    def _get_publisher(self) -> Publisher:
+        publisher = self.publisher
+        if publisher is None:
+            assert self.vhost is not None and self.username is not None
+            publisher = self.publisher = Publisher(self.core, self.vhost, self.username, self.permission)
+        return publisher
+
     def on_publish(self, packet: Publish) -> None:
         session = self.session
-        assert session is not None and self.publisher is not None
+        assert session is not None
+        publisher = self.publisher
+        if publisher is None:
+            publisher = self._get_publisher()
         acks = self.acks
         if acks is None:
             acks = self.acks = deque()
         topic = packet.topic
-        alias = packet.properties.get("topic_alias") if self.version == 5 else None
-        if alias is not None:
-            if alias > self.config.topic_alias_maximum:
-                raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
-            if topic:
-                self.aliases_in[alias] = topic
-            else:
-                known = self.aliases_in.get(alias)
-                if known is None:
-                    raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
-                topic = known
-        self._check_topic(topic, "topic")
-        if topic.startswith("$"):
-            # $-topics are the broker's ($SYS); clients may not publish to them.
-            if packet.qos == 1:
-                acks.append([Ack(codec.PUBACK, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
-            elif packet.qos == 2:
-                acks.append([Ack(codec.PUBREC, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
-            self._flush_acks()
-            return
+        properties = packet.properties
+        if properties and self.version == 5:
+            alias = properties.get("topic_alias")
+            if alias is not None:
+                if alias > self.config.topic_alias_maximum:
+                    raise MQTTError(codec.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+                if topic:
+                    if self.aliases_in is None:
+                        self.aliases_in = {}
+                    self.aliases_in[alias] = topic
+                else:
+                    known = self.aliases_in.get(alias) if self.aliases_in is not None else None
+                    if known is None:
+                        raise MQTTError(codec.PROTOCOL_ERROR, f"unknown topic alias {alias}")
+                    topic = known
         qos = packet.qos
+        keys = self._keys
+        key = keys.get(topic) if keys is not None else None
+        if key is None:
+            # First PUBLISH to this topic on this connection: the checks, then the
+            # routing key remembered (only for topics that pass, and never a $-topic).
+            self._check_topic(topic, "topic")
+            if topic.startswith("$"):
+                # $-topics are the broker's ($SYS); clients may not publish to them.
+                if qos:
+                    kind = codec.PUBACK if qos == 1 else codec.PUBREC
+                    acks.append([self._ack_wire(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED), True])
+                    self._flush_acks()
+                return
+            key = topic_to_key(topic)
+            if keys is None:
+                keys = self._keys = {}
+            elif len(keys) >= _CACHE_SIZE:
+                keys.clear()
+            keys[topic] = key
         if qos == 2 and packet.packet_id in session.awaiting_rel:
             # A resent QoS 2 PUBLISH we already have: PUBREC again, do not route twice.
-            acks.append([Ack(codec.PUBREC, packet.packet_id), True])
+            acks.append([encode_ack(codec.PUBREC, packet.packet_id), True])
             self._flush_acks()
             return
         # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
@@ -1057,10 +1296,24 @@ class MQTTConnection(asyncio.Protocol):
         if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
-        message = message_from_publish(packet, topic, self.client_id)
+        if properties:
+            message = message_from_publish(packet, topic, self.client_id)
+        else:
+            # The common PUBLISH (3.1.1, or 5.0 without properties): the message's fields
+            # stay lazy and its extension is shared (``plain_extension``).
+            extensions = self._extensions
+            extension = extensions.get(qos | (4 if packet.retain else 0)) if extensions is not None else None
+            if extension is None:
+                extension = self.plain_extension(qos, packet.retain)
+            message = Message(EXCHANGE, key, packet.payload, qos > 0, 0, None, _wall_clock(), extension)
+            # Set now rather than on first read: the core's admit reads them at once.
+            message.adopt_fields_and_headers(_PLAIN_FIELDS[qos], _PLAIN_HEADERS[qos])
         needs_sync = False
         try:
-            result = self.publisher.publish(EXCHANGE, message)
+            # Publisher.publish's three steps, without its per-message PublishResult.
+            exchange = publisher.target(EXCHANGE)
+            message, extra_keys = publisher.admit(exchange, message)
+            outcome = publisher.deliver(exchange, message, extra_keys)
         except CoreError as exc:
             log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
             if qos == 0:
@@ -1069,33 +1322,57 @@ class MQTTConnection(asyncio.Protocol):
                 # 3.1.1 has no negative acknowledgement: RabbitMQ closes the connection.
                 raise MQTTError(codec.NOT_AUTHORIZED, exc.text) from None
             kind = codec.PUBACK if qos == 1 else codec.PUBREC
-            acks.append([Ack(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED,
-                                  {"reason_string": exc.text[:200]}), True])
+            acks.append([encode(Ack(kind, packet.packet_id or 0, codec.NOT_AUTHORIZED,
+                                    {"reason_string": exc.text[:200]}), 5), True])
             self._flush_acks()
             return
         if packet.retain:
             needs_sync = self.server.retained.set(
-                topic, packet.payload, qos, _retainable(packet.properties)
+                topic, packet.payload, qos, _retainable(properties)
             )
         if qos == 0:
+            if outcome & REPLICATING:
+                publisher.take_replicating()  # nobody waits for them
             return
         reason = codec.NO_MATCHING_SUBSCRIBERS if (
-            result.outcome & UNROUTABLE and self.version == 5
+            outcome & UNROUTABLE and self.version == 5
         ) else 0
-        if result.refused:
+        if outcome & REFUSED:
             reason = codec.QUOTA_EXCEEDED if self.version == 5 else 0
         if qos == 2:
-            session.awaiting_rel.add(packet.packet_id or 0)
+            awaiting = session.awaiting_rel
+            if awaiting is _NO_IDS:
+                awaiting = session.awaiting_rel = set()
+            awaiting.add(packet.packet_id or 0)  # type: ignore[union-attr]
             if session.persistent:
                 # Remembered on disk with the message (the PUBREC waits for that fsync).
                 self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
                 needs_sync = True
-        record = [Ack(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason), False]
+        record = [self._ack_wire(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason),
+                  False]
         acks.append(record)
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
             self.inbound_unacked += 1
-        outcome = result.outcome | (NEEDS_SYNC if needs_sync else 0)
+        replicating = publisher.take_replicating() if outcome & REPLICATING else None
+        if not replicating:
+            if needs_sync or outcome & NEEDS_SYNC:
+                # One fsync wait for every PUBLISH of this read (``_request_sync`` at
+                # the end of the read), as AMQP confirms are grouped.
+                unsynced = self._unsynced
+                if unsynced is None:
+                    self._unsynced = [record]
+                else:
+                    unsynced.append(record)
+                if counted:
+                    self._unsynced_counted += 1
+                return
+            record[1] = True
+            if counted:
+                self.inbound_unacked -= 1
+            self._flush_acks()
+            return
+        outcome |= NEEDS_SYNC if needs_sync else 0
 
         def stored() -> None:
             record[1] = True
@@ -1110,13 +1387,57 @@ class MQTTConnection(asyncio.Protocol):
             # Not stored: no acknowledgement may go out; the client resends after reconnect.
             self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
 
-        if not self.publisher.when_stored(outcome, result.replicating, stored, failed):
+        if not publisher.when_stored(outcome, replicating, stored, failed):
+            stored()
+
+    def plain_extension(self, qos: int, retain: bool) -> MQTTExtension:
+        """The shared extension of this connection's PUBLISHes without properties."""
+        extensions = self._extensions
+        if extensions is None:
+            extensions = self._extensions = {}
+        index = qos | (4 if retain else 0)
+        extension = extensions.get(index)
+        if extension is None:
+            extension = extensions[index] = MQTTExtension(qos, retain, self.client_id, None, None)
+        return extension
+
+    def _ack_wire(self, kind: int, packet_id: int, reason: int) -> bytes:
+        if reason and self.version == 5:
+            return encode(Ack(kind, packet_id, reason), 5)
+        return encode_ack(kind, packet_id)
+
+    def _request_sync(self) -> None:
+        """The PUBACKs/PUBRECs of this read go out after one fsync covering them all."""
+        records = self._unsynced
+        counted = self._unsynced_counted
+        self._unsynced = None
+        self._unsynced_counted = 0
+        if self.closed or records is None:
+            return
+
+        def stored() -> None:
+            for record in records:
+                record[1] = True
+            self.inbound_unacked -= counted
+            self._flush_acks()
+
+        def failed(exc: BaseException) -> None:
+            self.inbound_unacked -= counted
+            log.warning("mqtt %s: messages not stored: %s", self.client_id, exc)
+            # Not stored: no acknowledgement may go out; the client resends after reconnect.
+            self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
+
+        if not self.core.after_sync(stored, failed):
             stored()
 
     def _flush_acks(self) -> None:
         acks = self.acks
+        if not acks or not acks[0][1] or self.closed:
+            return
+        ready = []
         while acks and acks[0][1]:
-            self.write(acks.popleft()[0])
+            ready.append(acks.popleft()[0])
+        self._emit(ready[0] if len(ready) == 1 else b"".join(ready))
 
     def on_ack(self, packet: Ack) -> None:
         session = self.session
@@ -1125,7 +1446,8 @@ class MQTTConnection(asyncio.Protocol):
         if kind == codec.PUBREL:
             # Inbound QoS 2, step 3: forget the id, answer PUBCOMP.
             known = packet.packet_id in session.awaiting_rel
-            session.awaiting_rel.discard(packet.packet_id)
+            if known:
+                session.awaiting_rel.discard(packet.packet_id)  # type: ignore[union-attr]
             if known and session.persistent:
                 self.server.state.record(self.client_id, "in-", packet.packet_id)
             reason = 0 if known or self.version != 5 else codec.PACKET_ID_NOT_FOUND
@@ -1146,17 +1468,16 @@ class MQTTConnection(asyncio.Protocol):
             if session.persistent:
                 self.server.state.record(self.client_id, "out+", packet.packet_id)
             self._settle(record)  # the receiver owns the message now
-            self.write(Ack(codec.PUBREL, packet.packet_id))
+            self._emit(encode_ack(codec.PUBREL, packet.packet_id))
         elif kind == codec.PUBCOMP and record.released:
             del session.inflight[packet.packet_id]
             if session.persistent:
                 self.server.state.record(self.client_id, "out-", packet.packet_id)
         else:
             raise MQTTError(codec.PROTOCOL_ERROR, f"unexpected acknowledgement type {kind}")
-        # credit came back
-        for consumer in list(self.consumers.values()):
-            if consumer.qos:
-                consumer.queue.drain()
+        # Credit came back: the QoS 1/2 queues are drained once at the end of the read
+        # (data_received), not once per acknowledgement.
+        self._credit_back = True
 
     @staticmethod
     def _settle(record: Inflight) -> None:
@@ -1170,12 +1491,14 @@ class MQTTConnection(asyncio.Protocol):
     def on_subscribe(self, packet: Subscribe) -> None:
         session = self.session
         vhost = self.vhost
-        assert session is not None and vhost is not None and self.publisher is not None
+        assert session is not None and vhost is not None
+        if session.subscriptions is _EMPTY:
+            session.subscriptions = {}
         sub_ids = packet.properties.get("subscription_identifier", [])
         sub_id = sub_ids[0] if sub_ids else None
         codes: list[int] = []
         retained_to_send: list[tuple[SubOptions, int]] = []
-        permission = self.publisher.permission
+        permission = self.permission
         for request in packet.subscriptions:
             try:
                 group, topic_filter = split_shared(request.topic_filter)
@@ -1269,6 +1592,8 @@ class MQTTConnection(asyncio.Protocol):
             self.server.share_members.setdefault(queue.name, set()).add(session.client_id)
         if queue.name not in self.consumers:
             consumer = MQTTConsumer(self, queue, options.qos, options.group is not None)
+            if self.consumers is _NO_CONSUMERS:
+                self.consumers = {}
             self.consumers[queue.name] = consumer
             queue.add_consumer(consumer)
 
@@ -1315,25 +1640,56 @@ class MQTTConnection(asyncio.Protocol):
         ]
 
     def deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
-        # Called from the core's drain, i.e. often inside *another* client's publish: a
-        # message this client cannot be sent must not fail that publish.
-        try:
-            self._deliver(consumer, queue, entry)
-        except Exception:
-            log.exception("mqtt %s: cannot deliver a message from %r", self.client_id, queue.name)
-            if entry.message is not None:
-                self._drop(consumer, queue, entry)
+        consumer.deliver(queue, entry)  # (the guarded call is MQTTConsumer.deliver)
 
     def _deliver(self, consumer: MQTTConsumer, queue: Queue, entry: QueueEntry) -> None:
         message = entry.message
         session = self.session
         assert message is not None and session is not None
-        topic = key_to_topic(message.routing_key)
-        if "+" in topic or "#" in topic or not topic:
-            # An AMQP routing key that is no MQTT topic name (MQTT-4.7.3-1): not sent.
+        topics = self._topics_out
+        if topics is None:
+            topics = self._topics_out = {}
+        key = message.routing_key
+        found_topic = topics.get(key, False)
+        if found_topic is False:
+            topic = key_to_topic(key)
+            if "+" in topic or "#" in topic or not topic:
+                found_topic = None  # no MQTT topic name (MQTT-4.7.3-1): never sent
+            else:
+                found_topic = (topic, encode_topic(topic))
+            if len(topics) >= _CACHE_SIZE:
+                topics.clear()
+            topics[key] = found_topic
+        if found_topic is None:
             self._drop(consumer, queue, entry)
             return
+        topic, topic_wire = found_topic
         extension = message.extension
+        if not session.special and self.version == 4 and topic[0] != "$":
+            # The common delivery: no per-subscription options to match, no properties,
+            # the topic's wire form from the cache: the packet from its pieces.
+            qos = consumer.qos
+            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
+                qos = extension.qos  # type: ignore[union-attr]
+            dup = entry.delivery_count > 0
+            entry.delivery_count += 1
+            packet_id = session.allocate_id() if qos else None
+            data = encode_publish(topic_wire, message.body, qos, False, dup and qos > 0, packet_id, None)
+            if len(data) > self.client_max_packet:
+                self._drop(consumer, queue, entry)
+                return
+            if not self.closed:
+                self._emit(data)
+            self.server.counters["publish_out"] += 1
+            if qos:
+                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[index]
+                if consumer.no_ack:
+                    queue.settle_delivered(entry)
+            elif consumer.no_ack:
+                queue.settle_delivered(entry)
+            else:
+                queue.ack(entry)
+            return
         mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
         publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
         qos = min(publish_qos, consumer.qos)
@@ -1391,19 +1747,22 @@ class MQTTConnection(asyncio.Protocol):
         """Write a PUBLISH, with an outbound topic alias when the client allows them;
         False when it is larger than the client's Maximum Packet Size (dropped)."""
         if self.version == 5 and self.client_alias_max:
-            alias = self.aliases_out.get(packet.topic)
+            aliases = self.aliases_out
+            if aliases is None:
+                aliases = self.aliases_out = {}
+            alias = aliases.get(packet.topic)
             if alias is not None:
                 packet.properties["topic_alias"] = alias
                 full_topic = packet.topic
                 packet.topic = ""
                 data = encode(packet, 5)
                 packet.topic = full_topic
-            elif len(self.aliases_out) < self.client_alias_max:
-                alias = len(self.aliases_out) + 1
+            elif len(aliases) < self.client_alias_max:
+                alias = len(aliases) + 1
                 packet.properties["topic_alias"] = alias
                 data = encode(packet, 5)
                 if len(data) <= self.client_max_packet:  # the client learns it only if sent
-                    self.aliases_out[packet.topic] = alias
+                    aliases[packet.topic] = alias
             else:
                 data = encode(packet, 5)
         else:
