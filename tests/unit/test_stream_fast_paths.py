@@ -158,6 +158,36 @@ def test_the_exchange_only_record_reads_back_as_the_general_mapping_says(
     assert encode_block(fast) == encode_properties(BasicProperties(delivery_mode=2))
 
 
+@pytest.mark.parametrize(
+    "properties",
+    [
+        None,
+        BasicProperties(),
+        BasicProperties(delivery_mode=2),
+        BasicProperties(delivery_mode=1),
+        BasicProperties(delivery_mode=2, content_type="text/plain"),
+        BasicProperties(delivery_mode=2, type="t"),  # AMQP-only: leftovers
+        BasicProperties(delivery_mode=2, headers={"h": 1}),
+        BasicProperties(app_id="a"),
+    ],
+)
+def test_plain_is_no_fields_and_no_leftovers(properties: BasicProperties | None) -> None:
+    """``Extension.plain`` (the stream publish's one-call test) answers what the two
+    general questions answer, on a fresh message, and leaves the same state behind."""
+    block = None if properties is None else encode_properties(properties)
+
+    def fresh() -> Message:
+        return Message("ex", "rk", b"b", True, extension=AmqpExtension(block))
+
+    general = fresh()
+    expected = general.field_values() is NO_FIELDS and not general.extension.leftovers()  # type: ignore[union-attr]
+    message = fresh()
+    assert message.extension.plain(message) is expected  # type: ignore[union-attr]
+    assert message.field_values() == general.field_values()
+    assert message.extension.leftovers() == general.extension.leftovers()  # type: ignore[union-attr]
+    assert expected is (block in (None, b"\x00\x00", b"\x10\x00\x02"))
+
+
 class _Channel:
     """Just what ``AMQPStreamConsumer.deliver`` hands its delivery to."""
 

@@ -634,11 +634,12 @@ class StreamQueue:
         routing_key = message.routing_key
         value = message.body
         if (
-            message.field_values() is NO_FIELDS
-            and message.persistent
+            message.persistent
             and not message.priority
             and message.expiration_ms is None
-            and (extension is None or not extension.leftovers())
+            and (
+                message.field_values() is NO_FIELDS if extension is None else extension.plain(message)
+            )
         ):
             # The common record (what message_to_record gives for it: the exchange
             # header alone), its header section encoded once per exchange.
