@@ -1,7 +1,9 @@
 """The stream's fast paths give exactly what the general paths give.
 
 * publish: a record whose header section was encoded once (``encode_headers``) is the
-  same bytes as one encoded from the header list;
+  same bytes as one encoded from the header list; a batch built record by record
+  (``RecordBuilder``, what ``StreamQueue.publish`` uses) is the bytes ``encode_batch``
+  gives for the same records;
 * read: ``decode_rows`` is ``decode_records`` as tuples; ``record_to_message``'s
   shortcut for the exchange-only record equals the general mapping; the AMQP stream
   consumer's packed block equals ``encode_block`` + ``with_stream_offset``.
@@ -28,6 +30,8 @@ from baedal.protocols.amqp.properties import (
 from baedal.storage.record_batch import (
     Record,
     RecordBatchError,
+    RecordBuilder,
+    check_batch,
     decode_records,
     decode_rows,
     encode_batch,
@@ -52,6 +56,48 @@ def test_pre_encoded_headers_encode_to_the_same_batch(
     encoded = encode_batch([Record(value, key, encode_headers(headers), 1000)] * 3, 7, now_ms=5)
     assert encoded == listed
     assert [r.headers for r in decode_records(bytes(encoded))] == [headers] * 3
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+@given(
+    st.lists(
+        st.tuples(
+            st.none() | st.binary(max_size=20) | st.just(b"k" * 2100),
+            st.binary(max_size=300) | st.just(b"v" * 2100),
+            header_lists,
+            # timestamps that go back (a clock step), jump past one varint byte, repeat
+            st.integers(min_value=1_700_000_000_000 - 5000, max_value=1_700_000_000_000 + 5000),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(min_value=0, max_value=2**40),
+)
+def test_a_batch_built_record_by_record_is_encode_batch(
+    rows: list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]], int]], base: int
+) -> None:
+    builder = RecordBuilder()
+    for key, value, headers, timestamp in rows:
+        builder.add(key, value, encode_headers(headers), timestamp)
+    built = builder.finish(base)
+    expected = encode_batch([Record(v, k, h, t) for k, v, h, t in rows], base, now_ms=1)
+    assert built == expected
+    check_batch(built, 0, 1 << 30)  # CRC and header valid
+    decoded = decode_records(bytes(built))
+    assert [(r.key, r.value, r.headers, r.timestamp, r.offset) for r in decoded] == [
+        (k, v, h, t, base + i) for i, (k, v, h, t) in enumerate(rows)
+    ]
+
+
+def test_a_builder_past_2048_records_keeps_offset_deltas() -> None:
+    builder = RecordBuilder()
+    for i in range(2100):
+        builder.add(None, b"%d" % i, encode_headers(()), 1000)
+    records = decode_records(bytes(builder.finish(5)))
+    assert [r.offset for r in records] == list(range(5, 2105))
+    assert records[-1].value == b"2099"
+    with pytest.raises(ValueError):
+        RecordBuilder().finish()
 
 
 def _batch() -> bytearray:
@@ -110,6 +156,36 @@ def test_the_exchange_only_record_reads_back_as_the_general_mapping_says(
         assert getattr(fast, name) == getattr(general, name), name
     assert fast.field_values() is NO_FIELDS and fast.extension is None
     assert encode_block(fast) == encode_properties(BasicProperties(delivery_mode=2))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        None,
+        BasicProperties(),
+        BasicProperties(delivery_mode=2),
+        BasicProperties(delivery_mode=1),
+        BasicProperties(delivery_mode=2, content_type="text/plain"),
+        BasicProperties(delivery_mode=2, type="t"),  # AMQP-only: leftovers
+        BasicProperties(delivery_mode=2, headers={"h": 1}),
+        BasicProperties(app_id="a"),
+    ],
+)
+def test_plain_is_no_fields_and_no_leftovers(properties: BasicProperties | None) -> None:
+    """``Extension.plain`` (the stream publish's one-call test) answers what the two
+    general questions answer, on a fresh message, and leaves the same state behind."""
+    block = None if properties is None else encode_properties(properties)
+
+    def fresh() -> Message:
+        return Message("ex", "rk", b"b", True, extension=AmqpExtension(block))
+
+    general = fresh()
+    expected = general.field_values() is NO_FIELDS and not general.extension.leftovers()  # type: ignore[union-attr]
+    message = fresh()
+    assert message.extension.plain(message) is expected  # type: ignore[union-attr]
+    assert message.field_values() == general.field_values()
+    assert message.extension.leftovers() == general.extension.leftovers()  # type: ignore[union-attr]
+    assert expected is (block in (None, b"\x00\x00", b"\x10\x00\x02"))
 
 
 class _Channel:

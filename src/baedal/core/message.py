@@ -100,6 +100,12 @@ class Extension:
         """What a record keeps for this protocol besides the neutral fields."""
         return b""
 
+    def plain(self, message: Message) -> bool:
+        """True if ``message`` has no neutral fields and this extension no leftovers (its
+        stream record needs no header but the exchange).  An adapter holding its wire
+        form may answer from it in one call; the default asks the two questions."""
+        return message.field_values() is NO_FIELDS and not self.leftovers()
+
     def derived(self) -> Extension | None:
         """The extension of a message derived from this one (new headers, a dead letter):
         the leftovers stay, any cached wire form of the old message does not."""

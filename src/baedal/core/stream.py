@@ -62,7 +62,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.replicator import RETENTION, LocalReplicator, replication_failure
-from ..storage.record_batch import Record, RecordBatchError, encode_headers
+from ..storage.record_batch import Record, RecordBatchError, RecordBuilder, encode_headers
 from ..storage.segment import StorageError
 from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
 from .message import NO_FIELDS, Extension, Message, QueueEntry, load_extension
@@ -541,9 +541,10 @@ class StreamQueue:
         self._commit_waiting = False
         self._handles: list[CommitHandle] = []  # confirms waiting on a commit, oldest first
         self._open_handle: CommitHandle | None = None  # shared by this commit round's messages
-        # Records published but not yet appended (one batch per loop turn, see publish).
-        self._pending: list[Record] = []
-        self._pending_bytes = 0
+        # Records published but not yet appended (one batch per loop turn, see publish),
+        # already encoded into the batch they will be appended as; None when there are none.
+        self._pending: RecordBuilder | None = None
+        self._pending_count = 0
         self._exchange_headers: dict[str, bytes] = {}  # see publish
         self._flush_registered = False
         self._flushed_target = 0  # log.next_offset after the last syncer-job flush
@@ -630,12 +631,15 @@ class StreamQueue:
             self.vhost.broker.write_failed(None, log_.failure)
             return False
         extension = message.extension
+        routing_key = message.routing_key
+        value = message.body
         if (
-            message.field_values() is NO_FIELDS
-            and message.persistent
+            message.persistent
             and not message.priority
             and message.expiration_ms is None
-            and (extension is None or not extension.leftovers())
+            and (
+                message.field_values() is NO_FIELDS if extension is None else extension.plain(message)
+            )
         ):
             # The common record (what message_to_record gives for it: the exchange
             # header alone), its header section encoded once per exchange.
@@ -645,26 +649,19 @@ class StreamQueue:
                 headers = encode_headers(((EXCHANGE_HEADER, exchange.encode()),))
                 if len(self._exchange_headers) < 64:
                     self._exchange_headers[exchange] = headers
-            routing_key = message.routing_key
-            value = message.body
-            record = Record(
-                value,
-                routing_key.encode() if routing_key else None,
-                headers,
-                int((message.published_at or time.time()) * 1000),
-            )
-            size = len(value) + len(headers)
+            key = routing_key.encode() if routing_key else None
+            timestamp_ms = int((message.published_at or time.time()) * 1000)
         else:
-            key, value, headers, timestamp_ms = message_to_record(message)
-            record = Record(value, key, headers, timestamp_ms)
-            size = len(value) + 64 * len(headers)  # headers estimated: a bound, not a count
+            key, value, header_list, timestamp_ms = message_to_record(message)
+            headers = encode_headers(header_list)
+        size = len(value) + len(headers)
         if size >= PENDING_MAX_BYTES or log_.syncer is None:
             # Alone and at once: a huge record (refused by itself if it exceeds the batch
             # bound), or no syncer to tell us when a turn ends.
-            if self._pending and not self._flush_pending():
+            if self._pending is not None and not self._flush_pending():
                 return False
             try:
-                result = log_.append((record,))
+                result = log_.append((Record(value, key, headers, timestamp_ms),))
             except OSError as exc:
                 self.vhost.broker.write_failed(None, exc)
                 return False
@@ -673,13 +670,17 @@ class StreamQueue:
                 return False
             self._appended(result.base_offset, result.last_offset)
         else:
+            # Encoded now into this turn's batch (no Record kept): the flush only adds
+            # the batch header and CRC.
             pending = self._pending
-            pending.append(record)
-            self._pending_bytes += size
-            if not self._flush_registered:
-                self._flush_registered = True
-                log_.syncer.before_flush(self._flush_hook)
-            if len(pending) >= PENDING_MAX_RECORDS or self._pending_bytes >= PENDING_MAX_BYTES:
+            if pending is None:
+                pending = self._pending = RecordBuilder()
+                if not self._flush_registered:
+                    self._flush_registered = True
+                    log_.syncer.before_flush(self._flush_hook)
+            pending.add(key, value, headers, timestamp_ms)
+            self._pending_count = pending.count
+            if pending.count >= PENDING_MAX_RECORDS or pending.size >= PENDING_MAX_BYTES:
                 self._flush_pending()  # a failure fails the confirms (hook raises _lost)
         self.publish_count += 1
         handle: Any = True
@@ -688,7 +689,7 @@ class StreamQueue:
             if handle is None:
                 handle = self._open_handle = CommitHandle()
                 self._handles.append(handle)
-            handle.target = log_.next_offset + len(self._pending)
+            handle.target = log_.next_offset + self._pending_count
         if not self._commit_waiting:
             self._wait_for_commit()
         return handle
@@ -706,20 +707,20 @@ class StreamQueue:
 
     def _flush_pending(self) -> bool:
         """Append the pending records as one batch; False (confirms failed) if it fails."""
-        records = self._pending
-        if not records:
+        pending = self._pending
+        if pending is None:
             return True
-        self._pending = []
-        self._pending_bytes = 0
+        self._pending = None
+        self._pending_count = 0
         try:
-            result = self.log.append(records)
+            result = self.log.append_batch(pending.finish())
         except (OSError, RecordBatchError) as exc:
             # These records were accepted: whoever waits for them must get a nack.
             if isinstance(exc, StorageError):
                 self._lost = exc
             else:
                 self._lost = StorageError(None, f"stream '{self.name}': batch refused: {exc}")
-            logger.error("stream %s: %d record(s) lost: %s", self.name, len(records), exc)
+            logger.error("stream %s: %d record(s) lost: %s", self.name, pending.count, exc)
             self._fail_handles(self._lost)
             if isinstance(exc, OSError):
                 self.vhost.broker.write_failed(None, exc)
@@ -789,7 +790,7 @@ class StreamQueue:
     def _wait_for_commit(self) -> None:
         """Advance ``committed_offset`` after the fsync covering what is accepted now
         (one pending callback per stream at a time, however many appends)."""
-        target = self.log.next_offset + len(self._pending)
+        target = self.log.next_offset + self._pending_count
         self._commit_waiting = True
         self._open_handle = None  # later messages join the next round
 
@@ -803,7 +804,7 @@ class StreamQueue:
             if synced > self._synced_offset:
                 self._synced_offset = synced
             self._advance()
-            if self.log.next_offset + len(self._pending) > self._synced_offset:
+            if self.log.next_offset + self._pending_count > self._synced_offset:
                 self._wait_for_commit()
 
         def failed(exc: BaseException) -> None:
@@ -833,7 +834,7 @@ class StreamQueue:
         log_ = self.log
         if log_.failure is not None:
             raise log_.failure
-        if self._pending and not self._flush_pending():
+        if self._pending is not None and not self._flush_pending():
             assert self._lost is not None
             raise self._lost
         try:
@@ -1053,8 +1054,8 @@ class StreamQueue:
 
     def delete_store(self) -> None:
         self.cursors.clear()
-        self._pending = []
-        self._pending_bytes = 0
+        self._pending = None
+        self._pending_count = 0
         self.log.before_close = None
         self._fail_handles(ConnectionAbortedError(f"stream '{self.name}' deleted"))
         storage = self.vhost.broker.storage

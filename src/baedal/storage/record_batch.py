@@ -354,6 +354,26 @@ def encode_batch(
             tail = _ZERO
         length = len(head) + len(value) + len(tail)
         extend((small[length] if length < limit else varint(length), head, value, tail))
+    return finish_batch(
+        pieces, count, first_timestamp, max_timestamp, base_offset, leader_epoch, attributes
+    )
+
+
+def finish_batch(
+    pieces: Sequence[bytes | bytearray],
+    count: int,
+    first_timestamp: int,
+    max_timestamp: int,
+    base_offset: int = 0,
+    leader_epoch: int = -1,
+    attributes: int = 0,
+) -> bytearray:
+    """The batch whose records are already encoded in ``pieces``, after a first piece of
+    ``BATCH_HEADER_SIZE`` placeholder bytes (``HEADER_PLACEHOLDER``): joined once, then
+    the header is written over the placeholder and the CRC computed.
+
+    ``encode_batch`` ends here; so does a writer that encodes each record as it arrives
+    (``RecordBuilder``) and so keeps no ``Record`` objects."""
     out = bytearray().join(pieces)
     BATCH_HEADER.pack_into(
         out,
@@ -374,6 +394,76 @@ def encode_batch(
     )
     struct.pack_into(">I", out, _CRC_OFFSET, crc32c.crc32c(memoryview(out)[_ATTRIBUTES_OFFSET:]))
     return out
+
+
+HEADER_PLACEHOLDER = _HEADER_PLACEHOLDER
+
+
+class RecordBuilder:
+    """An uncompressed v2 batch built one record at a time, with no ``Record`` objects.
+
+    ``add`` encodes the record at once (offset delta = records added so far, timestamp
+    delta against the first record's) as ``encode_batch`` would encode it, and keeps
+    only the pieces; ``finish`` joins them under one header and one CRC.  The bytes are
+    identical to ``encode_batch`` of the same records (tests/unit/storage).  ``headers``
+    is the header section already encoded (``encode_headers``), which a writer whose
+    records repeat one header set encodes once.
+    """
+
+    __slots__ = ("pieces", "count", "first_timestamp", "max_timestamp", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes | bytearray] = [_HEADER_PLACEHOLDER]
+        self.count = 0
+        self.first_timestamp = 0
+        self.max_timestamp = 0
+        self.size = 0  # bytes of keys, values and header sections so far
+
+    def add(self, key: bytes | None, value: bytes, headers: bytes, timestamp: int) -> None:
+        count = self.count
+        if count:
+            delta = timestamp - self.first_timestamp
+            if timestamp > self.max_timestamp:
+                self.max_timestamp = timestamp
+        else:
+            self.first_timestamp = self.max_timestamp = timestamp
+            delta = 0
+        small = _SMALL_VARINTS
+        n = len(value)
+        if key is None:
+            head = b"".join(
+                (
+                    b"\x00",
+                    small[delta] if 0 <= delta < 2048 else _varint(delta),
+                    small[count] if count < 2048 else _varint(count),
+                    _NULL,
+                    small[n] if n < 2048 else _varint(n),
+                )
+            )
+        else:
+            k = len(key)
+            head = b"".join(
+                (
+                    b"\x00",
+                    small[delta] if 0 <= delta < 2048 else _varint(delta),
+                    small[count] if count < 2048 else _varint(count),
+                    small[k] if k < 2048 else _varint(k),
+                    key,
+                    small[n] if n < 2048 else _varint(n),
+                )
+            )
+        length = len(head) + n + len(headers)
+        self.pieces.extend((small[length] if length < 2048 else _varint(length), head, value, headers))
+        self.count = count + 1
+        self.size += length
+
+    def finish(self, base_offset: int = 0) -> bytearray:
+        """The batch (at least one record added)."""
+        if not self.count:
+            raise ValueError("a batch holds at least one record")
+        return finish_batch(
+            self.pieces, self.count, self.first_timestamp, self.max_timestamp, base_offset
+        )
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:

@@ -457,6 +457,17 @@ class AmqpExtension(Extension):
             extra = self.extra = None if block is None else _extra_of(split_properties(block))
         return extra
 
+    def plain(self, message: Message) -> bool:
+        # A bare block (delivery-mode alone, or nothing) is what decode_fields maps to no
+        # fields and no leftovers: decided without the two calls (the stream publish).
+        fields = message._fields
+        if self.properties in _BARE_BLOCKS and (fields is None or fields is NO_FIELDS):
+            if fields is None:
+                message._fields = NO_FIELDS
+                self.extra = None
+            return True
+        return message.field_values() is NO_FIELDS and not self.leftovers()
+
     def leftovers(self) -> bytes:
         try:  # set by decode_fields, which a record's field_values() has just run
             extra = self.extra
