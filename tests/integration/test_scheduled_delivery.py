@@ -367,7 +367,12 @@ def test_a_scheduled_publish_in_a_transaction_is_scheduled_at_commit(broker: Bro
 
 def test_stopping_while_an_fsync_of_a_scheduled_job_is_in_flight_is_a_clean_stop(tmp_path: Path) -> None:
     """The schedule store's close must not close a descriptor an fsync job still has in
-    flight (the worker would fail with EBADF and the broker stop as after a failed fsync)."""
+    flight (the worker would fail with EBADF and the broker stop as after a failed fsync).
+
+    A smoke test of that stop, not a regression test of the bug: with the old close put
+    back it still passes, because the kernel hands the closed descriptor's number to the
+    next file opened and the held fsync then succeeds on that file.  What it does pin is
+    that such a stop keeps the job and leaves the syncer without a failure."""
     import os
     import threading
 
