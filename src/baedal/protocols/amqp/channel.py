@@ -1014,15 +1014,14 @@ class Channel:
             for queue, entries in by_queue.values():
                 queue.requeue(entries)
             return
-        shared: list[_Unacked] | None = None
+        shared: dict[_Unacked, int] | None = None  # shared record -> deliveries settled
         for record in records:
             if record.entry is None:
                 # A stream consumer's batch-path deliveries share one record
-                # (AMQPStreamConsumer): settled in bulk below, not one by one.
+                # (AMQPStreamConsumer): counted here, settled in bulk below.
                 if shared is None:
-                    shared = [record]
-                elif record not in shared:
-                    shared.append(record)
+                    shared = {}
+                shared[record] = shared.get(record, 0) + 1
                 continue
             self._release(record)
             queue = record.queue
@@ -1033,8 +1032,7 @@ class Channel:
             if record.consumer is not None and queue not in touched:
                 touched.append(queue)
         if shared is not None:
-            for record in shared:
-                count = records.count(record)
+            for record, count in shared.items():
                 self.unacked_count -= count
                 record.consumer.unacked -= count  # type: ignore[union-attr]
                 stream = record.queue

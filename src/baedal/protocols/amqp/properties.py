@@ -466,7 +466,7 @@ class AmqpExtension(Extension):
                 message._fields = NO_FIELDS
                 self.extra = None
             return True
-        return message.field_values() is NO_FIELDS and not self.leftovers()
+        return super().plain(message)
 
     def leftovers(self) -> bytes:
         try:  # set by decode_fields, which a record's field_values() has just run
