@@ -199,6 +199,8 @@ def test_a_transactional_producer_fails_at_once_instead_of_hanging(broker: Broke
 def test_sasl_plain_with_a_baedal_user_is_required_when_configured(tmp_path: Path) -> None:
     with Broker(port=0, data_dir=tmp_path, kafka_sasl=True) as broker:
         broker.call(lambda: broker.core.add_user("kafka-user", "s3cret"))
+        # Like AMQP, the user needs a permission on the listener's vhost (issue 11).
+        broker.call(lambda: broker.core.set_permission("kafka-user", "/"))
         good = Producer(
             {
                 "bootstrap.servers": broker.kafka_bootstrap,

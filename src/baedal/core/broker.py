@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .scram import ScramCredential, derive_all
 from .store import MemoryStore
 from .vhost import CoreError, VirtualHost
 
@@ -47,6 +48,9 @@ class User:
     name: str
     password_hash: str
     tags: list[str] = field(default_factory=list)
+    # SCRAM credentials by mechanism (core/scram.py); empty when the password was only
+    # ever given as a hash.
+    scram: dict[str, ScramCredential] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,10 +268,22 @@ class BrokerCore:
                 conn.force_close(f"vhost '{name}' is deleted")
         self.definitions_changed("vhost-deleted", vhost, None)
 
-    def add_user(self, name: str, password: str | None, tags: list[str] | None = None, *, password_hash: str | None = None) -> User:
+    def add_user(
+        self,
+        name: str,
+        password: str | None,
+        tags: list[str] | None = None,
+        *,
+        password_hash: str | None = None,
+        scram: dict[str, ScramCredential] | None = None,
+    ) -> User:
+        """A password sets both the hash and fresh SCRAM credentials; a bare hash comes
+        with the SCRAM credentials given (none by default: they cannot be derived)."""
         if password_hash is None:
             password_hash = hash_password(password) if password is not None else ""
-        user = User(name, password_hash, list(tags or []))
+        if scram is None:
+            scram = derive_all(password) if password is not None else {}
+        user = User(name, password_hash, list(tags or []), dict(scram))
         self.users[name] = user
         self.definitions_changed("user", None, user)
         return user

@@ -25,8 +25,9 @@ from baedal.core.properties import decode_table, encode_table
 
 __all__ = ["DefinitionsStore"]
 
-# The policy, topic-permission and parameter tables were added without a version bump:
-# they are created IF NOT EXISTS, so a version-1 file simply gains them.
+# The policy, topic-permission, parameter and SCRAM-credential tables were added without
+# a version bump: they are created IF NOT EXISTS, so a version-1 file simply gains them
+# (its users then have no SCRAM credentials: core/scram.py).
 _SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -97,6 +98,12 @@ CREATE TABLE IF NOT EXISTS parameters (
     name TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (vhost, component, name)
+);
+CREATE TABLE IF NOT EXISTS user_scram_credentials (
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    mechanism TEXT NOT NULL,
+    credential TEXT NOT NULL,
+    PRIMARY KEY (user, mechanism)
 );
 CREATE TABLE IF NOT EXISTS global_parameters (
     name TEXT PRIMARY KEY,
@@ -169,6 +176,11 @@ class DefinitionsStore:
     def load(self) -> dict[str, list[dict[str, Any]]]:
         """Everything, as plain dicts: keys vhosts, users, permissions, exchanges, queues, bindings."""
         db = self._db
+        scram: dict[str, dict[str, Any]] = {}
+        for user, mechanism, credential in db.execute(
+            "SELECT user, mechanism, credential FROM user_scram_credentials"
+        ):
+            scram.setdefault(user, {})[mechanism] = json.loads(credential)
         return {
             "vhosts": [
                 {"name": name} for (name,) in db.execute("SELECT name FROM vhosts ORDER BY name")
@@ -178,6 +190,7 @@ class DefinitionsStore:
                     "name": name,
                     "password_hash": password_hash,
                     "tags": [t for t in tags.split(",") if t],
+                    "scram_credentials": scram.get(name, {}),
                 }
                 for name, password_hash, tags in db.execute(
                     "SELECT name, password_hash, tags FROM users ORDER BY name"
@@ -273,13 +286,27 @@ class DefinitionsStore:
     # -- users and permissions ---------------------------------------------------------
 
     def put_user(
-        self, name: str, password_hash: str, tags: list[str] | tuple[str, ...] = ()
+        self,
+        name: str,
+        password_hash: str,
+        tags: list[str] | tuple[str, ...] = (),
+        scram_credentials: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self._change(
-            "INSERT INTO users (name, password_hash, tags) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash, tags = excluded.tags",
-            (name, password_hash, ",".join(tags)),
-        )
+        """Insert or replace a user; its SCRAM credentials (``core.scram``'s JSON form,
+        by mechanism) replace the stored ones, so a new password never leaves stale
+        credentials behind."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO users (name, password_hash, tags) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash, tags = excluded.tags",
+                (name, password_hash, ",".join(tags)),
+            )
+            self._db.execute("DELETE FROM user_scram_credentials WHERE user = ?", (name,))
+            for mechanism, credential in sorted((scram_credentials or {}).items()):
+                self._db.execute(
+                    "INSERT INTO user_scram_credentials (user, mechanism, credential) VALUES (?, ?, ?)",
+                    (name, mechanism, json.dumps(credential, sort_keys=True)),
+                )
 
     def delete_user(self, name: str) -> None:
         """Delete a user and (cascade) its permissions."""

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.scram import CredentialFormatError, credentials_from_json, credentials_to_json
 from .definitions import DefinitionsStore
 from .memory import disk_free_bytes
 from .paged_store import PagedStore
@@ -144,7 +145,7 @@ class StorageEngine:
                 for vhost in core.vhosts:
                     defs.put_vhost(vhost)
                 for user in core.users.values():
-                    defs.put_user(user.name, user.password_hash, user.tags)
+                    defs.put_user(user.name, user.password_hash, user.tags, credentials_to_json(user.scram))
                 for (user, vhost), perm in core.permissions.items():
                     defs.put_permission(user, vhost, perm.configure, perm.write, perm.read)
             return
@@ -155,7 +156,12 @@ class StorageEngine:
         for name in [v for v in core.vhosts if v not in {i["name"] for i in data["vhosts"]}]:
             del core.vhosts[name]
         for item in data["users"]:
-            core.add_user(item["name"], None, item["tags"], password_hash=item["password_hash"])
+            try:
+                scram = credentials_from_json(item.get("scram_credentials", {}))
+            except CredentialFormatError as exc:
+                log.warning("user %s: stored SCRAM credentials ignored: %s", item["name"], exc)
+                scram = {}
+            core.add_user(item["name"], None, item["tags"], password_hash=item["password_hash"], scram=scram)
         for item in data["permissions"]:
             core.set_permission(item["user"], item["vhost"], item["configure"], item["write"], item["read"])
         self._load_policies(data)
@@ -358,7 +364,7 @@ class StorageEngine:
             for stream_key in [k for k in self.streams if k[0] == vhost.name]:
                 self.stream_deleted(*stream_key)
         elif kind == "user":
-            defs.put_user(obj.name, obj.password_hash, obj.tags)
+            defs.put_user(obj.name, obj.password_hash, obj.tags, credentials_to_json(obj.scram))
         elif kind == "user-deleted":
             defs.delete_user(obj)
         elif kind == "permission":

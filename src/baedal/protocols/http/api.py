@@ -26,6 +26,13 @@ from ...core.broker import hash_password
 from ...core.exchange import EXCHANGE_TYPES
 from ...core.message import QueueEntry
 from ...core.policy import Policy, PolicyError, effective_definition
+from ...core.scram import (
+    CredentialFormatError,
+    ScramCredential,
+    credentials_from_json,
+    credentials_to_json,
+    derive_all,
+)
 from ...core.vhost import CoreError
 from .auth import can_see_vhost, check_permission, visible_vhosts
 from .convert import (
@@ -354,10 +361,19 @@ def _apply_user(core: BrokerCore, name: str, body: dict[str, Any]) -> bool:
     tags = _parse_tags(body.get("tags"))
     password = body.get("password")
     password_hash = body.get("password_hash")
+    # SCRAM credentials follow the password (core/scram.py): derived from a new
+    # password, taken from the document with a new hash (none if it has none: they
+    # cannot be derived from the hash), kept when neither changes.
+    scram: dict[str, ScramCredential] | None = None
     if password is not None:
         require_type(password, str, "password")
         password_hash = hash_password(password)
+        scram = derive_all(password)
     elif password_hash is not None:
+        try:
+            scram = credentials_from_json(body.get("scram_credentials", {}))
+        except CredentialFormatError as exc:
+            raise bad_request(f"scram_credentials: {exc}") from None
         require_type(password_hash, str, "password_hash")
         algorithm = body.get("hashing_algorithm", HASHING_ALGORITHM)
         if algorithm != HASHING_ALGORITHM:
@@ -369,7 +385,8 @@ def _apply_user(core: BrokerCore, name: str, body: dict[str, Any]) -> bool:
     existing = core.users.get(name)
     if password_hash is None:
         password_hash = existing.password_hash if existing is not None else ""
-    core.add_user(name, None, tags, password_hash=password_hash)
+        scram = existing.scram if existing is not None else {}
+    core.add_user(name, None, tags, password_hash=password_hash, scram=scram)
     return existing is None
 
 
@@ -1404,7 +1421,10 @@ def export_definitions(core: BrokerCore) -> dict[str, Any]:
         "product_name": "Baedal",
         "product_version": _baedal_version(),
         "users": [
-            {k: v for k, v in user_info(u).items() if k != "limits"} for u in core.users.values()
+            {k: v for k, v in user_info(u).items() if k != "limits"}
+            # Baedal's addition (RabbitMQ ignores it): SCRAM needs these to round-trip.
+            | ({"scram_credentials": credentials_to_json(u.scram)} if u.scram else {})
+            for u in core.users.values()
         ],
         "vhosts": [
             {"name": name, "limits": [], "metadata": {"description": "", "tags": []}}
@@ -1489,6 +1509,10 @@ def import_definitions(core: BrokerCore, body: dict[str, Any]) -> None:
         check_name(_field(item, "name", str, "vhost"), "vhost")
     for item in sections["users"]:
         check_name(_field(item, "name", str, "user"), "user")
+        try:
+            credentials_from_json(item.get("scram_credentials", {}))
+        except CredentialFormatError as exc:
+            raise bad_request(f"user {item['name']!r}: scram_credentials: {exc}") from None
     for item in sections["queues"] + sections["exchanges"]:
         check_name(_field(item, "name", str, "queue/exchange"), "queue/exchange", allow_empty=False)
         _field(item, "vhost", str, "queue/exchange")

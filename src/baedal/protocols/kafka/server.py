@@ -61,6 +61,7 @@ from .codec import (
 )
 from .groups import Group, GroupCoordinator
 from .producers import ProducerTable
+from .sasl import ScramError, ScramServer
 from .topics import Partition, TopicError, TopicRegistry, legal_topic_name
 
 log = logging.getLogger("baedal.kafka")
@@ -118,6 +119,9 @@ DECODED: dict[int, tuple[int, int]] = {
 }
 # What a connection may send before SASL authentication when kafka_sasl is on.
 BEFORE_AUTHENTICATION = frozenset({API_VERSIONS_KEY, admin.SASL_HANDSHAKE, admin.SASL_AUTHENTICATE})
+# Offered in SaslHandshake (KIP-84 names).  SCRAM works for users whose password was set
+# through Baedal (core/scram.py); PLAIN for every user with a password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 # Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
 # Records out are counted as consumers move past them: a fetch served as file ranges
@@ -150,7 +154,7 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_588  # Kafka's max.message.bytes default
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_output: int = 8 * 1024 * 1024
-    sasl: bool = False  # require SASL PLAIN (Baedal's users) before any other request
+    sasl: bool = False  # require SASL (PLAIN or SCRAM, Baedal's users) before any other request
     loopback_users: tuple[str, ...] = ()
 
 
@@ -217,6 +221,7 @@ class KafkaConnection(asyncio.Protocol):
         self.authenticated = not server.config.sasl
         self.user: str | None = None
         self._sasl_mechanism: str | None = None
+        self._scram: ScramServer | None = None
         self.peer_host = ""
 
     # -- transport callbacks ----------------------------------------------------------------
@@ -489,18 +494,30 @@ class KafkaConnection(asyncio.Protocol):
         broker_cls = nested(cls, "brokers")
         registry = self.registry
         if body.topics is None or (version == 0 and not body.topics):
-            names = list(registry.topics())  # all topics
+            # All topics: only those the user may see (Kafka leaves out the topics
+            # without Describe permission).
+            names = [name for name in registry.topics() if self.may_see(name)]
         else:
             names = [topic.name for topic in body.topics]
         # Before v4 the request has no flag: Kafka auto-creates (if configured).
         allow_create = getattr(body, "allow_auto_topic_creation", True)
         topics = []
         for name in names:
+            if not self.may_see(name):  # a named topic: Kafka answers the error
+                topics.append(build(
+                    topic_cls, error_code=ErrorCode.topic_authorization_failed, name=name,
+                    is_internal=False, partitions=(),
+                ))
+                continue
             partitions = registry.get(name)
             error = ErrorCode.none
             if partitions is None:
                 if not legal_topic_name(name):
                     error = ErrorCode.invalid_topic_exception
+                elif allow_create and self.config.auto_create_topics and not self.may("configure", name):
+                    # Kafka: auto-creation needs Create; without it the answer is
+                    # TOPIC_AUTHORIZATION_FAILED (KafkaApis.handleTopicMetadataRequest).
+                    error = ErrorCode.topic_authorization_failed
                 elif allow_create and self.config.auto_create_topics:
                     try:
                         partitions = registry.create(name, self.config.num_partitions)
@@ -615,6 +632,8 @@ class KafkaConnection(asyncio.Protocol):
         records: memoryview | None,
         appended: list[CommitHandle],
     ) -> tuple[ErrorCode, int]:
+        if self.user is not None and not self.may("write", topic):
+            return ErrorCode.topic_authorization_failed, -1
         partition = self.registry.partition(topic, index)
         if partition is None:
             return ErrorCode.unknown_topic_or_partition, -1
@@ -672,10 +691,13 @@ class KafkaConnection(asyncio.Protocol):
         topics = []
         for topic in request.body.topics:
             answers = []
+            readable = self.may("read", topic.name)
             for asked in topic.partitions:
                 partition = self.registry.partition(topic.name, asked.partition_index)
                 error, offset, timestamp = ErrorCode.none, -1, -1
-                if partition is None:
+                if not readable:
+                    error = ErrorCode.topic_authorization_failed
+                elif partition is None:
                     error = ErrorCode.unknown_topic_or_partition
                 elif asked.timestamp == EARLIEST_TIMESTAMP:
                     offset = partition.log.first_offset
@@ -709,7 +731,9 @@ class KafkaConnection(asyncio.Protocol):
         for topic in body.topics:
             error, message = ErrorCode.none, None
             partitions = topic.num_partitions if topic.num_partitions != -1 else self.config.num_partitions
-            if registry.get(topic.name) is not None:
+            if not self.may("configure", topic.name):
+                error, message = ErrorCode.topic_authorization_failed, "configure permission refused"
+            elif registry.get(topic.name) is not None:
                 error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
             elif not legal_topic_name(topic.name):
                 error, message = ErrorCode.invalid_topic_exception, "illegal topic name"
@@ -744,6 +768,9 @@ class KafkaConnection(asyncio.Protocol):
         result_cls = nested(cls, "responses")
         results = []
         for name in request.body.topic_names:
+            if not self.may("configure", name):
+                results.append(build(result_cls, name=name, error_code=ErrorCode.topic_authorization_failed))
+                continue
             deleted = self.registry.delete(name)
             error = ErrorCode.none if deleted else ErrorCode.unknown_topic_or_partition
             results.append(build(result_cls, name=name, error_code=error))
@@ -757,7 +784,9 @@ class KafkaConnection(asyncio.Protocol):
         for topic in body.topics:
             error, message = ErrorCode.none, None
             current = self.registry.get(topic.name)
-            if current is None:
+            if not self.may("configure", topic.name):
+                error, message = ErrorCode.topic_authorization_failed, "configure permission refused"
+            elif current is None:
                 error, message = ErrorCode.unknown_topic_or_partition, f"no topic {topic.name!r}"
             elif topic.assignments:
                 # One node: there is no placement to choose.
@@ -775,24 +804,60 @@ class KafkaConnection(asyncio.Protocol):
             )
         return build(cls, throttle_time=NO_THROTTLE, results=tuple(results))
 
-    # -- SASL -----------------------------------------------------------------------------------
+    # -- SASL and authorization --------------------------------------------------------------
+
+    def may(self, kind: str, topic: str) -> bool:
+        """RabbitMQ's permission model on a Kafka topic: the authenticated user's
+        ``configure`` / ``write`` / ``read`` regex for the listener's vhost, searched in
+        the topic name (which is also the name of its stream, or of its super stream's
+        exchange).  A connection without SASL (``kafka_sasl`` off) may do everything,
+        as before permissions existed here.  Looked up per request, so a permission
+        changed or cleared applies to open connections at once."""
+        if self.user is None:
+            return True
+        permission = self.registry.vhost.broker.permission(self.user, self.registry.vhost.name)
+        return permission is not None and permission.allows(kind, topic)
+
+    def may_see(self, topic: str) -> bool:
+        # Kafka's Describe is implied by any other operation on the topic.
+        return self.may("read", topic) or self.may("write", topic) or self.may("configure", topic)
+
+    def may_write_somewhere(self) -> bool:
+        if self.user is None:
+            return True
+        permission = self.registry.vhost.broker.permission(self.user, self.registry.vhost.name)
+        return permission is not None and permission.write != ""
 
     def _sasl_handshake(self, request: Request) -> None:
         cls = schema(admin.SASL_HANDSHAKE, request.api_version, EntityType.response)
         mechanism = request.body.mechanism
         error = ErrorCode.none
-        if mechanism != "PLAIN":
+        if mechanism not in SASL_MECHANISMS:
             error = ErrorCode.unsupported_sasl_mechanism
         elif self._sasl_mechanism is not None or self.user is not None:
             error = ErrorCode.illegal_sasl_state
         else:
             self._sasl_mechanism = mechanism
-        self._reply(request, build(cls, error_code=error, mechanisms=("PLAIN",)))
+            if mechanism != "PLAIN":
+                self._scram = ScramServer(mechanism, self._scram_credential(mechanism))
+        self._reply(request, build(cls, error_code=error, mechanisms=SASL_MECHANISMS))
+
+    def _scram_credential(self, mechanism: str) -> Any:
+        users = self.registry.vhost.broker.users
+
+        def lookup(name: str) -> Any:
+            user = users.get(name)
+            return user.scram.get(mechanism) if user is not None else None
+
+        return lookup
 
     def _sasl_authenticate(self, request: Request) -> None:
-        """SASL PLAIN (RFC 4616: authzid NUL authcid NUL passwd) against Baedal's users,
-        with the loopback-only rule AMQP applies (``loopback_users``).  A failure is
-        answered SASL_AUTHENTICATION_FAILED and the connection closed, as Kafka does."""
+        """SASL PLAIN (RFC 4616: authzid NUL authcid NUL passwd) or one SCRAM step
+        (``sasl.py``) against Baedal's users.  Once the credentials check out, the
+        user must also pass the loopback-only rule AMQP applies (``loopback_users``)
+        and have a permission on the listener's vhost (AMQP's connection.open check).
+        Any failure is answered SASL_AUTHENTICATION_FAILED with a message and the
+        connection closed, as Kafka does."""
         cls = schema(admin.SASL_AUTHENTICATE, request.api_version, EntityType.response)
         if self._sasl_mechanism is None or self.user is not None:
             self._reply(request, build(
@@ -800,28 +865,47 @@ class KafkaConnection(asyncio.Protocol):
                 error_message="SaslHandshake first", auth_bytes=b"", session_lifetime=NO_THROTTLE,
             ))
             raise KafkaProtocolError("SaslAuthenticate out of order")
-        user = None
-        fields = bytes(request.body.auth_bytes).split(b"\0")
-        if len(fields) == 3:
-            _authzid, name, password = (f.decode("utf-8", "replace") for f in fields)
-            user = self.registry.vhost.broker.authenticate(name, password)
-            if (
-                user is not None
-                and user.name in self.config.loopback_users
-                and not is_loopback(self.peer_host)
-            ):
-                user = None
-        if user is None:
+        name: str | None = None
+        answer = b""
+        failure = "Authentication failed: invalid credentials"
+        if self._scram is not None:
+            try:
+                answer = self._scram.step(bytes(request.body.auth_bytes))
+            except ScramError as exc:
+                failure = str(exc)
+            else:
+                name = self._scram.username
+                if name is None:  # server-first: the exchange goes on
+                    self._reply(request, build(
+                        cls, error_code=ErrorCode.none, error_message=None,
+                        auth_bytes=answer, session_lifetime=NO_THROTTLE,
+                    ))
+                    return
+        else:
+            fields = bytes(request.body.auth_bytes).split(b"\0")
+            if len(fields) == 3:
+                _authzid, user_name, password = (f.decode("utf-8", "replace") for f in fields)
+                user = self.registry.vhost.broker.authenticate(user_name, password)
+                name = user.name if user is not None else None
+        vhost = self.registry.vhost.name
+        if name is not None:
+            if name in self.config.loopback_users and not is_loopback(self.peer_host):
+                failure = f"user {name!r} may only connect from localhost"
+                name = None
+            elif self.registry.vhost.broker.permission(name, vhost) is None:
+                failure = f"access to vhost {vhost!r} refused for user {name!r}"
+                name = None
+        if name is None:
             self._reply(request, build(
                 cls, error_code=ErrorCode.sasl_authentication_failed,
-                error_message="Authentication failed: invalid credentials",
-                auth_bytes=b"", session_lifetime=NO_THROTTLE,
+                error_message=failure, auth_bytes=b"", session_lifetime=NO_THROTTLE,
             ))
-            raise KafkaProtocolError("SASL PLAIN authentication failed")
-        self.user = user.name
+            raise KafkaProtocolError(f"SASL {self._sasl_mechanism} authentication failed: {failure}")
+        self.user = name
         self.authenticated = True
+        self._scram = None
         self._reply(request, build(
-            cls, error_code=ErrorCode.none, error_message=None, auth_bytes=b"", session_lifetime=NO_THROTTLE
+            cls, error_code=ErrorCode.none, error_message=None, auth_bytes=answer, session_lifetime=NO_THROTTLE
         ))
 
     # -- InitProducerId ------------------------------------------------------------------------
@@ -837,6 +921,16 @@ class KafkaConnection(asyncio.Protocol):
                 cls,
                 throttle_time=NO_THROTTLE,
                 error_code=ErrorCode.transactional_id_authorization_failed,
+                producer_id=-1,
+                producer_epoch=-1,
+            )
+        if not self.may_write_somewhere():
+            # Kafka 3.0+ (KIP-679) lets an idempotent producer in with Write on any
+            # topic, else CLUSTER_AUTHORIZATION_FAILED.
+            return build(
+                cls,
+                throttle_time=NO_THROTTLE,
+                error_code=ErrorCode.cluster_authorization_failed,
                 producer_id=-1,
                 producer_epoch=-1,
             )
@@ -967,8 +1061,11 @@ class KafkaConnection(asyncio.Protocol):
             # A generation for a group that has no members: the member was dropped.
             error = ErrorCode.illegal_generation if group is not None else ErrorCode.unknown_member_id
         offsets = coordinator.offsets
+        refused = {topic.name for topic in body.topics if not self.may("read", topic.name)}
         if error is ErrorCode.none:
             for topic in body.topics:
+                if topic.name in refused:
+                    continue
                 for p in topic.partitions:
                     offsets.commit(
                         body.group_id, topic.name, p.partition_index, p.committed_offset,
@@ -985,7 +1082,13 @@ class KafkaConnection(asyncio.Protocol):
                     topic_cls,
                     name=topic.name,
                     partitions=tuple(
-                        build(partition_cls, partition_index=p.partition_index, error_code=error)
+                        build(
+                            partition_cls,
+                            partition_index=p.partition_index,
+                            error_code=(
+                                ErrorCode.topic_authorization_failed if topic.name in refused else error
+                            ),
+                        )
                         for p in topic.partitions
                     ),
                 )
@@ -1011,15 +1114,18 @@ class KafkaConnection(asyncio.Protocol):
         partition_cls = nested(topic_cls, "partitions")
         if body.topics is None:  # v2+: every partition the group committed
             wanted = {
-                topic: sorted(partitions) for topic, partitions in offsets.for_group(body.group_id).items()
+                topic: sorted(partitions)
+                for topic, partitions in offsets.for_group(body.group_id).items()
+                if self.may("read", topic)  # Kafka leaves out unauthorized topics here
             }
         else:
             wanted = {t.name: list(t.partition_indexes) for t in body.topics}
         topics = []
         for name, indexes in wanted.items():
             answers = []
+            readable = self.may("read", name)
             for index in indexes:
-                found = offsets.get(body.group_id, name, index)
+                found = offsets.get(body.group_id, name, index) if readable else None
                 offset, metadata = found if found is not None else (-1, "")
                 answers.append(
                     build(
@@ -1028,7 +1134,7 @@ class KafkaConnection(asyncio.Protocol):
                         committed_offset=offset,
                         committed_leader_epoch=-1,
                         metadata=metadata,
-                        error_code=ErrorCode.none,
+                        error_code=ErrorCode.none if readable else ErrorCode.topic_authorization_failed,
                     )
                 )
             topics.append(build(topic_cls, name=name, partitions=tuple(answers)))
@@ -1165,12 +1271,15 @@ class _PendingFetch:
         topics: list[tuple[str, list[Any]]] = []
         for topic in body.topics:
             answers: list[Any] = []
+            readable = self.connection.may("read", topic.topic)
             for asked in topic.partitions:
                 partition = registry.partition(topic.topic, asked.partition)
                 error = ErrorCode.none
                 chunks: list[Any] = []
                 high_watermark = log_start = -1
-                if partition is None:
+                if not readable:
+                    error = ErrorCode.topic_authorization_failed
+                elif partition is None:
                     error = ErrorCode.unknown_topic_or_partition
                 else:
                     stream = partition.stream
