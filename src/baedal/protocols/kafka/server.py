@@ -122,6 +122,7 @@ BEFORE_AUTHENTICATION = frozenset({API_VERSIONS_KEY, admin.SASL_HANDSHAKE, admin
 # Offered in SaslHandshake (KIP-84 names).  SCRAM works for users whose password was set
 # through Baedal (core/scram.py); PLAIN for every user with a password.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+FAILED_AUTHENTICATION_CLOSE_DELAY = 0.1  # seconds; Kafka's default is 100 ms
 
 # Per topic partition counters (KafkaServer.traffic), for /metrics and the management API.
 # Records out are counted as consumers move past them: a fetch served as file ranges
@@ -222,6 +223,7 @@ class KafkaConnection(asyncio.Protocol):
         self.user: str | None = None
         self._sasl_mechanism: str | None = None
         self._scram: ScramServer | None = None
+        self._close_timer: asyncio.TimerHandle | None = None  # after a failed SASL login
         self.peer_host = ""
 
     # -- transport callbacks ----------------------------------------------------------------
@@ -237,6 +239,8 @@ class KafkaConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         for fetch in list(self._fetches):
             fetch.cancel()
         for slot in self._slots:
@@ -260,7 +264,7 @@ class KafkaConnection(asyncio.Protocol):
         self._update_reading()
 
     def abort(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and (not self.closed or self._close_timer is not None):
             self.transport.abort()
 
     # -- request loop -----------------------------------------------------------------------
@@ -842,6 +846,21 @@ class KafkaConnection(asyncio.Protocol):
                 self._scram = ScramServer(mechanism, self._scram_credential(mechanism))
         self._reply(request, build(cls, error_code=error, mechanisms=SASL_MECHANISMS))
 
+    def _close_after_failed_authentication(self, failure: str) -> None:
+        """Send the SASL_AUTHENTICATION_FAILED answer, read nothing more, and close a
+        moment later.  Kafka delays that close too (connection.failed.authentication.
+        delay.ms, 100 ms by default): a client that sees the answer and the end of the
+        stream in one read may drop the answer (kafka-python does) and report a plain
+        disconnect instead of the refused login."""
+        log.info("kafka SASL %s authentication failed: %s", self._sasl_mechanism, failure)
+        self.closed = True
+        transport = self.transport
+        if transport is None:
+            return
+        self._flush()
+        transport.pause_reading()
+        self._close_timer = self.loop.call_later(FAILED_AUTHENTICATION_CLOSE_DELAY, transport.close)
+
     def _scram_credential(self, mechanism: str) -> Any:
         users = self.registry.vhost.broker.users
 
@@ -900,7 +919,8 @@ class KafkaConnection(asyncio.Protocol):
                 cls, error_code=ErrorCode.sasl_authentication_failed,
                 error_message=failure, auth_bytes=b"", session_lifetime=NO_THROTTLE,
             ))
-            raise KafkaProtocolError(f"SASL {self._sasl_mechanism} authentication failed: {failure}")
+            self._close_after_failed_authentication(failure)
+            return
         self.user = name
         self.authenticated = True
         self._scram = None
