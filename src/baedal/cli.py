@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     serve.add_argument(
         "--kafka-sasl", action="store_true",
-        help="require SASL PLAIN with a Baedal user on the Kafka listener (env BAEDAL_KAFKA_SASL)",
+        help="require SASL (PLAIN or SCRAM-SHA-256/512) with a Baedal user on the Kafka listener (env BAEDAL_KAFKA_SASL)",
     )
     serve.set_defaults(func=_serve)
     sub.add_parser("perf", help="AMQP load generator (baedal perf --help)", add_help=False)

@@ -84,7 +84,8 @@ class Settings:
     inproc_name: str | None = None
     # Kafka topics are streams in this vhost (protocols/kafka/topics.py).
     kafka_vhost: str = "/"
-    # Require SASL PLAIN (against Baedal's users) on the Kafka listener.
+    # Require SASL (PLAIN, SCRAM-SHA-256/512, against Baedal's users) on the Kafka
+    # listener; off, anonymous Kafka clients have full access to kafka_vhost.
     kafka_sasl: bool = False
 
 

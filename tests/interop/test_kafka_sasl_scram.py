@@ -465,6 +465,29 @@ class RawKafka:
         answer = self.request(DELETE_TOPICS, 3, topic_names=(topic,), timeout=datetime.timedelta(seconds=5))
         return int(answer.responses[0].error_code.value)
 
+    def describe_configs(self, topic: str) -> int:
+        from kio.schema.describe_configs.v3.request import DescribeConfigsResource
+
+        answer = self.request(
+            32, 3, include_synonyms=False, include_documentation=False,
+            resources=(DescribeConfigsResource(resource_type=2, resource_name=topic, configuration_keys=None),),
+        )
+        return int(answer.results[0].error_code.value)
+
+    def alter_retention(self, topic: str) -> int:
+        from kio.schema.incremental_alter_configs.v1.request import (
+            AlterableConfig,
+            AlterConfigsResource,
+        )
+
+        answer = self.request(
+            44, 1, validate_only=False,
+            resources=(AlterConfigsResource(resource_type=2, resource_name=topic, configs=(
+                AlterableConfig(name="retention.ms", config_operation=0, value="3600000"),
+            )),),
+        )
+        return int(answer.responses[0].error_code.value)
+
     def commit_offset(self, group: str, topic: str) -> int:
         from kio.schema.offset_commit.v7.request import (
             OffsetCommitRequestPartition,
@@ -508,6 +531,10 @@ def test_topic_permissions_map_to_kafka_authorization_errors(broker: Broker) -> 
         assert limited.commit_offset("g", "secret") == TOPIC_AUTHORIZATION_FAILED
         assert limited.commit_offset("g", "own-topic") == 0
         assert limited.delete_topic("secret") == TOPIC_AUTHORIZATION_FAILED
+        assert limited.describe_configs("secret") == TOPIC_AUTHORIZATION_FAILED
+        assert limited.describe_configs("own-topic") == 0
+        assert limited.alter_retention("secret") == TOPIC_AUTHORIZATION_FAILED
+        assert limited.alter_retention("own-topic") == 0
         # Metadata: all topics lists only the visible ones; a named one answers the error,
         # and auto-creation without configure permission is refused the same way.
         assert limited.metadata(None) == {"own-topic": 0}

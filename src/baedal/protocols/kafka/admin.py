@@ -157,7 +157,9 @@ def describe_configs(connection: KafkaConnection, request: Any) -> Any:
         wanted = set(resource.configuration_keys) if resource.configuration_keys is not None else None
         if resource.resource_type == TOPIC_RESOURCE:
             partitions = connection.registry.get(resource.resource_name)
-            if partitions is None:
+            if not connection.may_see(resource.resource_name):
+                error, message = ErrorCode.topic_authorization_failed, "no permission on the topic"
+            elif partitions is None:
                 error, message = ErrorCode.unknown_topic_or_partition, "no such topic"
             else:
                 values = {
@@ -210,6 +212,8 @@ def incremental_alter_configs(connection: KafkaConnection, request: Any) -> Any:
         partitions = None
         if resource.resource_type != TOPIC_RESOURCE:
             error, message = ErrorCode.invalid_request, "only topic configs can be altered"
+        elif not connection.may("configure", resource.resource_name):
+            error, message = ErrorCode.topic_authorization_failed, "configure permission refused"
         else:
             partitions = connection.registry.get(resource.resource_name)
             if partitions is None:
