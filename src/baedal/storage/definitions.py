@@ -190,7 +190,8 @@ class DefinitionsStore:
                     "name": name,
                     "password_hash": password_hash,
                     "tags": [t for t in tags.split(",") if t],
-                    "scram_credentials": scram.get(name, {}),
+                    # only for users that have them (a hash-only user has none)
+                    **({"scram_credentials": scram[name]} if name in scram else {}),
                 }
                 for name, password_hash, tags in db.execute(
                     "SELECT name, password_hash, tags FROM users ORDER BY name"
