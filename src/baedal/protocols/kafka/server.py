@@ -1291,7 +1291,7 @@ class _PendingFetch:
         topics: list[tuple[str, list[Any]]] = []
         for topic in body.topics:
             answers: list[Any] = []
-            readable = self.connection.may("read", topic.topic)
+            readable = self.connection.user is None or self.connection.may("read", topic.topic)
             for asked in topic.partitions:
                 partition = registry.partition(topic.topic, asked.partition)
                 error = ErrorCode.none
