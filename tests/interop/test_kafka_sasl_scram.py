@@ -609,3 +609,22 @@ def test_scram_works_without_kafka_sasl_required_and_then_permissions_apply(tmp_
             assert limited.produce("anything", b"y") == TOPIC_AUTHORIZATION_FAILED
     finally:
         broker.stop_thread()
+
+
+def test_malformed_scram_credentials_are_refused_by_the_management_api(broker: Broker) -> None:
+    import urllib.error
+
+    exported = http(broker, "GET", "/api/definitions")
+    alice = next(u for u in exported["users"] if u["name"] == "alice")
+    bad = {"password_hash": alice["password_hash"], "tags": "",
+           "scram_credentials": {"SCRAM-SHA-256": {**alice["scram_credentials"]["SCRAM-SHA-256"], "iterations": 10**9}}}
+    for path, body in (("/api/users/mallory", bad), ("/api/definitions", {"users": [bad | {"name": "mallory"}]})):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            http(broker, "PUT" if "users/" in path else "POST", path, body)
+        assert refused.value.code == 400
+    assert "mallory" not in {u["name"] for u in http(broker, "GET", "/api/users")}
+    # The hash and credentials of a user can be set together, as an import does.
+    http(broker, "PUT", "/api/users/alice2", {k: v for k, v in alice.items() if k != "name"})
+    http(broker, "PUT", "/api/permissions/%2F/alice2", {"configure": ".*", "write": ".*", "read": ".*"})
+    with RawKafka(broker) as raw:
+        assert raw.scram("SCRAM-SHA-512", "alice2", "alice-pw") == 0

@@ -364,16 +364,17 @@ def _apply_user(core: BrokerCore, name: str, body: dict[str, Any]) -> bool:
     # SCRAM credentials follow the password (core/scram.py): derived from a new
     # password, taken from the document with a new hash (none if it has none: they
     # cannot be derived from the hash), kept when neither changes.
+    try:
+        given_scram = credentials_from_json(body.get("scram_credentials", {}))
+    except CredentialFormatError as exc:
+        raise bad_request(f"scram_credentials: {exc}") from None
     scram: dict[str, ScramCredential] | None = None
     if password is not None:
         require_type(password, str, "password")
         password_hash = hash_password(password)
         scram = derive_all(password)
     elif password_hash is not None:
-        try:
-            scram = credentials_from_json(body.get("scram_credentials", {}))
-        except CredentialFormatError as exc:
-            raise bad_request(f"scram_credentials: {exc}") from None
+        scram = given_scram
         require_type(password_hash, str, "password_hash")
         algorithm = body.get("hashing_algorithm", HASHING_ALGORITHM)
         if algorithm != HASHING_ALGORITHM:

@@ -152,6 +152,12 @@ USER_PUT = obj(
         },
         "hashing_algorithm": {"type": "string", "enum": ["rabbit_password_hashing_sha256"]},
         "tags": TAGS,
+        "scram_credentials": {
+            "type": "object",
+            "description": "Baedal: SCRAM credentials by mechanism (SCRAM-SHA-256, SCRAM-SHA-512), each "
+            "{salt, iterations, stored_key, server_key} in base64, as GET /api/definitions exports "
+            "them; used with password_hash (a password derives fresh ones)",
+        },
     }
 )
 PERMISSION = obj(
