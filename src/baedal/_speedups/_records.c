@@ -1,5 +1,6 @@
 /*
- * baedal._speedups._records: the record loop of storage.record_batch.decode_rows in C.
+ * baedal._speedups._records: the record loop of storage.record_batch.decode_rows in C
+ * (and, further down, append_record: RecordBuilder.add's encoding).
  *
  * Why: reading a stream, decoding each record's varints in Python cost about 17k
  * instructions per record, two thirds of the whole AMQP stream read path
