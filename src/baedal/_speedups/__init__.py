@@ -1,7 +1,9 @@
 """Optional compiled speed-ups, each with a pure-Python twin that stays the reference.
 
 ``_records`` (``_records.c``): the record loop of ``storage.record_batch.decode_rows``,
-which was about two thirds of the CPU of reading a stream over AMQP.  It is built by
+which was about two thirds of the CPU of reading a stream over AMQP, and
+``append_record``, the encoding step of ``storage.record_batch.RecordBuilder.add`` (the
+stream publish path).  It is built by
 ``pip install`` when a C compiler and Python's headers are there (``setup.py`` marks it
 optional: without them the install still succeeds, pure Python), or in a checkout with
 ``python setup.py build_ext --inplace``.

@@ -1,5 +1,6 @@
 /*
- * baedal._speedups._records: the record loop of storage.record_batch.decode_rows in C.
+ * baedal._speedups._records: the record loop of storage.record_batch.decode_rows in C
+ * (and, further down, append_record: RecordBuilder.add's encoding).
  *
  * Why: reading a stream, decoding each record's varints in Python cost about 17k
  * instructions per record, two thirds of the whole AMQP stream read path
@@ -214,14 +215,96 @@ error:
   return NULL;
 }
 
+/* Encode side: RecordBuilder.add (storage/record_batch.py) in C.
+ *
+ * Why: per stream publish, encoding the record's head (length, attributes, timestamp
+ * and offset deltas, key, value length: five varints) cost ~40 bytecodes in Python.
+ *
+ * append_record(pieces, key, value, headers, delta, count) appends the record's pieces
+ * to the list `pieces`: one new bytes object holding the varint record length and the
+ * head (up to the value length), then `value` and `headers` themselves (not copied).
+ * Joined, they are the bytes RecordBuilder.add's Python code appends (tests compare).
+ * Returns the record's length (without its own length varint), or None when the
+ * arguments are not exactly (list, bytes or None, bytes, bytes, int, int): the Python
+ * code then does it, so what is accepted never differs. */
+
+/* The zig-zag varint of v into out (at most 10 bytes); the bytes written. */
+static int put_varint(unsigned char *out, int64_t v) {
+  uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+  int n = 0;
+  while (z >= 0x80) {
+    out[n++] = (unsigned char)(z | 0x80);
+    z >>= 7;
+  }
+  out[n++] = (unsigned char)z;
+  return n;
+}
+
+static PyObject *append_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_SetString(PyExc_TypeError, "append_record takes 6 arguments");
+    return NULL;
+  }
+  PyObject *pieces = args[0], *key = args[1], *value = args[2], *headers = args[3];
+  if (!PyList_CheckExact(pieces) || !PyBytes_CheckExact(value) || !PyBytes_CheckExact(headers) ||
+      (key != Py_None && !PyBytes_CheckExact(key)) || !PyLong_CheckExact(args[4]) ||
+      !PyLong_CheckExact(args[5]))
+    Py_RETURN_NONE;
+  int overflow = 0;
+  long long delta = PyLong_AsLongLongAndOverflow(args[4], &overflow);
+  if (overflow || (delta == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  long long count = PyLong_AsLongLongAndOverflow(args[5], &overflow);
+  if (overflow || (count == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  Py_ssize_t key_length = key == Py_None ? -1 : PyBytes_GET_SIZE(key);
+  Py_ssize_t value_length = PyBytes_GET_SIZE(value);
+  unsigned char fields[32]; /* attributes, delta, count, key length: 1 + 3 * 10 */
+  int n = 0;
+  fields[n++] = 0;
+  n += put_varint(fields + n, delta);
+  n += put_varint(fields + n, count);
+  n += put_varint(fields + n, key_length);
+  unsigned char value_varint[10];
+  int vn = put_varint(value_varint, value_length);
+  Py_ssize_t key_bytes = key_length > 0 ? key_length : 0;
+  Py_ssize_t head = n + key_bytes + vn;
+  int64_t length = (int64_t)head + value_length + PyBytes_GET_SIZE(headers);
+  unsigned char length_varint[10];
+  int ln = put_varint(length_varint, length);
+  PyObject *out = PyBytes_FromStringAndSize(NULL, ln + head);
+  if (!out) return NULL;
+  char *p = PyBytes_AS_STRING(out);
+  memcpy(p, length_varint, ln);
+  p += ln;
+  memcpy(p, fields, n);
+  p += n;
+  if (key_bytes) {
+    memcpy(p, PyBytes_AS_STRING(key), key_bytes);
+    p += key_bytes;
+  }
+  memcpy(p, value_varint, vn);
+  int failed = PyList_Append(pieces, out);
+  Py_DECREF(out);
+  if (failed || PyList_Append(pieces, value) || PyList_Append(pieces, headers)) return NULL;
+  return PyLong_FromLongLong(length);
+}
+
 static PyMethodDef methods[] = {
+    {"append_record", (PyCFunction)(void (*)(void))append_record, METH_FASTCALL,
+     "append_record(pieces, key, value, headers, delta, count) -> record length, or None: "
+     "encode it in Python"},
     {"decode_body", decode_body, METH_VARARGS,
      "decode_body(buffer, count, base_offset, last_delta, base_timestamp, max_timestamp, "
      "log_append_time, names, name_limit) -> list of rows, or None: decode them in Python"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_records",
-                                    "The record loop of record_batch.decode_rows in C.", -1,
+                                    "The record loops of record_batch (decode_rows, RecordBuilder.add) in C.", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__records(void) { return PyModule_Create(&module); }

@@ -51,6 +51,9 @@ class Exchange:
 
     type = ""
     is_queue = False
+    # Set once a stream is bound (direct and fanout exchanges, whose route() needs no
+    # message): the AMQP adapter's stream publish fast path is tried only then.
+    stream_bound = False
 
     def __init__(
         self,
@@ -128,6 +131,8 @@ class DirectExchange(Exchange):
         dests = self._table.setdefault(binding.routing_key, [])
         if binding.destination not in dests:  # same key bound twice with other arguments
             dests.append(binding.destination)
+        if getattr(binding.destination, "is_stream", False):
+            self.stream_bound = True
 
     def _removed(self, binding: Binding) -> None:
         dests = self._table.get(binding.routing_key)
@@ -156,6 +161,8 @@ class FanoutExchange(Exchange):
     def _added(self, binding: Binding) -> None:
         if binding.destination not in self._destinations:
             self._destinations.append(binding.destination)
+        if getattr(binding.destination, "is_stream", False):
+            self.stream_bound = True
 
     def _removed(self, binding: Binding) -> None:
         if not any(b.destination is binding.destination for b in self.bindings.values()):

@@ -654,6 +654,48 @@ class StreamQueue:
         else:
             key, value, header_list, timestamp_ms = message_to_record(message)
             headers = encode_headers(header_list)
+        return self._accept(key, value, headers, timestamp_ms, message.persistent)
+
+    def publish_bare(self, exchange: str, routing_key: str, value: bytes) -> Any:
+        """``publish`` of a persistent message with no neutral field, no priority and
+        no expiry (what a publish with only ``delivery-mode: 2`` is): the AMQP
+        adapter's stream fast path calls this with the parts it has, so no ``Message``
+        is built.  The record stored is the one ``publish`` stores for that message
+        (the exchange header alone, the routing key as the key)."""
+        log_ = self.log
+        if log_.failure is not None:
+            self.vhost.broker.write_failed(None, log_.failure)
+            return False
+        headers = self._exchange_headers.get(exchange)
+        if headers is None:
+            headers = encode_headers(((EXCHANGE_HEADER, exchange.encode()),))
+            if len(self._exchange_headers) < 64:
+                self._exchange_headers[exchange] = headers
+        key = routing_key.encode() if routing_key else None
+        pending = self._pending
+        if (
+            pending is None
+            or len(value) + len(headers) >= PENDING_MAX_BYTES
+            or type(self.vhost.broker.replicator) is not LocalReplicator
+        ):
+            # A turn's first record, a huge one, or confirms a replicator may hold.
+            return self._accept(key, value, headers, int(time.time() * 1000), True)
+        # _accept's common case, inlined (the stream publish hot path): into the turn's
+        # batch, and the confirm waits for the fsync that follows the batch's append.
+        pending.add(key, value, headers, int(time.time() * 1000))
+        self._pending_count = pending.count
+        if pending.count >= PENDING_MAX_RECORDS or pending.size >= PENDING_MAX_BYTES:
+            self._flush_pending()  # a failure fails the confirms (hook raises _lost)
+        self.publish_count += 1
+        if not self._commit_waiting:
+            self._wait_for_commit()
+        return True
+
+    def _accept(
+        self, key: bytes | None, value: bytes, headers: bytes, timestamp_ms: int, persistent: bool
+    ) -> Any:
+        """The record into this turn's batch (or appended alone); the confirm's handle."""
+        log_ = self.log
         size = len(value) + len(headers)
         if size >= PENDING_MAX_BYTES or log_.syncer is None:
             # Alone and at once: a huge record (refused by itself if it exceeds the batch
@@ -684,7 +726,7 @@ class StreamQueue:
                 self._flush_pending()  # a failure fails the confirms (hook raises _lost)
         self.publish_count += 1
         handle: Any = True
-        if not message.persistent or type(self.vhost.broker.replicator) is not LocalReplicator:
+        if not persistent or type(self.vhost.broker.replicator) is not LocalReplicator:
             handle = self._open_handle
             if handle is None:
                 handle = self._open_handle = CommitHandle()

@@ -398,6 +398,10 @@ def finish_batch(
 
 HEADER_PLACEHOLDER = _HEADER_PLACEHOLDER
 
+# RecordBuilder.add's encoding compiled (optional: see baedal/_speedups), or None.
+_records_encode = load_speedup("_records")
+_append_record: Any = getattr(_records_encode, "append_record", None)
+
 
 class RecordBuilder:
     """An uncompressed v2 batch built one record at a time, with no ``Record`` objects.
@@ -428,6 +432,14 @@ class RecordBuilder:
         else:
             self.first_timestamp = self.max_timestamp = timestamp
             delta = 0
+        if _append_record is not None:
+            # The same encoding in C (baedal/_speedups/_records.c): the length varint
+            # and head in one piece; None = arguments it does not take (the code below).
+            length = _append_record(self.pieces, key, value, headers, delta, count)
+            if length is not None:
+                self.count = count + 1
+                self.size += length
+                return
         small = _SMALL_VARINTS
         n = len(value)
         if key is None:

@@ -90,6 +90,9 @@ _REPLY_TO_BIT = 1 << 9
 # CC/BCC); a publish with neither skips it, so its block is never decoded.
 USER_ID_FLAG = 1 << 4
 HEADERS_FLAG = 1 << 13
+# A properties block holding delivery-mode 2 alone: a persistent message with no other
+# property, the one kind of publish the stream fast path takes (Channel._publish_stream).
+_BARE_PERSISTENT = b"\x10\x00\x02"
 
 
 def _soft(code: int, text: str, method: spec.Method | None) -> ChannelFault:
@@ -1104,6 +1107,18 @@ class Channel:
                 exchange = publisher.target(name)
             except CoreError as exc:
                 raise self._core(exc, method) from None
+        if exchange.stream_bound and properties == _BARE_PERSISTENT and not self.tx_mode:
+            # The stream fast path: a bare persistent publish routed to exactly one
+            # stream (the attribute test is all a queue-only exchange pays).
+            routing_key = method.routing_key
+            queues = exchange.route(routing_key, None)
+            if (
+                len(queues) == 1
+                and queues[0].__class__ is StreamQueue
+                and (name or not routing_key.startswith(REPLY_TO_PREFIX))
+            ):
+                self._publish_stream(exchange, queues[0], name, routing_key, body)
+                return
         try:
             delivery_mode, priority, expiration = scan_properties(properties)
         except DecodeError as exc:
@@ -1166,6 +1181,43 @@ class Channel:
         outcome = publisher.deliver(exchange, message, extra_keys, method.mandatory)
         if outcome or self.confirm_mode:
             self._delivered(outcome, message, method.mandatory)
+
+    def _publish_stream(
+        self, exchange: Exchange, stream: StreamQueue, name: str, routing_key: str, body: bytes
+    ) -> None:
+        """``Publisher.deliver`` + ``_delivered`` for a persistent publish with no other
+        property, routed to one stream and nowhere else, without the ``Message``: the
+        same counters, the same record (``StreamQueue.publish_bare``), the same confirm
+        bookkeeping.  Nothing here can be unroutable, returned, CC'd or scheduled
+        (``on_publish`` checked), and a bare block has no user-id to validate."""
+        publisher = self.publisher
+        publisher.publish_count += 1
+        exchange.publish_count += 1
+        try:
+            accepted = stream.publish_bare(name, routing_key, body)
+        except OSError as exc:  # as Publisher.deliver: the log failed, sticky until reset
+            publisher.broker.write_failed(stream.store, exc)
+            accepted = False
+        if accepted is True:  # the common case: stored once the next fsync is done
+            exchange.publish_out_count += 1
+            if self.confirm_mode:
+                seq = self.publish_seq = self.publish_seq + 1
+                if not self._first_unsynced:
+                    self._first_unsynced = seq
+                self._last_unsynced = seq
+                self.connection.confirms_dirty(self)
+            else:
+                self.connection.sync_wanted = True
+            return
+        if accepted:  # a replication handle (cluster/replicator.py)
+            exchange.publish_out_count += 1
+            if publisher.replicating is None:
+                publisher.replicating = []
+            publisher.replicating.append(accepted)
+            outcome = NEEDS_SYNC | REPLICATING
+        else:
+            outcome = REFUSED
+        self._delivered(outcome, None, False)  # type: ignore[arg-type]  # routed: no return
 
     def _publish_fault(self, exc: CoreError, method: spec.Method) -> ChannelFault | ConnectionFault:
         if exc.kind == "malformed":
