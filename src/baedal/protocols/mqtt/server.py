@@ -88,6 +88,7 @@ from ...core.message import Extension, Message, QueueEntry, register_extension
 from ...core.properties import encode_table
 from ...core.publish import NEEDS_SYNC, REFUSED, REPLICATING, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
+from ...transport import epoll
 from ...transport.address import is_loopback
 from . import codec
 from .codec import (
@@ -165,6 +166,9 @@ class MQTTConfig:
     max_keep_alive: int = 0  # 0: the client's keep-alive stands (else Server Keep Alive)
     handshake_timeout: float = 10.0
     max_output: int = 8 * 1024 * 1024
+    # Plain-TCP listeners serve connections with the epoll transport (transport/epoll.py:
+    # a descriptor and a small object per idle client) where the platform has one.
+    light_transport: bool = True
 
 
 # --- the MQTT part of a message -------------------------------------------------------------
@@ -464,7 +468,7 @@ class MQTTServer:
                 if name not in self.share_members:
                     vhost.delete_queue(vhost.queues[name])
         self.connections: set[MQTTConnection] = set()
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Any] = []  # asyncio Servers and epoll.EpollListeners
         self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
         # Keep-alive and handshake deadlines: one sweep every KEEP_ALIVE_TICK for the
         # whole listener instead of a TimerHandle per connection (~0.5 KB each under
@@ -485,6 +489,12 @@ class MQTTServer:
         return vhost
 
     async def listen(self, host: str, port: int, ssl: Any = None) -> int:
+        if ssl is None and self.config.light_transport and epoll.available():
+            listener = await epoll.EpollListener.create(lambda: MQTTConnection(self), host, port)
+            # The connections' limits (``connection_made``) are the listener's: stored once.
+            listener.write_limits = (self.config.max_output, self.config.max_output // 4)
+            self._servers.append(listener)
+            return listener.port
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: MQTTConnection(self), host, port, ssl=ssl)
         self._servers.append(server)
