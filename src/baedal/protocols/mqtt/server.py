@@ -68,7 +68,13 @@ Idle connections: keep-alive and the CONNECT deadline are one sweep per listener
 ``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
 ``TimerHandle`` per connection; a read only stores the current tick.  Everything a
 connection or session needs only once it publishes, subscribes or uses MQTT 5.0
-features (publisher, maps, sets, buffers) is created then.
+features (publisher, maps, sets, buffers) is created then.  Plain-TCP listeners serve
+their connections on the light epoll transport (``transport/epoll.py``: a descriptor and
+a six-slot object per connection instead of an event-loop transport, ~1.1 KB less per
+client under uvloop; ``MQTTConfig.light_transport``); the parser exists only while a
+connection has something half-read or a topic cache, and fields an idle client leaves
+at their default live in a side object (``_RARE_FIELDS``).  The per-client bytes are
+listed in docs/benchmarks.md (issue 13, third pass).
 """
 
 from __future__ import annotations
