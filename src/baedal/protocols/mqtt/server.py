@@ -743,6 +743,14 @@ class MQTTConnection(asyncio.Protocol):
         "connected_at", "recv_bytes", "send_bytes",  # for operators (describe())
     )
 
+    # Properties over ``_rare`` (installed after the class, from ``_RARE_FIELDS``):
+    _peer: Any
+    will: codec.Will | None
+    client_alias_max: int
+    aliases_in: dict[int, str] | None
+    aliases_out: dict[str, int] | None
+    _reading_paused: bool
+
     @property
     def config(self) -> MQTTConfig:
         return self.server.config
