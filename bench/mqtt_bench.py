@@ -12,6 +12,9 @@ mosquitto-persist, so the machine's load falls on all of them alike):
   a persistent message, PUBACKed once it is on disk (group-committed fsync).
 * ``baedal-asyncio`` (not in the default list): the same with ``BAEDAL_USE_UVLOOP=false``
   (the standard library's event loop; ``baedal`` runs on uvloop, the default).
+* ``baedal-nolight`` (not in the default list): the same with ``--mqtt-light-transport
+  off`` (MQTT connections on the event loop's transports instead of the light epoll
+  transport, ``src/baedal/transport/epoll.py``, the default on Linux).
 * ``baedal-base`` (not in the default list): ``baedal`` from the ``src`` directory given
   with ``--base-src`` (another commit), for a before/after comparison in one run.
 * ``mosquitto``: ``/usr/sbin/mosquitto -c conf``: a listener on 127.0.0.1, anonymous
@@ -386,6 +389,8 @@ class BrokerProcess:
                 env["PYTHONPATH"] = base_src
             if kind == "baedal-asyncio":  # the standard library's loop instead of uvloop
                 env["BAEDAL_USE_UVLOOP"] = "false"
+            if kind == "baedal-nolight":  # the loop's transports, not the light epoll one
+                command += ["--mqtt-light-transport", "off"]
         else:
             conf = work / "mosquitto.conf"
             lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",

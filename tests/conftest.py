@@ -16,6 +16,13 @@ import pytest
 
 EXTERNAL_URL = os.environ.get("BAEDAL_TEST_AMQP_URL")
 
+if os.environ.get("BAEDAL_TEST_MQTT_LIGHT_TRANSPORT", "").lower() in ("0", "off", "false", "no"):
+    # Run the MQTT suites on the event loop's transports instead of the light epoll
+    # transport (the default): MQTTServer.listen asks epoll.available() each time.
+    from baedal.transport import epoll as _epoll
+
+    _epoll.available = lambda: False
+
 
 @pytest.fixture(scope="session")
 def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object | None]:

@@ -358,6 +358,7 @@ class Broker:
             max_keep_alive=s.mqtt_max_keep_alive,
             handshake_timeout=s.handshake_timeout,
             max_output=s.max_connection_output,
+            light_transport=s.mqtt_light_transport,
         )
         server = MQTTServer(self.core, config, retained, state)
 

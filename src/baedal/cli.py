@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         "consumer_timeout": args.consumer_timeout,
         "kafka_port": args.kafka_port,
         "mqtt_port": args.mqtt_port,
+        "mqtt_light_transport": args.mqtt_light_transport,
         "kafka_advertised_host": args.kafka_advertised_host,
         "kafka_advertised_port": args.kafka_advertised_port,
         "stomp_port": args.stomp_port,
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--mqtt-port", help="MQTT port (default 1883, 'off' disables; env BAEDAL_MQTT_PORT)"
+    )
+    serve.add_argument(
+        "--mqtt-light-transport",
+        help="serve plain-TCP MQTT connections on the light epoll transport: on (default on "
+        "Linux) or off (the event loop's transports; env BAEDAL_MQTT_LIGHT_TRANSPORT)",
     )
     serve.add_argument(
         "--kafka-advertised-host", help="host Kafka clients are told to connect to (default: --host)"

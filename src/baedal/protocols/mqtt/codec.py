@@ -678,6 +678,11 @@ class Parser:
         self._needed = 0  # bytes the buffer must hold before a packet can be whole
         self._topics: dict[bytes, str] | None = None  # created at the first PUBLISH
 
+    def is_idle(self) -> bool:
+        """Nothing half-read, no topic cache, not failed: a new ``Parser`` of the same
+        version would do the same (the server drops an idle connection's parser)."""
+        return self._buffer is None and self._topics is None and self._failed is None
+
     def feed(self, data: bytes) -> list[Packet]:
         if self._failed is not None:
             raise MQTTError(self._failed.reason_code, self._failed.text)

@@ -68,13 +68,18 @@ Idle connections: keep-alive and the CONNECT deadline are one sweep per listener
 ``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
 ``TimerHandle`` per connection; a read only stores the current tick.  Everything a
 connection or session needs only once it publishes, subscribes or uses MQTT 5.0
-features (publisher, maps, sets, buffers) is created then.
+features (publisher, maps, sets, buffers) is created then.  Plain-TCP listeners serve
+their connections on the light epoll transport (``transport/epoll.py``: a descriptor and
+a six-slot object per connection instead of an event-loop transport, ~1.1 KB less per
+client under uvloop; ``MQTTConfig.light_transport``); the parser exists only while a
+connection has something half-read or a topic cache, and fields an idle client leaves
+at their default live in a side object (``_RARE_FIELDS``).  The per-client bytes are
+listed in docs/benchmarks.md (issue 13, third pass).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import struct
@@ -88,6 +93,7 @@ from ...core.message import Extension, Message, QueueEntry, register_extension
 from ...core.properties import encode_table
 from ...core.publish import NEEDS_SYNC, REFUSED, REPLICATING, UNROUTABLE, Publisher
 from ...core.vhost import CoreError
+from ...transport import epoll
 from ...transport.address import is_loopback
 from . import codec
 from .codec import (
@@ -165,6 +171,9 @@ class MQTTConfig:
     max_keep_alive: int = 0  # 0: the client's keep-alive stands (else Server Keep Alive)
     handshake_timeout: float = 10.0
     max_output: int = 8 * 1024 * 1024
+    # Plain-TCP listeners serve connections with the epoll transport (transport/epoll.py:
+    # a descriptor and a small object per idle client) where the platform has one.
+    light_transport: bool = True
 
 
 # --- the MQTT part of a message -------------------------------------------------------------
@@ -464,7 +473,7 @@ class MQTTServer:
                 if name not in self.share_members:
                     vhost.delete_queue(vhost.queues[name])
         self.connections: set[MQTTConnection] = set()
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Any] = []  # asyncio Servers and epoll.EpollListeners
         self.counters = {"connections": 0, "publish_in": 0, "publish_out": 0, "refused": 0}
         # Keep-alive and handshake deadlines: one sweep every KEEP_ALIVE_TICK for the
         # whole listener instead of a TimerHandle per connection (~0.5 KB each under
@@ -472,9 +481,16 @@ class MQTTServer:
         # check then (each connection is in at most one bucket: ``watch``; a closed one
         # leaves at once, ``unwatch``, so nothing closed is kept until its tick).
         self.tick = 0
-        # Lists, not sets: 8 bytes per idle client instead of ~50; leaving one is a
-        # C-speed identity scan of one bucket (the connections due in the same tick).
+        # Lists, not sets: 8 bytes per idle client instead of ~50.  Leaving one is lazy:
+        # the connection's ``_due`` is cleared (the sweep skips an entry whose ``_due``
+        # is not the bucket's tick) and ``_stale`` counts such entries per bucket; once
+        # they are half of it the bucket is rebuilt from its live entries.  So a close
+        # is amortised O(1) and a bucket holds at most as many closed connections as
+        # live ones.  (An identity scan per close was quadratic under churn: 20,000
+        # connections due in one tick, closed newest first, took 4.0 s of CPU, 40,000
+        # took 18 s; see docs/benchmarks.md.)
         self._due: dict[int, list[MQTTConnection]] = {}
+        self._stale: dict[int, int] = {}
         self._sweeper: Any = None
 
     @property
@@ -485,6 +501,12 @@ class MQTTServer:
         return vhost
 
     async def listen(self, host: str, port: int, ssl: Any = None) -> int:
+        if ssl is None and self.config.light_transport and epoll.available():
+            listener = await epoll.EpollListener.create(lambda: MQTTConnection(self), host, port)
+            # The connections' limits (``connection_made``) are the listener's: stored once.
+            listener.write_limits = (self.config.max_output, self.config.max_output // 4)
+            self._servers.append(listener)
+            return listener.port
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: MQTTConnection(self), host, port, ssl=ssl)
         self._servers.append(server)
@@ -514,17 +536,29 @@ class MQTTServer:
         if booked:
             connection._due = 0
             bucket = self._due.get(booked)
-            if bucket is not None:
-                with contextlib.suppress(ValueError):
-                    bucket.remove(connection)
-                if not bucket:
-                    del self._due[booked]
+            if bucket is None:
+                return
+            stale = self._stale.get(booked, 0) + 1
+            if stale * 2 < len(bucket):
+                self._stale[booked] = stale
+                return
+            # Half the bucket has left: keep its live entries (a connection booked
+            # again for the same tick may be listed twice; the sweep checks it once).
+            self._stale.pop(booked, None)
+            live = [c for c in bucket if c._due == booked]
+            if live:
+                self._due[booked] = live
+            else:
+                del self._due[booked]
 
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick
         bucket = self._due.pop(tick, None)
+        self._stale.pop(tick, None)
         for connection in bucket or ():
+            if connection._due != tick:
+                continue  # left the bucket (unwatch) or listed twice
             connection._due = 0
             try:
                 connection.check_idle()
@@ -641,28 +675,94 @@ def share_queue_name(group: str, topic_filter: str) -> str:
 # --- a connection ---------------------------------------------------------------------------
 
 
+_SECOND: list[int] = [0]  # the current second as one shared int (``_this_second``)
+
+
+def _this_second() -> int:
+    now = int(_wall_clock())
+    if _SECOND[0] != now:
+        _SECOND[0] = now
+    return _SECOND[0]
+
+
+# Connection fields an idle client never changes from their default, kept in a side
+# object (``_RareState``) created when one is set to anything else; reading one with no
+# side object gives the default.  None of them is read per message on a 3.1.1
+# connection (aliases and their maximum are MQTT 5.0; the rest is per connection).
+_RARE_FIELDS: dict[str, Any] = {
+    "_peer": None,  # set by listeners that know better than the transport (Unix sockets)
+    "will": None,  # codec.Will of the CONNECT
+    "client_alias_max": 0,  # MQTT 5.0 Topic Alias Maximum of the client
+    "aliases_in": None,  # dict[int, str], MQTT 5.0 topic aliases, at first use
+    "aliases_out": None,  # dict[str, int]
+    "_reading_paused": False,  # stopped reading for a resource alarm
+}
+
+
+class _RareState:
+    __slots__ = tuple(_RARE_FIELDS)
+
+    def __init__(self) -> None:
+        for name, default in _RARE_FIELDS.items():
+            setattr(self, name, default)
+
+
+def _rare_field(name: str, default: Any) -> property:
+    def get(self: MQTTConnection) -> Any:
+        rare = self._rare
+        return default if rare is None else getattr(rare, name)
+
+    def set_(self: MQTTConnection, value: Any) -> None:
+        rare = self._rare
+        if rare is None:
+            if value is default or (type(value) is type(default) and value == default):
+                return
+            rare = self._rare = _RareState()
+        setattr(rare, name, value)
+
+    return property(get, set_)
+
+
+
+
 class MQTTConnection(asyncio.Protocol):
     # Slots: past ~30 attributes an instance __dict__ is resized to a 1.5 KiB table;
     # with 10,000 idle clients that was 40 % of the broker's memory per connection.
+    # Fields an idle client leaves at their default live in a side object created when
+    # one is first set to something else (``_RARE_FIELDS``, ``_RareState``), and
+    # ``config`` is the server's: 8 bytes per slot per idle client (issue 13).  No
+    # ``__weakref__``: nothing refers to a connection weakly.
     __slots__ = (
-        "server", "core", "config", "parser", "transport", "_peer", "version", "session", "vhost",
-        "publisher", "permission", "username", "client_id", "will", "keep_alive", "last_seen",
+        "server", "core", "parser", "transport", "version", "session", "vhost",
+        "publisher", "permission", "username", "client_id", "keep_alive", "last_seen",
         "can_send", "closed", "consumers", "client_receive_max", "client_max_packet",
-        "client_alias_max", "aliases_in", "aliases_out", "inbound_unacked", "acks", "_due",
-        "_reading_paused",
-        "_out", "_out_bytes", "_in_read", "_flush_pending", "__weakref__",
+        "inbound_unacked", "acks", "_due", "_rare",
+        "_out", "_out_bytes", "_in_read", "_flush_pending",
         # the publish/deliver fast paths (created at first use; see on_publish/_deliver)
         "_extensions", "_keys", "_topics_out", "_unsynced", "_unsynced_counted", "_credit_back",
         "connected_at", "recv_bytes", "send_bytes",  # for operators (describe())
     )
 
+    # Properties over ``_rare`` (installed after the class, from ``_RARE_FIELDS``):
+    _peer: Any
+    will: codec.Will | None
+    client_alias_max: int
+    aliases_in: dict[int, str] | None
+    aliases_out: dict[str, int] | None
+    _reading_paused: bool
+
+    @property
+    def config(self) -> MQTTConfig:
+        return self.server.config
+
     def __init__(self, server: MQTTServer) -> None:
         self.server = server
         self.core = server.core
-        self.config = server.config
-        self.parser = Parser(self.config.max_packet_size)
+        # Created at the first read, and dropped again while it holds nothing (after
+        # the CONNECT, at keep-alive checks): an idle client has none (``_received``).
+        self.parser: Parser | None = None
         self.transport: Any = None
-        self._peer: Any = None  # see ``peer``
+        self._rare: _RareState | None = None  # _peer, will, topic aliases, ... (see _RARE_FIELDS)
         self.version = 4
         self.session: Session | None = None
         self.vhost: VirtualHost | None = None
@@ -672,7 +772,6 @@ class MQTTConnection(asyncio.Protocol):
         self.permission: Any = None
         self.username: str | None = None
         self.client_id = ""
-        self.will: codec.Will | None = None
         self.keep_alive = 0
         # Keep-alive without a timer per connection: the listener's sweep tick of the
         # last read (an int the server already holds, so a read allocates nothing) and
@@ -684,15 +783,13 @@ class MQTTConnection(asyncio.Protocol):
         self.consumers: dict[str, MQTTConsumer] = _NO_CONSUMERS
         self.client_receive_max = 65535
         self.client_max_packet = _NO_LIMIT
-        self.client_alias_max = 0
-        self.aliases_in: dict[int, str] | None = None  # MQTT 5.0 topic aliases, at first use
-        self.aliases_out: dict[str, int] | None = None
         self.inbound_unacked = 0
         # PUBACK/PUBREC in PUBLISH order: [packet, ready] pairs (see the module docstring)
         self.acks: deque[list[Any]] | None = None  # created at the first PUBLISH (760 B each)
-        self._reading_paused = False
         # For operators (describe()): plain int increments, nothing per message else.
-        self.connected_at = time.time()
+        # Whole seconds, one int shared by the connections of the same second (a float
+        # per connection was 24 bytes per idle client).
+        self.connected_at = _this_second()
         self.recv_bytes = 0
         self.send_bytes = 0
         # Output of one read (or one loop turn) goes out in one transport write: a
@@ -752,6 +849,9 @@ class MQTTConnection(asyncio.Protocol):
         if self.session is None:
             self.abort()
             return
+        parser = self.parser
+        if parser is not None and parser.is_idle():
+            self.parser = None  # a quiet connection gives its parser back (``_received``)
         if not self.keep_alive:
             return
         server = self.server
@@ -791,8 +891,12 @@ class MQTTConnection(asyncio.Protocol):
     def _received(self, data: bytes) -> None:
         self.last_seen = self.server.tick
         self.recv_bytes += len(data)
+        parser = self.parser
+        connecting = self.session is None
+        if parser is None:
+            parser = self.parser = Parser(self.config.max_packet_size, None if connecting else self.version)
         try:
-            packets = self.parser.feed(data)
+            packets = parser.feed(data)
         except MQTTError as exc:
             for packet in exc.packets:
                 if self.closed:
@@ -816,6 +920,8 @@ class MQTTConnection(asyncio.Protocol):
                     self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
             else:
                 self._dispatch_safely(packet)
+        if connecting and self.session is not None and parser.is_idle():
+            self.parser = None  # connected and nothing half-read: an idle client holds none
         if self.core.alarms and not self._reading_paused and not self.closed and self.session:
             # A resource alarm (memory, disk): stop reading publishers, as the AMQP
             # listener does (connection.blocked); resumed when every alarm clears.
@@ -1792,6 +1898,10 @@ class MQTTConnection(asyncio.Protocol):
         if self._send_publish(packet) and qos:
             assert packet_id is not None
             session.inflight[packet_id] = Inflight(None, None, qos)
+
+
+for _name, _default in _RARE_FIELDS.items():
+    setattr(MQTTConnection, _name, _rare_field(_name, _default))
 
 
 def _retainable(properties: dict[str, Any]) -> dict[str, Any]:
