@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-A connection feeds bytes to the sans-IO ``RequestDecoder`` and handles each whole
-request in arrival order.  Kafka promises that responses on one connection come back
+A connection is an ``asyncio.BufferedProtocol``: the transport reads the socket
+straight into the sans-IO ``RequestDecoder``'s buffer (``get_buffer`` /
+``buffer_updated``: no ``bytes`` object per read, no concatenation), and the connection
+handles each whole request in arrival order.  A Produce request's record batches are
+views of that buffer, appended to the log (written to the segment file) before the
+next read reuses the space.  Kafka promises that responses on one connection come back
 in request order (protocol guide, "Network"), but some answers are not ready at once:
 Produce with acks=1/all waits for the fsync that covers its batches, and Fetch may
 long-poll.  So each request that gets an answer takes a *slot* in a FIFO; a handler
@@ -11,11 +15,11 @@ fills its slot now or later, and the connection writes the filled slots at the h
 the FIFO, all of them in one ``writelines`` per loop turn.  Produce with acks=0 takes no
 slot: Kafka sends nothing back for it.
 
-Bounds: the decoder holds at most one request (``max_request_bytes``).  A connection
+Bounds: the decoder holds about one request (``max_request_bytes``) plus one read.  A connection
 stops reading (``pause_reading``) while it owes more than ``MAX_PENDING_SLOTS``
 responses or more than ``max_output`` bytes are waiting in the transport, and while the
 transport asked us to pause writing; it resumes when those drop.  The work per
-``data_received`` call is capped at ``MAX_REQUESTS_PER_CALLBACK``; the rest continues on
+``buffer_updated`` call is capped at ``MAX_REQUESTS_PER_CALLBACK``; the rest continues on
 the next loop turn.
 
 No task or future per request: Produce waits with ``Syncer.after_sync`` callbacks and
@@ -196,7 +200,7 @@ class KafkaServer:
         self.registry.close()
 
 
-class KafkaConnection(asyncio.Protocol):
+class KafkaConnection(asyncio.BufferedProtocol):
     def __init__(self, server: KafkaServer) -> None:
         self.server = server
         self.registry = server.registry
@@ -239,7 +243,18 @@ class KafkaConnection(asyncio.Protocol):
                 _close_ranges(slot[0].parts)
         self._slots.clear()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.decoder.buffer_updated(nbytes)
+        except KafkaProtocolError:  # the decoder failed before: we are closing
+            return
+        self._process()
+
     def data_received(self, data: bytes) -> None:
+        """The same with a copy, for drivers that hold the bytes already (benchmarks)."""
         try:
             self.decoder.feed(data)
         except KafkaProtocolError:
