@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Protocol
 
 from kio.index import load_payload_module
@@ -414,6 +414,16 @@ def encode_produce_response(
     """
     if not 3 <= version <= MAX_HAND_DECODED_PRODUCE:
         raise ValueError(f"produce v{version} is not hand-encoded")
+    if len(topics) == 1 and len(topics[0][1]) == 1:
+        # The common answer (a producer's request for one partition): a cached
+        # template per (version, topic), four fields packed into it.
+        name, ((index, error, base_offset, log_start),) = topics[0]
+        head, size, topic, partition, tail = _single_partition_template(version, name)
+        if version >= 5:
+            packed = partition.pack(index, error, base_offset, -1, log_start)
+        else:
+            packed = partition.pack(index, error, base_offset, -1)
+        return head.pack(size, correlation_id) + topic + packed + tail
     out = bytearray(_SIZE.size)
     out += _CORRELATION.pack(correlation_id)
     out += _INT32.pack(len(topics))
@@ -431,6 +441,24 @@ def encode_produce_response(
     out += _INT32.pack(0)  # throttle_time_ms
     _SIZE.pack_into(out, 0, len(out) - 4)
     return bytes(out)
+
+
+_SIZE_CORRELATION = struct.Struct(">ii")
+
+
+@lru_cache(maxsize=1024)  # bounded: topic names come from clients
+def _single_partition_template(
+    version: int, name: str
+) -> tuple[struct.Struct, int, bytes, struct.Struct, bytes]:
+    """(size+correlation struct, frame size, topic part, partition struct, tail) of a
+    Produce response for one partition of ``name`` (the layout of
+    ``encode_produce_response``)."""
+    encoded = name.encode()
+    topic = _INT32.pack(1) + _INT16.pack(len(encoded)) + encoded + _INT32.pack(1)
+    partition = struct.Struct(">ihqqq" if version >= 5 else ">ihqq")
+    tail = (_V8_PARTITION_TAIL if version >= 8 else b"") + _INT32.pack(0)  # throttle
+    size = _CORRELATION.size + len(topic) + partition.size + len(tail)
+    return _SIZE_CORRELATION, size, topic, partition, tail
 
 
 def _read_uvarint(data: bytes, position: int) -> tuple[int, int]:

@@ -573,10 +573,12 @@ class KafkaConnection(asyncio.BufferedProtocol):
         for topic in body.topic_data:
             partition_results: list[tuple[int, int, int, int]] = []
             for data in topic.partition_data:
-                error, base = self._append(topic.name, data.index, data.records, appended)
+                partition = registry.partition(topic.name, data.index)
+                error, base = self._append(
+                    partition, topic.name, data.index, data.records, appended
+                )
                 if error is not ErrorCode.none:
                     failed = True
-                partition = registry.partition(topic.name, data.index)
                 log_start = partition.log.first_offset if partition is not None else -1
                 partition_results.append((data.index, error.value, base, log_start))
             results.append((topic.name, partition_results))
@@ -625,12 +627,12 @@ class KafkaConnection(asyncio.BufferedProtocol):
 
     def _append(
         self,
+        partition: Partition | None,
         topic: str,
         index: int,
         records: memoryview | None,
         appended: list[CommitHandle],
     ) -> tuple[ErrorCode, int]:
-        partition = self.registry.partition(topic, index)
         if partition is None:
             return ErrorCode.unknown_topic_or_partition, -1
         if not records:
