@@ -25,8 +25,13 @@ from test_kafka_wire import PRODUCE, RawKafka, build_batch, create_topic
 
 from baedal.app import Broker
 from baedal.protocols.kafka.admin import MAX_MESSAGE_BYTES_ARGUMENT
-from baedal.protocols.kafka.codec import INITIAL_BUFFER_BYTES, RETAINED_BUFFER_BYTES
-from baedal.protocols.kafka.server import KafkaConnection
+from baedal.protocols.kafka.codec import (
+    INITIAL_BUFFER_BYTES,
+    MIN_READ_BYTES,
+    RETAINED_BUFFER_BYTES,
+    RequestDecoder,
+)
+from baedal.protocols.kafka.server import DECODED, KafkaConnection
 from baedal_testing import wait_until
 
 
@@ -176,3 +181,67 @@ def test_a_size_field_promising_a_big_request_allocates_only_what_arrived(
     assert wait_until(lambda: connection_state(broker)[1] == len(head) == 100, timeout=10)
     capacity, _buffered = connection_state(broker)
     assert capacity == INITIAL_BUFFER_BYTES
+
+
+def test_while_whole_requests_wait_unread_the_decoder_offers_only_small_reads(
+    client: RawKafka,
+) -> None:
+    # The connection stops taking requests while it owes many answers (pause) or hit
+    # its per-callback cap; the event loop may still read before it notices.  Each such
+    # read must be small: offering all the room (doubled again and again) let one
+    # producer's pipelined requests pull ~450 MB into a connection's buffer under load.
+    decoder = RequestDecoder(DECODED, 100 << 20)
+    batch = build_batch([b"x" * 1000] * 63)
+    frame = produce_frame(client, "waiting", batch)
+    stream = frame * 200  # 200 pipelined ~64 KB requests arrive, none is taken
+    position = 0
+    while position < len(stream):
+        view = decoder.get_buffer(-1)
+        assert len(view) >= MIN_READ_BYTES
+        if decoder.buffered >= len(frame):  # a whole request waits
+            assert len(view) == MIN_READ_BYTES
+        count = min(len(view), len(stream) - position)
+        view[:count] = stream[position : position + count]
+        decoder.buffer_updated(count)
+        position += count
+    assert decoder.buffered == len(stream)
+    assert len(decoder.get_buffer(-1)) == MIN_READ_BYTES
+    assert decoder.capacity <= 2 * (len(stream) + MIN_READ_BYTES)
+    # And every one of them is still there, whole.
+    for _ in range(200):
+        request = decoder.next_request()
+        assert request is not None and request.api_key == PRODUCE
+        assert bytes(request.body.topic_data[0].partition_data[0].records) == batch
+    assert decoder.next_request() is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reads_of_any_size_and_requests_taken_at_any_time_give_every_request_whole(
+    client: RawKafka, seed: int
+) -> None:
+    # The decoder's buffer moves (compaction), grows and shrinks under reads of random
+    # sizes while requests are taken at random moments: each must come out byte-exact.
+    rng = random.Random(seed)
+    batches = [
+        build_batch([rng.randbytes(rng.choice([10, 900, 1000])) for _ in range(rng.randint(1, 80))])
+        for _ in range(60)
+    ]
+    batches[rng.randrange(60)] = big_batch([rng.randbytes(1000) for _ in range(1500)])  # 1.5 MB
+    stream = b"".join(produce_frame(client, "t", batch) for batch in batches)
+    decoder = RequestDecoder(DECODED, 100 << 20)
+    taken: list[bytes] = []
+    position = 0
+    while len(taken) < len(batches):
+        if position < len(stream) and rng.random() < 0.7:
+            view = decoder.get_buffer(-1)
+            count = min(rng.randint(1, len(view)), len(stream) - position)
+            view[:count] = stream[position : position + count]
+            decoder.buffer_updated(count)
+            position += count
+        for _ in range(rng.randint(0, 3)):
+            request = decoder.next_request()
+            if request is None:
+                break
+            taken.append(bytes(request.body.topic_data[0].partition_data[0].records))
+        assert decoder.capacity <= 4 * (len(stream) + MIN_READ_BYTES)
+    assert taken == batches

@@ -170,26 +170,49 @@ class RequestDecoder:
             if len(self._buffer) > RETAINED_BUFFER_BYTES:
                 self._replace(INITIAL_BUFFER_BYTES, 0, 0)
         capacity = len(self._buffer)
-        if capacity - end >= MIN_READ_BYTES and (
-            end - start < 4 or start + 4 + _SIZE.unpack_from(self._buffer, start)[0] <= capacity
-        ):
-            return self._view[end:]  # room for a read, and the frame under way fits
         unread = end - start
-        if (
-            unread * 2 > capacity
-            or capacity - unread < MIN_READ_BYTES
-            # A partial frame big next to the buffer would be moved to the front
-            # again and again (pipelined 64 KiB produce requests): a bigger buffer
-            # makes that a small share of the bytes.
-            or (unread * 8 > capacity and capacity < RETAINED_BUFFER_BYTES)
-        ):
-            # Doubling only when received bytes fill a good part of the buffer keeps
-            # memory proportional to what arrived, whatever a size field promises.
-            self._replace(max(2 * capacity, unread + MIN_READ_BYTES), start, end)
+        need = 0  # the whole frame under way, when its size is known (and legal)
+        if unread >= 4:
+            size = _SIZE.unpack_from(self._buffer, start)[0]
+            if 0 <= size <= self.max_request_bytes:
+                need = 4 + size
+        if need and need <= unread:
+            # A whole request waits: the connection paused or hit its per-callback cap
+            # and the event loop reads once more before it notices.  Read only a little
+            # ahead, so reading cannot outrun handling (offering all the room let one
+            # pipelining producer pull ~450 MB into its buffer on a loaded machine).
+            if capacity - end < MIN_READ_BYTES:
+                if start:
+                    self._compact(start, end)
+                if capacity - self._end < MIN_READ_BYTES:
+                    self._replace(
+                        max(2 * capacity, unread + MIN_READ_BYTES), self._start, self._end
+                    )
+            return self._view[self._end : self._end + MIN_READ_BYTES]
+        if capacity - end >= MIN_READ_BYTES and start + need <= capacity:
+            return self._view[end:]  # room for a read, and the frame under way fits
+        if need > capacity:
+            # A frame bigger than the buffer.  Doubling only once received bytes fill
+            # half of it keeps memory proportional to what arrived, whatever the size
+            # field promises; until then there is room at the end (after compacting).
+            if unread * 2 > capacity:
+                self._replace(max(min(2 * capacity, need), unread + MIN_READ_BYTES), start, end)
+            elif start:
+                self._compact(start, end)
+        elif start and unread * 8 > capacity and capacity < RETAINED_BUFFER_BYTES:
+            # A partial frame big next to the buffer would be moved to the front again
+            # and again (pipelined 64 KiB produce requests): up to RETAINED_BUFFER_BYTES,
+            # a bigger buffer makes that a small share of the bytes.
+            self._replace(2 * capacity, start, end)
         elif start:
-            self._view[:unread] = self._view[start:end]  # memmove; no resize
-            self._start, self._end = 0, unread
+            self._compact(start, end)
+        if len(self._buffer) - self._end < MIN_READ_BYTES:  # a partial frame nearly fills it
+            self._replace(2 * capacity, self._start, self._end)
         return self._view[self._end :]
+
+    def _compact(self, start: int, end: int) -> None:
+        self._view[: end - start] = self._view[start:end]  # memmove; no resize
+        self._start, self._end = 0, end - start
 
     def _replace(self, capacity: int, start: int, end: int) -> None:
         buffer = bytearray(capacity)
