@@ -283,15 +283,16 @@ class RequestDecoder:
             raise KafkaProtocolError(f"unknown api key {api_key}")
         if not versions[0] <= api_version <= versions[1]:
             raise UnsupportedVersion(api_key, api_version, correlation_id)
+        if api_key == PRODUCE_KEY and api_version <= MAX_HAND_DECODED_PRODUCE:
+            # v3-v8: header v1 (no tagged fields), body decoded by hand; no schema lookup.
+            body = decode_produce(frame, position)
+            return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
         try:
             cls = schema(api_key, api_version, EntityType.request)
         except (LookupError, ImportError, ValueError):
             raise UnsupportedVersion(api_key, api_version, correlation_id) from None
         if cls.__flexible__:
             position = _skip_tagged_fields(frame, position)
-        if api_key == PRODUCE_KEY and api_version <= MAX_HAND_DECODED_PRODUCE:
-            body = decode_produce(frame, position)
-            return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
         try:
             # A copy: kio takes read-only buffers only, and the body must not point
             # into the decoder's buffer, which the next read reuses.

@@ -32,6 +32,7 @@ import asyncio
 import datetime
 import logging
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from kio.static.constants import EntityType
 
 from ...core.stream import CommitHandle
 from ...storage.record_batch import (
+    BATCH_HEADER_SIZE,
     TRANSACTIONAL_MASK,
     RecordBatchError,
     batch_size_at,
@@ -143,6 +145,12 @@ LATEST_TIMESTAMP = -1
 # whole whatever its size (KIP-74).  The bound is shared by the partitions asked for
 # (at least 64 KiB each).  On TLS every byte is copied anyway: no cap there.
 SENDFILE_RESPONSE_BYTES = 1024 * 1024
+
+# RecordBatch v2: producerId is the int64 at byte 43 (after baseOffset 8, batchLength 4,
+# partitionLeaderEpoch 4, magic 1, crc 4, attributes 2, lastOffsetDelta 4,
+# baseTimestamp 8, maxTimestamp 8).
+PRODUCER_ID_OFFSET = 43
+_PRODUCER_ID_AT = struct.Struct(">q").unpack_from
 
 
 @dataclass
@@ -647,10 +655,17 @@ class KafkaConnection(asyncio.BufferedProtocol):
                 # Produce v3+ carries exactly one batch per partition (Kafka:
                 # "Produce requests with magic v2 must contain exactly one batch").
                 return ErrorCode.invalid_record, -1
-            header = decode_header(records)
-            producer_id, epoch, sequence, count = header[9], header[10], header[11], header[12]
-            producers = self.server.producers
+            # Only an idempotent producer's batch needs its header here (sequence
+            # checks before the append); the log validates every batch's header anyway.
+            producer_id = (
+                _PRODUCER_ID_AT(records, PRODUCER_ID_OFFSET)[0]
+                if len(records) >= BATCH_HEADER_SIZE
+                else -1
+            )
             if producer_id >= 0:
+                header = decode_header(records)
+                epoch, sequence, count = header[10], header[11], header[12]
+                producers = self.server.producers
                 if header[5] & TRANSACTIONAL_MASK:
                     return ErrorCode.invalid_record, -1  # transactions are not served
                 error, duplicate = producers.check(topic, index, producer_id, epoch, sequence, count)
@@ -665,6 +680,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
             # its base offset rewritten in place in the request frame: no record is
             # decoded and the bytes are not copied again before the write.
             result, handle = partition.stream.append_batch(records)
+            count = result.last_offset - result.base_offset + 1
             if producer_id >= 0:
                 producers.appended(
                     topic, index, producer_id, epoch, sequence, count, result.base_offset
