@@ -3,11 +3,13 @@
 Theory of operation
 -------------------
 Every Kafka message is ``int32 size | payload`` (protocol guide, "Network").  A
-``RequestDecoder`` buffers what ``feed`` gives it and ``next_request`` cuts whole frames.
-The size is checked before anything is buffered past it: a negative size, one of 2 GiB
-or more, or one above ``max_request_bytes`` (Kafka's ``socket.request.max.bytes``,
-100 MiB by default) is a ``FrameTooLarge`` error and the connection is closed — Kafka
-does the same (``InvalidReceiveException``), so the buffer never grows past one request.
+``RequestDecoder`` holds one buffer that the socket is read into (``get_buffer`` /
+``buffer_updated``, or ``feed`` for bytes already in hand) and ``next_request`` cuts
+whole frames from it.  The size is checked before the frame is used: a negative size,
+one of 2 GiB or more, or one above ``max_request_bytes`` (Kafka's
+``socket.request.max.bytes``, 100 MiB by default) is a ``FrameTooLarge`` error and the
+connection is closed — Kafka does the same (``InvalidReceiveException``); the buffer
+grows with bytes that arrived, never with what a size field promises.
 
 The request header is read by hand, the same way for every version: ``api_key int16,
 api_version int16, correlation_id int32, client_id`` with an **int16** length even in
@@ -18,10 +20,10 @@ the body is decoded by ``kio`` (generated from Kafka's message JSON), except Pro
 which is decoded by hand (``decode_produce``): it is the one request whose size grows
 with the data, and kio copies each record batch into a ``bytes`` object (and its
 generic reader costs more than the rest of the produce path).  The hand decoder gives
-each partition's records as a ``memoryview`` into the request frame, which is a
-``bytearray`` the decoder hands over: the log rewrites the batch's base offset in place
-and writes it from there, so a produced batch is copied once in user space (into the
-frame), not four times.  Produce responses are hand-encoded too
+each partition's records as a ``memoryview`` into the request frame, itself a view of
+the decoder's buffer: the log rewrites the batch's base offset in place and writes it
+to the segment from there, so a produced batch is never copied in user space (the
+kernel copies it into the buffer and from it into the page cache).  Produce responses are hand-encoded too
 (``encode_produce_response``), as Fetch responses are (below).
 
 Errors come in two families, as in h11: ``KafkaProtocolError`` means the peer broke the
