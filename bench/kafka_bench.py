@@ -29,7 +29,7 @@ this shared machine hit all alike (issue 11, "How it is shown"):
   only when N messages are in or t ran out, which at 10k records/s and N = 1000 adds
   up to 100 ms to every record: that was most of the 57-73 ms p50 measured before.)
 
-Costs, per measurement: the broker's CPU seconds (utime + stime from
+Costs, per measurement: the broker's CPU seconds (utime and stime, apart and summed, from
 ``/proc/<pid>/stat``) and the client's (``time.process_time()`` of the bench process,
 every librdkafka thread included; ``getrusage(RUSAGE_CHILDREN)`` for kcat), both also
 per MB; and the broker's RSS sampled from ``/proc/<pid>/status`` every 0.2 s while the
@@ -39,6 +39,17 @@ picks the clients: ``confluent`` (confluent-kafka from Python, ``consume()`` bat
 to /dev/null to consume, so Python's per-record cost is out of the client).  Large
 ``--produce-mb`` runs print progress every ~5 %.  ``--profile DIR`` runs Baedal under
 cProfile (``DIR/baedal-<round>.prof``; it slows the broker, so not for figures).
+
+**Cold-cache large-topic mode** (``--cold-mb N``, instead of the rounds above; the
+issue's figure is ``--cold-mb 10000``): dd writes and reads (direct I/O) a file of the
+same size order (``--cold-disk-mb``, default min(N, 4096) MB); then kcat produces N MB
+into a fresh topic from a pipe (no N MB staging file), ``sync; echo 3 >
+/proc/sys/vm/drop_caches`` empties the page cache (root only: otherwise the line says
+``page_cache_dropped: false`` and why, and the consume reads from memory), and kcat
+consumes the topic from the start.  Lines ``cold-produce`` / ``cold-consume`` carry
+MB/s, ``disk_share`` (against dd's write / read figure), both sides' CPU and the
+broker's RSS start / peak / end over each phase.  Needs about 2 × N MB free (topic
+plus dd file at once is N + 4096 at most); everything is deleted at the end.
 
 Brokers: Baedal (``python -m baedal serve`` subprocess, its Kafka listener on a free
 port, data in a temp dir on disk) and Tansu 0.6.0 (``tansu broker --storage-engine
@@ -107,9 +118,14 @@ class Broker:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the broker process (every thread)."""
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime) of the broker process (every thread), seconds."""
         with open(f"/proc/{self.process.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -187,7 +203,7 @@ def measured(broker: Broker | None, run: Any, *args: Any) -> dict[str, Any]:
     process) wins over this process's CPU time.
     """
     sampler = RssSampler(broker) if broker is not None else None
-    broker_cpu = broker.cpu_seconds() if broker is not None else 0.0
+    broker_cpu = broker.cpu_times() if broker is not None else (0.0, 0.0)
     client_cpu = time.process_time()
     try:
         result = run(*args)
@@ -196,9 +212,17 @@ def measured(broker: Broker | None, run: Any, *args: Any) -> dict[str, Any]:
     result.setdefault("client_cpu_s", time.process_time() - client_cpu)
     megabytes = result.get("bytes", 0) / 1e6
     if broker is not None:
-        result["broker_cpu_s"] = broker.cpu_seconds() - broker_cpu
+        user, system = broker.cpu_times()
+        result["broker_user_s"] = user - broker_cpu[0]
+        result["broker_sys_s"] = system - broker_cpu[1]
+        result["broker_cpu_s"] = result["broker_user_s"] + result["broker_sys_s"]
         if megabytes:
             result["broker_cpu_s_per_mb"] = result["broker_cpu_s"] / megabytes
+            seconds = result.get("seconds")
+            if seconds:
+                # Share of one core each side kept busy (2.0 = both cores of this VM).
+                result["broker_cores"] = result["broker_cpu_s"] / seconds
+                result["client_cores"] = result["client_cpu_s"] / seconds
         result.update(rss)
     if megabytes:
         result["client_cpu_s_per_mb"] = result["client_cpu_s"] / megabytes
@@ -399,6 +423,95 @@ def consume_kcat(bootstrap: str, topic: str, count: int, value_bytes: int) -> di
     }
 
 
+def produce_kcat_stream(bootstrap: str, topic: str, total_bytes: int) -> dict[str, Any]:
+    """kcat -P reading records from a pipe (1023 bytes + newline each), for topics too big
+    to stage as a file first (the cold-cache mode: 10 GB); same producer settings as
+    ``produce_kcat``.  The client CPU is kcat's plus this process's writing to the pipe."""
+    assert KCAT is not None
+    count = total_bytes // RECORD
+    line = os.urandom(RECORD // 2).hex()[: RECORD - 1].encode() + b"\n"
+    chunk = line * 1024
+    config = producer_config(bootstrap)
+    config.pop("queue.buffering.max.kbytes")
+    cpu = _children_cpu()
+    own_cpu = time.process_time()
+    step = max(count // 1024 // 20, 1)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [KCAT, "-P", "-b", bootstrap, "-t", topic, *_kcat_config(config)],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        for i in range(count // 1024):
+            process.stdin.write(chunk)
+            if i and i % step == 0:
+                elapsed = time.perf_counter() - started
+                done = i * len(chunk)
+                print(f"  produce {done / 1e9:.1f} GB ({done / elapsed / 1e6:.0f} MB/s)", flush=True)
+        process.stdin.write(line * (count % 1024))
+        process.stdin.close()
+        stderr = process.stderr.read().decode(errors="replace")
+        returncode = process.wait(3600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    elapsed = time.perf_counter() - started
+    if returncode != 0 or "ERROR" in stderr:
+        raise RuntimeError(f"kcat produce failed ({returncode}): {stderr[-2000:]}")
+    return {
+        "messages": count,
+        "bytes": count * (RECORD - 1),
+        "seconds": elapsed,
+        "mb_per_s": count * (RECORD - 1) / elapsed / 1e6,
+        "client_cpu_s": _children_cpu() - cpu + time.process_time() - own_cpu,
+    }
+
+
+def drop_page_cache() -> str | None:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches``; None when done, else why not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write("3\n")
+    except OSError as exc:
+        return f"page cache not dropped ({exc.strerror or exc}): consume reads from memory"
+    return None
+
+
+def cold_consume(args: Any, work: Path, report: Any, load: Any) -> None:
+    """Produce ``--cold-mb`` MB with kcat, drop the page cache, consume from the start
+    with kcat; dd's direct-I/O figures on a file of the same size order in the same run.
+
+    The broker's RSS is sampled all through both phases (the issue: flat while the
+    topic grows to 10 GB and while it is read back)."""
+    disk_mb = args.cold_disk_mb or min(args.cold_mb, 4096)
+    drive = disk(work, disk_mb)
+    report("disk", "dd", {**drive, **load()})
+    broker = start_baedal(work)
+    try:
+        topic = f"bench-cold-{uuid.uuid4().hex[:8]}"
+        create_topic(broker.bootstrap, topic)
+        produced = measured(
+            broker, produce_kcat_stream, broker.bootstrap, topic, args.cold_mb * 10**6
+        )
+        produced["disk_share"] = produced["mb_per_s"] / drive["write_mb_per_s"]
+        report("cold-produce", broker.name, {**produced, "client": "kcat", **load()})
+        note = drop_page_cache()
+        consumed = measured(
+            broker, consume_kcat, broker.bootstrap, topic, produced["messages"], RECORD - 1
+        )
+        consumed["disk_share"] = consumed["mb_per_s"] / drive["read_mb_per_s"]
+        consumed["page_cache_dropped"] = note is None
+        if note is not None:
+            consumed["note"] = note
+        report("cold-consume", broker.name, {**consumed, "client": "kcat", **load()})
+    finally:
+        broker.stop()
+        shutil.rmtree(work / "baedal-data", ignore_errors=True)
+
+
 def _latency_consumer(bootstrap: str, topic: str, count: int, ready: Any, results: Any) -> None:
     consumer = Consumer(consumer_config(bootstrap))
     consumer.subscribe([topic])
@@ -518,6 +631,19 @@ def main() -> None:
         "--work-dir", type=Path, default=None, help="default: a temp dir on the same disk"
     )
     parser.add_argument("--json", default=None, help="append one JSON line per measurement here")
+    parser.add_argument(
+        "--cold-mb",
+        type=int,
+        default=0,
+        help="cold-cache large-topic mode only: produce this many MB with kcat, drop the "
+        "page cache, consume from the start (the issue: 10000)",
+    )
+    parser.add_argument(
+        "--cold-disk-mb",
+        type=int,
+        default=0,
+        help="dd file size for --cold-mb (default: the topic's size, at most 4096)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kafka-bench-", dir=args.work_dir))
@@ -563,6 +689,13 @@ def main() -> None:
         report("consume", broker.name, {**consumed, **tag})
 
     try:
+        if args.cold_mb:
+            if KCAT is None:
+                parser.error("--cold-mb needs kcat")
+            for round_index in range(args.rounds):
+                print(f"--- cold round {round_index + 1}/{args.rounds}", flush=True)
+                cold_consume(args, work, report, load)
+            return
         for round_index in range(args.rounds):
             print(f"--- round {round_index + 1}/{args.rounds}", flush=True)
             report("disk", "dd", {**disk(work, args.disk_mb), **load()})

@@ -3,11 +3,13 @@
 Theory of operation
 -------------------
 Every Kafka message is ``int32 size | payload`` (protocol guide, "Network").  A
-``RequestDecoder`` buffers what ``feed`` gives it and ``next_request`` cuts whole frames.
-The size is checked before anything is buffered past it: a negative size, one of 2 GiB
-or more, or one above ``max_request_bytes`` (Kafka's ``socket.request.max.bytes``,
-100 MiB by default) is a ``FrameTooLarge`` error and the connection is closed — Kafka
-does the same (``InvalidReceiveException``), so the buffer never grows past one request.
+``RequestDecoder`` holds one buffer that the socket is read into (``get_buffer`` /
+``buffer_updated``, or ``feed`` for bytes already in hand) and ``next_request`` cuts
+whole frames from it.  The size is checked before the frame is used: a negative size,
+one of 2 GiB or more, or one above ``max_request_bytes`` (Kafka's
+``socket.request.max.bytes``, 100 MiB by default) is a ``FrameTooLarge`` error and the
+connection is closed — Kafka does the same (``InvalidReceiveException``); the buffer
+grows with bytes that arrived, never with what a size field promises.
 
 The request header is read by hand, the same way for every version: ``api_key int16,
 api_version int16, correlation_id int32, client_id`` with an **int16** length even in
@@ -18,10 +20,10 @@ the body is decoded by ``kio`` (generated from Kafka's message JSON), except Pro
 which is decoded by hand (``decode_produce``): it is the one request whose size grows
 with the data, and kio copies each record batch into a ``bytes`` object (and its
 generic reader costs more than the rest of the produce path).  The hand decoder gives
-each partition's records as a ``memoryview`` into the request frame, which is a
-``bytearray`` the decoder hands over: the log rewrites the batch's base offset in place
-and writes it from there, so a produced batch is copied once in user space (into the
-frame), not four times.  Produce responses are hand-encoded too
+each partition's records as a ``memoryview`` into the request frame, itself a view of
+the decoder's buffer: the log rewrites the batch's base offset in place and writes it
+to the segment from there, so a produced batch is never copied in user space (the
+kernel copies it into the buffer and from it into the page cache).  Produce responses are hand-encoded too
 (``encode_produce_response``), as Fetch responses are (below).
 
 Errors come in two families, as in h11: ``KafkaProtocolError`` means the peer broke the
@@ -36,7 +38,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Protocol
 
 from kio.index import load_payload_module
@@ -45,6 +47,12 @@ from kio.static.constants import EntityType
 
 # Kafka's socket.request.max.bytes default.
 DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024
+# The decoder's buffer (``RequestDecoder``): what an idle connection holds; the least
+# room offered to one socket read; the size kept after a bigger frame was consumed (a
+# producer's 64 KiB batches with a few pipelined requests fit).
+INITIAL_BUFFER_BYTES = 16 * 1024
+MIN_READ_BYTES = 4 * 1024
+RETAINED_BUFFER_BYTES = 1024 * 1024
 MAX_FRAME = 2**31 - 1
 
 API_VERSIONS_KEY = 18
@@ -108,7 +116,29 @@ def _writer(cls: type[Any]) -> Any:
 
 
 class RequestDecoder:
-    """Cuts size-prefixed frames from a byte stream and decodes their requests."""
+    """Cuts size-prefixed frames from a byte stream and decodes their requests.
+
+    Bytes arrive either straight from the socket (``get_buffer`` / ``buffer_updated``,
+    the ``asyncio.BufferedProtocol`` pair: the kernel writes into this decoder's own
+    buffer, no ``bytes`` object per read) or from ``feed`` (tests, fuzzers), which
+    copies into the same buffer.  A frame is handed to ``_decode`` as a ``memoryview``
+    of that buffer, so a produced batch reaches the log without a user-space copy.
+
+    The buffer is one ``bytearray``: ``_start`` is the first unread byte, ``_end`` the
+    end of what arrived.  It is never resized (views of it may still be alive in a
+    traceback); to make room it is compacted (the unread tail moved to the front: at
+    most one partial frame) or replaced by one twice as big.  It grows only when the
+    bytes received and not yet taken fill a good part of it, never on a size field's
+    promise alone, so a client cannot make it allocate 100 MiB by sending 4 bytes: it
+    stays within a small multiple of what arrived (a request is at most
+    ``max_request_bytes``), and goes back to ``INITIAL_BUFFER_BYTES`` once it is empty
+    after holding more than ``RETAINED_BUFFER_BYTES``.
+
+    Lifetime rule: a ``Request`` from ``next_request`` may point into the buffer (a
+    Produce request's records) and is valid until the next ``get_buffer``/``feed`` call.
+    The server handles each request before reading again; every other request body is
+    decoded by kio from a copy, so it owns its bytes.
+    """
 
     def __init__(
         self,
@@ -117,42 +147,118 @@ class RequestDecoder:
     ) -> None:
         self.supported = supported  # api_key -> (min, max) version served
         self.max_request_bytes = min(max_request_bytes, MAX_FRAME)
-        self._buffer = bytearray()
+        self._buffer = bytearray(INITIAL_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
         self.failed: KafkaProtocolError | None = None
 
     @property
     def buffered(self) -> int:
+        """Bytes received and not yet cut into requests."""
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
         return len(self._buffer)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next bytes go (``asyncio.BufferedProtocol.get_buffer``): at least
+        ``MIN_READ_BYTES``.  Invalidates every request returned before (the space may
+        be reused)."""
+        start, end = self._start, self._end
+        if start == end:
+            start = end = self._start = self._end = 0
+            if len(self._buffer) > RETAINED_BUFFER_BYTES:
+                self._replace(INITIAL_BUFFER_BYTES, 0, 0)
+        capacity = len(self._buffer)
+        unread = end - start
+        need = 0  # the whole frame under way, when its size is known (and legal)
+        if unread >= 4:
+            size = _SIZE.unpack_from(self._buffer, start)[0]
+            if 0 <= size <= self.max_request_bytes:
+                need = 4 + size
+        if need and need <= unread:
+            # A whole request waits: the connection paused or hit its per-callback cap
+            # and the event loop reads once more before it notices.  Read only a little
+            # ahead, so reading cannot outrun handling (offering all the room let one
+            # pipelining producer pull ~450 MB into its buffer on a loaded machine).
+            if capacity - end < MIN_READ_BYTES:
+                if start:
+                    self._compact(start, end)
+                if capacity - self._end < MIN_READ_BYTES:
+                    self._replace(
+                        max(2 * capacity, unread + MIN_READ_BYTES), self._start, self._end
+                    )
+            return self._view[self._end : self._end + MIN_READ_BYTES]
+        if capacity - end >= MIN_READ_BYTES and start + need <= capacity:
+            return self._view[end:]  # room for a read, and the frame under way fits
+        if need > capacity:
+            # A frame bigger than the buffer.  Doubling only once received bytes fill
+            # half of it keeps memory proportional to what arrived, whatever the size
+            # field promises; until then there is room at the end (after compacting).
+            if unread * 2 > capacity:
+                self._replace(max(min(2 * capacity, need), unread + MIN_READ_BYTES), start, end)
+            elif start:
+                self._compact(start, end)
+        elif start and unread * 8 > capacity and capacity < RETAINED_BUFFER_BYTES:
+            # A partial frame big next to the buffer would be moved to the front again
+            # and again (pipelined 64 KiB produce requests): up to RETAINED_BUFFER_BYTES,
+            # a bigger buffer makes that a small share of the bytes.
+            self._replace(2 * capacity, start, end)
+        elif start:
+            self._compact(start, end)
+        if len(self._buffer) - self._end < MIN_READ_BYTES:  # a partial frame nearly fills it
+            self._replace(2 * capacity, self._start, self._end)
+        return self._view[self._end :]
+
+    def _compact(self, start: int, end: int) -> None:
+        self._view[: end - start] = self._view[start:end]  # memmove; no resize
+        self._start, self._end = 0, end - start
+
+    def _replace(self, capacity: int, start: int, end: int) -> None:
+        buffer = bytearray(capacity)
+        buffer[: end - start] = self._view[start:end]
+        self._buffer = buffer
+        self._view = memoryview(buffer)
+        self._start, self._end = 0, end - start
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``get_buffer`` view."""
+        if self.failed is not None:
+            raise self.failed
+        self._end += nbytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self.failed is not None:
             raise self.failed
-        self._buffer += data
+        source = memoryview(data).cast("B")
+        done = 0
+        while done < len(source):
+            target = self.get_buffer(len(source) - done)
+            count = min(len(target), len(source) - done)
+            target[:count] = source[done : done + count]
+            self._end += count
+            done += count
 
     def next_request(self) -> Request | None:
         """The next whole request, or None until more bytes come.  Errors are sticky."""
         if self.failed is not None:
             raise self.failed
-        buffer = self._buffer
-        if len(buffer) < 4:
+        start = self._start
+        available = self._end - start
+        if available < 4:
             return None
-        size = _SIZE.unpack_from(buffer, 0)[0]
+        size = _SIZE.unpack_from(self._buffer, start)[0]
         if size < _HEADER.size or size > self.max_request_bytes:
             self.failed = FrameTooLarge(
                 f"request size {size} outside [{_HEADER.size}, {self.max_request_bytes}]"
             )
             raise self.failed
-        if len(buffer) < 4 + size:
+        if available < 4 + size:
             return None
-        if len(buffer) == 4 + size:
-            # The buffer is exactly this frame (the common case for a big request): it
-            # becomes the frame, no copy; deleting from a bytearray's front is O(1).
-            del buffer[:4]
-            frame = buffer
-            self._buffer = bytearray()
-        else:
-            frame = buffer[4 : 4 + size]  # one copy, into a bytearray of its own
-            del buffer[: 4 + size]
+        self._start = start + 4 + size
+        frame = self._view[start + 4 : start + 4 + size]
         try:
             return self._decode(frame)
         except UnsupportedVersion as exc:
@@ -164,7 +270,7 @@ class RequestDecoder:
             self.failed = exc
             raise
 
-    def _decode(self, frame: bytearray) -> Request:
+    def _decode(self, frame: memoryview) -> Request:
         api_key, api_version, correlation_id, client_id_length = _HEADER.unpack_from(frame, 0)
         position = _HEADER.size
         client_id: str | None = None
@@ -172,25 +278,27 @@ class RequestDecoder:
             end = position + client_id_length
             if end > len(frame):
                 raise KafkaProtocolError("truncated client_id")
-            client_id = frame[position:end].decode("utf-8", "replace")
+            client_id = str(frame[position:end], "utf-8", "replace")
             position = end
         versions = self.supported.get(api_key)
         if versions is None:
             raise KafkaProtocolError(f"unknown api key {api_key}")
         if not versions[0] <= api_version <= versions[1]:
             raise UnsupportedVersion(api_key, api_version, correlation_id)
+        if api_key == PRODUCE_KEY and api_version <= MAX_HAND_DECODED_PRODUCE:
+            # v3-v8: header v1 (no tagged fields), body decoded by hand; no schema lookup.
+            body = decode_produce(frame, position)
+            return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
         try:
             cls = schema(api_key, api_version, EntityType.request)
         except (LookupError, ImportError, ValueError):
             raise UnsupportedVersion(api_key, api_version, correlation_id) from None
         if cls.__flexible__:
             position = _skip_tagged_fields(frame, position)
-        if api_key == PRODUCE_KEY and api_version <= MAX_HAND_DECODED_PRODUCE:
-            body = decode_produce(frame, position)
-            return Request(api_key, api_version, correlation_id, client_id, body, len(frame) + 4)
         try:
-            # kio's native reader takes read-only buffers only.
-            body, used = _reader(cls)(memoryview(frame).toreadonly(), position)
+            # A copy: kio takes read-only buffers only, and the body must not point
+            # into the decoder's buffer, which the next read reuses.
+            body, used = _reader(cls)(bytes(frame), position)
         except Exception as exc:  # kio raises several types for malformed input
             raise KafkaProtocolError(f"malformed {cls.__name__}: {exc}") from None
         if position + used != len(frame):
@@ -247,7 +355,7 @@ class ProduceBody:
         self.topic_data = topic_data
 
 
-def decode_produce(frame: bytearray, position: int) -> ProduceBody:
+def decode_produce(frame: bytearray | memoryview, position: int) -> ProduceBody:
     """Produce v3-v8 body at ``position`` to the end of ``frame``.
 
     Layout (ProduceRequest.json, non-flexible versions): ``transactional_id`` nullable
@@ -265,7 +373,7 @@ def decode_produce(frame: bytearray, position: int) -> ProduceBody:
         if length >= 0:
             if position + length > end:
                 raise KafkaProtocolError("truncated transactional_id")
-            transactional_id = frame[position : position + length].decode()
+            transactional_id = str(frame[position : position + length], "utf-8")
             position += length
         elif length != -1:
             raise KafkaProtocolError(f"transactional_id length {length}")
@@ -283,7 +391,7 @@ def decode_produce(frame: bytearray, position: int) -> ProduceBody:
             position += 2
             if length < 0 or position + length > end:
                 raise KafkaProtocolError(f"topic name length {length}")
-            name = frame[position : position + length].decode()
+            name = str(frame[position : position + length], "utf-8")
             position += length
             partition_count = _INT32_AT(frame, position)[0]
             position += 4
@@ -332,6 +440,16 @@ def encode_produce_response(
     """
     if not 3 <= version <= MAX_HAND_DECODED_PRODUCE:
         raise ValueError(f"produce v{version} is not hand-encoded")
+    if len(topics) == 1 and len(topics[0][1]) == 1:
+        # The common answer (a producer's request for one partition): a cached
+        # template per (version, topic), four fields packed into it.
+        name, ((index, error, base_offset, log_start),) = topics[0]
+        head, size, topic, partition, tail = _single_partition_template(version, name)
+        if version >= 5:
+            packed = partition.pack(index, error, base_offset, -1, log_start)
+        else:
+            packed = partition.pack(index, error, base_offset, -1)
+        return head.pack(size, correlation_id) + topic + packed + tail
     out = bytearray(_SIZE.size)
     out += _CORRELATION.pack(correlation_id)
     out += _INT32.pack(len(topics))
@@ -349,6 +467,24 @@ def encode_produce_response(
     out += _INT32.pack(0)  # throttle_time_ms
     _SIZE.pack_into(out, 0, len(out) - 4)
     return bytes(out)
+
+
+_SIZE_CORRELATION = struct.Struct(">ii")
+
+
+@lru_cache(maxsize=1024)  # bounded: topic names come from clients
+def _single_partition_template(
+    version: int, name: str
+) -> tuple[struct.Struct, int, bytes, struct.Struct, bytes]:
+    """(size+correlation struct, frame size, topic part, partition struct, tail) of a
+    Produce response for one partition of ``name`` (the layout of
+    ``encode_produce_response``)."""
+    encoded = name.encode()
+    topic = _INT32.pack(1) + _INT16.pack(len(encoded)) + encoded + _INT32.pack(1)
+    partition = struct.Struct(">ihqqq" if version >= 5 else ">ihqq")
+    tail = (_V8_PARTITION_TAIL if version >= 8 else b"") + _INT32.pack(0)  # throttle
+    size = _CORRELATION.size + len(topic) + partition.size + len(tail)
+    return _SIZE_CORRELATION, size, topic, partition, tail
 
 
 def _read_uvarint(data: bytes, position: int) -> tuple[int, int]:

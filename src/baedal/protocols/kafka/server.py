@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-A connection feeds bytes to the sans-IO ``RequestDecoder`` and handles each whole
-request in arrival order.  Kafka promises that responses on one connection come back
+A connection is an ``asyncio.BufferedProtocol``: the transport reads the socket
+straight into the sans-IO ``RequestDecoder``'s buffer (``get_buffer`` /
+``buffer_updated``: no ``bytes`` object per read, no concatenation), and the connection
+handles each whole request in arrival order.  A Produce request's record batches are
+views of that buffer, appended to the log (written to the segment file) before the
+next read reuses the space.  Kafka promises that responses on one connection come back
 in request order (protocol guide, "Network"), but some answers are not ready at once:
 Produce with acks=1/all waits for the fsync that covers its batches, and Fetch may
 long-poll.  So each request that gets an answer takes a *slot* in a FIFO; a handler
@@ -11,11 +15,11 @@ fills its slot now or later, and the connection writes the filled slots at the h
 the FIFO, all of them in one ``writelines`` per loop turn.  Produce with acks=0 takes no
 slot: Kafka sends nothing back for it.
 
-Bounds: the decoder holds at most one request (``max_request_bytes``).  A connection
+Bounds: the decoder holds about one request (``max_request_bytes``) plus one read.  A connection
 stops reading (``pause_reading``) while it owes more than ``MAX_PENDING_SLOTS``
 responses or more than ``max_output`` bytes are waiting in the transport, and while the
 transport asked us to pause writing; it resumes when those drop.  The work per
-``data_received`` call is capped at ``MAX_REQUESTS_PER_CALLBACK``; the rest continues on
+``buffer_updated`` call is capped at ``MAX_REQUESTS_PER_CALLBACK``; the rest continues on
 the next loop turn.
 
 No task or future per request: Produce waits with ``Syncer.after_sync`` callbacks and
@@ -28,6 +32,7 @@ import asyncio
 import datetime
 import logging
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +42,7 @@ from kio.static.constants import EntityType
 
 from ...core.stream import CommitHandle
 from ...storage.record_batch import (
+    BATCH_HEADER_SIZE,
     TRANSACTIONAL_MASK,
     RecordBatchError,
     batch_size_at,
@@ -145,6 +151,12 @@ LATEST_TIMESTAMP = -1
 # (at least 64 KiB each).  On TLS every byte is copied anyway: no cap there.
 SENDFILE_RESPONSE_BYTES = 1024 * 1024
 
+# RecordBatch v2: producerId is the int64 at byte 43 (after baseOffset 8, batchLength 4,
+# partitionLeaderEpoch 4, magic 1, crc 4, attributes 2, lastOffsetDelta 4,
+# baseTimestamp 8, maxTimestamp 8).
+PRODUCER_ID_OFFSET = 43
+_PRODUCER_ID_AT = struct.Struct(">q").unpack_from
+
 
 @dataclass
 class KafkaConfig:
@@ -201,7 +213,7 @@ class KafkaServer:
         self.registry.close()
 
 
-class KafkaConnection(asyncio.Protocol):
+class KafkaConnection(asyncio.BufferedProtocol):
     def __init__(self, server: KafkaServer) -> None:
         self.server = server
         self.registry = server.registry
@@ -248,7 +260,18 @@ class KafkaConnection(asyncio.Protocol):
                 _close_ranges(slot[0].parts)
         self._slots.clear()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.decoder.buffer_updated(nbytes)
+        except KafkaProtocolError:  # the decoder failed before: we are closing
+            return
+        self._process()
+
     def data_received(self, data: bytes) -> None:
+        """The same with a copy, for drivers that hold the bytes already (benchmarks)."""
         try:
             self.decoder.feed(data)
         except KafkaProtocolError:
@@ -579,11 +602,17 @@ class KafkaConnection(asyncio.Protocol):
         for topic in body.topic_data:
             partition_results: list[tuple[int, int, int, int]] = []
             for data in topic.partition_data:
-                error, base = self._append(topic.name, data.index, data.records, appended)
+                partition = registry.partition(topic.name, data.index)
+                error, base = self._append(
+                    partition, topic.name, data.index, data.records, appended
+                )
                 if error is not ErrorCode.none:
                     failed = True
-                partition = registry.partition(topic.name, data.index)
-                log_start = partition.log.first_offset if partition is not None else -1
+                log_start = (
+                    partition.log.first_offset
+                    if partition is not None and error is ErrorCode.none
+                    else -1  # as Kafka answers a failed partition
+                )
                 partition_results.append((data.index, error.value, base, log_start))
             results.append((topic.name, partition_results))
 
@@ -631,6 +660,7 @@ class KafkaConnection(asyncio.Protocol):
 
     def _append(
         self,
+        partition: Partition | None,
         topic: str,
         index: int,
         records: memoryview | None,
@@ -638,7 +668,6 @@ class KafkaConnection(asyncio.Protocol):
     ) -> tuple[ErrorCode, int]:
         if self.user is not None and not self.may("write", topic):
             return ErrorCode.topic_authorization_failed, -1
-        partition = self.registry.partition(topic, index)
         if partition is None:
             return ErrorCode.unknown_topic_or_partition, -1
         if not records:
@@ -653,10 +682,17 @@ class KafkaConnection(asyncio.Protocol):
                 # Produce v3+ carries exactly one batch per partition (Kafka:
                 # "Produce requests with magic v2 must contain exactly one batch").
                 return ErrorCode.invalid_record, -1
-            header = decode_header(records)
-            producer_id, epoch, sequence, count = header[9], header[10], header[11], header[12]
-            producers = self.server.producers
+            # Only an idempotent producer's batch needs its header here (sequence
+            # checks before the append); the log validates every batch's header anyway.
+            producer_id = (
+                _PRODUCER_ID_AT(records, PRODUCER_ID_OFFSET)[0]
+                if len(records) >= BATCH_HEADER_SIZE
+                else -1
+            )
             if producer_id >= 0:
+                header = decode_header(records)
+                epoch, sequence, count = header[10], header[11], header[12]
+                producers = self.server.producers
                 if header[5] & TRANSACTIONAL_MASK:
                     return ErrorCode.invalid_record, -1  # transactions are not served
                 error, duplicate = producers.check(topic, index, producer_id, epoch, sequence, count)
@@ -671,6 +707,7 @@ class KafkaConnection(asyncio.Protocol):
             # its base offset rewritten in place in the request frame: no record is
             # decoded and the bytes are not copied again before the write.
             result, handle = partition.stream.append_batch(records)
+            count = result.last_offset - result.base_offset + 1
             if producer_id >= 0:
                 producers.appended(
                     topic, index, producer_id, epoch, sequence, count, result.base_offset
