@@ -227,6 +227,8 @@ def _batch_at(
     data: bytes, view: memoryview, pos: int, position: int
 ) -> tuple[int, int, int] | str:
     """(size, attributes, body size) of the intact queue batch at ``pos``, else why not."""
+    if len(data) - pos < BATCH_HEADER_SIZE:
+        return f"partial batch header ({len(data) - pos} bytes)"
     try:
         fields, size = check_batch(view, pos, MAX_BATCH_BYTES)
     except RecordBatchError as exc:
@@ -303,7 +305,7 @@ def scan_batches(path: Path, data: bytes, segment_id: int, result: Any) -> None:
             path,
             pos,
             resume - pos,
-            f"{damaged} damaged message(s)" if damaged else "1 or more damaged messages",
+            f"{damaged} damaged record(s)" if damaged else "1 or more damaged records",
             resume,
             reason,
         )
