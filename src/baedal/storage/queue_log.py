@@ -35,7 +35,10 @@ and in one reserved header:
   mapped back, so a message never shows it as an application header.
 
 ``partitionLeaderEpoch`` is -1, ``producerId``/``producerEpoch``/``baseSequence`` -1,
-``lastOffsetDelta`` 0, ``recordsCount`` 1, timestamps the arrival time in ms.
+``lastOffsetDelta`` 0, ``recordsCount`` 1.  The timestamps are the message's own
+``published_at`` in ms, as the old record kept it (0 when the adapter set none, as AMQP
+does): a stream stamps a missing one with the arrival time for its time index, a queue
+has no time index and would only pay a clock read per publish for it.
 
 Recovery rule for damage (``scan_batches``): batches are walked from the segment header;
 each must pass ``record_batch.check_batch`` (magic, plausible length, whole, CRC-32C),
@@ -53,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ DEADLINE_HEADER = "x-baedal-deadline"
 # position is known; the rest (``_TAIL`` + the record) is under the CRC.
 BATCH_PREFIX = struct.Struct(">qiibI")
 _TAIL = struct.Struct(">hiqqqhii")  # attributes .. recordsCount (40 bytes)
+_ZERO_TIME_TAIL = _TAIL.pack(0, 0, 0, 0, -1, -1, -1, 1)
 BATCH_LENGTH = struct.Struct(">qi")  # baseOffset, batchLength
 _ATTRIBUTES = struct.Struct(">h")
 _ATTRIBUTES_AT = BATCH_PREFIX.size  # 21
@@ -165,39 +168,52 @@ def encode_message(message: Message, expires_at: float | None) -> tuple[bytes, i
         routing_key = message.routing_key
         key = routing_key.encode() if routing_key else None
         value = message.body
-        timestamp = int((message.published_at or time.time()) * 1000)
-        attributes = 0
+        published = message.published_at
+        if published:
+            timestamp = int(published * 1000)
+            tail = _TAIL.pack(0, 0, timestamp, timestamp, -1, -1, -1, 1)
+        else:
+            tail = _ZERO_TIME_TAIL  # AMQP sets no publish time: the pack done once
     else:
-        key, value, headers, timestamp = _stream_mapping().message_to_record(message)
+        key, value, headers, _arrival = _stream_mapping().message_to_record(message)
+        timestamp = int(message.published_at * 1000)
         attributes = 0 if message.persistent else ATTR_TRANSIENT
         if expires_at is not None:
             headers.append((DEADLINE_HEADER, repr(float(expires_at)).encode()))
             attributes |= ATTR_DEADLINE
         section = encode_headers(headers)
+        tail = _TAIL.pack(attributes, 0, timestamp, timestamp, -1, -1, -1, 1)
     small = _SMALL_VARINTS
     n = len(value)
+    value_length = small[n] if n < 2048 else _varint(n)
     if key is None:
-        head = _KEY_NULL_HEAD + (small[n] if n < 2048 else _varint(n))
-    else:
-        k = len(key)
-        head = b"".join(
+        length = 4 + len(value_length) + n + len(section)
+        rest = b"".join(
             (
-                b"\x00\x00\x00",
-                small[k] if k < 2048 else _varint(k),
-                key,
-                small[n] if n < 2048 else _varint(n),
+                tail,
+                small[length] if length < 2048 else _varint(length),
+                _KEY_NULL_HEAD,
+                value_length,
+                value,
+                section,
             )
         )
-    length = len(head) + n + len(section)
-    rest = b"".join(
-        (
-            _TAIL.pack(attributes, 0, timestamp, timestamp, -1, -1, -1, 1),
-            small[length] if length < 2048 else _varint(length),
-            head,
-            value,
-            section,
+    else:
+        k = len(key)
+        key_length = small[k] if k < 2048 else _varint(k)
+        length = 3 + len(key_length) + k + len(value_length) + n + len(section)
+        rest = b"".join(
+            (
+                tail,
+                small[length] if length < 2048 else _varint(length),
+                b"\x00\x00\x00",
+                key_length,
+                key,
+                value_length,
+                value,
+                section,
+            )
         )
-    )
     return rest, crc32c.crc32c(rest)
 
 

@@ -95,6 +95,11 @@ MAX_RECORD_BYTES = 1 << 30
 # costs one crc32c call over the payload and no concatenation.
 _KIND_SEED = tuple(crc32c.crc32c(bytes([kind])) for kind in range(256))
 
+# A version-2 batch's first 21 bytes (``queue_log``): baseOffset, batchLength (the rest
+# + 9), partitionLeaderEpoch -1, magic 2, crc.
+_PACK_BATCH_PREFIX = queue_log.BATCH_PREFIX.pack
+assert queue_log.LENGTH_AFTER_PREFIX == 9 and queue_log.MAGIC == 2
+
 # The one seam for fault injection: tests replace these to simulate ENOSPC / EIO.
 _write_fd = os.write
 _truncate_fd = os.ftruncate
@@ -328,14 +333,7 @@ class Segment(AppendOnlyFile, SegmentReads):
         StorageError."""
         offset = self.written + len(self._buffer)
         self._append_pair(
-            queue_log.BATCH_PREFIX.pack(
-                self.segment_id << 32 | offset,
-                len(rest) + queue_log.LENGTH_AFTER_PREFIX,
-                -1,
-                queue_log.MAGIC,
-                crc,
-            ),
-            rest,
+            _PACK_BATCH_PREFIX(self.segment_id << 32 | offset, len(rest) + 9, -1, 2, crc), rest
         )
         return offset
 

@@ -83,12 +83,13 @@ def test_a_queue_batch_is_the_stream_encoders_batch_of_the_streams_record(
     index: int, expires_at: float | None
 ) -> None:
     message = MESSAGES[index]
-    if not message.published_at:
-        message.published_at = 1_700_000_000.5  # the stream mapping stamps arrival time
     rest, crc = queue_log.encode_message(message, expires_at)
     position = 7 << 32 | 4096
     batch = queue_log.BATCH_PREFIX.pack(position, len(rest) + 9, -1, 2, crc) + rest
-    key, value, headers, timestamp = message_to_record(message)
+    key, value, headers, _arrival = message_to_record(message)
+    # A queue keeps the message's own publish time (0 when the adapter set none), where
+    # a stream stamps the arrival time: the only difference from the stream's record.
+    timestamp = int(message.published_at * 1000)
     attributes = 0 if message.persistent else queue_log.ATTR_TRANSIENT
     if expires_at is not None:
         headers.append((queue_log.DEADLINE_HEADER, repr(expires_at).encode()))
@@ -106,6 +107,7 @@ def test_a_queue_batch_is_the_stream_encoders_batch_of_the_streams_record(
         message.exchange, message.routing_key, message.body,
     )
     assert decoded.persistent == message.persistent
+    assert decoded.published_at == message.published_at
     assert decoded.priority == message.priority
     assert decoded.expiration_ms == message.expiration_ms
     assert dict(decoded.headers or {}) == dict(message.headers or {})  # no deadline header
