@@ -69,6 +69,7 @@ from .record_batch import (
     BATCH_OVERHEAD,
     MAGIC,
     RecordBatchError,
+    _read_varint,
     _varint,
     batch_size_at,
     check_batch,
@@ -253,12 +254,20 @@ def _batch_at(
         return f"baseOffset {fields[0]:#x} is not this position {position:#x}"
     if fields[12] != 1 or fields[6] != 0:
         return f"{fields[12]} records in a queue batch"
+    # The value's length, read from the record's first fields rather than decoding the
+    # record (recovery reads every batch; the CRC has already passed).
+    end = pos + size
     try:
-        rows = decode_rows(data[pos : pos + size], MAX_BATCH_BYTES, check_crc=False)
+        at = _read_varint(data, pos + BATCH_HEADER_SIZE, end)[1]  # record length
+        at = _read_varint(data, at + 1, end)[1]  # after attributes: timestampDelta
+        at = _read_varint(data, at, end)[1]  # offsetDelta
+        key_length, at = _read_varint(data, at, end)
+        if key_length > 0:
+            at += key_length
+        value_length = _read_varint(data, at, end)[0]
     except RecordBatchError as exc:
         return f"record does not decode: {exc}"
-    value = rows[0][3]
-    return size, fields[5], 0 if value is None else len(value)
+    return size, fields[5], max(value_length, 0)
 
 
 def _resync(data: bytes, view: memoryview, start: int, base: int) -> int:
