@@ -44,7 +44,9 @@ def fill(path: Path, count: int, size: int = 40, segment_bytes: int = 1 << 20) -
     return positions
 
 
-def recovered(path: Path, segment_bytes: int = 1 << 20) -> tuple[list[int], list[bytes], SegmentStore]:
+def recovered(
+    path: Path, segment_bytes: int = 1 << 20
+) -> tuple[list[int], list[bytes], SegmentStore]:
     store = SegmentStore.open(path, Syncer(), segment_bytes=segment_bytes, read_ahead=4)
     positions, bodies = [], []
     while (entry := store.shift()) is not None:
@@ -69,10 +71,21 @@ MESSAGES = [
     Message("amq.topic", "a.b", b"x" * 3000, persistent=True, published_at=1234.5),
     Message("ex", "q", b"transient", persistent=False),
     Message.build(
-        "amq.direct", "k", b"every field", persistent=True, priority=5, expiration_ms=60000,
-        published_at=1_700_000_000.0, headers={"n": 1, "big": 1 << 40, "s": "v"},
-        content_type="text/plain", content_encoding="gzip", correlation_id="c",
-        reply_to="r", message_id="m", user_id="guest", timestamp=1_700_000_001,
+        "amq.direct",
+        "k",
+        b"every field",
+        persistent=True,
+        priority=5,
+        expiration_ms=60000,
+        published_at=1_700_000_000.0,
+        headers={"n": 1, "big": 1 << 40, "s": "v"},
+        content_type="text/plain",
+        content_encoding="gzip",
+        correlation_id="c",
+        reply_to="r",
+        message_id="m",
+        user_id="guest",
+        timestamp=1_700_000_001,
     ),
 ]
 
@@ -104,14 +117,24 @@ def test_a_queue_batch_is_the_stream_encoders_batch_of_the_streams_record(
     decoded, deadline = queue_log.decode_message(batch)
     assert deadline == expires_at
     assert (decoded.exchange, decoded.routing_key, decoded.body) == (
-        message.exchange, message.routing_key, message.body,
+        message.exchange,
+        message.routing_key,
+        message.body,
     )
     assert decoded.persistent == message.persistent
     assert decoded.published_at == message.published_at
     assert decoded.priority == message.priority
     assert decoded.expiration_ms == message.expiration_ms
     assert dict(decoded.headers or {}) == dict(message.headers or {})  # no deadline header
-    for name in ("content_type", "content_encoding", "correlation_id", "reply_to", "message_id", "user_id", "timestamp"):
+    for name in (
+        "content_type",
+        "content_encoding",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "user_id",
+        "timestamp",
+    ):
         assert getattr(decoded, name) == getattr(message, name)
     plain = record_to_message(record.key, record.value, record.headers, record.timestamp)
     assert plain.body == decoded.body
@@ -185,7 +208,9 @@ def test_a_torn_tail_anywhere_inside_the_last_batch_costs_only_that_batch(tmp_pa
         assert (directory / "0000000001.seg").stat().st_size == last_start
 
 
-@pytest.mark.parametrize("where", ["header length", "header crc", "attributes", "value", "last byte"])
+@pytest.mark.parametrize(
+    "where", ["header length", "header crc", "attributes", "value", "last byte"]
+)
 def test_damage_in_the_middle_costs_exactly_the_damaged_batch(tmp_path: Path, where: str) -> None:
     """A flipped byte anywhere in batch 4 of 10 loses batch 4, which is message 4 and
     nothing else: the scan resyncs at batch 5 (its position and CRC check out)."""
@@ -273,7 +298,9 @@ def _template() -> tuple[bytes, list[int]]:
 _damage = st.lists(
     st.one_of(
         st.tuples(st.just("flip"), st.integers(0, 1 << 16), st.integers(1, 255)),
-        st.tuples(st.just("overwrite"), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=80)),
+        st.tuples(
+            st.just("overwrite"), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=80)
+        ),
         st.tuples(st.just("truncate"), st.integers(0, 1 << 16), st.just(0)),
     ),
     min_size=1,
@@ -319,3 +346,34 @@ def test_recovery_from_random_damage_returns_only_intact_batches_and_every_untou
     for (start, end), position in zip(spans, positions, strict=True):
         if not touched.intersection(range(start, end)):
             assert position in got_positions
+
+
+@pytest.mark.parametrize("key", ["", "q", "k" * 31, "k" * 32, "k" * 63, "ключ"])
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 8191, 8192, 70_000])
+def test_the_common_record_read_in_place_equals_the_general_decode(key: str, size: int) -> None:
+    message = Message(
+        "amq.direct",
+        key,
+        bytes(range(256)) * (size // 256) + b"z" * (size % 256),
+        persistent=True,
+        published_at=1_700_000_000.25,
+    )
+    rest, crc = queue_log.encode_message(message, None)
+    batch = queue_log.BATCH_PREFIX.pack(1 << 32 | 16, len(rest) + 9, -1, 2, crc) + rest
+    fast, _ = queue_log.decode_message(batch)
+    saved = dict(queue_log._EXCHANGES)
+    queue_log._EXCHANGES.clear()
+    try:
+        general, _ = queue_log.decode_message(batch)  # (and learns the section again)
+    finally:
+        queue_log._EXCHANGES.update(saved)
+    for found in (fast, general):
+        assert (found.exchange, found.routing_key, bytes(found.body)) == (
+            "amq.direct",
+            key,
+            message.body,
+        )
+        assert (found.persistent, found.priority, found.expiration_ms) == (True, 0, None)
+        assert found.published_at == 1_700_000_000.25
+        assert found.headers is None or dict(found.headers) == {}
+        assert found.field_values() == general.field_values()
