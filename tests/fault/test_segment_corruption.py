@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from baedal.core.message import Message
-from baedal.storage.queue_store import SegmentStore
 from baedal.storage.queue_log import BATCH_PREFIX, encode_message
+from baedal.storage.queue_store import SegmentStore
 from baedal.storage.segment import SEGMENT_HEADER_SIZE
 from baedal.storage.syncer import Syncer
 
