@@ -5,7 +5,10 @@ Theory of operation
 A store owns one directory of segment files (``NNNNNNNNNN.seg``) and their ack files
 (``NNNNNNNNNN.ack``).  Every appended message becomes one record in the current writer
 segment; its queue position is ``segment_id << 32 | offset``, so positions strictly
-increase in publish order and are the records' addresses.
+increase in publish order and are the records' addresses.  Segments are written in the
+stream's format (``queue_log``: one RecordBatch v2 batch per message, ``baseOffset`` =
+the position); segments of the old record format (version 1) are still recovered and
+read until drained, never appended to.
 
 Memory holds only:
 
@@ -42,8 +45,9 @@ recovery anyway) and marks the ack file dirty.  The broker confirms a publish wi
 
 Recovery (construction): every segment is scanned and every CRC checked.  A torn tail
 is truncated; a damaged record in the middle is skipped by scanning forward for the
-next offset where a record's length and CRC check out, so every intact record after it
-survives.  Acked and transient records are skipped.  All of it is logged on
+next offset where a record's length and CRC check out (version 2: where a batch that
+carries that very offset as its position checks out, ``queue_log``), so every intact
+record after it survives.  Acked and transient records are skipped.  All of it is logged on
 ``baedal.storage`` (file, offset, count, reason).  After an unclean shutdown every
 recovered entry comes back with ``delivery_count = 1`` (it may have been delivered
 before the crash); ``close()`` writes ``clean-shutdown.json`` listing the entries that

@@ -377,3 +377,20 @@ def test_the_common_record_read_in_place_equals_the_general_decode(key: str, siz
         assert found.published_at == 1_700_000_000.25
         assert found.headers is None or dict(found.headers) == {}
         assert found.field_values() == general.field_values()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.integers(1, 5))
+def test_the_scan_of_arbitrary_bytes_raises_nothing_and_keeps_only_checked_batches(
+    data: bytes, segment_id: int
+) -> None:
+    from baedal.storage.queue_store import _ScanResult
+
+    result = _ScanResult()
+    raw = bytes(SEGMENT_HEADER_SIZE) + data
+    queue_log.scan_batches(Path("fuzz.seg"), raw, segment_id, result)
+    assert SEGMENT_HEADER_SIZE <= result.valid_size <= len(raw)
+    for offset in list(result.persistent) + result.transient:
+        assert not isinstance(
+            queue_log._batch_at(raw, memoryview(raw), offset, segment_id << 32 | offset), str
+        )
