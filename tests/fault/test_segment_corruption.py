@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from baedal.core.message import Message
+from baedal.storage.queue_log import BATCH_PREFIX, encode_message
 from baedal.storage.queue_store import SegmentStore
-from baedal.storage.record import encode_record
 from baedal.storage.segment import SEGMENT_HEADER_SIZE
 from baedal.storage.syncer import Syncer
 
@@ -52,8 +52,10 @@ def test_a_torn_tail_is_truncated_and_earlier_records_survive(
     with caplog.at_level(logging.WARNING, logger="baedal.storage"):
         assert recovered_bodies(tmp_path) == [f"m{i}".encode() for i in range(9)]
     assert "torn tail" in caplog.text and segment.name in caplog.text
-    # record header + the payload (neutral record: meta, routing key, body)
-    record_size = 9 + len(encode_record(Message("", "q", b"." * 100, persistent=True), None))
+    # one batch per message: the 21 bytes before the CRC'd part, then the rest
+    record_size = BATCH_PREFIX.size + len(
+        encode_message(Message("", "q", b"." * 100, persistent=True), None)[0]
+    )
     assert segment.stat().st_size == SEGMENT_HEADER_SIZE + 9 * record_size
 
 
@@ -66,7 +68,7 @@ def test_a_partial_record_header_at_the_end_is_dropped(
         file.write(b"\x10\x00\x00")
     with caplog.at_level(logging.WARNING, logger="baedal.storage"):
         assert len(recovered_bodies(tmp_path)) == 5
-    assert "partial record header" in caplog.text
+    assert "partial batch header" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["payload", "crc", "kind", "length"])

@@ -5,7 +5,10 @@ Theory of operation
 A store owns one directory of segment files (``NNNNNNNNNN.seg``) and their ack files
 (``NNNNNNNNNN.ack``).  Every appended message becomes one record in the current writer
 segment; its queue position is ``segment_id << 32 | offset``, so positions strictly
-increase in publish order and are the records' addresses.
+increase in publish order and are the records' addresses.  Segments are written in the
+stream's format (``queue_log``: one RecordBatch v2 batch per message, ``baseOffset`` =
+the position); segments of the old record format (version 1) are still recovered and
+read until drained, never appended to.
 
 Memory holds only:
 
@@ -42,8 +45,9 @@ recovery anyway) and marks the ack file dirty.  The broker confirms a publish wi
 
 Recovery (construction): every segment is scanned and every CRC checked.  A torn tail
 is truncated; a damaged record in the middle is skipped by scanning forward for the
-next offset where a record's length and CRC check out, so every intact record after it
-survives.  Acked and transient records are skipped.  All of it is logged on
+next offset where a record's length and CRC check out (version 2: where a batch that
+carries that very offset as its position checks out, ``queue_log``), so every intact
+record after it survives.  Acked and transient records are skipped.  All of it is logged on
 ``baedal.storage`` (file, offset, count, reason).  After an unclean shutdown every
 recovered entry comes back with ``delivery_count = 1`` (it may have been delivered
 before the crash); ``close()`` writes ``clean-shutdown.json`` listing the entries that
@@ -75,6 +79,7 @@ from typing import Protocol
 
 from baedal.core.message import Message, QueueEntry
 
+from . import queue_log
 from .ackfile import ACK_NAMING, AckFile, ack_path, load_acks
 from .record import (
     MIN_RECORD_SIZE,
@@ -84,8 +89,10 @@ from .record import (
     record_has_deadline,
     record_priority,
 )
+from .record_batch import RecordBatchError
 from .segment import (
     DEFAULT_SEGMENT_BYTES,
+    QUEUE_LOG_VERSION,
     RECORD_HEADER,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
@@ -115,8 +122,20 @@ KIND_PERSISTENT = 1
 KIND_TRANSIENT = 2
 _VALID_KINDS = (KIND_PERSISTENT, KIND_TRANSIENT)
 
-# The record payload (one message) is ``storage/record.py``'s neutral, versioned record.
+# Version-1 segments: the record payload (one message) is ``storage/record.py``'s
+# neutral, versioned record.  Version 2: ``queue_log`` (the stream's batches).
 _RECORD_HEADER_SIZE = RECORD_HEADER.size
+_BATCH_PREFIX_SIZE = queue_log.BATCH_PREFIX.size
+encode_message = queue_log.encode_message
+
+
+def _decode_batch(batch: bytes, segment: Segment) -> tuple[Message, float | None]:
+    """A version-2 batch's message; a record that does not decode (its CRC passed: a
+    bug or a newer Baedal) is reported as the storage error it is for the queue."""
+    try:
+        return queue_log.decode_message(batch)
+    except RecordBatchError as exc:
+        raise StorageError(None, f"undecodable queue record: {exc}", segment.path) from exc
 
 CLEAN_MARKER = "clean-shutdown.json"
 DEFAULT_READ_AHEAD = 1024
@@ -172,8 +191,16 @@ class SegmentStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+        segment_version: int = QUEUE_LOG_VERSION,
     ) -> None:
-        """Open the store in ``directory``, recovering whatever is there (see ``open``)."""
+        """Open the store in ``directory``, recovering whatever is there (see ``open``).
+
+        ``segment_version``: the format new segments are written in (recovered ones are
+        read in whichever they have); 1, the old record format, only for tests and
+        fixtures of older data."""
+        if segment_version not in (SEGMENT_VERSION, QUEUE_LOG_VERSION):
+            raise ValueError(f"unknown segment version {segment_version}")
+        self._batches = segment_version == QUEUE_LOG_VERSION
         if not SEGMENT_HEADER_SIZE < segment_bytes < 1 << 32:
             raise ValueError("segment_bytes must fit a u32 offset")
         if read_ahead < 1:
@@ -222,6 +249,7 @@ class SegmentStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+        segment_version: int = QUEUE_LOG_VERSION,
     ) -> SegmentStore:
         """Open (creating or recovering) the store in ``directory``.
 
@@ -234,6 +262,7 @@ class SegmentStore:
             segment_bytes=segment_bytes,
             read_ahead=read_ahead,
             read_ahead_bytes=read_ahead_bytes,
+            segment_version=segment_version,
         )
 
     # -- the MessageStore contract ------------------------------------------------------
@@ -245,12 +274,20 @@ class SegmentStore:
         ``shift()`` hands out later (that one is re-read from disk); identity is the
         position.
         """
-        payload = encode_record(message, expires_at)
         writer = self._writer
-        if writer is None or not writer.has_room(len(payload)):
-            writer = self._roll()
+        if self._batches:
+            rest, crc = encode_message(message, expires_at)
+            if writer is None or not writer.has_room_for_batch(len(rest) + _BATCH_PREFIX_SIZE):
+                writer = self._roll()
+            offset = writer.append_batch(rest, crc)
+        else:
+            payload = encode_record(message, expires_at)
+            if writer is None or not writer.has_room(len(payload)):
+                writer = self._roll()
+            offset = writer.append(
+                KIND_PERSISTENT if message.persistent else KIND_TRANSIENT, payload
+            )
         persistent = message.persistent
-        offset = writer.append(KIND_PERSISTENT if persistent else KIND_TRANSIENT, payload)
         self._writer_info.records += 1  # type: ignore[union-attr]
         if persistent:
             self.syncer.mark_dirty(writer)
@@ -469,11 +506,15 @@ class SegmentStore:
                 log.error("store %s: %d ready records missing from the log", self.directory, self._unloaded)
                 break
             base = info.segment.segment_id << 32
+            batches = info.segment.version == QUEUE_LOG_VERSION
             for offset, next_offset, _kind, payload in self._records_from(info, self._cursor_offset):
                 self._cursor_offset = next_offset
                 self._unloaded -= 1
-                priority = record_priority(payload)
-                yield base | offset, priority, body_size(payload)
+                if batches:
+                    message, _expires = _decode_batch(payload, info.segment)
+                    yield base | offset, message.priority, len(message.body)
+                else:
+                    yield base | offset, record_priority(payload), body_size(payload)
             self._cursor_offset = info.segment.size
         self._unloaded = 0
         self.ready_count = 0
@@ -486,12 +527,20 @@ class SegmentStore:
         The same record and durability as ``append`` (kept as its own few lines so the
         plain queue's append path gains no extra call).
         """
-        payload = encode_record(message, expires_at)
         writer = self._writer
-        if writer is None or not writer.has_room(len(payload)):
-            writer = self._roll()
+        if self._batches:
+            rest, crc = encode_message(message, expires_at)
+            if writer is None or not writer.has_room_for_batch(len(rest) + _BATCH_PREFIX_SIZE):
+                writer = self._roll()
+            offset = writer.append_batch(rest, crc)
+        else:
+            payload = encode_record(message, expires_at)
+            if writer is None or not writer.has_room(len(payload)):
+                writer = self._roll()
+            offset = writer.append(
+                KIND_PERSISTENT if message.persistent else KIND_TRANSIENT, payload
+            )
         persistent = message.persistent
-        offset = writer.append(KIND_PERSISTENT if persistent else KIND_TRANSIENT, payload)
         self._writer_info.records += 1  # type: ignore[union-attr]
         if persistent:
             self.syncer.mark_dirty(writer)
@@ -504,8 +553,12 @@ class SegmentStore:
         offset = position & 0xFFFFFFFF
         if info is None or offset >= info.segment.size:
             return None
-        _kind, payload = info.segment.read(offset)
-        message, expires_at = decode_record(payload)
+        segment = info.segment
+        _kind, payload = segment.read(offset)
+        if segment.version == QUEUE_LOG_VERSION:
+            message, expires_at = _decode_batch(payload, segment)
+        else:
+            message, expires_at = decode_record(payload)
         entry = QueueEntry(position, message, len(message.body), expires_at)
         redelivered = self._redelivered
         if position < self._redelivered_below or (redelivered and position in redelivered):
@@ -542,7 +595,10 @@ class SegmentStore:
         if writer is not None and info is not None and writer.failure is not None:
             lost = writer.lost_bytes()
             writer.truncate_to_last_good()
-            sizes = _lost_record_sizes(lost)
+            if writer.version == QUEUE_LOG_VERSION:
+                sizes = queue_log.lost_body_sizes(lost)
+            else:
+                sizes = _lost_record_sizes(lost)
             forgotten = len(sizes)
             first_lost = writer.segment_id << 32 | writer.written
             info.records -= forgotten
@@ -593,7 +649,12 @@ class SegmentStore:
             if old_info is not None and old_info.settled >= old_info.records:
                 self._delete_segment(old_info)
         segment_id = self._next_segment_id
-        segment = Segment.create(self.directory, segment_id, self.segment_bytes)
+        segment = Segment.create(
+            self.directory,
+            segment_id,
+            self.segment_bytes,
+            version=QUEUE_LOG_VERSION if self._batches else SEGMENT_VERSION,
+        )
         self._next_segment_id = segment_id + 1
         info = _SegmentInfo(segment)
         self._segments[segment_id] = info
@@ -646,6 +707,8 @@ class SegmentStore:
         end = segment.size
         skip = info.skip
         damaged = info.damaged
+        # A version-1 record's payload follows its 9-byte header; a batch is whole.
+        overhead = _RECORD_HEADER_SIZE if segment.version == SEGMENT_VERSION else 0
         while offset < end:
             stop = end
             if damaged:
@@ -661,7 +724,7 @@ class SegmentStore:
                 if jumped:
                     continue
             for record_offset, kind, payload in segment.iter_records(offset, stop):
-                next_offset = record_offset + _RECORD_HEADER_SIZE + len(payload)
+                next_offset = record_offset + overhead + len(payload)
                 offset = next_offset
                 if skip is not None:
                     index = bisect.bisect_left(skip, record_offset)
@@ -690,11 +753,16 @@ class SegmentStore:
                 self._unloaded = 0
                 break
             base = info.segment.segment_id << 32
+            batches = info.segment.version == QUEUE_LOG_VERSION
             for offset, next_offset, _kind, payload in self._records_from(
                 info, self._cursor_offset
             ):
                 self._cursor_offset = next_offset
-                message, expires_at = decode_record(payload, self.queue_ttl_ms)
+                message, expires_at = (
+                    _decode_batch(payload, info.segment)
+                    if batches
+                    else decode_record(payload, self.queue_ttl_ms)
+                )
                 position = base | offset
                 size = len(message.body)
                 entry = QueueEntry(position, message, size, expires_at)
@@ -718,8 +786,12 @@ class SegmentStore:
             raise StorageError(
                 None, f"message at position {entry.position:#x} is no longer stored", self.directory
             )
-        _kind, payload = info.segment.read(entry.position & 0xFFFFFFFF)
-        entry.message, _expires = decode_record(payload)
+        segment = info.segment
+        _kind, payload = segment.read(entry.position & 0xFFFFFFFF)
+        if segment.version == QUEUE_LOG_VERSION:
+            entry.message, _expires = _decode_batch(payload, segment)
+        else:
+            entry.message, _expires = decode_record(payload)
 
     def _move_cursor_to_tail(self) -> None:
         if self._writer is not None:
@@ -803,10 +875,10 @@ class SegmentStore:
         """Scan one segment: (info or None if nothing left in it, ready, ready bytes, skipped)."""
         path = segment_path(self.directory, segment_id)
         data = path.read_bytes()
-        if len(data) < SEGMENT_HEADER_SIZE or SEGMENT_HEADER.unpack_from(data)[:2] != (
-            SEGMENT_MAGIC,
-            SEGMENT_VERSION,
-        ):
+        magic, version = (
+            SEGMENT_HEADER.unpack_from(data)[:2] if len(data) >= SEGMENT_HEADER_SIZE else (b"", 0)
+        )
+        if magic != SEGMENT_MAGIC or version not in (SEGMENT_VERSION, QUEUE_LOG_VERSION):
             log.error(
                 "%s: bad segment header, dropping the whole file (%d bytes) at offset 0",
                 path,
@@ -817,7 +889,11 @@ class SegmentStore:
             self.recovery.dropped_bytes += len(data)
             return None, 0, 0, 0
         acked = load_acks(ack_path(self.directory, segment_id))
-        scan = _scan_records(path, data)
+        if version == QUEUE_LOG_VERSION:
+            scan = _ScanResult()
+            queue_log.scan_batches(path, data, segment_id, scan)
+        else:
+            scan = _scan_records(path, data)
         self.recovery.damaged_bytes += sum(resume - start for start, resume in scan.damaged)
         if scan.valid_size < len(data):
             self.recovery.truncated_bytes += len(data) - scan.valid_size
@@ -835,7 +911,7 @@ class SegmentStore:
         ready_bytes = sum(scan.persistent.values()) - sum(
             scan.persistent[offset] for offset in acked_persistent
         )
-        info = _SegmentInfo(Segment.open_sealed(path, segment_id, scan.valid_size))
+        info = _SegmentInfo(Segment.open_sealed(path, segment_id, scan.valid_size, version))
         info.records = records
         info.settled = len(skip)
         if skip:

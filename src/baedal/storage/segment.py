@@ -23,6 +23,18 @@ owner calls ``truncate_to_last_good()``, which cuts the file back to the last by
 is known to have been written whole.  What was in the buffer at the failure is handed
 back by ``lost_bytes()`` so the owner can undo its bookkeeping for those records.
 
+Two record formats live in segment files, told apart by the version in the header:
+
+* version 1 (Baedal 0.1.0 up to issue 10's queue log): ``length | crc32c | kind |
+  payload`` records as above, the payload ``record.py``'s neutral record.  Still read
+  (``read``, ``iter_records``) until a store has drained them; no longer written by
+  ``SegmentStore``.
+* version 2 (``QUEUE_LOG_VERSION``): the stream's format, Kafka RecordBatch v2 batches
+  (``record_batch``), one message per batch, whose ``baseOffset`` is the message's queue
+  position (``segment_id << 32 | byte offset``); see ``queue_log`` for the record inside
+  and the queue-only bits.  ``append_batch`` writes one; ``read`` and ``iter_records``
+  return the whole batch as the payload and derive the kind from its attributes.
+
 ``AppendOnlyFile`` holds that buffered, sticky-failing writer (streams' segments and
 indexes use it too); ``Segment`` adds the queue's record format, ``ackfile.AckFile`` adds
 the ack format.  Naming, creation, reads by ``pread``, sendfile ranges, torn-tail
@@ -40,6 +52,8 @@ from pathlib import Path
 
 import crc32c
 
+from . import queue_log
+from .record_batch import BATCH_OVERHEAD, RecordBatchError, check_batch
 from .segment_files import (
     SegmentNaming,
     SegmentReads,
@@ -66,6 +80,9 @@ DEFAULT_FLUSH_BYTES = 64 * 1024
 
 SEGMENT_MAGIC = b"BAEDALSG"
 SEGMENT_VERSION = 1
+# Segments of RecordBatch v2 batches (the stream's format): what SegmentStore writes.
+QUEUE_LOG_VERSION = 2
+_KNOWN_VERSIONS = (SEGMENT_VERSION, QUEUE_LOG_VERSION)
 # magic(8) | version:u32 | reserved:u32
 SEGMENT_HEADER = struct.Struct("<8sII")
 SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
@@ -77,6 +94,11 @@ MAX_RECORD_BYTES = 1 << 30
 # CRC of the kind byte alone, per kind: the payload CRC continues from it, so a record
 # costs one crc32c call over the payload and no concatenation.
 _KIND_SEED = tuple(crc32c.crc32c(bytes([kind])) for kind in range(256))
+
+# A version-2 batch's first 21 bytes (``queue_log``): baseOffset, batchLength (the rest
+# + 9), partitionLeaderEpoch -1, magic 2, crc.
+_PACK_BATCH_PREFIX = queue_log.BATCH_PREFIX.pack
+assert queue_log.LENGTH_AFTER_PREFIX == 9 and queue_log.MAGIC == 2
 
 # The one seam for fault injection: tests replace these to simulate ENOSPC / EIO.
 _write_fd = os.write
@@ -216,7 +238,7 @@ class AppendOnlyFile:
 class Segment(AppendOnlyFile, SegmentReads):
     """One segment file: appends while it is the writer, reads by offset always."""
 
-    __slots__ = ("segment_id", "capacity", "_read_fd", "writable")
+    __slots__ = ("segment_id", "capacity", "_read_fd", "writable", "version")
 
     def __init__(
         self,
@@ -227,12 +249,14 @@ class Segment(AppendOnlyFile, SegmentReads):
         capacity: int,
         writable: bool,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        version: int = SEGMENT_VERSION,
     ) -> None:
         super().__init__(path, fd, written, flush_bytes)
         self.segment_id = segment_id
         self.capacity = capacity
         self.writable = writable
         self._read_fd = -1
+        self.version = version
 
     # -- creation --------------------------------------------------------------------
 
@@ -243,11 +267,14 @@ class Segment(AppendOnlyFile, SegmentReads):
         segment_id: int,
         capacity: int = DEFAULT_SEGMENT_BYTES,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        version: int = SEGMENT_VERSION,
     ) -> Segment:
         """Create a new, empty segment; the header is written (not synced) at once."""
+        if version not in _KNOWN_VERSIONS:
+            raise ValueError(f"unknown segment version {version}")
         path = segment_path(directory, segment_id)
         fd = create_segment_file(path)
-        header = SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, 0)
+        header = SEGMENT_HEADER.pack(SEGMENT_MAGIC, version, 0)
         try:
             written = _write_fd(fd, header)
             if written != len(header):
@@ -261,14 +288,18 @@ class Segment(AppendOnlyFile, SegmentReads):
             raise StorageError(
                 exc.errno, f"cannot write segment header: {exc.strerror or exc}", path
             ) from exc
-        return cls(path, segment_id, fd, SEGMENT_HEADER_SIZE, capacity, True, flush_bytes)
+        return cls(
+            path, segment_id, fd, SEGMENT_HEADER_SIZE, capacity, True, flush_bytes, version
+        )
 
     @classmethod
-    def open_sealed(cls, path: Path, segment_id: int, size: int) -> Segment:
+    def open_sealed(
+        cls, path: Path, segment_id: int, size: int, version: int = SEGMENT_VERSION
+    ) -> Segment:
         """Open an existing segment read-only (recovered segments never take appends)."""
         # No write descriptor: a recovered segment costs a file descriptor only while
         # something reads it (see ``_reader``), so thousands of segments stay cheap.
-        return cls(path, segment_id, -1, size, size, False)
+        return cls(path, segment_id, -1, size, size, False, DEFAULT_FLUSH_BYTES, version)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -286,6 +317,23 @@ class Segment(AppendOnlyFile, SegmentReads):
         self._append_pair(
             RECORD_HEADER.pack(len(payload), crc32c.crc32c(payload, _KIND_SEED[kind]), kind),
             payload,
+        )
+        return offset
+
+    def has_room_for_batch(self, batch_size: int) -> bool:
+        """Whether a whole batch of ``batch_size`` bytes fits (version 2); an empty
+        segment takes any batch."""
+        size = self.size
+        return size + batch_size <= self.capacity or size == SEGMENT_HEADER_SIZE
+
+    def append_batch(self, rest: bytes, crc: int) -> int:
+        """Buffer one batch (version 2) whose bytes after the first 21 are ``rest``
+        (``queue_log.encode_message``) and whose CRC is ``crc``; its ``baseOffset`` is
+        this segment's position for it.  Return its byte offset.  Raises the sticky
+        StorageError."""
+        offset = self.written + len(self._buffer)
+        self._append_pair(
+            _PACK_BATCH_PREFIX(self.segment_id << 32 | offset, len(rest) + 9, -1, 2, crc), rest
         )
         return offset
 
@@ -320,6 +368,8 @@ class Segment(AppendOnlyFile, SegmentReads):
         # that starts below it is in the kernel whole.
         if offset >= self.written and self._buffer:
             self.flush()
+        if self.version != SEGMENT_VERSION:
+            return self._read_batch(offset)
         fd = self._read_fd
         if fd < 0:
             fd = self.read_fd()
@@ -337,16 +387,96 @@ class Segment(AppendOnlyFile, SegmentReads):
             raise StorageError(errno_module.EIO, f"damaged record at offset {offset}", self.path)
         return kind, payload
 
+    def _read_batch(self, offset: int) -> tuple[int, bytes]:
+        """Version 2: (kind, the whole batch) at ``offset``, CRC and position checked."""
+        fd = self._read_fd
+        if fd < 0:
+            fd = self.read_fd()
+        try:
+            head = os.pread(fd, BATCH_OVERHEAD, offset)
+            if len(head) < BATCH_OVERHEAD:
+                raise StorageError(errno_module.EIO, f"no batch at offset {offset}", self.path)
+            length = queue_log.BATCH_LENGTH.unpack(head)[1]
+            if not 0 < length <= MAX_RECORD_BYTES:
+                raise StorageError(errno_module.EIO, f"damaged batch at offset {offset}", self.path)
+            batch = os.pread(fd, length + BATCH_OVERHEAD, offset)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno, f"read failed: {exc.strerror}", self.path) from exc
+        try:
+            fields, _size = check_batch(batch, 0, MAX_RECORD_BYTES)
+        except RecordBatchError:
+            fields = None
+        if fields is None or fields[0] != self.segment_id << 32 | offset:
+            raise StorageError(errno_module.EIO, f"damaged batch at offset {offset}", self.path)
+        return queue_log.kind_of(fields[5]), batch
+
+    def _iter_batches(
+        self, offset: int, end: int, chunk_bytes: int
+    ) -> Iterator[tuple[int, int, bytes]]:
+        """Version 2 ``iter_records``: (offset, kind, whole batch), CRC-checked."""
+        base = self.segment_id << 32
+        length_of = queue_log.BATCH_LENGTH.unpack_from
+        kind_of = queue_log.kind_of
+        while offset < end:
+            chunk = self.pread(offset, max(chunk_bytes, BATCH_OVERHEAD))
+            view = memoryview(chunk)
+            pos = 0
+            available = len(chunk)
+            while offset < end:
+                if pos + BATCH_OVERHEAD > available:
+                    break
+                length = length_of(chunk, pos)[1]
+                if length < queue_log.MIN_BATCH_LENGTH:
+                    raise StorageError(
+                        errno_module.EIO, f"damaged batch at offset {offset}", self.path
+                    )
+                stop = pos + BATCH_OVERHEAD + length
+                if stop > available:
+                    if pos == 0:
+                        # A batch larger than the chunk: read it whole.
+                        kind, batch = self._read_batch(offset)
+                        yield offset, kind, batch
+                        offset += len(batch)
+                    break
+                try:
+                    fields, _size = check_batch(view, pos, MAX_RECORD_BYTES)
+                except RecordBatchError:
+                    fields = None
+                if fields is None or fields[0] != base | offset:
+                    raise StorageError(
+                        errno_module.EIO, f"damaged batch at offset {offset}", self.path
+                    )
+                yield offset, kind_of(fields[5]), chunk[pos:stop]
+                offset += stop - pos
+                pos = stop
+            if available == 0:
+                raise StorageError(
+                    errno_module.EIO, f"unexpected end of segment at {offset}", self.path
+                )
+
+    def record_end(self, offset: int, payload: bytes | memoryview) -> int:
+        """Where the record (version 1) or batch (version 2) at ``offset`` whose payload
+        ``read``/``iter_records`` returned as ``payload`` ends."""
+        if self.version == SEGMENT_VERSION:
+            return offset + RECORD_HEADER_SIZE + len(payload)
+        return offset + len(payload)
+
     def iter_records(
         self, offset: int, end: int | None = None, chunk_bytes: int = 256 * 1024
     ) -> Iterator[tuple[int, int, bytes]]:
-        """Yield (offset, kind, payload) sequentially from ``offset`` up to ``end``.
+        """Yield (offset, kind, payload) sequentially from ``offset`` up to ``end``
+        (version 2: the payload is the whole batch).
 
         Reads ``chunk_bytes`` at a time (one pread per chunk, not per record) and checks
         every CRC; a damaged record raises StorageError.
         """
         if end is None:
             end = self.size
+        if self.version != SEGMENT_VERSION:
+            yield from self._iter_batches(offset, end, chunk_bytes)
+            return
         unpack_from = RECORD_HEADER.unpack_from
         seeds = _KIND_SEED
         compute = crc32c.crc32c
