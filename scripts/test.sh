@@ -51,6 +51,6 @@ mkdir -p test-artifacts
 if [ $# -eq 0 ]; then
   BAEDAL_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
     tests/unit/test_stream_fast_paths.py tests/unit/storage/test_stream_log.py tests/fuzz/test_stream_record_fuzz.py \
-    tests/interop/test_streams.py
+    tests/interop/test_streams.py tests/interop/test_stream_publish_paths.py
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
