@@ -125,6 +125,13 @@ _SECTIONS: dict[str, bytes] = {}
 _EXCHANGES: dict[bytes, str] = {}  # the reverse, for decode_message's fast path
 _TIMESTAMP = struct.Struct(">q")
 _SECTIONS_LIMIT = 256
+# The header section of any other record without a deadline, by everything it is made of
+# (exchange, persistence, priority, TTL, the neutral fields with the encoded headers, the
+# extension's leftovers): an MQTT publish's fields and leftovers are shared per QoS, so
+# its section repeats too.  Bounded like _SECTIONS; a key that cannot be hashed, or a
+# full cache, just encodes.
+_GENERAL_SECTIONS: dict[tuple[Any, ...], bytes] = {}
+_GENERAL_LIMIT = 1024
 
 _mapping: Any = None
 
@@ -179,13 +186,36 @@ def encode_message(message: Message, expires_at: float | None) -> tuple[bytes, i
         else:
             tail = _ZERO_TIME_TAIL  # AMQP sets no publish time: the pack done once
     else:
-        key, value, headers, _arrival = _stream_mapping().message_to_record(message)
         timestamp = int(message.published_at * 1000)
         attributes = 0 if message.persistent else ATTR_TRANSIENT
-        if expires_at is not None:
-            headers.append((DEADLINE_HEADER, repr(float(expires_at)).encode()))
-            attributes |= ATTR_DEADLINE
-        section = encode_headers(headers)
+        section = None
+        cache_key: tuple[Any, ...] | None = None
+        if expires_at is None:
+            cache_key = (
+                message.exchange,
+                message.persistent,
+                message.priority,
+                message.expiration_ms,
+                tuple(message.field_values()),
+                None if extension is None else extension.protocol,
+                None if extension is None else extension.leftovers(),
+            )
+            try:
+                section = _GENERAL_SECTIONS.get(cache_key)
+            except TypeError:  # a field value that cannot be hashed
+                cache_key = None
+        if section is None:
+            key, value, headers, _arrival = _stream_mapping().message_to_record(message)
+            if expires_at is not None:
+                headers.append((DEADLINE_HEADER, repr(float(expires_at)).encode()))
+                attributes |= ATTR_DEADLINE
+            section = encode_headers(headers)
+            if cache_key is not None and len(_GENERAL_SECTIONS) < _GENERAL_LIMIT:
+                _GENERAL_SECTIONS[cache_key] = section
+        else:  # what message_to_record gives for these two
+            routing_key = message.routing_key
+            key = routing_key.encode() if routing_key else None
+            value = message.body
         tail = _TAIL.pack(attributes, 0, timestamp, timestamp, -1, -1, -1, 1)
     small = _SMALL_VARINTS
     n = len(value)
