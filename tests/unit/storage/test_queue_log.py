@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baedal.core.message import Message
+from baedal.core.message import Message, StoredExtension
 from baedal.core.stream import message_to_record, record_to_message
 from baedal.storage import queue_log
 from baedal.storage.queue_store import SegmentStore
@@ -70,6 +70,8 @@ MESSAGES = [
     Message("", "", b"", persistent=True),
     Message("amq.topic", "a.b", b"x" * 3000, persistent=True, published_at=1234.5),
     Message("ex", "q", b"transient", persistent=False),
+    # A shared extension with leftovers (as MQTT's per-QoS one): the header-section cache.
+    Message("amq.topic", "a.b", b"ext", True, 0, None, 1234.5, StoredExtension("test", b"\x01\x00ab")),
     Message.build(
         "amq.direct",
         "k",
