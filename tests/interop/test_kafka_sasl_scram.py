@@ -8,10 +8,7 @@ import base64
 import datetime
 import hashlib
 import hmac
-import io
 import json
-import socket
-import struct
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +21,9 @@ from confluent_kafka import Consumer, Producer
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError as PyKafkaError
 from kafka.record.memory_records import MemoryRecordsBuilder
-from kio.index import load_payload_module
-from kio.serial import entity_reader, entity_writer
-from kio.static.constants import EntityType
 
 from baedal.app import Broker
+from kafka_raw import RawKafka
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -264,10 +259,10 @@ def test_a_user_created_through_the_management_api_authenticates_with_scram(brok
     ]
     # A new password replaces the SCRAM credentials: the old one no longer works.
     http(broker, "PUT", "/api/users/bob", {"password": "bob-pw-2", "tags": ""})
-    with RawKafka(broker) as raw:
+    with ScramKafka(broker) as raw:
         assert raw.scram("SCRAM-SHA-256", "bob", "bob-pw") == SASL_AUTHENTICATION_FAILED
         assert raw.closed_by_peer()
-    with RawKafka(broker) as raw:
+    with ScramKafka(broker) as raw:
         assert raw.scram("SCRAM-SHA-256", "bob", "bob-pw-2") == 0
 
 
@@ -279,7 +274,7 @@ def test_definitions_export_and_import_carry_scram_credentials(broker: Broker, t
     other = start_broker(tmp_path / "other")
     try:
         http(other, "POST", "/api/definitions", exported)
-        with RawKafka(other) as raw:
+        with ScramKafka(other) as raw:
             assert raw.scram("SCRAM-SHA-512", "alice", "alice-pw") == 0
         # A definitions file from before SCRAM (hash only): PLAIN works, SCRAM does not.
         old_style = {
@@ -288,9 +283,9 @@ def test_definitions_export_and_import_carry_scram_credentials(broker: Broker, t
             "permissions": [{"user": "legacy", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
         }
         http(other, "POST", "/api/definitions", old_style)
-        with RawKafka(other) as raw:
+        with ScramKafka(other) as raw:
             assert raw.plain("legacy", "alice-pw") == 0
-        with RawKafka(other) as raw:
+        with ScramKafka(other) as raw:
             assert raw.scram("SCRAM-SHA-256", "legacy", "alice-pw") == SASL_AUTHENTICATION_FAILED
     finally:
         other.stop_thread()
@@ -306,7 +301,7 @@ def test_scram_credentials_survive_a_restart(tmp_path: Path) -> None:
         first.stop_thread()
     second = start_broker(tmp_path)
     try:
-        with RawKafka(second) as raw:
+        with ScramKafka(second) as raw:
             assert raw.scram("SCRAM-SHA-256", "carol", "carol-pw") == 0
     finally:
         second.stop_thread()
@@ -315,52 +310,18 @@ def test_scram_credentials_survive_a_restart(tmp_path: Path) -> None:
 # -- raw requests: exact error codes --------------------------------------------------------
 
 
-class RawKafka:
-    """A blocking Kafka connection speaking kio, with a SCRAM client written out here."""
+class ScramKafka(RawKafka):
+    """The tests' raw Kafka connection (kio), with a SCRAM client written out here."""
 
     def __init__(self, broker: Broker) -> None:
         assert broker.kafka_port is not None
-        self.sock = socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=10)
-        self.correlation = 0
+        super().__init__(broker.kafka_port)
 
-    def __enter__(self) -> RawKafka:
+    def __enter__(self) -> ScramKafka:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
-    def request(self, api_key: int, version: int, **values: Any) -> Any:
-        request_cls = _entity(api_key, version, EntityType.request)
-        self.correlation += 1
-        out = io.BytesIO()
-        out.write(struct.pack(">hhih", api_key, version, self.correlation, 4) + b"test")
-        if request_cls.__flexible__:
-            out.write(b"\0")
-        entity_writer(request_cls)(out, request_cls(**values))
-        frame = out.getvalue()
-        self.sock.sendall(struct.pack(">i", len(frame)) + frame)
-        size = struct.unpack(">i", self._read(4))[0]
-        data = self._read(size)
-        assert struct.unpack_from(">i", data, 0)[0] == self.correlation
-        response_cls = _entity(api_key, version, EntityType.response)
-        offset = 4 + (1 if response_cls.__header_schema__.__flexible__ else 0)
-        return entity_reader(response_cls)(data, offset)[0]
-
-    def _read(self, count: int) -> bytes:
-        chunks = []
-        while count:
-            chunk = self.sock.recv(count)
-            if not chunk:
-                raise ConnectionError("closed by the broker")
-            chunks.append(chunk)
-            count -= len(chunk)
-        return b"".join(chunks)
-
-    def closed_by_peer(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
+        self.close()
 
     def authenticate(self, auth_bytes: bytes) -> Any:
         return self.request(SASL_AUTHENTICATE, 1, auth_bytes=auth_bytes)
@@ -504,20 +465,12 @@ class RawKafka:
         return int(answer.topics[0].partitions[0].error_code.value)
 
 
-def _entity(api_key: int, version: int, kind: EntityType) -> Any:
-    module = load_payload_module(api_key, version, kind)
-    return next(
-        v for v in vars(module).values()
-        if isinstance(v, type) and getattr(v, "__type__", None) is kind
-    )
-
-
 def test_topic_permissions_map_to_kafka_authorization_errors(broker: Broker) -> None:
-    with RawKafka(broker) as alice:
+    with ScramKafka(broker) as alice:
         assert alice.scram("SCRAM-SHA-256", "alice", "alice-pw") == 0
         assert alice.create_topic("secret") == 0
         assert alice.produce("secret", b"classified") == 0
-    with RawKafka(broker) as limited:
+    with ScramKafka(broker) as limited:
         assert limited.scram("SCRAM-SHA-256", "limited", "limited-pw") == 0
         # configure: create/delete; write: produce; read: fetch, list offsets, commit.
         assert limited.create_topic("other") == TOPIC_AUTHORIZATION_FAILED
@@ -543,7 +496,7 @@ def test_topic_permissions_map_to_kafka_authorization_errors(broker: Broker) -> 
         # Permissions are read per request: cleared, they apply at once.
         broker.call(lambda: broker.core.set_permission("limited", "/", "", "", ""))  # type: ignore[union-attr]
         assert limited.produce("own-topic", b"late") == TOPIC_AUTHORIZATION_FAILED
-    with RawKafka(broker) as alice:  # nothing the refused requests tried was stored
+    with ScramKafka(broker) as alice:  # nothing the refused requests tried was stored
         assert alice.scram("SCRAM-SHA-512", "alice", "alice-pw") == 0
         assert alice.metadata(None) == {"secret": 0, "own-topic": 0}
         assert alice.delete_topic("secret") == 0
@@ -552,7 +505,7 @@ def test_topic_permissions_map_to_kafka_authorization_errors(broker: Broker) -> 
 def test_a_user_without_a_permission_on_the_kafka_vhost_fails_sasl(broker: Broker) -> None:
     for login in (lambda raw: raw.scram("SCRAM-SHA-256", "stranger", "stranger-pw"),
                   lambda raw: raw.plain("stranger", "stranger-pw")):
-        with RawKafka(broker) as raw:
+        with ScramKafka(broker) as raw:
             assert login(raw) == SASL_AUTHENTICATION_FAILED
             assert raw.closed_by_peer()
 
@@ -569,7 +522,7 @@ def test_a_user_without_a_permission_on_the_kafka_vhost_fails_sasl(broker: Broke
 def test_bad_scram_messages_get_sasl_authentication_failed_and_the_connection_closes(
     broker: Broker, first: bytes, final: bytes | None
 ) -> None:
-    with RawKafka(broker) as raw:
+    with ScramKafka(broker) as raw:
         assert raw.handshake("SCRAM-SHA-256") == 0
         answer = raw.authenticate(first)
         if final is not None:
@@ -577,15 +530,15 @@ def test_bad_scram_messages_get_sasl_authentication_failed_and_the_connection_cl
             answer = raw.authenticate(final)
         assert answer.error_code.value == SASL_AUTHENTICATION_FAILED and answer.error_message
         assert raw.closed_by_peer()
-    with RawKafka(broker) as other:  # everyone else is still served
+    with ScramKafka(broker) as other:  # everyone else is still served
         assert other.scram("SCRAM-SHA-256", "alice", "alice-pw") == 0
 
 
 def test_a_replayed_client_final_is_refused(broker: Broker) -> None:
-    with RawKafka(broker) as first:
+    with ScramKafka(broker) as first:
         assert first.scram("SCRAM-SHA-256", "alice", "alice-pw") == 0
         captured = first.last_client_final
-    with RawKafka(broker) as replay:
+    with ScramKafka(broker) as replay:
         assert replay.handshake("SCRAM-SHA-256") == 0
         assert replay.authenticate(b"n,,n=alice,r=rawclientnonce42").error_code.value == 0
         answer = replay.authenticate(captured)  # the server nonce differs this time
@@ -601,10 +554,10 @@ def test_scram_works_without_kafka_sasl_required_and_then_permissions_apply(tmp_
     try:
         broker.call(lambda: broker.core.add_user("limited", "limited-pw"))  # type: ignore[union-attr]
         broker.call(lambda: broker.core.set_permission("limited", "/", "^own-", "^own-", "^own-"))  # type: ignore[union-attr]
-        with RawKafka(broker) as anonymous:
+        with ScramKafka(broker) as anonymous:
             assert anonymous.create_topic("anything") == 0
             assert anonymous.produce("anything", b"x") == 0
-        with RawKafka(broker) as limited:
+        with ScramKafka(broker) as limited:
             assert limited.scram("SCRAM-SHA-512", "limited", "limited-pw") == 0
             assert limited.produce("anything", b"y") == TOPIC_AUTHORIZATION_FAILED
     finally:
@@ -626,5 +579,5 @@ def test_malformed_scram_credentials_are_refused_by_the_management_api(broker: B
     # The hash and credentials of a user can be set together, as an import does.
     http(broker, "PUT", "/api/users/alice2", {k: v for k, v in alice.items() if k != "name"})
     http(broker, "PUT", "/api/permissions/%2F/alice2", {"configure": ".*", "write": ".*", "read": ".*"})
-    with RawKafka(broker) as raw:
+    with ScramKafka(broker) as raw:
         assert raw.scram("SCRAM-SHA-512", "alice2", "alice-pw") == 0
