@@ -274,7 +274,9 @@ def decode_message(batch: bytes | memoryview) -> tuple[Message, float | None]:
             message = Message(*common)
             message.adopt_fields(NO_FIELDS)
             return message, None
-    size = len(batch)
+        size = 0  # the code below would not read it in place either (or not bytes)
+    else:
+        size = len(batch)
     if size > 66 and batch[21] == 0 and batch[22] == 0:
         first = batch[61]
         at = 62 if first < 0x80 else 63 if batch[62] < 0x80 else 0
