@@ -50,6 +50,16 @@ intact batch after it survives.  When no such ``p`` exists the rest is a torn ta
 truncated.  The position check makes a false resync need a forged CRC at exactly the
 right address, and lets ``bytes.find`` jump between candidates (the segment id's four
 bytes) rather than trying every offset.
+
+Speed: a deep queue is read back one batch per message, and recovery checks every
+batch, so both loops have a compiled twin (``baedal/_speedups/_records.c``):
+``scan_batches`` hands the run of intact batches to ``scan_queue_batches`` and looks at
+the batch it stops at itself, ``decode_message`` asks ``decode_common`` for the common
+record, and ``record_batch.check_batch`` (the header and CRC-32C of every batch read)
+asks ``batch_header``.  The Python code stays the reference: the C functions answer
+only for what it would accept, with the same result, and hand everything else back
+(``tests/unit/storage/test_queue_log_speedups.py`` compares them on intact, damaged and
+arbitrary bytes).  Measured in ``docs/benchmarks.md`` (queue log read side in C).
 """
 
 from __future__ import annotations
