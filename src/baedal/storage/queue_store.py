@@ -275,6 +275,7 @@ class SegmentStore:
         self._next_pending = PENDING_BASE
         self._hook_armed = False
         self._deferred_error: StorageError | None = None
+        self._create_failure: StorageError | None = None  # the last segment create failed
         self.deferred_written = 0  # deferred appends written by the hook (or forced out)
         self.deferred_skipped = 0  # deferred appends settled before their write: never written
         # What recovery found (read by the storage engine's start-up report).
@@ -664,6 +665,8 @@ class SegmentStore:
         """The sticky write failure, if any (writer first, then ack files)."""
         if self._writer is not None and self._writer.failure is not None:
             return self._writer.failure
+        if self._create_failure is not None:
+            return self._create_failure
         for info in self._segments.values():
             if info.ack is not None and info.ack.failure is not None:
                 return info.ack.failure
@@ -681,6 +684,7 @@ class SegmentStore:
         ``StorageError`` if the truncation itself fails (the disk is still broken).
         """
         forgotten = 0
+        self._create_failure = None  # the next append tries a new segment again
         writer = self._writer
         info = self._writer_info
         if writer is not None and info is not None and writer.failure is not None:
@@ -823,12 +827,20 @@ class SegmentStore:
             if old_info is not None and old_info.settled >= old_info.records:
                 self._delete_segment(old_info)
         segment_id = self._next_segment_id
-        segment = Segment.create(
-            self.directory,
-            segment_id,
-            self.segment_bytes,
-            version=QUEUE_LOG_VERSION if self._batches else SEGMENT_VERSION,
-        )
+        try:
+            segment = Segment.create(
+                self.directory,
+                segment_id,
+                self.segment_bytes,
+                version=QUEUE_LOG_VERSION if self._batches else SEGMENT_VERSION,
+            )
+        except StorageError as exc:
+            # No writer to hold it: kept so ``failure`` reports it (a deferred write
+            # fails in the sync job, where only ``failure`` tells the broker which
+            # store to block and retry).
+            self._create_failure = exc
+            raise
+        self._create_failure = None
         self._next_segment_id = segment_id + 1
         info = _SegmentInfo(segment)
         self._segments[segment_id] = info
