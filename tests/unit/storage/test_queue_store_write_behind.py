@@ -368,6 +368,7 @@ def test_a_segment_that_cannot_be_created_in_the_hook_fails_the_job(
     disk.full = True
     syncer.sync_now()
     assert len(failed) == 1 and getattr(failed[0], "errno", None) == errno.ENOSPC
+    assert store.failure is failed[0]  # what tells the broker which store to block and retry
     delivered = store.shift()
     assert delivered is entries[0]
     store.settle(delivered)  # a record that was never written: ignored
