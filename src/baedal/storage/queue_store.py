@@ -328,28 +328,28 @@ class SegmentStore:
         the sync job's hook (module docstring, "Write-behind").
         """
         ready = self._ready
-        if (
-            self._deferring
-            and message.persistent
-            and not self._unloaded
-            and len(ready) < self.read_ahead
-            and self._window_bytes < self.read_ahead_bytes
-        ):
-            position = self._next_pending
-            self._next_pending = position + 1
-            size = len(message.body)
-            entry = QueueEntry(position, message, size, expires_at)
-            self._pending[position] = (entry, message)
-            if not self._hook_armed:
-                self._hook_armed = True
-                self.syncer.before_flush(self._write_pending)
-            self.ready_count += 1
-            self.ready_bytes += size
-            ready.append(entry)
-            self._window_bytes += size
-            return entry
-        if self._pending:
-            self._flush_pending()  # the disk takes records in order: older ones first
+        if self._deferring:  # (``_pending`` is empty whenever this is off)
+            if (
+                message.persistent
+                and not self._unloaded
+                and len(ready) < self.read_ahead
+                and self._window_bytes < self.read_ahead_bytes
+            ):
+                position = self._next_pending
+                self._next_pending = position + 1
+                size = len(message.body)
+                entry = QueueEntry(position, message, size, expires_at)
+                self._pending[position] = (entry, message)
+                if not self._hook_armed:
+                    self._hook_armed = True
+                    self.syncer.before_flush(self._write_pending)
+                self.ready_count += 1
+                self.ready_bytes += size
+                ready.append(entry)
+                self._window_bytes += size
+                return entry
+            if self._pending:
+                self._flush_pending()  # the disk takes records in order: older ones first
         writer = self._writer
         if self._batches:
             rest, crc = encode_message(message, expires_at)
