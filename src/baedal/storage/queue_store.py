@@ -68,8 +68,9 @@ Write-behind (``write_behind=True``, the default)
 A persistent message that goes straight into the window is not encoded or written by
 ``append``: its entry gets a *provisional* position (``PENDING_BASE`` + a counter, above
 every real position and increasing) and joins ``_pending`` (provisional position ->
-(entry, message as appended), in append order).  The first such append of a batch
-registers ``Syncer.before_flush(self._write_pending)``; the syncer runs that hook at the
+(entry, message as appended), in append order; ``None`` while nothing may be deferred).
+The append that makes it non-empty registers ``Syncer.before_flush(self._write_pending)``;
+the syncer runs that hook at the
 start of its next job, before it takes the dirty set, and the hook encodes and writes
 every entry still pending, in append order, relabelling each with its real position.
 A ``settle`` that finds its entry still pending just drops it: no record, no ack entry,
@@ -214,6 +215,21 @@ class _SegmentInfo:
         self.damaged: list[tuple[int, int]] | None = None
 
 
+class _WriteBehind:
+    """A store's write-behind state that append and settle seldom touch."""
+
+    __slots__ = ("enabled", "error", "create_failure", "written", "skipped")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        # A forced write failed outside the hook: the hook raises it in its job (whose
+        # confirms cover the entries that were not written).
+        self.error: StorageError | None = None
+        self.create_failure: StorageError | None = None  # the last segment create failed
+        self.written = 0
+        self.skipped = 0
+
+
 class SegmentStore:
     """A durable queue's messages on the segment log (see the module docstring)."""
 
@@ -267,17 +283,16 @@ class SegmentStore:
         # ready records; this store only writes, reads back by position and settles.
         self._index_owner: IndexOwner | None = None
         self._closed = False
-        # Write-behind state (module docstring).  ``_deferring`` is the one flag append
-        # checks: the setting, off for version 1, an index owner, or after a failure.
-        self.write_behind = write_behind and self._batches
-        self._deferring = self.write_behind
-        self._pending: dict[int, tuple[QueueEntry, Message]] = {}
+        # Write-behind (module docstring).  ``_pending`` is also the one flag append
+        # checks: None while nothing may be deferred (the setting, version 1, an index
+        # owner, after a failure).  Only three attributes: a 30th instance attribute
+        # would unshare the instance dict's keys and slow every attribute read of the
+        # store (CPython 3.11's LOAD_ATTR specialisation), so the cold state is grouped.
+        self._behind = _WriteBehind(write_behind and self._batches)
+        self._pending: dict[int, tuple[QueueEntry, Message]] | None = (
+            {} if self._behind.enabled else None
+        )
         self._next_pending = PENDING_BASE
-        self._hook_armed = False
-        self._deferred_error: StorageError | None = None
-        self._create_failure: StorageError | None = None  # the last segment create failed
-        self.deferred_written = 0  # deferred appends written by the hook (or forced out)
-        self.deferred_skipped = 0  # deferred appends settled before their write: never written
         # What recovery found (read by the storage engine's start-up report).
         self.recovery = RecoveryStats()
         # Set by the owning queue before anything is read: its x-message-ttl, used only
@@ -328,7 +343,8 @@ class SegmentStore:
         the sync job's hook (module docstring, "Write-behind").
         """
         ready = self._ready
-        if self._deferring:  # (``_pending`` is empty whenever this is off)
+        pending = self._pending
+        if pending is not None:
             if (
                 message.persistent
                 and not self._unloaded
@@ -339,16 +355,18 @@ class SegmentStore:
                 self._next_pending = position + 1
                 size = len(message.body)
                 entry = QueueEntry(position, message, size, expires_at)
-                self._pending[position] = (entry, message)
-                if not self._hook_armed:
-                    self._hook_armed = True
+                if not pending:
+                    # The first of a batch: the next sync job writes them.  (After a
+                    # forced write a second hook may join the same job; it finds
+                    # nothing to do.)
                     self.syncer.before_flush(self._write_pending)
+                pending[position] = (entry, message)
                 self.ready_count += 1
                 self.ready_bytes += size
                 ready.append(entry)
                 self._window_bytes += size
                 return entry
-            if self._pending:
+            if pending:
                 self._flush_pending()  # the disk takes records in order: older ones first
         writer = self._writer
         if self._batches:
@@ -441,8 +459,9 @@ class SegmentStore:
         position = entry.position
         if position >= PENDING_BASE:
             # Settled before its write: it is never written (module docstring).
-            if self._pending.pop(position, None) is not None:
-                self.deferred_skipped += 1
+            pending = self._pending
+            if pending and pending.pop(position, None) is not None:
+                self._behind.skipped += 1
             return
         info = self._segments.get(position >> 32)
         if info is None:
@@ -560,7 +579,7 @@ class SegmentStore:
     def delete(self) -> None:
         """Close and remove every file of this store (the queue was deleted)."""
         self._closed = True
-        self._pending = {}  # never written: the queue and its messages are gone
+        self._pending = None  # never written: the queue and its messages are gone
         self._release_files()
         for path in self.directory.iterdir():
             if path.suffix in (".seg", ".ack", ".json", ".tmp"):
@@ -584,7 +603,7 @@ class SegmentStore:
         # The owner orders by real positions and reads back by them: no deferral.
         if self._pending:
             self._flush_pending()
-        self._deferring = False
+        self._pending = None
         self._index_owner = owner
         window = list(self._ready)  # appended since recovery (a migration), all ready
         self._ready.clear()
@@ -665,8 +684,8 @@ class SegmentStore:
         """The sticky write failure, if any (writer first, then ack files)."""
         if self._writer is not None and self._writer.failure is not None:
             return self._writer.failure
-        if self._create_failure is not None:
-            return self._create_failure
+        if self._behind.create_failure is not None:
+            return self._behind.create_failure
         for info in self._segments.values():
             if info.ack is not None and info.ack.failure is not None:
                 return info.ack.failure
@@ -684,7 +703,7 @@ class SegmentStore:
         ``StorageError`` if the truncation itself fails (the disk is still broken).
         """
         forgotten = 0
-        self._create_failure = None  # the next append tries a new segment again
+        self._behind.create_failure = None  # the next append tries a new segment again
         writer = self._writer
         info = self._writer_info
         if writer is not None and info is not None and writer.failure is not None:
@@ -729,11 +748,29 @@ class SegmentStore:
             if other.ack is not None and other.ack.failure is not None:
                 other.ack.retry_lost()
                 self.syncer.mark_dirty(other.ack)
-        if self._index_owner is None:
-            self._deferring = self.write_behind  # writes may be deferred again
+        self._resume_deferring()  # writes may be deferred again
         return forgotten
 
     # -- internals: writing -------------------------------------------------------------
+
+    @property
+    def write_behind(self) -> bool:
+        """Whether this store defers writes (the setting; off for version 1 segments)."""
+        return self._behind.enabled
+
+    @property
+    def deferred_written(self) -> int:
+        """Deferred appends written by the hook (or forced out before something else)."""
+        return self._behind.written
+
+    @property
+    def deferred_skipped(self) -> int:
+        """Deferred appends settled before their write: never written."""
+        return self._behind.skipped
+
+    def _resume_deferring(self) -> None:
+        if self._pending is None and self._behind.enabled and self._index_owner is None:
+            self._pending = {}
 
     def write_pending(self) -> None:
         """Write every deferred record now (for callers that keep positions, such as a
@@ -743,21 +780,21 @@ class SegmentStore:
             try:
                 self._flush_pending()
             except StorageError:
-                pass  # stashed in _deferred_error: the armed hook raises it in its job
+                pass  # stashed: the registered hook raises it in its job
 
     def _write_pending(self) -> None:
         """The ``Syncer.before_flush`` hook: write what is still pending (module docstring).
 
         Raises ``StorageError`` if a write failed (here or in a forced write since the
         last job), which fails this job's confirms."""
-        self._hook_armed = False
-        error = self._deferred_error
-        self._deferred_error = None
+        behind = self._behind
+        error = behind.error
+        behind.error = None
         if self._pending and not self._closed:
             try:
                 self._flush_pending()
             except StorageError as exc:
-                self._deferred_error = None
+                behind.error = None
                 error = exc
         if error is not None:
             raise error
@@ -768,6 +805,7 @@ class SegmentStore:
         appends are written synchronously, and the error is raised and stashed for the
         hook (whose job holds these entries' confirms)."""
         pending = self._pending
+        assert pending is not None
         self._pending = {}
         writer = self._writer
         info = self._writer_info
@@ -784,14 +822,14 @@ class SegmentStore:
                 entry.position = writer.segment_id << 32 | offset
                 written += 1
         except StorageError as exc:
-            self.deferred_written += written
-            self._deferring = False
+            self._behind.written += written
+            self._pending = None  # synchronous writes (append raises) until a reset
             self._lose_pending([entry for entry, _message in items[written:]])
             if written and self._writer is not None:
                 self.syncer.mark_dirty(self._writer)
-            self._deferred_error = exc
+            self._behind.error = exc
             raise
-        self.deferred_written += written
+        self._behind.written += written
         self.syncer.mark_dirty(writer)
         if not self._unloaded:
             self._cursor_segment = writer.segment_id  # type: ignore[union-attr]
@@ -838,16 +876,15 @@ class SegmentStore:
             # No writer to hold it: kept so ``failure`` reports it (a deferred write
             # fails in the sync job, where only ``failure`` tells the broker which
             # store to block and retry).
-            self._create_failure = exc
+            self._behind.create_failure = exc
             raise
-        self._create_failure = None
+        self._behind.create_failure = None
         self._next_segment_id = segment_id + 1
         info = _SegmentInfo(segment)
         self._segments[segment_id] = info
         self._writer = segment
         self._writer_info = info
-        if self._index_owner is None:
-            self._deferring = self.write_behind  # a fresh segment: a failed one is behind us
+        self._resume_deferring()  # a fresh segment: a failed one is behind us
         if not self._unloaded:
             self._cursor_segment = segment_id
             self._cursor_offset = SEGMENT_HEADER_SIZE
@@ -1150,7 +1187,7 @@ class SegmentStore:
         self._segments.clear()
         self._writer = None
         self._writer_info = None
-        self._pending = {}
+        self._pending = None
         self._ready.clear()
         self._requeued.clear()
 
