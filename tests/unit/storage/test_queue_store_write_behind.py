@@ -384,7 +384,7 @@ def test_a_segment_that_cannot_be_created_in_the_hook_fails_the_job(
 
 def test_a_store_stays_under_the_shared_key_limit_of_instance_attributes(tmp_path: Path) -> None:
     """CPython 3.11 stops sharing an instance dict's keys at 30 attributes, and then every
-    ``self.x`` read in append/shift/settle takes the slower hinted path (measured: +1.3 %
+    ``self.x`` read in append/shift/settle takes the slower hinted path (measured: +1.1 %
     instructions per message in bench_mqtt_pipeline.py).  New state goes into
     ``_WriteBehind`` (or a similar slotted helper) instead."""
     store = open_store(tmp_path)
