@@ -133,6 +133,7 @@ _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped 
 _wall_clock = time.time
 KEEP_ALIVE_TICK = 0.5  # seconds between the listener's keep-alive sweeps (MQTTServer.watch)
 _NO_LIMIT = codec.MAX_REMAINING_LENGTH + 5  # one shared int, not one per connection
+_PUBACK = codec.PUBACK
 _NO_IDS: frozenset[int] = frozenset()  # a session's awaiting_rel until its first QoS 2 PUBLISH
 
 
@@ -437,7 +438,40 @@ class MQTTConsumer:
         # message this client cannot be sent must not fail that publish.
         connection = self.connection
         try:
-            connection._deliver(self, queue, entry)
+            message = entry.message
+            topics = connection._topics_out
+            found = topics.get(message.routing_key) if topics is not None else None  # type: ignore[union-attr]
+            session = connection.session
+            if found is None or session.special or connection.version != 4 or found[0][0] == "$":  # type: ignore[union-attr]
+                # Everything but the common case (and its first message per topic, which
+                # fills the cache): MQTTConnection._deliver.
+                connection._deliver(self, queue, entry)
+                return
+            # The common delivery, here rather than one call further: a 3.1.1 client, no
+            # per-subscription options to match, no properties, the topic's wire form
+            # from the cache (filled by _deliver): the packet from its pieces.
+            qos = self.qos
+            extension = message.extension  # type: ignore[union-attr]
+            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
+                qos = extension.qos  # type: ignore[union-attr]
+            dup = entry.delivery_count > 0
+            entry.delivery_count += 1
+            packet_id = session.allocate_id() if qos else None  # type: ignore[union-attr]
+            data = encode_publish(found[1], message.body, qos, False, dup and qos > 0, packet_id, None)  # type: ignore[union-attr]
+            if len(data) > connection.client_max_packet:
+                connection._drop(self, queue, entry)
+                return
+            if not connection.closed:
+                connection._emit(data)
+            connection.server.counters["publish_out"] += 1
+            if qos:
+                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[union-attr,index]
+                if self.no_ack:
+                    queue.settle_delivered(entry)
+            elif self.no_ack:
+                queue.settle_delivered(entry)
+            else:
+                queue.ack(entry)
         except Exception:
             log.exception("mqtt %s: cannot deliver a message from %r", connection.client_id, queue.name)
             if entry.message is not None:
@@ -918,6 +952,27 @@ class MQTTConnection(asyncio.Protocol):
                 except Exception:
                     log.exception("mqtt: internal error on %r", packet)
                     self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            elif packet.__class__ is Ack and packet.kind == _PUBACK and self.session is not None:
+                # A subscriber's reads are made of these: on_ack's QoS 1 case inline (the
+                # rest, an unknown id or a QoS 2 record, takes the general path).
+                inflight = self.session.inflight
+                packet_id = packet.packet_id  # type: ignore[attr-defined]
+                record = inflight.get(packet_id)
+                if record is None or record.qos != 1:
+                    self._dispatch_safely(packet)
+                    continue
+                del inflight[packet_id]
+                entry = record.entry
+                queue = record.queue
+                if entry is not None and queue is not None:
+                    record.entry = None
+                    try:
+                        queue.ack(entry)
+                    except Exception:
+                        log.exception("mqtt: internal error on %r", packet)
+                        self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+                        continue
+                self._credit_back = True  # the QoS 1/2 queues drain once, at the end of the read
             else:
                 self._dispatch_safely(packet)
         if connecting and self.session is not None and parser.is_idle():
@@ -1399,7 +1454,7 @@ class MQTTConnection(asyncio.Protocol):
             return
         # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
         # the fsync) and QoS 2 ones not yet released by PUBREL.
-        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
+        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.server.config.receive_maximum:
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
         if properties:
@@ -1418,7 +1473,15 @@ class MQTTConnection(asyncio.Protocol):
         try:
             # Publisher.publish's three steps, without its per-message PublishResult.
             exchange = publisher.target(EXCHANGE)
-            message, extra_keys = publisher.admit(exchange, message)
+            if properties or len(packet.payload) > publisher.max_message_size:
+                message, extra_keys = publisher.admit(exchange, message)
+            else:
+                # ``admit`` of a plain message is its topic check alone: no user-id, and
+                # its one header (the QoS) is neither CC/BCC nor a scheduling header.
+                # (As the AMQP channel skips ``admit`` for a message without either.)
+                if exchange.type == "topic":
+                    publisher.check_topic_write(exchange, key)
+                extra_keys = None
             outcome = publisher.deliver(exchange, message, extra_keys)
         except CoreError as exc:
             log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
@@ -1772,29 +1835,8 @@ class MQTTConnection(asyncio.Protocol):
         topic, topic_wire = found_topic
         extension = message.extension
         if not session.special and self.version == 4 and topic[0] != "$":
-            # The common delivery: no per-subscription options to match, no properties,
-            # the topic's wire form from the cache: the packet from its pieces.
-            qos = consumer.qos
-            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
-                qos = extension.qos  # type: ignore[union-attr]
-            dup = entry.delivery_count > 0
-            entry.delivery_count += 1
-            packet_id = session.allocate_id() if qos else None
-            data = encode_publish(topic_wire, message.body, qos, False, dup and qos > 0, packet_id, None)
-            if len(data) > self.client_max_packet:
-                self._drop(consumer, queue, entry)
-                return
-            if not self.closed:
-                self._emit(data)
-            self.server.counters["publish_out"] += 1
-            if qos:
-                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[index]
-                if consumer.no_ack:
-                    queue.settle_delivered(entry)
-            elif consumer.no_ack:
-                queue.settle_delivered(entry)
-            else:
-                queue.ack(entry)
+            # The common delivery, now that the topic is cached (MQTTConsumer.deliver).
+            consumer.deliver(queue, entry)
             return
         mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
         publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
