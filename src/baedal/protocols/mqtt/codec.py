@@ -704,23 +704,27 @@ class Parser:
             size = len(view)
             while size - pos >= 2:
                 first = view[pos]
-                remaining = 0
-                i = pos + 1
-                shift = 0
-                while True:
-                    if i >= size:
-                        break
-                    b = view[i]
-                    remaining |= (b & 0x7F) << shift
-                    i += 1
-                    if not b & 0x80:
-                        shift = -1
-                        break
-                    shift += 7
-                    if shift == 28:
-                        raise MQTTError(MALFORMED_PACKET, "remaining length longer than 4 bytes")
-                if shift != -1:
-                    break  # the remaining length is not whole yet
+                remaining = view[pos + 1]
+                i = pos + 2
+                if remaining & 0x80:
+                    # A multi-byte remaining length (a one-byte one, < 128, is the
+                    # common small packet: read above without the loop).
+                    remaining &= 0x7F
+                    shift = 7
+                    while True:
+                        if i >= size:
+                            break
+                        b = view[i]
+                        remaining |= (b & 0x7F) << shift
+                        i += 1
+                        if not b & 0x80:
+                            shift = -1
+                            break
+                        shift += 7
+                        if shift == 28:
+                            raise MQTTError(MALFORMED_PACKET, "remaining length longer than 4 bytes")
+                    if shift != -1:
+                        break  # the remaining length is not whole yet
                 total = i - pos + remaining
                 if total > self.max_packet_size:
                     raise MQTTError(PACKET_TOO_LARGE,
@@ -758,7 +762,7 @@ class Parser:
                                 if len(topics) >= _TOPIC_CACHE_SIZE:
                                     topics.clear()
                                 topics[raw] = topic
-                            append(Publish(topic, view[body:end], qos, bool(first & 1), bool(first & 8),
+                            append(Publish(topic, view[body:end], qos, first & 1 == 1, first & 8 == 8,
                                            packet_id, {}))
                             pos = end
                             continue

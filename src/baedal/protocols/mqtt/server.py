@@ -1517,8 +1517,9 @@ class MQTTConnection(asyncio.Protocol):
                 # Remembered on disk with the message (the PUBREC waits for that fsync).
                 self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
                 needs_sync = True
-        record = [self._ack_wire(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason),
-                  False]
+        kind = _PUBACK if qos == 1 else codec.PUBREC
+        record = [self._ack_wire(kind, packet.packet_id or 0, reason) if reason
+                  else encode_ack(kind, packet.packet_id or 0), False]  # (_ack_wire of reason 0)
         acks.append(record)
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
