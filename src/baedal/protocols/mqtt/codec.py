@@ -38,6 +38,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ..._speedups import load as _load_speedup
+
 __all__ = [
     "MQTTError",
     "Parser",
@@ -646,6 +648,9 @@ def _decode_connect(reader: _Reader) -> Connect:
                    protocol_name=protocol_name)
 
 
+# Parser.feed's inline loop compiled (optional, and off with BAEDAL_NO_SPEEDUPS: see
+# baedal/_speedups/_mqtt.c for its contract), or None.
+_split: Any = getattr(_load_speedup("_mqtt"), "split", None)
 _TOPIC_CACHE_SIZE = 256  # validated PUBLISH topics remembered per connection (Parser)
 
 
@@ -703,6 +708,12 @@ class Parser:
         try:
             size = len(view)
             while size - pos >= 2:
+                if _split is not None and self.version is not None:
+                    # The inline packets below, in C while they last (see _speedups).
+                    pos = _split(view, pos, self.version, self._topics, self.max_packet_size,
+                                 append, Publish, Ack)
+                    if size - pos < 2:
+                        break
                 first = view[pos]
                 remaining = view[pos + 1]
                 i = pos + 2
