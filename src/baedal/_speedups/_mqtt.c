@@ -79,12 +79,13 @@ static PyObject *split(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
       if (!have_topics) break;
       PyObject *raw = PyBytes_FromStringAndSize((const char *)buf + start, topic_end - start);
       if (raw == NULL) goto error;
-      PyObject *topic = PyDict_GetItemWithError(topics, raw); /* borrowed */
+      PyObject *topic = PyDict_GetItemWithError(topics, raw); /* borrowed: owned below */
       Py_DECREF(raw);
       if (topic == NULL) {
         if (PyErr_Occurred()) goto error;
         break; /* not validated yet: Python checks it and caches it */
       }
+      Py_INCREF(topic);
       PyObject *fields[7] = {topic, NULL, NULL, (first & 1) ? Py_True : Py_False,
                              (first & 8) ? Py_True : Py_False, NULL, NULL};
       fields[1] = PyBytes_FromStringAndSize((const char *)buf + body, end - body);
@@ -97,6 +98,7 @@ static PyObject *split(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
       Py_XDECREF(fields[2]);
       Py_XDECREF(fields[5]);
       Py_XDECREF(fields[6]);
+      Py_DECREF(topic);
     } else if (first == 0x40 && remaining == 2) {
       long packet_id = (buf[i] << 8) | buf[i + 1];
       if (packet_id == 0) break;

@@ -456,7 +456,16 @@ class MQTTConsumer:
                 qos = extension.qos  # type: ignore[union-attr]
             dup = entry.delivery_count > 0
             entry.delivery_count += 1
-            packet_id = session.allocate_id() if qos else None  # type: ignore[union-attr]
+            packet_id = None
+            if qos:
+                # Session.allocate_id's first try inline (the next id is free but after
+                # a wrap-around, or before the session's first delivery).
+                packet_id = session.next_id  # type: ignore[union-attr]
+                inflight = session.inflight  # type: ignore[union-attr]
+                if inflight is _EMPTY or packet_id in inflight:
+                    packet_id = session.allocate_id()  # type: ignore[union-attr]
+                else:
+                    session.next_id = packet_id % 65535 + 1  # type: ignore[union-attr]
             data = encode_publish(found[1], message.body, qos, False, dup and qos > 0, packet_id, None)  # type: ignore[union-attr]
             if len(data) > connection.client_max_packet:
                 connection._drop(self, queue, entry)
