@@ -662,7 +662,9 @@ class Parser:
     bounds-checked reader: they are most of a publisher's and a subscriber's input.  The
     inline path takes exactly the packets it can decode completely and leaves anything
     unusual (a flag or length to refuse, properties, a packet id 0) to
-    ``decode_packet``, so both paths give the same packets and the same errors.  A
+    ``decode_packet``, so both paths give the same packets and the same errors (and
+    ``_speedups/_mqtt.c``, when built, runs that inline loop for the packets it can take
+    and hands every other one back to it: the same packets again).  A
     validated topic is remembered by its raw bytes (at most ``_TOPIC_CACHE_SIZE``; the
     cache is dropped whole when full), so a device publishing to a few topics pays the
     UTF-8 and wildcard checks once.

@@ -62,7 +62,12 @@ Per-message costs (issue 13, measured in docs/benchmarks.md with
   AMQP confirms do, and leave in one write; acknowledgements from a subscriber drain its
   queues once per read, not once per PUBACK.
 * A delivery to a 3.1.1 client without per-subscription options is built from the
-  topic's cached wire form (``codec.encode_publish``).
+  topic's cached wire form (``codec.encode_publish``), inside ``MQTTConsumer.deliver``
+  (``_deliver`` has the general case and fills the topic cache).
+* A PUBLISH without properties is admitted with the topic-permission check alone (its
+  one header can be neither CC/BCC nor a scheduling header); a subscriber's plain
+  PUBACK of a QoS 1 delivery is settled in ``_received`` without ``dispatch``/``on_ack``;
+  the codec splits a read into those packets in C when ``_speedups/_mqtt.c`` is built.
 
 Idle connections: keep-alive and the CONNECT deadline are one sweep per listener every
 ``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
