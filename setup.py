@@ -13,6 +13,11 @@ setup(
             "baedal._speedups._records",
             ["src/baedal/_speedups/_records.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "baedal._speedups._mqtt",
+            ["src/baedal/_speedups/_mqtt.c"],
+            optional=True,
+        ),
     ]
 )

@@ -104,6 +104,13 @@ def _drain(channel: Any) -> list[str]:
         got.append(body.decode())
 
 
+def _settling(http: str) -> float:
+    text = requests.get(f"{http}/metrics", timeout=10).text
+    match = re.search(r"^baedal_scheduled_settling (\S+)$", text, re.MULTILINE)
+    assert match is not None, "baedal_scheduled_settling missing from /metrics"
+    return float(match.group(1))
+
+
 def _ready(channel: Any) -> int:
     return channel.queue_declare(QUEUE, durable=True, passive=True).method.message_count
 
@@ -128,10 +135,10 @@ def test_confirmed_scheduled_messages_survive_kill9(tmp_path: Path) -> None:
         # Fired jobs' tombstones are handed to the syncer in batches every 25 ms,
         # after the fsync covering their delivery (core/scheduler.py): a kill -9 may
         # re-fire at most that last window, by design (at least once).  This test is
-        # about the late ones, so it waits well past that window (on a loaded machine
-        # the drain can finish before early-39's tombstone was written), and then a
-        # last confirmed publish: its fsync covers the tombstones.
-        time.sleep(0.5)
+        # about the late ones, so it waits until /metrics shows every fired job's
+        # tombstone written (baedal_scheduled_settling 0), and then a last confirmed
+        # publish: its fsync covers the tombstones.
+        wait_until(lambda: _settling(server.http) == 0, 15, "the early ones' tombstones written")
         channel.queue_declare("scheduled.kill9.barrier", durable=True)
         channel.basic_publish("", "scheduled.kill9.barrier", b"", pika.BasicProperties(delivery_mode=PERSISTENT))
         assert time.time() < late_due[0] - 0.5, "the machine was too slow: late ones fired before the crash"

@@ -232,3 +232,88 @@ def test_inline_publish_and_puback_decode_as_the_general_decoder_does(version: i
             assert (None, exc.reason_code) == (expected_packet, expected_error)
             return
         assert expected_error is None and got == [expected_packet]
+
+
+def feed_all(chunks: list[bytes], version: int, split: object) -> tuple[list[object], object, int]:
+    """Packets, error (reason and text) and buffered bytes of ``Parser.feed`` over
+    ``chunks``, with the compiled split (``codec._split``) as given (None: pure Python)."""
+    saved = codec._split
+    codec._split = split
+    try:
+        parser = Parser(MAX_PACKET, version)
+        packets: list[object] = []
+        for chunk in chunks:
+            try:
+                packets.extend(parser.feed(chunk))
+            except MQTTError as exc:
+                packets.extend(exc.packets)
+                return packets, (exc.reason_code, exc.text), parser.buffered
+        return packets, None, parser.buffered
+    finally:
+        codec._split = saved
+
+
+@st.composite
+def inline_frames(draw: st.DrawFn, version: int) -> bytes:
+    """One frame of what the inline path (and its C twin) sees: PUBLISH-like frames
+    valid and nearly valid, PUBACK-like frames, other packet types, oversized lengths."""
+    first = draw(st.one_of(st.integers(0x30, 0x3F), st.sampled_from([0x40, 0x41, 0x50, 0x62, 0xC0, 0x00])))
+    if first >> 4 == codec.PUBLISH:
+        body = draw(publish_like_bodies(version))
+        if draw(st.integers(0, 9)) == 0:
+            body += b"p" * draw(st.integers(100, 3000))  # a two-byte length, or over MAX_PACKET
+    else:
+        body = draw(st.one_of(st.binary(min_size=2, max_size=2), st.binary(max_size=5)))
+    frame = bytes((first,)) + codec.encode_varint(len(body)) + body
+    if draw(st.integers(0, 19)) == 0:
+        frame = bytes((first,)) + b"\xff\xff\xff\xff\x01"  # a fifth length byte
+    return frame
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from([4, 5]), st.data())
+def test_compiled_split_gives_what_the_python_loop_gives(version: int, data: st.DataObject) -> None:
+    """``_speedups/_mqtt.c`` takes over ``Parser.feed``'s inline loop: for any stream of
+    frames (each topic usually seen twice, so both the cached and the uncached case run),
+    fed whole or in chunks, the same packets, error and buffer as the Python loop."""
+    compiled = codec._split
+    if compiled is None:
+        import pytest
+
+        pytest.skip("the compiled split is not built (or BAEDAL_NO_SPEEDUPS is set)")
+    frames = data.draw(st.lists(inline_frames(version), min_size=1, max_size=8))
+    stream = b"".join(frame * data.draw(st.integers(1, 3)) for frame in frames)
+    for chunks in ([stream], split(stream, data.draw(st.lists(st.integers(0, 10_000), max_size=6)))):
+        assert feed_all(chunks, version, compiled) == feed_all(chunks, version, None)
+
+
+def test_compiled_split_stops_where_python_must_decide() -> None:
+    """A table of the cases the C loop leaves to Python (and the one it takes)."""
+    compiled = codec._split
+    if compiled is None:
+        import pytest
+
+        pytest.skip("the compiled split is not built (or BAEDAL_NO_SPEEDUPS is set)")
+    topics = {b"a/b": "a/b"}
+    cases = [
+        (b"\x32\x09\x00\x03a/b\x00\x07hi", 11),  # cached topic, QoS 1: taken
+        (b"\x30\x07\x00\x03a/bhi", 9),  # QoS 0: taken
+        (b"\x40\x02\x00\x05", 4),  # PUBACK: taken
+        (b"\x32\x09\x00\x03a/c\x00\x07hi", 0),  # topic not cached yet
+        (b"\x32\x09\x00\x03a/b\x00\x00hi", 0),  # packet id 0
+        (b"\x38\x07\x00\x03a/bhi", 0),  # DUP on QoS 0
+        (b"\x36\x09\x00\x03a/b\x00\x07hi", 0),  # QoS 3
+        (b"\x40\x02\x00\x00", 0),  # PUBACK id 0
+        (b"\x40\x03\x00\x05\x00", 0),  # PUBACK with a reason code
+        (b"\x32\x09\x00\x03a/b\x00\x07h", 0),  # incomplete
+        (b"\x30\xff\xff\xff\xff\x01", 0),  # a fifth length byte
+        (b"\xc0\x00", 0),  # PINGREQ
+    ]
+    for wire, taken in cases:
+        got: list[object] = []
+        assert compiled(wire, 0, 4, topics, MAX_PACKET, got.append, Publish, Ack) == taken, wire
+        assert len(got) == (1 if taken else 0)
+    got = []
+    assert compiled(b"\x32\x09\x00\x03a/b\x00\x07hi", 0, 4, topics, 10, got.append, Publish, Ack) == 0  # too large
+    assert compiled(b"\x40\x02\x00\x05", 0, 4, None, MAX_PACKET, got.append, Publish, Ack) == 4
+    assert got == [Ack(codec.PUBACK, 5)]

@@ -99,6 +99,7 @@ def test_metrics_gauge_counts_scheduled_messages(http_broker: Any) -> None:
     _publish(http_broker, "metered", [60_000, 60_000, 60_000])
     text = api.get("/metrics").text
     assert "baedal_scheduled_messages 3.0" in text
+    assert "baedal_scheduled_settling 0.0" in text  # nothing fired yet
 
 
 def test_ctl_lists_and_cancels_scheduled_messages(http_broker: Any, capsys: pytest.CaptureFixture[str]) -> None:

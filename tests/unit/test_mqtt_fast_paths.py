@@ -161,3 +161,55 @@ def test_delivery_bytes_are_what_the_general_encoder_makes(tmp_path: Path) -> No
         await storage.close()
 
     asyncio.run(main())
+
+
+def _pubacks_outcome(tmp_path: Path, general: bool, ids: list[int]) -> tuple[Any, ...]:
+    """A subscriber (in-flight window 3) of six QoS 1 messages on d/1 and one QoS 2 on
+    d/2 (packet id 4) acknowledges ``ids`` in one read: through ``_received``'s inline
+    PUBACK path, or (``general``) packet by packet through ``dispatch``/``on_ack``."""
+
+    async def main() -> tuple[Any, ...]:
+        core, storage, server = await start(tmp_path)
+        server.config.max_inflight = 4
+        subscriber, received = connection(server, "ack-sub", persistent=True)
+        subscriber.data_received(encode(Subscribe(1, [Subscription("d/2", 2)])))
+        publisher, _ = connection(server, "ack-pub", persistent=True)
+        publisher.data_received(encode(Publish("d/2", b"two", 2, packet_id=1)))
+        subscriber.data_received(encode(Subscribe(2, [Subscription("d/1", 1)])))
+        publisher.data_received(b"".join(encode(Publish("d/1", b"m%d" % i, 1, packet_id=10 + i))
+                                         for i in range(6)))
+        await storage.syncer.synced()
+        await asyncio.sleep(0)
+        received.writes.clear()
+        if general:
+            subscriber._in_read = True
+            for packet_id in ids:
+                subscriber._dispatch_safely(Ack(codec.PUBACK, packet_id))
+            subscriber.data_received(b"")  # the end-of-read drain
+        else:
+            subscriber.data_received(b"".join(encode(Ack(codec.PUBACK, i)) for i in ids))
+        await asyncio.sleep(0)
+        queue = server.vhost.queues["mqtt-subscription-ack-subqos1"]
+        outcome = (b"".join(received.writes), subscriber.closed, sorted(subscriber.session_inflight()),
+                   queue.unacked_count, queue.ack_count, queue.message_count)
+        await server.close()
+        await storage.close()
+        return outcome
+
+    return asyncio.run(main())
+
+
+def test_inline_pubacks_do_what_on_ack_does(tmp_path: Path) -> None:
+    # in flight before: 1 (QoS 2, d/2), 2 3 4 (QoS 1, d/1); 3 more QoS 1 messages queued
+    cases = [
+        [2, 3],  # two acks: two more deliveries, in one drain
+        [2, 99, 2, 3, 4],  # an unknown id and a repeated one are ignored
+        [2, 1, 3],  # a PUBACK for a QoS 2 delivery: protocol error, closed
+    ]
+    for n, ids in enumerate(cases):
+        fast = _pubacks_outcome(tmp_path / f"fast{n}", False, ids)
+        general = _pubacks_outcome(tmp_path / f"general{n}", True, ids)
+        assert fast == general, ids
+    # and the cases do what they say
+    assert _pubacks_outcome(tmp_path / "check", False, [2, 3])[2] == [1, 4, 5, 6]
+    assert _pubacks_outcome(tmp_path / "closed", False, [2, 1, 3])[1] is True

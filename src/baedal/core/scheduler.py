@@ -296,6 +296,9 @@ class Scheduler:
         # Counters (metrics, tests).
         self.scheduled = 0
         self.fired = 0
+        # Fired deliveries whose tombstone is not yet written (waiting for the settle
+        # timer or for the fsync covering the delivery): a kill -9 now fires them again.
+        self.settling = 0
         self.dropped = 0
         self.cancelled = 0
         self.loaded_buckets = 0
@@ -368,6 +371,7 @@ class Scheduler:
             settled, self._unsettled = self._unsettled, {}
             for bucket, offsets in settled.items():  # the store's close syncs them
                 bucket.pending -= 1
+                self.settling -= len(offsets)
                 self.store.tombstone(bucket, offsets)
             for settle in list(self._pending):
                 settle()  # each takes itself out of the set: the syncer's later call is a no-op
@@ -765,6 +769,7 @@ class Scheduler:
         firing instead of one per tick; a kill -9 re-fires at most the last 25 ms)."""
         unsettled = self._unsettled
         for bucket, offsets in settled.items():
+            self.settling += len(offsets)
             known = unsettled.get(bucket)
             if known is None:
                 unsettled[bucket] = offsets
@@ -793,6 +798,7 @@ class Scheduler:
             pending.discard(settle)
             for bucket, offsets in settled.items():
                 bucket.pending -= 1
+                self.settling -= len(offsets)
                 store.tombstone(bucket, offsets)
                 store.maybe_checkpoint(bucket)
                 self._maybe_drop(bucket)
@@ -804,8 +810,9 @@ class Scheduler:
 
         def failed(exc: BaseException) -> None:
             pending.discard(settle)  # no tombstone: the jobs fire again after a restart
-            for bucket in settled:
+            for bucket, offsets in settled.items():
                 bucket.pending -= 1
+                self.settling -= len(offsets)
 
         if self.core.after_sync(settle, failed):
             pending.add(settle)

@@ -142,6 +142,11 @@ class BrokerCollector(Collector):
             yield CounterMetricFamily(
                 "baedal_scheduled_fired", "Scheduled deliveries made", value=scheduler.fired
             )
+            yield _gauge(
+                "baedal_scheduled_settling",
+                "Scheduled deliveries made whose tombstone is not written yet (a crash fires them again)",
+                scheduler.settling,
+            )
         yield _gauge(
             "baedal_rest_leases",
             "Messages leased to REST and WebSocket clients",

@@ -38,6 +38,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ..._speedups import load as _load_speedup
+
 __all__ = [
     "MQTTError",
     "Parser",
@@ -646,6 +648,9 @@ def _decode_connect(reader: _Reader) -> Connect:
                    protocol_name=protocol_name)
 
 
+# Parser.feed's inline loop compiled (optional, and off with BAEDAL_NO_SPEEDUPS: see
+# baedal/_speedups/_mqtt.c for its contract), or None.
+_split: Any = getattr(_load_speedup("_mqtt"), "split", None)
 _TOPIC_CACHE_SIZE = 256  # validated PUBLISH topics remembered per connection (Parser)
 
 
@@ -657,7 +662,9 @@ class Parser:
     bounds-checked reader: they are most of a publisher's and a subscriber's input.  The
     inline path takes exactly the packets it can decode completely and leaves anything
     unusual (a flag or length to refuse, properties, a packet id 0) to
-    ``decode_packet``, so both paths give the same packets and the same errors.  A
+    ``decode_packet``, so both paths give the same packets and the same errors (and
+    ``_speedups/_mqtt.c``, when built, runs that inline loop for the packets it can take
+    and hands every other one back to it: the same packets again).  A
     validated topic is remembered by its raw bytes (at most ``_TOPIC_CACHE_SIZE``; the
     cache is dropped whole when full), so a device publishing to a few topics pays the
     UTF-8 and wildcard checks once.
@@ -703,24 +710,34 @@ class Parser:
         try:
             size = len(view)
             while size - pos >= 2:
+                if _split is not None and self.version is not None:
+                    # The inline packets below, in C while they last (see _speedups).
+                    pos = _split(view, pos, self.version, self._topics, self.max_packet_size,
+                                 append, Publish, Ack)
+                    if size - pos < 2:
+                        break
                 first = view[pos]
-                remaining = 0
-                i = pos + 1
-                shift = 0
-                while True:
-                    if i >= size:
-                        break
-                    b = view[i]
-                    remaining |= (b & 0x7F) << shift
-                    i += 1
-                    if not b & 0x80:
-                        shift = -1
-                        break
-                    shift += 7
-                    if shift == 28:
-                        raise MQTTError(MALFORMED_PACKET, "remaining length longer than 4 bytes")
-                if shift != -1:
-                    break  # the remaining length is not whole yet
+                remaining = view[pos + 1]
+                i = pos + 2
+                if remaining & 0x80:
+                    # A multi-byte remaining length (a one-byte one, < 128, is the
+                    # common small packet: read above without the loop).
+                    remaining &= 0x7F
+                    shift = 7
+                    while True:
+                        if i >= size:
+                            break
+                        b = view[i]
+                        remaining |= (b & 0x7F) << shift
+                        i += 1
+                        if not b & 0x80:
+                            shift = -1
+                            break
+                        shift += 7
+                        if shift == 28:
+                            raise MQTTError(MALFORMED_PACKET, "remaining length longer than 4 bytes")
+                    if shift != -1:
+                        break  # the remaining length is not whole yet
                 total = i - pos + remaining
                 if total > self.max_packet_size:
                     raise MQTTError(PACKET_TOO_LARGE,
@@ -758,7 +775,7 @@ class Parser:
                                 if len(topics) >= _TOPIC_CACHE_SIZE:
                                     topics.clear()
                                 topics[raw] = topic
-                            append(Publish(topic, view[body:end], qos, bool(first & 1), bool(first & 8),
+                            append(Publish(topic, view[body:end], qos, first & 1 == 1, first & 8 == 8,
                                            packet_id, {}))
                             pos = end
                             continue

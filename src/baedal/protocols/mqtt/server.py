@@ -62,7 +62,12 @@ Per-message costs (issue 13, measured in docs/benchmarks.md with
   AMQP confirms do, and leave in one write; acknowledgements from a subscriber drain its
   queues once per read, not once per PUBACK.
 * A delivery to a 3.1.1 client without per-subscription options is built from the
-  topic's cached wire form (``codec.encode_publish``).
+  topic's cached wire form (``codec.encode_publish``), inside ``MQTTConsumer.deliver``
+  (``_deliver`` has the general case and fills the topic cache).
+* A PUBLISH without properties is admitted with the topic-permission check alone (its
+  one header can be neither CC/BCC nor a scheduling header); a subscriber's plain
+  PUBACK of a QoS 1 delivery is settled in ``_received`` without ``dispatch``/``on_ack``;
+  the codec splits a read into those packets in C when ``_speedups/_mqtt.c`` is built.
 
 Idle connections: keep-alive and the CONNECT deadline are one sweep per listener every
 ``KEEP_ALIVE_TICK`` over buckets of connections by due tick (``MQTTServer.watch``), not a
@@ -133,6 +138,7 @@ _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped 
 _wall_clock = time.time
 KEEP_ALIVE_TICK = 0.5  # seconds between the listener's keep-alive sweeps (MQTTServer.watch)
 _NO_LIMIT = codec.MAX_REMAINING_LENGTH + 5  # one shared int, not one per connection
+_PUBACK = codec.PUBACK
 _NO_IDS: frozenset[int] = frozenset()  # a session's awaiting_rel until its first QoS 2 PUBLISH
 
 
@@ -437,7 +443,49 @@ class MQTTConsumer:
         # message this client cannot be sent must not fail that publish.
         connection = self.connection
         try:
-            connection._deliver(self, queue, entry)
+            message = entry.message
+            topics = connection._topics_out
+            found = topics.get(message.routing_key) if topics is not None else None  # type: ignore[union-attr]
+            session = connection.session
+            if found is None or session.special or connection.version != 4 or found[0][0] == "$":  # type: ignore[union-attr]
+                # Everything but the common case (and its first message per topic, which
+                # fills the cache): MQTTConnection._deliver.
+                connection._deliver(self, queue, entry)
+                return
+            # The common delivery, here rather than one call further: a 3.1.1 client, no
+            # per-subscription options to match, no properties, the topic's wire form
+            # from the cache (filled by _deliver): the packet from its pieces.
+            qos = self.qos
+            extension = message.extension  # type: ignore[union-attr]
+            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
+                qos = extension.qos  # type: ignore[union-attr]
+            dup = entry.delivery_count > 0
+            entry.delivery_count += 1
+            packet_id = None
+            if qos:
+                # Session.allocate_id's first try inline (the next id is free but after
+                # a wrap-around, or before the session's first delivery).
+                packet_id = session.next_id  # type: ignore[union-attr]
+                inflight = session.inflight  # type: ignore[union-attr]
+                if inflight is _EMPTY or packet_id in inflight:
+                    packet_id = session.allocate_id()  # type: ignore[union-attr]
+                else:
+                    session.next_id = packet_id % 65535 + 1  # type: ignore[union-attr]
+            data = encode_publish(found[1], message.body, qos, False, dup and qos > 0, packet_id, None)  # type: ignore[union-attr]
+            if len(data) > connection.client_max_packet:
+                connection._drop(self, queue, entry)
+                return
+            if not connection.closed:
+                connection._emit(data)
+            connection.server.counters["publish_out"] += 1
+            if qos:
+                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[union-attr,index]
+                if self.no_ack:
+                    queue.settle_delivered(entry)
+            elif self.no_ack:
+                queue.settle_delivered(entry)
+            else:
+                queue.ack(entry)
         except Exception:
             log.exception("mqtt %s: cannot deliver a message from %r", connection.client_id, queue.name)
             if entry.message is not None:
@@ -918,6 +966,27 @@ class MQTTConnection(asyncio.Protocol):
                 except Exception:
                     log.exception("mqtt: internal error on %r", packet)
                     self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            elif packet.__class__ is Ack and packet.kind == _PUBACK and self.session is not None:
+                # A subscriber's reads are made of these: on_ack's QoS 1 case inline (the
+                # rest, an unknown id or a QoS 2 record, takes the general path).
+                inflight = self.session.inflight
+                packet_id = packet.packet_id  # type: ignore[attr-defined]
+                record = inflight.get(packet_id)
+                if record is None or record.qos != 1:
+                    self._dispatch_safely(packet)
+                    continue
+                del inflight[packet_id]
+                entry = record.entry
+                queue = record.queue
+                if entry is not None and queue is not None:
+                    record.entry = None
+                    try:
+                        queue.ack(entry)
+                    except Exception:
+                        log.exception("mqtt: internal error on %r", packet)
+                        self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+                        continue
+                self._credit_back = True  # the QoS 1/2 queues drain once, at the end of the read
             else:
                 self._dispatch_safely(packet)
         if connecting and self.session is not None and parser.is_idle():
@@ -1399,7 +1468,7 @@ class MQTTConnection(asyncio.Protocol):
             return
         # In flight from the client: QoS 1 PUBLISHes not yet acknowledged (waiting for
         # the fsync) and QoS 2 ones not yet released by PUBREL.
-        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.config.receive_maximum:
+        if qos and self.inbound_unacked + len(session.awaiting_rel) >= self.server.config.receive_maximum:
             raise MQTTError(codec.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.server.counters["publish_in"] += 1
         if properties:
@@ -1418,7 +1487,15 @@ class MQTTConnection(asyncio.Protocol):
         try:
             # Publisher.publish's three steps, without its per-message PublishResult.
             exchange = publisher.target(EXCHANGE)
-            message, extra_keys = publisher.admit(exchange, message)
+            if properties or len(packet.payload) > publisher.max_message_size:
+                message, extra_keys = publisher.admit(exchange, message)
+            else:
+                # ``admit`` of a plain message is its topic check alone: no user-id, and
+                # its one header (the QoS) is neither CC/BCC nor a scheduling header.
+                # (As the AMQP channel skips ``admit`` for a message without either.)
+                if exchange.type == "topic":
+                    publisher.check_topic_write(exchange, key)
+                extra_keys = None
             outcome = publisher.deliver(exchange, message, extra_keys)
         except CoreError as exc:
             log.info("mqtt %s: publish to %r refused: %s", self.client_id, topic, exc.text)
@@ -1454,8 +1531,9 @@ class MQTTConnection(asyncio.Protocol):
                 # Remembered on disk with the message (the PUBREC waits for that fsync).
                 self.server.state.record(self.client_id, "in+", packet.packet_id or 0)
                 needs_sync = True
-        record = [self._ack_wire(codec.PUBACK if qos == 1 else codec.PUBREC, packet.packet_id or 0, reason),
-                  False]
+        kind = _PUBACK if qos == 1 else codec.PUBREC
+        record = [self._ack_wire(kind, packet.packet_id or 0, reason) if reason
+                  else encode_ack(kind, packet.packet_id or 0), False]  # (_ack_wire of reason 0)
         acks.append(record)
         counted = qos == 1  # a QoS 2 one is counted in awaiting_rel
         if counted:
@@ -1772,29 +1850,8 @@ class MQTTConnection(asyncio.Protocol):
         topic, topic_wire = found_topic
         extension = message.extension
         if not session.special and self.version == 4 and topic[0] != "$":
-            # The common delivery: no per-subscription options to match, no properties,
-            # the topic's wire form from the cache: the packet from its pieces.
-            qos = consumer.qos
-            if extension.__class__ is MQTTExtension and extension.qos < qos:  # type: ignore[union-attr]
-                qos = extension.qos  # type: ignore[union-attr]
-            dup = entry.delivery_count > 0
-            entry.delivery_count += 1
-            packet_id = session.allocate_id() if qos else None
-            data = encode_publish(topic_wire, message.body, qos, False, dup and qos > 0, packet_id, None)
-            if len(data) > self.client_max_packet:
-                self._drop(consumer, queue, entry)
-                return
-            if not self.closed:
-                self._emit(data)
-            self.server.counters["publish_out"] += 1
-            if qos:
-                session.inflight[packet_id] = Inflight(queue, entry, qos)  # type: ignore[index]
-                if consumer.no_ack:
-                    queue.settle_delivered(entry)
-            elif consumer.no_ack:
-                queue.settle_delivered(entry)
-            else:
-                queue.ack(entry)
+            # The common delivery, now that the topic is cached (MQTTConsumer.deliver).
+            consumer.deliver(queue, entry)
             return
         mqtt_ext = extension if isinstance(extension, MQTTExtension) else None
         publish_qos = mqtt_ext.qos if mqtt_ext is not None else consumer.qos
