@@ -210,8 +210,9 @@ def main() -> None:
                 "bench": "queue_readback",
                 "label": args.label,
                 "revision": revision,
-                "shape": args.shape,
-                "size": args.size,
+                # a --store run measures whatever that store was prepared with
+                "shape": args.shape if args.store is None else "prepared",
+                "size": args.size if args.store is None else None,
                 "phase": args.phase,
                 "speedups": load_speedup("_records") is not None,
                 "loadavg": round(os.getloadavg()[0], 2),
