@@ -45,12 +45,13 @@ if [ -z "${BAEDAL_STOMP_JS:-}" ] && ! compgen -G "$STOMP_JS_INSTALLED" >/dev/nul
 fi
 mkdir -p test-artifacts
 .venv/bin/ruff check src tests bench
-# The stream read path and the MQTT codec once more without the optional C speed-ups (baedal/_speedups,
+# The stream and queue-log read paths and the MQTT codec once more without the optional C speed-ups (baedal/_speedups,
 # built by the editable install when a compiler is there): the pure-Python fallback
 # must pass the same tests.
 if [ $# -eq 0 ]; then
   BAEDAL_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
-    tests/unit/test_stream_fast_paths.py tests/unit/storage/test_stream_log.py tests/fuzz/test_stream_record_fuzz.py \
+    tests/unit/test_stream_fast_paths.py tests/unit/storage tests/fuzz/test_stream_record_fuzz.py \
+    tests/fuzz/test_queue_log_fuzz.py \
     tests/interop/test_streams.py tests/interop/test_stream_publish_paths.py \
     tests/unit/test_mqtt_fast_paths.py tests/fuzz/test_mqtt_codec_fuzz.py tests/interop/test_mqtt_paho.py
 fi

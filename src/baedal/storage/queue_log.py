@@ -50,6 +50,16 @@ intact batch after it survives.  When no such ``p`` exists the rest is a torn ta
 truncated.  The position check makes a false resync need a forged CRC at exactly the
 right address, and lets ``bytes.find`` jump between candidates (the segment id's four
 bytes) rather than trying every offset.
+
+Speed: a deep queue is read back one batch per message, and recovery checks every
+batch, so both loops have a compiled twin (``baedal/_speedups/_records.c``):
+``scan_batches`` hands the run of intact batches to ``scan_queue_batches`` and looks at
+the batch it stops at itself, ``decode_message`` asks ``decode_common`` for the common
+record, and ``record_batch.check_batch`` (the header and CRC-32C of every batch read)
+asks ``batch_header``.  The Python code stays the reference: the C functions answer
+only for what it would accept, with the same result, and hand everything else back
+(``tests/unit/storage/test_queue_log_speedups.py`` compares them on intact, damaged and
+arbitrary bytes).  Measured in ``docs/benchmarks.md`` (queue log read side in C).
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from typing import Any
 
 import crc32c
 
+from .._speedups import load as load_speedup
 from ..core.message import NO_FIELDS, Message
 from .record_batch import (
     _NULL,
@@ -134,6 +145,13 @@ _GENERAL_SECTIONS: dict[tuple[Any, ...], bytes] = {}
 _GENERAL_LIMIT = 1024
 
 _mapping: Any = None
+
+# The read side compiled (optional: baedal/_speedups), or None: decode_message's
+# in-place read of the common record and scan_batches' walk over intact batches.  Each
+# hands back what it does not take, and the Python code below answers.
+_records_c = load_speedup("_records")
+_decode_common: Any = getattr(_records_c, "decode_common", None)
+_scan_intact: Any = getattr(_records_c, "scan_queue_batches", None)
 
 
 def _stream_mapping() -> Any:
@@ -258,7 +276,18 @@ def decode_message(batch: bytes | memoryview) -> tuple[Message, float | None]:
     # 0, short key and value lengths, the exchange header alone) read in place; the
     # result is what the general path below gives for it.  Anything else, or an
     # exchange section not seen yet, takes the general path.
-    if batch[21] == 0 and batch[22] == 0 and len(batch) > 66:
+    if _decode_common is not None:
+        # The same read in C (baedal/_speedups/_records.c): the Message's arguments, or
+        # None where the code below would not read it in place either.
+        common = _decode_common(batch, _EXCHANGES)
+        if common is not None:
+            message = Message(*common)
+            message.adopt_fields(NO_FIELDS)
+            return message, None
+        size = 0  # the code below would not read it in place either (or not bytes)
+    else:
+        size = len(batch)
+    if size > 66 and batch[21] == 0 and batch[22] == 0:
         first = batch[61]
         at = 62 if first < 0x80 else 63 if batch[62] < 0x80 else 0
         if at and batch[at] == 0 and batch[at + 1] == 0 and batch[at + 2] == 0:
@@ -272,7 +301,7 @@ def decode_message(batch: bytes | memoryview) -> tuple[Message, float | None]:
                     stop = at + (key_byte >> 1)
                     key = batch[at:stop]
                     at = stop
-            if at:
+            if at and at + 1 < size:  # the value length's bytes are there
                 value_byte = batch[at]
                 if value_byte < 0x80:
                     value_length = value_byte >> 1
@@ -384,7 +413,16 @@ def scan_batches(path: Path, data: bytes, segment_id: int, result: Any) -> None:
     pos = _SEGMENT_HEADER_SIZE
     persistent = result.persistent
     transient = result.transient
+    scan_intact = _scan_intact if data.__class__ is bytes else None
     while pos < size:
+        if scan_intact is not None:
+            # Every intact batch from pos filed in C (the same rule as below); it stops
+            # at the first batch it does not accept, which the code below looks at.
+            pos, deadlines = scan_intact(data, pos, base, MAX_BATCH_BYTES, persistent, transient)
+            if deadlines:
+                result.deadlines = True
+            if pos >= size:
+                break
         found = _batch_at(data, view, pos, base | pos)
         if not isinstance(found, str):
             batch_size, attributes, body = found

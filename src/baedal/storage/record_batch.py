@@ -517,6 +517,12 @@ def decode_header(
 
     Needs ``BATCH_HEADER_SIZE`` bytes at ``pos``.
     """
+    if _batch_header is not None:
+        # The same checks in C; None = one fails (or an input it does not take): the
+        # code below then raises its error (or answers) as always.
+        checked = _batch_header(data, pos, max_batch_bytes, False)
+        if checked is not None:
+            return checked[0]  # type: ignore[no-any-return]
     if len(data) - pos < BATCH_HEADER_SIZE:
         raise RecordBatchError("truncated batch header")
     fields = BATCH_HEADER.unpack_from(data, pos)
@@ -539,6 +545,12 @@ def check_batch(
 
     Returns (header fields, total size).  Does not decode records.
     """
+    if _batch_header is not None:
+        # Header checks and CRC-32C in C (bit-identical to the crc32c package: tests);
+        # None = something fails: the code below says what.
+        checked = _batch_header(data, pos, max_batch_bytes, True)
+        if checked is not None:
+            return checked  # type: ignore[no-any-return]
     fields = decode_header(data, pos, max_batch_bytes)
     size = fields[1] + BATCH_OVERHEAD
     if len(data) - pos < size:
@@ -696,6 +708,9 @@ _NAME_CACHE_LIMIT = 1024
 # decode_rows' record loop compiled (optional: see baedal/_speedups), or None.
 _records_c = load_speedup("_records")
 _speedup: Any = _records_c.decode_body if _records_c is not None else None
+# decode_header's and check_batch's checks compiled (the read side of every stream and
+# queue batch), or None.
+_batch_header: Any = getattr(_records_c, "batch_header", None)
 
 
 def decode_rows(
