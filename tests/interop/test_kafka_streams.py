@@ -230,3 +230,36 @@ def test_an_amqp_stream_consumer_reads_compressed_kafka_batches(broker: Broker, 
     finally:
         connection.close()
     assert [body for _m, _p, body in got] == values
+
+
+def test_kafka_headers_named_like_baedals_own_cannot_poison_amqp_readers(broker: Broker) -> None:
+    """A Kafka producer may send any header, also ``x-baedal-headers`` (Baedal's typed
+    table) or ``x-baedal-ext-*`` (a protocol's leftovers) with bytes that do not
+    decode.  Such a record reaches AMQP readers with those headers as plain strings:
+    before, it closed every reader's connection (541) when read, or had the broker send
+    a property block pika cannot parse."""
+    bootstrap = broker.kafka_bootstrap
+    assert bootstrap is not None
+    garbage = b"\xff\xfe\x00garbage"
+    forged = ["x-baedal-headers", "x-baedal-ext-amqp", "x-baedal-ext-amqp-0-9-1-properties", "x-baedal-ext-mqtt"]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    producer.send("forged", value=b"before")
+    for name in forged:
+        producer.send("forged", value=name.encode(), headers=[(name, garbage)])
+    producer.send("forged", value=b"after")
+    producer.flush()
+    producer.close()
+
+    connection = amqp(broker)
+    try:
+        got = consume_stream(connection, "forged", len(forged) + 2)
+        assert connection.is_open
+    finally:
+        connection.close()
+    assert [body for _m, _p, body in got] == [b"before", *(n.encode() for n in forged), b"after"]
+    by_body = {body: properties for _m, properties, body in got}
+    assert by_body[b"x-baedal-headers"].headers["x-baedal-headers"] == garbage.decode("utf-8", "replace")
+    assert by_body[b"x-baedal-ext-amqp"].headers["x-baedal-ext-amqp"] == garbage.decode("utf-8", "replace")
+    assert by_body[b"x-baedal-ext-amqp-0-9-1-properties"].headers["x-baedal-ext-amqp-0-9-1-properties"]
+    # MQTT's loader takes anything (a default extension): nothing for AMQP to see.
+    assert by_body[b"after"].headers == {"x-stream-offset": len(forged) + 1}

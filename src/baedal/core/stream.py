@@ -66,7 +66,7 @@ from ..storage.record_batch import Record, RecordBatchError, RecordBuilder, enco
 from ..storage.segment import StorageError
 from ..storage.stream_log import DEFAULT_MAX_SEGMENT_BYTES
 from .message import NO_FIELDS, Extension, Message, QueueEntry, load_extension
-from .properties import Timestamp, encode_table
+from .properties import DecodeError, Timestamp, decode_table, encode_table
 from .queue import QueueArgumentError, QueueSettings
 
 if TYPE_CHECKING:
@@ -333,11 +333,20 @@ def message_to_record(message: Message) -> tuple[bytes | None, bytes, list[tuple
     return key, message.body, headers, int(published * 1000)
 
 
+def _is_table(data: bytes) -> bool:
+    """``data`` is exactly one well-formed typed table (``core/properties.py``)."""
+    try:
+        return decode_table(data)[1] == len(data)
+    except DecodeError:
+        return False
+
+
 def record_to_message(
     key: bytes | None,
     value: bytes | None,
     headers: Any,
     timestamp_ms: int | None,
+    trusted: bool = False,
 ) -> Message:
     """The message a stored record reads back as (the inverse of ``message_to_record``).
 
@@ -345,6 +354,13 @@ def record_to_message(
     headers: its neutral names become neutral fields and its other headers become
     string headers.  A record with no ``x-baedal-ext-*`` leftovers reads back
     persistent (it is in a durable log).
+
+    A stream's records may come from any Kafka producer, which can send headers named
+    like Baedal's own: an ``x-baedal-headers`` table or an ``x-baedal-ext-*`` leftover
+    that does not decode is kept as a plain string header instead, so one forged record
+    can neither close the connection of every AMQP reader that reaches it nor make the
+    broker send a malformed property block.  ``trusted`` (the queue log: records Baedal
+    wrote itself, CRC-checked) skips the table check.
     """
     if len(headers) == 1:
         # The common record (an AMQP publish with no properties but delivery-mode 2:
@@ -392,9 +408,18 @@ def record_to_message(
         elif name == TRANSIENT_HEADER:
             persistent = False
         elif name == TYPED_HEADERS_HEADER:
-            typed = bytes(raw) if raw is not None else None
+            if raw is not None:
+                table = bytes(raw)
+                if trusted or _is_table(table):
+                    typed = table
+                else:
+                    plain[name] = table.decode("utf-8", "replace")
         elif name.startswith(EXTENSION_HEADER_PREFIX):
-            extension = load_extension(name[len(EXTENSION_HEADER_PREFIX):], bytes(raw or b""))
+            data = bytes(raw or b"")
+            try:
+                extension = load_extension(name[len(EXTENSION_HEADER_PREFIX):], data)
+            except ValueError:  # properties.DecodeError: not what Baedal writes
+                plain[name] = data.decode("utf-8", "replace")
         else:
             plain[name] = bytes(raw).decode("utf-8", "replace") if raw is not None else None
     message = Message(

@@ -349,7 +349,7 @@ def decode_message(batch: bytes | memoryview) -> tuple[Message, float | None]:
             else:
                 kept.append((name, raw))
         headers = kept
-    return _stream_mapping().record_to_message(key, value, headers, timestamp), expires_at
+    return _stream_mapping().record_to_message(key, value, headers, timestamp, True), expires_at
 
 
 def _batch_at(

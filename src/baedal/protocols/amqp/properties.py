@@ -503,7 +503,15 @@ def _load_leftovers(data: bytes) -> AmqpExtension:
 # complete properties block; storage hands it back under LEGACY_RECORD_TAG, and the
 # message's neutral fields are then decoded from it lazily, exactly as for a publish.
 register_extension(AmqpExtension.protocol, _load_leftovers)
-register_extension(LEGACY_RECORD_TAG, AmqpExtension)
+def _load_legacy(data: bytes) -> AmqpExtension:
+    """A whole property block (records of the old format): checked here, once, because
+    the block is later sent to clients as it is (a record from a Kafka producer may
+    carry a header of this name with anything in it)."""
+    decode_properties(data)  # raises DecodeError for a malformed block
+    return AmqpExtension(data)
+
+
+register_extension(LEGACY_RECORD_TAG, _load_legacy)
 
 
 def properties_of(message: Message) -> BasicProperties:
