@@ -17,15 +17,15 @@ from baedal.storage.syncer import Syncer
 def fill(path: Path, count: int, size: int = 100, segment_bytes: int = 1 << 20) -> list[int]:
     syncer = Syncer()
     store = SegmentStore.open(path, syncer, segment_bytes=segment_bytes, read_ahead=4)
-    positions = [
+    entries = [
         store.append(
             Message("", "q", f"m{i}".encode().ljust(size, b"."), persistent=True), None
-        ).position
+        )
         for i in range(count)
     ]
     syncer.sync_now()
     # simulate a crash: no close(), the files stay as written
-    return positions
+    return [entry.position for entry in entries]  # (final once written: write-behind)
 
 
 def recovered_bodies(path: Path) -> list[bytes]:

@@ -787,6 +787,11 @@ class Queue:
         held = self._held
         memo = self._selection.memo
         selector = getattr(consumer, "selector", None)
+        write_pending = getattr(self.store, "write_pending", None)
+        if write_pending is not None:
+            # A durable store may hand out entries whose write (and so their final
+            # position) is deferred; the memo keeps positions, so they must be final.
+            write_pending()
         if held:
             start = 0
             last = memo.get(consumer)

@@ -62,6 +62,40 @@ Write failures (ENOSPC, EIO) are sticky: ``append`` raises ``StorageError`` unti
 broker calls ``reset_failed_writer()``, which cuts the failed segment back to its last
 whole write, forgets the records that were lost with the buffer, and lets the next
 append start a fresh segment.
+
+Write-behind (``write_behind=True``, the default)
+-------------------------------------------------
+A persistent message that goes straight into the window is not encoded or written by
+``append``: its entry gets a *provisional* position (``PENDING_BASE`` + a counter, above
+every real position and increasing) and joins ``_pending`` (provisional position ->
+(entry, message as appended), in append order; ``None`` while nothing may be deferred).
+The append that makes it non-empty registers ``Syncer.before_flush(self._write_pending)``;
+the syncer runs that hook at the
+start of its next job, before it takes the dirty set, and the hook encodes and writes
+every entry still pending, in append order, relabelling each with its real position.
+A ``settle`` that finds its entry still pending just drops it: no record, no ack entry,
+no dirty mark (RabbitMQ's classic queue store cancels the write of a message consumed
+and acked before the write happens in the same way).  ``deferred_written`` and
+``deferred_skipped`` count both outcomes.
+
+Why confirms stay correct: the broker registers ``after_sync`` after ``append``, so a
+confirm lands in the job whose hook writes the message (or a later one); that job's
+fsync covers the record, or the message was settled (delivered and acked) before it:
+either way the broker has taken responsibility.  Why order stays correct: pending
+entries are always the newest (only an append into the window with nothing unloaded
+defers, and every write that must reach the disk in order, an append past the window,
+a transient record, ``close``, ``take_index``, first writes the pending ones out
+synchronously), so relabelling them in order to positions above every real one keeps
+every comparison between entries (window order, the requeue heap) as it was.
+
+A write that fails in the hook fails the job (``StorageError`` from the hook: each
+confirm's ``on_error`` runs, the broker nacks and raises its disk alarm); the entries
+not written are relabelled to *lost* positions (beyond the end of the failed segment,
+still in order) and are then treated exactly like records lost with a failed buffer:
+``reset_failed_writer`` drops them from the window, a settle of one is ignored.  After
+a failure the store writes synchronously again (``append`` raises at once) until
+``reset_failed_writer`` has run.  Priority queues (``take_index``), transient records,
+version-1 segments (the engine's spill files) are never deferred.
 """
 
 from __future__ import annotations
@@ -138,6 +172,9 @@ def _decode_batch(batch: bytes, segment: Segment) -> tuple[Message, float | None
         raise StorageError(None, f"undecodable queue record: {exc}", segment.path) from exc
 
 CLEAN_MARKER = "clean-shutdown.json"
+# Provisional positions of entries whose write is deferred (see "Write-behind"): above
+# every real position (a segment id stays far below 2**30), so they compare as newest.
+PENDING_BASE = 1 << 62
 DEFAULT_READ_AHEAD = 1024
 DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
@@ -178,6 +215,21 @@ class _SegmentInfo:
         self.damaged: list[tuple[int, int]] | None = None
 
 
+class _WriteBehind:
+    """A store's write-behind state that append and settle seldom touch."""
+
+    __slots__ = ("enabled", "error", "create_failure", "written", "skipped")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        # A forced write failed outside the hook: the hook raises it in its job (whose
+        # confirms cover the entries that were not written).
+        self.error: StorageError | None = None
+        self.create_failure: StorageError | None = None  # the last segment create failed
+        self.written = 0
+        self.skipped = 0
+
+
 class SegmentStore:
     """A durable queue's messages on the segment log (see the module docstring)."""
 
@@ -192,12 +244,15 @@ class SegmentStore:
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
         segment_version: int = QUEUE_LOG_VERSION,
+        write_behind: bool = True,
     ) -> None:
         """Open the store in ``directory``, recovering whatever is there (see ``open``).
 
         ``segment_version``: the format new segments are written in (recovered ones are
         read in whichever they have); 1, the old record format, only for tests and
-        fixtures of older data."""
+        fixtures of older data.  ``write_behind``: defer the writes of persistent
+        messages in the window until the next sync job (module docstring); version 2
+        only."""
         if segment_version not in (SEGMENT_VERSION, QUEUE_LOG_VERSION):
             raise ValueError(f"unknown segment version {segment_version}")
         self._batches = segment_version == QUEUE_LOG_VERSION
@@ -228,6 +283,16 @@ class SegmentStore:
         # ready records; this store only writes, reads back by position and settles.
         self._index_owner: IndexOwner | None = None
         self._closed = False
+        # Write-behind (module docstring).  ``_pending`` is also the one flag append
+        # checks: None while nothing may be deferred (the setting, version 1, an index
+        # owner, after a failure).  Only three attributes: a 30th instance attribute
+        # would unshare the instance dict's keys and slow every attribute read of the
+        # store (CPython 3.11's LOAD_ATTR specialisation), so the cold state is grouped.
+        self._behind = _WriteBehind(write_behind and self._batches)
+        self._pending: dict[int, tuple[QueueEntry, Message]] | None = (
+            {} if self._behind.enabled else None
+        )
+        self._next_pending = PENDING_BASE
         # What recovery found (read by the storage engine's start-up report).
         self.recovery = RecoveryStats()
         # Set by the owning queue before anything is read: its x-message-ttl, used only
@@ -250,6 +315,7 @@ class SegmentStore:
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
         segment_version: int = QUEUE_LOG_VERSION,
+        write_behind: bool = True,
     ) -> SegmentStore:
         """Open (creating or recovering) the store in ``directory``.
 
@@ -263,6 +329,7 @@ class SegmentStore:
             read_ahead=read_ahead,
             read_ahead_bytes=read_ahead_bytes,
             segment_version=segment_version,
+            write_behind=write_behind,
         )
 
     # -- the MessageStore contract ------------------------------------------------------
@@ -272,8 +339,35 @@ class SegmentStore:
 
         For a message past the read-ahead window the returned entry is not the object
         ``shift()`` hands out later (that one is re-read from disk); identity is the
-        position.
+        position.  A persistent message that goes into the window is written later, by
+        the sync job's hook (module docstring, "Write-behind").
         """
+        ready = self._ready
+        pending = self._pending
+        if pending is not None:
+            if (
+                message.persistent
+                and not self._unloaded
+                and len(ready) < self.read_ahead
+                and self._window_bytes < self.read_ahead_bytes
+            ):
+                position = self._next_pending
+                self._next_pending = position + 1
+                size = len(message.body)
+                entry = QueueEntry(position, message, size, expires_at)
+                if not pending:
+                    # The first of a batch: the next sync job writes them.  (After a
+                    # forced write a second hook may join the same job; it finds
+                    # nothing to do.)
+                    self.syncer.before_flush(self._write_pending)
+                pending[position] = (entry, message)
+                self.ready_count += 1
+                self.ready_bytes += size
+                ready.append(entry)
+                self._window_bytes += size
+                return entry
+            if pending:
+                self._flush_pending()  # the disk takes records in order: older ones first
         writer = self._writer
         if self._batches:
             rest, crc = encode_message(message, expires_at)
@@ -297,10 +391,10 @@ class SegmentStore:
         self.ready_bytes += size
         if (
             not self._unloaded
-            and len(self._ready) < self.read_ahead
+            and len(ready) < self.read_ahead
             and self._window_bytes < self.read_ahead_bytes
         ):
-            self._ready.append(entry)
+            ready.append(entry)
             self._window_bytes += size
             self._cursor_segment = writer.segment_id
             self._cursor_offset = writer.size
@@ -363,6 +457,12 @@ class SegmentStore:
         message = entry.message
         entry.message = None
         position = entry.position
+        if position >= PENDING_BASE:
+            # Settled before its write: it is never written (module docstring).
+            pending = self._pending
+            if pending and pending.pop(position, None) is not None:
+                self._behind.skipped += 1
+            return
         info = self._segments.get(position >> 32)
         if info is None:
             return
@@ -442,8 +542,14 @@ class SegmentStore:
         """
         if self._closed:
             return
-        self._closed = True
         write_marker = clean
+        if self._pending:
+            try:
+                self._flush_pending()
+            except StorageError as exc:
+                write_marker = False  # the entries not written must not be listed as stored
+                log.error("store %s: could not write deferred records at close: %s", self.directory, exc)
+        self._closed = True
         files: list[Segment | AckFile] = []
         for info in self._segments.values():
             if info.segment.fileno() >= 0:  # a writer, or a sealed one not yet retired
@@ -473,6 +579,7 @@ class SegmentStore:
     def delete(self) -> None:
         """Close and remove every file of this store (the queue was deleted)."""
         self._closed = True
+        self._pending = None  # never written: the queue and its messages are gone
         self._release_files()
         for path in self.directory.iterdir():
             if path.suffix in (".seg", ".ack", ".json", ".tmp"):
@@ -493,6 +600,10 @@ class SegmentStore:
         loads by position, ``settle`` works as always, and ``close`` asks the owner which
         positions were delivered (``redelivered_positions``) for the clean marker.
         """
+        # The owner orders by real positions and reads back by them: no deferral.
+        if self._pending:
+            self._flush_pending()
+        self._pending = None
         self._index_owner = owner
         window = list(self._ready)  # appended since recovery (a migration), all ready
         self._ready.clear()
@@ -573,6 +684,8 @@ class SegmentStore:
         """The sticky write failure, if any (writer first, then ack files)."""
         if self._writer is not None and self._writer.failure is not None:
             return self._writer.failure
+        if self._behind.create_failure is not None:
+            return self._behind.create_failure
         for info in self._segments.values():
             if info.ack is not None and info.ack.failure is not None:
                 return info.ack.failure
@@ -590,6 +703,7 @@ class SegmentStore:
         ``StorageError`` if the truncation itself fails (the disk is still broken).
         """
         forgotten = 0
+        self._behind.create_failure = None  # the next append tries a new segment again
         writer = self._writer
         info = self._writer_info
         if writer is not None and info is not None and writer.failure is not None:
@@ -634,9 +748,111 @@ class SegmentStore:
             if other.ack is not None and other.ack.failure is not None:
                 other.ack.retry_lost()
                 self.syncer.mark_dirty(other.ack)
+        self._resume_deferring()  # writes may be deferred again
         return forgotten
 
     # -- internals: writing -------------------------------------------------------------
+
+    @property
+    def write_behind(self) -> bool:
+        """Whether this store defers writes (the setting; off for version 1 segments)."""
+        return self._behind.enabled
+
+    @property
+    def deferred_written(self) -> int:
+        """Deferred appends written by the hook (or forced out before something else)."""
+        return self._behind.written
+
+    @property
+    def deferred_skipped(self) -> int:
+        """Deferred appends settled before their write: never written."""
+        return self._behind.skipped
+
+    def _resume_deferring(self) -> None:
+        if self._pending is None and self._behind.enabled and self._index_owner is None:
+            self._pending = {}
+
+    def write_pending(self) -> None:
+        """Write every deferred record now (for callers that keep positions, such as a
+        selective queue's memo of held positions).  A failure is not raised here: it
+        fails the covering sync job's confirms, as a failed hook does."""
+        if self._pending:
+            try:
+                self._flush_pending()
+            except StorageError:
+                pass  # stashed: the registered hook raises it in its job
+
+    def _write_pending(self) -> None:
+        """The ``Syncer.before_flush`` hook: write what is still pending (module docstring).
+
+        Raises ``StorageError`` if a write failed (here or in a forced write since the
+        last job), which fails this job's confirms."""
+        behind = self._behind
+        error = behind.error
+        behind.error = None
+        if self._pending and not self._closed:
+            try:
+                self._flush_pending()
+            except StorageError as exc:
+                behind.error = None
+                error = exc
+        if error is not None:
+            raise error
+
+    def _flush_pending(self) -> None:
+        """Encode and write every pending, unsettled entry in append order, giving each
+        its real position.  On a failure the rest become lost (``_lose_pending``), later
+        appends are written synchronously, and the error is raised and stashed for the
+        hook (whose job holds these entries' confirms)."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = {}
+        writer = self._writer
+        info = self._writer_info
+        written = 0
+        items = list(pending.values())
+        try:
+            for entry, message in items:
+                rest, crc = encode_message(message, entry.expires_at)
+                if writer is None or not writer.has_room_for_batch(len(rest) + _BATCH_PREFIX_SIZE):
+                    writer = self._roll()
+                    info = self._writer_info
+                offset = writer.append_batch(rest, crc)
+                info.records += 1  # type: ignore[union-attr]
+                entry.position = writer.segment_id << 32 | offset
+                written += 1
+        except StorageError as exc:
+            self._behind.written += written
+            self._pending = None  # synchronous writes (append raises) until a reset
+            self._lose_pending([entry for entry, _message in items[written:]])
+            if written and self._writer is not None:
+                self.syncer.mark_dirty(self._writer)
+            self._behind.error = exc
+            raise
+        self._behind.written += written
+        self.syncer.mark_dirty(writer)
+        if not self._unloaded:
+            self._cursor_segment = writer.segment_id  # type: ignore[union-attr]
+            self._cursor_offset = writer.size  # type: ignore[union-attr]
+
+    def _lose_pending(self, entries: list[QueueEntry]) -> None:
+        """Entries whose deferred write failed: give them positions past the end of the
+        failed (or last) segment, in order, above every real position so far and below
+        every later one, so they sort where they were and are handled like records lost
+        with a failed buffer (``reset_failed_writer`` drops them from the window, a
+        settle ignores them)."""
+        if not entries:
+            return
+        writer = self._writer
+        segment_id = writer.segment_id if writer is not None else self._next_segment_id - 1
+        base = segment_id << 32 | (0xFFFFFFFF - len(entries))
+        for index, entry in enumerate(entries):
+            entry.position = base + index
+        log.error(
+            "store %s: %d deferred record(s) could not be written (their publishes fail)",
+            self.directory,
+            len(entries),
+        )
 
     def _roll(self) -> Segment:
         old = self._writer
@@ -649,17 +865,26 @@ class SegmentStore:
             if old_info is not None and old_info.settled >= old_info.records:
                 self._delete_segment(old_info)
         segment_id = self._next_segment_id
-        segment = Segment.create(
-            self.directory,
-            segment_id,
-            self.segment_bytes,
-            version=QUEUE_LOG_VERSION if self._batches else SEGMENT_VERSION,
-        )
+        try:
+            segment = Segment.create(
+                self.directory,
+                segment_id,
+                self.segment_bytes,
+                version=QUEUE_LOG_VERSION if self._batches else SEGMENT_VERSION,
+            )
+        except StorageError as exc:
+            # No writer to hold it: kept so ``failure`` reports it (a deferred write
+            # fails in the sync job, where only ``failure`` tells the broker which
+            # store to block and retry).
+            self._behind.create_failure = exc
+            raise
+        self._behind.create_failure = None
         self._next_segment_id = segment_id + 1
         info = _SegmentInfo(segment)
         self._segments[segment_id] = info
         self._writer = segment
         self._writer_info = info
+        self._resume_deferring()  # a fresh segment: a failed one is behind us
         if not self._unloaded:
             self._cursor_segment = segment_id
             self._cursor_offset = SEGMENT_HEADER_SIZE
@@ -962,6 +1187,7 @@ class SegmentStore:
         self._segments.clear()
         self._writer = None
         self._writer_info = None
+        self._pending = None
         self._ready.clear()
         self._requeued.clear()
 

@@ -35,13 +35,13 @@ def fill(path: Path, count: int, size: int = 40, segment_bytes: int = 1 << 20) -
     """``count`` persistent messages, synced, then "crashed" (no close)."""
     syncer = Syncer()
     store = SegmentStore.open(path, syncer, segment_bytes=segment_bytes, read_ahead=4)
-    positions = [
-        store.append(Message("ex", "q", body(i, size), persistent=True), None).position
+    entries = [
+        store.append(Message("ex", "q", body(i, size), persistent=True), None)
         for i in range(count)
     ]
-    syncer.sync_now()
+    syncer.sync_now()  # (writes the deferred ones: positions are final from here)
     store._release_files()
-    return positions
+    return [entry.position for entry in entries]
 
 
 def recovered(
@@ -182,15 +182,16 @@ def test_a_batch_that_exactly_fills_a_segment_stays_in_it_and_one_byte_more_roll
     store = SegmentStore.open(
         tmp_path, syncer, segment_bytes=SEGMENT_HEADER_SIZE + 3 * batch_size, read_ahead=2
     )
-    positions = [store.append(message, None).position for _ in range(4)]
+    entries = [store.append(message, None) for _ in range(4)]
+    # A message larger than a whole segment goes alone into a fresh one.
+    big = store.append(Message("ex", "q", b"b" * 10_000, persistent=True), None)
+    syncer.sync_now()  # (writes the deferred ones: positions are final from here)
+    positions = [entry.position for entry in entries]
     assert [p >> 32 for p in positions] == [1, 1, 1, 2]
     assert [p & 0xFFFFFFFF for p in positions[:3]] == [
         SEGMENT_HEADER_SIZE + n * batch_size for n in range(3)
     ]
-    # A message larger than a whole segment goes alone into a fresh one.
-    big = store.append(Message("ex", "q", b"b" * 10_000, persistent=True), None)
     assert big.position >> 32 == 3
-    syncer.sync_now()
     store.close()
     assert (tmp_path / "0000000001.seg").stat().st_size == SEGMENT_HEADER_SIZE + 3 * batch_size
     _positions, got, _store = recovered(tmp_path, SEGMENT_HEADER_SIZE + 3 * batch_size)
@@ -246,6 +247,7 @@ def test_acks_settle_single_messages_and_a_fully_settled_segment_is_deleted(
     store = SegmentStore.open(tmp_path, syncer, segment_bytes=1024, read_ahead=100)
     for i in range(40):
         store.append(Message("ex", "q", body(i), persistent=True), None)
+    syncer.sync_now()  # written before they are consumed: the acks go to ack files
     entries = []
     while (entry := store.shift()) is not None:
         entries.append(entry)

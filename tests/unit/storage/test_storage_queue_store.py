@@ -83,7 +83,9 @@ def test_entries_come_out_in_publish_order_across_segments_and_read_ahead(tmp_pa
 
 def test_positions_strictly_increase(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    positions = [store.append(message(i), None).position for i in range(300)]
+    entries = [store.append(message(i), None) for i in range(300)]
+    store.syncer.sync_now()  # (writes the deferred ones: positions are final from here)
+    positions = [entry.position for entry in entries]
     assert positions == sorted(set(positions))
 
 
@@ -250,8 +252,9 @@ def test_appends_after_recovery_go_to_a_new_segment_after_the_recovered_ones(
 ) -> None:
     syncer = Syncer()
     store = open_store(tmp_path, syncer)
-    old = [store.append(message(i), None).position for i in range(20)]
+    entries = [store.append(message(i), None) for i in range(20)]
     syncer.sync_now()
+    old = [entry.position for entry in entries]
     store.close()
     reopened = open_store(tmp_path)
     new = reopened.append(message(99), None).position
