@@ -421,6 +421,9 @@ class Queue:
             # by the drain below, in order, as ``publish``'s own drain would).
             consumer = consumers[0]
             no_ack = consumer.no_ack
+            # (a durable queue on a memory store, e.g. a core without a data directory:
+            # its appends still go to the replicator, as in ``publish``)
+            appended = self.vhost.broker.replicator.appended if self.durable else None
             for message in messages:
                 if message.expiration_ms is None:
                     if not store.ready_count and consumer.can_deliver():
@@ -431,11 +434,17 @@ class Queue:
                         done += 1
                         consumer.deliver(self, entry)
                         continue
-                    store.append(message, None)
+                    entry = store.append(message, None)
                 else:
-                    store.append(message, self._entry_expiry(message))
+                    entry = store.append(message, self._entry_expiry(message))
                     expiring = True
                 done += 1
+                if appended is not None:
+                    handle = appended(self, entry)
+                    if handle is not None:
+                        if handles is None:
+                            handles = []
+                        handles.append(handle)
                 if consumer.can_deliver():
                     self.drain()
             self.publish_count += done
