@@ -277,6 +277,78 @@ class Publisher:
         exchange.publish_out_count += accepted_count
         return outcome
 
+    def deliver_many(self, exchange: Exchange, messages: list[Message]) -> list[int] | None:
+        """``deliver`` of messages that share one routing key (a run of PUBLISHes of one
+        read to one topic, protocols/mqtt): one route lookup, then each routed queue
+        takes them all with ``Queue.publish_many``.  Returns each message's outcome bits,
+        or None (nothing done: the caller delivers them one by one) when the route may
+        depend on more than the key (a headers exchange, exchange-to-exchange bindings,
+        an alternate exchange).  Not mandatory, no extra keys: ``admit``'s
+        CC/BCC/scheduling cases take ``deliver``."""
+        if (
+            exchange.exchange_destinations
+            or exchange.alternate_exchange is not None
+            or exchange.type not in ("topic", "direct", "fanout")
+        ):
+            return None
+        count = len(messages)
+        queues = exchange.route(messages[0].routing_key, messages[0])
+        self.publish_count += count
+        exchange.publish_count += count
+        if not queues:
+            self.broker.counters["unroutable"] += count
+            return [UNROUTABLE] * count
+        outcomes = [0] * count
+        sync = NEEDS_SYNC if messages[0].persistent else 0  # the run shares its QoS
+        accepted_count = 0
+        for queue in queues:
+            needs_sync = sync if queue.durable else 0
+            result = queue.publish_many(messages)
+            if result is None:
+                start = 0  # a queue with a limit, a policy or consumers to choose: one by one
+            else:
+                done, handles, error = result
+                accepted_count += done
+                if needs_sync:
+                    for i in range(done):
+                        outcomes[i] |= needs_sync
+                if handles:
+                    # Every message of the run waits for every handle (the adapter
+                    # acknowledges the run together): later than one by one, never earlier.
+                    if self.replicating is None:
+                        self.replicating = []
+                    self.replicating.extend(handles)
+                    for i in range(done):
+                        outcomes[i] |= REPLICATING
+                if error is None:
+                    start = count
+                else:
+                    self.broker.write_failed(queue.store, error)
+                    outcomes[done] |= REFUSED
+                    start = done + 1
+            for i in range(start, count):
+                try:
+                    accepted = queue.publish(messages[i])
+                except OSError as exc:
+                    self.broker.write_failed(queue.store, exc)
+                    accepted = False
+                if accepted:
+                    accepted_count += 1
+                    outcomes[i] |= needs_sync
+                    if accepted is not True:
+                        if self.replicating is None:
+                            self.replicating = []
+                        self.replicating.append(accepted)
+                        outcomes[i] |= REPLICATING
+                else:
+                    outcomes[i] |= REFUSED
+            if queue.store.ready_count > FLOW_HIGH_WATER and queue.consumers:
+                throttle = self.throttle
+                if throttle is not None:
+                    throttle(queue)
+        exchange.publish_out_count += accepted_count
+        return outcomes
+
     def _schedule(self, exchange: Exchange, message: Message, request: ScheduleRequest) -> int:
         """Hand a message to the scheduler instead of routing it (core/scheduler.py):
         accepted (never UNROUTABLE: routing happens when it fires), NEEDS_SYNC when the

@@ -382,6 +382,105 @@ class Queue:
             self._schedule_expiry()
         return True if replicating is None else replicating
 
+    def publish_many(self, messages: list[Message]) -> tuple[int, list[Any] | None, OSError | None] | None:
+        """``publish`` of each message in order, with less per-message Python (a run of
+        PUBLISHes of one read, protocols/mqtt): the same entries, counters, store
+        appends, replication handles and deliveries, one drain at the end.
+
+        Only for the plain queue: None (nothing done, the caller publishes one by one)
+        when it has a length limit or overflow policy, a dead-letter exchange, a queue
+        TTL, priorities, selection or groups, or more than one consumer, where what
+        ``publish`` does to one message depends on what it did to the one before.
+        Otherwise ``(done, handles, error)``: ``done`` messages were enqueued (all of
+        them unless ``error``, the store's OSError at message ``done``, is set: the
+        caller handles it as ``Publisher.deliver`` does and publishes the rest one by
+        one), ``handles`` the replicator's handles of the durable appends (or None).
+        """
+        settings = self.settings
+        consumers = self.consumers
+        if (
+            settings.max_length is not None
+            or settings.max_length_bytes is not None
+            or settings.overflow != "drop-head"
+            or settings.dead_letter_exchange is not None
+            or settings.message_ttl is not None
+            or settings.max_priority is not None
+            or len(consumers) > 1
+            or self._selective
+            or self._grouping
+        ):
+            return None
+        store = self.store
+        done = 0
+        handles: list[Any] | None = None
+        error: OSError | None = None
+        expiring = False
+        if not store.durable and consumers:
+            # Memory queue with its one consumer: ``publish``'s direct hand-off while the
+            # queue is empty and the consumer has credit, an append otherwise (delivered
+            # by the drain below, in order, as ``publish``'s own drain would).
+            consumer = consumers[0]
+            no_ack = consumer.no_ack
+            # (a durable queue on a memory store, e.g. a core without a data directory:
+            # its appends still go to the replicator, as in ``publish``)
+            appended = self.vhost.broker.replicator.appended if self.durable else None
+            for message in messages:
+                if message.expiration_ms is None:
+                    if not store.ready_count and consumer.can_deliver():
+                        entry = store.direct(message)
+                        self.deliver_count += 1
+                        if not no_ack:
+                            self.unacked_count += 1
+                        done += 1
+                        consumer.deliver(self, entry)
+                        continue
+                    entry = store.append(message, None)
+                else:
+                    entry = store.append(message, self._entry_expiry(message))
+                    expiring = True
+                done += 1
+                if appended is not None:
+                    handle = appended(self, entry)
+                    if handle is not None:
+                        if handles is None:
+                            handles = []
+                        handles.append(handle)
+                if consumer.can_deliver():
+                    self.drain()
+            self.publish_count += done
+        else:
+            durable = self.durable
+            appended = self.vhost.broker.replicator.appended
+            append = store.append
+            try:
+                for message in messages:
+                    if message.expiration_ms is None:
+                        entry = append(message, None)
+                    else:
+                        entry = append(message, self._entry_expiry(message))
+                        expiring = True
+                    done += 1
+                    if durable:
+                        handle = appended(self, entry)
+                        if handle is not None:
+                            if handles is None:
+                                handles = []
+                            handles.append(handle)
+            except OSError as exc:  # StorageError: what was appended stays, the rest is refused
+                error = exc
+            self.publish_count += done
+            if consumers:
+                # One drain for the run (``publish`` drains after each append); more
+                # than DRAIN_BATCH entries take more than one call, as they would have.
+                while store.ready_count:
+                    before = store.ready_count
+                    self.drain()
+                    if store.ready_count == before:
+                        break
+        if expiring and self._expiry_timer is None and store.ready_count:
+            self._schedule_expiry()
+        return done, handles, error
+
     def _would_overflow(self, message: Message) -> bool:
         s = self.settings
         store = self.store
@@ -828,6 +927,29 @@ class Queue:
                 self.store.settle(entry)
             except OSError as exc:  # the store keeps its memory state; the ack is retried
                 self.vhost.broker.write_failed(self.store, exc)
+
+    def ack_many(self, entries: list[QueueEntry]) -> None:
+        """``ack`` of each entry (a subscriber's read of acknowledgements, protocols/mqtt):
+        the same counters and store settles, with the counters updated once."""
+        if self._selection.group_of_entry:
+            for entry in entries:
+                self.ack(entry)
+            return
+        count = len(entries)
+        self.unacked_count -= count
+        self.ack_count += count
+        if self.deleted:
+            return
+        store = self.store
+        settle = store.settle
+        settled = self.vhost.broker.replicator.settled if self.durable else None
+        for entry in entries:
+            if settled is not None:
+                settled(self, entry, ACKED)
+            try:
+                settle(entry)
+            except OSError as exc:  # the store keeps its memory state; the ack is retried
+                self.vhost.broker.write_failed(store, exc)
 
     def reject(self, entry: QueueEntry, requeue: bool) -> None:
         self.unacked_count -= 1

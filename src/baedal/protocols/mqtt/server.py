@@ -954,11 +954,50 @@ class MQTTConnection(asyncio.Protocol):
                 self.protocol_error(exc.reason_code, exc.text)
             return
         on_publish = self.on_publish
-        for packet in packets:
+        count = len(packets)
+        index = 0
+        while index < count:
+            packet = packets[index]
+            index += 1
             if self.closed:
                 return
             if packet.__class__ is Publish and self.session is not None:
                 # The packet most reads are made of, without _dispatch_safely/dispatch.
+                # A run of plain QoS 0/1 PUBLISHes to one topic already published to on
+                # this connection goes through the core in bulk (_publish_run).
+                if (
+                    index < count
+                    and packet.qos < 2  # type: ignore[attr-defined]
+                    and not packet.properties  # type: ignore[attr-defined]
+                    and not packet.retain  # type: ignore[attr-defined]
+                    and self._keys is not None
+                    and packet.topic in self._keys  # type: ignore[attr-defined]
+                ):
+                    end = index
+                    topic = packet.topic  # type: ignore[attr-defined]
+                    qos = packet.qos  # type: ignore[attr-defined]
+                    while end < count:
+                        other = packets[end]
+                        if (other.__class__ is not Publish or other.topic != topic  # type: ignore[attr-defined]
+                                or other.qos != qos or other.retain or other.properties):  # type: ignore[attr-defined]
+                            break
+                        end += 1
+                    if end - index >= 1:
+                        run = packets[index - 1:end]
+                        index = end
+                        try:
+                            if self._publish_run(run, topic, qos):  # type: ignore[arg-type]
+                                continue
+                            for packet in run:  # the single path, for what the run cannot do
+                                if self.closed:
+                                    return
+                                on_publish(packet)  # type: ignore[arg-type]
+                        except MQTTError as exc:
+                            self.protocol_error(exc.reason_code, exc.text)
+                        except Exception:
+                            log.exception("mqtt: internal error on %r", packet)
+                            self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+                        continue
                 try:
                     on_publish(packet)  # type: ignore[arg-type]
                 except MQTTError as exc:
@@ -967,26 +1006,17 @@ class MQTTConnection(asyncio.Protocol):
                     log.exception("mqtt: internal error on %r", packet)
                     self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
             elif packet.__class__ is Ack and packet.kind == _PUBACK and self.session is not None:
-                # A subscriber's reads are made of these: on_ack's QoS 1 case inline (the
-                # rest, an unknown id or a QoS 2 record, takes the general path).
-                inflight = self.session.inflight
-                packet_id = packet.packet_id  # type: ignore[attr-defined]
-                record = inflight.get(packet_id)
-                if record is None or record.qos != 1:
-                    self._dispatch_safely(packet)
-                    continue
-                del inflight[packet_id]
-                entry = record.entry
-                queue = record.queue
-                if entry is not None and queue is not None:
-                    record.entry = None
-                    try:
-                        queue.ack(entry)
-                    except Exception:
-                        log.exception("mqtt: internal error on %r", packet)
-                        self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
-                        continue
-                self._credit_back = True  # the QoS 1/2 queues drain once, at the end of the read
+                # A subscriber's reads are made of these: on_ack's QoS 1 case inline for
+                # the run of PUBACKs starting here (the rest, an unknown id or a QoS 2
+                # record, takes the general path), settled with one ``Queue.ack_many``.
+                end = index
+                while end < count:
+                    other = packets[end]
+                    if other.__class__ is not Ack or other.kind != _PUBACK:  # type: ignore[attr-defined]
+                        break
+                    end += 1
+                self._puback_run(packets, index - 1, end)
+                index = end
             else:
                 self._dispatch_safely(packet)
         if connecting and self.session is not None and parser.is_idle():
@@ -997,6 +1027,53 @@ class MQTTConnection(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
             self.core.alarm_listeners.append(self._on_alarm)
+
+    def _puback_run(self, packets: list[Packet], start: int, end: int) -> None:
+        """PUBACKs ``packets[start:end]``: each one's in-flight record forgotten, their
+        entries settled with one ``Queue.ack_many`` per queue run (in order: an
+        unusual PUBACK first settles what came before it, then takes ``on_ack``)."""
+        inflight = self.session.inflight  # type: ignore[union-attr]
+        pending: list[QueueEntry] = []
+        pending_queue: Queue | None = None
+        for i in range(start, end):
+            packet = packets[i]
+            packet_id = packet.packet_id  # type: ignore[attr-defined]
+            record = inflight.get(packet_id)
+            if record is None or record.qos != 1:
+                if pending:
+                    if not self._ack_pending(pending_queue, pending):  # type: ignore[arg-type]
+                        return
+                    pending = []
+                if self.closed:
+                    return
+                self._dispatch_safely(packet)
+                continue
+            del inflight[packet_id]
+            entry = record.entry
+            queue = record.queue
+            if entry is not None and queue is not None:
+                record.entry = None
+                if queue is not pending_queue and pending:
+                    if not self._ack_pending(pending_queue, pending):  # type: ignore[arg-type]
+                        return
+                    pending = []
+                pending_queue = queue
+                pending.append(entry)
+            self._credit_back = True  # the QoS 1/2 queues drain once, at the end of the read
+        if pending:
+            self._ack_pending(pending_queue, pending)  # type: ignore[arg-type]
+
+    def _ack_pending(self, queue: Queue, entries: list[QueueEntry]) -> bool:
+        try:
+            if len(entries) == 1:
+                queue.ack(entries[0])
+            else:
+                queue.ack_many(entries)
+        except Exception:
+            log.exception("mqtt %s: internal error settling %d PUBACKs", self.client_id, len(entries))
+            self.protocol_error(codec.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return False
+        return True
 
     def _on_alarm(self, alarms: set[str]) -> None:
         if alarms or not self._reading_paused:
@@ -1573,6 +1650,109 @@ class MQTTConnection(asyncio.Protocol):
 
         if not publisher.when_stored(outcome, replicating, stored, failed):
             stored()
+
+    def _publish_run(self, run: list[Publish], topic: str, qos: int) -> bool:
+        """A run of plain QoS 0/1 PUBLISHes (no properties, no retain) to one topic
+        already published to on this connection, from one read: ``on_publish`` of each,
+        with one permission check, one route lookup and one enqueue per queue
+        (``Publisher.deliver_many``/``Queue.publish_many``).  The PUBACKs are the same
+        records in the same order, still behind the read's one fsync wait.
+
+        False when nothing was done and the caller must take ``on_publish`` packet by
+        packet: anything refused (receive maximum, a permission, a size), or a route
+        or a queue the bulk path does not handle (those answer at the packet they
+        concern, as ``on_publish`` does).
+        """
+        session = self.session
+        assert session is not None
+        count = len(run)
+        if qos and self.inbound_unacked + len(session.awaiting_rel) + count > self.server.config.receive_maximum:
+            return False
+        publisher = self.publisher
+        if publisher is None:
+            publisher = self._get_publisher()
+        key = self._keys[topic]  # type: ignore[index]
+        try:
+            exchange = publisher.target(EXCHANGE)
+            if exchange.type == "topic":
+                publisher.check_topic_write(exchange, key)
+        except CoreError:
+            return False
+        max_size = publisher.max_message_size
+        extensions = self._extensions
+        extension = extensions.get(qos) if extensions is not None else None
+        if extension is None:
+            extension = self.plain_extension(qos, False)
+        fields = _PLAIN_FIELDS[qos]
+        headers = _PLAIN_HEADERS[qos]
+        persistent = qos > 0
+        now = _wall_clock()  # one read, one arrival time
+        messages = []
+        for packet in run:
+            payload = packet.payload
+            if len(payload) > max_size:
+                return False
+            message = Message(EXCHANGE, key, payload, persistent, 0, None, now, extension)
+            message.adopt_fields_and_headers(fields, headers)
+            messages.append(message)
+        outcomes = publisher.deliver_many(exchange, messages)
+        if outcomes is None:
+            return False
+        self.server.counters["publish_in"] += count
+        if qos == 0:
+            if publisher.replicating is not None:
+                publisher.take_replicating()  # nobody waits for them
+            return True
+        acks = self.acks
+        if acks is None:
+            acks = self.acks = deque()
+        replicating = publisher.take_replicating() if publisher.replicating is not None else None
+        version5 = self.version == 5
+        records = []
+        unsynced = None
+        for packet, outcome in zip(run, outcomes, strict=True):
+            packet_id = packet.packet_id or 0
+            if outcome & (UNROUTABLE | REFUSED) and version5:
+                reason = codec.QUOTA_EXCEEDED if outcome & REFUSED else codec.NO_MATCHING_SUBSCRIBERS
+                record = [self._ack_wire(_PUBACK, packet_id, reason), False]
+            else:
+                record = [encode_ack(_PUBACK, packet_id), False]
+            acks.append(record)
+            if replicating:
+                records.append(record)
+            elif outcome & NEEDS_SYNC:
+                if unsynced is None:
+                    unsynced = self._unsynced
+                    if unsynced is None:
+                        unsynced = self._unsynced = []
+                unsynced.append(record)
+                self._unsynced_counted += 1
+                self.inbound_unacked += 1
+            else:
+                record[1] = True
+        if replicating:
+            # The run's PUBACKs wait for all its handles (and the fsync when any needs it).
+            self.inbound_unacked += count
+            waiting = 0
+            for outcome in outcomes:
+                waiting |= outcome
+
+            def stored() -> None:
+                for record in records:
+                    record[1] = True
+                self.inbound_unacked -= count
+                self._flush_acks()
+
+            def failed(exc: BaseException) -> None:
+                self.inbound_unacked -= count
+                log.warning("mqtt %s: messages not stored: %s", self.client_id, exc)
+                self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
+
+            if not publisher.when_stored(waiting, replicating, stored, failed):
+                stored()
+            return True
+        self._flush_acks()
+        return True
 
     def plain_extension(self, qos: int, retain: bool) -> MQTTExtension:
         """The shared extension of this connection's PUBLISHes without properties."""
