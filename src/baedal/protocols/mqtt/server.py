@@ -91,6 +91,7 @@ import struct
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -1737,17 +1738,7 @@ class MQTTConnection(asyncio.Protocol):
             for outcome in outcomes:
                 waiting |= outcome
 
-            def stored() -> None:
-                for record in records:
-                    record[1] = True
-                self.inbound_unacked -= count
-                self._flush_acks()
-
-            def failed(exc: BaseException) -> None:
-                self.inbound_unacked -= count
-                log.warning("mqtt %s: messages not stored: %s", self.client_id, exc)
-                self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
-
+            stored, failed = self._when_stored(records, count)
             if not publisher.when_stored(waiting, replicating, stored, failed):
                 stored()
             return True
@@ -1770,14 +1761,12 @@ class MQTTConnection(asyncio.Protocol):
             return encode(Ack(kind, packet_id, reason), 5)
         return encode_ack(kind, packet_id)
 
-    def _request_sync(self) -> None:
-        """The PUBACKs/PUBRECs of this read go out after one fsync covering them all."""
-        records = self._unsynced
-        counted = self._unsynced_counted
-        self._unsynced = None
-        self._unsynced_counted = 0
-        if self.closed or records is None:
-            return
+    def _when_stored(
+        self, records: list[Any], counted: int
+    ) -> tuple[Callable[[], None], Callable[[BaseException], None]]:
+        """The callbacks that release a read's acknowledgements (``records``, of which
+        ``counted`` count against the receive maximum) once their messages are stored,
+        or disconnect the client when they could not be."""
 
         def stored() -> None:
             for record in records:
@@ -1791,6 +1780,18 @@ class MQTTConnection(asyncio.Protocol):
             # Not stored: no acknowledgement may go out; the client resends after reconnect.
             self.server_disconnect(codec.UNSPECIFIED_ERROR, "message not stored", will=True)
 
+        return stored, failed
+
+    def _request_sync(self) -> None:
+        """The PUBACKs/PUBRECs of this read go out after one fsync covering them all."""
+        records = self._unsynced
+        counted = self._unsynced_counted
+        self._unsynced = None
+        self._unsynced_counted = 0
+        if self.closed or records is None:
+            return
+
+        stored, failed = self._when_stored(records, counted)
         if not self.core.after_sync(stored, failed):
             stored()
 
