@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,10 @@ def test_a_live_group_shows_its_members_and_their_assignments(broker: Broker) ->
         auto_offset_reset="earliest", heartbeat_interval_ms=200, session_timeout_ms=6000,
     )
     try:
-        for _ in range(50):
+        deadline = time.monotonic() + 30  # an upper bound: the loop ends at the assignment
+        while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(timeout_ms=200)
-            if consumer.assignment():
-                break
+        assert consumer.assignment(), "no assignment within 30 s"
         group = get(broker, "/api/kafka/groups/live-group")
         assert group["state"] == "Stable"
         assert [(m["client_id"], m["assignment"]) for m in group["members"]] == [
