@@ -4,9 +4,8 @@
 which was about two thirds of the CPU of reading a stream over AMQP, and
 ``append_record``, the encoding step of ``storage.record_batch.RecordBuilder.add`` (the
 stream publish path); and the read side of a durable queue's log: ``batch_header`` (the
-header checks and CRC-32C of ``record_batch.check_batch``/``decode_header``, with its own
-CRC-32C: the SSE4.2 instruction when the CPU has it, a table otherwise, bit-identical to
-the ``crc32c`` package), ``scan_queue_batches`` (recovery's walk over intact batches,
+header checks and CRC-32C of ``record_batch.check_batch``/``decode_header``; the CRC is
+the ``crc32c`` package's, called from C), ``scan_queue_batches`` (recovery's walk over intact batches,
 ``queue_log.scan_batches``) and ``decode_common`` (``queue_log.decode_message``'s read
 of the common record).  It is built by
 ``pip install`` when a C compiler and Python's headers are there (``setup.py`` marks it

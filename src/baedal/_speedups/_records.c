@@ -309,149 +309,32 @@ static PyObject *append_record(PyObject *self, PyObject *const *args, Py_ssize_t
  * or refused, only how fast the common case goes; tests/unit/storage compares the two.
  * ------------------------------------------------------------------------------------- */
 
-/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of Kafka's batches;
- * bit-identical to the crc32c package the Python code calls (tests compare them).
- * crc_update works on the raw register (no pre/post inversion): crc32c(data, value) =
- * ~crc_update(~value, data).  x86-64 with SSE4.2: the crc32 instruction, three
- * interleaved streams on long inputs (the instruction's latency is three cycles, its
- * throughput one per cycle), glued together with precomputed "append N zero bytes"
- * operators; anything else: table-driven, eight bytes per step. */
-#define CRC_POLY 0x82F63B78u
-#define CRC_SHORT 256  /* bytes per stream in a 3-way block */
-#define CRC_LONG 8192
-static uint32_t crc_table[8][256];
-static uint32_t crc_short_shift[4][256]; /* x -> x * x^(8 * CRC_SHORT) mod P, per byte of x */
-static uint32_t crc_long_shift[4][256];
-static int crc_hardware;
+/* CRC-32C: the crc32c package's function, the very one record_batch.py calls (hardware
+ * CRC where the CPU has it), looked up once at import.  Called through a read-only
+ * memoryview of the batch: one call per batch, no copy. */
+static PyObject *crc32c_function;
 
-static uint32_t crc_update_sw(uint32_t crc, const unsigned char *p, size_t n) {
-  while (n >= 8) {
-    uint32_t low = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                          (uint32_t)p[3] << 24);
-    crc = crc_table[7][low & 0xFF] ^ crc_table[6][(low >> 8) & 0xFF] ^
-          crc_table[5][(low >> 16) & 0xFF] ^ crc_table[4][low >> 24] ^ crc_table[3][p[4]] ^
-          crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
-    p += 8;
-    n -= 8;
+/* 1 when the CRC-32C of p[0..n) is `expected`; 0 when it is not or the call failed (the
+ * error is cleared: the Python path then checks the batch and answers itself). */
+static int crc_matches(const unsigned char *p, size_t n, uint32_t expected) {
+  PyObject *view = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
+  if (view == NULL) {
+    PyErr_Clear();
+    return 0;
   }
-  while (n--) crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  return crc;
-}
-
-/* The register after `zeros` zero bytes, starting from `crc` (a linear map of crc). */
-static uint32_t crc_zeros_sw(uint32_t crc, size_t zeros) {
-  while (zeros--) crc = crc_table[0][crc & 0xFF] ^ (crc >> 8);
-  return crc;
-}
-
-static void crc_shift_table(uint32_t table[4][256], size_t zeros) {
-  uint32_t basis[32];
-  for (int bit = 0; bit < 32; bit++) basis[bit] = crc_zeros_sw(1u << bit, zeros);
-  for (int k = 0; k < 4; k++)
-    for (int v = 0; v < 256; v++) {
-      uint32_t out = 0;
-      for (int bit = 0; bit < 8; bit++)
-        if (v >> bit & 1) out ^= basis[8 * k + bit];
-      table[k][v] = out;
-    }
-}
-
-static inline uint32_t crc_shift(uint32_t table[4][256], uint32_t crc) {
-  return table[0][crc & 0xFF] ^ table[1][(crc >> 8) & 0xFF] ^ table[2][(crc >> 16) & 0xFF] ^
-         table[3][crc >> 24];
-}
-
-static void crc_init(void) {
-  for (uint32_t n = 0; n < 256; n++) {
-    uint32_t c = n;
-    for (int k = 0; k < 8; k++) c = (c >> 1) ^ (CRC_POLY & (0u - (c & 1)));
-    crc_table[0][n] = c;
+  PyObject *value = PyObject_CallOneArg(crc32c_function, view);
+  Py_DECREF(view);
+  if (value == NULL) {
+    PyErr_Clear();
+    return 0;
   }
-  for (uint32_t n = 0; n < 256; n++) {
-    uint32_t c = crc_table[0][n];
-    for (int t = 1; t < 8; t++) {
-      c = crc_table[0][c & 0xFF] ^ (c >> 8);
-      crc_table[t][n] = c;
-    }
+  unsigned long crc = PyLong_AsUnsignedLong(value);
+  Py_DECREF(value);
+  if (crc == (unsigned long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return 0;
   }
-  crc_shift_table(crc_short_shift, CRC_SHORT);
-  crc_shift_table(crc_long_shift, CRC_LONG);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  crc_hardware = __builtin_cpu_supports("sse4.2") != 0;
-#endif
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CRC_HAVE_HARDWARE 1
-static inline uint64_t load64(const unsigned char *p) {
-  uint64_t v;
-  memcpy(&v, p, 8); /* x86 is little-endian, as the instruction expects */
-  return v;
-}
-
-__attribute__((target("sse4.2"))) static uint32_t crc_update_hw(uint32_t crc,
-                                                                const unsigned char *p,
-                                                                size_t n) {
-  uint64_t c0 = crc;
-  while (n >= 3 * CRC_LONG) {
-    uint64_t c1 = 0, c2 = 0;
-    const unsigned char *stop = p + CRC_LONG;
-    do {
-      c0 = __builtin_ia32_crc32di(c0, load64(p));
-      c1 = __builtin_ia32_crc32di(c1, load64(p + CRC_LONG));
-      c2 = __builtin_ia32_crc32di(c2, load64(p + 2 * CRC_LONG));
-      p += 8;
-    } while (p < stop);
-    c0 = crc_shift(crc_long_shift, (uint32_t)c0) ^ (uint32_t)c1;
-    c0 = crc_shift(crc_long_shift, (uint32_t)c0) ^ (uint32_t)c2;
-    p += 2 * CRC_LONG;
-    n -= 3 * CRC_LONG;
-  }
-  while (n >= 3 * CRC_SHORT) {
-    uint64_t c1 = 0, c2 = 0;
-    const unsigned char *stop = p + CRC_SHORT;
-    do {
-      c0 = __builtin_ia32_crc32di(c0, load64(p));
-      c1 = __builtin_ia32_crc32di(c1, load64(p + CRC_SHORT));
-      c2 = __builtin_ia32_crc32di(c2, load64(p + 2 * CRC_SHORT));
-      p += 8;
-    } while (p < stop);
-    c0 = crc_shift(crc_short_shift, (uint32_t)c0) ^ (uint32_t)c1;
-    c0 = crc_shift(crc_short_shift, (uint32_t)c0) ^ (uint32_t)c2;
-    p += 2 * CRC_SHORT;
-    n -= 3 * CRC_SHORT;
-  }
-  while (n >= 8) {
-    c0 = __builtin_ia32_crc32di(c0, load64(p));
-    p += 8;
-    n -= 8;
-  }
-  uint32_t c = (uint32_t)c0;
-  while (n--) c = __builtin_ia32_crc32qi(c, *p++);
-  return c;
-}
-#endif
-
-static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n) {
-#ifdef CRC_HAVE_HARDWARE
-  if (crc_hardware) return crc_update_hw(crc, p, n);
-#endif
-  return crc_update_sw(crc, p, n);
-}
-
-/* The CRC-32C of p[0..n), releasing the GIL for long inputs (the caller holds the
- * buffer, so it cannot change or go away meanwhile). */
-static uint32_t crc_of(const unsigned char *p, size_t n) {
-  uint32_t crc;
-  if (n >= (1 << 20)) {
-    Py_BEGIN_ALLOW_THREADS
-    crc = ~crc_update(0xFFFFFFFFu, p, n);
-    Py_END_ALLOW_THREADS
-  } else {
-    crc = ~crc_update(0xFFFFFFFFu, p, n);
-  }
-  return crc;
+  return (uint32_t)crc == expected;
 }
 
 /* Big-endian reads. */
@@ -538,7 +421,7 @@ static int header_ok(const unsigned char *buf, Py_ssize_t available, long long m
   if (check_crc) {
     Py_ssize_t size = (Py_ssize_t)h->length + BATCH_OVERHEAD;
     if (available < size) return 0;
-    if (crc_of(buf + 21, (size_t)(size - 21)) != h->crc) return 0;
+    if (!crc_matches(buf + 21, (size_t)(size - 21), h->crc)) return 0;
   }
   return 1;
 }
@@ -783,27 +666,6 @@ static PyObject *decode_common(PyObject *self, PyObject *const *args, Py_ssize_t
   return out;
 }
 
-/* crc32c(data, value=0) -> int: the crc32c package's crc32c, for the tests. */
-static PyObject *crc32c_c(PyObject *self, PyObject *args) {
-  Py_buffer view;
-  unsigned long value = 0;
-  if (!PyArg_ParseTuple(args, "y*|k", &view, &value)) return NULL;
-  uint32_t crc = ~crc_update(~(uint32_t)value, (const unsigned char *)view.buf, (size_t)view.len);
-  PyBuffer_Release(&view);
-  return PyLong_FromUnsignedLong(crc);
-}
-
-/* crc32c_software(data, value=0): the table-driven path, for the tests on machines with
- * the instruction. */
-static PyObject *crc32c_software(PyObject *self, PyObject *args) {
-  Py_buffer view;
-  unsigned long value = 0;
-  if (!PyArg_ParseTuple(args, "y*|k", &view, &value)) return NULL;
-  uint32_t crc = ~crc_update_sw(~(uint32_t)value, (const unsigned char *)view.buf, (size_t)view.len);
-  PyBuffer_Release(&view);
-  return PyLong_FromUnsignedLong(crc);
-}
-
 static PyMethodDef methods[] = {
     {"append_record", (PyCFunction)(void (*)(void))append_record, METH_FASTCALL,
      "append_record(pieces, key, value, headers, delta, count) -> record length, or None: "
@@ -819,9 +681,6 @@ static PyMethodDef methods[] = {
      "(offset of the first batch left to Python, deadlines seen)"},
     {"decode_common", (PyCFunction)(void (*)(void))decode_common, METH_FASTCALL,
      "decode_common(batch, exchanges) -> the common record's Message arguments, or None"},
-    {"crc32c", crc32c_c, METH_VARARGS, "crc32c(data, value=0) -> CRC-32C"},
-    {"crc32c_software", crc32c_software, METH_VARARGS,
-     "crc32c_software(data, value=0) -> CRC-32C without the CPU instruction"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_records",
@@ -829,11 +688,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_records",
                                     methods};
 
 PyMODINIT_FUNC PyInit__records(void) {
-  crc_init();
-  PyObject *m = PyModule_Create(&module);
-  if (m && PyModule_AddIntConstant(m, "crc32c_hardware", crc_hardware) < 0) {
-    Py_DECREF(m);
-    return NULL;
-  }
-  return m;
+  PyObject *crc32c = PyImport_ImportModule("crc32c");
+  if (crc32c == NULL) return NULL;
+  crc32c_function = PyObject_GetAttrString(crc32c, "crc32c");
+  Py_DECREF(crc32c);
+  if (crc32c_function == NULL) return NULL;
+  return PyModule_Create(&module);
 }

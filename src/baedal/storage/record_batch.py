@@ -546,7 +546,7 @@ def check_batch(
     Returns (header fields, total size).  Does not decode records.
     """
     if _batch_header is not None:
-        # Header checks and CRC-32C in C (bit-identical to the crc32c package: tests);
+        # Header checks in C, the CRC by the same crc32c package as below;
         # None = something fails: the code below says what.
         checked = _batch_header(data, pos, max_batch_bytes, True)
         if checked is not None:

@@ -12,7 +12,6 @@ Python code alone.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import tempfile
@@ -59,32 +58,6 @@ def outcome(call: Callable[[], Any]) -> Any:
         return call()
     except Exception as exc:  # the comparison is the point: any type must match
         return (type(exc), str(exc))
-
-
-# -- CRC-32C ---------------------------------------------------------------------------------
-
-# Lengths around the 8-byte steps and the three-stream blocks (3 x 256, 3 x 8192).
-edge_lengths = st.sampled_from([0, 1, 7, 8, 9, 767, 768, 769, 1023, 24575, 24576, 24577, 50_001])
-
-
-@FUZZ
-@given(
-    st.binary(max_size=3000) | edge_lengths.map(lambda n: os.urandom(n)),
-    st.integers(0, 7),
-    st.integers(0, 2**32 - 1),
-)
-def test_the_c_crc32c_is_the_crc32c_packages(data: bytes, skip: int, value: int) -> None:
-    view = memoryview(data)[min(skip, len(data)) :]  # unaligned starts too
-    expected = crc32c.crc32c(view, value)
-    assert speedups.crc32c(view, value) == expected
-    assert speedups.crc32c_software(view, value) == expected
-
-
-def test_the_crc_of_a_long_buffer_matches_over_the_three_stream_path() -> None:
-    data = os.urandom(3 * 8192 * 5 + 3 * 256 * 3 + 13)
-    for start in (0, 1, 5):
-        assert speedups.crc32c(data[start:]) == crc32c.crc32c(data[start:])
-    assert speedups.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
 
 
 # -- batch header check ----------------------------------------------------------------------
