@@ -274,10 +274,13 @@ def test_kill9_under_write_behind_loses_no_confirmed_or_pubacked_message(tmp_pat
         offline = broker.mqtt(OFFLINE_SUBSCRIBER, clean=False, into=offline_after)
         clients.append(offline)
         amqp_after = set(drain_amqp(broker))
-        last = -1
-        while len(mqtt_after) + len(offline_after) != last:  # until nothing new for 2 s
-            last = len(mqtt_after) + len(offline_after)
-            time.sleep(2)
+        # Poll until both sessions hold every PUBACKed message (or 60 s: the asserts
+        # below then name what is missing).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            pubacked - delivered_before - set(mqtt_after) or pubacked - set(offline_after)
+        ):
+            time.sleep(0.1)
         lost_amqp = confirmed - acked_before - amqp_after
         lost_mqtt = pubacked - delivered_before - set(mqtt_after)
         lost_offline = pubacked - set(offline_after)
