@@ -378,8 +378,10 @@ class BrokerProcess:
         work.mkdir(parents=True)
         if kind.startswith("baedal"):
             prof = ["-m", "cProfile", "-o", f"{profile}/baedal-{self.port}.prof"] if profile else []
+            self.http_port: int | None = free_port()  # /metrics: the storage counters
             command = [sys.executable, *prof, "-m", "baedal", "serve", "--port", str(free_port()),
-                       "--mqtt-port", str(self.port), "--http-port", "off", "--kafka-port", "off",
+                       "--mqtt-port", str(self.port), "--http-port", str(self.http_port),
+                       "--kafka-port", "off",
                        "--stomp-port", "off", "--data-dir", str(work / "data"), "--log-level", "warning"]
             self.auth: tuple[str, str] | None = ("guest", "guest")
             env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -399,6 +401,7 @@ class BrokerProcess:
                 lines += ["persistence true", f"persistence_location {work}/"]
             conf.write_text("\n".join(lines) + "\n")
             command = [MOSQUITTO, "-c", str(conf)]
+            self.http_port = None
             self.auth = None
             env = dict(os.environ)
         self.log = open(work / "broker.log", "ab")  # noqa: SIM115 - closed in stop()
@@ -421,6 +424,25 @@ class BrokerProcess:
     def cpu(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
+
+    def storage_counters(self) -> dict[str, float]:
+        """Baedal's ``baedal_storage_*`` counters from /metrics (fsync jobs, sync holds,
+        write-behind writes and skips); empty for mosquitto or a Baedal without them."""
+        if self.http_port is None:
+            return {}
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("baedal_storage_") and "_created" not in line:
+                name, _, value = line.rpartition(" ")
+                found[name.removeprefix("baedal_storage_").removesuffix("_total")] = float(value)
+        return found
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -445,6 +467,7 @@ def pubsub(broker: BrokerProcess, qos: int, count: int, size: int, window: int) 
     durable = qos == 1
     subs = Subscribers(1, broker.port, [f"bench-sub-{_uid()}"], topic, qos, not durable, broker.auth,
                        count, timeout=600)
+    storage0 = broker.storage_counters()
     cpu0 = broker.cpu()
     subs.go()
     pub = asyncio.run(publish(broker.port, broker.auth, topic, count, size, qos, window))
@@ -453,9 +476,12 @@ def pubsub(broker: BrokerProcess, qos: int, count: int, size: int, window: int) 
     if not res["complete"]:
         return {"error": "subscriber timed out", "sent": count}
     wall = res["last"] - pub["start"]
+    storage = {name: int(value - storage0.get(name, 0))
+               for name, value in broker.storage_counters().items()}
     return {"msgs": count, "wall_s": round(wall, 3), "msg_per_s": round(count / wall),
             "publish_rate": round(count / (pub["end"] - pub["start"])), "broker_cpu_s": round(cpu, 2),
-            "publisher_cpu_s": round(pub["cpu"], 2), "subscriber_cpu_s": round(res["cpu"], 2)}
+            "publisher_cpu_s": round(pub["cpu"], 2), "subscriber_cpu_s": round(res["cpu"], 2),
+            **({"storage": storage} if storage and qos else {})}
 
 
 def fanout(broker: BrokerProcess, subscribers: int, messages: int, procs: int, size: int) -> dict[str, Any]:

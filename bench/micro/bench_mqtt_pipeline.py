@@ -20,6 +20,12 @@ The bench waits for every PUBACK of a batch (on ``Syncer.synced()``: the loop bl
 in its ``select`` while the fsync thread works, so the wait costs next to no
 instructions and the count does not depend on the disk's speed) before the next batch.
 
+``--consumer fast`` (the default): the subscriber's PUBACKs are fed back before the
+publisher's are awaited, as a subscriber that keeps up does; the sync job held for them
+(storage/syncer.py, "Holding a job") then writes and fsyncs nothing.  ``--consumer
+slow``: the publisher's PUBACKs are awaited first (every record written and fsynced:
+the figure before the hold existed, and the path of a consumer slower than the hold).
+
 The bench's own share (building the input once, scanning the subscriber's output for
 packet ids, the PUBACK bytes) is included and the same on every commit.
 """
@@ -113,7 +119,7 @@ def publish_ids(data: bytes) -> tuple[int, list[int]]:
     return count, ids
 
 
-async def run(messages: int, batch: int, size: int, qos: int) -> tuple[float, int]:
+async def run(messages: int, batch: int, size: int, qos: int, fast: bool = True) -> tuple[float, int]:
     loop = asyncio.get_running_loop()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-mqtt-pipeline-"))
     settings = Settings(data_dir=data_dir)
@@ -145,17 +151,25 @@ async def run(messages: int, batch: int, size: int, qos: int) -> tuple[float, in
     subscriber_transport.chunks.clear()
     delivered = 0
     started = time.perf_counter()
-    for _ in range(messages // batch):
-        publisher.data_received(chunk)
-        while publisher.inbound_unacked:  # the PUBACKs wait for the fsync (syncer thread)
-            await storage.syncer.synced()  # a wait in the loop's select, not a poll
-        await asyncio.sleep(0)  # the subscriber's output flush
+
+    def consume() -> int:
         out = b"".join(subscriber_transport.chunks)
         subscriber_transport.chunks.clear()
         count, ids = publish_ids(out)
-        delivered += count
         if ids:
             subscriber.data_received(b"".join(b"\x40\x02" + _PACKET_ID.pack(i) for i in ids))
+        return count
+
+    for _ in range(messages // batch):
+        publisher.data_received(chunk)
+        if fast:
+            await asyncio.sleep(0)  # the subscriber's output flush
+            delivered += consume()
+        while publisher.inbound_unacked:  # the PUBACKs wait for the fsync (syncer thread)
+            await storage.syncer.synced()  # a wait in the loop's select, not a poll
+        if not fast:
+            await asyncio.sleep(0)  # the subscriber's output flush
+            delivered += consume()
     elapsed = time.perf_counter() - started
     server_closed = server.close()
     await server_closed
@@ -169,9 +183,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="PUBLISH packets per read")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--consumer", choices=("fast", "slow"), default="fast",
+                        help="subscriber PUBACKs before (fast) or after (slow) the publisher's")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    elapsed, delivered = asyncio.run(run(args.messages, args.batch, args.size, args.qos))
+    elapsed, delivered = asyncio.run(
+        run(args.messages, args.batch, args.size, args.qos, args.consumer == "fast")
+    )
     if delivered != args.messages // args.batch * args.batch:
         raise SystemExit(f"delivered {delivered} of {args.messages} messages")
     if not args.quiet and args.messages:

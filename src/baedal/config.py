@@ -37,6 +37,10 @@ class Settings:
     alarm_check_interval: float = 1.0
     durable_store: bool = True
     segment_bytes: int = 8 * 1024 * 1024
+    # Group commit may hold a sync job this long for consumers' acks, so a persistent
+    # message acked meanwhile is never written (storage/syncer.py, "Holding a job");
+    # 0 turns the hold off.  At most this much is added to a publisher confirm.
+    sync_hold_ms: float = 5.0
     use_uvloop: bool = True
     # Delivery acknowledgement timeout in ms (RabbitMQ's consumer_timeout); "off" or 0
     # disables it.

@@ -59,6 +59,9 @@ class StorageEngine:
         self.definitions: DefinitionsStore | None = None
         self.stores: dict[tuple[str, str, int | None], SegmentStore] = {}
         self.failed_stores: set[SegmentStore] = set()
+        # Write-behind counters of deleted stores (written, skipped), so /metrics' totals
+        # never go down.
+        self.deleted_deferred = [0, 0]
         self._loading = False
         self._on_fatal = on_fatal
         self._retry_handle: Any = None
@@ -73,7 +76,11 @@ class StorageEngine:
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         # Paged-out transient messages do not survive a restart (as in RabbitMQ).
         shutil.rmtree(self.transient_dir, ignore_errors=True)
-        self.syncer = Syncer(on_fatal=self._fatal, loop=self.core.loop)
+        self.syncer = Syncer(
+            on_fatal=self._fatal,
+            loop=self.core.loop,
+            hold=max(0.0, self.settings.sync_hold_ms) / 1000,
+        )
         self.definitions = DefinitionsStore(self.data_dir / "definitions.sqlite3")
         started = time.monotonic()
         self.core.storage = self
@@ -351,6 +358,8 @@ class StorageEngine:
         for key in [k for k in self.stores if k[0] == vhost and k[1] == queue]:
             store = self.stores.pop(key)
             self.failed_stores.discard(store)
+            self.deleted_deferred[0] += store.deferred_written
+            self.deleted_deferred[1] += store.deferred_skipped
         directory = self.queues_dir / queue_directory_name(vhost, queue)
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -69,14 +69,25 @@ A persistent message that goes straight into the window is not encoded or writte
 ``append``: its entry gets a *provisional* position (``PENDING_BASE`` + a counter, above
 every real position and increasing) and joins ``_pending`` (provisional position ->
 (entry, message as appended), in append order; ``None`` while nothing may be deferred).
-The append that makes it non-empty registers ``Syncer.before_flush(self._write_pending)``;
-the syncer runs that hook at the
-start of its next job, before it takes the dirty set, and the hook encodes and writes
-every entry still pending, in append order, relabelling each with its real position.
-A ``settle`` that finds its entry still pending just drops it: no record, no ack entry,
-no dirty mark (RabbitMQ's classic queue store cancels the write of a message consumed
-and acked before the write happens in the same way).  ``deferred_written`` and
-``deferred_skipped`` count both outcomes.
+The append that makes it non-empty registers the store with ``Syncer.defer(self)``;
+the syncer calls ``write_deferred`` at the start of its next job, before it takes the
+dirty set, and that encodes and writes every entry still pending, in append order,
+relabelling each with its real position.  A ``settle`` that finds its entry still
+pending just drops it: no record, no ack entry, no dirty mark (RabbitMQ's classic queue
+store cancels the write of a message consumed and acked before the write happens in the
+same way).  ``deferred_written`` and ``deferred_skipped`` count both outcomes.
+
+The syncer may *hold* a job for consumers' acks (``Syncer`` docstring, "Holding a
+job"): it asks ``worth_waiting()`` (a pending entry has been handed out: it is no longer
+at the window's head), then ``cut()``s, and the store notes the first provisional
+position the job does not cover (``_behind.cutoff``; the job took only the confirms
+registered so far, which cover only the entries appended so far).  A settle that leaves
+no covered entry pending ``release``s the hold; the held job's
+``write_deferred(whole=False)`` writes only the covered entries still pending, and the
+store defers itself again for the rest, which get their own hold.  A hold that did not
+pay (more than half the covered entries still unsettled: a consumer slower than the
+hold) makes the store sit out the next 1, 2, 4 ... 256 jobs before it asks again, so a
+slow consumer costs its publishers' confirms a hold now and then, not on every job.
 
 Why confirms stay correct: the broker registers ``after_sync`` after ``append``, so a
 confirm lands in the job whose hook writes the message (or a later one); that job's
@@ -218,7 +229,8 @@ class _SegmentInfo:
 class _WriteBehind:
     """A store's write-behind state that append and settle seldom touch."""
 
-    __slots__ = ("enabled", "error", "create_failure", "written", "skipped")
+    __slots__ = ("enabled", "error", "create_failure", "written", "skipped", "cutoff", "covered",
+                 "cut_covered", "lost_past_cut", "backoff", "hold_again_at")
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -228,6 +240,17 @@ class _WriteBehind:
         self.create_failure: StorageError | None = None  # the last segment create failed
         self.written = 0
         self.skipped = 0
+        # A held sync job covers the pending entries below ``cutoff`` (None: no cut);
+        # ``covered``: how many of them are still pending.
+        self.cutoff: int | None = None
+        self.covered = 0
+        self.cut_covered = 0  # ``covered`` at the cut
+        self.lost_past_cut = False  # a failed write lost entries past a held job's cut
+        # Holds that did not pay (most covered entries still unsettled when the held job
+        # started: a slow consumer) back off: no hold before the syncer's job number
+        # ``hold_again_at``; ``backoff`` doubles per miss (to 256 jobs), 0 after a hit.
+        self.backoff = 0
+        self.hold_again_at = 0
 
 
 class SegmentStore:
@@ -352,14 +375,13 @@ class SegmentStore:
                 and self._window_bytes < self.read_ahead_bytes
             ):
                 position = self._next_pending
+                if not pending:
+                    # The first of a batch: the next sync job writes them.  (During a
+                    # held job the syncer cuts us here: this entry is past the cut.)
+                    self.syncer.defer(self)
                 self._next_pending = position + 1
                 size = len(message.body)
                 entry = QueueEntry(position, message, size, expires_at)
-                if not pending:
-                    # The first of a batch: the next sync job writes them.  (After a
-                    # forced write a second hook may join the same job; it finds
-                    # nothing to do.)
-                    self.syncer.before_flush(self._write_pending)
                 pending[position] = (entry, message)
                 self.ready_count += 1
                 self.ready_bytes += size
@@ -461,7 +483,13 @@ class SegmentStore:
             # Settled before its write: it is never written (module docstring).
             pending = self._pending
             if pending and pending.pop(position, None) is not None:
-                self._behind.skipped += 1
+                behind = self._behind
+                behind.skipped += 1
+                cutoff = behind.cutoff
+                if cutoff is not None and position < cutoff:
+                    behind.covered -= 1
+                    if not behind.covered:
+                        self.syncer.release(self)  # the held job need not wait for us
             return
         info = self._segments.get(position >> 32)
         if info is None:
@@ -782,37 +810,93 @@ class SegmentStore:
             except StorageError:
                 pass  # stashed: the registered hook raises it in its job
 
-    def _write_pending(self) -> None:
-        """The ``Syncer.before_flush`` hook: write what is still pending (module docstring).
+    # -- the Syncer's Deferring protocol (module docstring, "Write-behind") -------------
+
+    def worth_waiting(self) -> bool:
+        """Whether a sync job should be held for consumers' acks: some pending entry has
+        been handed out (it left the window's head), so its settle may make its write
+        unneeded.  Pending entries are the window's newest and the window is consumed
+        from its head, so looking at the head is enough."""
+        pending = self._pending
+        if not pending or self._closed or self.syncer.jobs < self._behind.hold_again_at:
+            return False
+        ready = self._ready
+        if not ready:
+            return True
+        head = ready[0].position
+        return head >= PENDING_BASE and head != next(iter(pending))
+
+    def cut(self) -> bool:
+        """A held job covers the entries pending now; true if it should wait for their
+        settles (``worth_waiting``)."""
+        behind = self._behind
+        behind.cutoff = self._next_pending
+        behind.covered = behind.cut_covered = len(self._pending) if self._pending else 0
+        return behind.covered > 0 and self.worth_waiting()
+
+    def write_deferred(self, *, whole: bool) -> None:
+        """The sync job's hook: write what is pending (``whole``) or what the held job
+        covers, deferring the rest to the next job (module docstring).
 
         Raises ``StorageError`` if a write failed (here or in a forced write since the
-        last job), which fails this job's confirms."""
+        last job), which fails this job's confirms; if entries past the cut were lost
+        with it, the error is kept for the next job too (their confirms are there)."""
         behind = self._behind
+        cutoff = None if whole else behind.cutoff
+        if cutoff is not None and behind.cut_covered:
+            # Did the hold pay?  (Module docstring: a slow consumer backs holds off.)
+            if behind.covered * 2 > behind.cut_covered:
+                behind.backoff = min(behind.backoff * 2 or 1, 256)
+                behind.hold_again_at = self.syncer.jobs + behind.backoff
+            else:
+                behind.backoff = 0
+            behind.cut_covered = 0
         error = behind.error
         behind.error = None
         if self._pending and not self._closed:
             try:
-                self._flush_pending()
+                self._flush_pending(cutoff)
             except StorageError as exc:
-                behind.error = None
                 error = exc
+                behind.error = None
+        behind.cutoff = None
+        behind.covered = 0
         if error is not None:
+            if behind.lost_past_cut:
+                behind.lost_past_cut = False
+                behind.error = error
+                self.syncer.defer(self)
             raise error
+        if self._pending:
+            self.syncer.defer(self)  # the rest: the next job
 
-    def _flush_pending(self) -> None:
-        """Encode and write every pending, unsettled entry in append order, giving each
-        its real position.  On a failure the rest become lost (``_lose_pending``), later
-        appends are written synchronously, and the error is raised and stashed for the
-        hook (whose job holds these entries' confirms)."""
+    def _flush_pending(self, cutoff: int | None = None) -> None:
+        """Encode and write every pending, unsettled entry (below ``cutoff``, if given)
+        in append order, giving each its real position; the rest stay pending.  On a
+        failure every entry not written becomes lost (``_lose_pending``), later appends
+        are written synchronously, and the error is raised and stashed for the hook
+        (whose job holds these entries' confirms)."""
         pending = self._pending
         assert pending is not None
-        self._pending = {}
+        items = list(pending.values())
+        count = len(items)
+        behind = self._behind
+        if cutoff is not None:
+            while count and items[count - 1][0].position >= cutoff:
+                count -= 1
+            self._pending = {item[0].position: item for item in items[count:]}
+        else:
+            self._pending = {}
+            if behind.covered:  # a forced write: a held job has nothing left to wait for
+                behind.covered = 0
+                self.syncer.release(self)
+        if not count:
+            return
         writer = self._writer
         info = self._writer_info
         written = 0
-        items = list(pending.values())
         try:
-            for entry, message in items:
+            for entry, message in items[:count]:
                 rest, crc = encode_message(message, entry.expires_at)
                 if writer is None or not writer.has_room_for_batch(len(rest) + _BATCH_PREFIX_SIZE):
                     writer = self._roll()
@@ -824,7 +908,11 @@ class SegmentStore:
         except StorageError as exc:
             self._behind.written += written
             self._pending = None  # synchronous writes (append raises) until a reset
-            self._lose_pending([entry for entry, _message in items[written:]])
+            lost = [entry for entry, _message in items[written:]]
+            if behind.cutoff is not None and lost and lost[-1].position >= behind.cutoff:
+                behind.lost_past_cut = True  # their confirms are in the job after the held one
+            behind.covered = 0
+            self._lose_pending(lost)
             if written and self._writer is not None:
                 self.syncer.mark_dirty(self._writer)
             self._behind.error = exc

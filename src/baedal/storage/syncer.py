@@ -36,6 +36,30 @@ hooks first, on the loop thread, so what they write is in that job's dirty set a
 fsync covers every confirm registered before the job began.  A hook that raises
 ``StorageError`` fails the job's callbacks as a failed flush does.
 
+Holding a job for consumers' acks (write-behind queue stores, ``defer``)
+-----------------------------------------------------------------------
+A write-behind store (``storage/queue_store.py``) keeps persistent messages in memory
+until a job needs them written, and never writes one that a consumer acks first.  It
+registers itself with ``defer(store)`` instead of a plain hook.  When a job is about to
+start and some deferring store says ``worth_waiting()`` (a message it would write has
+been handed to a consumer), the job is *held* for up to ``hold`` seconds, once
+(PostgreSQL's ``commit_delay``; RabbitMQ's message store confirms on a timer too):
+
+* At the start of the hold the job is *cut*: it takes the callbacks registered so far,
+  and every deferring store notes which of its messages those cover (``cut()``: the
+  ones appended so far).  Callbacks registered during the hold belong to the next job,
+  and so do the messages appended meanwhile; each message gets its full hold.
+* A store whose covered messages have all been settled during the hold ``release``s
+  it; once every store that asked for the hold has, the job starts at once.
+* The job then calls ``write_deferred(whole=False)``: each store writes only its
+  covered messages still unsettled, and defers itself again for the rest.  Unheld jobs
+  (and ``sync_now``) call ``write_deferred(whole=True)``.
+* A job with nothing to fsync runs its callbacks on the loop thread at once, without
+  the worker round trip.
+
+So with a consumer that acks within the hold a confirmed persistent message costs no
+write and no fsync at all.  A queue nobody consumes never holds a job.
+
 Without a running event loop (unit tests, tools, shutdown) nothing is scheduled;
 ``sync_now()`` does a whole job synchronously.
 """
@@ -51,15 +75,29 @@ from typing import Any, Protocol
 
 from .segment import StorageError
 
-__all__ = ["Syncer", "SyncTarget"]
+__all__ = ["DEFAULT_HOLD", "Deferring", "Syncer", "SyncTarget"]
 
 log = logging.getLogger("baedal.storage")
+
+# How long a job may be held for consumers' acks ("Holding a job" above): long enough
+# for a busy loop to read the acks of what it just delivered (1 ms was not, measured).
+DEFAULT_HOLD = 0.005
 
 
 class SyncTarget(Protocol):
     """Anything with a descriptor; ``flush()`` (optional) pushes user-space buffers."""
 
     def fileno(self) -> int: ...
+
+
+class Deferring(Protocol):
+    """A writer that holds messages in memory for the sync job ("Holding a job")."""
+
+    def worth_waiting(self) -> bool: ...
+
+    def cut(self) -> bool: ...
+
+    def write_deferred(self, *, whole: bool) -> None: ...
 
 
 Callback = Callable[[], Any]
@@ -81,12 +119,19 @@ class Syncer:
         *,
         on_fatal: Callable[[BaseException], Any] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        hold: float = DEFAULT_HOLD,
     ) -> None:
         self.on_fatal = on_fatal
         self._loop = loop
+        self.hold = hold
         self._dirty: dict[int, Any] = {}  # id(target) -> target; insertion-ordered
         self._callbacks: list[tuple[Callback, ErrorCallback | None]] = []
         self._before_flush: list[Callback] = []
+        self._deferring: dict[Deferring, None] = {}  # insertion-ordered set
+        # A held job ("Holding a job"): its timer, its callbacks, the stores it waits for.
+        self._hold_handle: asyncio.TimerHandle | None = None
+        self._held_callbacks: list[tuple[Callback, ErrorCallback | None]] | None = None
+        self._held_for: set[Deferring] = set()
         self._in_flight: dict[int, Any] = {}
         self._retired: list[tuple[Any, Callable[[], Any]]] = []
         self._scheduled = False
@@ -99,6 +144,9 @@ class Syncer:
         # Counters for tests, metrics and benchmarks.
         self.fsync_jobs = 0
         self.callbacks_run = 0
+        self.holds = 0  # jobs held for consumers' acks
+        self.jobs = 0  # jobs started (with or without an fsync)
+        self.jobs_without_fsync = 0  # jobs that found nothing to fsync
 
     # -- requests ----------------------------------------------------------------------
 
@@ -132,6 +180,38 @@ class Syncer:
         if not self._scheduled and not self._running and self.failure is None:
             self._kick()
 
+    def defer(self, store: Deferring) -> None:
+        """``store`` holds messages for the next job ("Holding a job"): that job calls
+        ``store.write_deferred(...)`` first.  Registered during a hold, the store is
+        cut at once: what it holds now belongs to the job after the held one."""
+        if store in self._deferring:
+            return
+        self._deferring[store] = None
+        if self._hold_handle is not None:
+            store.cut()
+        elif not self._scheduled and not self._running and self.failure is None:
+            self._kick()
+
+    def release(self, store: Deferring) -> None:
+        """Every message of ``store`` the held job covers was settled: stop waiting for
+        it (the job starts once no store is waited for)."""
+        held_for = self._held_for
+        if store in held_for:
+            held_for.discard(store)
+            if not held_for and self._hold_handle is not None:
+                self._hold_handle.cancel()
+                self._hold_handle = None
+                loop = self._loop or asyncio.get_running_loop()
+                loop.call_soon(self._start_job, loop)  # _scheduled stays True meanwhile
+
+    @property
+    def holding(self) -> bool:
+        return self._hold_handle is not None
+
+    def _end_hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._hold_handle = None
+        self._start_job(loop)
+
     def forget(self, target: Any) -> None:
         """Drop ``target`` from the dirty set: its owner has synced it itself (close)."""
         self._dirty.pop(id(target), None)
@@ -150,8 +230,15 @@ class Syncer:
 
     @property
     def busy(self) -> bool:
-        return (
-            self._running or bool(self._dirty) or bool(self._callbacks) or bool(self._before_flush)
+        return self._running or self._has_work()
+
+    def _has_work(self) -> bool:
+        return bool(
+            self._dirty
+            or self._callbacks
+            or self._before_flush
+            or self._deferring
+            or self._held_callbacks is not None
         )
 
     def synced(self) -> asyncio.Future[None]:
@@ -189,13 +276,20 @@ class Syncer:
     ) -> tuple[
         dict[int, Any], list[tuple[Callback, ErrorCallback | None]], list[int], StorageError | None
     ]:
+        self.jobs += 1
         flush_error: StorageError | None = None
-        if self._before_flush:
-            flush_error = self._run_before_flush()
+        held = self._held_callbacks
+        if self._before_flush or self._deferring:
+            flush_error = self._run_before_flush(whole=held is None)
         targets = self._dirty
         self._dirty = {}
-        callbacks = self._callbacks
-        self._callbacks = []
+        if held is not None:  # a held job: the callbacks of its cut
+            callbacks = held
+            self._held_callbacks = None
+            self._held_for = set()
+        else:
+            callbacks = self._callbacks
+            self._callbacks = []
         fds: list[int] = []
         for target in targets.values():
             if isinstance(target, int):
@@ -215,13 +309,20 @@ class Syncer:
                 fds.append(fd)
         return targets, callbacks, fds, flush_error
 
-    def _run_before_flush(self) -> StorageError | None:
+    def _run_before_flush(self, whole: bool) -> StorageError | None:
         hooks = self._before_flush
         self._before_flush = []
+        stores = self._deferring
+        self._deferring = {}
         error: StorageError | None = None
         scheduled = self._scheduled
         self._scheduled = True  # their mark_dirty() joins this job, it must not kick another
         try:
+            for store in stores:
+                try:
+                    store.write_deferred(whole=whole)
+                except StorageError as exc:
+                    error = exc
             for hook in hooks:
                 try:
                     hook()
@@ -235,10 +336,37 @@ class Syncer:
         self._scheduled = False
         if self._running or self.failure is not None:
             return
-        if not self._dirty and not self._callbacks and not self._before_flush:
+        if not self._has_work():
             self._close_retired()
             return
+        if (
+            self._held_callbacks is None
+            and self._deferring
+            and self.hold > 0
+            and any(store.worth_waiting() for store in self._deferring)
+        ):
+            # Hold the job: cut it here (module docstring, "Holding a job").
+            self.holds += 1
+            self._held_callbacks = self._callbacks
+            self._callbacks = []
+            self._held_for = {store for store in self._deferring if store.cut()}
+            self._scheduled = True  # requests in the meantime wait for the job after
+            self._hold_handle = loop.call_later(self.hold, self._end_hold, loop)
+            return
         targets, callbacks, fds, flush_error = self._take_batch()
+        if not fds:
+            # Nothing to fsync: every write before these callbacks is on disk already,
+            # or was never needed (write-behind messages settled before their write).
+            self.jobs_without_fsync += 1
+            self._close_retired()
+            self._running = True  # a callback's new requests only mark work for later
+            try:
+                self._run_callbacks(callbacks, flush_error)
+            finally:
+                self._running = False
+            if self._has_work() and self.failure is None:
+                self._kick()
+            return
         self._running = True
         self._in_flight = targets
         if self._executor is None:
@@ -262,7 +390,7 @@ class Syncer:
         self.fsync_jobs += 1
         self._close_retired()
         self._run_callbacks(callbacks, flush_error)
-        if (self._dirty or self._callbacks or self._before_flush) and self.failure is None:
+        if self._has_work() and self.failure is None:
             self._start_job(loop)
 
     def _run_callbacks(
@@ -307,6 +435,9 @@ class Syncer:
         self._callbacks.clear()
         self._dirty.clear()
         self._before_flush.clear()
+        self._deferring.clear()
+        self._cancel_hold()
+        self._held_callbacks = None
         log.critical(
             "fsync failed, storage can no longer promise durability (%d callbacks dropped): %s",
             dropped,
@@ -329,6 +460,11 @@ class Syncer:
             )
         if self._running:
             raise RuntimeError("sync_now() while an fsync job is running")
+        if self._held_callbacks is not None:  # a held job: this is it, whole, and the next
+            self._cancel_hold()
+            self._callbacks = self._held_callbacks + self._callbacks
+            self._held_callbacks = None
+            self._held_for = set()
         _targets, callbacks, fds, flush_error = self._take_batch()
         try:
             _fsync_all(fds, self.fsync_function)
@@ -339,8 +475,15 @@ class Syncer:
         self._close_retired()
         self._run_callbacks(callbacks, flush_error)
 
+    def _cancel_hold(self) -> None:
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
+            self._scheduled = False
+
     def close(self) -> None:
         """Stop the worker thread (after the job in flight, if any)."""
+        self._cancel_hold()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -147,6 +147,7 @@ class BrokerCollector(Collector):
                 "Scheduled deliveries made whose tombstone is not written yet (a crash fires them again)",
                 scheduler.settling,
             )
+        yield from _storage_families(core)
         yield _gauge(
             "baedal_rest_leases",
             "Messages leased to REST and WebSocket clients",
@@ -301,3 +302,39 @@ async def metrics(request: web.Request) -> web.Response:
         registry = server._metrics_registry = registry_for(server)  # type: ignore[attr-defined]
     body = generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _storage_families(core: object) -> Iterator[Metric]:
+    """The group commit and write-behind counters (``storage/syncer.py``,
+    ``storage/queue_store.py``): how many confirms needed an fsync, and how many
+    persistent messages were settled before they had to be written."""
+    storage = getattr(core, "storage", None)
+    syncer = getattr(storage, "syncer", None)
+    if syncer is None:
+        return
+    for name, help_text, value in (
+        ("baedal_storage_fsync_jobs", "Group-commit fsync jobs run", syncer.fsync_jobs),
+        (
+            "baedal_storage_sync_jobs_without_fsync",
+            "Sync jobs that had nothing to fsync (their confirms were sent at once)",
+            syncer.jobs_without_fsync,
+        ),
+        (
+            "baedal_storage_sync_holds",
+            "Sync jobs held briefly for consumers' acks (write-behind)",
+            syncer.holds,
+        ),
+    ):
+        yield CounterMetricFamily(name, help_text, value=value)
+    stores = list(getattr(storage, "stores", {}).values())
+    deleted = getattr(storage, "deleted_deferred", (0, 0))
+    yield CounterMetricFamily(
+        "baedal_storage_write_behind_written",
+        "Persistent messages whose deferred write happened",
+        value=deleted[0] + sum(store.deferred_written for store in stores),
+    )
+    yield CounterMetricFamily(
+        "baedal_storage_write_behind_skipped",
+        "Persistent messages settled before their deferred write: never written",
+        value=deleted[1] + sum(store.deferred_skipped for store in stores),
+    )
