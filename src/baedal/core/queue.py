@@ -355,22 +355,29 @@ class Queue:
         if (
             not store.ready_count
             and self.consumers
-            and not store.durable
             and expires_at is None
             and not self._selective
+            and (not store.durable or (message.persistent and getattr(store, "hands_out", False)))
         ):
-            # Direct hand-off: an empty in-memory queue and a consumer with credit, so
-            # the message goes straight out without passing through the store (the
-            # common case of a queue consumed as fast as it is fed).
+            # Direct hand-off: an empty queue and a consumer with credit, so the message
+            # goes straight out without passing through the store's ready window (the
+            # common case of a queue consumed as fast as it is fed).  A durable store
+            # still takes it (``hand_out``: written behind, unless acked first).
             consumer = self._next_consumer()
             if consumer is not None:
-                entry = store.direct(message)
+                replicating = None
+                if store.durable:
+                    entry = store.hand_out(message)
+                    if self.durable:
+                        replicating = self.vhost.broker.replicator.appended(self, entry)
+                else:
+                    entry = store.direct(message)
                 self.publish_count += 1
                 self._count_delivery(entry, consumer.no_ack)
                 if self._grouping:
                     self._note_group(consumer, entry)
                 consumer.deliver(self, entry)
-                return True
+                return True if replicating is None else replicating
         entry = store.append(message, expires_at)
         replicating = self.vhost.broker.replicator.appended(self, entry) if self.durable else None
         self.publish_count += 1
@@ -415,38 +422,50 @@ class Queue:
         handles: list[Any] | None = None
         error: OSError | None = None
         expiring = False
-        if not store.durable and consumers:
-            # Memory queue with its one consumer: ``publish``'s direct hand-off while the
-            # queue is empty and the consumer has credit, an append otherwise (delivered
-            # by the drain below, in order, as ``publish``'s own drain would).
+        if consumers and (not store.durable or getattr(store, "hands_out", False)):
+            # One consumer: ``publish``'s direct hand-off while the queue is empty and
+            # the consumer has credit, an append otherwise (delivered by the drain below,
+            # in order, as ``publish``'s own drain would).
             consumer = consumers[0]
             no_ack = consumer.no_ack
             # (a durable queue on a memory store, e.g. a core without a data directory:
             # its appends still go to the replicator, as in ``publish``)
             appended = self.vhost.broker.replicator.appended if self.durable else None
-            for message in messages:
-                if message.expiration_ms is None:
-                    if not store.ready_count and consumer.can_deliver():
-                        entry = store.direct(message)
-                        self.deliver_count += 1
-                        if not no_ack:
-                            self.unacked_count += 1
-                        done += 1
+            durable_store = store.durable
+            direct = store.hand_out if durable_store else store.direct
+            try:
+                for message in messages:
+                    handed = False
+                    if message.expiration_ms is None:
+                        if (
+                            not store.ready_count
+                            and (message.persistent or not durable_store)
+                            and consumer.can_deliver()
+                        ):
+                            entry = direct(message)
+                            handed = True
+                            self.deliver_count += 1
+                            if not no_ack:
+                                self.unacked_count += 1
+                        else:
+                            entry = store.append(message, None)
+                    else:
+                        entry = store.append(message, self._entry_expiry(message))
+                        expiring = True
+                    done += 1
+                    # (a memory store's hand-off skips the replicator, as in ``publish``)
+                    if appended is not None and (durable_store or not handed):
+                        handle = appended(self, entry)
+                        if handle is not None:
+                            if handles is None:
+                                handles = []
+                            handles.append(handle)
+                    if handed:
                         consumer.deliver(self, entry)
-                        continue
-                    entry = store.append(message, None)
-                else:
-                    entry = store.append(message, self._entry_expiry(message))
-                    expiring = True
-                done += 1
-                if appended is not None:
-                    handle = appended(self, entry)
-                    if handle is not None:
-                        if handles is None:
-                            handles = []
-                        handles.append(handle)
-                if consumer.can_deliver():
-                    self.drain()
+                    elif consumer.can_deliver():
+                        self.drain()
+            except OSError as exc:  # StorageError: what was appended stays, the rest is refused
+                error = exc
             self.publish_count += done
         else:
             durable = self.durable

@@ -257,6 +257,7 @@ class SegmentStore:
     """A durable queue's messages on the segment log (see the module docstring)."""
 
     durable = True
+    hands_out = True  # ``hand_out`` (the owning queue's direct hand-off to a consumer)
 
     def __init__(
         self,
@@ -422,6 +423,26 @@ class SegmentStore:
             self._cursor_offset = writer.size
         else:
             self._unloaded += 1
+        return entry
+
+    def hand_out(self, message: Message) -> QueueEntry:
+        """``append`` and ``shift`` in one, for a message a consumer takes at once while
+        nothing is ready (the caller checked ``ready_count == 0``; no expiry): a
+        persistent message's write is deferred as for the window ("Write-behind"), and
+        the entry never passes through the window.  Raises ``StorageError`` as
+        ``append`` does (a write that could not be deferred)."""
+        pending = self._pending
+        if pending is not None and message.persistent:
+            position = self._next_pending
+            if not pending:
+                self.syncer.defer(self)  # (during a held job this entry is past the cut)
+            self._next_pending = position + 1
+            entry = QueueEntry(position, message, len(message.body))
+            pending[position] = (entry, message)
+            return entry
+        entry = self.append(message, None)
+        shifted = self.shift()
+        assert shifted is entry, "hand_out with ready entries"
         return entry
 
     def shift(self) -> QueueEntry | None:
