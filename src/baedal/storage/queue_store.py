@@ -150,7 +150,7 @@ from .segment import (
     segment_path,
 )
 from .segment_files import SegmentDirectory, truncate_torn_tail
-from .syncer import Syncer
+from .syncer import PENDING_BASE, Syncer  # (provisional positions: "Write-behind")
 
 __all__ = [
     "KIND_PERSISTENT",
@@ -183,9 +183,6 @@ def _decode_batch(batch: bytes, segment: Segment) -> tuple[Message, float | None
         raise StorageError(None, f"undecodable queue record: {exc}", segment.path) from exc
 
 CLEAN_MARKER = "clean-shutdown.json"
-# Provisional positions of entries whose write is deferred (see "Write-behind"): above
-# every real position (a segment id stays far below 2**30), so they compare as newest.
-PENDING_BASE = 1 << 62
 DEFAULT_READ_AHEAD = 1024
 DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
@@ -316,7 +313,6 @@ class SegmentStore:
         self._pending: dict[int, tuple[QueueEntry, Message]] | None = (
             {} if self._behind.enabled else None
         )
-        self._next_pending = PENDING_BASE
         # What recovery found (read by the storage engine's start-up report).
         self.recovery = RecoveryStats()
         # Set by the owning queue before anything is read: its x-message-ttl, used only
@@ -375,12 +371,13 @@ class SegmentStore:
                 and len(ready) < self.read_ahead
                 and self._window_bytes < self.read_ahead_bytes
             ):
-                position = self._next_pending
+                syncer = self.syncer
+                position = syncer.next_pending  # one counter for every store (Syncer)
                 if not pending:
                     # The first of a batch: the next sync job writes them.  (During a
                     # held job the syncer cuts us here: this entry is past the cut.)
-                    self.syncer.defer(self)
-                self._next_pending = position + 1
+                    syncer.defer(self)
+                syncer.next_pending = position + 1
                 size = len(message.body)
                 entry = QueueEntry(position, message, size, expires_at)
                 pending[position] = (entry, message)
@@ -433,10 +430,11 @@ class SegmentStore:
         ``append`` does (a write that could not be deferred)."""
         pending = self._pending
         if pending is not None and message.persistent:
-            position = self._next_pending
+            syncer = self.syncer
+            position = syncer.next_pending
             if not pending:
-                self.syncer.defer(self)  # (during a held job this entry is past the cut)
-            self._next_pending = position + 1
+                syncer.defer(self)  # (during a held job this entry is past the cut)
+            syncer.next_pending = position + 1
             entry = QueueEntry(position, message, len(message.body))
             pending[position] = (entry, message)
             return entry
@@ -511,6 +509,7 @@ class SegmentStore:
                     behind.covered -= 1
                     if not behind.covered:
                         self.syncer.release(self)  # the held job need not wait for us
+                self.syncer.settled_pending()  # confirms may go now ("Early release")
             return
         info = self._segments.get(position >> 32)
         if info is None:
@@ -847,11 +846,16 @@ class SegmentStore:
         head = ready[0].position
         return head >= PENDING_BASE and head != next(iter(pending))
 
+    def oldest_pending(self) -> int | None:
+        """The provisional position of the oldest deferred entry not settled yet."""
+        pending = self._pending
+        return next(iter(pending)) if pending else None
+
     def cut(self) -> bool:
         """A held job covers the entries pending now; true if it should wait for their
         settles (``worth_waiting``)."""
         behind = self._behind
-        behind.cutoff = self._next_pending
+        behind.cutoff = self.syncer.next_pending
         behind.covered = behind.cut_covered = len(self._pending) if self._pending else 0
         return behind.covered > 0 and self.worth_waiting()
 
@@ -913,6 +917,7 @@ class SegmentStore:
                 self.syncer.release(self)
         if not count:
             return
+        self.syncer.note_deferred_write()  # the confirms so far need this job's fsync
         writer = self._writer
         info = self._writer_info
         written = 0

@@ -60,6 +60,19 @@ been handed to a consumer), the job is *held* for up to ``hold`` seconds, once
 So with a consumer that acks within the hold a confirmed persistent message costs no
 write and no fsync at all.  A queue nobody consumes never holds a job.
 
+Early release.  Deferred messages take their provisional positions from one counter
+here (``next_pending``), so "every deferred message appended before this callback"
+is "every pending position below the callback's mark".  A callback registered while
+nothing was dirty and no job ran (everything written before it is on disk) is
+*clean*; while no deferred message has been written since it was registered, it is
+safe as soon as every store's oldest pending position is at or above its mark, that
+is, when every deferred message before it has been settled.  Settles of deferred
+messages (``settled_pending``) schedule one check per loop turn, which runs the
+longest prefix of waiting callbacks that are safe, in order, without waiting for the
+job: a publisher's confirm follows its consumer's ack instead of the whole hold.  A
+deferred write (``note_deferred_write``) makes every callback registered so far wait
+for its job, as before.
+
 Without a running event loop (unit tests, tools, shutdown) nothing is scheduled;
 ``sync_now()`` does a whole job synchronously.
 """
@@ -74,6 +87,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .segment import StorageError
+
+# Provisional positions of deferred messages: above every real queue position (a
+# segment id stays far below 2**30), so they compare as the newest (queue_store.py).
+PENDING_BASE = 1 << 62
 
 __all__ = ["DEFAULT_HOLD", "Deferring", "Syncer", "SyncTarget"]
 
@@ -96,6 +113,8 @@ class Deferring(Protocol):
     def worth_waiting(self) -> bool: ...
 
     def cut(self) -> bool: ...
+
+    def oldest_pending(self) -> int | None: ...
 
     def write_deferred(self, *, whole: bool) -> None: ...
 
@@ -125,13 +144,19 @@ class Syncer:
         self._loop = loop
         self.hold = hold
         self._dirty: dict[int, Any] = {}  # id(target) -> target; insertion-ordered
-        self._callbacks: list[tuple[Callback, ErrorCallback | None]] = []
+        # (callback, on_error, mark): mark is the pending-position mark of a clean
+        # callback ("Early release"), -1 for one that must wait for its job.
+        self._callbacks: list[tuple[Callback, ErrorCallback | None, int]] = []
         self._before_flush: list[Callback] = []
         self._deferring: dict[Deferring, None] = {}  # insertion-ordered set
         # A held job ("Holding a job"): its timer, its callbacks, the stores it waits for.
         self._hold_handle: asyncio.TimerHandle | None = None
-        self._held_callbacks: list[tuple[Callback, ErrorCallback | None]] | None = None
+        self._held_callbacks: list[tuple[Callback, ErrorCallback | None, int]] | None = None
         self._held_for: set[Deferring] = set()
+        # Early release: provisional positions of deferred messages (one counter for
+        # every store), and whether a check is scheduled for this loop turn.
+        self.next_pending = PENDING_BASE
+        self._early_scheduled = False
         self._in_flight: dict[int, Any] = {}
         self._retired: list[tuple[Any, Callable[[], Any]]] = []
         self._scheduled = False
@@ -147,6 +172,7 @@ class Syncer:
         self.holds = 0  # jobs held for consumers' acks
         self.jobs = 0  # jobs started (with or without an fsync)
         self.jobs_without_fsync = 0  # jobs that found nothing to fsync
+        self.released_early = 0  # callbacks run by early release, before their job
 
     # -- requests ----------------------------------------------------------------------
 
@@ -166,7 +192,8 @@ class Syncer:
         """
         if self.failure is not None:
             return
-        self._callbacks.append((callback, on_error))
+        clean = not self._dirty and not self._running and not self._before_flush
+        self._callbacks.append((callback, on_error, self.next_pending if clean else -1))
         if not self._scheduled and not self._running:
             self._kick()
 
@@ -203,6 +230,59 @@ class Syncer:
                 self._hold_handle = None
                 loop = self._loop or asyncio.get_running_loop()
                 loop.call_soon(self._start_job, loop)  # _scheduled stays True meanwhile
+
+    def note_deferred_write(self) -> None:
+        """A deferring store wrote deferred messages: every callback registered so far
+        waits for its job (its fsync covers them)."""
+        callbacks = self._callbacks
+        for index, item in enumerate(callbacks):
+            if item[2] >= 0:
+                callbacks[index] = (item[0], item[1], -1)
+        held = self._held_callbacks
+        if held:
+            for index, item in enumerate(held):
+                if item[2] >= 0:
+                    held[index] = (item[0], item[1], -1)
+
+    def settled_pending(self) -> None:
+        """A deferring store settled a deferred message: check for early release once
+        this loop turn ("Early release")."""
+        if self._early_scheduled or (not self._callbacks and not self._held_callbacks):
+            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+        self._early_scheduled = True
+        loop.call_soon(self._release_early)
+
+    def _release_early(self) -> None:
+        self._early_scheduled = False
+        if self.failure is not None:
+            return
+        oldest = self.next_pending
+        for store in self._deferring:
+            first = store.oldest_pending()
+            if first is not None and first < oldest:
+                oldest = first
+        for callbacks in (self._held_callbacks, self._callbacks):
+            if not callbacks:
+                continue
+            count = 0
+            for _callback, _on_error, mark in callbacks:
+                if mark < 0 or mark > oldest:
+                    break
+                count += 1
+            if not count:
+                return
+            ready = callbacks[:count]
+            del callbacks[:count]
+            self.released_early += count
+            self._run_callbacks(ready, None)
+            if callbacks:
+                return  # the rest must wait: keep the order
 
     @property
     def holding(self) -> bool:
@@ -274,7 +354,10 @@ class Syncer:
     def _take_batch(
         self,
     ) -> tuple[
-        dict[int, Any], list[tuple[Callback, ErrorCallback | None]], list[int], StorageError | None
+        dict[int, Any],
+        list[tuple[Callback, ErrorCallback | None, int]],
+        list[int],
+        StorageError | None,
     ]:
         self.jobs += 1
         flush_error: StorageError | None = None
@@ -378,7 +461,7 @@ class Syncer:
         self,
         done: asyncio.Future[None],
         loop: asyncio.AbstractEventLoop,
-        callbacks: list[tuple[Callback, ErrorCallback | None]],
+        callbacks: list[tuple[Callback, ErrorCallback | None, int]],
         flush_error: StorageError | None,
     ) -> None:
         self._running = False
@@ -395,10 +478,10 @@ class Syncer:
 
     def _run_callbacks(
         self,
-        callbacks: list[tuple[Callback, ErrorCallback | None]],
+        callbacks: list[tuple[Callback, ErrorCallback | None, int]],
         flush_error: StorageError | None,
     ) -> None:
-        for callback, on_error in callbacks:
+        for callback, on_error, _mark in callbacks:
             try:
                 if flush_error is None:
                     callback()

@@ -97,7 +97,9 @@ async def test_messages_acked_within_the_hold_are_confirmed_without_a_write_or_f
     for entry in handed[:9]:
         s.store.settle(entry)
     await s.turns()
-    assert s.confirmed == [] and s.syncer.holding  # one covered message is still out
+    # Early release: each confirm goes once every message before it is settled...
+    assert s.confirmed == list(range(9)) and s.syncer.released_early == 9
+    assert s.syncer.holding  # ...and the job still waits for the one still out
     s.store.settle(handed[9])  # the last one: the hold ends at once
     await s.turns()
     assert s.confirmed == list(range(10)) and not s.syncer.holding
@@ -171,6 +173,67 @@ async def test_a_hold_that_does_not_pay_backs_off(tmp_path: Path, fsyncs: list[i
     # are jobs too, so the exact pattern is the jobs' count; what matters: not every job).
     assert held[0] == 1 and sum(held) < len(held)
     assert s.confirmed == list(range(4))
+    s.close()
+
+
+async def test_early_release_keeps_the_order_and_never_passes_an_unsettled_message(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    s = Setup(tmp_path)
+    for i in range(4):
+        s.publish(i)
+    handed = s.deliver(4)
+    await s.turns()
+    for entry in handed[1:]:  # m1..m3 acked, m0 still out: nothing may be confirmed
+        s.store.settle(entry)
+    await s.turns()
+    assert s.confirmed == [] and s.syncer.released_early == 0
+    s.store.settle(handed[0])
+    await s.turns()
+    assert s.confirmed == [0, 1, 2, 3]
+    s.close()
+
+
+async def test_a_confirm_registered_while_something_is_unsynced_waits_for_its_job(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    s = Setup(tmp_path, hold=0.02)
+    other = SegmentStore.open(tmp_path / "other", s.syncer, segment_bytes=1 << 20)
+    other.append(Message("ex", "q", b"t", persistent=False), None)  # a written record
+    s.publish(0)  # registered while the other store's write is unsynced: not clean
+    handed = s.deliver(1)
+    s.store.settle(handed[0])
+    await s.syncer.synced()
+    assert s.confirmed == [0] and s.syncer.released_early == 0  # the job's, after its fsync
+    other.close()
+    s.close()
+
+
+async def test_a_deferred_write_makes_the_confirms_so_far_wait_for_its_fsync(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    s = Setup(tmp_path)
+    other = SegmentStore.open(tmp_path / "other", s.syncer, segment_bytes=1 << 20)
+    s.publish(0)
+    s.deliver(1)
+    other.append(message(1), None)  # a second store's deferred message, handed out too
+    s.syncer.after_sync(lambda: s.confirmed.append(1))
+    out = other.shift()
+    assert out is not None
+    await s.turns()
+    assert s.syncer.holding  # for both stores
+    s.store.write_pending()  # m0 forced out (a selective queue's memo does this)
+    s.publish(2)
+    last = s.deliver(1)
+    s.store.settle(last[0])  # a deferred message settled: an early-release check...
+    await s.turns()
+    # ...in which m0's confirm must not go (written, not fsynced), though nothing
+    # deferred before it is pending any more.
+    assert s.confirmed == [] and s.syncer.released_early == 0 and s.syncer.holding
+    other.settle(out)  # the hold's last covered message: the job runs, with its fsync
+    await s.syncer.synced()
+    assert s.confirmed == [0, 1, 2] and fsyncs
+    other.close()
     s.close()
 
 

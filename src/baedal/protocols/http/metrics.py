@@ -324,6 +324,12 @@ def _storage_families(core: object) -> Iterator[Metric]:
             "Sync jobs held briefly for consumers' acks (write-behind)",
             syncer.holds,
         ),
+        (
+            "baedal_storage_confirms_released_early",
+            "Durability callbacks (confirms) run before their sync job: every deferred "
+            "message before them was settled",
+            syncer.released_early,
+        ),
     ):
         yield CounterMetricFamily(name, help_text, value=value)
     stores = list(getattr(storage, "stores", {}).values())

@@ -132,7 +132,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("baedal.mqtt")
 
 EXCHANGE = "amq.topic"
-_FLUSH_AT = 64 * 1024  # bytes of queued output written at once (see MQTTConnection._emit)
+_FLUSH_AT = 16 * 1024  # bytes of queued output written at once (see MQTTConnection._emit)
+# PUBLISHes per bulk run (``_publish_run``).  A read can hold thousands; each run's
+# PUBACKs wait for their own sync callback, which early release (storage/syncer.py)
+# can run as soon as the subscribers have acked that run, and a run's deliveries reach
+# the subscribers (``_FLUSH_AT``) while the rest of the read is still being handled:
+# the publisher's window keeps moving instead of waiting for the whole read.
+_RUN_MAX = 128
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
@@ -977,7 +983,8 @@ class MQTTConnection(asyncio.Protocol):
                     end = index
                     topic = packet.topic  # type: ignore[attr-defined]
                     qos = packet.qos  # type: ignore[attr-defined]
-                    while end < count:
+                    limit = min(count, index - 1 + _RUN_MAX)
+                    while end < limit:
                         other = packets[end]
                         if (other.__class__ is not Publish or other.topic != topic  # type: ignore[attr-defined]
                                 or other.qos != qos or other.retain or other.properties):  # type: ignore[attr-defined]
@@ -988,6 +995,8 @@ class MQTTConnection(asyncio.Protocol):
                         index = end
                         try:
                             if self._publish_run(run, topic, qos):  # type: ignore[arg-type]
+                                if self._unsynced and index < count:
+                                    self._request_sync()  # this run's PUBACKs on their own
                                 continue
                             for packet in run:  # the single path, for what the run cannot do
                                 if self.closed:
