@@ -16,10 +16,12 @@ that change does not reach into queues:
   the HTTP 201) waits for the fsync *and* the handle; a failed handle is a nack.
   With write-behind (``storage/queue_store.py``) the entry's ``position`` may still be
   provisional here (``>= PENDING_BASE``): the record gets its real position, or is
-  never written because it was settled first, in the next sync job's ``before_flush``
-  hook.  A replicating implementation ships the entry's message (identity: the entry
-  object, or the position once the hook has run) and treats a ``settled`` that arrives
-  first as cancelling it, as the local store does.
+  never written because it was settled first, in a later sync job's
+  ``write_deferred`` (held a few ms for consumers' acks: ``storage/syncer.py``).  A
+  replicating implementation ships the entry's message (identity: the entry object,
+  or the position once the hook has run) and treats a ``settled`` that arrives first
+  as cancelling it, as the local store does.  Its handle is what keeps a confirm from
+  early release: a confirm whose handle is not done waits for it, whatever the store.
 * ``settled(queue, entry, reason)`` when one entry leaves a durable queue for good, with
   the reason (the ``SETTLE_REASONS`` below).  ``DEAD_LETTERED`` is not a reason of its
   own: an entry that expired, overflowed, was rejected or hit its delivery limit is
