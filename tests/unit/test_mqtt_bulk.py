@@ -62,7 +62,8 @@ def _queue_state(queue: Queue) -> tuple[Any, ...]:
 
 def _scenario(tmp_path: Path, bulk: bool, *, qos: int = 1, version: int = 4, subscribers: int = 1,
               shared: bool = False, window: int | None = None, settings: dict[str, Any] | None = None,
-              big_at: int | None = None, count: int = 40) -> tuple[Any, ...]:
+              big_at: int | None = None, count: int = 40,
+              sizes: tuple[int, ...] | None = None) -> tuple[Any, ...]:
     """``count`` PUBLISHes of QoS ``qos`` to t/x, then each subscriber acknowledges what
     it got (twice: the window refills in between)."""
 
@@ -91,6 +92,8 @@ def _scenario(tmp_path: Path, bulk: bool, *, qos: int = 1, version: int = 4, sub
         chunks = []
         for i in range(count):
             body = b"x" * 2000 if i == big_at else b"m%d" % i
+            if sizes is not None:
+                body = body.ljust(sizes[i % len(sizes)], b".")
             chunks.append(encode(Publish("t/x", body, qos, packet_id=100 + i if qos else None), version))
         _feed(publisher, chunks, bulk)
         await storage.syncer.synced()
@@ -168,6 +171,15 @@ def test_qos1_persistent_run_is_the_single_path(tmp_path: Path, bulk_calls: list
     assert pubacks == [Ack(codec.PUBACK, 1)] + [Ack(codec.PUBACK, 100 + i) for i in range(40)]
     assert outcome[3] == [(41, 41, 41, 0, 0, 0, 0)]
     assert ("publish_many", 40, True) in bulk_calls and ("ack_many", 41, True) in bulk_calls
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_runs_of_every_packet_size_are_the_single_path(tmp_path: Path, bulk_calls: list[Any], qos: int) -> None:
+    """One- and two-byte remaining lengths (``deliver_many`` packs those itself) and a
+    longer one (``encode_publish``), mixed in one run."""
+    outcome = _compare(tmp_path, bulk_calls, qos=qos, sizes=(3, 100, 126, 127, 200, 16000, 16384, 20000))
+    payloads = [p.payload for p in outcome[0][0]]
+    assert len(payloads) == 41 and {len(p) for p in payloads[1:]} == {3, 100, 126, 127, 200, 16000, 16384, 20000}
 
 
 def test_qos0_memory_run_is_the_single_path(tmp_path: Path, bulk_calls: list[Any]) -> None:

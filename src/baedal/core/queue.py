@@ -83,6 +83,10 @@ if TYPE_CHECKING:
     from .vhost import VirtualHost
 
 DRAIN_BATCH = 256
+# Body bytes of a run's head that ``publish_many`` hands a consumer with ``deliver_many``
+# at once (one write for it): beyond this the rest goes one by one, so the connection's
+# output bound (pause_writing) is not overshot by more than this.
+HAND_OUT_BYTES = 256 * 1024
 HOLD_LIMIT = 1024  # entries a selective queue holds aside at its head (see the docstring)
 GROUP_HEADER = "JMSXGroupID"
 GROUP_SEQUENCE_HEADER = "JMSXGroupSeq"
@@ -433,8 +437,45 @@ class Queue:
             appended = self.vhost.broker.replicator.appended if self.durable else None
             durable_store = store.durable
             direct = store.hand_out if durable_store else store.direct
+            start = 0
+            deliver_many = getattr(consumer, "deliver_many", None)
+            if deliver_many is not None and not store.ready_count:
+                # The run's head that the consumer can take now, handed out and
+                # delivered together (one write for the client, protocols/mqtt).
+                limit = min(consumer.credit(), len(messages))
+                size = 0
+                while start < limit:
+                    message = messages[start]
+                    if message.expiration_ms is not None or not (message.persistent or not durable_store):
+                        break
+                    size += len(message.body)
+                    if size > HAND_OUT_BYTES:
+                        break
+                    start += 1
+                if start:
+                    entries = []
+                    try:
+                        for message in messages[:start]:
+                            entries.append(direct(message))
+                    except OSError as exc:  # StorageError: as below
+                        error = exc
+                    handed_count = len(entries)
+                    done = handed_count
+                    self.deliver_count += handed_count
+                    if not no_ack:
+                        self.unacked_count += handed_count
+                    if appended is not None and durable_store:
+                        for entry in entries:
+                            handle = appended(self, entry)
+                            if handle is not None:
+                                if handles is None:
+                                    handles = []
+                                handles.append(handle)
+                    if entries:
+                        deliver_many(self, entries)
+            rest = messages if not start else messages[start:] if error is None else []
             try:
-                for message in messages:
+                for message in rest:
                     handed = False
                     if message.expiration_ms is None:
                         if (
@@ -962,6 +1003,13 @@ class Queue:
         store = self.store
         settle = store.settle
         settled = self.vhost.broker.replicator.settled if self.durable else None
+        settle_many = getattr(store, "settle_many", None)
+        if settle_many is not None:  # a durable store: its deferred entries in one loop
+            if settled is not None:
+                for entry in entries:
+                    settled(self, entry, ACKED)
+                settled = None
+            entries = settle_many(entries) or ()  # type: ignore[assignment]
         for entry in entries:
             if settled is not None:
                 settled(self, entry, ACKED)

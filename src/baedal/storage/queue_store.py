@@ -530,6 +530,34 @@ class SegmentStore:
             ack.mark(offset)
             self.syncer.mark_dirty(ack)
 
+    def settle_many(self, entries: list[QueueEntry]) -> list[QueueEntry] | None:
+        """``settle`` of the entries whose write is still deferred, in one loop (a
+        subscriber's read of acks, ``Queue.ack_many``); returns the others, in order,
+        for ``settle`` one by one (their ack entries may fail), or None if none."""
+        rest: list[QueueEntry] | None = None
+        pending = self._pending
+        behind = self._behind
+        cutoff = behind.cutoff
+        skipped = 0
+        for entry in entries:
+            position = entry.position
+            if position < PENDING_BASE:
+                if rest is None:
+                    rest = []
+                rest.append(entry)
+                continue
+            entry.message = None
+            if pending and pending.pop(position, None) is not None:
+                skipped += 1
+                if cutoff is not None and position < cutoff:
+                    behind.covered -= 1
+                    if not behind.covered:
+                        self.syncer.release(self)  # the held job need not wait for us
+        if skipped:
+            behind.skipped += skipped
+            self.syncer.settled_pending()  # confirms may go now ("Early release")
+        return rest
+
     def purge(self) -> int:
         """Settle every ready entry; whole unread segments are deleted without acks."""
         count = self.ready_count

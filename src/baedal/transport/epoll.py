@@ -65,7 +65,8 @@ log = logging.getLogger("baedal.transport")
 
 __all__ = ["EpollListener", "EpollTransport", "available"]
 
-_READ_SIZE = 256 * 1024  # bytes asked for per read (uvloop reads 256 KiB too)
+_READ_SIZE = 32 * 1024  # bytes asked for per read: a publisher's big read is handled in
+# turns with its subscribers' acks in between (a QoS 1 window moves sooner; measured)
 _EVENTS_PER_CALL = 1024  # events served per loop callback (the rest come next turn)
 _ACCEPTS_PER_CALL = 128  # connections accepted per loop callback
 _BACKLOG = 100  # as asyncio's create_server

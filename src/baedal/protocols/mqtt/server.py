@@ -445,6 +445,124 @@ class MQTTConsumer:
         session = connection.session
         return session is None or len(session.inflight) < connection.client_receive_max
 
+    def credit(self) -> int:
+        """How many deliveries ``can_deliver`` would take one after another now (for
+        ``Queue.publish_many``'s hand-off of a run: ``deliver_many``)."""
+        connection = self.connection
+        if not connection.can_send:
+            return 0
+        session = connection.session
+        if self.qos == 0 or session is None:
+            return 1 << 30
+        return connection.client_receive_max - len(session.inflight)
+
+    def deliver_many(self, queue: Queue, entries: list[QueueEntry]) -> None:
+        """``deliver`` of entries handed out together, within ``credit()``
+        (``Queue.publish_many``: a run of PUBLISHes of one read to one topic, so one
+        routing key): the common 3.1.1 delivery of ``deliver`` in one loop and one
+        write.  Anything else goes entry by entry through ``deliver``, in order."""
+        connection = self.connection
+        session = connection.session
+        topics = connection._topics_out
+        key = entries[0].message.routing_key  # type: ignore[union-attr]
+        found = topics.get(key) if topics is not None else None
+        if (found is None or session is None or session.special or connection.version != 4
+                or found[0][0] == "$" or connection.closed):
+            for entry in entries:
+                self.deliver(queue, entry)
+            return
+        topic_wire = found[1]
+        topic_size = len(topic_wire)
+        # a short PUBLISH's fixed header and topic (and packet id) in one pack
+        head = struct.Struct(f">BB{topic_size}s")
+        head_id = struct.Struct(f">BB{topic_size}sH")
+        head2 = struct.Struct(f">BBB{topic_size}s")  # two-byte remaining length
+        head2_id = struct.Struct(f">BBB{topic_size}sH")
+        max_packet = connection.client_max_packet
+        qos = self.qos
+        no_ack = self.no_ack
+        chunks: list[bytes] = []
+        sent = 0
+        for entry in entries:
+            try:
+                message = entry.message
+                if message.routing_key != key:  # type: ignore[union-attr]
+                    if chunks:
+                        connection._emit(b"".join(chunks))
+                        chunks = []
+                    self.deliver(queue, entry)
+                    continue
+                effective = qos
+                extension = message.extension  # type: ignore[union-attr]
+                if extension.__class__ is MQTTExtension and extension.qos < effective:  # type: ignore[union-attr]
+                    effective = extension.qos  # type: ignore[union-attr]
+                dup = entry.delivery_count > 0
+                entry.delivery_count += 1
+                packet_id = None
+                if effective:
+                    packet_id = session.next_id
+                    inflight = session.inflight
+                    if inflight is _EMPTY or packet_id in inflight:
+                        packet_id = session.allocate_id()
+                    else:
+                        session.next_id = packet_id % 65535 + 1
+                # encode_publish's bytes, as two pieces: header (fixed header, topic,
+                # packet id: one pack) and body, joined once for the whole run
+                body = message.body  # type: ignore[union-attr]
+                first = 0x30 | (8 if dup and effective else 0) | (effective << 1)
+                size = topic_size + len(body) + (2 if effective else 0)
+                if size < 128:
+                    if size + 2 > max_packet:
+                        if chunks:
+                            connection._emit(b"".join(chunks))
+                            chunks = []
+                        connection._drop(self, queue, entry)
+                        continue
+                    if effective:
+                        chunks.append(head_id.pack(first, size, topic_wire, packet_id))
+                    else:
+                        chunks.append(head.pack(first, size, topic_wire))
+                    chunks.append(body)
+                elif size < 16384:
+                    if size + 3 > max_packet:
+                        if chunks:
+                            connection._emit(b"".join(chunks))
+                            chunks = []
+                        connection._drop(self, queue, entry)
+                        continue
+                    if effective:
+                        chunks.append(head2_id.pack(first, (size & 0x7F) | 0x80, size >> 7,
+                                                    topic_wire, packet_id))
+                    else:
+                        chunks.append(head2.pack(first, (size & 0x7F) | 0x80, size >> 7, topic_wire))
+                    chunks.append(body)
+                else:
+                    data = encode_publish(topic_wire, body, effective, False, dup and effective > 0,
+                                          packet_id, None)
+                    if len(data) > max_packet:
+                        if chunks:
+                            connection._emit(b"".join(chunks))
+                            chunks = []
+                        connection._drop(self, queue, entry)
+                        continue
+                    chunks.append(data)
+                sent += 1
+                if effective:
+                    session.inflight[packet_id] = Inflight(queue, entry, effective)  # type: ignore[index]
+                    if no_ack:
+                        queue.settle_delivered(entry)
+                elif no_ack:
+                    queue.settle_delivered(entry)
+                else:
+                    queue.ack(entry)
+            except Exception:
+                log.exception("mqtt %s: cannot deliver a message from %r", connection.client_id, queue.name)
+                if entry.message is not None:
+                    connection._drop(self, queue, entry)
+        if chunks and not connection.closed:
+            connection._emit(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        connection.server.counters["publish_out"] += sent
+
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         # Called from the core's drain, i.e. often inside *another* client's publish: a
         # message this client cannot be sent must not fail that publish.
