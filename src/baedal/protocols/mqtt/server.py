@@ -1900,6 +1900,10 @@ class MQTTConnection(asyncio.Protocol):
                 record[1] = True
             self.inbound_unacked -= counted
             self._flush_acks()
+            if not self._in_read:
+                # Written now, not one loop turn later (after whatever reads that turn
+                # brings): the publisher's window moves as soon as it can.
+                self._flush()
 
         def failed(exc: BaseException) -> None:
             self.inbound_unacked -= counted
