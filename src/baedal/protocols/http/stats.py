@@ -118,7 +118,10 @@ class StatsSampler:
                 seen_exchanges[id(exchange)] = (exchange, count, rate)
         seen_channels: dict[int, tuple[Any, tuple[int, int], tuple[float, float]]] = {}
         for connection in self.core.connections.values():
-            for channel in getattr(connection, "channels", {}).values():
+            channels = getattr(connection, "channels", None)  # MQTT, STOMP...: none
+            if not channels:
+                continue
+            for channel in channels.values():
                 now_counts = channel_counts(channel)
                 before_channel = self._channels.get(id(channel))
                 if before_channel is not None and before_channel[0] is channel:
