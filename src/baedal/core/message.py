@@ -178,8 +178,11 @@ class Message:
         expiration_ms: int | None = None,
         published_at: float = 0.0,
         extension: Extension | None = None,
+        fields: list[Any] | None = None,
+        headers: Any = _UNSET,
     ) -> None:
-        # The publish hot path: only the publish-time flags, fields stay lazy.
+        # The publish hot path: only the publish-time flags, fields stay lazy
+        # (``fields``/``headers``: what ``adopt_fields_and_headers`` takes, at once).
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
@@ -188,8 +191,8 @@ class Message:
         self.expiration_ms = expiration_ms
         self.published_at = published_at
         self.extension = extension
-        self._fields: list[Any] | None = None
-        self._headers: Any = _UNSET
+        self._fields: list[Any] | None = fields
+        self._headers: Any = headers
 
     @classmethod
     def build(

@@ -453,12 +453,15 @@ class Queue:
                         break
                     start += 1
                 if start:
-                    entries = []
-                    try:
-                        for message in messages[:start]:
-                            entries.append(direct(message))
-                    except OSError as exc:  # StorageError: as below
-                        error = exc
+                    head = messages[:start]
+                    entries = store.hand_out_many(head) if durable_store else None
+                    if entries is None:
+                        entries = []
+                        try:
+                            for message in head:
+                                entries.append(direct(message))
+                        except OSError as exc:  # StorageError: as below
+                            error = exc
                     handed_count = len(entries)
                     done = handed_count
                     self.deliver_count += handed_count

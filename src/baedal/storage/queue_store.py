@@ -443,6 +443,25 @@ class SegmentStore:
         assert shifted is entry, "hand_out with ready entries"
         return entry
 
+    def hand_out_many(self, messages: list[Message]) -> list[QueueEntry] | None:
+        """``hand_out`` of persistent messages, in order, in one loop; None (nothing
+        done: ``hand_out`` them one by one) when writes cannot be deferred now."""
+        pending = self._pending
+        if pending is None:
+            return None
+        syncer = self.syncer
+        position = syncer.next_pending
+        if not pending:
+            syncer.defer(self)  # (during a held job these entries are past the cut)
+        entries = []
+        for message in messages:
+            entry = QueueEntry(position, message, len(message.body))
+            pending[position] = (entry, message)
+            entries.append(entry)
+            position += 1
+        syncer.next_pending = position
+        return entries
+
     def shift(self) -> QueueEntry | None:
         """The next ready entry, message loaded (read back from disk past the window).
 

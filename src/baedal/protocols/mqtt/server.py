@@ -139,6 +139,9 @@ _FLUSH_AT = 16 * 1024  # bytes of queued output written at once (see MQTTConnect
 # the subscribers (``_FLUSH_AT``) while the rest of the read is still being handled:
 # the publisher's window keeps moving instead of waiting for the whole read.
 _RUN_MAX = 128
+# codec.encode_ack(PUBACK, id) without the call (``_publish_run``: a run's PUBACKs)
+_PUBACK_PACK = struct.Struct(">BBH").pack
+_PUBACK_FIRST = codec.PUBACK << 4
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
@@ -1815,14 +1818,13 @@ class MQTTConnection(asyncio.Protocol):
         headers = _PLAIN_HEADERS[qos]
         persistent = qos > 0
         now = _wall_clock()  # one read, one arrival time
-        messages = []
         for packet in run:
-            payload = packet.payload
-            if len(payload) > max_size:
+            if len(packet.payload) > max_size:
                 return False
-            message = Message(EXCHANGE, key, payload, persistent, 0, None, now, extension)
-            message.adopt_fields_and_headers(fields, headers)
-            messages.append(message)
+        messages = [
+            Message(EXCHANGE, key, packet.payload, persistent, 0, None, now, extension, fields, headers)
+            for packet in run
+        ]
         outcomes = publisher.deliver_many(exchange, messages)
         if outcomes is None:
             return False
@@ -1836,6 +1838,28 @@ class MQTTConnection(asyncio.Protocol):
             acks = self.acks = deque()
         replicating = publisher.take_replicating() if publisher.replicating is not None else None
         version5 = self.version == 5
+        outcome = outcomes[0]
+        if (
+            replicating is None
+            and outcomes.count(outcome) == count
+            and not (outcome & (UNROUTABLE | REFUSED) and version5)
+        ):
+            # Every PUBLISH of the run had the same outcome (the common case): one
+            # record holds the run's PUBACKs (encode_ack's bytes, joined).
+            pack = _PUBACK_PACK
+            record = [b"".join([pack(_PUBACK_FIRST, 2, packet.packet_id or 0) for packet in run]), False]
+            acks.append(record)
+            if outcome & NEEDS_SYNC:
+                unsynced = self._unsynced
+                if unsynced is None:
+                    unsynced = self._unsynced = []
+                unsynced.append(record)
+                self._unsynced_counted += count
+                self.inbound_unacked += count
+            else:
+                record[1] = True
+            self._flush_acks()
+            return True
         records = []
         unsynced = None
         for packet, outcome in zip(run, outcomes, strict=True):
