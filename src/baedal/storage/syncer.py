@@ -249,12 +249,9 @@ class Syncer:
         this loop turn ("Early release")."""
         if self._early_scheduled or (not self._callbacks and not self._held_callbacks):
             return
-        loop = self._loop
+        loop = self._running_loop()
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
+            return
         self._early_scheduled = True
         loop.call_soon(self._release_early)
 
@@ -339,15 +336,21 @@ class Syncer:
 
     # -- scheduling --------------------------------------------------------------------
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop jobs run on; None without one (the caller drives ``sync_now()``)."""
+        if self._loop is not None:
+            return self._loop
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
     def _kick(self) -> None:
         if self.failure is not None:
             return
-        loop = self._loop
+        loop = self._running_loop()
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # no loop: the caller drives sync_now()
+            return  # no loop: the caller drives sync_now()
         self._scheduled = True
         loop.call_soon(self._start_job, loop)
 

@@ -5,18 +5,20 @@ fsync that confirms it (queue_store.py, "Write-behind")."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from baedal.core.message import Message, QueueEntry
-from baedal.storage import segment as segment_module
 from baedal.storage.ackfile import ACK_NAMING
 from baedal.storage.queue_store import PENDING_BASE, SegmentStore
 from baedal.storage.record_batch import iter_batches
 from baedal.storage.segment import SEGMENT_HEADER_SIZE, StorageError
 from baedal.storage.syncer import Syncer
+
+if TYPE_CHECKING:
+    from conftest import FullDisk  # tests/unit/storage/conftest.py: the ``disk`` fixture
 
 
 def message(i: int, size: int = 100) -> Message:
@@ -291,26 +293,6 @@ def test_write_behind_off_writes_at_append_as_before(tmp_path: Path) -> None:
 
 
 # --- a write that fails in the hook ----------------------------------------------------
-
-
-class FullDisk:
-    """ENOSPC from the storage write seam while ``full``."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.real_write = segment_module._write_fd
-
-    def write(self, fd: int, data: bytes) -> int:
-        if self.full:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.real_write(fd, data)
-
-
-@pytest.fixture
-def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[FullDisk]:
-    fault = FullDisk()
-    monkeypatch.setattr(segment_module, "_write_fd", fault.write)
-    yield fault
 
 
 def test_a_write_failing_in_the_hook_fails_its_confirms_and_loses_nothing_confirmed(

@@ -6,18 +6,19 @@ fsynced before its confirm, as before; a hold that does not pay backs off."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from baedal.core.message import Message, QueueEntry
-from baedal.storage import segment as segment_module
 from baedal.storage.queue_store import PENDING_BASE, SegmentStore
 from baedal.storage.segment import StorageError
 from baedal.storage.syncer import Syncer
+
+if TYPE_CHECKING:
+    from conftest import FullDisk  # tests/unit/storage/conftest.py: the ``disk`` fixture
 
 HOLD = 10.0  # long: every test ends its hold by settles or checks it is still on
 
@@ -238,24 +239,6 @@ async def test_a_deferred_write_makes_the_confirms_so_far_wait_for_its_fsync(
 
 
 # --- a write that fails in a held job ------------------------------------------------------
-
-
-class FullDisk:
-    def __init__(self) -> None:
-        self.full = False
-        self.real_write = segment_module._write_fd
-
-    def write(self, fd: int, data: bytes) -> int:
-        if self.full:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.real_write(fd, data)
-
-
-@pytest.fixture
-def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[FullDisk]:
-    fault = FullDisk()
-    monkeypatch.setattr(segment_module, "_write_fd", fault.write)
-    yield fault
 
 
 async def test_a_failed_write_in_a_held_job_fails_the_confirms_past_the_cut_too(

@@ -514,41 +514,34 @@ class MQTTConsumer:
                 body = message.body  # type: ignore[union-attr]
                 first = 0x30 | (8 if dup and effective else 0) | (effective << 1)
                 size = topic_size + len(body) + (2 if effective else 0)
-                if size < 128:
-                    if size + 2 > max_packet:
-                        if chunks:
-                            connection._emit(b"".join(chunks))
-                            chunks = []
-                        connection._drop(self, queue, entry)
-                        continue
+                data = None
+                if size >= 16384:
+                    data = encode_publish(topic_wire, body, effective, False, dup and effective > 0,
+                                          packet_id, None)
+                    total = len(data)
+                else:
+                    total = size + (2 if size < 128 else 3)
+                if total > max_packet:
+                    if chunks:
+                        connection._emit(b"".join(chunks))
+                        chunks = []
+                    connection._drop(self, queue, entry)
+                    continue
+                if data is not None:
+                    chunks.append(data)
+                elif size < 128:
                     if effective:
                         chunks.append(head_id.pack(first, size, topic_wire, packet_id))
                     else:
                         chunks.append(head.pack(first, size, topic_wire))
                     chunks.append(body)
-                elif size < 16384:
-                    if size + 3 > max_packet:
-                        if chunks:
-                            connection._emit(b"".join(chunks))
-                            chunks = []
-                        connection._drop(self, queue, entry)
-                        continue
+                else:
                     if effective:
                         chunks.append(head2_id.pack(first, (size & 0x7F) | 0x80, size >> 7,
                                                     topic_wire, packet_id))
                     else:
                         chunks.append(head2.pack(first, (size & 0x7F) | 0x80, size >> 7, topic_wire))
                     chunks.append(body)
-                else:
-                    data = encode_publish(topic_wire, body, effective, False, dup and effective > 0,
-                                          packet_id, None)
-                    if len(data) > max_packet:
-                        if chunks:
-                            connection._emit(b"".join(chunks))
-                            chunks = []
-                        connection._drop(self, queue, entry)
-                        continue
-                    chunks.append(data)
                 sent += 1
                 if effective:
                     session.inflight[packet_id] = Inflight(queue, entry, effective)  # type: ignore[index]
