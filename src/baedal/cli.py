@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         "http_port": args.http_port,
         "http_host": args.http_host,
         "consumer_timeout": args.consumer_timeout,
+        "sync_hold_ms": args.sync_hold_ms,
         "kafka_port": args.kafka_port,
         "mqtt_port": args.mqtt_port,
         "mqtt_light_transport": args.mqtt_light_transport,
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--consumer-timeout",
         help="delivery acknowledgement timeout in ms (default 1800000; 'off' disables; "
         "env BAEDAL_CONSUMER_TIMEOUT)",
+    )
+    serve.add_argument(
+        "--sync-hold-ms",
+        help="ms a group commit may wait for consumers' acks, so a persistent message acked "
+        "meanwhile is never written (default 5; 0 disables; env BAEDAL_SYNC_HOLD_MS)",
     )
     serve.add_argument(
         "--kafka-port", help="Kafka port (default 9092, 'off' disables; env BAEDAL_KAFKA_PORT)"

@@ -264,3 +264,17 @@ async def test_a_failed_write_in_a_held_job_fails_the_confirms_past_the_cut_too(
     with pytest.raises(StorageError):
         s.store.append(message(1000), None)
     s.syncer.close()
+
+
+def test_the_hold_is_a_setting_from_the_file_environment_and_flags(tmp_path: Path) -> None:
+    from baedal.cli import build_parser
+    from baedal.config import load_settings
+
+    assert load_settings(environ={}).sync_hold_ms == 5.0
+    assert load_settings(environ={"BAEDAL_SYNC_HOLD_MS": "0"}).sync_hold_ms == 0.0
+    config = tmp_path / "baedal.toml"
+    config.write_text("sync_hold_ms = 2.5\n")
+    assert load_settings(config, environ={}).sync_hold_ms == 2.5
+    args = build_parser().parse_args(["serve", "--sync-hold-ms", "12.5"])
+    assert load_settings(flags={"sync_hold_ms": args.sync_hold_ms}, environ={}).sync_hold_ms == 12.5
+
