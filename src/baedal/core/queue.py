@@ -467,16 +467,15 @@ class Queue:
                     self.deliver_count += handed_count
                     if not no_ack:
                         self.unacked_count += handed_count
-                    if appended is not None and durable_store:
-                        for entry in entries:
-                            handle = appended(self, entry)
-                            if handle is not None:
-                                if handles is None:
-                                    handles = []
-                                handles.append(handle)
+                    if appended is not None and durable_store:  # (handles is None so far)
+                        found = [h for entry in entries if (h := appended(self, entry)) is not None]
+                        handles = found or None
                     if entries:
                         deliver_many(self, entries)
-            rest = messages if not start else messages[start:] if error is None else []
+            if error is not None:
+                rest: list[Message] = []
+            else:
+                rest = messages[start:] if start else messages
             try:
                 for message in rest:
                     handed = False

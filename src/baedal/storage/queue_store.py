@@ -523,11 +523,8 @@ class SegmentStore:
             if pending and pending.pop(position, None) is not None:
                 behind = self._behind
                 behind.skipped += 1
-                cutoff = behind.cutoff
-                if cutoff is not None and position < cutoff:
-                    behind.covered -= 1
-                    if not behind.covered:
-                        self.syncer.release(self)  # the held job need not wait for us
+                if behind.cutoff is not None:
+                    self._uncover(position)
                 self.syncer.settled_pending()  # confirms may go now ("Early release")
             return
         info = self._segments.get(position >> 32)
@@ -556,7 +553,7 @@ class SegmentStore:
         rest: list[QueueEntry] | None = None
         pending = self._pending
         behind = self._behind
-        cutoff = behind.cutoff
+        held = behind.cutoff is not None
         skipped = 0
         for entry in entries:
             position = entry.position
@@ -568,10 +565,8 @@ class SegmentStore:
             entry.message = None
             if pending and pending.pop(position, None) is not None:
                 skipped += 1
-                if cutoff is not None and position < cutoff:
-                    behind.covered -= 1
-                    if not behind.covered:
-                        self.syncer.release(self)  # the held job need not wait for us
+                if held:
+                    self._uncover(position)
         if skipped:
             behind.skipped += skipped
             self.syncer.settled_pending()  # confirms may go now ("Early release")
@@ -893,6 +888,15 @@ class SegmentStore:
         head = ready[0].position
         return head >= PENDING_BASE and head != next(iter(pending))
 
+    def _uncover(self, position: int) -> None:
+        """A deferred entry was settled while a held job covers the entries below
+        ``_behind.cutoff``: the last covered one settled releases the hold."""
+        behind = self._behind
+        if position < behind.cutoff:  # type: ignore[operator]
+            behind.covered -= 1
+            if not behind.covered:
+                self.syncer.release(self)  # the held job need not wait for us
+
     def oldest_pending(self) -> int | None:
         """The provisional position of the oldest deferred entry not settled yet."""
         pending = self._pending
@@ -956,7 +960,11 @@ class SegmentStore:
         if cutoff is not None:
             while count and items[count - 1][0].position >= cutoff:
                 count -= 1
-            self._pending = {item[0].position: item for item in items[count:]}
+            if not count:
+                return  # nothing the held job covers is left: the rest stay as they are
+            self._pending = (
+                {item[0].position: item for item in items[count:]} if count < len(items) else {}
+            )
         else:
             self._pending = {}
             if behind.covered:  # a forced write: a held job has nothing left to wait for

@@ -92,7 +92,7 @@ from .segment import StorageError
 # segment id stays far below 2**30), so they compare as the newest (queue_store.py).
 PENDING_BASE = 1 << 62
 
-__all__ = ["DEFAULT_HOLD", "Deferring", "Syncer", "SyncTarget"]
+__all__ = ["DEFAULT_HOLD", "PENDING_BASE", "Deferring", "Syncer", "SyncTarget"]
 
 log = logging.getLogger("baedal.storage")
 
@@ -228,7 +228,8 @@ class Syncer:
             if not held_for and self._hold_handle is not None:
                 self._hold_handle.cancel()
                 self._hold_handle = None
-                loop = self._loop or asyncio.get_running_loop()
+                loop = self._running_loop()
+                assert loop is not None  # a hold exists only on a loop
                 loop.call_soon(self._start_job, loop)  # _scheduled stays True meanwhile
 
     def note_deferred_write(self) -> None:

@@ -198,14 +198,23 @@ async def test_early_release_keeps_the_order_and_never_passes_an_unsettled_messa
 async def test_a_confirm_registered_while_something_is_unsynced_waits_for_its_job(
     tmp_path: Path, fsyncs: list[int]
 ) -> None:
-    s = Setup(tmp_path, hold=0.02)
+    s = Setup(tmp_path)
+    s.publish(0)
+    first = s.deliver(1)
+    await s.turns()
+    assert s.syncer.holding  # no job can start now: only early release could confirm m1
     other = SegmentStore.open(tmp_path / "other", s.syncer, segment_bytes=1 << 20)
-    other.append(Message("ex", "q", b"t", persistent=False), None)  # a written record
-    s.publish(0)  # registered while the other store's write is unsynced: not clean
-    handed = s.deliver(1)
-    s.store.settle(handed[0])
+    other.append(Message("ex", "q", b"t", persistent=False), None)  # a new segment: unsynced
+    s.publish(1)  # registered while that is unsynced: not clean
+    second = s.deliver(1)
+    s.store.settle(second[0])
+    s.store.settle(first[0])  # the hold ends; nothing deferred is pending any more...
+    await s.turns()
+    # ...so m0's confirm (clean: nothing was unsynced then) goes early, but m1's may only
+    # come from a job whose fsync covers the other store's write
+    assert s.syncer.released_early == 1
     await s.syncer.synced()
-    assert s.confirmed == [0] and s.syncer.released_early == 0  # the job's, after its fsync
+    assert s.confirmed == [0, 1] and s.syncer.released_early == 1
     other.close()
     s.close()
 

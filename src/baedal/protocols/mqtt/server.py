@@ -85,6 +85,7 @@ listed in docs/benchmarks.md (issue 13, third pass).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import struct
@@ -142,6 +143,19 @@ _RUN_MAX = 128
 # codec.encode_ack(PUBACK, id) without the call (``_publish_run``: a run's PUBACKs)
 _PUBACK_PACK = struct.Struct(">BBH").pack
 _PUBACK_FIRST = codec.PUBACK << 4
+
+
+@functools.lru_cache(maxsize=256)
+def _publish_heads(topic_size: int) -> tuple[struct.Struct, struct.Struct, struct.Struct, struct.Struct]:
+    """``deliver_many``'s packers of a short PUBLISH's fixed header and topic (and packet
+    id): one-byte remaining length without and with an id, two-byte the same; one set
+    per topic length, built once."""
+    return (
+        struct.Struct(f">BB{topic_size}s"),
+        struct.Struct(f">BB{topic_size}sH"),
+        struct.Struct(f">BBB{topic_size}s"),
+        struct.Struct(f">BBB{topic_size}sH"),
+    )
 MAX_CLIENT_ID = 200  # bytes; the queue name mqtt-subscription-<id>qos<N> stays < 255
 QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ's plugin marks MQTT-published messages
 _CACHE_SIZE = 256  # topics and routing keys remembered per connection (dropped whole when full)
@@ -476,11 +490,7 @@ class MQTTConsumer:
             return
         topic_wire = found[1]
         topic_size = len(topic_wire)
-        # a short PUBLISH's fixed header and topic (and packet id) in one pack
-        head = struct.Struct(f">BB{topic_size}s")
-        head_id = struct.Struct(f">BB{topic_size}sH")
-        head2 = struct.Struct(f">BBB{topic_size}s")  # two-byte remaining length
-        head2_id = struct.Struct(f">BBB{topic_size}sH")
+        head, head_id, head2, head2_id = _publish_heads(topic_size)
         max_packet = connection.client_max_packet
         qos = self.qos
         no_ack = self.no_ack
