@@ -553,7 +553,7 @@ class SegmentStore:
         rest: list[QueueEntry] | None = None
         pending = self._pending
         behind = self._behind
-        held = behind.cutoff is not None
+        cutoff = behind.cutoff
         skipped = 0
         for entry in entries:
             position = entry.position
@@ -565,8 +565,10 @@ class SegmentStore:
             entry.message = None
             if pending and pending.pop(position, None) is not None:
                 skipped += 1
-                if held:
-                    self._uncover(position)
+                if cutoff is not None and position < cutoff:  # _uncover, inline: per ack
+                    behind.covered -= 1
+                    if not behind.covered:
+                        self.syncer.release(self)
         if skipped:
             behind.skipped += skipped
             self.syncer.settled_pending()  # confirms may go now ("Early release")
